@@ -1,0 +1,121 @@
+"""Processes started by ``srun`` inside a SLURM allocation."""
+from __future__ import annotations
+
+import itertools
+import os
+import re
+
+from fabric_kit.environments import _variables
+from fabric_kit.environments.environment import ClusterEnvironment
+
+# Inside `salloc`/`srun --pty bash` the script runs without srun, as a single unmanaged process: not SLURM's job.
+_INTERACTIVE_JOB_NAMES = ("bash", "interactive")
+# Ports derived from the job id land in [_PORT_BASE, _PORT_BASE + _PORT_SPAN): high enough to avoid well-known
+# services, low enough to stay below the usual ephemeral range (32768+) the OS hands out on its own.
+_PORT_BASE = 15000
+_PORT_SPAN = 10000
+
+_BRACKET = re.compile(r"\[([^\[\]]*)\]")
+
+
+def expand_hostlist(hostlist: str) -> list[str]:
+    """Expand SLURM's compressed host list, e.g. ``"node[001-003,7],gpu5"`` -> node001 node002 node003 node7 gpu5.
+
+    A range keeps the zero padding of its start (``[08-10]`` -> 08 09 10); several bracket groups in one name
+    combine as a product (``r[1-2]n[1-2]`` -> r1n1 r1n2 r2n1 r2n2).
+    """
+    hosts: list[str] = []
+    for pattern in _split_top_level(hostlist):
+        literals = _BRACKET.split(pattern)  # alternates literal text and bracket contents
+        if any(c in literal for literal in literals[::2] for c in "[]"):
+            raise ValueError(f"Malformed SLURM host list {hostlist!r}: unbalanced brackets in {pattern!r}.")
+        choices = [[text] if i % 2 == 0 else _expand_ranges(text, hostlist) for i, text in enumerate(literals)]
+        hosts.extend("".join(parts) for parts in itertools.product(*choices))
+    return hosts
+
+
+def _split_top_level(hostlist: str) -> list[str]:
+    """Split on commas that are not inside brackets."""
+    patterns, depth, start = [], 0, 0
+    for i, char in enumerate(hostlist):
+        depth += (char == "[") - (char == "]")
+        if char == "," and depth == 0:
+            patterns.append(hostlist[start:i])
+            start = i + 1
+    patterns.append(hostlist[start:])
+    if any(not p for p in patterns):
+        raise ValueError(f"Malformed SLURM host list {hostlist!r}: empty host name; expected e.g. 'node[1-3],gpu5'.")
+    return patterns
+
+
+def _expand_ranges(ranges: str, hostlist: str) -> list[str]:
+    numbers = []
+    for item in ranges.split(","):
+        start, _, end = item.partition("-")
+        if not start.isdigit() or not (end or start).isdigit() or int(end or start) < int(start):
+            raise ValueError(
+                f"Malformed SLURM host list {hostlist!r}: range {item!r} is not 'N' or 'N-M' with N <= M."
+            )
+        width = len(start)
+        numbers.extend(str(n).zfill(width) for n in range(int(start), int(end or start) + 1))
+    return numbers
+
+
+class SLURMEnvironment(ClusterEnvironment):
+    """Ranks come from srun's per-task variables; rank 0 runs on the first host of the allocation.
+
+    The port is ``MASTER_PORT`` when set, else ``15000 + SLURM_JOB_ID % 10000`` so every task of the job derives the
+    same port without talking to each other, and concurrent jobs on one node rarely collide.
+    """
+
+    @property
+    def creates_processes_externally(self) -> bool:
+        return True
+
+    @property
+    def main_address(self) -> str:
+        nodelist = os.environ.get("SLURM_NODELIST") or os.environ.get("SLURM_JOB_NODELIST")
+        if nodelist is None:
+            return "127.0.0.1"
+        return expand_hostlist(nodelist)[0]
+
+    @property
+    def main_port(self) -> int:
+        if "MASTER_PORT" in os.environ:
+            return _variables.read_int("MASTER_PORT")
+        return _PORT_BASE + _variables.read_int("SLURM_JOB_ID") % _PORT_SPAN
+
+    @staticmethod
+    def detect() -> bool:
+        return "SLURM_NTASKS" in os.environ and os.environ.get("SLURM_JOB_NAME") not in _INTERACTIVE_JOB_NAMES
+
+    def world_size(self) -> int:
+        return _variables.read_int("SLURM_NTASKS")
+
+    def global_rank(self) -> int:
+        return _variables.read_int("SLURM_PROCID")
+
+    def local_rank(self) -> int:
+        return _variables.read_int("SLURM_LOCALID")
+
+    def node_rank(self) -> int:
+        return _variables.read_int("SLURM_NODEID")
+
+    def validate_settings(self, num_devices: int | str | None, num_nodes: int) -> None:
+        """SLURM, not fabric_kit, decides how many tasks run; catch a mismatch before the process group hangs."""
+        if _variables.is_auto(num_devices):
+            return
+        if "SLURM_NTASKS_PER_NODE" in os.environ:
+            per_node = _variables.read_int("SLURM_NTASKS_PER_NODE")
+            if per_node != num_devices:
+                raise ValueError(
+                    f"devices={num_devices} but SLURM runs SLURM_NTASKS_PER_NODE={per_node} tasks per node. "
+                    f"Set devices={per_node} or submit with --ntasks-per-node={num_devices}."
+                )
+        if "SLURM_NNODES" in os.environ:
+            nodes = _variables.read_int("SLURM_NNODES")
+            if nodes != num_nodes:
+                raise ValueError(
+                    f"num_nodes={num_nodes} but the SLURM allocation has SLURM_NNODES={nodes} nodes. "
+                    f"Set num_nodes={nodes} or submit with --nodes={num_nodes}."
+                )

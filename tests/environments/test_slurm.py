@@ -1,0 +1,118 @@
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from fabric_kit.environments import SLURMEnvironment
+from fabric_kit.environments.slurm import expand_hostlist
+
+SRUN = dict(
+    SLURM_NTASKS=8,
+    SLURM_PROCID=5,
+    SLURM_LOCALID=1,
+    SLURM_NODEID=1,
+    SLURM_NODELIST="gpu[07-08],cpu1",
+    SLURM_JOB_ID=1234567,
+    SLURM_JOB_NAME="train.sh",
+    SLURM_NTASKS_PER_NODE=4,
+    SLURM_NNODES=2,
+)
+
+
+def test_reads_srun_variables(setenv):
+    setenv(**SRUN)
+    assert SLURMEnvironment.detect()
+    env = SLURMEnvironment()
+    assert env.creates_processes_externally
+    assert env.main_address == "gpu07"
+    assert env.main_port == 15000 + 4567
+    assert (env.world_size(), env.global_rank(), env.local_rank(), env.node_rank()) == (8, 5, 1, 1)
+
+
+def test_master_port_overrides_the_derived_port(setenv):
+    setenv(**SRUN, MASTER_PORT=2222)
+    assert SLURMEnvironment().main_port == 2222
+
+
+def test_job_nodelist_is_the_fallback(setenv, monkeypatch):
+    setenv(**SRUN, SLURM_JOB_NODELIST="a[3-4]")
+    monkeypatch.delenv("SLURM_NODELIST")
+    assert SLURMEnvironment().main_address == "a3"
+
+
+@pytest.mark.parametrize("job_name", ["bash", "interactive"])
+def test_interactive_allocation_is_not_detected(setenv, job_name):
+    setenv(**SRUN)
+    setenv(SLURM_JOB_NAME=job_name)
+    assert not SLURMEnvironment.detect()
+
+
+def test_not_detected_outside_slurm():
+    assert not SLURMEnvironment.detect()
+
+
+def test_validate_settings(setenv):
+    setenv(**SRUN)
+    env = SLURMEnvironment()
+    env.validate_settings(num_devices=4, num_nodes=2)
+    env.validate_settings(num_devices="auto", num_nodes=2)
+    with pytest.raises(ValueError, match=r"devices=2 .*SLURM_NTASKS_PER_NODE=4.*--ntasks-per-node=2"):
+        env.validate_settings(num_devices=2, num_nodes=2)
+    with pytest.raises(ValueError, match=r"num_nodes=3 .*SLURM_NNODES=2.*--nodes=3"):
+        env.validate_settings(num_devices=4, num_nodes=3)
+
+
+def test_validate_settings_without_per_node_request(setenv, monkeypatch):
+    setenv(**SRUN)
+    monkeypatch.delenv("SLURM_NTASKS_PER_NODE")
+    SLURMEnvironment().validate_settings(num_devices=3, num_nodes=2)
+
+
+@pytest.mark.parametrize(
+    ("hostlist", "hosts"),
+    [
+        ("node[001-003,7],gpu5", ["node001", "node002", "node003", "node7", "gpu5"]),
+        ("single", ["single"]),
+        ("n[08-10]", ["n08", "n09", "n10"]),
+        ("r[1-2]n[1-2]", ["r1n1", "r1n2", "r2n1", "r2n2"]),
+        ("[1-2]x", ["1x", "2x"]),
+        ("a-b[1],c.d", ["a-b1", "c.d"]),
+    ],
+)
+def test_expand_hostlist_examples(hostlist, hosts):
+    assert expand_hostlist(hostlist) == hosts
+
+
+@pytest.mark.parametrize("bad", ["", "a,,b", "n[1-", "n1]", "n[3-1]", "n[x]", "n[1-2-3]", "n[]"])
+def test_expand_hostlist_rejects_malformed(bad):
+    with pytest.raises(ValueError, match="Malformed SLURM host list"):
+        expand_hostlist(bad)
+
+
+_names = st.text("abcxyz-.", min_size=1, max_size=6)
+_ranges = st.tuples(st.integers(0, 500), st.integers(0, 5), st.integers(1, 4))  # start, length - 1, pad width
+
+
+def _format_range(start, extra, width):
+    first = str(start).zfill(width)
+    return first if extra == 0 else f"{first}-{start + extra}"
+
+
+def _expected(start, extra, width):
+    return [str(n).zfill(width) for n in range(start, start + extra + 1)]
+
+
+_groups = st.one_of(
+    _names.map(lambda name: (name, [name])),
+    st.tuples(_names, st.lists(_ranges, min_size=1, max_size=3), st.text("abc", max_size=2)).map(
+        lambda t: (
+            f"{t[0]}[{','.join(_format_range(*r) for r in t[1])}]{t[2]}",
+            [f"{t[0]}{n}{t[2]}" for r in t[1] for n in _expected(*r)],
+        )
+    ),
+)
+
+
+@given(st.lists(_groups, min_size=1, max_size=5))
+def test_expand_hostlist_round_trip(groups):
+    hostlist = ",".join(text for text, _ in groups)
+    assert expand_hostlist(hostlist) == [host for _, hosts in groups for host in hosts]
