@@ -1,0 +1,58 @@
+"""Turning the user's `state` dict into something storable, and pouring a loaded checkpoint back into it."""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch
+from torch.optim import Optimizer
+
+
+def unwrap(obj: Any) -> Any:
+    """The user's own object behind a fabric_kit wrapper (or behind DDP), so checkpoints hold plain keys."""
+    while True:
+        inner = getattr(obj, "_fabric_kit_unwrapped", None)
+        if inner is None:
+            return obj
+        obj = inner
+
+
+def to_storable(state: dict[str, Any], filter: dict[str, Callable[[str, Any], bool]] | None = None) -> dict[str, Any]:
+    """Replace every object that has a `state_dict()` by that state dict; `filter` picks entries per key."""
+    filter = filter or {}
+    unknown = set(filter) - set(state)
+    if unknown:
+        raise ValueError(f"filter has keys {sorted(unknown)} that are not in the state: {sorted(state)}")
+    converted = {}
+    for key, obj in state.items():
+        value = unwrap(obj)
+        if hasattr(value, "state_dict") and callable(value.state_dict):
+            value = value.state_dict()
+        if key in filter:
+            keep = filter[key]
+            value = {k: v for k, v in value.items() if keep(k, v)}
+        converted[key] = value
+    return converted
+
+
+def restore_into(state: dict[str, Any], checkpoint: dict[str, Any], strict: bool = True) -> dict[str, Any]:
+    """Load `checkpoint` into the objects of `state` in place; return the checkpoint entries `state` did not ask for.
+
+    Plain values in `state` (numbers, tensors, dicts) are replaced by the checkpoint's; objects with
+    `load_state_dict` restore themselves. With `strict`, a key of `state` missing from the checkpoint is an error.
+    """
+    missing = [key for key in state if key not in checkpoint]
+    if missing and strict:
+        raise KeyError(f"the checkpoint has no entry for {missing}; it holds {sorted(checkpoint)}. "
+                       "Pass strict=False to load the rest.")
+    for key, obj in state.items():
+        if key not in checkpoint:
+            continue
+        target = unwrap(obj)
+        value = checkpoint[key]
+        if isinstance(target, torch.nn.Module):
+            target.load_state_dict(value, strict=strict)
+        elif isinstance(target, Optimizer) or hasattr(target, "load_state_dict"):
+            target.load_state_dict(value)
+        else:
+            state[key] = value
+    return {key: value for key, value in checkpoint.items() if key not in state}

@@ -1,0 +1,155 @@
+"""Resolve `Fabric(...)` arguments — and what `fabric run` passed through the environment — into an accelerator,
+a precision, a cluster environment and a strategy. Every argument error is raised here, naming the bad value and
+what is accepted."""
+from __future__ import annotations
+
+import os
+from typing import Any
+
+
+from fabric_kit.accelerators import Accelerator, accelerator_names, create_accelerator
+from fabric_kit.environments import ClusterEnvironment, detect_environment
+from fabric_kit.precision import Precision, create_precision, normalize_precision, precision_names
+from fabric_kit.strategies.parallel import ParallelStrategy
+from fabric_kit.strategies.registry import strategy_class, strategy_names
+from fabric_kit.strategies.single_device import SingleDeviceStrategy
+from fabric_kit.strategies.strategy import Strategy
+
+__all__ = ["Connector", "accelerator_names", "precision_names", "strategy_names"]
+
+# `fabric run --flag` exports FABRIC_KIT_<NAME>; the script's own explicit argument must agree with it.
+CLI_FLAGS = {"accelerator": "--accelerator", "strategy": "--strategy", "devices": "--devices",
+             "num_nodes": "--num-nodes", "precision": "--precision"}
+DEFAULTS: dict[str, Any] = {"accelerator": "auto", "strategy": "auto", "devices": "auto", "num_nodes": 1,
+                            "precision": None}
+
+
+class Connector:
+    """Turns user arguments into components; `strategy` is the result everything else asks."""
+
+    def __init__(self, accelerator: str | Accelerator = "auto", strategy: str | Strategy = "auto",
+                 devices: int | str | list[int] = "auto", num_nodes: int = 1, precision: str | int | None = None,
+                 plugins: Any = None) -> None:
+        accelerator = _merge_cli("accelerator", accelerator)
+        strategy = _merge_cli("strategy", strategy)
+        devices = _merge_cli("devices", devices)
+        num_nodes = _merge_cli("num_nodes", num_nodes)
+        precision = _merge_cli("precision", precision)
+
+        precision_plugin, environment = _split_plugins(plugins)
+        self.accelerator = _resolve_accelerator(accelerator, strategy)
+        self.precision = precision_plugin or create_precision(normalize_precision(precision),
+                                                              _device_type(self.accelerator))
+        self.cluster_environment = environment or detect_environment()
+        self.num_nodes = _check_num_nodes(num_nodes)
+        device_ids = self._device_ids(devices)
+        self.strategy = self._resolve_strategy(strategy, device_ids)
+
+    def _device_ids(self, devices: int | str | list[int]) -> list[int]:
+        environment = self.cluster_environment
+        if environment.creates_processes_externally and devices == "auto":
+            # torchrun / srun decided how many processes there are; one device per local process.
+            local = int(os.environ.get("LOCAL_WORLD_SIZE", 0)) or max(1, environment.world_size() // self.num_nodes)
+            return list(range(local))
+        ids = self.accelerator.parse_devices(devices)
+        if not ids:
+            raise ValueError(f"devices={devices!r} found no {self.accelerator.name} device on this machine")
+        if environment.creates_processes_externally:
+            environment.validate_settings(len(ids), self.num_nodes)
+        return ids
+
+    def _resolve_strategy(self, strategy: str | Strategy, device_ids: list[int]) -> Strategy:
+        devices = [self.accelerator.device(i) for i in device_ids]
+        many = len(devices) * self.num_nodes > 1 or self.cluster_environment.world_size() > 1
+        if isinstance(strategy, Strategy):
+            instance = strategy
+        else:
+            name = strategy if strategy != "auto" else ("ddp" if many else "single_device")
+            cls, preset = strategy_class(name)
+            if issubclass(cls, SingleDeviceStrategy):
+                if many:
+                    raise ValueError(f"strategy={name!r} runs one process, but devices={len(devices)} and "
+                                     f"num_nodes={self.num_nodes} ask for more; use strategy='ddp' or one device")
+                instance = cls(device=devices[0], **preset)
+            else:
+                instance = cls(**preset)
+        if instance.accelerator is None:
+            instance.accelerator = self.accelerator
+        if type(instance.precision) is Precision:
+            instance.precision = self.precision
+        if isinstance(instance, ParallelStrategy):
+            if not instance.parallel_devices:
+                instance.parallel_devices = devices
+            if instance.cluster_environment is None:
+                instance.cluster_environment = self.cluster_environment
+            instance.num_nodes = self.num_nodes
+            if not self.cluster_environment.creates_processes_externally:
+                self.cluster_environment.set_world_size(len(instance.parallel_devices) * self.num_nodes)
+                self.cluster_environment.set_global_rank(self.cluster_environment.node_rank() * len(devices))
+        configure = getattr(instance, "configure_launcher", None)
+        if configure is not None:
+            configure()
+        return instance
+
+
+def _merge_cli(name: str, value: Any) -> Any:
+    """Take the value `fabric run` exported unless the script passed a different explicit one (an error)."""
+    exported = os.environ.get("FABRIC_KIT_" + name.upper())
+    if exported is None or exported == "auto":
+        return value
+    default = DEFAULTS[name]
+    if value == default or value is default:
+        return int(exported) if name == "num_nodes" else exported
+    if _agrees(name, value, exported):
+        return value
+    shown = value if isinstance(value, (str, int, list, type(None))) else type(value).__name__
+    raise ValueError(f"`fabric run {CLI_FLAGS[name]}={exported}` disagrees with `Fabric({name}={shown!r})` in the "
+                     "script; remove one of the two")
+
+
+def _agrees(name: str, value: Any, exported: str) -> bool:
+    if name == "precision":
+        return normalize_precision(value) == normalize_precision(exported)
+    if name == "strategy" and isinstance(value, Strategy):
+        return isinstance(value, strategy_class(exported)[0])
+    if name == "accelerator" and isinstance(value, Accelerator):
+        return value.name == ("cuda" if exported == "gpu" else exported)
+    if isinstance(value, (list, tuple)):
+        value = ",".join(str(v) for v in value)
+    return str(value) == exported
+
+
+def _split_plugins(plugins: Any) -> tuple[Precision | None, ClusterEnvironment | None]:
+    precision, environment = None, None
+    for plugin in plugins if isinstance(plugins, (list, tuple)) else ([plugins] if plugins is not None else []):
+        if isinstance(plugin, Precision):
+            precision = plugin
+        elif isinstance(plugin, ClusterEnvironment):
+            environment = plugin
+        else:
+            raise TypeError(f"plugin {plugin!r} is not supported; accepted: a Precision or a ClusterEnvironment "
+                            "instance")
+    return precision, environment
+
+
+def _resolve_accelerator(accelerator: str | Accelerator, strategy: str | Strategy) -> Accelerator:
+    if isinstance(accelerator, Accelerator):
+        return accelerator
+    if isinstance(strategy, Strategy) and strategy.accelerator is not None:
+        return strategy.accelerator
+    if not isinstance(accelerator, str):
+        raise ValueError(f"accelerator={accelerator!r} is not known; accepted: {', '.join(accelerator_names())} "
+                         "or an Accelerator instance")
+    return create_accelerator(accelerator)
+
+
+def _device_type(accelerator: Accelerator) -> str:
+    return accelerator.device(0).type
+
+
+def _check_num_nodes(num_nodes: Any) -> int:
+    if isinstance(num_nodes, bool) or not isinstance(num_nodes, int) or num_nodes < 1:
+        raise ValueError(f"num_nodes={num_nodes!r} is not valid: pass a positive integer")
+    return num_nodes
+
+

@@ -1,0 +1,16 @@
+"""Creating a module without running its initialisers: the weights are about to be overwritten by a checkpoint
+or a sharded materialisation, so initialising them is wasted time (minutes for billions of parameters)."""
+from __future__ import annotations
+
+from typing import Any
+
+from torch.overrides import TorchFunctionMode
+
+
+class SkipInit(TorchFunctionMode):
+    """Turns every `torch.nn.init` function into a no-op that returns its tensor untouched."""
+
+    def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
+        if getattr(func, "__module__", None) == "torch.nn.init":
+            return args[0] if args else (kwargs or {}).get("tensor")
+        return func(*args, **(kwargs or {}))

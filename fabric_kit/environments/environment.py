@@ -1,0 +1,58 @@
+"""The seam between fabric_kit and whatever placed this process in a cluster.
+
+An environment answers four questions — how many processes, which one am I, where is the main process, and did
+someone else (torchrun, SLURM, MPI) already create the processes — so that strategies never read environment
+variables themselves.
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+
+class ClusterEnvironment(ABC):
+    """Where this process sits in the job. Subclasses read their scheduler's variables."""
+
+    @property
+    @abstractmethod
+    def creates_processes_externally(self) -> bool:
+        """True when the processes already exist (launched by torchrun, srun, mpirun, ...), so fabric_kit must not
+        start any itself."""
+
+    @property
+    @abstractmethod
+    def main_address(self) -> str:
+        """Host name or IP of the rank-0 process, for the process group's store."""
+
+    @property
+    @abstractmethod
+    def main_port(self) -> int:
+        """Port of the rank-0 process's store."""
+
+    @staticmethod
+    @abstractmethod
+    def detect() -> bool:
+        """Whether the current process runs under this environment."""
+
+    @abstractmethod
+    def world_size(self) -> int: ...
+
+    @abstractmethod
+    def global_rank(self) -> int: ...
+
+    @abstractmethod
+    def local_rank(self) -> int: ...
+
+    @abstractmethod
+    def node_rank(self) -> int: ...
+
+    def set_world_size(self, size: int) -> None:
+        """Environments whose size is fixed by the scheduler ignore this."""
+
+    def set_global_rank(self, rank: int) -> None:
+        """Environments whose rank is fixed by the scheduler ignore this."""
+
+    def validate_settings(self, num_devices: int, num_nodes: int) -> None:
+        """Raise a ValueError when the requested devices/nodes contradict what the scheduler allocated."""
+
+    def teardown(self) -> None:
+        """Undo what the environment set up (e.g. variables exported for child processes)."""

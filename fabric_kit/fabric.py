@@ -1,0 +1,323 @@
+"""The facade a training script talks to. It holds no distribution logic of its own: each call asks the strategy,
+which owns distribution and delegates to precision and checkpoint I/O."""
+from __future__ import annotations
+
+import weakref
+from contextlib import AbstractContextManager, contextmanager, nullcontext
+from typing import Any, Callable, Iterator, Sequence
+
+import torch
+from torch import Tensor
+from torch.nn import Module
+from torch.optim import Optimizer
+from torch.utils.data import DataLoader
+
+from fabric_kit.accelerators import Accelerator
+from fabric_kit.checkpoint.state import unwrap
+from fabric_kit.collections import apply_to_collection
+from fabric_kit.connector import Connector
+from fabric_kit.data import distributed_loader
+from fabric_kit.seed import seed_everything
+from fabric_kit.strategies.launchers.multiprocessing import MultiprocessingLauncher
+from fabric_kit.strategies.strategy import BackwardSyncControl, Strategy
+from fabric_kit.wrappers import FabricDataLoader, FabricModule, FabricOptimizer, wrap_optimizer
+
+
+class Fabric:
+    """Run a plain PyTorch loop on any device, process count and precision.
+
+    Args:
+        accelerator: "cpu", "cuda" (alias "gpu"), "mps" or "auto" (the best available), or an Accelerator.
+        strategy: "auto", "single_device", "ddp", "ddp_spawn", "ddp_fork", "ddp_notebook",
+            "ddp_find_unused_parameters_true", ... (`fabric_kit.strategies.strategy_names()`), or a Strategy.
+        devices: number of devices (processes on CPU), a list of device indices, "0,1", or "auto".
+        num_nodes: number of machines.
+        precision: "32-true", "64-true", "16-mixed", "bf16-mixed", "16-true", "bf16-true" (aliases 32, 64, 16,
+            "bf16").
+        plugins: a Precision or ClusterEnvironment instance (or a list of them) overriding the automatic choice.
+        callbacks: objects whose methods `fabric.call(hook_name, ...)` invokes.
+        loggers: objects with `log_metrics(metrics, step)` used by `fabric.log` / `log_dict`.
+    """
+
+    def __init__(self, *, accelerator: str | Accelerator = "auto", strategy: str | Strategy = "auto",
+                 devices: int | str | list[int] = "auto", num_nodes: int = 1, precision: str | int | None = None,
+                 plugins: Any = None, callbacks: Any = None, loggers: Any = None) -> None:
+        connector = Connector(accelerator, strategy, devices, num_nodes, precision, plugins)
+        self._strategy: Strategy = connector.strategy
+        self._accelerator: Accelerator = connector.accelerator
+        self._callbacks = _as_list(callbacks)
+        self._loggers = _as_list(loggers)
+        self._launched = False
+        self._setup_modules: weakref.WeakSet[Module] = weakref.WeakSet()
+
+    # -- where this process sits ----------------------------------------------------------------------------------
+    @property
+    def accelerator(self) -> Accelerator:
+        return self._accelerator
+
+    @property
+    def strategy(self) -> Strategy:
+        return self._strategy
+
+    @property
+    def device(self) -> torch.device:
+        return self._strategy.root_device
+
+    @property
+    def global_rank(self) -> int:
+        return self._strategy.global_rank
+
+    @property
+    def local_rank(self) -> int:
+        return self._strategy.local_rank
+
+    @property
+    def node_rank(self) -> int:
+        return self._strategy.node_rank
+
+    @property
+    def world_size(self) -> int:
+        return self._strategy.world_size
+
+    @property
+    def is_global_zero(self) -> bool:
+        return self._strategy.is_global_zero
+
+    @property
+    def loggers(self) -> list[Any]:
+        return self._loggers
+
+    @property
+    def logger(self) -> Any:
+        return self._loggers[0] if self._loggers else None
+
+    # -- processes ------------------------------------------------------------------------------------------------
+    def launch(self, function: Callable[..., Any] | None = None, *args: Any, **kwargs: Any) -> Any:
+        """Start the processes the strategy needs (unless torchrun, SLURM or `fabric run` already did) and join the
+        process group; then run `function(fabric, *args, **kwargs)` if given. Calling it again is harmless."""
+        launcher = self._strategy.launcher
+        if self._launched:
+            return function(self, *args, **kwargs) if function is not None else None
+        if function is None and isinstance(launcher, MultiprocessingLauncher):
+            raise TypeError(f"strategy {type(self._strategy).__name__} with start method "
+                            f"{launcher.start_method!r} starts fresh processes: pass the function to run, "
+                            "`fabric.launch(train)`, where `def train(fabric): ...`")
+        if launcher is None:
+            return self._run_launched(function, *args, **kwargs)
+        return launcher.launch(self._run_launched, function, *args, **kwargs)
+
+    def _run_launched(self, function: Callable[..., Any] | None, *args: Any, **kwargs: Any) -> Any:
+        self._launched = True
+        self._strategy.setup_environment()
+        return function(self, *args, **kwargs) if function is not None else None
+
+    def _ensure_launched(self) -> None:
+        if self._launched:
+            return
+        if self._strategy.launcher is not None:
+            raise RuntimeError(f"{type(self._strategy).__name__} runs {self.world_size} processes: call "
+                               "`fabric.launch()` before setting up models, dataloaders or using collectives")
+        self._run_launched(None)
+
+    # -- setup ----------------------------------------------------------------------------------------------------
+    def setup(self, module: Module, *optimizers: Optimizer, scheduler: Any = None,
+              move_to_device: bool = True) -> Any:
+        """Prepare a model and its optimizers for the strategy; returns `model`, or `(model, *optimizers)`
+        (with the scheduler last when one is passed)."""
+        self._ensure_launched()
+        module = self._prepare_module(module, move_to_device)
+        for optimizer in optimizers:
+            _check_unwrapped_optimizer(optimizer)
+        forward_module, raw_optimizers, scheduler = self._strategy.setup_module_and_optimizers(
+            module, list(optimizers), scheduler)
+        wrapped = FabricModule(forward_module, self._strategy.precision, module)
+        fabric_optimizers = [wrap_optimizer(opt, self._strategy) for opt in raw_optimizers]
+        result = [wrapped, *fabric_optimizers]
+        if scheduler is not None:
+            result.append(scheduler)
+        return result[0] if len(result) == 1 else tuple(result)
+
+    def setup_module(self, module: Module, move_to_device: bool = True) -> FabricModule:
+        """Prepare only the model (sharding strategies want the model first, then `setup_optimizers`)."""
+        self._ensure_launched()
+        module = self._prepare_module(module, move_to_device)
+        return FabricModule(self._strategy.setup_module(module), self._strategy.precision, module)
+
+    def setup_optimizers(self, *optimizers: Optimizer) -> FabricOptimizer | tuple[FabricOptimizer, ...]:
+        self._ensure_launched()
+        wrapped = []
+        for optimizer in optimizers:
+            _check_unwrapped_optimizer(optimizer)
+            wrapped.append(wrap_optimizer(self._strategy.setup_optimizer(optimizer), self._strategy))
+        return wrapped[0] if len(wrapped) == 1 else tuple(wrapped)
+
+    def _prepare_module(self, module: Module, move_to_device: bool) -> Module:
+        if isinstance(module, FabricModule) or module in self._setup_modules:
+            raise ValueError(f"module {type(unwrap(module)).__name__} was already set up by this Fabric; "
+                             "pass each model to `setup` once")
+        self._setup_modules.add(module)
+        module = self._strategy.precision.convert_module(module)
+        if move_to_device:
+            self._strategy.module_to_device(module)
+        return module
+
+    def setup_dataloaders(self, *dataloaders: DataLoader, use_distributed_sampler: bool = True,
+                          move_to_device: bool = True, even_shards: bool = True) -> Any:
+        """Give each process its shard of every loader and move batches to the device.
+
+        `even_shards=False` (for evaluation) gives each sample to exactly one process with no padding duplicates,
+        so a metric summed over processes counts every sample once; processes may then get one batch fewer.
+        """
+        self._ensure_launched()
+        wrapped = []
+        for loader in dataloaders:
+            if not isinstance(loader, DataLoader):
+                raise TypeError(f"setup_dataloaders takes torch DataLoaders; got {type(loader).__name__}")
+            if use_distributed_sampler and self.world_size > 1:
+                loader = distributed_loader(loader, self.world_size, self.global_rank, even_shards=even_shards)
+            wrapped.append(FabricDataLoader(loader, self.device if move_to_device else None))
+        return wrapped[0] if len(wrapped) == 1 else tuple(wrapped)
+
+    # -- the training step ----------------------------------------------------------------------------------------
+    def backward(self, tensor: Tensor, *args: Any, model: FabricModule | None = None, **kwargs: Any) -> None:
+        """Use instead of `loss.backward()`: the precision may scale the loss, the strategy may own backward."""
+        self._strategy.backward(tensor, model, *args, **kwargs)
+
+    def clip_gradients(self, module: Module, optimizer: Optimizer, clip_val: float | None = None,
+                       max_norm: float | None = None, norm_type: float = 2.0,
+                       error_if_nonfinite: bool = True) -> Tensor | None:
+        """Clip by value (`clip_val`) or by total norm (`max_norm`, returns the norm before clipping)."""
+        if (clip_val is None) == (max_norm is None):
+            raise ValueError(f"clip_gradients takes exactly one of clip_val / max_norm; got clip_val={clip_val}, "
+                             f"max_norm={max_norm}")
+        optimizer = unwrap(optimizer)
+        if max_norm is not None:
+            return self._strategy.clip_gradients_norm(module, optimizer, max_norm, norm_type, error_if_nonfinite)
+        self._strategy.clip_gradients_value(module, optimizer, clip_val)
+        return None
+
+    def autocast(self) -> AbstractContextManager:
+        """The precision's compute context, for code outside the model's forward (e.g. the loss)."""
+        return self._strategy.precision.forward_context()
+
+    def no_backward_sync(self, module: Module, enabled: bool = True) -> AbstractContextManager:
+        """Skip the gradient all-reduce inside this context (gradient accumulation); sync on the last micro-batch."""
+        if not isinstance(module, FabricModule):
+            raise TypeError(f"no_backward_sync needs the module returned by fabric.setup(); got "
+                            f"{type(module).__name__}")
+        if not isinstance(self._strategy, BackwardSyncControl):
+            return nullcontext()  # one process: there is no all-reduce to skip
+        return self._strategy.no_backward_sync(module._forward_module, enabled)
+
+    def to_device(self, obj: Any) -> Any:
+        """Move a module, a tensor or any nested collection of tensors to this process's device."""
+        if isinstance(obj, Module):
+            self._strategy.module_to_device(obj)
+            return obj
+        return self._strategy.batch_to_device(obj)
+
+    def init_module(self, empty_init: bool | None = None) -> AbstractContextManager:
+        """Create modules directly on the device and in the precision's dtype; `empty_init=True` skips weight
+        initialisation (the weights will be loaded) — sharding strategies create them on the meta device."""
+        return self._strategy.module_init_context(empty_init)
+
+    def init_tensor(self) -> AbstractContextManager:
+        return self._strategy.tensor_init_context()
+
+    # -- collectives ----------------------------------------------------------------------------------------------
+    def barrier(self, name: str | None = None) -> None:
+        self._ensure_launched()
+        self._strategy.barrier(name)
+
+    def broadcast(self, obj: Any, src: int = 0) -> Any:
+        """Send any picklable object from process `src` to all."""
+        self._ensure_launched()
+        return self._strategy.broadcast(obj, src)
+
+    def all_gather(self, data: Any, group: Any = None, sync_grads: bool = False) -> Any:
+        """Stack each process's tensor (in any nested collection) along a new first dimension."""
+        self._ensure_launched()
+        data = _numbers_to_tensors(data, self.device)
+        return apply_to_collection(data, Tensor, self._strategy.all_gather, group=group, sync_grads=sync_grads)
+
+    def all_reduce(self, data: Any, group: Any = None, reduce_op: str | Any = "mean") -> Any:
+        """Reduce tensors (in any nested collection) over processes: "mean", "sum", "max", "min", "product"."""
+        self._ensure_launched()
+        data = _numbers_to_tensors(data, self.device)
+        return apply_to_collection(data, Tensor, self._strategy.all_reduce, group=group, reduce_op=reduce_op)
+
+    @contextmanager
+    def rank_zero_first(self, local: bool = False) -> Iterator[None]:
+        """Rank 0 (of the job, or of each node with `local=True`) runs the block first, e.g. to download data."""
+        rank = self.local_rank if local else self.global_rank
+        if rank > 0:
+            self.barrier()
+        yield
+        if rank == 0:
+            self.barrier()
+
+    # -- utilities ------------------------------------------------------------------------------------------------
+    def print(self, *args: Any, **kwargs: Any) -> None:
+        """`print` on global rank 0 only."""
+        if self.is_global_zero:
+            print(*args, **kwargs)
+
+    def seed_everything(self, seed: int | None = None, workers: bool = False) -> int:
+        return seed_everything(seed, workers)
+
+    def call(self, hook_name: str, *args: Any, **kwargs: Any) -> None:
+        """Call `hook_name(*args, **kwargs)` on every callback that defines it."""
+        for callback in self._callbacks:
+            method = getattr(callback, hook_name, None)
+            if callable(method):
+                method(*args, **kwargs)
+
+    def log(self, name: str, value: Any, step: int | None = None) -> None:
+        self.log_dict({name: value}, step=step)
+
+    def log_dict(self, metrics: dict[str, Any], step: int | None = None) -> None:
+        """Send scalar metrics to every logger (loggers write on rank 0 only)."""
+        metrics = apply_to_collection(metrics, Tensor, lambda t: t.item())
+        for logger in self._loggers:
+            logger.log_metrics(metrics, step=step)
+
+    # -- checkpoints ----------------------------------------------------------------------------------------------
+    def save(self, path: str, state: dict[str, Any], filter: dict[str, Callable[[str, Any], bool]] | None = None
+             ) -> None:
+        """Save `state`: modules, optimizers and anything with `state_dict()` are converted; others stored as is."""
+        self._ensure_launched()
+        self._strategy.save_checkpoint(path, state, filter)
+        self._strategy.barrier()
+
+    def load(self, path: str, state: dict[str, Any] | None = None, strict: bool = True) -> dict[str, Any]:
+        """Restore the objects of `state` in place from `path`; return what the checkpoint held beyond `state`
+        (everything, when `state` is None)."""
+        self._ensure_launched()
+        remainder = self._strategy.load_checkpoint(path, state, strict)
+        self._strategy.barrier()
+        return remainder
+
+    def load_raw(self, path: str, obj: Module | Optimizer, strict: bool = True) -> None:
+        """Load a plain state dict saved by `torch.save(model.state_dict(), path)` into a module or optimizer."""
+        self._ensure_launched()
+        self._strategy.load_checkpoint(path, unwrap(obj), strict)
+
+
+def _as_list(value: Any) -> list[Any]:
+    if value is None:
+        return []
+    return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
+def _check_unwrapped_optimizer(optimizer: Optimizer) -> None:
+    if isinstance(optimizer, FabricOptimizer):
+        raise ValueError(f"optimizer {type(optimizer.optimizer).__name__} was already set up; pass each optimizer "
+                         "to `setup` once")
+
+
+def _numbers_to_tensors(data: Any, device: torch.device) -> Any:
+    if isinstance(data, (int, float, bool)):
+        return torch.tensor(data, device=device)
+    return data
+
+

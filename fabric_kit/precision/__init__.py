@@ -1,0 +1,44 @@
+"""Precision settings by name, with Lightning's aliases (`16` means `16-mixed`, `bf16` means `bf16-mixed`)."""
+from __future__ import annotations
+
+import torch
+
+from fabric_kit.precision.amp import MixedPrecision
+from fabric_kit.precision.dtype import TruePrecision
+from fabric_kit.precision.precision import Precision
+
+PRECISION_ALIASES = {"32": "32-true", "64": "64-true", "16": "16-mixed", "bf16": "bf16-mixed"}
+PRECISION_NAMES = ("32-true", "64-true", "16-mixed", "bf16-mixed", "16-true", "bf16-true")
+
+
+def precision_names() -> list[str]:
+    return [*PRECISION_NAMES, *PRECISION_ALIASES]
+
+
+def normalize_precision(value: str | int | None) -> str:
+    """`16` / "16" / "16-mixed" -> "16-mixed"; raise with the accepted list otherwise."""
+    if value is None:
+        return "32-true"
+    name = str(value)
+    name = PRECISION_ALIASES.get(name, name)
+    if name not in PRECISION_NAMES:
+        raise ValueError(f"precision={value!r} is not supported; accepted: {', '.join(precision_names())}")
+    return name
+
+
+def create_precision(name: str, device_type: str) -> Precision:
+    """The precision object for a normalised name on a device type ("cpu", "cuda", "mps")."""
+    if name == "32-true":
+        return Precision()
+    if name == "64-true":
+        return TruePrecision(torch.float64, name)
+    if name == "16-true":
+        return TruePrecision(torch.float16, name)
+    if name == "bf16-true":
+        return TruePrecision(torch.bfloat16, name)
+    dtype = torch.float16 if name == "16-mixed" else torch.bfloat16
+    return MixedPrecision(dtype, device_type, name)
+
+
+__all__ = ["MixedPrecision", "Precision", "TruePrecision", "create_precision", "normalize_precision",
+           "precision_names"]

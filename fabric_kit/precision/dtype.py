@@ -1,0 +1,46 @@
+"""Precisions that run the whole model in one dtype: `64-true`, `16-true`, `bf16-true`."""
+from __future__ import annotations
+
+from contextlib import AbstractContextManager, contextmanager
+from typing import Any, Iterator
+
+import torch
+
+from fabric_kit.collections import convert_tensors
+from fabric_kit.precision.precision import Precision
+
+
+@contextmanager
+def default_dtype(dtype: torch.dtype) -> Iterator[None]:
+    """Tensors and parameters created inside get `dtype`; the previous default comes back afterwards."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(previous)
+
+
+class TruePrecision(Precision):
+    """Parameters, inputs and computation all in `dtype`; outputs come back in float32 for the loss code."""
+
+    transforms_io = True
+
+    def __init__(self, dtype: torch.dtype, name: str) -> None:
+        self.dtype = dtype
+        self.name = name
+
+    def convert_module(self, module: torch.nn.Module) -> torch.nn.Module:
+        return module.to(dtype=self.dtype)
+
+    def tensor_init_context(self) -> AbstractContextManager:
+        return default_dtype(self.dtype)
+
+    def forward_context(self) -> AbstractContextManager:
+        return default_dtype(self.dtype)
+
+    def convert_input(self, data: Any) -> Any:
+        return convert_tensors(data, torch.float32, self.dtype)
+
+    def convert_output(self, data: Any) -> Any:
+        return convert_tensors(data, self.dtype, torch.float32)

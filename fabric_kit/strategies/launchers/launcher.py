@@ -1,0 +1,16 @@
+"""A launcher starts the processes a strategy needs when nobody else (torchrun, SLURM, MPI) did."""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any, Callable
+
+
+class Launcher(ABC):
+    @property
+    @abstractmethod
+    def is_interactive_compatible(self) -> bool:
+        """Whether it works from a notebook / REPL, where there is no script to re-run."""
+
+    @abstractmethod
+    def launch(self, function: Callable, *args: Any, **kwargs: Any) -> Any:
+        """Run `function(*args, **kwargs)` in every process and return rank 0's result."""

@@ -1,0 +1,44 @@
+"""`ddp_spawn` / `ddp_fork`: start the ranks with torch.multiprocessing and run the launched function in each.
+Used where there is no script to re-run (notebooks) or when the user prefers spawning."""
+from __future__ import annotations
+
+import os
+from typing import Any, Callable
+
+import torch.multiprocessing as mp
+
+from fabric_kit.environments import ClusterEnvironment
+from fabric_kit.strategies.launchers.launcher import Launcher
+
+
+class MultiprocessingLauncher(Launcher):
+    def __init__(self, environment: ClusterEnvironment, num_processes: int, start_method: str = "spawn") -> None:
+        if start_method not in mp.get_all_start_methods():
+            raise ValueError(f"start method {start_method!r} is not available on this platform; available: "
+                             f"{mp.get_all_start_methods()}")
+        self.environment = environment
+        self.num_processes = num_processes
+        self.start_method = start_method
+
+    @property
+    def is_interactive_compatible(self) -> bool:
+        return self.start_method == "fork"
+
+    def launch(self, function: Callable, *args: Any, **kwargs: Any) -> Any:
+        # Pick the address before forking so every rank agrees on it.
+        os.environ["MASTER_ADDR"] = self.environment.main_address
+        os.environ["MASTER_PORT"] = str(self.environment.main_port)
+        results = mp.get_context(self.start_method).SimpleQueue()
+        mp.start_processes(_run_rank, args=(self.num_processes, function, args, kwargs, results),
+                           nprocs=self.num_processes, start_method=self.start_method)
+        return results.get()
+
+
+def _run_rank(local_rank: int, num_processes: int, function: Callable, args: tuple, kwargs: dict,
+              results: Any) -> None:
+    os.environ["LOCAL_RANK"] = os.environ["RANK"] = str(local_rank)
+    os.environ["WORLD_SIZE"] = os.environ["LOCAL_WORLD_SIZE"] = str(num_processes)
+    os.environ["NODE_RANK"] = "0"
+    result = function(*args, **kwargs)
+    if local_rank == 0:
+        results.put(result)

@@ -1,0 +1,92 @@
+"""What every multi-process strategy shares: ranks from the cluster environment and torch.distributed collectives."""
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from fabric_kit import distributed
+from fabric_kit.accelerators import Accelerator
+from fabric_kit.environments import ClusterEnvironment
+from fabric_kit.precision import Precision
+from fabric_kit.strategies.strategy import Strategy
+
+
+class ParallelStrategy(Strategy):
+    def __init__(self, accelerator: Accelerator | None = None, parallel_devices: list[torch.device] | None = None,
+                 cluster_environment: ClusterEnvironment | None = None, precision: Precision | None = None,
+                 process_group_backend: str | None = None, timeout: timedelta | None = None) -> None:
+        super().__init__(accelerator, precision)
+        self.parallel_devices = parallel_devices or []
+        self.cluster_environment = cluster_environment
+        self.num_nodes = 1
+        self._process_group_backend = process_group_backend
+        self._timeout = timeout
+
+    @property
+    def root_device(self) -> torch.device:
+        if not self.parallel_devices:
+            return torch.device("cpu")
+        return self.parallel_devices[self.local_rank % len(self.parallel_devices)]
+
+    @property
+    def num_processes(self) -> int:
+        return len(self.parallel_devices)
+
+    @property
+    def global_rank(self) -> int:
+        return self.cluster_environment.global_rank() if self.cluster_environment else 0
+
+    @property
+    def local_rank(self) -> int:
+        return self.cluster_environment.local_rank() if self.cluster_environment else 0
+
+    @property
+    def node_rank(self) -> int:
+        return self.cluster_environment.node_rank() if self.cluster_environment else 0
+
+    @property
+    def world_size(self) -> int:
+        return self.cluster_environment.world_size() if self.cluster_environment else 1
+
+    @property
+    def process_group_backend(self) -> str:
+        if self._process_group_backend:
+            return self._process_group_backend
+        return "nccl" if self.root_device.type == "cuda" else "gloo"
+
+    def setup_environment(self) -> None:
+        super().setup_environment()
+        distributed.init_process_group(self.cluster_environment, self.process_group_backend, self._timeout)
+
+    def all_gather(self, tensor: Tensor, group: Any = None, sync_grads: bool = False) -> Tensor:
+        if not distributed.is_initialized():
+            return tensor
+        if sync_grads:
+            return torch.stack(torch.distributed.nn.functional.all_gather(tensor.contiguous(), group=group or
+                                                                          torch.distributed.group.WORLD))
+        return distributed.all_gather(tensor, group)
+
+    def all_reduce(self, tensor: Tensor, group: Any = None, reduce_op: str | Any = "mean") -> Tensor:
+        if not distributed.is_initialized():
+            return tensor
+        return distributed.all_reduce(tensor, reduce_op, group)
+
+    def barrier(self, name: str | None = None) -> None:
+        if distributed.is_initialized():
+            distributed.barrier()
+
+    def broadcast(self, obj: Any, src: int = 0) -> Any:
+        if not distributed.is_initialized():
+            return obj
+        return distributed.broadcast_object(obj, src)
+
+    def reduce_boolean_decision(self, decision: bool, all: bool = True) -> bool:
+        votes = self.all_reduce(torch.tensor(int(decision), device=self.root_device), reduce_op="sum")
+        return bool(votes == self.world_size) if all else bool(votes > 0)
+
+    def teardown(self) -> None:
+        distributed.destroy_process_group()
+        super().teardown()

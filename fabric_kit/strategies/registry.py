@@ -1,0 +1,48 @@
+"""Strategy names. A preset is a name bound to a strategy class and default keyword arguments — no subclass per
+preset. Classes are named by import path so that listing names (the CLI's `--help`) imports no optional package."""
+from __future__ import annotations
+
+import importlib
+from typing import Any, NamedTuple
+
+
+class Entry(NamedTuple):
+    class_path: str
+    kwargs: dict[str, Any]
+    description: str
+
+
+STRATEGIES: dict[str, Entry] = {}
+
+
+def register(name: str, class_path: str, description: str, **kwargs: Any) -> None:
+    if name in STRATEGIES:
+        raise ValueError(f"strategy {name!r} is already registered")
+    STRATEGIES[name] = Entry(class_path, kwargs, description)
+
+
+def strategy_names() -> list[str]:
+    return ["auto", *STRATEGIES]
+
+
+def strategy_class(name: str) -> tuple[type, dict[str, Any]]:
+    """The class and preset arguments registered as `name`."""
+    entry = STRATEGIES.get(name)
+    if entry is None:
+        raise ValueError(f"strategy={name!r} is not known; accepted: {', '.join(strategy_names())}")
+    module_name, class_name = entry.class_path.split(":")
+    return getattr(importlib.import_module(module_name), class_name), dict(entry.kwargs)
+
+
+register("single_device", "fabric_kit.strategies.single_device:SingleDeviceStrategy", "one process, one device")
+register("ddp", "fabric_kit.strategies.ddp:DDPStrategy", "data parallel; re-runs the script for each rank")
+register("ddp_spawn", "fabric_kit.strategies.ddp:DDPStrategy", "data parallel; ranks started with spawn",
+         start_method="spawn")
+register("ddp_fork", "fabric_kit.strategies.ddp:DDPStrategy", "data parallel; ranks forked (no CUDA before fork)",
+         start_method="fork")
+register("ddp_notebook", "fabric_kit.strategies.ddp:DDPStrategy", "ddp_fork, for notebooks", start_method="fork")
+register("ddp_find_unused_parameters_true", "fabric_kit.strategies.ddp:DDPStrategy",
+         "ddp for models whose forward skips some parameters", find_unused_parameters=True)
+register("ddp_spawn_find_unused_parameters_true", "fabric_kit.strategies.ddp:DDPStrategy",
+         "ddp_spawn for models whose forward skips some parameters", start_method="spawn",
+         find_unused_parameters=True)
