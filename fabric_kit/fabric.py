@@ -50,6 +50,13 @@ class Fabric:
         self._launched = False
         self._setup_modules: weakref.WeakSet[Module] = weakref.WeakSet()
 
+    def __getstate__(self) -> dict[str, Any]:
+        # Spawned ranks receive a pickled copy; the weak set of set-up modules cannot travel (and is empty then).
+        return {**self.__dict__, "_setup_modules": None}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state, _setup_modules=weakref.WeakSet())
+
     # -- where this process sits ----------------------------------------------------------------------------------
     @property
     def accelerator(self) -> Accelerator:

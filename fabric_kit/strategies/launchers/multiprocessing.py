@@ -29,16 +29,20 @@ class MultiprocessingLauncher(Launcher):
         os.environ["MASTER_ADDR"] = self.environment.main_address
         os.environ["MASTER_PORT"] = str(self.environment.main_port)
         results = mp.get_context(self.start_method).SimpleQueue()
-        mp.start_processes(_run_rank, args=(self.num_processes, function, args, kwargs, results),
+        mp.start_processes(_run_rank, args=(self.environment, self.num_processes, function, args, kwargs, results),
                            nprocs=self.num_processes, start_method=self.start_method)
         return results.get()
 
 
-def _run_rank(local_rank: int, num_processes: int, function: Callable, args: tuple, kwargs: dict,
-              results: Any) -> None:
+def _run_rank(local_rank: int, environment: ClusterEnvironment, num_processes: int, function: Callable,
+              args: tuple, kwargs: dict, results: Any) -> None:
     os.environ["LOCAL_RANK"] = os.environ["RANK"] = str(local_rank)
     os.environ["WORLD_SIZE"] = os.environ["LOCAL_WORLD_SIZE"] = str(num_processes)
     os.environ["NODE_RANK"] = "0"
+    # With spawn, `environment` is a pickled copy of the parent's and `function` holds another: both must learn
+    # this process's rank.
+    environment.set_global_rank(local_rank)
+    environment.set_world_size(num_processes)
     result = function(*args, **kwargs)
     if local_rank == 0:
         results.put(result)
