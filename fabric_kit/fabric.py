@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader
 
 from fabric_kit.accelerators import Accelerator
 from fabric_kit.checkpoint.state import unwrap
-from fabric_kit.collections import apply_to_collection
+from fabric_kit.collections import apply_to_collection, move_to_device
 from fabric_kit.connector import Connector
 from fabric_kit.data import distributed_loader
 from fabric_kit.seed import seed_everything
@@ -323,8 +323,9 @@ def _check_unwrapped_optimizer(optimizer: Optimizer) -> None:
 
 
 def _numbers_to_tensors(data: Any, device: torch.device) -> Any:
-    if isinstance(data, (int, float, bool)):
-        return torch.tensor(data, device=device)
-    return data
+    """Python numbers anywhere in `data` become tensors, so a nested `{"loss": 0.5}` is reduced too (not returned
+    unchanged); every tensor is moved to `device`, where the collective runs."""
+    data = apply_to_collection(data, (int, float, bool), lambda number: torch.tensor(number, device=device))
+    return move_to_device(data, device)
 
 
