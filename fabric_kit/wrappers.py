@@ -10,6 +10,7 @@ from torch.optim import Optimizer
 from torch.utils.data import DataLoader
 
 from fabric_kit.collections import move_to_device
+from fabric_kit.data import DistributedShardSampler
 from fabric_kit.precision import Precision
 from fabric_kit.strategies.strategy import Strategy
 
@@ -69,6 +70,24 @@ class FabricOptimizer:
     def _fabric_kit_unwrapped(self) -> Optimizer:
         return self._optimizer
 
+    # `load_state_dict` replaces the optimizer's `param_groups` and `state` objects: read them through, so an LR
+    # scheduler built on this wrapper still drives the real optimizer after a checkpoint is loaded.
+    @property
+    def param_groups(self) -> list[dict[str, Any]]:
+        return self._optimizer.param_groups
+
+    @param_groups.setter
+    def param_groups(self, value: list[dict[str, Any]]) -> None:
+        self._optimizer.param_groups = value
+
+    @property
+    def state(self) -> Any:
+        return self._optimizer.state
+
+    @state.setter
+    def state(self, value: Any) -> None:
+        self._optimizer.state = value
+
     def step(self, closure: Any = None) -> Any:
         if closure is None:
             return self._strategy.optimizer_step(self._optimizer)
@@ -92,7 +111,8 @@ def wrap_optimizer(optimizer: Optimizer, strategy: Strategy) -> FabricOptimizer:
         cls = type(f"Fabric{type(optimizer).__name__}", (FabricOptimizer, type(optimizer)), {})
         _OPTIMIZER_CLASSES[type(optimizer)] = cls
     wrapped = cls.__new__(cls)
-    wrapped.__dict__.update({k: v for k, v in optimizer.__dict__.items() if k not in ("step", "state_dict")})
+    shared = {k: v for k, v in optimizer.__dict__.items() if k not in ("step", "state_dict", "param_groups", "state")}
+    wrapped.__dict__.update(shared)
     wrapped._optimizer = optimizer
     wrapped._strategy = strategy
     wrapped.zero_grad = optimizer.zero_grad
@@ -101,13 +121,24 @@ def wrap_optimizer(optimizer: Optimizer, strategy: Strategy) -> FabricOptimizer:
 
 class FabricDataLoader:
     """Iterates the (possibly re-sharded) loader, moves batches to the device and advances the sampler's epoch on
-    every new pass, so shuffling differs per epoch without the user calling `set_epoch`."""
+    every new pass, so shuffling differs per epoch without the user calling `set_epoch`.
+
+    It is stateful: in the `state` given to `fabric.save`, its position is saved (epoch, indices of the epoch
+    consumed over all ranks, shuffle seed); after `fabric.load` the next pass continues that epoch with its next
+    batch, on any number of processes, later passes shuffle as in an uninterrupted run. The skip happens in the
+    shard sampler `setup_dataloaders` installs, so no batch is fetched through workers only to be discarded.
+    Creating a pass's iterator leaves the global torch RNG untouched (DataLoader draws its workers' base seed from
+    it): a resumed run creates one where the original did not, and must still draw the same dropout masks.
+    """
 
     def __init__(self, dataloader: DataLoader, device: torch.device | None) -> None:
         self._dataloader = dataloader
         # Batches already live on the CPU: moving them there would only cost calls.
         self._device = device if device is not None and device.type != "cpu" else None
-        self._epoch = 0
+        self._epoch = 0  # the epoch of the running pass, or of the next one when `_fresh`
+        self._start = 0  # indices of that epoch (over all ranks) consumed before the pass began, i.e. by a resume
+        self._batches = 0  # batches this pass has yielded
+        self._fresh = True  # the next pass begins at (_epoch, _start) instead of at the following epoch
 
     @property
     def device(self) -> torch.device | None:
@@ -121,17 +152,50 @@ class FabricDataLoader:
         return len(self._dataloader)
 
     def __iter__(self) -> Iterator[Any]:
-        loader = self._dataloader
-        for sampler in (getattr(loader, "sampler", None), getattr(loader.batch_sampler, "sampler", None)):
-            if hasattr(sampler, "set_epoch"):
+        if not self._fresh:  # a new pass after an unfinished one starts the next epoch
+            self._epoch, self._start, self._batches = self._epoch + 1, 0, 0
+        self._fresh = False
+        shard_sampler = self._shard_sampler()
+        for sampler in self._samplers():
+            if sampler is shard_sampler:
+                sampler.set_epoch(self._epoch, start=self._start)
+            elif hasattr(sampler, "set_epoch"):
                 sampler.set_epoch(self._epoch)
-        self._epoch += 1
+        with torch.random.fork_rng(devices=[]):
+            iterator = iter(self._dataloader)
         device = self._device
-        if device is None:
-            yield from loader
-        else:
-            for batch in loader:
-                yield move_to_device(batch, device)
+        for batch in iterator:
+            self._batches += 1
+            yield batch if device is None else move_to_device(batch, device)
+        self._epoch, self._start, self._batches, self._fresh = self._epoch + 1, 0, 0, True
+
+    def state_dict(self) -> dict[str, Any]:
+        """The position of the next batch: `samples` counts the epoch's indices consumed over all ranks."""
+        sampler = self._shard_sampler()
+        per_batch = (self._dataloader.batch_size or 1) * (sampler.num_replicas if sampler is not None else 1)
+        return {"epoch": self._epoch, "samples": self._start + self._batches * per_batch,
+                "batches": self._batches, "seed": sampler.seed if sampler is not None else None}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Make the next pass continue at the saved position (with the saved shuffle seed)."""
+        sampler = self._shard_sampler()
+        if state_dict["samples"] and sampler is None:
+            raise ValueError(
+                f"cannot resume this dataloader in the middle of epoch {state_dict['epoch']}: its sampler "
+                f"({type(self._dataloader.sampler).__name__}) cannot skip the {state_dict['samples']} consumed "
+                "indices. Resumable loaders come from `setup_dataloaders(..., use_distributed_sampler=True)` over a "
+                "map-style dataset without a custom batch_sampler; or leave the loader out of the state.")
+        if sampler is not None and state_dict["seed"] is not None:
+            sampler.seed = state_dict["seed"]
+        self._epoch, self._start, self._batches, self._fresh = state_dict["epoch"], state_dict["samples"], 0, True
+
+    def _samplers(self) -> list[Any]:
+        loader = self._dataloader
+        found = (getattr(loader, "sampler", None), getattr(loader.batch_sampler, "sampler", None))
+        return [s for i, s in enumerate(found) if s is not None and s not in found[:i]]
+
+    def _shard_sampler(self) -> DistributedShardSampler | None:
+        return next((s for s in self._samplers() if isinstance(s, DistributedShardSampler)), None)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._dataloader, name)
