@@ -1,0 +1,169 @@
+"""Directory checkpoints (one file per shard, as sharded strategies write them), saved atomically and verified.
+
+`atomic_directory(path)` hands out a staging directory next to `path`; on a clean exit it records a manifest of
+every file's size and CRC-32, fsyncs everything and swaps the staging directory in.
+
+The swap. On Linux the two directories are exchanged with one `renameat2(RENAME_EXCHANGE)` call, which is atomic:
+a crash leaves `path` holding the old or the new checkpoint. Where that call is unavailable (other systems, some
+file systems) the swap is two renames, `path` -> `.<name>.old` then staging -> `path`; a crash between them leaves no
+`path` at all, only the complete old checkpoint at `.<name>.old` (and the complete new one at the staging name).
+`verify_directory` then reports exactly that, and the next `atomic_directory(path)` restores the old one first.
+"""
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import errno
+import functools
+import json
+import os
+import shutil
+import zlib
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Callable, Iterator
+
+from fabric_kit.checkpoint.errors import CheckpointCorruptedError
+from fabric_kit.checkpoint.io import fsync_directory
+
+MANIFEST = "fabric_kit_manifest.json"
+_FORMAT = "fabric_kit-directory/1"
+_RENAME_EXCHANGE = 2
+_AT_FDCWD = -100
+_CHUNK = 16 * 2**20
+
+
+def staging_path(path: str | os.PathLike) -> Path:
+    """Where `atomic_directory(path)` stages: a deterministic sibling, so every rank of a job can write its shard
+    into it while one rank holds the context."""
+    path = Path(path)
+    return path.parent / f".{path.name}.staging"
+
+
+def _old_path(path: Path) -> Path:
+    return path.parent / f".{path.name}.old"
+
+
+@contextmanager
+def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield an empty staging directory; write the checkpoint's files into it. On a clean exit its manifest is
+    written and it replaces `path` (see the module docstring for the crash window); on an exception it is
+    removed and `path` is untouched. Call it on one process; the others write into `staging_path(path)` and must
+    be done (a barrier) before the block ends."""
+    path = Path(path)
+    _recover(path)
+    staging = staging_path(path)
+    shutil.rmtree(staging, ignore_errors=True)  # a save that crashed before its swap
+    staging.mkdir(parents=True)
+    try:
+        yield staging
+        write_manifest(staging)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    _swap_in(staging, path)
+
+
+def write_manifest(directory: str | os.PathLike) -> None:
+    """Fsync every file under `directory` and record its size and CRC-32 in the manifest (written last)."""
+    directory = Path(directory)
+    files = {}
+    for file in sorted(p for p in directory.rglob("*") if p.is_file() and p.name != MANIFEST):
+        size, crc = _size_and_crc(file, fsync=True)
+        files[file.relative_to(directory).as_posix()] = {"size": size, "crc32": crc}
+    manifest = directory / MANIFEST
+    with open(manifest, "w") as f:
+        json.dump({"format": _FORMAT, "files": files}, f, indent=1)
+        f.flush()
+        os.fsync(f.fileno())
+    for sub in {directory, *(p.parent for p in directory.rglob("*"))}:
+        fsync_directory(sub)
+
+
+def verify_directory(path: str | os.PathLike) -> None:
+    """Raise `CheckpointCorruptedError` naming the first missing, resized or changed file of a directory
+    checkpoint (or its missing manifest)."""
+    path = Path(path)
+    if not path.is_dir():
+        old = _old_path(path)
+        hint = (f"; a save was interrupted while swapping directories and the previous checkpoint is complete at "
+                f"{str(old)!r} (the next atomic_directory({str(path)!r}) restores it)") if old.is_dir() else ""
+        raise CheckpointCorruptedError(path, f"missing: no directory checkpoint at this path{hint}")
+    manifest = path / MANIFEST
+    try:
+        record = json.loads(manifest.read_text())
+        files = record["files"] if record.get("format") == _FORMAT else None
+    except (OSError, ValueError, KeyError, AttributeError) as error:
+        raise CheckpointCorruptedError(manifest, f"damaged: the directory checkpoint's manifest is missing or "
+                                                 f"unreadable ({error})") from error
+    if not isinstance(files, dict):
+        raise CheckpointCorruptedError(manifest, f"damaged: not a manifest of format {_FORMAT!r}")
+    for name, expected in files.items():
+        file = path / name
+        if not file.is_file():
+            raise CheckpointCorruptedError(file, "missing: the manifest lists this shard but it does not exist")
+        size, crc = _size_and_crc(file, fsync=False)
+        if size != expected["size"]:
+            raise CheckpointCorruptedError(file, f"damaged: {size} bytes, the manifest records {expected['size']}")
+        if crc != expected["crc32"]:
+            raise CheckpointCorruptedError(file, f"damaged: the contents do not match the manifest's checksum (crc32 "
+                                                 f"{crc:08x}, recorded {expected['crc32']:08x})")
+
+
+def _size_and_crc(file: Path, fsync: bool) -> tuple[int, int]:
+    size, crc = 0, 0
+    with open(file, "rb") as f:
+        while chunk := f.read(_CHUNK):
+            crc = zlib.crc32(chunk, crc)
+            size += len(chunk)
+        if fsync:
+            os.fsync(f.fileno())
+    return size, crc
+
+
+def _swap_in(staging: Path, path: Path) -> None:
+    if path.exists() and _exchange(staging, path):
+        shutil.rmtree(staging)  # now holds the previous checkpoint
+    elif path.exists():
+        old = _old_path(path)
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(path, old)
+        fsync_directory(path.parent)
+        os.replace(staging, path)  # a crash before this line leaves only `old` (see the module docstring)
+        fsync_directory(path.parent)
+        shutil.rmtree(old)
+    else:
+        os.replace(staging, path)
+    fsync_directory(path.parent)
+
+
+def _recover(path: Path) -> None:
+    """Undo the effect of a crash inside the two-rename swap: put the complete old checkpoint back."""
+    old = _old_path(path)
+    if old.is_dir() and not path.exists():
+        os.replace(old, path)
+        fsync_directory(path.parent)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Atomically exchange two directory entries (Linux renameat2); False where unsupported."""
+    renameat2 = _renameat2()
+    if renameat2 is None:
+        return False
+    result = renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE)
+    if result == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP):
+        return False
+    raise OSError(code, f"cannot exchange {str(a)!r} with {str(b)!r}: {os.strerror(code)}")
+
+
+@functools.lru_cache(maxsize=None)
+def _renameat2() -> Callable[..., int] | None:
+    name = ctypes.util.find_library("c")
+    function = getattr(ctypes.CDLL(name, use_errno=True), "renameat2", None) if name else None
+    if function is not None:
+        function.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    return function
