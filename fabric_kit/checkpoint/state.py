@@ -16,15 +16,29 @@ def unwrap(obj: Any) -> Any:
         obj = inner
 
 
+RESERVED_KEY = "__fabric_kit__"
+"""The checkpoint entry where fabric_kit keeps its own state: `{"rng": {rank: states}, "precision": ...}`."""
+
+
+def stateful(obj: Any) -> Any:
+    """The object whose `state_dict` stands for `obj` in a checkpoint: a wrapper that has state of its own (the
+    dataloader wrapper keeps the position its DataLoader lacks), else the user's object behind the wrapper."""
+    own = getattr(type(obj), "state_dict", None)
+    return obj if callable(own) and hasattr(obj, "_fabric_kit_unwrapped") else unwrap(obj)
+
+
 def to_storable(state: dict[str, Any], filter: dict[str, Callable[[str, Any], bool]] | None = None) -> dict[str, Any]:
     """Replace every object that has a `state_dict()` by that state dict; `filter` picks entries per key."""
     filter = filter or {}
+    if RESERVED_KEY in state:
+        raise ValueError(f"the state uses the key {RESERVED_KEY!r}, which fabric_kit reserves for RNG and precision "
+                         "state; rename that entry")
     unknown = set(filter) - set(state)
     if unknown:
         raise ValueError(f"filter has keys {sorted(unknown)} that are not in the state: {sorted(state)}")
     converted = {}
     for key, obj in state.items():
-        value = unwrap(obj)
+        value = stateful(obj)
         if hasattr(value, "state_dict") and callable(value.state_dict):
             value = value.state_dict()
         if key in filter:
@@ -47,7 +61,7 @@ def restore_into(state: dict[str, Any], checkpoint: dict[str, Any], strict: bool
     for key, obj in state.items():
         if key not in checkpoint:
             continue
-        target = unwrap(obj)
+        target = stateful(obj)
         value = checkpoint[key]
         if isinstance(target, torch.nn.Module):
             target.load_state_dict(value, strict=strict)

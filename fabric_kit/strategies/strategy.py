@@ -16,8 +16,10 @@ from torch.nn import Module
 from torch.optim import Optimizer
 
 from fabric_kit.accelerators import Accelerator
+from fabric_kit.checkpoint import rng
+from fabric_kit.checkpoint.collective import all_gather_object
 from fabric_kit.checkpoint.io import load_file, save_file
-from fabric_kit.checkpoint.state import restore_into, to_storable
+from fabric_kit.checkpoint.state import RESERVED_KEY, restore_into, to_storable
 from fabric_kit.collections import move_to_device
 from fabric_kit.empty_init import SkipInit
 from fabric_kit.precision import Precision
@@ -135,20 +137,34 @@ class Strategy(ABC):
     # -- checkpoints ----------------------------------------------------------------------------------------------
     def save_checkpoint(self, path: str, state: dict[str, Any],
                         filter: dict[str, Callable[[str, Any], bool]] | None = None) -> None:
-        """Rank 0 writes one file holding every object's state dict."""
+        """Rank 0 writes one file holding every object's state dict, plus every rank's RNG states and the
+        precision's state (the fp16 loss scale) under `RESERVED_KEY`. Every rank must call it."""
         storable = to_storable(state, filter)
+        rng_states = all_gather_object(self, rng.capture())
         if self.is_global_zero:
+            storable[RESERVED_KEY] = {"rng": dict(enumerate(rng_states)), "precision": self.precision.state_dict()}
             save_file(storable, path)
 
     def load_checkpoint(self, path: str, state: dict[str, Any] | Module | Optimizer | None = None,
-                        strict: bool = True) -> dict[str, Any]:
-        checkpoint = load_file(path)
-        if state is None:
-            return checkpoint
-        if not isinstance(state, dict):
+                        strict: bool = True, weights_only: bool = True) -> dict[str, Any]:
+        """Restore `state` in place, and with it this rank's RNG states and the precision's state; with `state`
+        None, return the checkpoint's entries and restore nothing. `weights_only=False` allows arbitrary pickled
+        objects (only for files from a trusted source)."""
+        checkpoint = load_file(path, weights_only=weights_only)
+        if state is not None and not isinstance(state, dict):
             restore_into({"_": state}, {"_": checkpoint}, strict=strict)
             return {}
-        return restore_into(state, checkpoint, strict=strict)
+        if not isinstance(checkpoint, dict):
+            raise TypeError(f"checkpoint {path!r} holds a {type(checkpoint).__name__}, not a dict of entries; "
+                            "load it into one module or optimizer with `fabric.load_raw(path, obj)`")
+        own = checkpoint.pop(RESERVED_KEY, None)
+        if state is None:
+            return checkpoint
+        remainder = restore_into(state, checkpoint, strict=strict)
+        if own is not None:
+            self.precision.load_state_dict(own.get("precision", {}))
+            rng.for_rank(own["rng"], self.global_rank)
+        return remainder
 
     def teardown(self) -> None:
         if self.accelerator is not None:
