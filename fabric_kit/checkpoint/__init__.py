@@ -1,0 +1,19 @@
+"""Checkpoints that survive crashes: atomic, checksummed files and directories, RNG and dataloader state for
+bit-exact resume, and finding the newest intact checkpoint."""
+from fabric_kit.checkpoint.directory import atomic_directory, staging_path, verify_directory
+from fabric_kit.checkpoint.errors import CheckpointCorruptedError, CheckpointError, UnsafeCheckpointError
+from fabric_kit.checkpoint.io import load_file, save_file, verify_file
+from fabric_kit.checkpoint.latest import latest_checkpoint
+
+__all__ = [
+    "CheckpointCorruptedError",
+    "CheckpointError",
+    "UnsafeCheckpointError",
+    "atomic_directory",
+    "latest_checkpoint",
+    "load_file",
+    "save_file",
+    "staging_path",
+    "verify_directory",
+    "verify_file",
+]
