@@ -177,3 +177,17 @@ def distributed_loader(
     else:
         shard = DistributedShardSampler(sampler, shuffle=False, wrap=True, **options)
     return with_sampler(dataloader, shard)
+
+
+def resumable_loader(dataloader: DataLoader, seed: int = 0) -> DataLoader:
+    """On one process: ``dataloader`` rebuilt on a single-shard :class:`DistributedShardSampler`, so its order is a
+    function of ``(seed, epoch)`` and a position inside an epoch can be restored (a ``RandomSampler`` draws from the
+    global RNG, which cannot be rewound to an epoch's start).
+
+    A loader that cannot be rebuilt (custom batch sampler, a subclass whose arguments cannot be recovered) is
+    returned unchanged: sharding is optional on one process. It iterates as before but cannot resume mid-epoch.
+    """
+    try:
+        return distributed_loader(dataloader, 1, 0, seed=seed)
+    except ValueError:
+        return dataloader

@@ -2,7 +2,8 @@
 
 All ranks compute the same global index order for an epoch from ``(seed, epoch)`` alone and then take every
 ``num_replicas``-th index starting at ``rank``. Nothing is communicated between ranks, and a position in an epoch can
-be restored later from ``seed``, ``epoch`` and the number of indices already consumed.
+be restored later from ``seed``, ``epoch`` and the number of indices already consumed (``set_epoch(epoch, start)``),
+even on a different number of ranks.
 """
 from __future__ import annotations
 
@@ -68,10 +69,18 @@ class DistributedShardSampler(Sampler[int]):
         self.drop_last = drop_last
         self.even_shards = even_shards
         self.epoch = 0
+        self.start = 0
 
-    def set_epoch(self, epoch: int) -> None:
-        """Select the epoch whose order is produced next (changes the permutation when shuffling)."""
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        """Select the epoch whose order is produced next (changes the permutation when shuffling).
+
+        ``start`` resumes the epoch after its first ``start`` indices of the global order, consumed before a restart
+        by any number of ranks: the rest is sharded over the current ranks, so no index is repeated or skipped.
+        """
+        if not isinstance(start, int) or start < 0:
+            raise ValueError(f"start={start!r} is invalid; expected an int >= 0 (indices of the epoch consumed).")
         self.epoch = epoch
+        self.start = start
         if self.wrap and hasattr(self.source, "set_epoch"):
             self.source.set_epoch(epoch)
 
@@ -98,12 +107,12 @@ class DistributedShardSampler(Sampler[int]):
         return -(-n // self.num_replicas) * self.num_replicas
 
     def __iter__(self) -> Iterator[int]:
-        order = self._global_order()
+        order = self._global_order()[self.start :]
         total = self._total(len(order))
         if total > len(order):
             order = order.repeat(-(-total // len(order)))
         return iter(order[self.rank : total : self.num_replicas].tolist())
 
     def __len__(self) -> int:
-        total = self._total(len(self.source))
+        total = self._total(max(0, len(self.source) - self.start))
         return len(range(self.rank, total, self.num_replicas))
