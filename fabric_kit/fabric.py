@@ -16,8 +16,8 @@ from fabric_kit.accelerators import Accelerator
 from fabric_kit.checkpoint.state import unwrap
 from fabric_kit.collections import apply_to_collection, move_to_device
 from fabric_kit.connector import Connector
-from fabric_kit.data import distributed_loader
-from fabric_kit.seed import seed_everything
+from fabric_kit.data import distributed_loader, resumable_loader
+from fabric_kit.seed import global_seed, seed_everything
 from fabric_kit.strategies.launchers.multiprocessing import MultiprocessingLauncher
 from fabric_kit.strategies.strategy import BackwardSyncControl, Strategy
 from fabric_kit.wrappers import FabricDataLoader, FabricModule, FabricOptimizer, wrap_optimizer
@@ -172,6 +172,9 @@ class Fabric:
                           move_to_device: bool = True, even_shards: bool = True) -> Any:
         """Give each process its shard of every loader and move batches to the device.
 
+        Shuffling follows `(seed, epoch)` (the seed of `seed_everything`, else 0), also on one process, so the
+        returned loaders can be saved in a checkpoint and resumed mid-epoch (see `FabricDataLoader`).
+
         `even_shards=False` (for evaluation) gives each sample to exactly one process with no padding duplicates,
         so a metric summed over processes counts every sample once; processes may then get one batch fewer.
         """
@@ -181,7 +184,10 @@ class Fabric:
             if not isinstance(loader, DataLoader):
                 raise TypeError(f"setup_dataloaders takes torch DataLoaders; got {type(loader).__name__}")
             if use_distributed_sampler and self.world_size > 1:
-                loader = distributed_loader(loader, self.world_size, self.global_rank, even_shards=even_shards)
+                loader = distributed_loader(loader, self.world_size, self.global_rank, even_shards=even_shards,
+                                            seed=global_seed())
+            elif use_distributed_sampler:
+                loader = resumable_loader(loader, seed=global_seed())
             wrapped.append(FabricDataLoader(loader, self.device if move_to_device else None))
         return wrapped[0] if len(wrapped) == 1 else tuple(wrapped)
 
@@ -291,16 +297,23 @@ class Fabric:
     # -- checkpoints ----------------------------------------------------------------------------------------------
     def save(self, path: str, state: dict[str, Any], filter: dict[str, Callable[[str, Any], bool]] | None = None
              ) -> None:
-        """Save `state`: modules, optimizers and anything with `state_dict()` are converted; others stored as is."""
+        """Save `state`: modules, optimizers and anything with `state_dict()` (a dataloader from
+        `setup_dataloaders` too) are converted; others stored as is. Every rank's RNG states and the precision's
+        state are added. The write is atomic and checksummed: a crash leaves the previous file or the new one."""
         self._ensure_launched()
         self._strategy.save_checkpoint(path, state, filter)
         self._strategy.barrier()
 
-    def load(self, path: str, state: dict[str, Any] | None = None, strict: bool = True) -> dict[str, Any]:
-        """Restore the objects of `state` in place from `path`; return what the checkpoint held beyond `state`
-        (everything, when `state` is None)."""
+    def load(self, path: str, state: dict[str, Any] | None = None, strict: bool = True, *,
+             weights_only: bool = True) -> dict[str, Any]:
+        """Restore the objects of `state` in place from `path`, with every rank's RNG states and the precision's
+        state; return what the checkpoint held beyond `state` (everything, restoring nothing, when `state` is
+        None). The file's checksum is verified first. Loading is safe by default (tensors and plain containers
+        only); `weights_only=False` unpickles arbitrary objects: only for checkpoints from a trusted source."""
         self._ensure_launched()
-        remainder = self._strategy.load_checkpoint(path, state, strict)
+        # Passed only when set, so strategies overriding load_checkpoint without the argument keep working.
+        options = {} if weights_only else {"weights_only": False}
+        remainder = self._strategy.load_checkpoint(path, state, strict, **options)
         self._strategy.barrier()
         return remainder
 

@@ -30,6 +30,12 @@ def seed_everything(seed: int | None = None, workers: bool = False) -> int:
     return seed
 
 
+def global_seed() -> int:
+    """The seed `seed_everything` set (in this process or exported by a parent), else 0: the default for seeds
+    that must agree across ranks and restarts, such as the shuffle order."""
+    return int(os.environ.get(SEED_VARIABLE, 0))
+
+
 def seed_worker(worker_id: int, rank: int = 0) -> None:
     """A `worker_init_fn` deriving distinct, reproducible seeds for each (rank, worker)."""
     base = int(os.environ.get(SEED_VARIABLE, 0))
