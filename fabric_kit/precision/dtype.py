@@ -6,7 +6,7 @@ from typing import Any, Iterator
 
 import torch
 
-from fabric_kit.collections import convert_tensors
+from fabric_kit.collections import apply_to_collection, convert_tensors
 from fabric_kit.precision.precision import Precision
 
 
@@ -40,7 +40,13 @@ class TruePrecision(Precision):
         return default_dtype(self.dtype)
 
     def convert_input(self, data: Any) -> Any:
-        return convert_tensors(data, torch.float32, self.dtype)
+        # Every floating-point input (float64 from numpy too) takes the model's dtype, as in Lightning; integer
+        # labels and masks are left alone.
+        return apply_to_collection(data, torch.Tensor, _to_floating_dtype, self.dtype)
 
     def convert_output(self, data: Any) -> Any:
         return convert_tensors(data, self.dtype, torch.float32)
+
+
+def _to_floating_dtype(tensor: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    return tensor.to(dtype) if tensor.is_floating_point() else tensor
