@@ -140,3 +140,16 @@ def test_bf16_mixed_accepts_plain_backward():
     nn.functional.cross_entropy(model(x), y).backward()  # no loss scaling with bf16
     optimizer.step()
     assert not torch.equal(before, net.head.weight)
+
+
+@pytest.mark.parametrize("precision", ["16-true", "bf16-true", "64-true"])
+def test_true_precision_converts_every_floating_input(precision):
+    fabric, net, model, _ = setup(precision)
+    x, y = batch()
+    inputs = {"float64": x.double(), "float16": x.half(), "float32": x}
+    outputs = {name: model(tensor) for name, tensor in inputs.items()}  # e.g. a float64 batch built from numpy
+    assert {output.dtype for output in outputs.values()} == {torch.float32}
+    torch.testing.assert_close(outputs["float64"], outputs["float32"])
+    labels = {"labels": y, "images": x.double()}
+    converted = fabric.strategy.precision.convert_input(labels)
+    assert converted["labels"] is y and converted["images"].dtype == net.head.weight.dtype
