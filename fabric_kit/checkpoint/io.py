@@ -15,6 +15,7 @@ import torch
 
 from fabric_kit.checkpoint import integrity
 from fabric_kit.checkpoint.errors import CheckpointCorruptedError, UnsafeCheckpointError
+from fabric_kit.checkpoint.sharded import needs_sharded_strategy
 
 
 def save_file(obj: Any, path: str | os.PathLike) -> None:
@@ -85,8 +86,7 @@ def _open(path: Path) -> BinaryIO:
     if not path.exists():
         raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
     if path.is_dir():
-        raise IsADirectoryError(f"checkpoint {str(path)!r} is a directory (a sharded checkpoint); load it with the "
-                                "strategy that wrote it")
+        raise IsADirectoryError(needs_sharded_strategy(path))
     f = open(path, "rb")
     if os.fstat(f.fileno()).st_size == 0:
         f.close()

@@ -46,3 +46,6 @@ register("ddp_find_unused_parameters_true", "fabric_kit.strategies.ddp:DDPStrate
 register("ddp_spawn_find_unused_parameters_true", "fabric_kit.strategies.ddp:DDPStrategy",
          "ddp_spawn for models whose forward skips some parameters", start_method="spawn",
          find_unused_parameters=True)
+register("fsdp", "fabric_kit.strategies.fsdp:FSDPStrategy", "fully sharded data parallel (FSDP2); re-runs the script")
+register("fsdp_cpu_offload", "fabric_kit.strategies.fsdp:FSDPStrategy", "fsdp with shards kept in CPU memory",
+         cpu_offload=True)

@@ -1,0 +1,79 @@
+"""Model and optimizer state of a sharded model, through torch.distributed.checkpoint's state-dict API: sharded
+(each rank its DTensor shards, for DCP) or full (plain tensors, complete on rank 0, for one file)."""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
+                                                     get_optimizer_state_dict, set_model_state_dict,
+                                                     set_optimizer_state_dict)
+from torch.nn import Module
+from torch.optim import Optimizer
+
+from fabric_kit.checkpoint import optimizer_keys
+from fabric_kit.checkpoint.state import unwrap
+
+Filter = dict[str, Callable[[str, Any], bool]]
+
+
+def split_state(state: dict[str, Any]) -> tuple[dict[str, Module], dict[str, Optimizer], dict[str, Any]]:
+    """The state's modules, its optimizers, and everything else (which is checkpointed the ordinary way)."""
+    modules, optimizers, rest = {}, {}, {}
+    for key, obj in state.items():
+        target = unwrap(obj)
+        if isinstance(target, Module):
+            modules[key] = target
+        elif isinstance(target, Optimizer):
+            optimizers[key] = target
+        else:
+            rest[key] = obj
+    return modules, optimizers, rest
+
+
+def owner(optimizer: Optimizer, modules: dict[str, Module], key: str) -> Module:
+    """The module of the state whose parameters `optimizer` updates (the state-dict API names them through it)."""
+    first = next(p for group in optimizer.param_groups for p in group["params"])
+    for module in modules.values():
+        if any(p is first for p in module.parameters()):
+            return module
+    raise ValueError(f"the optimizer under {key!r} updates parameters of no module in the state "
+                     f"(modules: {sorted(modules)}); under FSDP its state is named through its model, so put the "
+                     "model in the same state dict, e.g. {'model': model, 'optimizer': optimizer}")
+
+
+def state_dicts(modules: dict[str, Module], optimizers: dict[str, Optimizer], full: bool,
+                filter: Filter | None = None) -> dict[str, Any]:
+    """Every module's and optimizer's state dict under its key. `full=True` gathers plain tensors onto rank 0's CPU
+    (other ranks get empty dicts) with torch's index-keyed optimizer state, the format a single-process run saves."""
+    options = StateDictOptions(full_state_dict=full, cpu_offload=full)
+    result: dict[str, Any] = {}
+    for key, module in modules.items():
+        result[key] = get_model_state_dict(module, options=options)
+    for key, optimizer in optimizers.items():
+        state = get_optimizer_state_dict(owner(optimizer, modules, key), optimizer, options=options)
+        result[key] = optimizer_keys.by_index(state) if full and state else state
+    for key, keep in (filter or {}).items():
+        if key in result:
+            result[key] = {k: v for k, v in result[key].items() if keep(k, v)}
+    return result
+
+
+def load_state_dicts(modules: dict[str, Module], optimizers: dict[str, Optimizer], loaded: dict[str, Any],
+                     full: bool, strict: bool) -> None:
+    """Load what `state_dicts` produced (or a single-process checkpoint, with `full=True`) into the sharded
+    objects; full state is sliced into this rank's shards."""
+    options = StateDictOptions(full_state_dict=full, strict=strict)
+    for key, module in modules.items():
+        if key in loaded:
+            set_model_state_dict(module, loaded[key], options=options)
+    for key, optimizer in optimizers.items():
+        if key in loaded:
+            model = owner(optimizer, modules, key)
+            state = optimizer_keys.by_name(loaded[key], parameter_names(model, optimizer)) if full else loaded[key]
+            set_optimizer_state_dict(model, optimizer, state, options=options)
+
+
+def parameter_names(module: Module, optimizer: Optimizer) -> list[list[str]]:
+    """The names of each param group's parameters, in order."""
+    name_of = {id(p): name for name, p in module.named_parameters()}
+    return [[name_of[id(p)] for p in group["params"]] for group in optimizer.param_groups]

@@ -1,0 +1,111 @@
+"""How a module is cut into FSDP shards: which submodules become their own shard group, which recompute their
+activations in backward, over which device mesh, and how a model created on the meta device gets real storage."""
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable, Iterable, Union
+
+import torch
+from torch.nn import Module
+
+try:
+    from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
+    from torch.distributed.fsdp import CPUOffloadPolicy, FSDPModule, MixedPrecisionPolicy, OffloadPolicy, fully_shard
+except ImportError as error:  # FSDP2 is public from torch 2.6
+    raise ImportError(f"strategy 'fsdp' needs torch>=2.6 (FSDP2 `fully_shard`); this is torch {torch.__version__}"
+                      ) from error
+from torch.utils.checkpoint import checkpoint
+
+ModulePolicy = Union[Iterable[type], Callable[[Module], bool], None]
+"""A set of module classes, or a function `module -> bool`; None selects nothing."""
+
+SHARDING_STRATEGIES = ("FULL_SHARD", "SHARD_GRAD_OP", "HYBRID_SHARD", "NO_SHARD")
+
+
+def as_predicate(policy: ModulePolicy, name: str) -> Callable[[Module], bool]:
+    """Turn a policy argument into `module -> bool`, rejecting anything else with what is accepted."""
+    if policy is None:
+        return lambda module: False
+    if isinstance(policy, type) and issubclass(policy, Module):
+        policy = {policy}
+    if isinstance(policy, (set, frozenset, list, tuple)):
+        classes = tuple(policy)
+        bad = [c for c in classes if not (isinstance(c, type) and issubclass(c, Module))]
+        if bad:
+            raise TypeError(f"{name}={policy!r} holds {bad}, which are not nn.Module classes; accepted: a set of "
+                            "nn.Module classes, or a function `module -> bool`")
+        return lambda module: isinstance(module, classes)
+    if callable(policy):
+        return policy
+    raise TypeError(f"{name}={policy!r} is not supported; accepted: a set of nn.Module classes, or a function "
+                    "`module -> bool`")
+
+
+def check_sharding_strategy(value: str) -> str:
+    name = str(value).upper()
+    if name not in SHARDING_STRATEGIES:
+        raise ValueError(f"sharding_strategy={value!r} is not supported; accepted: {', '.join(SHARDING_STRATEGIES)}")
+    return name
+
+
+def build_mesh(sharding_strategy: str, device_type: str, world_size: int, num_nodes: int) -> DeviceMesh:
+    """1-D mesh for FULL_SHARD / SHARD_GRAD_OP. HYBRID_SHARD shards within a node and replicates across nodes;
+    NO_SHARD replicates everywhere (a shard dimension of 1), i.e. DDP through FSDP's machinery."""
+    if sharding_strategy == "HYBRID_SHARD":
+        return init_device_mesh(device_type, (num_nodes, world_size // num_nodes),
+                                mesh_dim_names=("replicate", "shard"))
+    if sharding_strategy == "NO_SHARD":
+        return init_device_mesh(device_type, (world_size, 1), mesh_dim_names=("replicate", "shard"))
+    return init_device_mesh(device_type, (world_size,), mesh_dim_names=("shard",))
+
+
+def apply_activation_checkpointing(module: Module, selects: Callable[[Module], bool]) -> None:
+    """Selected submodules keep no activations from forward; backward recomputes them. The forward is wrapped in
+    place (no wrapper module), so parameter names and checkpoints keep their plain keys."""
+    for submodule in module.modules():
+        if selects(submodule) and not getattr(submodule, "_fabric_kit_checkpointed", False):
+            submodule.forward = functools.partial(checkpoint, submodule.forward, use_reentrant=False)
+            submodule._fabric_kit_checkpointed = True
+
+
+def shard(module: Module, selects: Callable[[Module], bool], mesh: DeviceMesh, reshard_after_forward: bool,
+          mp_policy: MixedPrecisionPolicy, cpu_offload: bool) -> FSDPModule:
+    """`fully_shard` every selected submodule, innermost first, then the root (which takes every parameter left)."""
+    offload: OffloadPolicy = (CPUOffloadPolicy(pin_memory=torch.cuda.is_available()) if cpu_offload
+                              else OffloadPolicy())
+    options: dict[str, Any] = {"mesh": mesh, "reshard_after_forward": reshard_after_forward,
+                               "mp_policy": mp_policy, "offload_policy": offload}
+    # named_modules lists parents before their children: reversed, every child comes before its parent.
+    for _, submodule in reversed(list(module.named_modules())):
+        if submodule is not module and selects(submodule) and not isinstance(submodule, FSDPModule):
+            fully_shard(submodule, **options)
+    return fully_shard(module, **options)
+
+
+def has_meta_tensors(module: Module) -> bool:
+    return any(t.is_meta for t in (*module.parameters(), *module.buffers()))
+
+
+def check_materializable(module: Module) -> None:
+    """Before sharding a meta-device model: every module holding parameters or buffers of its own must be able to
+    initialise them again (`reset_parameters`), else they would be left as uninitialised memory."""
+    lacking = sorted({type(m).__name__ for m in module.modules() if _owns_meta_tensors(m)
+                      and not callable(getattr(m, "reset_parameters", None))})
+    if lacking:
+        raise TypeError(f"module classes {lacking} were created on the meta device (`fabric.init_module("
+                        "empty_init=True)`) and hold parameters or buffers but have no `reset_parameters()`, so "
+                        "FSDP cannot initialise them after sharding; add `reset_parameters()` to them or create the "
+                        "model without empty_init")
+
+
+def materialize(module: Module, device: torch.device) -> None:
+    """Give the sharded meta tensors storage on `device` (each rank only its shards) and initialise them."""
+    owners = [m for m in module.modules() if _owns_meta_tensors(m)]
+    module.to_empty(device=device)
+    with torch.no_grad():
+        for owner in owners:
+            owner.reset_parameters()
+
+
+def _owns_meta_tensors(module: Module) -> bool:
+    return any(t.is_meta for t in (*module.parameters(recurse=False), *module.buffers(recurse=False)))
