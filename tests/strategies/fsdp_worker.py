@@ -1,0 +1,183 @@
+"""The training script behind test_fsdp.py (2 CPU processes, gloo).
+
+    python fsdp_worker.py STRATEGY OUT_DIR
+
+With "fsdp" every scenario runs in the same two processes (process start-up dominates the cost); with "ddp" only
+the uninterrupted run, for parity. Each rank saves what it observed to OUT_DIR/rank<r>.pt.
+"""
+import os
+import sys
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from fabric_kit import Fabric
+from fabric_kit.strategies.fsdp import FSDPStrategy
+
+VOCAB, DIM, SEQ, STEPS, SPLIT = 8, 16, 6, 12, 6
+
+
+class Block(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.norm1, self.norm2 = nn.LayerNorm(DIM), nn.LayerNorm(DIM)
+        self.qkv, self.proj = nn.Linear(DIM, 3 * DIM), nn.Linear(DIM, DIM)
+        self.mlp = nn.Sequential(nn.Linear(DIM, 2 * DIM), nn.GELU(), nn.Linear(2 * DIM, DIM))
+
+    def forward(self, x):
+        q, k, v = self.qkv(self.norm1(x)).unflatten(-1, (3, 2, DIM // 2)).unbind(2)  # 2 heads
+        attention = F.scaled_dot_product_attention(*(t.transpose(1, 2) for t in (q, k, v)), is_causal=True)
+        x = x + self.proj(attention.transpose(1, 2).flatten(2))
+        return x + self.mlp(self.norm2(x))
+
+
+class TinyTransformer(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.embed = nn.Embedding(VOCAB, DIM)
+        self.blocks = nn.Sequential(Block(), Block())
+        self.head = nn.Linear(DIM, VOCAB)
+
+    def forward(self, tokens):
+        return self.head(self.blocks(self.embed(tokens)))
+
+
+def batches(steps, size=8):
+    """Global batches of a copy task; rank r trains on its half of each."""
+    generator = torch.Generator().manual_seed(1234)
+    for _ in range(steps):
+        tokens = torch.randint(0, VOCAB, (size, SEQ), generator=generator)
+        yield tokens, tokens
+
+
+def model_and_optimizer(fabric, empty_init=False):
+    with fabric.init_module(empty_init=empty_init):
+        model = TinyTransformer()
+    model = fabric.setup_module(model)
+    optimizer = fabric.setup_optimizers(torch.optim.AdamW(model.parameters(), lr=1e-2))
+    return model, optimizer
+
+
+def train(fabric, model, optimizer, steps):
+    half = slice(fabric.global_rank * 4, fabric.global_rank * 4 + 4)
+    losses, norms = [], []
+    for x, y in steps:
+        loss = F.cross_entropy(model(x[half]).flatten(0, 1), y[half].flatten())
+        optimizer.zero_grad()
+        fabric.backward(loss)
+        norms.append(fabric.clip_gradients(model, optimizer, max_norm=100.0))
+        optimizer.step()
+        losses.append(loss.item())
+    return losses, norms
+
+
+def full_weights(model):
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+
+def resumed(fabric, out, kind):
+    """Train SPLIT steps, save, then restore into freshly set up objects and finish the run."""
+    fabric.strategy.state_dict_type = kind
+    path = os.path.join(out, f"checkpoint_{kind}")
+    torch.manual_seed(0)
+    model, optimizer = model_and_optimizer(fabric)
+    steps = batches(STEPS)
+    first, _ = train(fabric, model, optimizer, [next(steps) for _ in range(SPLIT)])
+    fabric.save(path, {"model": model, "optimizer": optimizer, "step": SPLIT})
+    torch.manual_seed(1)  # different initial weights: everything must come from the checkpoint
+    model, optimizer = model_and_optimizer(fabric)
+    state = {"model": model, "optimizer": optimizer, "step": 0}
+    fabric.load(path, state)
+    rest, _ = train(fabric, model, optimizer, steps)
+    return {"losses": first + rest, "step": state["step"], "is_dir": os.path.isdir(path)}
+
+
+def bad_inputs(fabric):
+    """Each misuse, before any model was set up, and then with a model set up."""
+    errors = {}
+    model = TinyTransformer()
+    try:
+        fabric.setup_optimizers(torch.optim.SGD(model.parameters(), lr=0.1))
+    except ValueError as error:
+        errors["optimizers_first"] = str(error)
+    try:
+        fabric.setup(TinyTransformer(), torch.optim.SGD(model.parameters(), lr=0.1))
+    except ValueError as error:
+        errors["setup_together"] = str(error)
+    fabric.setup_module(model)
+    try:
+        fabric.setup_optimizers(torch.optim.SGD(TinyTransformer().parameters(), lr=0.1))
+    except ValueError as error:
+        errors["unsharded_optimizer"] = str(error)
+    return errors
+
+
+def fsdp_scenarios(fabric, out):
+    result = {"errors": bad_inputs(fabric)}
+    torch.manual_seed(0)
+    reference = TinyTransformer()
+    if fabric.is_global_zero:
+        torch.save(reference.state_dict(), os.path.join(out, "initial.pt"))
+    fabric.barrier()
+
+    # Uninterrupted run (normal init), also the reference for resuming, DDP parity and consolidation.
+    torch.manual_seed(0)
+    model, optimizer = model_and_optimizer(fabric)
+    result["local_weight_shape"] = tuple(model.module.head.weight.to_local().shape)
+    result["losses"], norms = train(fabric, model, optimizer, batches(STEPS))
+    result["norm_types"] = sorted({type(n).__name__ for n in norms})
+    result["norms"] = torch.stack(norms)
+    fabric.save(os.path.join(out, "final"), {"model": model, "optimizer": optimizer, "step": STEPS})
+    result["final_weights"] = full_weights(model)
+
+    for kind in ("sharded", "full"):
+        result[kind] = resumed(fabric, out, kind)
+
+    # Meta-device init: sharded before any storage exists, then loaded with the reference's initial weights.
+    model, optimizer = model_and_optimizer(fabric, empty_init=True)
+    result["meta_left"] = any(p.is_meta for p in model.parameters())
+    result["meta_initialised_finite"] = all(torch.isfinite(p.to_local()).all() for p in model.parameters())
+    fabric.load_raw(os.path.join(out, "initial.pt"), model)
+    result["meta_losses"], _ = train(fabric, model, optimizer, batches(STEPS))
+    result["no_backward_sync"] = no_backward_sync(fabric)
+    return result
+
+
+def no_backward_sync(fabric):
+    """Accumulating two micro-batches with the first one unsynced gives the gradients of two synced backwards."""
+    grads, reduced_after_first = [], []
+    for skip_first_sync in (False, True):
+        torch.manual_seed(0)
+        model, _ = model_and_optimizer(fabric)
+        x, y = next(batches(1))
+        for i, micro in enumerate((slice(0, 2), slice(2, 4))):
+            with fabric.no_backward_sync(model, enabled=skip_first_sync and i == 0):
+                fabric.backward(F.cross_entropy(model(x[micro]).flatten(0, 1), y[micro].flatten()))
+            if i == 0:
+                reduced_after_first.append(all(p.grad is not None for p in model.parameters()))
+        grads.append([p.grad.full_tensor() for p in model.parameters()])
+    return {"max_difference": max((a - b).abs().max().item() for a, b in zip(*grads)),
+            "reduced_after_first": reduced_after_first}
+
+
+def main():
+    strategy, out = sys.argv[1:3]
+    if strategy == "fsdp":
+        strategy = FSDPStrategy(auto_wrap_policy={Block}, activation_checkpointing_policy={Block})
+    fabric = Fabric(accelerator="cpu", devices=2, strategy=strategy)
+    fabric.launch()
+    if isinstance(strategy, FSDPStrategy):
+        result = fsdp_scenarios(fabric, out)
+    else:
+        torch.manual_seed(0)
+        model = TinyTransformer()
+        model = fabric.setup_module(model)
+        optimizer = fabric.setup_optimizers(torch.optim.AdamW(model.parameters(), lr=1e-2))
+        result = {"losses": train(fabric, model, optimizer, batches(STEPS))[0]}
+    torch.save(result, os.path.join(out, f"rank{fabric.global_rank}.pt"))
+
+
+if __name__ == "__main__":
+    main()

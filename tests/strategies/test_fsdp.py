@@ -1,0 +1,145 @@
+"""FSDP with 2 real CPU processes on gloo.
+
+tests/strategies/fsdp_worker.py runs every FSDP scenario in one pair of processes (start-up dominates the cost) and
+the uninterrupted run once more under DDP; the tests assert on what the ranks saved and on the checkpoints they
+left behind.
+"""
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from fabric_kit import Fabric
+from fabric_kit.checkpoint.consolidate import consolidate
+from fabric_kit.strategies.fsdp import FSDPStrategy
+
+WORKER = Path(__file__).with_name("fsdp_worker.py")
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLE = ROOT / "examples" / "fabric" / "fsdp_transformer.py"
+sys.path.insert(0, str(WORKER.parent))
+from fsdp_worker import STEPS, TinyTransformer  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def fsdp(run_ranks, tmp_path_factory):
+    out = tmp_path_factory.mktemp("fsdp")
+    return run_ranks([WORKER, "fsdp", out], out)[1], out
+
+
+@pytest.fixture(scope="module")
+def ddp(run_ranks, tmp_path_factory):
+    out = tmp_path_factory.mktemp("ddp")
+    return run_ranks([WORKER, "ddp", out], out)[1]
+
+
+def test_trains_and_shards(fsdp):
+    ranks, _ = fsdp
+    for result in ranks:
+        losses = result["losses"]
+        assert len(losses) == STEPS
+        assert sum(losses[-3:]) < 0.8 * sum(losses[:3])
+        assert result["local_weight_shape"] == (4, 16)  # head.weight (8, 16) split over 2 ranks
+    # clip_gradients returns the norm over both ranks' shards as a plain tensor, equal on both.
+    assert {t for r in ranks for t in r["norm_types"]} == {"Tensor"}
+    assert torch.equal(ranks[0]["norms"], ranks[1]["norms"])
+
+
+def test_matches_ddp(fsdp, ddp):
+    ranks, _ = fsdp
+    for sharded, replicated in zip(ranks, ddp):
+        assert sharded["losses"] == pytest.approx(replicated["losses"], abs=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["sharded", "full"])
+def test_resume_equals_uninterrupted_run(fsdp, kind):
+    ranks, out = fsdp
+    for result in ranks:
+        assert result[kind]["losses"] == pytest.approx(result["losses"], abs=1e-6)
+        assert result[kind]["step"] == STEPS // 2  # a plain entry of the state came back too
+    assert (out / f"checkpoint_{kind}").is_dir() == (kind == "sharded")
+    if kind == "full":  # one file that a plain model loads
+        model = TinyTransformer()
+        model.load_state_dict(Fabric(accelerator="cpu", devices=1).load(out / "checkpoint_full")["model"])
+
+
+def test_meta_device_init_trains_like_normal_init(fsdp):
+    ranks, _ = fsdp
+    for result in ranks:
+        assert not result["meta_left"]
+        assert result["meta_initialised_finite"]
+        assert result["meta_losses"] == pytest.approx(result["losses"], abs=1e-6)
+
+
+def test_no_backward_sync_defers_the_reduction(fsdp):
+    ranks, _ = fsdp
+    for result in ranks:
+        assert result["no_backward_sync"]["reduced_after_first"] == [True, False]
+        assert result["no_backward_sync"]["max_difference"] < 1e-6
+
+
+def test_bad_setup_order_errors(fsdp):
+    ranks, _ = fsdp
+    errors = ranks[0]["errors"]
+    assert "before any model was set up" in errors["optimizers_first"]
+    assert "fabric.setup(model, optimizer)" in errors["setup_together"]
+    assert "27 of its 27 parameters" in errors["unsharded_optimizer"]
+    for message in errors.values():
+        assert "created afterwards: `model = fabric.setup_module(model)`" in message
+
+
+def test_consolidate(fsdp, tmp_path):
+    ranks, out = fsdp
+    output = tmp_path / "model.pt"
+    consolidate(out / "final", output)
+    checkpoint = torch.load(output)  # plain torch.load, safe mode
+    model = TinyTransformer()
+    model.load_state_dict(checkpoint["model"], strict=True)
+    for name, tensor in ranks[0]["final_weights"].items():
+        assert torch.equal(model.state_dict()[name], tensor), name
+    optimizer = torch.optim.AdamW(model.parameters())
+    optimizer.load_state_dict(checkpoint["optimizer"])  # index-keyed, as torch saves it
+    assert checkpoint["step"] == STEPS
+
+
+def test_consolidate_rejects_other_paths(tmp_path):
+    with pytest.raises(ValueError, match="is not a sharded checkpoint directory"):
+        consolidate(tmp_path, tmp_path / "out.pt")
+
+
+def test_sharded_directory_without_sharded_strategy(fsdp):
+    _, out = fsdp
+    fabric = Fabric(accelerator="cpu", devices=1)
+    with pytest.raises(IsADirectoryError, match="fabric consolidate .*final --output"):
+        fabric.load(out / "final", {"model": TinyTransformer()})
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="sharding_strategy='ZERO3' is not supported; accepted: FULL_SHARD"):
+        FSDPStrategy(sharding_strategy="ZERO3")
+    with pytest.raises(ValueError, match="state_dict_type='local' is not supported"):
+        FSDPStrategy(state_dict_type="local")
+    with pytest.raises(TypeError, match="auto_wrap_policy=.*accepted: a set of nn.Module classes"):
+        FSDPStrategy(auto_wrap_policy={"Block"})
+
+
+@pytest.mark.parametrize(("name", "offload"), [("fsdp", False), ("fsdp_cpu_offload", True)])
+def test_presets(clean_env, name, offload):
+    strategy = Fabric(accelerator="cpu", devices=2, strategy=name).strategy
+    assert isinstance(strategy, FSDPStrategy) and strategy.cpu_offload is offload
+
+
+def test_mixed_precision_becomes_an_fsdp_policy(clean_env):
+    strategy = Fabric(accelerator="cpu", devices=2, strategy="fsdp", precision="bf16-mixed").strategy
+    policy = strategy.precision.mixed_precision_policy
+    assert (policy.param_dtype, policy.reduce_dtype) == (torch.bfloat16, torch.float32)
+
+
+def test_example_runs(run_ranks, tmp_path):
+    proc = run_ranks(["-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+                      "--master_port", "{port}", EXAMPLE, "--steps", "4", "--checkpoint", tmp_path / "ckpt"],
+                     check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert (tmp_path / "ckpt" / ".metadata").is_file()
+    assert "step 4" in proc.stdout
