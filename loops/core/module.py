@@ -1,0 +1,225 @@
+"""LightningModule: an nn.Module that also holds its training, evaluation and optimizer logic. The Trainer drives
+it; the methods here are what a step may call back (log, optimizers, manual_backward, ...)."""
+from __future__ import annotations
+
+from typing import Any, Callable, Mapping
+
+import torch
+from torch import Tensor, nn
+from torch.optim import Optimizer
+
+from loops.core.hooks import CheckpointHooks, DataHooks, ModelHooks
+from loops.core.hparams import HyperparametersMixin
+from loops.core.saving import load_from_checkpoint
+
+
+class LightningModule(HyperparametersMixin, ModelHooks, DataHooks, CheckpointHooks, nn.Module):
+    """Override `training_step` and `configure_optimizers` (and optionally the evaluation steps and hooks)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._trainer: Any = None
+        self._automatic_optimization = True
+        self.example_input_array: Any = None
+        self._param_requires_grad_state: dict[Tensor, bool] = {}
+
+    # -- steps the user writes ----------------------------------------------------------------------------------
+    def training_step(self, *args: Any, **kwargs: Any) -> Any:
+        raise NotImplementedError(f"{type(self).__name__} must define training_step(self, batch, batch_idx) to be "
+                                  "fitted; it returns the loss (a tensor or a dict with 'loss') or None to skip")
+
+    def configure_optimizers(self) -> Any:
+        raise NotImplementedError(f"{type(self).__name__} must define configure_optimizers() to be fitted")
+
+    def predict_step(self, *args: Any, **kwargs: Any) -> Any:
+        """By default the forward pass of the batch."""
+        return self(kwargs.get("batch", args[0] if args else None))
+
+    def configure_callbacks(self) -> Any:
+        """Callbacks this model needs whatever the Trainer was given (they replace Trainer callbacks of the same
+        type)."""
+        return []
+
+    # -- state the Trainer provides -----------------------------------------------------------------------------
+    @property
+    def trainer(self) -> Any:
+        if self._trainer is None:
+            raise RuntimeError(f"{type(self).__name__} is not attached to a Trainer; this needs trainer.fit, "
+                               "validate, test or predict to be running or to have run")
+        return self._trainer
+
+    @trainer.setter
+    def trainer(self, trainer: Any) -> None:
+        self._trainer = trainer
+
+    @property
+    def fabric(self) -> Any:
+        return self.trainer.fabric
+
+    @property
+    def device(self) -> torch.device:
+        for param in self.parameters():
+            return param.device
+        for buffer in self.buffers():
+            return buffer.device
+        return torch.device("cpu")
+
+    @property
+    def dtype(self) -> torch.dtype:
+        for param in self.parameters():
+            return param.dtype
+        return torch.get_default_dtype()
+
+    @property
+    def automatic_optimization(self) -> bool:
+        return self._automatic_optimization
+
+    @automatic_optimization.setter
+    def automatic_optimization(self, value: bool) -> None:
+        self._automatic_optimization = value
+
+    @property
+    def current_epoch(self) -> int:
+        return self._trainer.current_epoch if self._trainer is not None else 0
+
+    @property
+    def global_step(self) -> int:
+        return self._trainer.global_step if self._trainer is not None else 0
+
+    @property
+    def global_rank(self) -> int:
+        return self._trainer.global_rank if self._trainer is not None else 0
+
+    @property
+    def local_rank(self) -> int:
+        return self._trainer.local_rank if self._trainer is not None else 0
+
+    @property
+    def on_gpu(self) -> bool:
+        return self.device.type == "cuda"
+
+    @property
+    def logger(self) -> Any:
+        return self._trainer.logger if self._trainer is not None else None
+
+    @property
+    def loggers(self) -> list[Any]:
+        return self._trainer.loggers if self._trainer is not None else []
+
+    # -- logging ------------------------------------------------------------------------------------------------
+    def log(self, name: str, value: Any, prog_bar: bool = False, logger: bool | None = None,
+            on_step: bool | None = None, on_epoch: bool | None = None, reduce_fx: str | Callable = "mean",
+            enable_graph: bool = False, sync_dist: bool = False, sync_dist_group: Any = None,
+            add_dataloader_idx: bool = True, batch_size: int | None = None, metric_attribute: str | None = None,
+            rank_zero_only: bool = False) -> None:
+        """Record a scalar for this step and/or its epoch reduction (defaults depend on the hook: per step in
+        training steps, per epoch elsewhere). The Trainer hands the values to callbacks, loggers and the bar."""
+        trainer = self._trainer
+        if trainer is None:
+            raise RuntimeError(f"self.log({name!r}, ...) needs a running Trainer; {type(self).__name__} is not "
+                               "attached to one")
+        trainer._log(name, value, prog_bar, True if logger is None else logger, on_step, on_epoch, reduce_fx,
+                     enable_graph, sync_dist, sync_dist_group, add_dataloader_idx, batch_size, rank_zero_only)
+
+    def log_dict(self, dictionary: Mapping[str, Any], prog_bar: bool = False, logger: bool | None = None,
+                 on_step: bool | None = None, on_epoch: bool | None = None, reduce_fx: str | Callable = "mean",
+                 enable_graph: bool = False, sync_dist: bool = False, sync_dist_group: Any = None,
+                 add_dataloader_idx: bool = True, batch_size: int | None = None,
+                 rank_zero_only: bool = False) -> None:
+        for name, value in dictionary.items():
+            self.log(name, value, prog_bar=prog_bar, logger=logger, on_step=on_step, on_epoch=on_epoch,
+                     reduce_fx=reduce_fx, enable_graph=enable_graph, sync_dist=sync_dist,
+                     sync_dist_group=sync_dist_group, add_dataloader_idx=add_dataloader_idx, batch_size=batch_size,
+                     rank_zero_only=rank_zero_only)
+
+    def print(self, *args: Any, **kwargs: Any) -> None:
+        """`print` on global rank 0 only."""
+        if self._trainer is None or self._trainer.is_global_zero:
+            print(*args, **kwargs)
+
+    # -- optimization -------------------------------------------------------------------------------------------
+    def optimizers(self, use_pl_optimizer: bool = True) -> Any:
+        """The optimizers from `configure_optimizers`, set up by the Trainer: one, or a list when several."""
+        optimizers = self.trainer._optimizers if use_pl_optimizer else self.trainer.optimizers
+        return optimizers[0] if len(optimizers) == 1 else list(optimizers)
+
+    def lr_schedulers(self) -> Any:
+        """None, one scheduler, or a list when several."""
+        schedulers = [config.scheduler for config in self.trainer.lr_scheduler_configs]
+        if not schedulers:
+            return None
+        return schedulers[0] if len(schedulers) == 1 else schedulers
+
+    def manual_backward(self, loss: Tensor, *args: Any, **kwargs: Any) -> None:
+        """Use instead of `loss.backward()` with manual optimization: precision scaling and DDP sync apply."""
+        self.trainer._manual_backward(loss, *args, **kwargs)
+
+    def backward(self, loss: Tensor, *args: Any, **kwargs: Any) -> None:
+        """How a loss is backpropagated; override to customise (e.g. `retain_graph`)."""
+        self.trainer.fabric.backward(loss, *args, model=self.trainer._fabric_module, **kwargs)
+
+    def optimizer_step(self, epoch: int, batch_idx: int, optimizer: Any,
+                       optimizer_closure: Callable[[], Any] | None = None) -> None:
+        """Runs the closure (training_step, zero_grad, backward) and steps; override to warm up the LR etc."""
+        optimizer.step(closure=optimizer_closure)
+
+    def optimizer_zero_grad(self, epoch: int, batch_idx: int, optimizer: Any) -> None:
+        optimizer.zero_grad()
+
+    def toggle_optimizer(self, optimizer: Any) -> None:
+        """Freeze every parameter that `optimizer` does not train, so only its loss reaches its parameters."""
+        own = {id(p) for group in optimizer.param_groups for p in group["params"]}
+        state = self._param_requires_grad_state
+        for opt in self.trainer._optimizers:
+            for group in opt.param_groups:
+                for param in group["params"]:
+                    if id(param) not in own:
+                        state.setdefault(param, param.requires_grad)
+                        param.requires_grad = False
+        for group in optimizer.param_groups:
+            for param in group["params"]:
+                if param in state:
+                    param.requires_grad = state[param]
+
+    def untoggle_optimizer(self, optimizer: Any) -> None:
+        """Undo `toggle_optimizer`: restore every parameter's `requires_grad`."""
+        for param, requires_grad in self._param_requires_grad_state.items():
+            param.requires_grad = requires_grad
+        self._param_requires_grad_state = {}
+
+    def clip_gradients(self, optimizer: Any, gradient_clip_val: float | None = None,
+                       gradient_clip_algorithm: str | None = None) -> None:
+        """Clip by norm (default) or value through the strategy, which unscales fp16 gradients first."""
+        if gradient_clip_val is None or gradient_clip_val == 0:
+            return
+        algorithm = gradient_clip_algorithm or "norm"
+        fabric, module = self.trainer.fabric, self.trainer._fabric_module
+        optimizer = getattr(optimizer, "optimizer", optimizer)
+        if algorithm == "norm":
+            fabric.clip_gradients(module, optimizer, max_norm=gradient_clip_val, error_if_nonfinite=False)
+        elif algorithm == "value":
+            fabric.clip_gradients(module, optimizer, clip_val=gradient_clip_val)
+        else:
+            raise ValueError(f"gradient_clip_algorithm must be 'norm' or 'value'; got {algorithm!r}")
+
+    def configure_gradient_clipping(self, optimizer: Any, gradient_clip_val: float | None = None,
+                                    gradient_clip_algorithm: str | None = None) -> None:
+        """Called before every optimizer step with the Trainer's clipping settings; override to clip differently."""
+        self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
+
+    # -- utilities ----------------------------------------------------------------------------------------------
+    def freeze(self) -> None:
+        """No gradients and eval mode, e.g. for a frozen backbone or inference."""
+        for param in self.parameters():
+            param.requires_grad = False
+        self.eval()
+
+    def unfreeze(self) -> None:
+        for param in self.parameters():
+            param.requires_grad = True
+        self.train()
+
+    def all_gather(self, data: Any, group: Any = None, sync_grads: bool = False) -> Any:
+        return self.trainer.fabric.all_gather(data, group=group, sync_grads=sync_grads)
+
+    load_from_checkpoint = classmethod(load_from_checkpoint)

@@ -1,0 +1,55 @@
+"""Rebuild a LightningModule or LightningDataModule from a checkpoint: its saved hyperparameters (overridden by
+keyword arguments, which also supply what could not be stored, like sub-modules) go to `__init__`."""
+from __future__ import annotations
+
+import inspect
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from fabric_kit import Fabric
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Read a checkpoint written by `Trainer.save_checkpoint` on this process, without a running Trainer."""
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
+    return Fabric(accelerator="cpu", devices=1).load(str(path))
+
+
+def init_kwargs(cls: type, hparams: dict[str, Any]) -> dict[str, Any]:
+    """The hyperparameters `cls.__init__` accepts (all of them when it takes **kwargs)."""
+    parameters = inspect.signature(cls.__init__).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        return hparams
+    return {k: v for k, v in hparams.items() if k in parameters}
+
+
+def load_from_checkpoint(cls: type, checkpoint_path: str | Path, map_location: Any = None,
+                         hparams_file: str | Path | None = None, strict: bool | None = None, **kwargs: Any) -> Any:
+    """`Model.load_from_checkpoint(path, **overrides)`: a new instance with the checkpoint's weights (or, for a
+    datamodule, its state)."""
+    from loops.core.datamodule import LightningDataModule
+
+    if hparams_file is not None:
+        raise ValueError(f"hparams_file={str(hparams_file)!r} is not supported: the checkpoint carries the "
+                         "hyperparameters; pass overrides as keyword arguments")
+    checkpoint = read_checkpoint(checkpoint_path)
+    is_datamodule = issubclass(cls, LightningDataModule)
+    key = "datamodule_hyper_parameters" if is_datamodule else "hyper_parameters"
+    hparams = {**checkpoint.get(key, {}), **kwargs}
+    obj = cls(**init_kwargs(cls, hparams))
+    if is_datamodule:
+        if cls.__qualname__ in checkpoint:
+            obj.load_state_dict(checkpoint[cls.__qualname__])
+        return obj
+    obj.on_load_checkpoint(checkpoint)
+    if "state_dict" not in checkpoint:
+        raise KeyError(f"checkpoint {str(checkpoint_path)!r} has no 'state_dict' (model weights); its keys: "
+                       f"{sorted(checkpoint)}")
+    obj.load_state_dict(checkpoint["state_dict"], strict=True if strict is None else strict)
+    if map_location is not None:
+        obj.to(torch.device(map_location) if isinstance(map_location, str) else map_location)
+    obj.eval()
+    return obj

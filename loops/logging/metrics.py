@@ -1,0 +1,66 @@
+"""Where logged values go once a step or epoch ends: `callback_metrics` (what callbacks and schedulers monitor),
+`logged_metrics` (what loggers received) and `progress_bar_metrics`, plus the loggers themselves."""
+from __future__ import annotations
+
+from typing import Any
+
+from torch import Tensor
+
+from loops.logging.results import Results
+
+
+class MetricsHub:
+    def __init__(self) -> None:
+        self.callback_metrics: dict[str, Tensor] = {}
+        self.logged_metrics: dict[str, Tensor] = {}
+        self.progress_bar_metrics: dict[str, Tensor] = {}
+
+    def reset(self) -> None:
+        self.callback_metrics, self.logged_metrics, self.progress_bar_metrics = {}, {}, {}
+
+    def step_end(self, results: Results, loggers: list[Any], log_now: bool, step: int, epoch: int) -> None:
+        """Publish the step values of the batch that just ended; loggers get them every `log_every_n_steps`."""
+        callback, logged, bar = results.step_metrics()
+        self.callback_metrics.update(callback)
+        self.progress_bar_metrics.update(bar)
+        if log_now and logged:
+            self._send(loggers, logged, step, epoch)
+
+    def epoch_end(self, results: Results, loggers: list[Any], step: int, epoch: int | None) -> dict[str, Tensor]:
+        """Publish the epoch reductions of `results`; returns this stage's callback metrics."""
+        callback, logged, bar = results.epoch_metrics()
+        self.callback_metrics.update(callback)
+        self.progress_bar_metrics.update(bar)
+        if logged:
+            self._send(loggers, logged, step, epoch)
+        return callback
+
+    def _send(self, loggers: list[Any], metrics: dict[str, Tensor], step: int, epoch: int | None) -> None:
+        self.logged_metrics.update(metrics)
+        if not loggers:
+            return
+        scalars = {key: value.item() if isinstance(value, Tensor) else value for key, value in metrics.items()}
+        if epoch is not None:
+            scalars["epoch"] = epoch
+        for logger in loggers:
+            logger.log_metrics(scalars, step=step)
+
+
+def to_floats(metrics: dict[str, Any]) -> dict[str, float]:
+    return {key: value.item() if isinstance(value, Tensor) else value for key, value in metrics.items()}
+
+
+def results_table(stage: str, results: list[dict[str, float]]) -> str:
+    """The box printed after validate/test: one column per dataloader, one row per metric."""
+    names = sorted({name for metrics in results for name in metrics})
+    if not names:
+        return ""
+    header = [f"{stage.capitalize()} metric"] + [f"DataLoader {i}" for i in range(len(results))]
+    rows = [[name] + [f"{metrics[name]:.6g}" if name in metrics else "" for metrics in results] for name in names]
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+    line = "+".join("-" * (w + 2) for w in widths)
+
+    def fmt(row: list[str]) -> str:
+        return "|".join(f" {cell:<{w}} " for cell, w in zip(row, widths))
+
+    return "\n".join([line, fmt(header), line, *(fmt(row) for row in rows), line])

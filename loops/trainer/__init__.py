@@ -1,0 +1,3 @@
+from loops.trainer.trainer import Trainer
+
+__all__ = ["Trainer"]

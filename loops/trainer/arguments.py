@@ -1,0 +1,54 @@
+"""Validate and normalise Trainer arguments that interact (fast_dev_run, max_time, limits), naming the bad value
+and what is accepted."""
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+
+def parse_max_time(max_time: str | timedelta | dict[str, int] | None) -> float | None:
+    """Seconds from "DD:HH:MM:SS", a timedelta, or a dict of timedelta keywords (e.g. {"hours": 1})."""
+    if max_time is None:
+        return None
+    if isinstance(max_time, timedelta):
+        return max_time.total_seconds()
+    if isinstance(max_time, dict):
+        return timedelta(**max_time).total_seconds()
+    if isinstance(max_time, str):
+        parts = max_time.split(":")
+        if len(parts) == 4 and all(p.strip().isdigit() for p in parts):
+            days, hours, minutes, seconds = map(int, parts)
+            return timedelta(days=days, hours=hours, minutes=minutes, seconds=seconds).total_seconds()
+    raise ValueError(f"max_time={max_time!r} is not valid; accepted: 'DD:HH:MM:SS', a datetime.timedelta or a dict "
+                     "like {'hours': 1}")
+
+
+def fast_dev_run_batches(fast_dev_run: int | bool) -> int:
+    """0 when off; otherwise how many batches each stage runs."""
+    if isinstance(fast_dev_run, bool):
+        return int(fast_dev_run)
+    if not isinstance(fast_dev_run, int) or fast_dev_run < 0:
+        raise ValueError(f"fast_dev_run={fast_dev_run!r} is not valid; pass True, False or a positive int")
+    return fast_dev_run
+
+
+def check_positive_int(name: str, value: Any, allow_none: bool = False) -> None:
+    if value is None and allow_none:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name}={value!r} is not valid; pass a positive int{' or None' if allow_none else ''}")
+
+
+def check_val_check_interval(value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0 \
+            or (isinstance(value, float) and value > 1.0):
+        raise ValueError(f"val_check_interval={value!r} is not valid; pass a float in (0.0, 1.0] (fraction of the "
+                         "training epoch) or a positive int (number of training batches)")
+
+
+def check_clip_algorithm(value: Any) -> str:
+    if value is None:
+        return "norm"
+    if value not in ("norm", "value"):
+        raise ValueError(f"gradient_clip_algorithm={value!r} is not valid; accepted: 'norm', 'value'")
+    return value

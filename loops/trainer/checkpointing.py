@@ -1,0 +1,101 @@
+"""What a Trainer checkpoint holds (Lightning's layout: epoch, global_step, state_dict, loops, callbacks,
+optimizer_states, lr_schedulers, hyper_parameters, datamodule state) and how `ckpt_path` restores it. Files are
+written and read through `fabric.save` / `fabric.load` (atomic, checksummed, RNG states included)."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from loops.core.hparams import storable_hparams
+
+FORMAT_VERSION = 1
+
+
+def dump_checkpoint(trainer: Any, weights_only: bool = False) -> dict[str, Any]:
+    module = trainer.lightning_module
+    checkpoint: dict[str, Any] = {
+        "epoch": trainer.current_epoch,
+        "global_step": trainer.global_step,
+        "loops_format_version": FORMAT_VERSION,
+        "state_dict": module.state_dict(),
+        "loops": {"fit_loop": trainer.fit_loop.state_dict()},
+    }
+    if not weights_only:
+        checkpoint["callbacks"] = {cb.state_key: cb.state_dict() for cb in trainer.callbacks if cb.state_dict()}
+        checkpoint["optimizer_states"] = [opt.state_dict() for opt in trainer.optimizers]
+        checkpoint["lr_schedulers"] = [config.scheduler.state_dict() for config in trainer.lr_scheduler_configs]
+    if module.hparams:
+        checkpoint["hparams_name"] = "kwargs"
+        checkpoint["hyper_parameters"] = storable_hparams(module.hparams, type(module).__name__)
+    datamodule = trainer.datamodule
+    if datamodule is not None:
+        if datamodule.hparams:
+            checkpoint["datamodule_hyper_parameters"] = storable_hparams(datamodule.hparams,
+                                                                         type(datamodule).__name__)
+        state = datamodule.state_dict()
+        if state:
+            checkpoint[type(datamodule).__qualname__] = state
+    if not weights_only:
+        for callback in trainer.callbacks:
+            callback.on_save_checkpoint(trainer, module, checkpoint)
+    module.on_save_checkpoint(checkpoint)
+    return checkpoint
+
+
+def resolve_ckpt_path(trainer: Any, ckpt_path: str | Path | None, stage: str) -> str | None:
+    """None, a file, "last" (the newest last-checkpoint of a checkpoint callback) or "best" (the best one)."""
+    if ckpt_path is None:
+        return None
+    if ckpt_path in ("best", "last"):
+        callbacks = trainer.checkpoint_callbacks
+        if not callbacks:
+            raise ValueError(f'ckpt_path="{ckpt_path}" needs a checkpoint callback (e.g. ModelCheckpoint) in '
+                             "Trainer(callbacks=[...]); pass a checkpoint file path instead")
+        attribute = "best_model_path" if ckpt_path == "best" else "last_model_path"
+        found = [getattr(cb, attribute, "") for cb in callbacks if getattr(cb, attribute, "")]
+        if not found:
+            raise ValueError(f'ckpt_path="{ckpt_path}": no checkpoint callback has written a {ckpt_path} '
+                             f"checkpoint yet ({attribute} is empty); run fit first or pass a file path")
+        return str(found[0])
+    path = Path(ckpt_path)
+    if not path.is_file():
+        raise FileNotFoundError(f"ckpt_path={str(ckpt_path)!r} is not a file; accepted: None, 'last', 'best' or "
+                                "the path of a checkpoint file")
+    return str(path)
+
+
+def restore_model(trainer: Any, path: str, stage: str) -> dict[str, Any]:
+    """Load the weights (and this rank's RNG state) into the module; run the `on_load_checkpoint` hooks and give
+    callbacks and the datamodule their state. Returns the rest of the checkpoint."""
+    module = trainer.lightning_module
+    checkpoint = trainer.fabric.load(path, {"state_dict": module})
+    checkpoint["state_dict"] = module.state_dict()
+    datamodule = trainer.datamodule
+    if datamodule is not None and type(datamodule).__qualname__ in checkpoint:
+        datamodule.load_state_dict(checkpoint[type(datamodule).__qualname__])
+    states = checkpoint.get("callbacks", {})
+    for callback in trainer.callbacks:
+        if callback.state_key in states:
+            callback.load_state_dict(states[callback.state_key])
+        callback.on_load_checkpoint(trainer, module, checkpoint)
+    module.on_load_checkpoint(checkpoint)
+    return checkpoint
+
+
+def restore_training_state(trainer: Any, checkpoint: dict[str, Any], path: str) -> None:
+    """Optimizers, schedulers and loop progress, so `fit(ckpt_path=...)` continues where the run stopped."""
+    if "optimizer_states" not in checkpoint:
+        raise KeyError(f"checkpoint {path!r} holds only the model (saved with weights_only=True); fit cannot resume "
+                       "the optimizers from it. Load the weights with Model.load_from_checkpoint and start fit "
+                       "without ckpt_path")
+    states = checkpoint["optimizer_states"]
+    if len(states) != len(trainer.optimizers):
+        raise ValueError(f"checkpoint {path!r} has {len(states)} optimizer states but configure_optimizers returned "
+                         f"{len(trainer.optimizers)} optimizers")
+    for optimizer, state in zip(trainer.optimizers, states):
+        optimizer.load_state_dict(state)
+    for config, state in zip(trainer.lr_scheduler_configs, checkpoint.get("lr_schedulers", [])):
+        config.scheduler.load_state_dict(state)
+    loop_state = checkpoint.get("loops", {}).get("fit_loop")
+    if loop_state is not None:
+        trainer.fit_loop.load_state_dict(loop_state)

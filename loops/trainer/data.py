@@ -1,0 +1,84 @@
+"""Find each stage's dataloaders (explicit argument, then datamodule, then module), apply the limit_* flags, and
+hand them to fabric so each process gets its shard and batches reach the device."""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from torch.utils.data import DataLoader, SequentialSampler
+
+from loops.core.hooks import DataHooks
+from loops.trainer.hooks import overrides
+
+_HOOK = {"train": "train_dataloader", "val": "val_dataloader", "test": "test_dataloader",
+         "predict": "predict_dataloader"}
+
+
+def find_loaders(stage: str, explicit: Any, datamodule: Any, module: Any) -> Any:
+    """The stage's raw loader(s), or None when nothing provides one."""
+    if explicit is not None:
+        return explicit
+    hook = _HOOK[stage]
+    for source in (datamodule, module):
+        if source is not None and overrides(source, hook, DataHooks):
+            return getattr(source, hook)()
+    return None
+
+
+def as_list(loaders: Any) -> list[Any]:
+    if loaders is None:
+        return []
+    if isinstance(loaders, dict):
+        return list(loaders.values())
+    return list(loaders) if isinstance(loaders, (list, tuple)) else [loaders]
+
+
+def limit_batches(loader: Any, limit: int | float, flag: str) -> int | float:
+    """How many batches of `loader` a stage runs: an int limit caps the count, a float is a fraction of it."""
+    length = _length(loader)
+    if isinstance(limit, bool) or not isinstance(limit, (int, float)) or limit < 0:
+        raise ValueError(f"{flag}={limit!r} is not valid; pass an int (batches) or a float in [0.0, 1.0] (fraction)")
+    if isinstance(limit, int):
+        return limit if length is None else min(length, limit)
+    if limit > 1.0:
+        raise ValueError(f"{flag}={limit} is a fraction larger than 1.0; pass a float in [0.0, 1.0] or an int")
+    if length is None:
+        if limit not in (0.0, 1.0):
+            raise ValueError(f"{flag}={limit} is a fraction, but the dataloader has no length (an IterableDataset); "
+                             "pass an int number of batches")
+        return math.inf if limit == 1.0 else 0
+    batches = int(length * limit)
+    if limit > 0 and batches == 0:
+        raise ValueError(f"{flag}={limit} of {length} batches is less than one batch; raise it or pass an int")
+    return batches
+
+
+def _length(loader: Any) -> int | None:
+    try:
+        return len(loader)
+    except (TypeError, NotImplementedError):
+        return None
+
+
+def sequential(loader: Any) -> Any:
+    """The same loader without shuffling (overfit_batches must see the same batches every epoch)."""
+    if not isinstance(loader, DataLoader) or isinstance(loader.sampler, SequentialSampler) \
+            or loader.batch_sampler is None:
+        return loader
+    return DataLoader(loader.dataset, batch_size=loader.batch_size, sampler=SequentialSampler(loader.dataset),
+                      num_workers=loader.num_workers, collate_fn=loader.collate_fn, pin_memory=loader.pin_memory,
+                      drop_last=loader.drop_last, worker_init_fn=loader.worker_init_fn,
+                      persistent_workers=loader.persistent_workers)
+
+
+def setup_loaders(fabric: Any, loaders: list[Any], train: bool, use_distributed_sampler: bool,
+                  move_to_device: bool) -> list[Any]:
+    """Shard DataLoaders over processes (training: even shards; evaluation: every sample exactly once) and move
+    batches to the device; other iterables are used as they are."""
+    wrapped = []
+    for loader in loaders:
+        if isinstance(loader, DataLoader):
+            loader = fabric.setup_dataloaders(loader, use_distributed_sampler=use_distributed_sampler,
+                                              move_to_device=move_to_device, even_shards=train)
+        wrapped.append(loader)
+    return wrapped

@@ -1,0 +1,80 @@
+"""Validation and test: run the step over each loader without gradients, then publish the epoch reductions."""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from loops.logging.metrics import results_table, to_floats
+from loops.logging.results import Results
+
+_PREFIX = {"validate": "validation", "test": "test"}
+
+
+def run_evaluation(trainer: Any, stage: str, loaders: list[Any], limits: list[int | float],
+                   sanity: bool = False) -> list[dict[str, float]]:
+    """Run `validation_step` (stage "validate") or `test_step` over `loaders`; returns one metrics dict per loader
+    (empty during the sanity check, whose logs are discarded)."""
+    prefix = _PREFIX[stage]
+    hooks, module, fabric_module = trainer._hooks, trainer.lightning_module, trainer._fabric_module
+    results = Results(trainer.fabric)
+    previous = trainer._results, trainer._log_defaults
+    trainer._results, trainer._log_defaults = results, (False, True)
+    multiple = len(loaders) > 1
+    getattr(module, f"on_{prefix}_model_eval")()
+    grad_context = torch.inference_mode() if trainer.inference_mode else torch.no_grad()
+    start_cbs, start_mod = hooks.cb(f"on_{prefix}_batch_start"), hooks.mod(f"on_{prefix}_batch_start")
+    end_cbs, end_mod = hooks.cb(f"on_{prefix}_batch_end"), hooks.mod(f"on_{prefix}_batch_end")
+    step_name = f"{prefix}_step"
+    with grad_context:
+        hooks.call(f"on_{prefix}_start")
+        hooks.call(f"on_{prefix}_epoch_start")
+        for dataloader_idx, (loader, limit) in enumerate(zip(loaders, limits)):
+            trainer._dataloader_idx = dataloader_idx if multiple else None
+            extra = (dataloader_idx,) if multiple else ()
+            if limit <= 0:
+                continue
+            for batch_idx, batch in enumerate(loader):
+                batch = trainer._transfer(batch, dataloader_idx)
+                trainer._batch = batch
+                for hook in start_cbs:
+                    hook(trainer, module, batch, batch_idx, *extra)
+                for hook in start_mod:
+                    hook(batch, batch_idx, *extra)
+                outputs = fabric_module(step_name, batch, batch_idx, *extra)
+                for hook in end_cbs:
+                    hook(trainer, module, outputs, batch, batch_idx, *extra)
+                for hook in end_mod:
+                    hook(outputs, batch, batch_idx, *extra)
+                if batch_idx + 1 >= limit:
+                    break
+        trainer._dataloader_idx = None
+        hooks.call(f"on_{prefix}_epoch_end")
+        per_loader: list[dict[str, float]] = []
+        if not sanity:
+            step = trainer._logger_step
+            epoch = trainer.current_epoch if trainer.state.fn == "fit" else None
+            metrics = to_floats(trainer._metrics.epoch_end(results, trainer.loggers, step, epoch))
+            per_loader = [_for_loader(metrics, i, multiple) for i in range(len(loaders))]
+        hooks.call(f"on_{prefix}_end")
+    if stage == "validate" or trainer.state.fn == "fit":
+        module.on_validation_model_train()
+    else:
+        module.on_test_model_train()
+    trainer._results, trainer._log_defaults = previous
+    return per_loader
+
+
+def _for_loader(metrics: dict[str, float], index: int, multiple: bool) -> dict[str, float]:
+    """Loader `index`'s metrics: its suffixed keys and the keys no loader owns."""
+    if not multiple:
+        return dict(metrics)
+    return {k: v for k, v in metrics.items() if "/dataloader_idx_" not in k or k.endswith(f"/dataloader_idx_{index}")}
+
+
+def print_results(stage: str, results: list[dict[str, float]]) -> None:
+    table = results_table(stage, results)
+    if table:
+        print(table)
+
+

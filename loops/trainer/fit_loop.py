@@ -1,0 +1,247 @@
+"""Epochs of training batches with validation at `val_check_interval`, stopping at max_epochs / max_steps /
+max_time / `should_stop` (but not before min_epochs / min_steps). The per-batch path uses hook lists and bound
+methods taken once per epoch, so hooks nobody overrides cost nothing."""
+from __future__ import annotations
+
+import math
+import time
+from typing import Any
+
+from loops.core.optimizer_config import step_schedulers
+from loops.logging.results import Results
+from loops.trainer.data import as_list, find_loaders, limit_batches, sequential, setup_loaders
+from loops.trainer.evaluation_loop import run_evaluation
+from loops.trainer.optimization import AutomaticStep
+
+
+class FitLoop:
+    def __init__(self, trainer: Any) -> None:
+        self.trainer = trainer
+        self.train_loader: Any = None
+        self.num_training_batches: int | float = math.inf
+        self.val_check_batch: int | float = math.inf
+        self.val_loaders: list[Any] = []
+        self.num_val_batches: list[int | float] = []
+        self.batch_idx = 0  # batches completed in the current epoch
+        self.epoch_done = False
+        self.total_batch_idx = 0  # batches completed over all epochs
+        self.batches_stepped = 0  # batches that ended with an optimizer step (the loggers' step)
+        self.resume_skip = 0
+        self._loaded_epoch = -1
+        self._start_time = 0.0
+
+    # -- data -----------------------------------------------------------------------------------------------------
+    def setup_train_data(self) -> None:
+        trainer = self.trainer
+        epoch = trainer.current_epoch
+        every = trainer.reload_dataloaders_every_n_epochs
+        if self.train_loader is not None and not (every and epoch != self._loaded_epoch and epoch % every == 0):
+            return
+        self._loaded_epoch = epoch
+        raw = find_loaders("train", trainer._loader_args["train"], trainer.datamodule, trainer.lightning_module)
+        if raw is None:
+            raise ValueError(f"{type(trainer.lightning_module).__name__} has no training data: pass "
+                             "train_dataloaders to fit(), a datamodule with train_dataloader(), or define "
+                             "train_dataloader() on the module")
+        if trainer.overfit_batches > 0:
+            raw = sequential(raw)
+        limit = trainer.overfit_batches if trainer.overfit_batches > 0 else trainer.limit_train_batches
+        self.num_training_batches = limit_batches(raw, limit, "limit_train_batches")
+        self.train_loader = setup_loaders(trainer.fabric, [raw], True, trainer.use_distributed_sampler,
+                                          not trainer._custom_transfer)[0]
+        self.val_check_batch = self._val_check_batch()
+
+    def _val_check_batch(self) -> int | float:
+        trainer, batches = self.trainer, self.num_training_batches
+        interval = trainer.val_check_interval
+        if isinstance(interval, int) and not isinstance(interval, bool):
+            if trainer.check_val_every_n_epoch is not None and batches != math.inf and interval > batches:
+                raise ValueError(f"val_check_interval={interval} is more than the {batches} training batches of an "
+                                 "epoch; to validate every N batches across epochs pass check_val_every_n_epoch="
+                                 "None, or disable validation with limit_val_batches=0")
+            return interval
+        if batches == math.inf:
+            return math.inf
+        return max(1, int(batches * interval))
+
+    def setup_val_data(self) -> None:
+        trainer = self.trainer
+        if self.val_loaders and not trainer.reload_dataloaders_every_n_epochs:
+            return
+        if not trainer._hooks_defined("validation_step"):
+            return
+        raw = as_list(find_loaders("val", trainer._loader_args["val"], trainer.datamodule,
+                                   trainer.lightning_module))
+        limit = trainer.overfit_batches if trainer.overfit_batches > 0 else trainer.limit_val_batches
+        self.num_val_batches = [limit_batches(loader, limit, "limit_val_batches") for loader in raw]
+        self.val_loaders = setup_loaders(trainer.fabric, raw, False, trainer.use_distributed_sampler,
+                                         not trainer._custom_transfer)
+
+    # -- the loop -------------------------------------------------------------------------------------------------
+    def run(self) -> None:
+        trainer = self.trainer
+        hooks = trainer._hooks
+        self._start_time = time.monotonic()
+        self.setup_val_data()
+        self._sanity_check()
+        self.setup_train_data()
+        hooks.call("on_train_start")
+        while not self._done():
+            self.setup_train_data()
+            self.setup_val_data() if trainer.reload_dataloaders_every_n_epochs else None
+            self._run_epoch()
+            self._end_epoch()
+        hooks.call("on_train_end")
+
+    def _sanity_check(self) -> None:
+        trainer = self.trainer
+        steps = trainer.num_sanity_val_steps
+        if not self.val_loaders or steps == 0 or not self._validation_enabled():
+            return
+        limits = [n if steps < 0 else min(n, steps) for n in self.num_val_batches]
+        trainer.sanity_checking = True
+        trainer._hooks.call_callbacks("on_sanity_check_start")
+        run_evaluation(trainer, "validate", self.val_loaders, limits, sanity=True)
+        trainer._hooks.call_callbacks("on_sanity_check_end")
+        trainer.sanity_checking = False
+        trainer._metrics.reset()
+
+    def _validation_enabled(self) -> bool:
+        return bool(self.val_loaders) and any(n > 0 for n in self.num_val_batches)
+
+    def _done(self) -> bool:
+        trainer = self.trainer
+        if trainer.max_steps != -1 and trainer.global_step >= trainer.max_steps:
+            return True
+        if trainer.max_epochs is not None and trainer.max_epochs != -1 and trainer.current_epoch >= trainer.max_epochs:
+            return True
+        if self._time_is_up():
+            return True
+        return trainer.should_stop and self._can_stop()
+
+    def _can_stop(self) -> bool:
+        trainer = self.trainer
+        return trainer.current_epoch >= (trainer.min_epochs or 0) and trainer.global_step >= (trainer.min_steps or 0)
+
+    def _time_is_up(self) -> bool:
+        max_time = self.trainer._max_seconds
+        return max_time is not None and time.monotonic() - self._start_time >= max_time
+
+    def _run_epoch(self) -> None:
+        trainer = self.trainer
+        hooks, module = trainer._hooks, trainer.lightning_module
+        results = trainer._train_results = Results(trainer.fabric)
+        trainer._results, trainer._log_defaults = results, (False, True)
+        self.epoch_done = False
+        hooks.call("on_train_epoch_start")
+        trainer._log_defaults = (True, False)
+        start_cbs, start_mod = hooks.cb("on_train_batch_start"), hooks.mod("on_train_batch_start")
+        end_cbs, end_mod = hooks.cb("on_train_batch_end"), hooks.mod("on_train_batch_end")
+        automatic = trainer._automatic
+        step = AutomaticStep(trainer).run if automatic else None
+        fabric_module, metrics, loggers = trainer._fabric_module, trainer._metrics, trainer.loggers
+        accumulate, limit = trainer.accumulate_grad_batches, self.num_training_batches
+        log_every, schedulers = trainer.log_every_n_steps, trainer.lr_scheduler_configs
+        custom_transfer = trainer._custom_transfer
+        skip, self.resume_skip = self.resume_skip, 0
+        self.batch_idx = 0
+        for batch_idx, batch in enumerate(self.train_loader):
+            if batch_idx < skip:
+                continue
+            if custom_transfer:
+                batch = trainer._transfer(batch, 0)
+            trainer._batch = batch
+            stop_epoch = False
+            for hook in start_cbs:
+                hook(trainer, module, batch, batch_idx)
+            for hook in start_mod:
+                stop_epoch = hook(batch, batch_idx) == -1
+            if stop_epoch:
+                break
+            last = batch_idx + 1 >= limit
+            steps = (batch_idx + 1) % accumulate == 0 or last
+            steps_before = trainer._global_step
+            if automatic:
+                outputs = step(batch, batch_idx, steps)
+            else:
+                outputs = fabric_module("training_step", batch, batch_idx)
+            for hook in end_cbs:
+                hook(trainer, module, outputs, batch, batch_idx)
+            for hook in end_mod:
+                hook(outputs, batch, batch_idx)
+            self.batch_idx = batch_idx + 1
+            self.total_batch_idx += 1
+            stepped = trainer._global_step != steps_before if not automatic else steps
+            if schedulers and stepped:
+                step_schedulers(schedulers, "step", trainer._global_step, trainer.callback_metrics)
+            if results.step_logged:
+                metrics.step_end(results, loggers, (self.batches_stepped + 1) % log_every == 0 or trainer.should_stop,
+                                 self.batches_stepped, trainer.current_epoch)
+            if stepped:
+                self.batches_stepped += 1
+            if last:
+                self.epoch_done = True
+            if self._should_validate(batch_idx, last):
+                self.run_validation()
+                trainer._results, trainer._log_defaults = results, (True, False)
+            if last or (trainer.max_steps != -1 and trainer.global_step >= trainer.max_steps) \
+                    or (trainer.should_stop and self._can_stop()) or (self._time_is_up()):
+                break
+        self.epoch_done = True
+
+    def _should_validate(self, batch_idx: int, last: bool) -> bool:
+        trainer = self.trainer
+        if not self._validation_enabled():
+            return False
+        every = trainer.check_val_every_n_epoch
+        if every is not None and (trainer.current_epoch + 1) % every:
+            return False
+        if trainer.should_stop and self._can_stop():
+            return True
+        check = self.val_check_batch
+        if check == math.inf:
+            return last
+        if every is None:
+            return self.total_batch_idx % check == 0
+        return (batch_idx + 1) % check == 0
+
+    def run_validation(self) -> None:
+        trainer = self.trainer
+        trainer.validating, trainer.training = True, False
+        run_evaluation(trainer, "validate", self.val_loaders, self.num_val_batches)
+        trainer.validating, trainer.training = False, True
+        if trainer.lr_scheduler_configs:
+            plateau = [c for c in trainer.lr_scheduler_configs if c.reduce_on_plateau and c.interval == "step"]
+            step_schedulers(plateau, "step", trainer.global_step, trainer.callback_metrics) if plateau else None
+
+    def _end_epoch(self) -> None:
+        trainer = self.trainer
+        hooks = trainer._hooks
+        trainer._results, trainer._log_defaults = trainer._train_results, (False, True)
+        hooks.call_callbacks("on_train_epoch_end", monitoring=False)
+        for hook in hooks.mod("on_train_epoch_end"):
+            hook()
+        trainer._metrics.epoch_end(trainer._train_results, trainer.loggers, self.batches_stepped,
+                                   trainer.current_epoch)
+        hooks.call_callbacks("on_train_epoch_end", monitoring=True)
+        trainer._results = None
+        configs = [c for c in trainer.lr_scheduler_configs if c.interval == "epoch"]
+        if configs:
+            step_schedulers(configs, "epoch", trainer.current_epoch + 1, trainer.callback_metrics)
+        trainer.current_epoch += 1
+        self.epoch_done = False
+        self.batch_idx = 0
+
+    # -- checkpoints ----------------------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {"epoch": self.trainer.current_epoch, "epoch_done": self.epoch_done, "batch_idx": self.batch_idx,
+                "total_batch_idx": self.total_batch_idx, "batches_stepped": self.batches_stepped,
+                "global_step": self.trainer.global_step}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        trainer = self.trainer
+        trainer.current_epoch = state["epoch"] + (1 if state["epoch_done"] else 0)
+        self.resume_skip = 0 if state["epoch_done"] else state["batch_idx"]
+        self.total_batch_idx = state["total_batch_idx"]
+        self.batches_stepped = state["batches_stepped"]
+        trainer._global_step = state["global_step"]

@@ -1,0 +1,143 @@
+"""One training step, automatic or manual. Automatic: a closure runs training_step, zero_grad (first micro-batch
+of each accumulation window), backward; then clipping and the optimizer step — Lightning's order. Gradient
+accumulation skips DDP's gradient sync with `fabric.no_backward_sync` until the window's last batch."""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from torch import Tensor
+
+
+class LoopOptimizer:
+    """What `self.optimizers()` returns: fabric's optimizer, with `step` counting `trainer.global_step` and calling
+    the `on_before_optimizer_step` hooks (and, in automatic optimization, gradient clipping) first."""
+
+    def __init__(self, optimizer: Any, trainer: Any) -> None:
+        self._optimizer = optimizer
+        self._trainer = trainer
+
+    @property
+    def optimizer(self) -> Any:
+        """The user's torch optimizer."""
+        return self._optimizer.optimizer
+
+    @property
+    def param_groups(self) -> list[dict[str, Any]]:
+        return self._optimizer.param_groups
+
+    @property
+    def state(self) -> Any:
+        return self._optimizer.state
+
+    def state_dict(self) -> dict[str, Any]:
+        return self._optimizer.state_dict()
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._optimizer.load_state_dict(state_dict)
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        self._optimizer.zero_grad(set_to_none=set_to_none)
+
+    def step(self, closure: Callable[[], Any] | None = None, **kwargs: Any) -> Any:
+        trainer = self._trainer
+        if closure is not None and closure() is None and trainer._automatic:
+            trainer._global_step += 1  # training_step returned None: no backward, no step (Lightning counts it)
+            return None
+        hooks = trainer._hooks
+        raw = self._optimizer.optimizer
+        for hook in hooks.cb("on_before_optimizer_step"):
+            hook(trainer, trainer.lightning_module, raw)
+        for hook in hooks.mod("on_before_optimizer_step"):
+            hook(raw)
+        if trainer._clip_hook is not None:
+            trainer._clip_hook(raw, trainer.gradient_clip_val, trainer.gradient_clip_algorithm)
+        output = self._optimizer.step(**kwargs)
+        trainer._global_step += 1
+        return output
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._optimizer, name)
+
+    def __repr__(self) -> str:
+        return f"LoopOptimizer({self._optimizer.optimizer!r})"
+
+
+class AutomaticStep:
+    """Runs one batch of automatic optimization; built once per fit so the per-batch path is a few lookups."""
+
+    def __init__(self, trainer: Any) -> None:
+        self.trainer = trainer
+        module = trainer.lightning_module
+        hooks = trainer._hooks
+        self.fabric_module = trainer._fabric_module
+        self.module = module
+        self.optimizer = trainer._optimizers[0] if trainer._optimizers else None
+        self.accumulate = trainer.accumulate_grad_batches
+        self.before_zero_grad = [(h, True) for h in hooks.cb("on_before_zero_grad")] + \
+                                [(h, False) for h in hooks.mod("on_before_zero_grad")]
+        self.before_backward = [(h, True) for h in hooks.cb("on_before_backward")] + \
+                               [(h, False) for h in hooks.mod("on_before_backward")]
+        self.after_backward = [(h, True) for h in hooks.cb("on_after_backward")] + \
+                              [(h, False) for h in hooks.mod("on_after_backward")]
+        self.optimizer_step = module.optimizer_step
+        self.zero_grad = module.optimizer_zero_grad
+        self.backward = module.backward
+        self.output: Any = None
+
+    def run(self, batch: Any, batch_idx: int, steps_optimizer: bool) -> Any:
+        """Returns training_step's output as on_train_batch_end receives it."""
+        self.output = None
+        optimizer = self.optimizer
+        if optimizer is None:  # configure_optimizers returned None: only the step runs
+            self._closure(batch, batch_idx)
+        elif steps_optimizer:
+            self.optimizer_step(self.trainer.current_epoch, batch_idx, optimizer,
+                                lambda: self._closure(batch, batch_idx))
+        else:
+            with self.trainer.fabric.no_backward_sync(self.fabric_module):
+                self._closure(batch, batch_idx)
+        return self.output
+
+    def _closure(self, batch: Any, batch_idx: int) -> Tensor | None:
+        output = self.fabric_module("training_step", batch, batch_idx)
+        if isinstance(output, Tensor):
+            loss = output
+            self.output = {"loss": loss.detach()}
+        elif isinstance(output, dict):
+            if "loss" not in output:
+                raise KeyError(f"training_step returned a dict without 'loss' (keys: {sorted(output)}); with "
+                               "automatic optimization the dict must hold the loss under 'loss'")
+            loss = output["loss"]
+            self.output = {**output, "loss": loss.detach()}
+        elif output is None:
+            return None
+        else:
+            raise TypeError(f"training_step returned a {type(output).__name__}; accepted: a loss tensor, a dict "
+                            "with 'loss', or None to skip the batch")
+        trainer, module, optimizer = self.trainer, self.module, self.optimizer
+        if optimizer is not None and batch_idx % self.accumulate == 0:
+            for hook, is_callback in self.before_zero_grad:
+                hook(trainer, module, optimizer.optimizer) if is_callback else hook(optimizer.optimizer)
+            self.zero_grad(trainer.current_epoch, batch_idx, optimizer)
+        if self.accumulate > 1:
+            loss = loss / self.accumulate
+        for hook, is_callback in self.before_backward:
+            hook(trainer, module, loss) if is_callback else hook(loss)
+        self.backward(loss)
+        for hook, is_callback in self.after_backward:
+            hook(trainer, module) if is_callback else hook()
+        return loss
+
+
+def manual_backward(trainer: Any, loss: Tensor, *args: Any, **kwargs: Any) -> None:
+    """`self.manual_backward(loss)`: the backward hooks around the module's `backward` (fabric's backward)."""
+    hooks, module = trainer._hooks, trainer.lightning_module
+    for hook in hooks.cb("on_before_backward"):
+        hook(trainer, module, loss)
+    for hook in hooks.mod("on_before_backward"):
+        hook(loss)
+    module.backward(loss, *args, **kwargs)
+    for hook in hooks.cb("on_after_backward"):
+        hook(trainer, module)
+    for hook in hooks.mod("on_after_backward"):
+        hook()

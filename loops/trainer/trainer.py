@@ -1,0 +1,618 @@
+"""The Trainer: Lightning's Trainer arguments and state on top of a fabric_kit Fabric. It owns the run's stages
+(fit, validate, test, predict) and delegates devices, processes, precision and checkpoint files to fabric."""
+from __future__ import annotations
+
+import math
+import os
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import Tensor
+
+from fabric_kit import Fabric
+from loops.callbacks.callback import Callback
+from loops.callbacks.checkpoint import Checkpoint
+from loops.core.datamodule import LightningDataModule
+from loops.core.hooks import DataHooks
+from loops.core.module import LightningModule
+from loops.core.optimizer_config import SchedulerConfig, parse_optimizers
+from loops.logging.metrics import MetricsHub
+from loops.logging.results import Results
+from loops.trainer import arguments as args_check
+from loops.trainer import checkpointing
+from loops.trainer.data import as_list, find_loaders, limit_batches, setup_loaders
+from loops.trainer.evaluation_loop import print_results, run_evaluation
+from loops.trainer.fit_loop import FitLoop
+from loops.trainer.hooks import HookTable, overrides
+from loops.trainer.optimization import LoopOptimizer, manual_backward
+from loops.trainer.predict_loop import run_prediction
+from loops.trainer.router import StepRouter
+from loops.trainer.state import TrainerState
+from loops.trainer.strategy import StrategyFacade
+
+_TRANSFER_HOOKS = ("on_before_batch_transfer", "transfer_batch_to_device", "on_after_batch_transfer")
+
+
+class Trainer:
+    """Runs a LightningModule's loops: `fit`, `validate`, `test`, `predict`. Arguments follow Lightning 2.x."""
+
+    def __init__(self, *, accelerator: str = "auto", strategy: str = "auto", devices: int | str | list[int] = "auto",
+                 num_nodes: int = 1, precision: str | int | None = None, logger: Any = None,
+                 callbacks: list[Callback] | Callback | None = None, fast_dev_run: int | bool = False,
+                 max_epochs: int | None = None, min_epochs: int | None = None, max_steps: int = -1,
+                 min_steps: int | None = None, max_time: Any = None,
+                 limit_train_batches: int | float | None = None, limit_val_batches: int | float | None = None,
+                 limit_test_batches: int | float | None = None, limit_predict_batches: int | float | None = None,
+                 overfit_batches: int | float = 0.0, val_check_interval: int | float | None = None,
+                 check_val_every_n_epoch: int | None = 1, num_sanity_val_steps: int | None = None,
+                 log_every_n_steps: int | None = None, enable_checkpointing: bool | None = None,
+                 enable_progress_bar: bool | None = None, enable_model_summary: bool | None = None,
+                 accumulate_grad_batches: int = 1, gradient_clip_val: int | float | None = None,
+                 gradient_clip_algorithm: str | None = None, deterministic: bool | str | None = None,
+                 benchmark: bool | None = None, inference_mode: bool = True, use_distributed_sampler: bool = True,
+                 profiler: Any = None, detect_anomaly: bool = False, barebones: bool = False, plugins: Any = None,
+                 sync_batchnorm: bool = False, reload_dataloaders_every_n_epochs: int = 0,
+                 default_root_dir: str | Path | None = None) -> None:
+        if profiler is not None:
+            raise ValueError(f"profiler={profiler!r} is not supported by loops; pass profiler=None")
+        self.fabric = Fabric(accelerator=accelerator, strategy=strategy, devices=devices, num_nodes=num_nodes,
+                             precision=precision, plugins=plugins)
+        self.strategy = StrategyFacade(self.fabric)
+        self.barebones = barebones
+        fast = args_check.fast_dev_run_batches(fast_dev_run)
+        if barebones and (fast or logger or enable_checkpointing or enable_progress_bar or enable_model_summary):
+            raise ValueError("barebones=True turns off logging, checkpointing, the progress bar, the model summary "
+                             "and fast_dev_run; remove logger / enable_* / fast_dev_run or set barebones=False")
+        self.fast_dev_run = fast_dev_run
+        self.default_root_dir = str(default_root_dir) if default_root_dir is not None else os.getcwd()
+        for name, value in (("accumulate_grad_batches", accumulate_grad_batches),):
+            args_check.check_positive_int(name, value)
+        args_check.check_positive_int("check_val_every_n_epoch", check_val_every_n_epoch, allow_none=True)
+        self.accumulate_grad_batches = accumulate_grad_batches
+        self.gradient_clip_val = gradient_clip_val
+        self.gradient_clip_algorithm = args_check.check_clip_algorithm(gradient_clip_algorithm)
+        self.inference_mode = inference_mode
+        self.use_distributed_sampler = use_distributed_sampler
+        self.detect_anomaly = detect_anomaly
+        self.sync_batchnorm = sync_batchnorm
+        self.reload_dataloaders_every_n_epochs = reload_dataloaders_every_n_epochs
+        self.check_val_every_n_epoch = check_val_every_n_epoch
+        self.val_check_interval = 1.0 if val_check_interval is None else val_check_interval
+        args_check.check_val_check_interval(self.val_check_interval)
+        self.max_epochs = max_epochs if max_epochs is not None else (1000 if max_steps == -1 and max_time is None
+                                                                     else -1)
+        self.min_epochs, self.max_steps, self.min_steps = min_epochs, max_steps, min_steps
+        self._max_seconds = args_check.parse_max_time(max_time)
+        self.overfit_batches = overfit_batches
+        self.limit_train_batches = 1.0 if limit_train_batches is None else limit_train_batches
+        self.limit_val_batches = 1.0 if limit_val_batches is None else limit_val_batches
+        self.limit_test_batches = 1.0 if limit_test_batches is None else limit_test_batches
+        self.limit_predict_batches = 1.0 if limit_predict_batches is None else limit_predict_batches
+        self.num_sanity_val_steps = 2 if num_sanity_val_steps is None else num_sanity_val_steps
+        self.log_every_n_steps = 50 if log_every_n_steps is None else log_every_n_steps
+        args_check.check_positive_int("log_every_n_steps", self.log_every_n_steps)
+        if fast:
+            self.limit_train_batches = self.limit_val_batches = fast
+            self.limit_test_batches = self.limit_predict_batches = fast
+            self.max_steps, self.max_epochs, self.num_sanity_val_steps = fast, 1, 0
+            self.val_check_interval, self.check_val_every_n_epoch = 1.0, 1
+        if barebones:
+            self.num_sanity_val_steps = 0
+        self._logger_enabled = not (fast or barebones or logger is False)
+        self._loggers = [] if logger in (None, True, False) else as_list(logger)
+        self.enable_checkpointing = not barebones if enable_checkpointing is None else enable_checkpointing
+        self.enable_progress_bar = not barebones if enable_progress_bar is None else enable_progress_bar
+        self.enable_model_summary = not barebones if enable_model_summary is None else enable_model_summary
+        self._given_callbacks = as_list(callbacks)
+        bad = [type(c).__name__ for c in self._given_callbacks if not isinstance(c, Callback)]
+        if bad:
+            raise TypeError(f"callbacks must be loops.Callback instances; got {bad}")
+        self.callbacks: list[Callback] = list(self._given_callbacks)
+        if deterministic:
+            torch.use_deterministic_algorithms(True, warn_only=deterministic == "warn")
+        if benchmark is not None:
+            torch.backends.cudnn.benchmark = benchmark
+
+        self.state = TrainerState()
+        self.fit_loop = FitLoop(self)
+        self.lightning_module: LightningModule | None = None
+        self.datamodule: LightningDataModule | None = None
+        self.current_epoch = 0
+        self._global_step = 0
+        self.should_stop = False
+        self.sanity_checking = False
+        self._metrics = MetricsHub()
+        self._results: Results | None = None
+        self._train_results: Results | None = None
+        self._log_defaults = (False, True)
+        self._batch: Any = None
+        self._dataloader_idx: int | None = None
+        self._optimizers: list[LoopOptimizer] = []
+        self.lr_scheduler_configs: list[SchedulerConfig] = []
+        self._fabric_module: Any = None
+        self._hooks: HookTable | None = None
+        self._automatic = True
+        self._clip_hook: Callable[..., Any] | None = None
+        self._custom_transfer = False
+        self._loader_args: dict[str, Any] = {"train": None, "val": None, "test": None, "predict": None}
+        self._version_dir: str | None = None
+        self.num_test_batches: list[int | float] = []
+        self.num_predict_batches: list[int | float] = []
+        self.test_dataloaders: list[Any] = []
+        self.predict_dataloaders: list[Any] = []
+
+    # -- stages ---------------------------------------------------------------------------------------------------
+    def fit(self, model: LightningModule, train_dataloaders: Any = None, val_dataloaders: Any = None,
+            datamodule: LightningDataModule | None = None, ckpt_path: str | Path | None = None) -> None:
+        """Train `model`; `ckpt_path` ("last", "best" or a file) resumes a previous run."""
+        if isinstance(train_dataloaders, LightningDataModule):
+            datamodule, train_dataloaders = train_dataloaders, None
+        self._check_sources(model, datamodule, train_dataloaders, val_dataloaders, "fit")
+        self._loader_args.update(train=train_dataloaders, val=val_dataloaders)
+        self._launch("fit", model, datamodule, ckpt_path)
+
+    def validate(self, model: LightningModule | None = None, dataloaders: Any = None,
+                 ckpt_path: str | Path | None = None, verbose: bool = True,
+                 datamodule: LightningDataModule | None = None) -> list[dict[str, float]]:
+        """Run validation once; returns one dict of epoch metrics per dataloader."""
+        return self._evaluate("validate", model, dataloaders, ckpt_path, verbose, datamodule)
+
+    def test(self, model: LightningModule | None = None, dataloaders: Any = None, ckpt_path: str | Path | None = None,
+             verbose: bool = True, datamodule: LightningDataModule | None = None) -> list[dict[str, float]]:
+        """Run the test set once; returns one dict of epoch metrics per dataloader."""
+        return self._evaluate("test", model, dataloaders, ckpt_path, verbose, datamodule)
+
+    def predict(self, model: LightningModule | None = None, dataloaders: Any = None,
+                datamodule: LightningDataModule | None = None, return_predictions: bool | None = None,
+                ckpt_path: str | Path | None = None) -> list[Any] | None:
+        """Run `predict_step` over the data; returns the predictions (a list per dataloader when several)."""
+        if isinstance(dataloaders, LightningDataModule):
+            datamodule, dataloaders = dataloaders, None
+        model = self._model_for("predict", model)
+        self._check_sources(model, datamodule, dataloaders, None, "predict")
+        self._loader_args["predict"] = dataloaders
+        self._return_predictions = True if return_predictions is None else return_predictions
+        return self._launch("predict", model, datamodule, ckpt_path)
+
+    def _evaluate(self, stage: str, model: LightningModule | None, dataloaders: Any, ckpt_path: Any, verbose: bool,
+                  datamodule: LightningDataModule | None) -> list[dict[str, float]]:
+        if isinstance(dataloaders, LightningDataModule):
+            datamodule, dataloaders = dataloaders, None
+        model = self._model_for(stage, model)
+        step = "validation_step" if stage == "validate" else "test_step"
+        if not overrides(model, step, LightningModule):
+            raise NotImplementedError(f"{type(model).__name__} defines no {step}(); Trainer.{stage} needs it")
+        if ckpt_path is None and model is self.lightning_module and self.checkpoint_callback is not None \
+                and self.checkpoint_callback.best_model_path:
+            ckpt_path = "best"
+        self._check_sources(model, datamodule, dataloaders, None, stage)
+        self._loader_args["val" if stage == "validate" else "test"] = dataloaders
+        results = self._launch(stage, model, datamodule, ckpt_path)
+        if verbose and self.is_global_zero:
+            print_results(stage, results)
+        return results
+
+    def _model_for(self, stage: str, model: LightningModule | None) -> LightningModule:
+        if model is None:
+            if self.lightning_module is None:
+                raise ValueError(f"Trainer.{stage}() needs a model: pass one, or call fit(model) first")
+            return self.lightning_module
+        return model
+
+    def _check_sources(self, model: Any, datamodule: Any, loaders: Any, val_loaders: Any, stage: str) -> None:
+        if not isinstance(model, LightningModule):
+            raise TypeError(f"Trainer.{stage} takes a loops.LightningModule; got {type(model).__name__}")
+        if datamodule is not None and (loaders is not None or val_loaders is not None):
+            raise ValueError(f"Trainer.{stage} got both dataloaders and a datamodule; pass one of them")
+        if datamodule is not None and not isinstance(datamodule, LightningDataModule):
+            raise TypeError(f"datamodule must be a loops.LightningDataModule; got {type(datamodule).__name__}")
+
+    # -- running in every process -----------------------------------------------------------------------------------
+    def _launch(self, stage: str, model: LightningModule, datamodule: Any, ckpt_path: Any) -> Any:
+        self._ran_here = False
+        payload = self.fabric.launch(_run_launched, self, stage, model, datamodule, ckpt_path)
+        if not self._ran_here and payload is not None:  # the stage ran in spawned processes: adopt rank 0's result
+            model.load_state_dict(payload["state_dict"])
+            self.current_epoch, self._global_step = payload["current_epoch"], payload["global_step"]
+            self._metrics.callback_metrics = payload["callback_metrics"]
+            self.lightning_module = model
+        return payload["result"] if payload is not None else None
+
+    def _run(self, stage: str, model: LightningModule, datamodule: Any, ckpt_path: Any) -> dict[str, Any]:
+        self._ran_here = True
+        self.state.fn = stage
+        self.should_stop = False
+        self.lightning_module, self.datamodule = model, datamodule
+        model.trainer = self
+        if datamodule is not None:
+            datamodule.trainer = self
+        self._resolve_log_dir()
+        self._attach_callbacks(model)
+        self._hooks = hooks = HookTable(self, model, self.callbacks)
+        self._custom_transfer = any(overrides(src, name, DataHooks) for name in _TRANSFER_HOOKS
+                                    for src in (model, datamodule) if src is not None)
+        try:
+            self._prepare_and_setup(stage, model, datamodule)
+            ckpt_path = checkpointing.resolve_ckpt_path(self, ckpt_path, stage)
+            if stage == "fit":
+                result = self._fit(model, ckpt_path)
+            else:
+                self._fabric_module = self.fabric.setup(StepRouter(model))
+                if ckpt_path is not None:
+                    checkpointing.restore_model(self, ckpt_path, stage)
+                result = self._run_stage(stage)
+        except BaseException as exception:
+            self.state.status = "interrupted"
+            hooks.call_callbacks("on_exception", exception)
+            if datamodule is not None:
+                datamodule.on_exception(exception)
+            raise
+        finally:
+            self._teardown(stage)
+        self.state.status = "finished"
+        # Handed back to the launching process, which adopts it when the stage ran in spawned processes.
+        on_device = self.fabric.device.type != "cpu"
+        state_dict = {k: v.cpu() for k, v in model.state_dict().items()} if on_device else model.state_dict()
+        return {"result": result, "state_dict": state_dict, "current_epoch": self.current_epoch,
+                "global_step": self._global_step, "callback_metrics": dict(self._metrics.callback_metrics)}
+
+    def _prepare_and_setup(self, stage: str, model: LightningModule, datamodule: Any) -> None:
+        sources = [s for s in (datamodule, model) if s is not None]
+        for source in sources:
+            if overrides(source, "prepare_data", DataHooks):
+                rank = self.local_rank if source.prepare_data_per_node else self.global_rank
+                if rank == 0:
+                    source.prepare_data()
+                self.fabric.barrier()
+        if datamodule is not None:
+            datamodule.setup(stage)
+        self._hooks.call_callbacks("setup", stage)
+        model.setup(stage)
+        model.configure_model()
+
+    def _fit(self, model: LightningModule, ckpt_path: str | None) -> None:
+        if not overrides(model, "training_step", LightningModule):
+            raise NotImplementedError(f"{type(model).__name__} defines no training_step(self, batch, batch_idx); "
+                                      "Trainer.fit needs it (it returns the loss)")
+        self._automatic = model.automatic_optimization
+        if not self._automatic and self.gradient_clip_val:
+            raise ValueError(f"gradient_clip_val={self.gradient_clip_val} clips automatically, which manual "
+                             "optimization does not do; remove it and call self.clip_gradients(optimizer, ...) in "
+                             "training_step")
+        if not self._automatic and self.accumulate_grad_batches != 1:
+            raise ValueError(f"accumulate_grad_batches={self.accumulate_grad_batches} needs automatic optimization; "
+                             "with manual optimization step the optimizer every N batches yourself")
+        optimizers, self.lr_scheduler_configs = parse_optimizers(model.configure_optimizers())
+        if self._automatic and len(optimizers) > 1:
+            raise ValueError(f"configure_optimizers returned {len(optimizers)} optimizers; automatic optimization "
+                             "steps one. Set self.automatic_optimization = False and step them in training_step")
+        if self.sync_batchnorm and self.world_size > 1:
+            model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        setup = self.fabric.setup(StepRouter(model), *optimizers)
+        self._fabric_module, fabric_optimizers = (setup[0], setup[1:]) if optimizers else (setup, ())
+        self._optimizers = [LoopOptimizer(opt, self) for opt in fabric_optimizers]
+        clip_overridden = overrides(model, "configure_gradient_clipping", LightningModule)
+        self._clip_hook = model.configure_gradient_clipping if (self.gradient_clip_val or clip_overridden) \
+            and self._automatic else None
+        if ckpt_path is not None:
+            checkpoint = checkpointing.restore_model(self, ckpt_path, "fit")
+            checkpointing.restore_training_state(self, checkpoint, ckpt_path)
+        self._log_hyperparams(model)
+        self.training = True
+        self._hooks.call("on_fit_start")
+        with torch.autograd.set_detect_anomaly(True) if self.detect_anomaly else nullcontext():
+            self.fit_loop.run()
+        self.training = False
+        self._hooks.call("on_fit_end")
+
+    def _run_stage(self, stage: str) -> Any:
+        model = self.lightning_module
+        if stage == "predict":
+            loaders, limits = self._eval_loaders("predict", self.limit_predict_batches)
+            self.predict_dataloaders, self.num_predict_batches = loaders, limits
+            self.predicting = True
+            return run_prediction(self, loaders, limits, self._return_predictions)
+        source = "val" if stage == "validate" else "test"
+        limit = self.limit_val_batches if stage == "validate" else self.limit_test_batches
+        loaders, limits = self._eval_loaders(source, limit)
+        if stage == "test":
+            self.test_dataloaders, self.num_test_batches = loaders, limits
+        if stage == "validate":
+            self.validating = True
+        else:
+            self.testing = True
+        if not loaders:
+            raise ValueError(f"Trainer.{stage} found no {source} data: pass dataloaders, a datamodule with "
+                             f"{source}_dataloader(), or define {source}_dataloader() on {type(model).__name__}")
+        self._metrics.reset()
+        return run_evaluation(self, stage, loaders, limits)
+
+    def _eval_loaders(self, source: str, limit: int | float) -> tuple[list[Any], list[int | float]]:
+        raw = as_list(find_loaders(source, self._loader_args[source], self.datamodule, self.lightning_module))
+        limits = [limit_batches(loader, limit, f"limit_{'val' if source == 'val' else source}_batches")
+                  for loader in raw]
+        return setup_loaders(self.fabric, raw, False, self.use_distributed_sampler, not self._custom_transfer), limits
+
+    def _teardown(self, stage: str) -> None:
+        if self.datamodule is not None:
+            self.datamodule.teardown(stage)
+        if self._hooks is not None:
+            self._hooks.call_callbacks("teardown", stage)
+        if self.lightning_module is not None:
+            self.lightning_module.teardown(stage)
+        for logger in self._loggers:
+            if hasattr(logger, "finalize"):
+                logger.finalize(self.state.status if self.state.status != "running" else "success")
+        self.training = self.validating = self.testing = self.predicting = self.sanity_checking = False
+
+    def _attach_callbacks(self, model: LightningModule) -> None:
+        """Trainer callbacks plus the module's `configure_callbacks` (replacing ones of the same type), with
+        checkpoint callbacks last so they see what the others did."""
+        callbacks = list(self._given_callbacks)
+        extra = as_list(model.configure_callbacks())
+        if extra:
+            types = {type(c) for c in extra}
+            callbacks = [c for c in callbacks if type(c) not in types] + extra
+        self.callbacks = [c for c in callbacks if not isinstance(c, Checkpoint)] + \
+                         [c for c in callbacks if isinstance(c, Checkpoint)]
+
+    def _log_hyperparams(self, model: LightningModule) -> None:
+        if not self._loggers or not getattr(model, "_log_hyperparams", False):
+            return
+        params = dict(model.hparams)
+        if self.datamodule is not None and getattr(self.datamodule, "_log_hyperparams", False):
+            params.update(self.datamodule.hparams)
+        for logger in self._loggers:
+            if hasattr(logger, "log_hyperparams"):
+                logger.log_hyperparams(params)
+
+    # -- called by the module ---------------------------------------------------------------------------------------
+    def _log(self, name: str, value: Any, prog_bar: bool, logger: bool, on_step: bool | None, on_epoch: bool | None,
+             reduce_fx: Any, enable_graph: bool, sync_dist: bool, group: Any, add_dataloader_idx: bool,
+             batch_size: int | None, rank_zero_only: bool) -> None:
+        results = self._results
+        if results is None:
+            raise RuntimeError(f"self.log({name!r}) was called outside the hooks that can log: training, "
+                               "validation and test steps and their batch / epoch hooks (not in predict, setup or "
+                               "on_fit_start / on_train_start)")
+        if self.barebones:
+            raise RuntimeError(f"self.log({name!r}) is turned off by Trainer(barebones=True)")
+        defaults = self._log_defaults
+        if self._dataloader_idx is not None and add_dataloader_idx:
+            name = f"{name}/dataloader_idx_{self._dataloader_idx}"
+        results.log(name, value, prog_bar, logger and self._logger_enabled, defaults[0] if on_step is None else on_step,
+                    defaults[1] if on_epoch is None else on_epoch, reduce_fx, enable_graph, sync_dist, group,
+                    batch_size, self._batch)
+
+    def _manual_backward(self, loss: Tensor, *args: Any, **kwargs: Any) -> None:
+        if self._automatic:
+            raise RuntimeError("manual_backward is for manual optimization (self.automatic_optimization = False); "
+                               "with automatic optimization return the loss from training_step")
+        manual_backward(self, loss, *args, **kwargs)
+
+    def _transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """The batch-transfer hooks, when the module or datamodule overrides one (fabric moves batches otherwise)."""
+        for source in (self.datamodule, self.lightning_module):
+            if source is not None:
+                batch = source.on_before_batch_transfer(batch, dataloader_idx)
+        source = self.datamodule if self.datamodule is not None and overrides(
+            self.datamodule, "transfer_batch_to_device", DataHooks) else self.lightning_module
+        batch = source.transfer_batch_to_device(batch, self.fabric.device, dataloader_idx)
+        for source in (self.datamodule, self.lightning_module):
+            if source is not None:
+                batch = source.on_after_batch_transfer(batch, dataloader_idx)
+        return batch
+
+    def _hooks_defined(self, name: str) -> bool:
+        return overrides(self.lightning_module, name, LightningModule)
+
+    def _resolve_log_dir(self) -> None:
+        """Pick `<default_root_dir>/lightning_logs/version_N` once (rank 0 decides, every rank agrees)."""
+        if self._version_dir is not None or not self._logger_enabled or self._loggers:
+            return
+        root = Path(self.default_root_dir) / "lightning_logs"
+        version = None
+        if self.is_global_zero:
+            existing = [int(p.name[8:]) for p in root.glob("version_*") if p.name[8:].isdigit()]
+            version = max(existing) + 1 if existing else 0
+            (root / f"version_{version}").mkdir(parents=True, exist_ok=True)
+        version = self.fabric.broadcast(version) if self.world_size > 1 else version
+        self._version_dir = str(root / f"version_{version}")
+
+    # -- checkpoints ----------------------------------------------------------------------------------------------
+    def save_checkpoint(self, filepath: str | Path, weights_only: bool = False, storage_options: Any = None) -> None:
+        """Write a checkpoint of the running (or finished) stage; every process must call it."""
+        if self.lightning_module is None:
+            raise RuntimeError("save_checkpoint needs a model: call it during or after fit/validate/test")
+        if storage_options is not None:
+            raise ValueError(f"storage_options={storage_options!r} is not supported; pass None")
+        self.fabric.save(str(filepath), checkpointing.dump_checkpoint(self, weights_only))
+
+    # -- state ----------------------------------------------------------------------------------------------------
+    @property
+    def global_step(self) -> int:
+        """Optimizer steps taken (with gradient accumulation, fewer than batches)."""
+        return self._global_step
+
+    @property
+    def optimizers(self) -> list[torch.optim.Optimizer]:
+        return [opt.optimizer for opt in self._optimizers]
+
+    @property
+    def loggers(self) -> list[Any]:
+        return self._loggers
+
+    @loggers.setter
+    def loggers(self, loggers: list[Any] | None) -> None:
+        self._loggers = list(loggers or [])
+
+    @property
+    def logger(self) -> Any:
+        return self._loggers[0] if self._loggers else None
+
+    @logger.setter
+    def logger(self, logger: Any) -> None:
+        self._loggers = [] if logger is None else [logger]
+
+    @property
+    def log_dir(self) -> str:
+        """The first logger's directory, else `<root>/lightning_logs/version_N`, else `default_root_dir`."""
+        logger = self.logger
+        if logger is not None:
+            return str(getattr(logger, "log_dir", None) or getattr(logger, "save_dir", None) or self.default_root_dir)
+        return self._version_dir or self.default_root_dir
+
+    @property
+    def checkpoint_callbacks(self) -> list[Checkpoint]:
+        return [c for c in self.callbacks if isinstance(c, Checkpoint)]
+
+    @property
+    def checkpoint_callback(self) -> Checkpoint | None:
+        callbacks = self.checkpoint_callbacks
+        return callbacks[0] if callbacks else None
+
+    @property
+    def early_stopping_callbacks(self) -> list[Callback]:
+        return [c for c in self.callbacks if getattr(c, "monitors_metrics", False) and not isinstance(c, Checkpoint)]
+
+    @property
+    def callback_metrics(self) -> dict[str, Tensor]:
+        return self._metrics.callback_metrics
+
+    @property
+    def logged_metrics(self) -> dict[str, Tensor]:
+        return self._metrics.logged_metrics
+
+    @property
+    def progress_bar_metrics(self) -> dict[str, Tensor]:
+        return self._metrics.progress_bar_metrics
+
+    @property
+    def _logger_step(self) -> int:
+        return self.fit_loop.batches_stepped
+
+    @property
+    def training(self) -> bool:
+        return self.state.stage == "train"
+
+    @training.setter
+    def training(self, value: bool) -> None:
+        self.state.set_stage("train", value)
+
+    @property
+    def validating(self) -> bool:
+        return self.state.stage == "validate"
+
+    @validating.setter
+    def validating(self, value: bool) -> None:
+        self.state.set_stage("validate", value)
+
+    @property
+    def testing(self) -> bool:
+        return self.state.stage == "test"
+
+    @testing.setter
+    def testing(self, value: bool) -> None:
+        self.state.set_stage("test", value)
+
+    @property
+    def predicting(self) -> bool:
+        return self.state.stage == "predict"
+
+    @predicting.setter
+    def predicting(self, value: bool) -> None:
+        self.state.set_stage("predict", value)
+
+    @property
+    def sanity_checking(self) -> bool:
+        return self.state.stage == "sanity_check"
+
+    @sanity_checking.setter
+    def sanity_checking(self, value: bool) -> None:
+        self.state.set_stage("sanity_check", value)
+
+    @property
+    def interrupted(self) -> bool:
+        return self.state.status == "interrupted"
+
+    @property
+    def world_size(self) -> int:
+        return self.fabric.world_size
+
+    @property
+    def global_rank(self) -> int:
+        return self.fabric.global_rank
+
+    @property
+    def local_rank(self) -> int:
+        return self.fabric.local_rank
+
+    @property
+    def node_rank(self) -> int:
+        return self.fabric.node_rank
+
+    @property
+    def is_global_zero(self) -> bool:
+        return self.fabric.is_global_zero
+
+    @property
+    def num_devices(self) -> int:
+        return max(1, self.fabric.world_size // max(1, self.num_nodes))
+
+    @property
+    def num_nodes(self) -> int:
+        return getattr(self.fabric.strategy, "num_nodes", 1)
+
+    @property
+    def device_ids(self) -> list[int]:
+        return [self.fabric.device.index or 0]
+
+    @property
+    def precision(self) -> str:
+        return str(getattr(self.fabric.strategy.precision, "name", "32-true"))
+
+    @property
+    def train_dataloader(self) -> Any:
+        return self.fit_loop.train_loader
+
+    @property
+    def val_dataloaders(self) -> Any:
+        loaders = self.fit_loop.val_loaders
+        return loaders[0] if len(loaders) == 1 else loaders
+
+    @property
+    def num_training_batches(self) -> int | float:
+        return self.fit_loop.num_training_batches
+
+    @property
+    def num_val_batches(self) -> list[int | float]:
+        return self.fit_loop.num_val_batches
+
+    @property
+    def num_sanity_val_batches(self) -> list[int | float]:
+        steps = self.num_sanity_val_steps
+        return [n if steps < 0 else min(n, steps) for n in self.fit_loop.num_val_batches]
+
+    @property
+    def estimated_stepping_batches(self) -> int | float:
+        """Optimizer steps fit will take (e.g. for OneCycleLR's total_steps); loads the training data if needed."""
+        if self.max_epochs == -1:
+            return math.inf if self.max_steps == -1 else self.max_steps
+        if self.fit_loop.train_loader is None:
+            self.fit_loop.setup_train_data()
+        batches = self.num_training_batches
+        if batches == math.inf:
+            return self.max_steps if self.max_steps != -1 else math.inf
+        steps = math.ceil(batches / self.accumulate_grad_batches) * max(self.max_epochs, 1)
+        return min(steps, self.max_steps) if self.max_steps != -1 else steps
+
+    def print(self, *args: Any, **kwargs: Any) -> None:
+        self.fabric.print(*args, **kwargs)
+
+
+def _run_launched(fabric: Fabric, trainer: Trainer, stage: str, model: LightningModule, datamodule: Any,
+                  ckpt_path: Any) -> dict[str, Any]:
+    """What every process runs (module level, so spawned processes can unpickle it)."""
+    return trainer._run(stage, model, datamodule, ckpt_path)
