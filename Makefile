@@ -20,3 +20,20 @@ test: $(VENV)/.installed
 	$(PY) -m pytest -q -x tests
 
 .PHONY: install train test
+
+# Optional XLA lane: torch_xla 2.9.0 pins torch==2.9.0 exactly (about 7 GB),
+# so it gets its own venv and runs the single-device tests on the CPU PJRT device.
+XLA_VENV ?= .venv-xla
+XLA_PY := $(XLA_VENV)/bin/python
+
+$(XLA_VENV)/.installed: setup.cfg setup.py
+	python3 -m venv $(XLA_VENV)
+	$(XLA_PY) -m pip install -q --upgrade pip
+	$(XLA_PY) -m pip install -q torch==2.9.0 torch_xla==2.9.0 pytest hypothesis numpy
+	$(XLA_PY) -m pip install -q -e . --no-deps
+	touch $@
+
+test-xla: $(XLA_VENV)/.installed
+	PJRT_DEVICE=CPU $(XLA_PY) -m pytest -q tests/xla
+
+.PHONY: test-xla

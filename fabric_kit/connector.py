@@ -20,6 +20,7 @@ __all__ = ["Connector", "accelerator_names", "precision_names", "strategy_names"
 # `fabric run --flag` exports FABRIC_KIT_<NAME>; the script's own explicit argument must agree with it.
 CLI_FLAGS = {"accelerator": "--accelerator", "strategy": "--strategy", "devices": "--devices",
              "num_nodes": "--num-nodes", "precision": "--precision"}
+XLA_STRATEGIES = ("single_xla", "xla", "xla_fsdp")  # they imply accelerator="xla" when it is left to "auto"
 DEFAULTS: dict[str, Any] = {"accelerator": "auto", "strategy": "auto", "devices": "auto", "num_nodes": 1,
                             "precision": None}
 
@@ -64,7 +65,8 @@ class Connector:
         if isinstance(strategy, Strategy):
             instance = strategy
         else:
-            name = strategy if strategy != "auto" else ("ddp" if many else "single_device")
+            single, multiple = ("single_xla", "xla") if self.accelerator.name == "xla" else ("single_device", "ddp")
+            name = strategy if strategy != "auto" else (multiple if many else single)
             cls, preset = strategy_class(name)
             if issubclass(cls, SingleDeviceStrategy):
                 if many:
@@ -140,6 +142,8 @@ def _resolve_accelerator(accelerator: str | Accelerator, strategy: str | Strateg
     if not isinstance(accelerator, str):
         raise ValueError(f"accelerator={accelerator!r} is not known; accepted: {', '.join(accelerator_names())} "
                          "or an Accelerator instance")
+    if accelerator == "auto" and strategy in XLA_STRATEGIES:
+        accelerator = "xla"
     return create_accelerator(accelerator)
 
 

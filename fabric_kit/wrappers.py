@@ -2,7 +2,7 @@
 route the few calls that depend on the strategy or precision — forward, step, iteration — through them."""
 from __future__ import annotations
 
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 from torch.nn import Module
@@ -164,9 +164,13 @@ class FabricDataLoader:
         with torch.random.fork_rng(devices=[]):
             iterator = iter(self._dataloader)
         device = self._device
+        # XLA records each step lazily: run the step's graph once the loop body is done with its batch.
+        sync = _xla_sync() if device is not None and device.type == "xla" else None
         for batch in iterator:
             self._batches += 1
             yield batch if device is None else move_to_device(batch, device)
+            if sync is not None:
+                sync()
         self._epoch, self._start, self._batches, self._fresh = self._epoch + 1, 0, 0, True
 
     def state_dict(self) -> dict[str, Any]:
@@ -199,6 +203,12 @@ class FabricDataLoader:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._dataloader, name)
+
+
+def _xla_sync() -> Callable[[], None]:
+    from fabric_kit.accelerators.xla import import_torch_xla
+
+    return import_torch_xla().sync
 
 
 def is_wrapped(obj: object) -> bool:

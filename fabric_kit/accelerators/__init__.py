@@ -5,12 +5,15 @@ from fabric_kit.accelerators.accelerator import Accelerator
 from fabric_kit.accelerators.cpu import CPUAccelerator
 from fabric_kit.accelerators.cuda import CUDAAccelerator
 from fabric_kit.accelerators.mps import MPSAccelerator
+from fabric_kit.accelerators.xla import XLAAccelerator
 
 ACCELERATORS: dict[str, type[Accelerator]] = {
     "cpu": CPUAccelerator,
     "cuda": CUDAAccelerator,
     "gpu": CUDAAccelerator,
     "mps": MPSAccelerator,
+    "xla": XLAAccelerator,
+    "tpu": XLAAccelerator,
 }
 
 
@@ -28,10 +31,13 @@ def create_accelerator(name: str) -> Accelerator:
     cls = ACCELERATORS.get(name)
     if cls is None:
         raise ValueError(f"accelerator={name!r} is not known; accepted: {', '.join(accelerator_names())}")
+    check_requirements = getattr(cls, "check_requirements", None)  # names the extra to install, if one is missing
+    if check_requirements is not None:
+        check_requirements()
     if not cls.is_available():
         raise RuntimeError(f"accelerator={name!r} was requested but is not available on this machine")
     return cls()
 
 
-__all__ = ["Accelerator", "CPUAccelerator", "CUDAAccelerator", "MPSAccelerator", "accelerator_names",
-           "create_accelerator"]
+__all__ = ["Accelerator", "CPUAccelerator", "CUDAAccelerator", "MPSAccelerator", "XLAAccelerator",
+           "accelerator_names", "create_accelerator"]

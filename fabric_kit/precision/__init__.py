@@ -6,6 +6,7 @@ import torch
 from fabric_kit.precision.amp import MixedPrecision
 from fabric_kit.precision.dtype import TruePrecision
 from fabric_kit.precision.precision import Precision
+from fabric_kit.precision.xla import XLAPrecision
 
 PRECISION_ALIASES = {"32": "32-true", "64": "64-true", "16": "16-mixed", "bf16": "bf16-mixed"}
 PRECISION_NAMES = ("32-true", "64-true", "16-mixed", "bf16-mixed", "16-true", "bf16-true")
@@ -27,7 +28,9 @@ def normalize_precision(value: str | int | None) -> str:
 
 
 def create_precision(name: str, device_type: str) -> Precision:
-    """The precision object for a normalised name on a device type ("cpu", "cuda", "mps")."""
+    """The precision object for a normalised name on a device type ("cpu", "cuda", "mps", "xla")."""
+    if device_type == "xla":
+        return XLAPrecision(name)
     if name == "32-true":
         return Precision()
     if name == "64-true":
@@ -40,5 +43,5 @@ def create_precision(name: str, device_type: str) -> Precision:
     return MixedPrecision(dtype, device_type, name)
 
 
-__all__ = ["MixedPrecision", "Precision", "TruePrecision", "create_precision", "normalize_precision",
+__all__ = ["MixedPrecision", "Precision", "TruePrecision", "XLAPrecision", "create_precision", "normalize_precision",
            "precision_names"]

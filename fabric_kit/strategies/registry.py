@@ -49,3 +49,7 @@ register("ddp_spawn_find_unused_parameters_true", "fabric_kit.strategies.ddp:DDP
 register("fsdp", "fabric_kit.strategies.fsdp:FSDPStrategy", "fully sharded data parallel (FSDP2); re-runs the script")
 register("fsdp_cpu_offload", "fabric_kit.strategies.fsdp:FSDPStrategy", "fsdp with shards kept in CPU memory",
          cpu_offload=True)
+register("single_xla", "fabric_kit.strategies.xla:SingleXLAStrategy", "one process, one XLA device (TPU)")
+register("xla", "fabric_kit.strategies.xla:XLAStrategy", "data parallel over every XLA device of the host (TPU)")
+register("xla_fsdp", "fabric_kit.strategies.xla_fsdp:XLAFSDPStrategy",
+         "parameters, gradients and optimizer state sharded over XLA devices (TPU)")

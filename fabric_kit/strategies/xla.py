@@ -1,0 +1,211 @@
+"""XLA strategies: `single_xla` (one process, one XLA device) and `xla` (one process per device of the host,
+started by torch_xla's PJRT launcher, gradients all-reduced in the optimizer step).
+
+XLA tensors are lazy: operations record a graph that runs when it is cut (`torch_xla.sync()`, done by the
+dataloader wrapper after each batch) or when a value is read. Checkpoints are therefore synced and copied to the
+CPU before rank 0 writes them with fabric_kit's own atomic writer, so they load anywhere, without torch_xla."""
+from __future__ import annotations
+
+import os
+import pickle
+from typing import Any, Callable
+
+import torch
+from torch import Tensor
+from torch.nn import Module
+from torch.optim import Optimizer
+from torch.utils.weak import WeakIdKeyDictionary
+
+from fabric_kit.accelerators import Accelerator
+from fabric_kit.accelerators.xla import import_torch_xla
+from fabric_kit.checkpoint.io import save_file
+from fabric_kit.checkpoint.state import to_storable
+from fabric_kit.collections import apply_to_collection
+from fabric_kit.environments import ClusterEnvironment
+from fabric_kit.precision import Precision
+from fabric_kit.strategies.launchers.xla import XLALauncher
+from fabric_kit.strategies.parallel import ParallelStrategy
+from fabric_kit.strategies.single_device import SingleDeviceStrategy
+
+
+def storable_on_cpu(state: dict[str, Any], filter: dict[str, Callable[[str, Any], bool]] | None) -> dict[str, Any]:
+    """`state` as state dicts whose tensors live on the CPU. Call after `torch_xla.sync()`, so the pending graph
+    runs once instead of once per tensor copied."""
+    return apply_to_collection(to_storable(state, filter), Tensor, lambda t: t.detach().cpu())
+
+
+def check_xla_device(strategy_name: str, device: torch.device) -> None:
+    if device.type != "xla":
+        raise ValueError(f"strategy {strategy_name!r} runs on XLA devices, but its device is {device}; use "
+                         "Fabric(accelerator='xla') (alias 'tpu')")
+
+
+class RelinkOptimizerParameters:
+    """Moving a module to an XLA device creates new Parameter objects (CPU and XLA tensors cannot share one), so
+    an optimizer built before `fabric.setup` would keep updating the stale CPU copies. The move records old ->
+    new, and `setup_optimizer` points the optimizer's param groups at the moved parameters."""
+
+    root_device: torch.device
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._moved = WeakIdKeyDictionary()  # keyed by identity: tensors have no usable ==
+
+    def module_to_device(self, module: Module) -> None:
+        before = dict(module.named_parameters(remove_duplicate=False))
+        module.to(self.root_device)
+        after = dict(module.named_parameters(remove_duplicate=False))
+        self._moved.update({param: after[name] for name, param in before.items() if after[name] is not param})
+
+    def setup_optimizer(self, optimizer: Optimizer) -> Optimizer:
+        for group in optimizer.param_groups:
+            group["params"] = [self._moved.get(p, p) for p in group["params"]]
+        return optimizer
+
+
+class SingleXLAStrategy(RelinkOptimizerParameters, SingleDeviceStrategy):
+    """One process on one XLA device (`xla:0`, or the index passed as `devices=[i]`)."""
+
+    def setup_environment(self) -> None:
+        check_xla_device("single_xla", self.root_device)
+        super().setup_environment()
+
+    def save_checkpoint(self, path: str, state: dict[str, Any],
+                        filter: dict[str, Callable[[str, Any], bool]] | None = None) -> None:
+        import_torch_xla().sync()
+        save_file(storable_on_cpu(state, filter), path)
+
+
+class XLAStrategy(RelinkOptimizerParameters, ParallelStrategy):
+    """One process per XLA device, replicas kept equal by broadcasting rank 0's parameters at setup and averaging
+    gradients in `optimizer.step()` (`xm.optimizer_step`). Ranks come from the PJRT runtime once launched.
+
+    `devices` is 1 or every device of the host: PJRT cannot start a subset."""
+
+    def __init__(self, accelerator: Accelerator | None = None, parallel_devices: list[torch.device] | None = None,
+                 cluster_environment: ClusterEnvironment | None = None, precision: Precision | None = None,
+                 sync_module_states: bool = True, start_method: str = "spawn") -> None:
+        super().__init__(accelerator, parallel_devices, cluster_environment, precision)
+        self.sync_module_states = sync_module_states
+        self.start_method = start_method
+        self._launched = False
+
+    def configure_launcher(self) -> None:
+        """Called by the connector once the accelerator and devices are known."""
+        if self.accelerator is None or self.accelerator.name != "xla":
+            raise ValueError(f"strategy {type(self).__name__} runs on XLA devices; use Fabric(accelerator='xla') "
+                             f"(alias 'tpu'), not {getattr(self.accelerator, 'name', None)!r}")
+        self.launcher = XLALauncher(self.num_processes, self.start_method)
+
+    @property
+    def root_device(self) -> torch.device:
+        if not self._launched:
+            # Touching the XLA runtime in the parent would make torch_xla refuse to spawn the ranks.
+            raise RuntimeError(f"strategy {type(self).__name__} knows its device only inside the launched "
+                               "processes: call `fabric.launch(fn)` first")
+        return import_torch_xla().device()
+
+    @property
+    def global_rank(self) -> int:
+        return _runtime().global_ordinal() if self._launched else 0
+
+    @property
+    def local_rank(self) -> int:
+        return _runtime().local_ordinal() if self._launched else 0
+
+    @property
+    def world_size(self) -> int:
+        return _runtime().world_size() if self._launched else self.num_processes * self.num_nodes
+
+    @property
+    def node_rank(self) -> int:
+        return self.global_rank // max(1, self.num_processes) if self._launched else 0
+
+    def setup_environment(self) -> None:
+        """Run in each launched process: learn the rank from PJRT and export it, so rank-zero-only helpers agree."""
+        self._launched = True
+        check_xla_device(type(self).__name__, self.root_device)
+        os.environ["RANK"] = str(self.global_rank)
+        os.environ["LOCAL_RANK"] = str(self.local_rank)
+        os.environ["WORLD_SIZE"] = str(self.world_size)
+        if self.accelerator is not None:
+            self.accelerator.setup_device(self.root_device)
+
+    def setup_module(self, module: Module) -> Module:
+        if self.sync_module_states and self.world_size > 1:
+            _xm().broadcast_master_param(module)
+        return module
+
+    def optimizer_step(self, optimizer: Optimizer, **kwargs: Any) -> Any:
+        """Average the gradients over the replicas, then step. A closure runs first, so the gradients it computes
+        are the ones reduced (fine for optimizers that evaluate it once, such as SGD and Adam; not for LBFGS)."""
+        closure = kwargs.pop("closure", None)
+        if closure is not None:
+            closure()
+        return _xm().optimizer_step(optimizer, optimizer_args=kwargs)
+
+    # -- collectives through XLA's own ops (no torch.distributed process group) -----------------------------------
+    def all_reduce(self, tensor: Tensor, group: Any = None, reduce_op: str | Any = "mean") -> Tensor:
+        if self.world_size == 1:
+            return tensor
+        op = str(reduce_op).lower().split(".")[-1]
+        if op not in ("sum", "mean", "avg", "max", "min"):
+            raise ValueError(f"reduce_op={reduce_op!r} is not supported on XLA; accepted: sum, mean, max, min")
+        xm = _xm()
+        reduced = xm.all_reduce(op if op in ("max", "min") else "sum", tensor.to(self.root_device))
+        return reduced / self.world_size if op in ("mean", "avg") else reduced
+
+    def all_gather(self, tensor: Tensor, group: Any = None, sync_grads: bool = False) -> Tensor:
+        """Stack every rank's `tensor` along a new first dimension of size world_size."""
+        if self.world_size == 1:
+            return tensor
+        stacked = tensor.to(self.root_device).unsqueeze(0)
+        if sync_grads:
+            from torch_xla.core.functions import all_gather as differentiable_all_gather
+
+            return differentiable_all_gather(stacked)
+        return _xm().all_gather(stacked)
+
+    def barrier(self, name: str | None = None) -> None:
+        if self._launched and self.world_size > 1:
+            _xm().rendezvous(name or "fabric_kit.barrier")
+
+    def broadcast(self, obj: Any, src: int = 0) -> Any:
+        """Pickle on `src`, send the length, then the bytes padded to that length (collectives need equal shapes)."""
+        if self.world_size == 1:
+            return obj
+        xm = _xm()
+        payload = pickle.dumps(obj) if self.global_rank == src else b""
+        length = torch.tensor([len(payload)], dtype=torch.int64, device=self.root_device)
+        xm.collective_broadcast([length], root_ordinal=src)
+        buffer = torch.zeros(int(length.item()), dtype=torch.uint8)
+        if payload:
+            buffer.copy_(torch.frombuffer(bytearray(payload), dtype=torch.uint8))
+        buffer = buffer.to(self.root_device)
+        xm.collective_broadcast([buffer], root_ordinal=src)
+        return pickle.loads(buffer.cpu().numpy().tobytes())
+
+    def save_checkpoint(self, path: str, state: dict[str, Any],
+                        filter: dict[str, Callable[[str, Any], bool]] | None = None) -> None:
+        """Replicas are equal: every rank syncs (the same graph must run everywhere), rank 0 copies and writes."""
+        import_torch_xla().sync()
+        if self.is_global_zero:
+            save_file(storable_on_cpu(state, filter), path)
+
+    def teardown(self) -> None:
+        if self.accelerator is not None:
+            self.accelerator.teardown()
+
+
+def _xm() -> Any:
+    import_torch_xla()
+    import torch_xla.core.xla_model as xm
+
+    return xm
+
+
+def _runtime() -> Any:
+    import_torch_xla()
+    import torch_xla.runtime as xr
+
+    return xr
