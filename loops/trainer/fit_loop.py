@@ -28,6 +28,7 @@ class FitLoop:
         self.batches_stepped = 0  # batches that ended with an optimizer step (the loggers' step)
         self.resume_skip = 0
         self._loaded_epoch = -1
+        self._val_loaded_epoch = -1
         self._start_time = 0.0
 
     # -- data -----------------------------------------------------------------------------------------------------
@@ -66,10 +67,10 @@ class FitLoop:
 
     def setup_val_data(self) -> None:
         trainer = self.trainer
-        if self.val_loaders and not trainer.reload_dataloaders_every_n_epochs:
+        epoch, every = trainer.current_epoch, trainer.reload_dataloaders_every_n_epochs
+        if self._val_loaded_epoch >= 0 and not (every and epoch != self._val_loaded_epoch and epoch % every == 0):
             return
-        if not trainer._hooks_defined("validation_step"):
-            return
+        self._val_loaded_epoch = epoch
         raw = as_list(find_loaders("val", trainer._loader_args["val"], trainer.datamodule,
                                    trainer.lightning_module))
         limit = trainer.overfit_batches if trainer.overfit_batches > 0 else trainer.limit_val_batches
@@ -82,13 +83,11 @@ class FitLoop:
         trainer = self.trainer
         hooks = trainer._hooks
         self._start_time = time.monotonic()
-        self.setup_val_data()
         self._sanity_check()
         self.setup_train_data()
         hooks.call("on_train_start")
         while not self._done():
             self.setup_train_data()
-            self.setup_val_data() if trainer.reload_dataloaders_every_n_epochs else None
             self._run_epoch()
             self._end_epoch()
         hooks.call("on_train_end")
@@ -96,18 +95,28 @@ class FitLoop:
     def _sanity_check(self) -> None:
         trainer = self.trainer
         steps = trainer.num_sanity_val_steps
-        if not self.val_loaders or steps == 0 or not self._validation_enabled():
+        if steps == 0 or not self._validation_possible():
             return
-        limits = [n if steps < 0 else min(n, steps) for n in self.num_val_batches]
         trainer.sanity_checking = True
         trainer._hooks.call_callbacks("on_sanity_check_start")
+        self.setup_val_data()
+        limits = [n if steps < 0 else min(n, steps) for n in self.num_val_batches]
         run_evaluation(trainer, "validate", self.val_loaders, limits, sanity=True)
         trainer._hooks.call_callbacks("on_sanity_check_end")
         trainer.sanity_checking = False
         trainer._metrics.reset()
 
+    def _validation_possible(self) -> bool:
+        """Without loading data: is there a validation_step and a non-zero limit?"""
+        trainer = self.trainer
+        limit = trainer.overfit_batches if trainer.overfit_batches > 0 else trainer.limit_val_batches
+        return limit != 0 and trainer._hooks_defined("validation_step")
+
     def _validation_enabled(self) -> bool:
-        return bool(self.val_loaders) and any(n > 0 for n in self.num_val_batches)
+        if not self._validation_possible():
+            return False
+        self.setup_val_data()
+        return any(n > 0 for n in self.num_val_batches)
 
     def _done(self) -> bool:
         trainer = self.trainer
@@ -144,6 +153,7 @@ class FitLoop:
         log_every, schedulers = trainer.log_every_n_steps, trainer.lr_scheduler_configs
         custom_transfer = trainer._custom_transfer
         skip, self.resume_skip = self.resume_skip, 0
+        validation = self._validation_enabled()
         self.batch_idx = 0
         for batch_idx, batch in enumerate(self.train_loader):
             if batch_idx < skip:
@@ -181,7 +191,7 @@ class FitLoop:
                 self.batches_stepped += 1
             if last:
                 self.epoch_done = True
-            if self._should_validate(batch_idx, last):
+            if validation and self._should_validate(batch_idx, last):
                 self.run_validation()
                 trainer._results, trainer._log_defaults = results, (True, False)
             if last or (trainer.max_steps != -1 and trainer.global_step >= trainer.max_steps) \
@@ -191,8 +201,6 @@ class FitLoop:
 
     def _should_validate(self, batch_idx: int, last: bool) -> bool:
         trainer = self.trainer
-        if not self._validation_enabled():
-            return False
         every = trainer.check_val_every_n_epoch
         if every is not None and (trainer.current_epoch + 1) % every:
             return False
