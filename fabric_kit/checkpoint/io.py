@@ -4,6 +4,7 @@ process killed at any instant leaves either the old file or the new one. Files a
 (`integrity.py`) that loading verifies before unpickling."""
 from __future__ import annotations
 
+import glob
 import os
 import pickle
 import tempfile
@@ -19,9 +20,14 @@ from fabric_kit.checkpoint.sharded import needs_sharded_strategy
 
 
 def save_file(obj: Any, path: str | os.PathLike) -> None:
-    """Atomically write `obj` to `path` with torch.save, checksummed while it streams (parents are created)."""
+    """Atomically write `obj` to `path` with torch.save, checksummed while it streams (parents are created).
+
+    Temporary files that a killed save to the same path left behind are removed first, so two processes must not
+    save to one path at the same time (fabric_kit writes from rank 0 only)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    for stale in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        stale.unlink(missing_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
@@ -48,10 +54,7 @@ def load_file(path: str | os.PathLike, map_location: Any = "cpu", weights_only: 
             offset, size = integrity.verify(f, path)
             payload: BinaryIO = integrity.Window(f, offset, size)
             return _torch_load(payload, path, map_location, weights_only, verified=True)
-        f.seek(0)
-        if f.read(len(integrity.ZIP_MAGIC)) != integrity.ZIP_MAGIC:
-            raise CheckpointCorruptedError(path, "damaged or not a checkpoint: it starts neither with fabric_kit's "
-                                                 "header nor with torch.save's zip signature")
+        _check_plain(f, path)
         f.seek(0)
         return _torch_load(f, path, map_location, weights_only, verified=False)
 
@@ -63,11 +66,8 @@ def verify_file(path: str | os.PathLike) -> None:
     with _open(path) as f:
         if integrity.is_framed(f):
             integrity.verify(f, path)
-            return
-        f.seek(0)
-        if not zipfile.is_zipfile(f):
-            raise CheckpointCorruptedError(path, "damaged or not a checkpoint: neither a fabric_kit checkpoint nor a "
-                                                 "complete torch.save zip file")
+        else:
+            _check_plain(f, path)
 
 
 def fsync_directory(directory: str | os.PathLike) -> None:
@@ -94,6 +94,14 @@ def _open(path: Path) -> BinaryIO:
     return f
 
 
+def _check_plain(file: BinaryIO, path: Path) -> None:
+    """A file without fabric_kit's header must be a complete zip, as torch.save writes them."""
+    file.seek(0)
+    if file.read(len(integrity.ZIP_MAGIC)) != integrity.ZIP_MAGIC or not zipfile.is_zipfile(file):
+        raise CheckpointCorruptedError(path, "damaged or not a checkpoint: neither a fabric_kit checkpoint nor a "
+                                             "complete torch.save (zip) file")
+
+
 def _torch_load(file: BinaryIO, path: Path, map_location: Any, weights_only: bool, verified: bool) -> Any:
     try:
         return torch.load(file, map_location=map_location, weights_only=weights_only)
@@ -105,7 +113,7 @@ def _torch_load(file: BinaryIO, path: Path, map_location: Any, weights_only: boo
             path, f"the safe loader refused it{maybe_damaged}: it holds objects beyond tensors and plain containers. "
                   "If you trust its source, load it with weights_only=False, e.g. "
                   f"`fabric.load(path, state, weights_only=False)`. torch said: {error}") from error
-    except (RuntimeError, EOFError, zipfile.BadZipFile) as error:
+    except (RuntimeError, OSError, EOFError, zipfile.BadZipFile) as error:
         if verified:
             raise
         raise CheckpointCorruptedError(path, f"damaged: torch.load could not read it ({error})") from error
