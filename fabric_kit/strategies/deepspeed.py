@@ -1,0 +1,336 @@
+"""DeepSpeed ZeRO: the engine from `deepspeed.initialize` owns the model, the optimizer step, gradient clipping and
+accumulation, the fp16/bf16 master weights and the checkpoint files; this strategy routes Fabric's calls to it.
+
+DeepSpeed is an optional extra and is imported only when a model is set up, so importing fabric_kit (or listing the
+strategy names) never imports it.
+
+Configuration. `config` is a DeepSpeed config (a dict or the path of a JSON file); the arguments `stage`,
+`offload_optimizer`, `offload_parameters`, `gradient_clipping`, `gradient_accumulation_steps` and
+`micro_batch_size` fill it in and must agree with what it already says. Defaults added when the config is silent:
+ZeRO stage 2 (only when no config is given at all), `train_micro_batch_size_per_gpu: 1` (DeepSpeed insists on a
+batch size but uses it only for its own dataloader and throughput logging; unless `train_batch_size` is set), and
+`zero_allow_untested_optimizer: true` (the optimizer is the user's torch optimizer). Fabric's precision becomes the
+config's `fp16` / `bf16` section; with precision 32 the config's own sections stand.
+
+Loop differences from DDP:
+- gradient clipping happens inside the engine's step: set `gradient_clipping`; `fabric.clip_gradients` raises.
+- gradient accumulation: with `gradient_accumulation_steps=N` call `fabric.backward(loss)` and `optimizer.step()`
+  on every micro-batch; the engine divides the loss by N and steps once every N calls. `fabric.no_backward_sync`
+  works for stages 0 and 1 (the engine's `no_sync`); stages 2 and 3 reduce gradients inside every backward, so it
+  raises there.
+- the learning-rate scheduler stays the user's to step; the engine does not step it.
+- with several models set up, pass `fabric.backward(loss, model=model)`.
+- checkpoints are directories written by every rank through the engine (swapped in atomically); the state's other
+  entries travel as the engine's client state. DeepSpeed reads its files with the full unpickler, so
+  `fabric.load` needs `weights_only=False` (trusted checkpoints only).
+- ZeRO offload (`deepspeed_stage_2_offload`, `deepspeed_stage_3_offload`) wants DeepSpeed's own CPU optimizer,
+  `deepspeed.ops.adam.DeepSpeedCPUAdam` (a C++ op built on first use); DeepSpeed refuses torch optimizers there
+  unless the config sets `zero_force_ds_cpu_optimizer: false`.
+"""
+from __future__ import annotations
+
+import copy
+import importlib.util
+import json
+import os
+import weakref
+from contextlib import AbstractContextManager, ExitStack, contextmanager, nullcontext
+from datetime import timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Iterator
+
+import torch
+from torch import Tensor
+from torch.nn import Module
+from torch.optim import Optimizer
+
+from fabric_kit.accelerators import Accelerator
+from fabric_kit.checkpoint import rng
+from fabric_kit.checkpoint.collective import all_gather_object
+from fabric_kit.checkpoint.directory import atomic_directory, staging_path, verify_directory
+from fabric_kit.checkpoint.errors import UnsafeCheckpointError
+from fabric_kit.checkpoint.state import RESERVED_KEY, restore_into, to_storable, unwrap
+from fabric_kit.environments import ClusterEnvironment
+from fabric_kit.precision import Precision, TruePrecision
+from fabric_kit.strategies.ddp import DDPStrategy, StartMethod
+
+if TYPE_CHECKING:
+    from deepspeed import DeepSpeedEngine
+
+INSTALL_HINT = ("pip install 'fabric_kit[deepspeed]' --no-build-isolation (DeepSpeed builds against the installed "
+                "torch, so torch must be installed first and the build must see it)")
+TAG = "checkpoint"
+"""The engine's tag: the subdirectory of a checkpoint directory holding DeepSpeed's files."""
+CLIENT_KEY = "fabric_kit"
+"""The client-state entry holding the state's other entries, apart from DeepSpeed's own keys."""
+_HALF = {"16-mixed": ("fp16", torch.float16), "16-true": ("fp16", torch.float16),
+         "bf16-mixed": ("bf16", torch.bfloat16), "bf16-true": ("bf16", torch.bfloat16)}
+
+
+class DeepSpeedPrecision(TruePrecision):
+    """fp16/bf16 under DeepSpeed: the engine casts the model and keeps fp32 master weights (and the fp16 loss
+    scale), so Fabric only converts inputs to the model's dtype and outputs back to float32."""
+
+    def convert_module(self, module: Module) -> Module:
+        return module  # the engine casts it after building the fp32 master copy
+
+
+class DeepSpeedStrategy(DDPStrategy):
+    """One process per device, launched as for DDP; `deepspeed.initialize` replaces the DDP wrapper."""
+
+    def __init__(self, accelerator: Accelerator | None = None, parallel_devices: list[torch.device] | None = None,
+                 cluster_environment: ClusterEnvironment | None = None, precision: Precision | None = None,
+                 process_group_backend: str | None = None, timeout: timedelta | None = None,
+                 start_method: StartMethod = "popen", config: dict[str, Any] | str | os.PathLike | None = None,
+                 stage: int | None = None, offload_optimizer: bool = False, offload_parameters: bool = False,
+                 gradient_clipping: float | None = None, gradient_accumulation_steps: int | None = None,
+                 micro_batch_size: int | None = None) -> None:
+        if importlib.util.find_spec("deepspeed") is None:
+            raise ImportError(f"strategy DeepSpeedStrategy (deepspeed*) needs DeepSpeed, which is not installed: "
+                              f"{INSTALL_HINT}")
+        super().__init__(accelerator, parallel_devices, cluster_environment, precision, process_group_backend,
+                         timeout, start_method)
+        self.config = _build_config(_read_config(config), stage, offload_optimizer, offload_parameters,
+                                    gradient_clipping, gradient_accumulation_steps, micro_batch_size)
+        self._engines: weakref.WeakSet[DeepSpeedEngine] = weakref.WeakSet()
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Spawned ranks get a pickled copy before any engine exists; a weak set cannot be pickled.
+        return {**self.__dict__, "_engines": None}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state, _engines=weakref.WeakSet())
+
+    @property
+    def zero_stage(self) -> int:
+        return int(self.config.get("zero_optimization", {}).get("stage", 0))
+
+    def setup_environment(self) -> None:
+        """Fix the precision (now final) into the config, and tell DeepSpeed what it would otherwise guess: the
+        device type (it would pick CUDA whenever present) and the local rank (it reads LOCAL_RANK)."""
+        self.precision = _apply_precision(self.config, self.precision)
+        os.environ.setdefault("DS_ACCELERATOR", self.root_device.type)
+        os.environ["LOCAL_RANK"] = str(self.local_rank)
+        super().setup_environment()
+
+    # -- modules and optimizers ---------------------------------------------------------------------------------
+    def setup_module_and_optimizers(self, module: Module, optimizers: list[Optimizer],
+                                    scheduler: Any = None) -> tuple[Module, list[Optimizer], Any]:
+        if len(optimizers) > 1:
+            raise ValueError(f"DeepSpeed drives one optimizer per model; got {len(optimizers)} optimizers "
+                             f"({', '.join(type(o).__name__ for o in optimizers)})")
+        engine = self._initialize(module, optimizers[0] if optimizers else None)
+        return engine, [engine.optimizer] if optimizers else [], scheduler
+
+    def setup_module(self, module: Module) -> Module:
+        """A model without optimizer (inference): the engine still shards it under stage 3."""
+        return self._initialize(module, None)
+
+    def setup_optimizer(self, optimizer: Optimizer) -> Optimizer:
+        raise RuntimeError("DeepSpeed builds its engine from the model and its optimizer together: use "
+                           "`model, optimizer = fabric.setup(model, optimizer)` instead of setup_module / "
+                           "setup_optimizers")
+
+    def _initialize(self, module: Module, optimizer: Optimizer | None) -> DeepSpeedEngine:
+        deepspeed = _import_deepspeed()
+        engine, *_ = deepspeed.initialize(model=module, optimizer=optimizer, config=copy.deepcopy(self.config),
+                                          dist_init_required=False)
+        self._engines.add(engine)
+        return engine
+
+    # -- the training step --------------------------------------------------------------------------------------
+    def backward(self, tensor: Tensor, module: Module | None, *args: Any, **kwargs: Any) -> None:
+        self._engine_for(module).backward(tensor, *args, **kwargs)
+
+    def optimizer_step(self, optimizer: Optimizer, **kwargs: Any) -> Any:
+        """The engine's step: clipping, the fp16 loss scale, accumulation boundaries and zeroing the gradients."""
+        closure = kwargs.pop("closure", None)
+        if kwargs:
+            raise TypeError(f"under DeepSpeed optimizer.step() takes only `closure`; got {sorted(kwargs)}")
+        if closure is not None:
+            closure()
+        engine = next((e for e in self._engines if e.optimizer is optimizer), None)
+        if engine is None:
+            raise RuntimeError(f"optimizer {type(optimizer).__name__} belongs to no DeepSpeed engine of this "
+                               "strategy; step the optimizer returned by `fabric.setup(model, optimizer)`")
+        return engine.step()
+
+    def clip_gradients_norm(self, module: Module, optimizer: Optimizer, max_norm: float, norm_type: float = 2.0,
+                            error_if_nonfinite: bool = True) -> Tensor:
+        raise RuntimeError(f"fabric.clip_gradients(max_norm={max_norm}) cannot clip under DeepSpeed: the engine "
+                           "clips inside optimizer.step(). Set it once instead: DeepSpeedStrategy("
+                           f"gradient_clipping={max_norm}) or \"gradient_clipping\": {max_norm} in the DeepSpeed "
+                           "config, and drop the clip_gradients call")
+
+    def clip_gradients_value(self, module: Module, optimizer: Optimizer, clip_val: float) -> None:
+        raise RuntimeError(f"fabric.clip_gradients(clip_val={clip_val}) is not supported under DeepSpeed, which "
+                           "clips only by total norm inside optimizer.step(): set DeepSpeedStrategy("
+                           "gradient_clipping=MAX_NORM) or \"gradient_clipping\" in the DeepSpeed config")
+
+    def no_backward_sync(self, module: Module, enabled: bool) -> AbstractContextManager:
+        if not enabled:
+            return nullcontext()
+        engine = self._engine_for(module)
+        if engine.zero_optimization_partition_gradients():
+            raise RuntimeError(
+                f"no_backward_sync is not supported under DeepSpeed ZeRO stage {engine.zero_optimization_stage()}: "
+                "stages 2 and 3 reduce and partition gradients inside every backward. Let DeepSpeed accumulate: "
+                "DeepSpeedStrategy(gradient_accumulation_steps=N) (or the config's key), then call "
+                "fabric.backward(loss) and optimizer.step() on every micro-batch; the engine steps once every N")
+        return engine.no_sync()
+
+    def _engine_for(self, module: Module | None) -> DeepSpeedEngine:
+        """The engine behind `module` (as returned by `fabric.setup`), or the only one when no module is named."""
+        if module is not None:
+            engine = getattr(module, "_forward_module", module)
+            if engine not in self._engines:
+                raise TypeError(f"model {type(unwrap(module)).__name__} was not set up by this DeepSpeed strategy; "
+                                "pass the model returned by `fabric.setup`")
+            return engine
+        engines = list(self._engines)
+        if len(engines) != 1:
+            raise RuntimeError(f"{len(engines)} models are set up under DeepSpeed: name the one this loss belongs "
+                               "to, `fabric.backward(loss, model=model)`" if engines else
+                               "no model is set up under DeepSpeed: call `fabric.setup(model, optimizer)` first")
+        return engines[0]
+
+    # -- checkpoints ----------------------------------------------------------------------------------------------
+    def save_checkpoint(self, path: str, state: dict[str, Any],
+                        filter: dict[str, Callable[[str, Any], bool]] | None = None) -> None:
+        """A directory: the engine's files (every rank writes its shards) under `TAG`, with the state's other
+        entries and every rank's RNG states as client state; built in a staging directory and swapped in."""
+        if filter:
+            raise ValueError(f"filter={sorted(filter)} is not supported under DeepSpeed: the engine writes the whole "
+                             "model and optimizer; save without filter")
+        engine, rest = self._split_state(state, path)
+        client = {CLIENT_KEY: to_storable(rest), RESERVED_KEY: {"rng": dict(enumerate(
+            all_gather_object(self, rng.capture())))}}
+        with self._directory(path) as staging:
+            engine.save_checkpoint(str(staging), tag=TAG, client_state=client)
+
+    def load_checkpoint(self, path: str, state: dict[str, Any] | Module | Optimizer | None = None,
+                        strict: bool = True, weights_only: bool = True) -> dict[str, Any]:
+        if not isinstance(state, dict):
+            raise ValueError(f"under DeepSpeed a checkpoint is loaded through the engine into the objects of a "
+                             f"state dict, `fabric.load({path!r}, {{'model': model, 'optimizer': optimizer}}, "
+                             "weights_only=False)`; to start from plain weights, load them into the model before "
+                             "fabric.setup")
+        if weights_only:
+            raise UnsafeCheckpointError(path, "DeepSpeed reads its checkpoint files with the full unpickler, which "
+                                              "can run code stored in them: for a checkpoint you trust, pass "
+                                              "`fabric.load(path, state, weights_only=False)`")
+        verify_directory(path)
+        engine, rest = self._split_state(state, path)
+        wants_optimizer = any(unwrap(obj) is engine.optimizer for obj in state.values())
+        loaded, client = engine.load_checkpoint(path, tag=TAG, load_module_strict=strict,
+                                                load_optimizer_states=wants_optimizer,
+                                                load_lr_scheduler_states=False)
+        if loaded is None:
+            raise FileNotFoundError(f"checkpoint {path!r} holds no DeepSpeed checkpoint with tag {TAG!r}")
+        remainder = restore_into(rest, client[CLIENT_KEY], strict=strict)
+        state.update(rest)
+        rng.for_rank(client[RESERVED_KEY]["rng"], self.global_rank)
+        return remainder
+
+    def _split_state(self, state: dict[str, Any], path: str) -> tuple[DeepSpeedEngine, dict[str, Any]]:
+        """The one engine whose model is in `state`, and the entries other than its model and optimizer."""
+        found, rest = [], {}
+        for key, obj in state.items():
+            target = unwrap(obj)
+            engine = next((e for e in self._engines if target is e or target is e.module), None)
+            if engine is not None:
+                found.append(engine)
+            elif not any(target is e.optimizer for e in self._engines):
+                rest[key] = obj
+        if len(found) != 1:
+            raise ValueError(f"checkpoint {path!r}: under DeepSpeed the state must hold exactly one model set up "
+                             f"with fabric.setup; found {len(found)} among {sorted(state)}")
+        return found[0], rest
+
+    @contextmanager
+    def _directory(self, path: str) -> Iterator[Path]:
+        """Rank 0 opens the atomic directory; every rank writes into its staging path; rank 0 swaps it in once
+        all have finished."""
+        with ExitStack() as stack:
+            if self.is_global_zero:
+                stack.enter_context(atomic_directory(path))
+            self.barrier()
+            yield staging_path(path)
+            self.barrier()
+
+
+def _import_deepspeed() -> Any:
+    try:
+        import deepspeed
+    except ImportError as error:
+        raise ImportError(f"strategy DeepSpeedStrategy (deepspeed*) needs DeepSpeed, which cannot be imported "
+                          f"({error}): {INSTALL_HINT}") from error
+    return deepspeed
+
+
+def _read_config(config: dict[str, Any] | str | os.PathLike | None) -> dict[str, Any] | None:
+    if config is None or isinstance(config, dict):
+        return copy.deepcopy(config)
+    if not isinstance(config, (str, os.PathLike)):
+        raise TypeError(f"config={config!r} is not accepted: pass a dict or the path of a DeepSpeed JSON config")
+    path = Path(config)
+    if not path.is_file():
+        raise FileNotFoundError(f"DeepSpeed config {str(path)!r} does not exist")
+    with open(path) as f:
+        return json.load(f)
+
+
+def _build_config(config: dict[str, Any] | None, stage: int | None, offload_optimizer: bool,
+                  offload_parameters: bool, gradient_clipping: float | None,
+                  gradient_accumulation_steps: int | None, micro_batch_size: int | None) -> dict[str, Any]:
+    """`config` with the arguments written in (each must agree with a value already there) and the defaults."""
+    if stage is None and config is None:
+        stage = 2
+    config = config or {}
+    if stage is not None and stage not in (0, 1, 2, 3):
+        raise ValueError(f"stage={stage!r} is not a ZeRO stage; accepted: 0, 1, 2, 3")
+    zero = config.setdefault("zero_optimization", {})
+    _put(zero, "stage", stage, "zero_optimization.stage")
+    if offload_optimizer:
+        _put(zero, "offload_optimizer", {"device": "cpu"}, "zero_optimization.offload_optimizer")
+    if offload_parameters:
+        if zero.get("stage", 0) != 3:
+            raise ValueError(f"offload_parameters=True needs ZeRO stage 3 (parameters are partitioned only there); "
+                             f"the stage is {zero.get('stage', 0)}")
+        _put(zero, "offload_param", {"device": "cpu"}, "zero_optimization.offload_param")
+    _put(config, "gradient_clipping", gradient_clipping, "gradient_clipping")
+    _put(config, "gradient_accumulation_steps", gradient_accumulation_steps, "gradient_accumulation_steps")
+    _put(config, "train_micro_batch_size_per_gpu", micro_batch_size, "train_micro_batch_size_per_gpu")
+    if "train_batch_size" not in config:
+        config.setdefault("train_micro_batch_size_per_gpu", 1)
+    config.setdefault("zero_allow_untested_optimizer", True)
+    return config
+
+
+def _put(section: dict[str, Any], key: str, value: Any, name: str) -> None:
+    if value is None:
+        return
+    if key in section and section[key] != value:
+        raise ValueError(f"the DeepSpeed config sets {name}={section[key]!r} but the strategy argument asks for "
+                         f"{value!r}; set it in one place")
+    section[key] = value
+
+
+def _apply_precision(config: dict[str, Any], precision: Precision) -> Precision:
+    """Write Fabric's precision into the config's fp16/bf16 sections and return the precision the facade should
+    use; with precision 32 the config's own half-precision section (if any) decides."""
+    enabled = [key for key in ("fp16", "bf16") if config.get(key, {}).get("enabled", False)]
+    if precision.name == "32-true":
+        if not enabled:
+            return precision
+        dtype = torch.float16 if enabled[0] == "fp16" else torch.bfloat16
+        return DeepSpeedPrecision(dtype, f"{enabled[0].replace('fp', '')}-mixed")
+    if precision.name not in _HALF:
+        raise ValueError(f"precision={precision.name!r} is not supported under DeepSpeed; accepted: 32-true, "
+                         f"{', '.join(_HALF)}")
+    key, dtype = _HALF[precision.name]
+    if enabled and enabled != [key]:
+        raise ValueError(f"precision={precision.name!r} asks for DeepSpeed's {key!r} section but the config enables "
+                         f"{enabled}; set the precision in one place")
+    config.setdefault(key, {})["enabled"] = True
+    return DeepSpeedPrecision(dtype, precision.name)
