@@ -3,10 +3,12 @@ Used where there is no script to re-run (notebooks) or when the user prefers spa
 from __future__ import annotations
 
 import os
+import pickle
 from typing import Any, Callable
 
 import torch.multiprocessing as mp
 
+from fabric_kit.collections import move_to_device
 from fabric_kit.environments import ClusterEnvironment
 from fabric_kit.strategies.launchers.launcher import Launcher
 
@@ -29,9 +31,18 @@ class MultiprocessingLauncher(Launcher):
         os.environ["MASTER_ADDR"] = self.environment.main_address
         os.environ["MASTER_PORT"] = str(self.environment.main_port)
         results = mp.get_context(self.start_method).SimpleQueue()
-        mp.start_processes(_run_rank, args=(self.environment, self.num_processes, function, args, kwargs, results),
-                           nprocs=self.num_processes, start_method=self.start_method)
-        return results.get()
+        context = mp.start_processes(_run_rank, args=(self.environment, self.num_processes, function, args, kwargs,
+                                                      results),
+                                     nprocs=self.num_processes, start_method=self.start_method, join=False)
+        # Read rank 0's result while the ranks run: one larger than the pipe's buffer blocks rank 0 in `put` until
+        # it is read. `join` raises as soon as a rank fails.
+        received = []
+        while not context.join(timeout=0.05):
+            if not received and not results.empty():
+                received.append(results.get())
+        if not received:
+            received.append(results.get())
+        return pickle.loads(received[0])
 
 
 def _run_rank(local_rank: int, environment: ClusterEnvironment, num_processes: int, function: Callable,
@@ -45,4 +56,6 @@ def _run_rank(local_rank: int, environment: ClusterEnvironment, num_processes: i
     environment.set_world_size(num_processes)
     result = function(*args, **kwargs)
     if local_rank == 0:
-        results.put(result)
+        # Plain pickle copies tensor data: torch's shared-memory pickling would hand the parent file descriptors
+        # of a process that has exited by the time they are opened. CPU tensors, as the parent may have no GPU.
+        results.put(pickle.dumps(move_to_device(result, "cpu")))
