@@ -179,7 +179,12 @@ def main(fabric, scenario, out_dir):
         environment=type(fabric.strategy.cluster_environment).__name__,
     )
     torch.save(result, os.path.join(out_dir, f"rank{fabric.global_rank}.pt"))
-    return f"rank {fabric.global_rank} done"
+    # Larger than a pipe's buffer, and a tensor: `launch` must still hand it to the launching process.
+    return {"message": f"rank {fabric.global_rank} done", "tensor": torch.arange(200_000)}
+
+
+def describe(returned):
+    return f"{returned['message']}, tensor intact: {torch.equal(returned['tensor'], torch.arange(200_000))}"
 
 
 if __name__ == "__main__":
@@ -191,4 +196,4 @@ if __name__ == "__main__":
     else:
         returned = fabric.launch(main, scenario, out_dir)  # runs `main` in each started process
     with open(os.path.join(out_dir, f"returned_pid{os.getpid()}.txt"), "w") as f:
-        f.write(str(returned))
+        f.write(describe(returned))

@@ -46,7 +46,8 @@ def test_launch_is_idempotent(collectives):
         assert [r["children"] for r in ranks] == [1, None]
     else:
         assert [r["children"] for r in ranks] == [None, None]  # torchrun started the ranks: no launcher
-    assert sorted(p.read_text() for p in out.glob("returned_pid*.txt")) == ["rank 0 done", "rank 1 done"]
+    assert sorted(p.read_text() for p in out.glob("returned_pid*.txt")) == ["rank 0 done, tensor intact: True",
+                                                                         "rank 1 done, tensor intact: True"]
 
 
 @pytest.mark.parametrize(("op", "expected"), [("mean", [1.5, 15.0]), ("sum", [3.0, 30.0]), ("max", [2.0, 20.0]),
@@ -160,9 +161,10 @@ def test_multiprocessing_strategies(run_ranks, tmp_path, strategy):
     assert [r["rank"] for r in ranks] == [0, 1] and [r["world_size"] for r in ranks] == [2, 2]
     assert {r["wrapper"] for r in ranks} == {"DistributedDataParallel"}
     assert all(_assert_trained_in_lockstep(ranks))
-    # The launching process is neither rank; launch() handed it rank 0's return value.
+    # The launching process is neither rank; launch() handed it rank 0's return value (a tensor, and more than a
+    # pipe's buffer holds).
     returned = list(tmp_path.glob("returned_pid*.txt"))
-    assert [p.read_text() for p in returned] == ["rank 0 done"]
+    assert [p.read_text() for p in returned] == ["rank 0 done, tensor intact: True"]
     assert returned[0].name not in {f"returned_pid{r['pid']}.txt" for r in ranks}
 
 
@@ -177,10 +179,10 @@ def test_ddp_notebook_runs_without_a_script(run_ranks, tmp_path):
         def cell(fabric):
             return ddp_worker.main(fabric, "train", {str(tmp_path)!r})
 
-        print(Fabric(accelerator="cpu", devices=2, strategy="ddp_notebook").launch(cell))
+        print(ddp_worker.describe(Fabric(accelerator="cpu", devices=2, strategy="ddp_notebook").launch(cell)))
     """)
     proc, ranks = run_ranks(["-c", code], tmp_path)
-    assert proc.stdout.strip().splitlines()[-1] == "rank 0 done"
+    assert proc.stdout.strip().splitlines()[-1] == "rank 0 done, tensor intact: True"
     assert all(_assert_trained_in_lockstep(ranks))
 
 
