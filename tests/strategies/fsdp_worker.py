@@ -139,6 +139,7 @@ def fsdp_scenarios(fabric, out):
     model, optimizer = model_and_optimizer(fabric, empty_init=True)
     result["meta_left"] = any(p.is_meta for p in model.parameters())
     result["meta_initialised_finite"] = all(torch.isfinite(p.to_local()).all() for p in model.parameters())
+    result["meta_head_shard"] = model.module.head.weight.to_local().clone()
     fabric.load_raw(os.path.join(out, "initial.pt"), model)
     result["meta_losses"], _ = train(fabric, model, optimizer, batches(STEPS))
     result["no_backward_sync"] = no_backward_sync(fabric)

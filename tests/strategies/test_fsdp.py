@@ -70,6 +70,8 @@ def test_meta_device_init_trains_like_normal_init(fsdp):
         assert not result["meta_left"]
         assert result["meta_initialised_finite"]
         assert result["meta_losses"] == pytest.approx(result["losses"], abs=1e-6)
+    # Each rank initialised its own shard, not a copy of the other's.
+    assert not torch.equal(ranks[0]["meta_head_shard"], ranks[1]["meta_head_shard"])
 
 
 def test_no_backward_sync_defers_the_reduction(fsdp):

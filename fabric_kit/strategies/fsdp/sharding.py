@@ -98,11 +98,19 @@ def check_materializable(module: Module) -> None:
                         "model without empty_init")
 
 
-def materialize(module: Module, device: torch.device) -> None:
-    """Give the sharded meta tensors storage on `device` (each rank only its shards) and initialise them."""
+def materialize(module: Module, device: torch.device, mesh: DeviceMesh) -> None:
+    """Give the sharded meta tensors storage on `device` (each rank only its shards) and initialise them.
+
+    On CPU, DTensor draws each shard from the process's own generator: ranks seeded alike would fill every shard
+    with the same numbers (rows repeated across shards). Each shard index gets its own stream instead; replicas of
+    one shard (HYBRID_SHARD, NO_SHARD) share the index and so stay identical.
+    """
     owners = [m for m in module.modules() if _owns_meta_tensors(m)]
     module.to_empty(device=device)
-    with torch.no_grad():
+    seed = int(torch.randint(0, 2**62, ()))  # drawn alike on every rank, advancing every rank's generator alike
+    with torch.no_grad(), torch.random.fork_rng(devices=[]):
+        if device.type == "cpu":
+            torch.manual_seed(seed + mesh.get_local_rank("shard"))
         for owner in owners:
             owner.reset_parameters()
 

@@ -119,7 +119,7 @@ class FSDPStrategy(ParallelStrategy, BackwardSyncControl):
                         reshard_after_forward=self.sharding_strategy != "SHARD_GRAD_OP",
                         mp_policy=mixed_precision_policy(self.precision), cpu_offload=self.cpu_offload)
         if on_meta:
-            materialize(sharded, torch.device("cpu") if self.cpu_offload else self.root_device)
+            materialize(sharded, torch.device("cpu") if self.cpu_offload else self.root_device, self._mesh)
         self._modules_sharded += 1
         return sharded
 
