@@ -23,27 +23,33 @@ class MetricsHub:
         callback, logged, bar = results.step_metrics()
         self.callback_metrics.update(callback)
         self.progress_bar_metrics.update(bar)
+        self.logged_metrics.update(logged)
         if log_now and logged:
             self._send(loggers, logged, step, epoch)
 
-    def epoch_end(self, results: Results, loggers: list[Any], step: int, epoch: int | None) -> dict[str, Tensor]:
+    def epoch_end(self, results: Results, loggers: list[Any], step: int, epoch: int) -> dict[str, Tensor]:
         """Publish the epoch reductions of `results`; returns this stage's callback metrics."""
         callback, logged, bar = results.epoch_metrics()
         self.callback_metrics.update(callback)
         self.progress_bar_metrics.update(bar)
+        self.logged_metrics.update(logged)
         if logged:
             self._send(loggers, logged, step, epoch)
         return callback
 
-    def _send(self, loggers: list[Any], metrics: dict[str, Tensor], step: int, epoch: int | None) -> None:
-        self.logged_metrics.update(metrics)
+    def _send(self, loggers: list[Any], metrics: dict[str, Tensor], step: int, epoch: int) -> None:
+        """A logged "step" value replaces the step; otherwise the current epoch is added under "epoch"."""
         if not loggers:
             return
-        scalars = {key: value.item() if isinstance(value, Tensor) else value for key, value in metrics.items()}
-        if epoch is not None:
-            scalars["epoch"] = epoch
+        scalars = to_floats(metrics)
+        if "step" in scalars:
+            step = int(scalars.pop("step"))
+        else:
+            scalars.setdefault("epoch", epoch)
         for logger in loggers:
             logger.log_metrics(scalars, step=step)
+            if hasattr(logger, "save"):
+                logger.save()
 
 
 def to_floats(metrics: dict[str, Any]) -> dict[str, float]:

@@ -52,9 +52,8 @@ def run_evaluation(trainer: Any, stage: str, loaders: list[Any], limits: list[in
         hooks.call(f"on_{prefix}_epoch_end")
         per_loader: list[dict[str, float]] = []
         if not sanity:
-            step = trainer._logger_step
-            epoch = trainer.current_epoch if trainer.state.fn == "fit" else None
-            metrics = to_floats(trainer._metrics.epoch_end(results, trainer.loggers, step, epoch))
+            metrics = to_floats(trainer._metrics.epoch_end(results, trainer.loggers, trainer._logger_step,
+                                                           trainer.current_epoch))
             per_loader = [_for_loader(metrics, i, multiple) for i in range(len(loaders))]
         hooks.call(f"on_{prefix}_end")
     if stage == "validate" or trainer.state.fn == "fit":

@@ -187,13 +187,13 @@ class FitLoop:
             if results.step_logged:
                 metrics.step_end(results, loggers, (self.batches_stepped + 1) % log_every == 0 or trainer.should_stop,
                                  self.batches_stepped, trainer.current_epoch)
-            if stepped:
-                self.batches_stepped += 1
             if last:
                 self.epoch_done = True
             if validation and self._should_validate(batch_idx, last):
                 self.run_validation()
                 trainer._results, trainer._log_defaults = results, (True, False)
+            if stepped:
+                self.batches_stepped += 1
             if last or (trainer.max_steps != -1 and trainer.global_step >= trainer.max_steps) \
                     or (trainer.should_stop and self._can_stop()) or (self._time_is_up()):
                 break
@@ -229,7 +229,8 @@ class FitLoop:
         hooks.call_callbacks("on_train_epoch_end", monitoring=False)
         for hook in hooks.mod("on_train_epoch_end"):
             hook()
-        trainer._metrics.epoch_end(trainer._train_results, trainer.loggers, self.batches_stepped,
+        # Logged at the step of the epoch's last batch, as Lightning does.
+        trainer._metrics.epoch_end(trainer._train_results, trainer.loggers, max(0, self.batches_stepped - 1),
                                    trainer.current_epoch)
         hooks.call_callbacks("on_train_epoch_end", monitoring=True)
         trainer._results = None

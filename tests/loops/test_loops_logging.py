@@ -1,0 +1,156 @@
+"""self.log semantics: per-hook on_step/on_epoch defaults, reductions, batch-size weighting, prog_bar / logger
+routing, log_every_n_steps and the steps loggers receive — expected values recorded from Lightning 2.6 running the
+same module."""
+import pytest
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+import loops as L
+from loops_helpers import Regression, loader, make_trainer
+
+
+class ListLogger:
+    def __init__(self):
+        self.calls = []
+        self.saves = 0
+
+    def log_metrics(self, metrics, step):
+        self.calls.append((step, dict(sorted(metrics.items()))))
+
+    def save(self):
+        self.saves += 1
+
+
+class Logs(L.LightningModule):
+    def __init__(self):
+        super().__init__()
+        self.layer = torch.nn.Linear(2, 1)
+
+    def training_step(self, batch, batch_idx):
+        self.log("a", float(batch_idx))
+        self.log("b", float(batch_idx), on_epoch=True)
+        self.log("c", float(batch_idx), reduce_fx="max", on_epoch=True, on_step=False)
+        self.log("d", float(batch_idx), prog_bar=True, logger=False)
+        return self.layer(batch[0]).sum()
+
+    def on_train_epoch_end(self):
+        self.log("e", 5.0)
+
+    def validation_step(self, batch, batch_idx):
+        self.log("v", batch[0][:, 0].mean())
+        self.log("vs", 1.0, reduce_fx="sum", prog_bar=True)
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.0)
+
+
+def _rounded(metrics):
+    return {k: round(float(v), 4) for k, v in sorted(metrics.items())}
+
+
+def test_log_semantics_match_lightning():
+    data = DataLoader(TensorDataset(torch.arange(60.0).reshape(30, 2)), batch_size=4)  # last batch holds 2
+    logger = ListLogger()
+    trainer = make_trainer(max_epochs=2, logger=logger, log_every_n_steps=3, num_sanity_val_steps=0)
+    trainer.fit(Logs(), data, data)
+    assert _rounded(trainer.callback_metrics) == {"a": 7.0, "b": 3.2667, "b_epoch": 3.2667, "b_step": 7.0,
+                                                  "c": 7.0, "d": 7.0, "e": 5.0, "v": 29.0, "vs": 8.0}
+    assert _rounded(trainer.logged_metrics) == {"a": 7.0, "b_epoch": 3.2667, "b_step": 7.0, "c": 7.0, "e": 5.0,
+                                                "v": 29.0, "vs": 8.0}
+    assert _rounded(trainer.progress_bar_metrics) == {"d": 7.0, "vs": 8.0}
+    b_epoch = pytest.approx(3.2667, abs=1e-4)
+    assert logger.calls == [
+        (2, {"a": 2.0, "b_step": 2.0, "epoch": 0}), (5, {"a": 5.0, "b_step": 5.0, "epoch": 0}),
+        (7, {"epoch": 0, "v": 29.0, "vs": 8.0}), (7, {"b_epoch": b_epoch, "c": 7.0, "e": 5.0, "epoch": 0}),
+        (8, {"a": 0.0, "b_step": 0.0, "epoch": 1}), (11, {"a": 3.0, "b_step": 3.0, "epoch": 1}),
+        (14, {"a": 6.0, "b_step": 6.0, "epoch": 1}), (15, {"epoch": 1, "v": 29.0, "vs": 8.0}),
+        (15, {"b_epoch": b_epoch, "c": 7.0, "e": 5.0, "epoch": 1})]
+    assert logger.saves == len(logger.calls)
+    # v: the mean of column 0 weighted by batch size (the last batch holds 2 samples) = mean of 0, 2, ..., 58
+    assert trainer.validate(Logs(), data, verbose=False) == [{"v": 29.0, "vs": 8.0}]
+
+
+def test_explicit_batch_size_weights_the_mean():
+    class Model(Regression):
+        def validation_step(self, batch, batch_idx):
+            self.log("w", float(batch_idx), batch_size=1 if batch_idx == 0 else 3)
+
+    result = make_trainer().validate(Model(), loader(n=8, batch_size=4), verbose=False)
+    assert result == [{"w": pytest.approx(0.75)}]  # (0 * 1 + 1 * 3) / 4
+
+
+def test_log_dict_and_reduce_fx_sum_min():
+    class Model(Regression):
+        def test_step(self, batch, batch_idx):
+            self.log_dict({"s": 1.0, "n": float(batch_idx)}, reduce_fx="sum")
+            self.log("lo", float(batch_idx), reduce_fx=torch.min)
+
+    assert make_trainer().test(Model(), loader(n=16), verbose=False) == [{"s": 4.0, "n": 6.0, "lo": 0.0}]
+
+
+def test_metric_object_is_computed_at_epoch_end():
+    class Mean:
+        def __init__(self):
+            self.values = []
+
+        def __call__(self, value):
+            self.values.append(value)
+            self._forward_cache = torch.tensor(value)
+            return self._forward_cache
+
+        def compute(self):
+            return torch.tensor(sum(self.values) / len(self.values))
+
+        def reset(self):
+            self.values = []
+
+    class Model(Regression):
+        def __init__(self):
+            super().__init__()
+            self.metric = Mean()
+
+        def test_step(self, batch, batch_idx):
+            self.metric(float(batch_idx))
+            self.log("m", self.metric)
+
+    model = Model()
+    assert make_trainer().test(model, loader(n=12), verbose=False) == [{"m": 1.0}]
+    assert model.metric.values == []
+
+
+def test_multiple_eval_dataloaders_suffix_keys():
+    class Model(Regression):
+        def validation_step(self, batch, batch_idx, dataloader_idx=0):
+            self.log("x", float(dataloader_idx))
+
+    result = make_trainer().validate(Model(), [loader(n=8), loader(n=4)], verbose=False)
+    assert result == [{"x/dataloader_idx_0": 0.0}, {"x/dataloader_idx_1": 1.0}]
+
+
+def test_log_errors_name_the_problem():
+    class Vector(Regression):
+        def test_step(self, batch, batch_idx):
+            self.log("v", torch.ones(3))
+
+    with pytest.raises(ValueError, match=r"'v'.*shape \(3,\)"):
+        make_trainer().test(Vector(), loader(), verbose=False)
+
+    class Outside(Regression):
+        def on_fit_start(self):
+            self.log("x", 1.0)
+
+    with pytest.raises(RuntimeError, match="outside the hooks that can log"):
+        make_trainer(max_epochs=1).fit(Outside(), loader())
+
+    with pytest.raises(ValueError, match="reduce_fx='median'"):
+        class Median(Regression):
+            def test_step(self, batch, batch_idx):
+                self.log("m", 1.0, reduce_fx="median")
+
+        make_trainer().test(Median(), loader(), verbose=False)
+
+
+def test_results_table_is_printed(capsys):
+    make_trainer().test(Regression(), loader())
+    out = capsys.readouterr().out
+    assert "Test metric" in out and "test_loss" in out and "DataLoader 0" in out
