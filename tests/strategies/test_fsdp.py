@@ -4,7 +4,6 @@ tests/strategies/fsdp_worker.py runs every FSDP scenario in one pair of processe
 the uninterrupted run once more under DDP; the tests assert on what the ranks saved and on the checkpoints they
 left behind.
 """
-import subprocess
 import sys
 from pathlib import Path
 
