@@ -1,0 +1,102 @@
+"""A training script for test_deepspeed.py: 2 CPU processes on gloo, the tiny transformer of the DeepSpeed example.
+
+    python deepspeed_worker.py STRATEGY OUT_DIR
+
+This process becomes rank 0 and re-runs the command for rank 1 (the strategies' default launcher). Each rank
+records, for STRATEGY (a deepspeed_stage_* preset or ddp):
+- "uninterrupted": the losses of STEPS steps;
+- "before_save" / "resumed": the same run cut at SPLIT, saved, loaded into a freshly set-up model built from other
+  initial weights and continued;
+- "accumulated": losses of steps of two micro-batches each. Under ddp and stage 1 the first micro-batch runs inside
+  `no_backward_sync`; under stages 2 and 3, which refuse that (recorded as "no_sync_error"), DeepSpeed accumulates
+  with gradient_accumulation_steps=2 and the loop steps every micro-batch.
+It saves them to OUT_DIR/rank<r>.pt.
+"""
+import os
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "examples" / "fabric"))
+from deepspeed_zero import TinyLM, batch, next_token_loss  # noqa: E402
+
+from fabric_kit import Fabric  # noqa: E402
+
+STEPS, SPLIT, MICRO = 8, 4, 2
+
+
+def fresh(fabric, seed):
+    torch.manual_seed(seed)
+    model = TinyLM(width=16, layers=2, heads=2)
+    return fabric.setup(model, torch.optim.AdamW(model.parameters(), lr=1e-2))
+
+
+def train(fabric, model, optimizer, steps, named):
+    losses = []
+    for step in steps:
+        loss = next_token_loss(model, batch(step, fabric.global_rank, size=4))
+        fabric.backward(loss, model=model) if named else fabric.backward(loss)
+        optimizer.step()
+        optimizer.zero_grad()
+        losses.append(loss.item())
+    return losses
+
+
+def accumulate(fabric, result):
+    strategy = fabric.strategy
+    partitioned = getattr(strategy, "zero_stage", 0) >= 2
+    if partitioned:
+        model, _ = fresh(fabric, 0)
+        try:
+            with fabric.no_backward_sync(model):
+                pass
+        except RuntimeError as error:
+            result["no_sync_error"] = str(error)
+        strategy.config["gradient_accumulation_steps"] = MICRO  # read when the next model is set up
+    model, optimizer = fresh(fabric, 0)
+    losses = []
+    for step in range(3):
+        for micro in range(MICRO):
+            tokens = batch(100 * step + micro, fabric.global_rank, size=4)
+            if partitioned:  # the engine divides by gradient_accumulation_steps and steps every MICRO calls
+                loss = next_token_loss(model, tokens)
+                fabric.backward(loss, model=model)
+                optimizer.step()
+            else:
+                with fabric.no_backward_sync(model, enabled=micro < MICRO - 1):
+                    loss = next_token_loss(model, tokens)
+                    fabric.backward(loss / MICRO, model=model)
+            losses.append(loss.item())
+        if not partitioned:
+            optimizer.step()
+            optimizer.zero_grad()
+    result["accumulated"] = losses
+
+
+def main(strategy, out_dir):
+    fabric = Fabric(accelerator="cpu", devices=2, strategy=strategy)
+    fabric.launch()
+    result = {}
+    model, optimizer = fresh(fabric, 0)
+    result["uninterrupted"] = train(fabric, model, optimizer, range(STEPS), named=False)  # the only model yet
+
+    model, optimizer = fresh(fabric, 0)
+    result["before_save"] = train(fabric, model, optimizer, range(SPLIT), named=True)
+    checkpoint = os.path.join(out_dir, "checkpoint")
+    fabric.save(checkpoint, {"model": model, "optimizer": optimizer, "step": SPLIT, "note": "kept"})
+
+    model, optimizer = fresh(fabric, 1)  # other initial weights: everything must come from the checkpoint
+    state = {"model": model, "optimizer": optimizer, "step": 0}
+    remainder = fabric.load(checkpoint, state, weights_only=False)
+    result["loaded_step"], result["remainder"] = state["step"], remainder
+    result["resumed"] = train(fabric, model, optimizer, range(state["step"], STEPS), named=True)
+
+    accumulate(fabric, result)
+    result["checkpoint_files"] = sorted(str(p.relative_to(checkpoint)) for p in Path(checkpoint).rglob("*")
+                                        if p.is_file())
+    torch.save(result, os.path.join(out_dir, f"rank{fabric.global_rank}.pt"))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2])
