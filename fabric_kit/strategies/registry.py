@@ -53,3 +53,16 @@ register("single_xla", "fabric_kit.strategies.xla:SingleXLAStrategy", "one proce
 register("xla", "fabric_kit.strategies.xla:XLAStrategy", "data parallel over every XLA device of the host (TPU)")
 register("xla_fsdp", "fabric_kit.strategies.xla_fsdp:XLAFSDPStrategy",
          "parameters, gradients and optimizer state sharded over XLA devices (TPU)")
+register("deepspeed", "fabric_kit.strategies.deepspeed:DeepSpeedStrategy",
+         "DeepSpeed; ZeRO stage 2 unless DeepSpeedStrategy(config=...) says otherwise (extra: deepspeed)")
+register("deepspeed_stage_1", "fabric_kit.strategies.deepspeed:DeepSpeedStrategy",
+         "DeepSpeed ZeRO stage 1: optimizer states sharded", stage=1)
+register("deepspeed_stage_2", "fabric_kit.strategies.deepspeed:DeepSpeedStrategy",
+         "DeepSpeed ZeRO stage 2: optimizer states and gradients sharded", stage=2)
+register("deepspeed_stage_2_offload", "fabric_kit.strategies.deepspeed:DeepSpeedStrategy",
+         "deepspeed_stage_2 with optimizer states in CPU memory", stage=2, offload_optimizer=True)
+register("deepspeed_stage_3", "fabric_kit.strategies.deepspeed:DeepSpeedStrategy",
+         "DeepSpeed ZeRO stage 3: parameters sharded too", stage=3)
+register("deepspeed_stage_3_offload", "fabric_kit.strategies.deepspeed:DeepSpeedStrategy",
+         "deepspeed_stage_3 with optimizer states and parameters in CPU memory", stage=3, offload_optimizer=True,
+         offload_parameters=True)
