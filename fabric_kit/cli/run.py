@@ -1,0 +1,192 @@
+"""fabric run - launch a training script on every device of one or more machines.
+
+Start one process per device, each running the script unchanged. Process management (rendezvous, multi-node
+wiring, stopping every process when one fails, elastic restarts) is PyTorch's own torch.distributed.run, the
+engine behind torchrun, called in-process; this command only translates its flags, which are named like the
+arguments of Fabric(...), and passes them on to the script's Fabric through environment variables.
+
+usage:
+  fabric run [flags] SCRIPT [SCRIPT ARGS ...]
+  fabric run [flags] -m PACKAGE.MODULE [MODULE ARGS ...]
+  python -m fabric_kit run ...            (the same, without the console script)
+
+Everything after SCRIPT (or the module name) goes to the script untouched, including flags.
+
+One machine
+  2 CPU processes, talking over gloo:
+      fabric run --accelerator cpu --devices 2 train.py --lr 0.1
+  every GPU of the machine, one process each (the strategy picks nccl):
+      fabric run --accelerator cuda --devices auto train.py
+  GPUs 0 and 1 only: 2 processes, and FABRIC_KIT_DEVICES=0,1 tells Fabric which GPUs (local rank i drives the
+  i-th listed GPU; CUDA_VISIBLE_DEVICES is left alone):
+      fabric run --accelerator cuda --devices 0,1 train.py
+  a module instead of a file, as with python -m:
+      fabric run --devices 2 -m mypackage.train --epochs 3
+
+Several machines
+  Run the same command on every machine, changing only --node-rank. --main-address is the address of the
+  machine with node rank 0, reachable from the others; its launcher hosts the rendezvous store on --main-port
+  (static rendezvous: every node must start).
+      machine A, 10.0.0.1:  fabric run --num-nodes 2 --node-rank 0 --main-address 10.0.0.1 --devices 8 train.py
+      machine B:            fabric run --num-nodes 2 --node-rank 1 --main-address 10.0.0.1 --devices 8 train.py
+
+Restarts
+  When a process fails, the launcher stops the others on its machine. With --max-restarts N it then starts the
+  whole group again, up to N times; TORCHELASTIC_RESTART_COUNT tells the script which round it is in, so it can
+  resume from its last checkpoint:
+      fabric run --devices 4 --max-restarts 3 train.py
+
+Schedulers and torchrun
+  Under SLURM start the script with srun, one task per device, and no fabric run: Fabric reads SLURM's variables
+  itself. A script started by torchrun works too. The script needs no change in any of these cases.
+
+What the script receives
+  FABRIC_KIT_ACCELERATOR   --accelerator, when given
+  FABRIC_KIT_STRATEGY      --strategy, when given
+  FABRIC_KIT_DEVICES       --devices: the list as given, otherwise the number of processes started per machine
+  FABRIC_KIT_NUM_NODES     --num-nodes
+  FABRIC_KIT_PRECISION     --precision, when given
+  OMP_NUM_THREADS          CPU count // processes per machine (at least 1), unless already set
+  plus torchrun's RANK, LOCAL_RANK, WORLD_SIZE, LOCAL_WORLD_SIZE, MASTER_ADDR, MASTER_PORT, ...
+  Fabric(...) takes these as its defaults; an explicit argument in the script that contradicts a flag is an
+  error naming both.
+
+Exit status
+  0 when every process succeeds. When one fails, its traceback is shown (the process's own stderr, then
+  torchrun's error record), the other processes are stopped, and the exit status is the failed process's.
+  2 for a bad flag, with a one-line message.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from fabric_kit.cli.devices import ACCEPTED, format_devices, parse_devices, processes_per_node
+from fabric_kit.cli.parser import UsageError, non_negative_int, port, positive_int
+
+# torchrun's static rendezvous needs an agreed port; a single machine gets a free one instead.
+MULTI_NODE_PORT = 29400
+
+
+def add_parser(subcommands: Any) -> argparse.ArgumentParser:
+    """Register ``run`` on the ``fabric`` parser's subcommands. The accepted names come from fabric_kit itself, so
+    the launcher never accepts what ``Fabric(...)`` would reject."""
+    from fabric_kit.connector import accelerator_names, precision_names, strategy_names
+
+    parser = subcommands.add_parser(
+        "run", help="launch a script on every device of one or more machines", description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False,
+    )
+    accelerators, strategies, precisions = accelerator_names(), strategy_names(), precision_names()
+    parser.add_argument("--accelerator", choices=accelerators, metavar="NAME",
+                        help=f"device type, one of: {', '.join(accelerators)}. Default: the script's choice")
+    parser.add_argument("--strategy", choices=strategies, metavar="NAME",
+                        help=f"distribution strategy, one of: {', '.join(strategies)}. Default: the script's choice")
+    parser.add_argument("--devices", type=parse_devices, default="auto", metavar="N|I,J|auto",
+                        help=f"devices per machine, one process each: {ACCEPTED}. auto means 1 process on CPU "
+                             "and every GPU on CUDA. Default: auto")
+    parser.add_argument("--num-nodes", type=positive_int, default=1, metavar="N",
+                        help="number of machines, a positive integer. Default: 1")
+    parser.add_argument("--node-rank", type=non_negative_int, default=0, metavar="R",
+                        help="this machine's index, 0..num-nodes-1; node 0 hosts the rendezvous. Default: 0")
+    parser.add_argument("--main-address", default="127.0.0.1", metavar="HOST",
+                        help="host name or IP of node 0, reachable from every machine. Default: 127.0.0.1")
+    parser.add_argument("--main-port", type=port, metavar="PORT",
+                        help=f"port on node 0 for the rendezvous, 1..65535. Default: a free port on one machine, "
+                             f"{MULTI_NODE_PORT} with --num-nodes > 1")
+    parser.add_argument("--precision", choices=precisions, metavar="NAME",
+                        help=f"numeric precision, one of: {', '.join(precisions)}. Default: the script's choice")
+    parser.add_argument("--max-restarts", type=non_negative_int, default=0, metavar="N",
+                        help="times to restart all processes after a failure, an integer >= 0. Default: 0")
+    parser.add_argument("-m", "--module", action="store_true",
+                        help="SCRIPT is a module name, run as with python -m")
+    parser.add_argument("script", nargs="?", metavar="SCRIPT", help="path of the script (or module name with -m)")
+    parser.add_argument("script_args", nargs=argparse.REMAINDER, metavar="...",
+                        help="arguments for the script, passed untouched")
+    parser.set_defaults(handler=run, parser=parser)
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    """Launch ``args.script`` as described by the flags and return the exit status of the job.
+
+    Raises UsageError for flags that contradict each other or this machine.
+    """
+    if args.node_rank >= args.num_nodes:
+        raise UsageError(f"--node-rank {args.node_rank} is out of range for --num-nodes {args.num_nodes}: "
+                         f"expected 0..{args.num_nodes - 1}")
+    if args.script is None:
+        raise UsageError("missing SCRIPT: the path of the script to launch (or -m and a module name)")
+    if not args.module and not os.path.isfile(args.script):
+        raise UsageError(f"script {args.script!r} does not exist (to run a module, pass -m {args.script})")
+    try:
+        processes = processes_per_node(args.devices, args.accelerator or "auto")
+    except ValueError as error:
+        raise UsageError(str(error)) from None
+    with _exported(script_environment(args, processes)):
+        return _launch(torchrun_arguments(args, processes))
+
+
+def torchrun_arguments(args: argparse.Namespace, processes: int) -> list[str]:
+    """The torchrun command line equivalent to the flags."""
+    arguments = ["--nnodes", str(args.num_nodes), "--nproc-per-node", str(processes),
+                 "--max-restarts", str(args.max_restarts)]
+    if args.num_nodes > 1 or args.main_port is not None:
+        arguments += ["--rdzv-backend", "static", "--node-rank", str(args.node_rank),
+                      "--master-addr", args.main_address, "--master-port", str(args.main_port or MULTI_NODE_PORT)]
+    # Otherwise torchrun hosts its rendezvous store on a port the OS picks, so concurrent jobs never collide.
+    if args.module:
+        arguments.append("--module")
+    return [*arguments, args.script, *args.script_args]
+
+
+def script_environment(args: argparse.Namespace, processes: int) -> dict[str, str]:
+    """The variables through which the flags reach ``Fabric(...)`` in every process."""
+    environment = {"FABRIC_KIT_NUM_NODES": str(args.num_nodes)}
+    # A list names GPUs, and XLA strategies count cores themselves; otherwise tell the script what was started.
+    exact = isinstance(args.devices, list) or args.accelerator in ("tpu", "xla")
+    environment["FABRIC_KIT_DEVICES"] = format_devices(args.devices) if exact else str(processes)
+    for name in ("accelerator", "strategy", "precision"):
+        if getattr(args, name) is not None:
+            environment[f"FABRIC_KIT_{name.upper()}"] = getattr(args, name)
+    if "OMP_NUM_THREADS" not in os.environ:
+        # torchrun would force 1 thread (and warn); share the cores between this machine's processes instead.
+        environment["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // processes))
+    return environment
+
+
+@contextmanager
+def _exported(variables: dict[str, str]) -> Iterator[None]:
+    """Set variables for the child processes (torchrun copies ``os.environ``) and restore them afterwards, so that
+    calling ``main`` from code leaves the caller's environment as it was."""
+    saved = {name: os.environ.get(name) for name in variables}
+    os.environ.update(variables)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def _launch(arguments: list[str]) -> int:
+    """Hand over to torch.distributed.run and turn its outcome into an exit status."""
+    import torch.distributed.run as torchrun
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+
+    try:
+        torchrun.run(torchrun.parse_args(arguments))
+    except ChildFailedError as failure:
+        print(failure.format_msg(), file=sys.stderr)
+        _, first = failure.get_first_failure()
+        return first.exitcode if first.exitcode > 0 else 1
+    except SignalException as stop:
+        return 128 + int(stop.sigval)
+    return 0
