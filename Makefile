@@ -4,10 +4,13 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
+# DeepSpeed (the deepspeed extra, for its tests) is an sdist that builds against the installed torch, hence no build
+# isolation; its C++ ops are JIT-built on first use with ninja (a dependency) and the system C++ compiler.
 $(VENV)/.installed: setup.cfg setup.py
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q deepspeed==0.19.8 --no-build-isolation
 	$(PY) -m pip install -q -e '.[test]'
 	touch $@
 

@@ -92,14 +92,15 @@ class DeepSpeedStrategy(DDPStrategy):
                          timeout, start_method)
         self.config = _build_config(_read_config(config), stage, offload_optimizer, offload_parameters,
                                     gradient_clipping, gradient_accumulation_steps, micro_batch_size)
-        self._engines: weakref.WeakSet[DeepSpeedEngine] = weakref.WeakSet()
+        # Every engine this strategy built, and whether it was given an optimizer (can train).
+        self._engines: weakref.WeakKeyDictionary[DeepSpeedEngine, bool] = weakref.WeakKeyDictionary()
 
     def __getstate__(self) -> dict[str, Any]:
-        # Spawned ranks get a pickled copy before any engine exists; a weak set cannot be pickled.
+        # Spawned ranks get a pickled copy before any engine exists; a weak mapping cannot be pickled.
         return {**self.__dict__, "_engines": None}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state, _engines=weakref.WeakSet())
+        self.__dict__.update(state, _engines=weakref.WeakKeyDictionary())
 
     @property
     def zero_stage(self) -> int:
@@ -133,9 +134,12 @@ class DeepSpeedStrategy(DDPStrategy):
 
     def _initialize(self, module: Module, optimizer: Optimizer | None) -> DeepSpeedEngine:
         deepspeed = _import_deepspeed()
-        engine, *_ = deepspeed.initialize(model=module, optimizer=optimizer, config=copy.deepcopy(self.config),
-                                          dist_init_required=False)
-        self._engines.add(engine)
+        config = copy.deepcopy(self.config)
+        if optimizer is None and self.zero_stage < 3:
+            # Without optimizer stages 1 and 2 have nothing to shard (DeepSpeed refuses them); 3 shards parameters.
+            config.pop("zero_optimization", None)
+        engine, *_ = deepspeed.initialize(model=module, optimizer=optimizer, config=config, dist_init_required=False)
+        self._engines[engine] = optimizer is not None
         return engine
 
     # -- the training step --------------------------------------------------------------------------------------
@@ -180,18 +184,20 @@ class DeepSpeedStrategy(DDPStrategy):
         return engine.no_sync()
 
     def _engine_for(self, module: Module | None) -> DeepSpeedEngine:
-        """The engine behind `module` (as returned by `fabric.setup`), or the only one when no module is named."""
+        """The engine behind `module` (as returned by `fabric.setup`), or, when no module is named, the only one
+        set up with an optimizer."""
         if module is not None:
             engine = getattr(module, "_forward_module", module)
             if engine not in self._engines:
                 raise TypeError(f"model {type(unwrap(module)).__name__} was not set up by this DeepSpeed strategy; "
                                 "pass the model returned by `fabric.setup`")
             return engine
-        engines = list(self._engines)
+        engines = [engine for engine, trains in self._engines.items() if trains]
         if len(engines) != 1:
-            raise RuntimeError(f"{len(engines)} models are set up under DeepSpeed: name the one this loss belongs "
-                               "to, `fabric.backward(loss, model=model)`" if engines else
-                               "no model is set up under DeepSpeed: call `fabric.setup(model, optimizer)` first")
+            raise RuntimeError(f"{len(engines)} models are set up with optimizers under DeepSpeed: name the one this "
+                               "loss belongs to, `fabric.backward(loss, model=model)`" if engines else
+                               "no model is set up with an optimizer under DeepSpeed: call "
+                               "`fabric.setup(model, optimizer)` first")
         return engines[0]
 
     # -- checkpoints ----------------------------------------------------------------------------------------------
