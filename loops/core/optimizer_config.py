@@ -112,11 +112,13 @@ def _unsupported(returned: Any, detail: str = "") -> ValueError:
                       f"{' (' + detail + ')' if detail else ''}\n{ACCEPTED_FORMS}")
 
 
-def step_schedulers(configs: list[SchedulerConfig], interval: str, count: int, metrics: Mapping[str, Any]) -> None:
+def step_schedulers(configs: list[SchedulerConfig], interval: str, count: int, metrics: Mapping[str, Any],
+                    plateau: bool = True) -> None:
     """Step the `interval` schedulers due at `count` (optimizer steps or epochs completed); ReduceLROnPlateau gets
-    its monitored metric, whose absence is an error naming the logged metrics (a warning when not strict)."""
+    its monitored metric, whose absence is an error naming the logged metrics (a warning when not strict);
+    `plateau=False` leaves ReduceLROnPlateau out."""
     for config in configs:
-        if config.interval != interval or count % config.frequency:
+        if config.interval != interval or count % config.frequency or (config.reduce_on_plateau and not plateau):
             continue
         if not config.reduce_on_plateau:
             config.scheduler.step()

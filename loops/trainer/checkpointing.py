@@ -99,3 +99,9 @@ def restore_training_state(trainer: Any, checkpoint: dict[str, Any], path: str) 
     loop_state = checkpoint.get("loops", {}).get("fit_loop")
     if loop_state is not None:
         trainer.fit_loop.load_state_dict(loop_state)
+    loader_state = checkpoint.get("train_dataloader")
+    if loader_state is not None and loop_state is not None and loop_state["epoch_done"]:
+        # Saved after the epoch's last batch, but the loader's pass may have been cut short (limit_train_batches):
+        # the resumed run starts the next epoch.
+        loader_state = {**loader_state, "epoch": loader_state["epoch"] + 1, "samples": 0, "batches": 0}
+    trainer.fit_loop.loader_state = loader_state

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from typing import Any
 
 from loops.core.optimizer_config import step_schedulers
@@ -26,7 +27,9 @@ class FitLoop:
         self.epoch_done = False
         self.total_batch_idx = 0  # batches completed over all epochs
         self.batches_stepped = 0  # batches that ended with an optimizer step (the loggers' step)
-        self.resume_skip = 0
+        self.resume_skip = 0  # batches of the current epoch a resumed run has already trained on
+        self.loader_state: dict[str, Any] | None = None  # the saved position of the training loader
+        self._loader_resumed = False
         self._loaded_epoch = -1
         self._val_loaded_epoch = -1
         self._start_time = 0.0
@@ -50,7 +53,19 @@ class FitLoop:
         self.num_training_batches = limit_batches(raw, limit, "limit_train_batches")
         self.train_loader = setup_loaders(trainer.fabric, [raw], True, trainer.use_distributed_sampler,
                                           not trainer._custom_transfer)[0]
+        if self.loader_state is not None:
+            self._loader_resumed = self._resume_loader(self.loader_state)
+            self.loader_state = None
         self.val_check_batch = self._val_check_batch()
+
+    def _resume_loader(self, state: dict[str, Any]) -> bool:
+        """Put the loader where the checkpoint left it (the same shuffle, the next batch); False when it cannot
+        skip into an epoch, and the loop skips the trained batches by fetching them instead."""
+        try:
+            self.train_loader.load_state_dict(state)
+        except (AttributeError, ValueError):
+            return False
+        return True
 
     def _val_check_batch(self) -> int | float:
         trainer, batches = self.trainer, self.num_training_batches
@@ -152,10 +167,12 @@ class FitLoop:
         accumulate, limit = trainer.accumulate_grad_batches, self.num_training_batches
         log_every, schedulers = trainer.log_every_n_steps, trainer.lr_scheduler_configs
         custom_transfer = trainer._custom_transfer
-        skip, self.resume_skip = self.resume_skip, 0
+        start, self.resume_skip = self.resume_skip, 0
+        skip, first = (0, start) if self._loader_resumed else (start, 0)
+        self._loader_resumed = False
         validation = self._validation_enabled()
-        self.batch_idx = 0
-        for batch_idx, batch in enumerate(self.train_loader):
+        self.batch_idx = start
+        for batch_idx, batch in enumerate(self.train_loader, first):
             if batch_idx < skip:
                 continue
             if custom_transfer:
@@ -175,12 +192,12 @@ class FitLoop:
                 outputs = step(batch, batch_idx, steps)
             else:
                 outputs = fabric_module("training_step", batch, batch_idx)
+            self.batch_idx = batch_idx + 1  # complete: a checkpoint saved in on_train_batch_end resumes after it
+            self.total_batch_idx += 1
             for hook in end_cbs:
                 hook(trainer, module, outputs, batch, batch_idx)
             for hook in end_mod:
                 hook(outputs, batch, batch_idx)
-            self.batch_idx = batch_idx + 1
-            self.total_batch_idx += 1
             stepped = trainer._global_step != steps_before if not automatic else steps
             if schedulers and stepped:
                 step_schedulers(schedulers, "step", trainer._global_step, trainer.callback_metrics)
@@ -234,12 +251,15 @@ class FitLoop:
                                    trainer.current_epoch)
         hooks.call_callbacks("on_train_epoch_end", monitoring=True)
         trainer._results = None
-        configs = [c for c in trainer.lr_scheduler_configs if c.interval == "epoch"]
-        if configs:
-            step_schedulers(configs, "epoch", trainer.current_epoch + 1, trainer.callback_metrics)
+        self._step_epoch_schedulers(trainer.callback_metrics)
         trainer.current_epoch += 1
         self.epoch_done = False
         self.batch_idx = 0
+
+    def _step_epoch_schedulers(self, metrics: Any, plateau: bool = True) -> None:
+        configs = [c for c in self.trainer.lr_scheduler_configs if c.interval == "epoch"]
+        if configs:
+            step_schedulers(configs, "epoch", self.trainer.current_epoch + 1, metrics, plateau)
 
     # -- checkpoints ----------------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -249,8 +269,16 @@ class FitLoop:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         trainer = self.trainer
-        trainer.current_epoch = state["epoch"] + (1 if state["epoch_done"] else 0)
-        self.resume_skip = 0 if state["epoch_done"] else state["batch_idx"]
         self.total_batch_idx = state["total_batch_idx"]
         self.batches_stepped = state["batches_stepped"]
         trainer._global_step = state["global_step"]
+        trainer.current_epoch = state["epoch"]
+        if state["epoch_done"]:
+            # Saved at the epoch's end (on_train_epoch_end, end-of-epoch validation): finish it the way the
+            # interrupted run would have, then start the next one. Plateau schedulers need metrics this run lacks.
+            with warnings.catch_warnings():  # torch cannot know the optimizer stepped in the interrupted run
+                warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step()` before")
+                self._step_epoch_schedulers({}, plateau=False)
+            trainer.current_epoch += 1
+        else:
+            self.resume_skip = state["batch_idx"]

@@ -11,7 +11,7 @@ from typing import Any, Callable
 import torch
 from torch import Tensor
 
-from fabric_kit import Fabric
+from fabric_kit import Fabric, is_wrapped
 from loops.callbacks.callback import Callback
 from loops.callbacks.checkpoint import Checkpoint
 from loops.core.datamodule import LightningDataModule
@@ -428,7 +428,11 @@ class Trainer:
             raise RuntimeError("save_checkpoint needs a model: call it during or after fit/validate/test")
         if storage_options is not None:
             raise ValueError(f"storage_options={storage_options!r} is not supported; pass None")
-        self.fabric.save(str(filepath), checkpointing.dump_checkpoint(self, weights_only))
+        state = checkpointing.dump_checkpoint(self, weights_only)
+        loader = self.fit_loop.train_loader
+        if not weights_only and is_wrapped(loader):  # fabric saves its position: resume continues the shuffle
+            state["train_dataloader"] = loader
+        self.fabric.save(str(filepath), state)
 
     # -- state ----------------------------------------------------------------------------------------------------
     @property
