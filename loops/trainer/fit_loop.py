@@ -277,7 +277,7 @@ class FitLoop:
             # Saved at the epoch's end (on_train_epoch_end, end-of-epoch validation): finish it the way the
             # interrupted run would have, then start the next one. Plateau schedulers need metrics this run lacks.
             with warnings.catch_warnings():  # torch cannot know the optimizer stepped in the interrupted run
-                warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step()` before")
+                warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step")
                 self._step_epoch_schedulers({}, plateau=False)
             trainer.current_epoch += 1
         else:

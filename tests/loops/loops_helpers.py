@@ -48,7 +48,7 @@ class Regression(L.LightningModule):
     def test_step(self, batch, batch_idx):
         self.log("test_loss", self.loss(batch))
 
-    def predict_step(self, batch, batch_idx):
+    def predict_step(self, batch, batch_idx, dataloader_idx=0):
         return self(batch[0])
 
     def configure_optimizers(self):
