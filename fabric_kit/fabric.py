@@ -18,7 +18,6 @@ from fabric_kit.collections import apply_to_collection, move_to_device
 from fabric_kit.connector import Connector
 from fabric_kit.data import distributed_loader, resumable_loader
 from fabric_kit.seed import global_seed, seed_everything
-from fabric_kit.strategies.launchers.multiprocessing import MultiprocessingLauncher
 from fabric_kit.strategies.strategy import BackwardSyncControl, Strategy
 from fabric_kit.wrappers import FabricDataLoader, FabricModule, FabricOptimizer, wrap_optimizer
 
@@ -105,9 +104,9 @@ class Fabric:
         launcher = self._strategy.launcher
         if self._launched:
             return function(self, *args, **kwargs) if function is not None else None
-        if function is None and isinstance(launcher, MultiprocessingLauncher):
-            raise TypeError(f"strategy {type(self._strategy).__name__} with start method "
-                            f"{launcher.start_method!r} starts fresh processes: pass the function to run, "
+        if function is None and launcher is not None and not launcher.reruns_script:
+            raise TypeError(f"strategy {type(self._strategy).__name__} starts fresh processes with "
+                            f"{type(launcher).__name__}: pass the function to run, "
                             "`fabric.launch(train)`, where `def train(fabric): ...`")
         if launcher is None:
             return self._run_launched(function, *args, **kwargs)

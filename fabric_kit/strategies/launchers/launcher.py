@@ -6,6 +6,10 @@ from typing import Any, Callable
 
 
 class Launcher(ABC):
+    # False for launchers that start fresh processes (spawn, fork, XLA): those only run the function handed to
+    # `launch`, so the script's own code after `fabric.launch()` would never run in them.
+    reruns_script: bool = False
+
     @property
     @abstractmethod
     def is_interactive_compatible(self) -> bool:

@@ -16,6 +16,8 @@ from fabric_kit.strategies.launchers.launcher import Launcher
 
 
 class SubprocessScriptLauncher(Launcher):
+    reruns_script = True
+
     def __init__(self, environment: ClusterEnvironment, num_processes: int, num_nodes: int) -> None:
         self.environment = environment
         self.num_processes = num_processes
