@@ -1,0 +1,38 @@
+"""Run by test_loops_ddp.py as `python loops_ddp_fit.py OUT_DIR`: Trainer(strategy="ddp", devices=2) re-runs this
+script for rank 1, exactly as a user's script would be. Each rank saves what it saw to OUT_DIR/rank{r}.pt."""
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import loops as L  # noqa: E402
+from loops_helpers import Regression, loader  # noqa: E402
+
+
+class Synced(Regression):
+    def training_step(self, batch, batch_idx):
+        self.log("rank_mean", float(self.global_rank), on_step=False, on_epoch=True, sync_dist=True)
+        return super().training_step(batch, batch_idx)
+
+    def validation_step(self, batch, batch_idx):
+        self.log("val_count", float(batch[0].shape[0]), reduce_fx="sum", sync_dist=True)
+
+
+def main(out_dir: str) -> None:
+    torch.manual_seed(0)
+    model = Synced(lr=0.1)
+    trainer = L.Trainer(accelerator="cpu", devices=2, strategy="ddp", max_epochs=2, logger=False,
+                        enable_checkpointing=False, enable_progress_bar=False, num_sanity_val_steps=0)
+    trainer.fit(model, loader(n=32, batch_size=4), loader(n=10, batch_size=4))
+    metrics = dict(trainer.callback_metrics)
+    validated = trainer.validate(model, loader(n=10, batch_size=4), verbose=False)
+    gathered = trainer.strategy.all_gather(torch.tensor([trainer.global_rank]))
+    torch.save({"rank": trainer.global_rank, "world_size": trainer.world_size, "global_step": trainer.global_step,
+                "weight": model.layer.weight.detach().clone(), "metrics": metrics,
+                "validated": validated, "gathered": gathered.flatten().tolist()},
+               Path(out_dir) / f"rank{trainer.global_rank}.pt")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
