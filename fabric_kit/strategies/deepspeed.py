@@ -59,6 +59,8 @@ if TYPE_CHECKING:
 
 INSTALL_HINT = ("pip install 'fabric_kit[deepspeed]' --no-build-isolation (DeepSpeed builds against the installed "
                 "torch, so torch must be installed first and the build must see it)")
+_NEEDS_DEEPSPEED = ("DeepSpeedStrategy (strategy='deepspeed', 'deepspeed_stage_1', ..., 'deepspeed_stage_3_offload') "
+                    "needs the DeepSpeed package")
 TAG = "checkpoint"
 """The engine's tag: the subdirectory of a checkpoint directory holding DeepSpeed's files."""
 CLIENT_KEY = "fabric_kit"
@@ -86,8 +88,7 @@ class DeepSpeedStrategy(DDPStrategy):
                  gradient_clipping: float | None = None, gradient_accumulation_steps: int | None = None,
                  micro_batch_size: int | None = None) -> None:
         if importlib.util.find_spec("deepspeed") is None:
-            raise ImportError(f"strategy DeepSpeedStrategy (deepspeed*) needs DeepSpeed, which is not installed: "
-                              f"{INSTALL_HINT}")
+            raise ImportError(f"{_NEEDS_DEEPSPEED}, which is not installed: {INSTALL_HINT}")
         super().__init__(accelerator, parallel_devices, cluster_environment, precision, process_group_backend,
                          timeout, start_method)
         self.config = _build_config(_read_config(config), stage, offload_optimizer, offload_parameters,
@@ -269,8 +270,7 @@ def _import_deepspeed() -> Any:
     try:
         import deepspeed
     except ImportError as error:
-        raise ImportError(f"strategy DeepSpeedStrategy (deepspeed*) needs DeepSpeed, which cannot be imported "
-                          f"({error}): {INSTALL_HINT}") from error
+        raise ImportError(f"{_NEEDS_DEEPSPEED}, which cannot be imported ({error}): {INSTALL_HINT}") from error
     return deepspeed
 
 
