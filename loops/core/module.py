@@ -6,7 +6,6 @@ from typing import Any, Callable, Mapping
 
 import torch
 from torch import Tensor, nn
-from torch.optim import Optimizer
 
 from loops.core.hooks import CheckpointHooks, DataHooks, ModelHooks
 from loops.core.hparams import HyperparametersMixin

@@ -191,3 +191,44 @@ def test_strategy_facade_collectives_on_one_process():
     assert trainer.strategy.broadcast({"a": 1}) == {"a": 1}
     assert trainer.strategy.reduce_boolean_decision(True)
     assert trainer.world_size == 1 and trainer.global_rank == 0 and trainer.is_global_zero
+
+
+@pytest.mark.parametrize("precision", ["64-true", "bf16-mixed"])
+def test_precision_reaches_the_step(precision):
+    seen = {}
+
+    class Model(Regression):
+        def training_step(self, batch, batch_idx):
+            out = self(batch[0])
+            seen["dtype"] = out.dtype
+            return torch.nn.functional.mse_loss(out.float(), batch[1].float())
+
+    make_trainer(max_epochs=1, limit_train_batches=2, precision=precision).fit(Model(), loader())
+    assert seen["dtype"] == (torch.float64 if precision == "64-true" else torch.bfloat16)
+
+
+def test_exception_reaches_callbacks_and_teardown_runs():
+    events = []
+
+    class Watch(L.Callback):
+        def on_exception(self, trainer, pl_module, exception):
+            events.append(("exception", str(exception)))
+
+        def teardown(self, trainer, pl_module, stage):
+            events.append(("teardown", stage))
+
+    class Boom(Regression):
+        def training_step(self, batch, batch_idx):
+            raise RuntimeError("boom")
+
+    trainer = make_trainer(max_epochs=1, callbacks=[Watch()])
+    with pytest.raises(RuntimeError, match="boom"):
+        trainer.fit(Boom(), loader())
+    assert events == [("exception", "boom"), ("teardown", "fit")] and trainer.interrupted
+
+
+def test_barebones_turns_off_logging():
+    with pytest.raises(RuntimeError, match="barebones=True"):
+        L.Trainer(barebones=True, accelerator="cpu", max_epochs=1).fit(Regression(), loader())
+    with pytest.raises(ValueError, match="barebones=True"):
+        L.Trainer(barebones=True, enable_checkpointing=True)

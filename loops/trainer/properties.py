@@ -1,0 +1,192 @@
+"""What the Trainer exposes about its run: counters, stage flags, ranks, metrics, loggers and callbacks, data
+sizes. Read by LightningModules, callbacks and loggers; the attributes behind them are set by trainer.py."""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from loops.callbacks.callback import Callback
+from loops.callbacks.checkpoint import Checkpoint
+
+
+class TrainerProperties:
+    # -- counters ----------------------------------------------------------------------------------------------------
+    @property
+    def global_step(self) -> int:
+        """Optimizer steps taken (with gradient accumulation, fewer than batches)."""
+        return self._global_step
+
+    @property
+    def optimizers(self) -> list[torch.optim.Optimizer]:
+        return [opt.optimizer for opt in self._optimizers]
+
+    @property
+    def loggers(self) -> list[Any]:
+        return self._loggers
+
+    @loggers.setter
+    def loggers(self, loggers: list[Any] | None) -> None:
+        self._loggers = list(loggers or [])
+
+    @property
+    def logger(self) -> Any:
+        return self._loggers[0] if self._loggers else None
+
+    @logger.setter
+    def logger(self, logger: Any) -> None:
+        self._loggers = [] if logger is None else [logger]
+
+    @property
+    def log_dir(self) -> str:
+        """The first logger's directory, else `<root>/lightning_logs/version_N`, else `default_root_dir`."""
+        logger = self.logger
+        if logger is not None:
+            return str(getattr(logger, "log_dir", None) or getattr(logger, "save_dir", None) or self.default_root_dir)
+        return self._version_dir or self.default_root_dir
+
+    @property
+    def checkpoint_callbacks(self) -> list[Checkpoint]:
+        return [c for c in self.callbacks if isinstance(c, Checkpoint)]
+
+    @property
+    def checkpoint_callback(self) -> Checkpoint | None:
+        callbacks = self.checkpoint_callbacks
+        return callbacks[0] if callbacks else None
+
+    @property
+    def early_stopping_callbacks(self) -> list[Callback]:
+        return [c for c in self.callbacks if getattr(c, "monitors_metrics", False) and not isinstance(c, Checkpoint)]
+
+    @property
+    def callback_metrics(self) -> dict[str, Tensor]:
+        return self._metrics.callback_metrics
+
+    @property
+    def logged_metrics(self) -> dict[str, Tensor]:
+        return self._metrics.logged_metrics
+
+    @property
+    def progress_bar_metrics(self) -> dict[str, Tensor]:
+        return self._metrics.progress_bar_metrics
+
+    @property
+    def _logger_step(self) -> int:
+        return self.fit_loop.batches_stepped
+
+    @property
+    def training(self) -> bool:
+        return self.state.stage == "train"
+
+    @training.setter
+    def training(self, value: bool) -> None:
+        self.state.set_stage("train", value)
+
+    @property
+    def validating(self) -> bool:
+        return self.state.stage == "validate"
+
+    @validating.setter
+    def validating(self, value: bool) -> None:
+        self.state.set_stage("validate", value)
+
+    @property
+    def testing(self) -> bool:
+        return self.state.stage == "test"
+
+    @testing.setter
+    def testing(self, value: bool) -> None:
+        self.state.set_stage("test", value)
+
+    @property
+    def predicting(self) -> bool:
+        return self.state.stage == "predict"
+
+    @predicting.setter
+    def predicting(self, value: bool) -> None:
+        self.state.set_stage("predict", value)
+
+    @property
+    def sanity_checking(self) -> bool:
+        return self.state.stage == "sanity_check"
+
+    @sanity_checking.setter
+    def sanity_checking(self, value: bool) -> None:
+        self.state.set_stage("sanity_check", value)
+
+    @property
+    def interrupted(self) -> bool:
+        return self.state.status == "interrupted"
+
+    @property
+    def world_size(self) -> int:
+        return self.fabric.world_size
+
+    @property
+    def global_rank(self) -> int:
+        return self.fabric.global_rank
+
+    @property
+    def local_rank(self) -> int:
+        return self.fabric.local_rank
+
+    @property
+    def node_rank(self) -> int:
+        return self.fabric.node_rank
+
+    @property
+    def is_global_zero(self) -> bool:
+        return self.fabric.is_global_zero
+
+    @property
+    def num_devices(self) -> int:
+        return max(1, self.fabric.world_size // max(1, self.num_nodes))
+
+    @property
+    def num_nodes(self) -> int:
+        return getattr(self.fabric.strategy, "num_nodes", 1)
+
+    @property
+    def device_ids(self) -> list[int]:
+        return [self.fabric.device.index or 0]
+
+    @property
+    def precision(self) -> str:
+        return str(getattr(self.fabric.strategy.precision, "name", "32-true"))
+
+    @property
+    def train_dataloader(self) -> Any:
+        return self.fit_loop.train_loader
+
+    @property
+    def val_dataloaders(self) -> Any:
+        loaders = self.fit_loop.val_loaders
+        return loaders[0] if len(loaders) == 1 else loaders
+
+    @property
+    def num_training_batches(self) -> int | float:
+        return self.fit_loop.num_training_batches
+
+    @property
+    def num_val_batches(self) -> list[int | float]:
+        return self.fit_loop.num_val_batches
+
+    @property
+    def num_sanity_val_batches(self) -> list[int | float]:
+        steps = self.num_sanity_val_steps
+        return [n if steps < 0 else min(n, steps) for n in self.fit_loop.num_val_batches]
+
+    @property
+    def estimated_stepping_batches(self) -> int | float:
+        """Optimizer steps fit will take (e.g. for OneCycleLR's total_steps); loads the training data if needed."""
+        if self.max_epochs == -1:
+            return math.inf if self.max_steps == -1 else self.max_steps
+        if self.fit_loop.train_loader is None:
+            self.fit_loop.setup_train_data()
+        batches = self.num_training_batches
+        if batches == math.inf:
+            return self.max_steps if self.max_steps != -1 else math.inf
+        steps = math.ceil(batches / self.accumulate_grad_batches) * max(self.max_epochs, 1)
+        return min(steps, self.max_steps) if self.max_steps != -1 else steps
