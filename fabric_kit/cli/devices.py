@@ -8,11 +8,11 @@ import argparse
 
 DevicesSpec = int | list[int] | str
 
-ACCEPTED = "a positive count like 2, a comma list of device indices like 0,1, or auto"
+ACCEPTED = "a positive count like 2, a comma list of device indices like 0,1 (one index: 1,), or auto"
 
 
 def parse_devices(text: str) -> DevicesSpec:
-    """argparse ``type`` for ``--devices``: ``"2"`` -> 2, ``"0,1"`` -> [0, 1], ``"auto"`` -> "auto"."""
+    """argparse ``type`` for ``--devices``: ``"2"`` -> 2, ``"0,1"`` -> [0, 1], ``"1,"`` -> [1], ``"auto"`` -> "auto"."""
     value = text.strip()
     if value == "auto":
         return value
@@ -29,8 +29,10 @@ def parse_devices(text: str) -> DevicesSpec:
 
 
 def format_devices(devices: DevicesSpec) -> str:
-    """The inverse of `parse_devices`, for the FABRIC_KIT_DEVICES variable."""
-    return ",".join(map(str, devices)) if isinstance(devices, list) else str(devices)
+    """The inverse of `parse_devices`, for the FABRIC_KIT_DEVICES variable (a one-index list keeps its comma)."""
+    if isinstance(devices, list):
+        return ",".join(map(str, devices)) + ("," if len(devices) == 1 else "")
+    return str(devices)
 
 
 def processes_per_node(devices: DevicesSpec, accelerator: str) -> int:
