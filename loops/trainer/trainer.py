@@ -13,6 +13,7 @@ from torch import Tensor
 from fabric_kit import Fabric, is_wrapped
 from loops.callbacks.callback import Callback
 from loops.callbacks.checkpoint import Checkpoint
+from loops.callbacks.model_checkpoint import ModelCheckpoint
 from loops.core.datamodule import LightningDataModule
 from loops.core.hooks import DataHooks
 from loops.core.module import LightningModule
@@ -109,6 +110,12 @@ class Trainer(TrainerProperties):
         bad = [type(c).__name__ for c in self._given_callbacks if not isinstance(c, Callback)]
         if bad:
             raise TypeError(f"callbacks must be loops.Callback instances; got {bad}")
+        given_checkpoints = [type(c).__name__ for c in self._given_callbacks if isinstance(c, Checkpoint)]
+        if not self.enable_checkpointing and given_checkpoints:
+            raise ValueError(f"enable_checkpointing=False, but callbacks holds {given_checkpoints}; remove them or "
+                             "enable checkpointing")
+        if self.enable_checkpointing and not given_checkpoints:
+            self._given_callbacks.append(ModelCheckpoint())
         self.callbacks: list[Callback] = list(self._given_callbacks)
         if deterministic:
             torch.use_deterministic_algorithms(True, warn_only=deterministic == "warn")

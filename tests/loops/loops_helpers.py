@@ -10,7 +10,13 @@ TRAINER_DEFAULTS = dict(accelerator="cpu", devices=1, logger=False, enable_check
 
 
 def make_trainer(**kwargs):
-    return L.Trainer(**{**TRAINER_DEFAULTS, **kwargs})
+    """A quiet CPU Trainer; checkpointing is on only when a checkpoint callback is passed."""
+    from loops.callbacks import Checkpoint
+
+    defaults = dict(TRAINER_DEFAULTS)
+    if any(isinstance(c, Checkpoint) for c in kwargs.get("callbacks") or []):
+        defaults["enable_checkpointing"] = True
+    return L.Trainer(**{**defaults, **kwargs})
 
 
 def dataset(n=32, seed=0):

@@ -22,12 +22,16 @@ class Scripted(Regression):
 
 
 def test_default_layout_epoch_step_files(tmp_path):
-    trainer = L.Trainer(default_root_dir=tmp_path, max_epochs=2, callbacks=[ModelCheckpoint()], accelerator="cpu",
-                        enable_progress_bar=False)
+    trainer = L.Trainer(default_root_dir=tmp_path, max_epochs=2, accelerator="cpu", enable_progress_bar=False)
     trainer.fit(Regression(), loader(), loader(n=8))
     folder = tmp_path / "lightning_logs" / "version_0" / "checkpoints"
     assert os.listdir(folder) == ["epoch=1-step=16.ckpt"]  # save_top_k=1 without monitor keeps the latest
     assert trainer.checkpoint_callback.best_model_path == str(folder / "epoch=1-step=16.ckpt")
+
+
+def test_checkpoint_callback_with_checkpointing_disabled_is_an_error():
+    with pytest.raises(ValueError, match=r"enable_checkpointing=False, but callbacks holds \['ModelCheckpoint'\]"):
+        L.Trainer(enable_checkpointing=False, callbacks=[ModelCheckpoint()])
 
 
 def test_top_k_by_monitor_and_best_path(tmp_path):
