@@ -43,7 +43,7 @@ class HyperparametersMixin:
         if len(args) == 1 and isinstance(args[0], (dict, Namespace)):
             values = dict(vars(args[0]) if isinstance(args[0], Namespace) else args[0])
         else:
-            init_args = _init_arguments(frame)
+            init_args = _init_chain_arguments(frame, self)
             if args:
                 missing = [name for name in args if name not in init_args]
                 if missing:
@@ -74,6 +74,16 @@ class HyperparametersMixin:
     def hparams_initial(self) -> AttributeDict:
         """The hyperparameters as passed to `__init__`, untouched by later edits of `self.hparams`."""
         return AttributeDict(copy.deepcopy(self.__dict__.get("_hparams_initial", {})))
+
+
+def _init_chain_arguments(frame: types.FrameType, obj: Any) -> dict[str, Any]:
+    """The arguments of every `__init__` of `obj` on the stack, from the caller outwards: a subclass calling
+    `super().__init__(lr)` contributes its own extra arguments, and its values win."""
+    values: dict[str, Any] = {}
+    while frame is not None and frame.f_code.co_name == "__init__" and frame.f_locals.get("self") is obj:
+        values.update(_init_arguments(frame))
+        frame = frame.f_back  # type: ignore[assignment]
+    return values
 
 
 def _init_arguments(frame: types.FrameType) -> dict[str, Any]:
