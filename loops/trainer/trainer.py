@@ -431,6 +431,10 @@ class Trainer(TrainerProperties):
     def print(self, *args: Any, **kwargs: Any) -> None:
         self.fabric.print(*args, **kwargs)
 
+    def init_module(self, empty_init: bool | None = None) -> Any:
+        """Build the model inside this context to create it on the device in the precision's dtype."""
+        return self.fabric.init_module(empty_init)
+
     # -- checkpoints ----------------------------------------------------------------------------------------------
     def save_checkpoint(self, filepath: str | Path, weights_only: bool = False, storage_options: Any = None) -> None:
         """Write a checkpoint of the running (or finished) stage; every process must call it."""

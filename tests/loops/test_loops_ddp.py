@@ -2,6 +2,7 @@
 as a user's script would), and "ddp_spawn" from inside this process."""
 from pathlib import Path
 
+import pytest
 import torch
 
 from loops_helpers import Regression, loader, make_trainer
@@ -9,10 +10,12 @@ from loops_helpers import Regression, loader, make_trainer
 SCRIPT = Path(__file__).parent / "scripts" / "loops_ddp_fit.py"
 
 
-def test_ddp_script_two_processes(run_ranks, tmp_path):
-    _, ranks = run_ranks([SCRIPT, tmp_path], tmp_path, timeout=180)
+@pytest.mark.parametrize("accumulate", [1, 2])
+def test_ddp_script_two_processes(run_ranks, tmp_path, accumulate):
+    _, ranks = run_ranks([SCRIPT, tmp_path, accumulate], tmp_path, timeout=180)
     assert [r["rank"] for r in ranks] == [0, 1] and all(r["world_size"] == 2 for r in ranks)
-    assert all(r["global_step"] == 8 for r in ranks)  # 32 samples / 2 ranks / batch 4 = 4 steps per epoch
+    # 32 samples / 2 ranks / batch 4 = 4 batches per epoch; accumulation skips the gradient sync in between
+    assert all(r["global_step"] == 8 // accumulate for r in ranks)
     assert torch.equal(ranks[0]["weight"], ranks[1]["weight"])
     assert ranks[0]["gathered"] == [0, 1]
     for r in ranks:
@@ -21,7 +24,7 @@ def test_ddp_script_two_processes(run_ranks, tmp_path):
     # gradients are averaged over ranks: the same as one process with the two shards' batches together
     torch.manual_seed(0)
     single = Regression(lr=0.1)
-    make_trainer(max_epochs=2, limit_val_batches=0).fit(single, loader(n=32, batch_size=8))
+    make_trainer(max_epochs=2, limit_val_batches=0).fit(single, loader(n=32, batch_size=8 * accumulate))
     assert torch.allclose(single.layer.weight, ranks[0]["weight"], atol=1e-6)
 
 

@@ -232,3 +232,10 @@ def test_barebones_turns_off_logging():
         L.Trainer(barebones=True, accelerator="cpu", max_epochs=1).fit(Regression(), loader())
     with pytest.raises(ValueError, match="barebones=True"):
         L.Trainer(barebones=True, enable_checkpointing=True)
+
+
+def test_init_module_creates_in_the_precision_dtype():
+    trainer = make_trainer(precision="64-true")
+    with trainer.init_module():
+        model = Regression()
+    assert model.layer.weight.dtype == torch.float64

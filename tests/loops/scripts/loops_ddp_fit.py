@@ -1,4 +1,4 @@
-"""Run by test_loops_ddp.py as `python loops_ddp_fit.py OUT_DIR`: Trainer(strategy="ddp", devices=2) re-runs this
+"""Run by test_loops_ddp.py as `python loops_ddp_fit.py OUT_DIR ACCUMULATE`: Trainer(strategy="ddp", devices=2) re-runs this
 script for rank 1, exactly as a user's script would be. Each rank saves what it saw to OUT_DIR/rank{r}.pt."""
 import sys
 from pathlib import Path
@@ -19,11 +19,12 @@ class Synced(Regression):
         self.log("val_count", float(batch[0].shape[0]), reduce_fx="sum", sync_dist=True)
 
 
-def main(out_dir: str) -> None:
+def main(out_dir: str, accumulate: int) -> None:
     torch.manual_seed(0)
     model = Synced(lr=0.1)
     trainer = L.Trainer(accelerator="cpu", devices=2, strategy="ddp", max_epochs=2, logger=False,
-                        enable_checkpointing=False, enable_progress_bar=False, num_sanity_val_steps=0)
+                        enable_checkpointing=False, enable_progress_bar=False, num_sanity_val_steps=0,
+                        accumulate_grad_batches=accumulate)
     trainer.fit(model, loader(n=32, batch_size=4), loader(n=10, batch_size=4))
     metrics = dict(trainer.callback_metrics)
     validated = trainer.validate(model, loader(n=10, batch_size=4), verbose=False)
@@ -35,4 +36,4 @@ def main(out_dir: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main(sys.argv[1], int(sys.argv[2]))
