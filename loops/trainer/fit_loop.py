@@ -165,7 +165,12 @@ class FitLoop:
         step = AutomaticStep(trainer).run if automatic else None
         fabric_module, metrics, loggers = trainer._fabric_module, trainer._metrics, trainer.loggers
         accumulate, limit = trainer.accumulate_grad_batches, self.num_training_batches
-        log_every, schedulers = trainer.log_every_n_steps, trainer.lr_scheduler_configs
+        log_every = trainer.log_every_n_steps
+        # Per-step schedulers step after the batch; ReduceLROnPlateau ones after the validation check, so they
+        # can watch a validation metric.
+        step_configs = [c for c in trainer.lr_scheduler_configs if c.interval == "step"]
+        schedulers = [c for c in step_configs if not c.reduce_on_plateau]
+        plateaus = [c for c in step_configs if c.reduce_on_plateau]
         custom_transfer = trainer._custom_transfer
         start, self.resume_skip = self.resume_skip, 0
         skip, first = (0, start) if self._loader_resumed else (start, 0)
@@ -209,6 +214,8 @@ class FitLoop:
             if validation and self._should_validate(batch_idx, last):
                 self.run_validation()
                 trainer._results, trainer._log_defaults = results, (True, False)
+            if plateaus and stepped:
+                step_schedulers(plateaus, "step", trainer._global_step, trainer.callback_metrics)
             if stepped:
                 self.batches_stepped += 1
             if last or (trainer.max_steps != -1 and trainer.global_step >= trainer.max_steps) \
@@ -235,9 +242,6 @@ class FitLoop:
         trainer.validating, trainer.training = True, False
         run_evaluation(trainer, "validate", self.val_loaders, self.num_val_batches)
         trainer.validating, trainer.training = False, True
-        if trainer.lr_scheduler_configs:
-            plateau = [c for c in trainer.lr_scheduler_configs if c.reduce_on_plateau and c.interval == "step"]
-            step_schedulers(plateau, "step", trainer.global_step, trainer.callback_metrics) if plateau else None
 
     def _end_epoch(self) -> None:
         trainer = self.trainer

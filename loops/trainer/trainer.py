@@ -68,8 +68,7 @@ class Trainer(TrainerProperties):
                              "and fast_dev_run; remove logger / enable_* / fast_dev_run or set barebones=False")
         self.fast_dev_run = fast_dev_run
         self.default_root_dir = str(default_root_dir) if default_root_dir is not None else os.getcwd()
-        for name, value in (("accumulate_grad_batches", accumulate_grad_batches),):
-            args_check.check_positive_int(name, value)
+        args_check.check_positive_int("accumulate_grad_batches", accumulate_grad_batches)
         args_check.check_positive_int("check_val_every_n_epoch", check_val_every_n_epoch, allow_none=True)
         self.accumulate_grad_batches = accumulate_grad_batches
         self.gradient_clip_val = gradient_clip_val

@@ -125,3 +125,15 @@ def test_lr_schedulers_accessor():
     trainer.fit(Model(lambda opt: ([opt], [step_lr(opt)])), loader())
     assert isinstance(seen["scheduler"], torch.optim.lr_scheduler.StepLR)
     assert seen["optimizer"].optimizer is trainer.optimizers[0]
+
+
+def test_step_plateau_scheduler_watches_validation_metric():
+    config = lambda opt: {"optimizer": opt, "lr_scheduler": {
+        "scheduler": torch.optim.lr_scheduler.ReduceLROnPlateau(opt, patience=0, factor=0.5), "monitor": "val_loss",
+        "interval": "step", "frequency": 4}}
+    model = WithScheduler(config)
+    model.validation_step = lambda batch, batch_idx: model.log("val_loss", 1.0)
+    trainer = make_trainer(max_epochs=1, limit_train_batches=8, limit_val_batches=1, val_check_interval=4,
+                           num_sanity_val_steps=0)
+    trainer.fit(model, loader(), loader())
+    assert _lr(trainer) == pytest.approx(0.5)  # stepped at steps 4 and 8; no improvement the second time
