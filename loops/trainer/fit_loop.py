@@ -221,6 +221,10 @@ class FitLoop:
             if last or (trainer.max_steps != -1 and trainer.global_step >= trainer.max_steps) \
                     or (trainer.should_stop and self._can_stop()) or (self._time_is_up()):
                 break
+        else:
+            # A loader without a length ran out: its last batch was only known now.
+            if limit == math.inf and validation and self._should_validate(self.batch_idx - 1, True):
+                self.run_validation()
         self.epoch_done = True
 
     def _should_validate(self, batch_idx: int, last: bool) -> bool:

@@ -10,7 +10,7 @@ from loops_helpers import Counter, Regression, loader, make_trainer
 def fit(model=None, train=None, val=None, **kwargs):
     counter = Counter()
     trainer = make_trainer(callbacks=[counter], **kwargs)
-    trainer.fit(model or Regression(), train or loader(), val or loader(n=16))
+    trainer.fit(model or Regression(), loader() if train is None else train, loader(n=16) if val is None else val)
     return trainer, counter
 
 
@@ -163,3 +163,16 @@ def test_reload_dataloaders_every_n_epochs():
 
     make_trainer(max_epochs=4, reload_dataloaders_every_n_epochs=2, limit_val_batches=0).fit(Model())
     assert calls == [0, 2]
+
+
+def test_iterable_dataset_without_length_validates_at_epoch_end():
+    class Stream(torch.utils.data.IterableDataset):
+        def __iter__(self):
+            generator = torch.Generator().manual_seed(0)
+            for _ in range(6):
+                yield torch.randn(4, generator=generator), torch.randn(1, generator=generator)
+
+    trainer, counter = fit(train=torch.utils.data.DataLoader(Stream(), batch_size=2), max_epochs=2,
+                           num_sanity_val_steps=0)
+    assert counter.train_batches == 6 and counter.val_runs == 2 and trainer.global_step == 6
+    assert trainer.num_training_batches == float("inf")
