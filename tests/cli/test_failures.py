@@ -1,5 +1,6 @@
 """A failing rank stops the job: non-zero exit, its error shown, nothing left running; restarts recover."""
 import os
+import socket
 import time
 
 from cli_processes import FABRIC, SCRIPT, assert_one_world_of_two, results, run
@@ -36,3 +37,15 @@ def test_max_restarts_recovers_from_one_failure(tmp_path):
     assert_one_world_of_two(tmp_path)
     assert [r["restart"] for r in results(tmp_path)] == ["1", "1"]
 
+
+
+def test_port_in_use_is_a_one_line_error(tmp_path):
+    with socket.socket() as squatter:
+        squatter.bind(("", 0))
+        squatter.listen()
+        port = str(squatter.getsockname()[1])
+        status, output = run([*FABRIC, "run", "--devices", "2", "--main-port", port, SCRIPT, tmp_path], timeout=60)
+    assert status == 1
+    assert output.count("\n") == 1 and "Traceback" not in output
+    assert f"127.0.0.1:{port}" in output and "address already in use" in output
+    assert not (tmp_path / "pids").exists()  # nothing started

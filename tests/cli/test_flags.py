@@ -1,5 +1,6 @@
 """Flags: what --help promises, what bad input reads like, and how flags become torchrun arguments and variables."""
 import argparse
+import socket
 import subprocess
 import sys
 
@@ -98,18 +99,22 @@ def test_everything_after_the_script_is_the_scripts():
     assert args.script_args == ["--devices", "3", "-m", "x", "--help"]
 
 
-def test_one_machine_lets_torchrun_pick_a_free_port():
+def test_one_machine_hosts_the_rendezvous_on_a_free_port():
     arguments = torchrun_arguments(parse("--devices", "2", "--max-restarts", "1", "-m", "pkg.train", "a"), 2)
-    assert arguments == ["--nnodes", "1", "--nproc-per-node", "2", "--max-restarts", "1", "--module", "pkg.train",
-                         "a"]
+    port = int(arguments[arguments.index("--master-port") + 1])
+    assert arguments == ["--nnodes", "1", "--nproc-per-node", "2", "--max-restarts", "1", "--rdzv-backend", "static",
+                         "--node-rank", "0", "--master-addr", "127.0.0.1", "--master-port", str(port), "--module",
+                         "pkg.train", "a"]
+    with socket.socket() as probe:
+        probe.bind(("", port))  # nobody listens there
 
 
-def test_several_machines_meet_through_a_static_rendezvous():
+def test_several_machines_meet_on_the_agreed_port():
     arguments = torchrun_arguments(parse("--num-nodes", "2", "--node-rank", "1", "--main-address", "10.0.0.1",
                                          SCRIPT), 8)
-    assert arguments[:10] == ["--nnodes", "2", "--nproc-per-node", "8", "--max-restarts", "0", "--rdzv-backend",
-                              "static", "--node-rank", "1"]
-    assert arguments[10:14] == ["--master-addr", "10.0.0.1", "--master-port", "29400"]
+    assert arguments[:14] == ["--nnodes", "2", "--nproc-per-node", "8", "--max-restarts", "0", "--rdzv-backend",
+                              "static", "--node-rank", "1", "--master-addr", "10.0.0.1", "--master-port", "29400"]
+    assert torchrun_arguments(parse("--main-port", "1234", SCRIPT), 1)[13] == "1234"
 
 
 def test_variables_for_the_script(monkeypatch):
