@@ -95,7 +95,7 @@ class ModelCheckpoint(Checkpoint):
             self._save_top_k(trainer, metrics)
         elif self.save_top_k != 0:
             previous = self.best_model_path
-            path = self._path(metrics, replacing=previous if self.save_top_k == 1 else None)
+            path = self._path(trainer, metrics, replacing=previous if self.save_top_k == 1 else None)
             self.best_model_path = path
             trainer.save_checkpoint(path, self.save_weights_only)
             if self.save_top_k == 1 and previous and previous != path:
@@ -115,7 +115,7 @@ class ModelCheckpoint(Checkpoint):
             if not (score < worst if self.mode == "min" else score > worst):
                 return
             del self.best_k_models[replaced]
-        path = self._path(metrics, replacing=replaced)
+        path = self._path(trainer, metrics, replacing=replaced)
         self.best_k_models[path] = score  # before saving, so the file records itself among the best
         best = (min if self.mode == "min" else max)(self.best_k_models, key=self.best_k_models.get)
         self.best_model_path, self.best_model_score = best, torch.tensor(self.best_k_models[best])
@@ -129,16 +129,16 @@ class ModelCheckpoint(Checkpoint):
     def _worst(self) -> str:
         return (max if self.mode == "min" else min)(self.best_k_models, key=self.best_k_models.get)
 
-    def _path(self, metrics: dict[str, Any], replacing: str | None = None) -> str:
+    def _path(self, trainer: Any, metrics: dict[str, Any], replacing: str | None = None) -> str:
         """A file not yet there (an existing one from another run gets "-v1", "-v2", ...), unless it is the file
-        this save replaces."""
+        this save replaces; rank 0 decides, so every process writes to the same path."""
         name = self.format_checkpoint_name(metrics)
         path = os.path.join(self.dirpath, name + self.FILE_EXTENSION)
         version = 1
         while self.enable_version_counter and os.path.exists(path) and path != replacing:
             path = os.path.join(self.dirpath, f"{name}-v{version}{self.FILE_EXTENSION}")
             version += 1
-        return path
+        return trainer.strategy.broadcast(path) if trainer.world_size > 1 else path
 
     def format_checkpoint_name(self, metrics: dict[str, Any]) -> str:
         """"{epoch}-{val_loss:.2f}" becomes "epoch=3-val_loss=0.12" (just "3-0.12" without auto names)."""

@@ -65,19 +65,20 @@ def resolve_ckpt_path(trainer: Any, ckpt_path: str | Path | None, stage: str) ->
 
 
 def restore_model(trainer: Any, path: str, stage: str) -> dict[str, Any]:
-    """Load the weights (and this rank's RNG state) into the module; run the `on_load_checkpoint` hooks and give
-    callbacks and the datamodule their state. Returns the rest of the checkpoint."""
+    """Load the weights (and this rank's RNG state) into the module and the datamodule's state; when fitting,
+    give callbacks their state and run their `on_load_checkpoint`. Returns the rest of the checkpoint."""
     module = trainer.lightning_module
     checkpoint = trainer.fabric.load(path, {"state_dict": module})
     checkpoint["state_dict"] = module.state_dict()
     datamodule = trainer.datamodule
     if datamodule is not None and type(datamodule).__qualname__ in checkpoint:
         datamodule.load_state_dict(checkpoint[type(datamodule).__qualname__])
-    states = checkpoint.get("callbacks", {})
-    for callback in trainer.callbacks:
-        if callback.state_key in states:
-            callback.load_state_dict(states[callback.state_key])
-        callback.on_load_checkpoint(trainer, module, checkpoint)
+    if stage == "fit":  # evaluating a checkpoint must not rewind the callbacks of the run that wrote it
+        states = checkpoint.get("callbacks", {})
+        for callback in trainer.callbacks:
+            if callback.state_key in states:
+                callback.load_state_dict(states[callback.state_key])
+            callback.on_load_checkpoint(trainer, module, checkpoint)
     module.on_load_checkpoint(checkpoint)
     return checkpoint
 

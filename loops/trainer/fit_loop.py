@@ -50,9 +50,10 @@ class FitLoop:
         if trainer.overfit_batches > 0:
             raw = sequential(raw)
         limit = trainer.overfit_batches if trainer.overfit_batches > 0 else trainer.limit_train_batches
-        self.num_training_batches = limit_batches(raw, limit, "limit_train_batches")
         self.train_loader = setup_loaders(trainer.fabric, [raw], True, trainer.use_distributed_sampler,
                                           not trainer._custom_transfer)[0]
+        # Counted on this process's shard: with several processes each sees a part of the epoch.
+        self.num_training_batches = limit_batches(self.train_loader, limit, "limit_train_batches")
         if self.loader_state is not None:
             self._loader_resumed = self._resume_loader(self.loader_state)
             self.loader_state = None
@@ -89,9 +90,9 @@ class FitLoop:
         raw = as_list(find_loaders("val", trainer._loader_args["val"], trainer.datamodule,
                                    trainer.lightning_module))
         limit = trainer.overfit_batches if trainer.overfit_batches > 0 else trainer.limit_val_batches
-        self.num_val_batches = [limit_batches(loader, limit, "limit_val_batches") for loader in raw]
         self.val_loaders = setup_loaders(trainer.fabric, raw, False, trainer.use_distributed_sampler,
                                          not trainer._custom_transfer)
+        self.num_val_batches = [limit_batches(loader, limit, "limit_val_batches") for loader in self.val_loaders]
 
     # -- the loop -------------------------------------------------------------------------------------------------
     def run(self) -> None:

@@ -337,9 +337,8 @@ class Trainer(TrainerProperties):
 
     def _eval_loaders(self, source: str, limit: int | float) -> tuple[list[Any], list[int | float]]:
         raw = as_list(find_loaders(source, self._loader_args[source], self.datamodule, self.lightning_module))
-        limits = [limit_batches(loader, limit, f"limit_{'val' if source == 'val' else source}_batches")
-                  for loader in raw]
-        return setup_loaders(self.fabric, raw, False, self.use_distributed_sampler, not self._custom_transfer), limits
+        loaders = setup_loaders(self.fabric, raw, False, self.use_distributed_sampler, not self._custom_transfer)
+        return loaders, [limit_batches(loader, limit, f"limit_{source}_batches") for loader in loaders]
 
     def _teardown(self, stage: str) -> None:
         if self.datamodule is not None:

@@ -17,6 +17,11 @@ def test_ddp_script_two_processes(run_ranks, tmp_path, accumulate):
     # 32 samples / 2 ranks / batch 4 = 4 batches per epoch; accumulation skips the gradient sync in between
     assert all(r["global_step"] == 8 // accumulate for r in ranks)
     assert torch.equal(ranks[0]["weight"], ranks[1]["weight"])
+    steps = 8 // accumulate
+    assert ranks[0]["best"] == ranks[1]["best"] == str(tmp_path / "checkpoints" / f"epoch=1-step={steps}.ckpt")
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == [f"epoch=1-step={steps}.ckpt", "last.ckpt"]
+    assert all(r["resumed_step"] == steps * 3 // 2 for r in ranks)
+    assert torch.equal(ranks[0]["resumed_weight"], ranks[1]["resumed_weight"])
     assert ranks[0]["gathered"] == [0, 1]
     for r in ranks:
         assert r["metrics"]["rank_mean"].item() == 0.5  # (0 + 1) / 2, synced

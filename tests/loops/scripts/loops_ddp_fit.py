@@ -7,6 +7,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import loops as L  # noqa: E402
+from loops.callbacks import ModelCheckpoint  # noqa: E402
 from loops_helpers import Regression, loader  # noqa: E402
 
 
@@ -22,16 +23,26 @@ class Synced(Regression):
 def main(out_dir: str, accumulate: int) -> None:
     torch.manual_seed(0)
     model = Synced(lr=0.1)
+    checkpoint = ModelCheckpoint(dirpath=Path(out_dir) / "checkpoints", save_last=True)
     trainer = L.Trainer(accelerator="cpu", devices=2, strategy="ddp", max_epochs=2, logger=False,
-                        enable_checkpointing=False, enable_progress_bar=False, num_sanity_val_steps=0,
+                        callbacks=[checkpoint], enable_progress_bar=False, num_sanity_val_steps=0,
                         accumulate_grad_batches=accumulate)
     trainer.fit(model, loader(n=32, batch_size=4), loader(n=10, batch_size=4))
     metrics = dict(trainer.callback_metrics)
     validated = trainer.validate(model, loader(n=10, batch_size=4), verbose=False)
     gathered = trainer.strategy.all_gather(torch.tensor([trainer.global_rank]))
+    # resume from the last checkpoint for one more epoch on both ranks
+    resumed = L.Trainer(accelerator="cpu", devices=2, strategy="ddp", max_epochs=3, logger=False,
+                        callbacks=[ModelCheckpoint(dirpath=Path(out_dir) / "resumed")], enable_progress_bar=False,
+                        num_sanity_val_steps=0, accumulate_grad_batches=accumulate)
+    resumed_model = Synced(lr=0.1)
+    resumed.fit(resumed_model, loader(n=32, batch_size=4), loader(n=10, batch_size=4),
+                ckpt_path=checkpoint.last_model_path)
     torch.save({"rank": trainer.global_rank, "world_size": trainer.world_size, "global_step": trainer.global_step,
                 "weight": model.layer.weight.detach().clone(), "metrics": metrics,
-                "validated": validated, "gathered": gathered.flatten().tolist()},
+                "validated": validated, "gathered": gathered.flatten().tolist(),
+                "best": checkpoint.best_model_path, "resumed_step": resumed.global_step,
+                "resumed_weight": resumed_model.layer.weight.detach().clone()},
                Path(out_dir) / f"rank{trainer.global_rank}.pt")
 
 
