@@ -296,8 +296,7 @@ class Trainer(TrainerProperties):
                              "steps one. Set self.automatic_optimization = False and step them in training_step")
         if self.sync_batchnorm and self.world_size > 1:
             model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
-        setup = self.fabric.setup(StepRouter(model), *optimizers)
-        self._fabric_module, fabric_optimizers = (setup[0], setup[1:]) if optimizers else (setup, ())
+        self._fabric_module, fabric_optimizers = self._setup_model_and_optimizers(model, optimizers)
         self._optimizers = [LoopOptimizer(opt, self) for opt in fabric_optimizers]
         clip_overridden = overrides(model, "configure_gradient_clipping", LightningModule)
         self._clip_hook = model.configure_gradient_clipping if (self.gradient_clip_val or clip_overridden) \
@@ -312,6 +311,24 @@ class Trainer(TrainerProperties):
             self.fit_loop.run()
         self.training = False
         self._hooks.call("on_fit_end")
+
+    def _setup_model_and_optimizers(self, model: LightningModule, optimizers: list[torch.optim.Optimizer]
+                                    ) -> tuple[Any, tuple[Any, ...]]:
+        """Most strategies take the model and its optimizers together (DeepSpeed must). Sharding strategies
+        (FSDP) refuse optimizers built before the model was sharded: then the model is set up first and
+        configure_optimizers runs again, on the sharded parameters, as Lightning does under FSDP."""
+        if not optimizers:
+            return self.fabric.setup(StepRouter(model)), ()
+        try:
+            setup = self.fabric.setup(StepRouter(model), *optimizers)
+            return setup[0], setup[1:]
+        except ValueError as refused:
+            if "created from the unsharded model" not in str(refused):
+                raise
+        module = self.fabric.setup_module(StepRouter(model))
+        optimizers, self.lr_scheduler_configs = parse_optimizers(model.configure_optimizers())
+        fabric_optimizers = self.fabric.setup_optimizers(*optimizers)
+        return module, fabric_optimizers if isinstance(fabric_optimizers, tuple) else (fabric_optimizers,)
 
     def _run_stage(self, stage: str) -> Any:
         model = self.lightning_module

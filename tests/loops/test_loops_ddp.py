@@ -41,3 +41,9 @@ def test_ddp_spawn_returns_weights_to_the_launching_process(clean_env, monkeypat
     trainer = make_trainer(devices=2, strategy="ddp_spawn", max_epochs=1, limit_val_batches=0)
     trainer.fit(model, loader(n=16, batch_size=4))
     assert trainer.global_step == 2 and not torch.equal(model.layer.weight, before)
+
+
+def test_fsdp_script_two_processes(run_ranks, tmp_path):
+    _, ranks = run_ranks([SCRIPT.parent / "loops_fsdp_fit.py", tmp_path], tmp_path, timeout=180)
+    assert all(r["global_step"] == 8 for r in ranks)
+    assert all({"train_loss", "val_loss"} <= set(r["metrics"]) for r in ranks)
