@@ -82,3 +82,28 @@ def setup_loaders(fabric: Any, loaders: list[Any], train: bool, use_distributed_
                                               move_to_device=move_to_device, even_shards=train)
         wrapped.append(loader)
     return wrapped
+
+
+class CycleLoaders:
+    """Training on several loaders at once (Lightning's "max_size_cycle"): each batch holds one batch of every
+    loader, in the given list or dict shape; an epoch lasts as long as the longest loader, shorter ones restart."""
+
+    def __init__(self, loaders: list[Any] | dict[str, Any]) -> None:
+        self.loaders = loaders
+        self._keys = list(loaders) if isinstance(loaders, dict) else None
+        self._values = list(loaders.values()) if isinstance(loaders, dict) else list(loaders)
+
+    def __len__(self) -> int:
+        return max(len(loader) for loader in self._values)
+
+    def __iter__(self) -> Any:
+        iterators = [iter(loader) for loader in self._values]
+        for _ in range(len(self)):
+            batches = []
+            for index, loader in enumerate(self._values):
+                try:
+                    batches.append(next(iterators[index]))
+                except StopIteration:
+                    iterators[index] = iter(loader)
+                    batches.append(next(iterators[index]))
+            yield dict(zip(self._keys, batches)) if self._keys is not None else batches

@@ -10,7 +10,7 @@ from typing import Any
 
 from loops.core.optimizer_config import step_schedulers
 from loops.logging.results import Results
-from loops.trainer.data import as_list, find_loaders, limit_batches, sequential, setup_loaders
+from loops.trainer.data import CycleLoaders, as_list, find_loaders, limit_batches, sequential, setup_loaders
 from loops.trainer.evaluation_loop import run_evaluation
 from loops.trainer.optimization import AutomaticStep
 
@@ -47,11 +47,16 @@ class FitLoop:
             raise ValueError(f"{type(trainer.lightning_module).__name__} has no training data: pass "
                              "train_dataloaders to fit(), a datamodule with train_dataloader(), or define "
                              "train_dataloader() on the module")
+        several = isinstance(raw, (list, tuple, dict))
+        raws = as_list(raw)
         if trainer.overfit_batches > 0:
-            raw = sequential(raw)
+            raws = [sequential(loader) for loader in raws]
         limit = trainer.overfit_batches if trainer.overfit_batches > 0 else trainer.limit_train_batches
-        self.train_loader = setup_loaders(trainer.fabric, [raw], True, trainer.use_distributed_sampler,
-                                          not trainer._custom_transfer)[0]
+        loaders = setup_loaders(trainer.fabric, raws, True, trainer.use_distributed_sampler,
+                                not trainer._custom_transfer)
+        if several:
+            loaders = CycleLoaders(dict(zip(raw, loaders)) if isinstance(raw, dict) else loaders)
+        self.train_loader = loaders if several else loaders[0]
         # Counted on this process's shard: with several processes each sees a part of the epoch.
         self.num_training_batches = limit_batches(self.train_loader, limit, "limit_train_batches")
         if self.loader_state is not None:

@@ -176,3 +176,23 @@ def test_iterable_dataset_without_length_validates_at_epoch_end():
                            num_sanity_val_steps=0)
     assert counter.train_batches == 6 and counter.val_runs == 2 and trainer.global_step == 6
     assert trainer.num_training_batches == float("inf")
+
+
+def test_several_training_loaders_cycle_the_shorter_ones():
+    seen = []
+
+    class Model(Regression):
+        def training_step(self, batch, batch_idx):
+            seen.append((batch["a"][0].shape[0], batch["b"][0].shape[0]))
+            return self.loss(batch["a"]) + self.loss(batch["b"])
+
+    trainer, counter = fit(Model(), train={"a": loader(n=16, batch_size=4), "b": loader(n=8, batch_size=2)},
+                           max_epochs=1, limit_val_batches=0)
+    assert trainer.num_training_batches == 4 and counter.train_batches == 4 and seen == [(4, 2)] * 4
+
+    class Pair(Regression):
+        def training_step(self, batch, batch_idx):
+            return self.loss(batch[0]) + self.loss(batch[1])
+
+    trainer, counter = fit(Pair(), train=[loader(n=8), loader(n=24)], max_epochs=1, limit_val_batches=0)
+    assert counter.train_batches == 6
