@@ -8,6 +8,7 @@ import time
 import warnings
 from typing import Any
 
+from fabric_kit import is_wrapped
 from loops.core.optimizer_config import step_schedulers
 from loops.logging.results import Results
 from loops.trainer.data import CycleLoaders, as_list, find_loaders, limit_batches, sequential, setup_loaders
@@ -62,10 +63,13 @@ class FitLoop:
         if self.loader_state is not None:
             self._loader_resumed = self._resume_loader(self.loader_state)
             self.loader_state = None
+        elif epoch > 0 and is_wrapped(self.train_loader):
+            # A loader (re)created later in the run shuffles as that epoch would have, not as epoch 0 again.
+            self._resume_loader({**self.train_loader.state_dict(), "epoch": epoch, "samples": 0, "batches": 0})
         self.val_check_batch = self._val_check_batch()
 
     def _resume_loader(self, state: dict[str, Any]) -> bool:
-        """Put the loader where the checkpoint left it (the same shuffle, the next batch); False when it cannot
+        """Put the loader at a saved or computed position (its shuffle, its next batch); False when it cannot
         skip into an epoch, and the loop skips the trained batches by fetching them instead."""
         try:
             self.train_loader.load_state_dict(state)

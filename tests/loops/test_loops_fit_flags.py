@@ -196,3 +196,21 @@ def test_several_training_loaders_cycle_the_shorter_ones():
 
     trainer, counter = fit(Pair(), train=[loader(n=8), loader(n=24)], max_epochs=1, limit_val_batches=0)
     assert counter.train_batches == 6
+
+
+def test_reloaded_loader_shuffles_like_an_unreloaded_one():
+    def first_items(reload):
+        seen = []
+
+        class Model(Regression):
+            def train_dataloader(self):
+                return loader(shuffle=True)
+
+            def on_train_batch_start(self, batch, batch_idx):
+                if batch_idx == 0:
+                    seen.append(batch[1][0].item())
+
+        make_trainer(max_epochs=3, reload_dataloaders_every_n_epochs=reload, limit_val_batches=0).fit(Model())
+        return seen
+
+    assert first_items(1) == first_items(0) and len(set(first_items(0))) == 3
