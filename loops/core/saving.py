@@ -13,6 +13,10 @@ from fabric_kit import Fabric
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
     """Read a checkpoint written by `Trainer.save_checkpoint` on this process, without a running Trainer."""
+    if Path(path).is_dir():
+        raise ValueError(f"checkpoint {str(path)!r} is a directory of shards (written under FSDP); load it with "
+                         "Trainer(strategy=...).fit/validate(ckpt_path=...) or turn it into one file with "
+                         f"`fabric consolidate {path} --output FILE`")
     if not Path(path).is_file():
         raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
     return Fabric(accelerator="cpu", devices=1).load(str(path))

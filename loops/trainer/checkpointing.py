@@ -58,9 +58,9 @@ def resolve_ckpt_path(trainer: Any, ckpt_path: str | Path | None, stage: str) ->
                              f"checkpoint yet ({attribute} is empty); run fit first or pass a file path")
         return str(found[0])
     path = Path(ckpt_path)
-    if not path.is_file():
-        raise FileNotFoundError(f"ckpt_path={str(ckpt_path)!r} is not a file; accepted: None, 'last', 'best' or "
-                                "the path of a checkpoint file")
+    if not path.exists():  # a file, or the directory a sharding strategy writes
+        raise FileNotFoundError(f"ckpt_path={str(ckpt_path)!r} does not exist; accepted: None, 'last', 'best' or "
+                                "the path of a checkpoint")
     return str(path)
 
 

@@ -458,6 +458,8 @@ class Trainer(TrainerProperties):
         if storage_options is not None:
             raise ValueError(f"storage_options={storage_options!r} is not supported; pass None")
         state = checkpointing.dump_checkpoint(self, weights_only)
+        # The module itself, not its state dict: a sharding strategy gathers (or shards) the weights its own way.
+        state["state_dict"] = self.lightning_module
         loader = self.fit_loop.train_loader
         if not weights_only and is_wrapped(loader):  # fabric saves its position: resume continues the shuffle
             state["train_dataloader"] = loader

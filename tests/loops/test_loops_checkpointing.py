@@ -123,7 +123,7 @@ def test_weights_only_checkpoint_cannot_resume_fit(tmp_path):
 def test_ckpt_path_errors(tmp_path):
     with pytest.raises(ValueError, match=r'ckpt_path="best" needs a checkpoint callback'):
         _train(1, False, ckpt_path="best")
-    with pytest.raises(FileNotFoundError, match="missing.ckpt.*accepted: None, 'last', 'best'"):
+    with pytest.raises(FileNotFoundError, match="missing.ckpt.*does not exist; accepted: None, 'last', 'best'"):
         _train(1, False, ckpt_path=tmp_path / "missing.ckpt")
 
 
