@@ -1,13 +1,11 @@
-"""``fabric`` — the command line of fabric_kit.
+"""fabric - the command line of fabric_kit.
 
-Subcommands::
+subcommands:
+  fabric run ...      launch a script on every device of one or more machines (see: fabric run --help)
 
-    fabric run ...      launch a script on every device of one or more machines (see ``fabric run --help``)
-
-Callable from a shell (the ``fabric`` console script, or ``python -m fabric_kit``) and from code::
-
-    from fabric_kit.cli.main import main
-    exit_code = main(["run", "--devices", "2", "train.py"])
+Runs as the fabric console script, as python -m fabric_kit, or from code:
+  from fabric_kit.cli.main import main
+  exit_status = main(["run", "--devices", "2", "train.py"])
 """
 from __future__ import annotations
 

@@ -22,6 +22,7 @@ One machine
       fabric run --accelerator cuda --devices 0,1 train.py
   a module instead of a file, as with python -m:
       fabric run --devices 2 -m mypackage.train --epochs 3
+  TPUs: --accelerator tpu (or xla) starts one process, and Fabric's XLA strategy starts one per core.
 
 Several machines
   Run the same command on every machine, changing only --node-rank. --main-address is the address of the
@@ -54,7 +55,8 @@ What the script receives
 Exit status
   0 when every process succeeds. When one fails, its traceback is shown (the process's own stderr, then
   torchrun's error record), the other processes are stopped, and the exit status is the failed process's.
-  2 for a bad flag, with a one-line message.
+  1 when the machines could not meet (e.g. --main-port already in use). 2 for a bad flag. Both with a one-line
+  message.
 """
 from __future__ import annotations
 
@@ -174,18 +176,16 @@ def script_environment(args: argparse.Namespace, processes: int) -> dict[str, st
 
 @contextmanager
 def _exported(variables: dict[str, str]) -> Iterator[None]:
-    """Set variables for the child processes (torchrun copies ``os.environ``) and restore them afterwards, so that
-    calling ``main`` from code leaves the caller's environment as it was."""
-    saved = {name: os.environ.get(name) for name in variables}
+    """Set variables for the child processes (torchrun copies ``os.environ``), then restore the whole environment,
+    torchrun's own additions included, so that calling ``main`` from code leaves the caller's as it was."""
+    saved = dict(os.environ)
     os.environ.update(variables)
     try:
         yield
     finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
+        for name in set(os.environ) - set(saved):
+            del os.environ[name]
+        os.environ.update(saved)
 
 
 def _launch(arguments: list[str]) -> int:

@@ -3,7 +3,10 @@ import os
 import sys
 
 import pytest
-from cli_processes import FABRIC, SCRIPT, assert_one_world_of_two, finish, free_port, results, run, start
+from cli_processes import (FABRIC, SCRIPT, assert_one_world_of_two, clean_environment, finish, free_port, results,
+                           run, start)
+
+from fabric_kit.cli.main import main
 
 
 @pytest.mark.parametrize("launcher", [
@@ -56,3 +59,14 @@ def test_script_contradicting_a_flag_is_an_error(tmp_path):
     status, output = run([*FABRIC, "run", "--devices", "1", SCRIPT, tmp_path])  # the script says devices=2
     assert status != 0
     assert "--devices" in output and "Fabric(devices=2)" in output
+
+
+def test_main_called_from_code_returns_the_status_and_restores_the_environment(tmp_path, monkeypatch):
+    for name, value in clean_environment().items():
+        monkeypatch.setenv(name, value)
+    for name in set(os.environ) - set(clean_environment()):
+        monkeypatch.delenv(name)
+    before = dict(os.environ)
+    assert main(["run", "--devices", "2", str(SCRIPT), str(tmp_path)]) == 0
+    assert dict(os.environ) == before
+    assert_one_world_of_two(tmp_path)
