@@ -23,6 +23,7 @@ def dump_checkpoint(trainer: Any, weights_only: bool = False) -> dict[str, Any]:
     if not weights_only:
         checkpoint["callbacks"] = {cb.state_key: cb.state_dict() for cb in trainer.callbacks if cb.state_dict()}
         checkpoint["optimizer_states"] = [opt.state_dict() for opt in trainer.optimizers]
+        checkpoint["optimizer_count"] = len(trainer.optimizers)
         checkpoint["lr_schedulers"] = [config.scheduler.state_dict() for config in trainer.lr_scheduler_configs]
     if module.hparams:
         checkpoint["hparams_name"] = "kwargs"
@@ -40,6 +41,12 @@ def dump_checkpoint(trainer: Any, weights_only: bool = False) -> dict[str, Any]:
             callback.on_save_checkpoint(trainer, module, checkpoint)
     module.on_save_checkpoint(checkpoint)
     return checkpoint
+
+
+def optimizer_key(index: int) -> str:
+    """Each optimizer is its own checkpoint entry (not a list): fabric saves and restores it in place, so a
+    sharding strategy handles its sharded state."""
+    return f"optimizer_states.{index}"
 
 
 def resolve_ckpt_path(trainer: Any, ckpt_path: str | Path | None, stage: str) -> str | None:
@@ -68,7 +75,17 @@ def restore_model(trainer: Any, path: str, stage: str) -> dict[str, Any]:
     """Load the weights (and this rank's RNG state) into the module and the datamodule's state; when fitting,
     give callbacks their state and run their `on_load_checkpoint`. Returns the rest of the checkpoint."""
     module = trainer.lightning_module
-    checkpoint = trainer.fabric.load(path, {"state_dict": module})
+    state: dict[str, Any] = {"state_dict": module}
+    if stage == "fit":  # restored in place by fabric, so a sharding strategy gives each rank its shard
+        state.update({optimizer_key(i): opt for i, opt in enumerate(trainer._fabric_optimizers)})
+    try:
+        checkpoint = trainer.fabric.load(path, state)
+    except KeyError as missing:
+        if stage != "fit" or optimizer_key(0) not in str(missing):
+            raise
+        raise KeyError(f"checkpoint {path!r} holds only the model (saved with weights_only=True); fit cannot resume "
+                       "the optimizers from it. Load the weights with Model.load_from_checkpoint and start fit "
+                       "without ckpt_path") from missing
     checkpoint["state_dict"] = module.state_dict()
     datamodule = trainer.datamodule
     if datamodule is not None and type(datamodule).__qualname__ in checkpoint:
@@ -85,24 +102,24 @@ def restore_model(trainer: Any, path: str, stage: str) -> dict[str, Any]:
 
 def restore_training_state(trainer: Any, checkpoint: dict[str, Any], path: str) -> None:
     """Optimizers, schedulers and loop progress, so `fit(ckpt_path=...)` continues where the run stopped."""
-    if "optimizer_states" not in checkpoint:
+    if "lr_schedulers" not in checkpoint:
         raise KeyError(f"checkpoint {path!r} holds only the model (saved with weights_only=True); fit cannot resume "
                        "the optimizers from it. Load the weights with Model.load_from_checkpoint and start fit "
                        "without ckpt_path")
-    states = checkpoint["optimizer_states"]
-    if len(states) != len(trainer.optimizers):
-        raise ValueError(f"checkpoint {path!r} has {len(states)} optimizer states but configure_optimizers returned "
+    saved = checkpoint.get("optimizer_count", len(trainer.optimizers))
+    if saved != len(trainer.optimizers):
+        raise ValueError(f"checkpoint {path!r} has {saved} optimizer states but configure_optimizers returned "
                          f"{len(trainer.optimizers)} optimizers")
-    for optimizer, state in zip(trainer.optimizers, states):
-        optimizer.load_state_dict(state)
     for config, state in zip(trainer.lr_scheduler_configs, checkpoint.get("lr_schedulers", [])):
         config.scheduler.load_state_dict(state)
     loop_state = checkpoint.get("loops", {}).get("fit_loop")
     if loop_state is not None:
         trainer.fit_loop.load_state_dict(loop_state)
     loader_state = checkpoint.get("train_dataloader")
-    if loader_state is not None and loop_state is not None and loop_state["epoch_done"]:
-        # Saved after the epoch's last batch, but the loader's pass may have been cut short (limit_train_batches):
-        # the resumed run starts the next epoch.
-        loader_state = {**loader_state, "epoch": loader_state["epoch"] + 1, "samples": 0, "batches": 0}
+    if loader_state is not None and loop_state is not None:
+        # The loop decides where the run resumes: the loader's pass may have been cut short (the epoch's last
+        # batch ends the loop before the loader sees its end, and limit_train_batches stops it early).
+        loader_state = {**loader_state, "epoch": trainer.current_epoch}
+        if loop_state["epoch_done"] or not loop_state["batch_idx"]:
+            loader_state.update(samples=0, batches=0)
     trainer.fit_loop.loader_state = loader_state

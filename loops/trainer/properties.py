@@ -24,6 +24,10 @@ class TrainerProperties:
         return [opt.optimizer for opt in self._optimizers]
 
     @property
+    def _fabric_optimizers(self) -> list[Any]:
+        return [opt._optimizer for opt in self._optimizers]
+
+    @property
     def loggers(self) -> list[Any]:
         return self._loggers
 

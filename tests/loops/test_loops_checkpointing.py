@@ -93,7 +93,7 @@ def test_checkpoint_contents(tmp_path):
     trainer = make_trainer(max_epochs=1, callbacks=[SaveAt(path, epoch=0)], limit_val_batches=0)
     trainer.fit(model, datamodule=DataModule(batch_size=8))
     checkpoint = _read(path)
-    assert {"epoch", "global_step", "state_dict", "loops", "callbacks", "optimizer_states", "lr_schedulers",
+    assert {"epoch", "global_step", "state_dict", "loops", "callbacks", "optimizer_states.0", "lr_schedulers",
             "hyper_parameters", "datamodule_hyper_parameters", DataModule.__qualname__} <= set(checkpoint)
     assert checkpoint["epoch"] == 0 and checkpoint["global_step"] == 4
     assert checkpoint["hyper_parameters"] == {"lr": 0.3}
@@ -115,7 +115,7 @@ def test_weights_only_checkpoint_cannot_resume_fit(tmp_path):
     path = tmp_path / "w.ckpt"
     model, trainer = _train(1, False)
     trainer.save_checkpoint(path, weights_only=True)
-    assert "optimizer_states" not in _read(path)
+    assert "optimizer_states.0" not in _read(path)
     with pytest.raises(KeyError, match="weights_only=True"):
         _train(2, False, ckpt_path=path)
 
@@ -190,3 +190,13 @@ def test_unstorable_hparams_warn_and_are_left_out(tmp_path):
         warnings.simplefilter("error")
         loaded = Keeps.load_from_checkpoint(tmp_path / "k.ckpt", encoder=nn.Linear(4, 2), decoder=nn.Linear(2, 4))
     assert torch.equal(loaded.encoder.weight, model.encoder.weight)
+
+
+def test_resume_from_a_checkpoint_saved_after_fit(tmp_path):
+    reference, _ = _train(3, True)
+    path = tmp_path / "after.ckpt"
+    _, trainer = _train(1, True)
+    trainer.save_checkpoint(path)
+    resumed, trainer = _train(3, True, ckpt_path=path)
+    assert trainer.global_step == 24
+    assert torch.equal(resumed.layer.weight, reference.layer.weight)

@@ -47,3 +47,5 @@ def test_fsdp_script_two_processes(run_ranks, tmp_path):
     _, ranks = run_ranks([SCRIPT.parent / "loops_fsdp_fit.py", tmp_path], tmp_path, timeout=180)
     assert all(r["global_step"] == 8 for r in ranks)
     assert all({"train_loss", "val_loss"} <= set(r["metrics"]) for r in ranks)
+    for r in ranks:  # resumed from a sharded checkpoint (weights and momentum) == uninterrupted
+        assert all(torch.allclose(r["resumed"][k], r["reference"][k], atol=1e-6) for k in r["reference"])

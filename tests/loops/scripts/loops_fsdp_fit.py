@@ -1,5 +1,6 @@
 """Run by test_loops_ddp.py as `python loops_fsdp_fit.py OUT_DIR`: the Trainer under FSDP on 2 processes (the
-strategy re-runs this script for rank 1); configure_optimizers then runs on the sharded parameters."""
+strategy re-runs this script for rank 1); configure_optimizers then runs on the sharded parameters. A run saved
+after 1 epoch and resumed to 2 must end where an uninterrupted 2-epoch run does (momentum state included)."""
 import sys
 from pathlib import Path
 
@@ -10,15 +11,34 @@ import loops as L  # noqa: E402
 from loops_helpers import Regression, loader  # noqa: E402
 
 
-def main(out_dir: str) -> None:
+class Momentum(Regression):
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.05, momentum=0.9)
+
+
+def fit(out_dir: Path, epochs: int, ckpt_path=None):
     torch.manual_seed(0)
-    model = Regression(lr=0.1)
-    trainer = L.Trainer(accelerator="cpu", devices=2, strategy="fsdp", max_epochs=2, logger=False,
+    model = Momentum()
+    trainer = L.Trainer(accelerator="cpu", devices=2, strategy="fsdp", max_epochs=epochs, logger=False,
                         enable_checkpointing=False, enable_progress_bar=False, num_sanity_val_steps=0)
-    trainer.fit(model, loader(n=32, batch_size=4), loader(n=8, batch_size=4))
-    torch.save({"global_step": trainer.global_step, "metrics": {k: v.item() for k, v in
-                                                                trainer.callback_metrics.items()}},
-               Path(out_dir) / f"rank{trainer.global_rank}.pt")
+    trainer.fit(model, loader(n=32, batch_size=4), loader(n=8, batch_size=4), ckpt_path=ckpt_path)
+    return trainer, model
+
+
+def full_weights(model):
+    return {k: v.full_tensor() if hasattr(v, "full_tensor") else v for k, v in model.state_dict().items()}
+
+
+def main(out_dir: str) -> None:
+    out = Path(out_dir)
+    trainer, _ = fit(out, 1)
+    trainer.save_checkpoint(out / "fsdp.ckpt")
+    resumed, resumed_model = fit(out, 2, ckpt_path=out / "fsdp.ckpt")
+    reference, reference_model = fit(out, 2)
+    torch.save({"global_step": resumed.global_step,
+                "metrics": {k: v.item() for k, v in resumed.callback_metrics.items()},
+                "resumed": full_weights(resumed_model), "reference": full_weights(reference_model)},
+               out / f"rank{resumed.global_rank}.pt")
 
 
 if __name__ == "__main__":
