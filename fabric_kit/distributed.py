@@ -1,6 +1,7 @@
 """Process groups and the collectives built on them. Everything here is a thin layer over torch.distributed."""
 from __future__ import annotations
 
+import atexit
 import os
 from datetime import timedelta
 from typing import Any
@@ -48,6 +49,9 @@ def init_process_group(environment: ClusterEnvironment, backend: str, timeout: t
     else:
         kwargs["init_method"] = "env://"
     dist.init_process_group(**kwargs)
+    # A process that exits with its gloo group still open can abort in the group's destructor (SIGABRT,
+    # "terminate called without an active exception"), turning a finished run into a failed one.
+    atexit.register(destroy_process_group)
 
 
 def destroy_process_group() -> None:

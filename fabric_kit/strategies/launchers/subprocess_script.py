@@ -3,6 +3,7 @@ for ranks 1..N-1 with the rank in the environment. A watchdog ends the whole gro
 so a crash never leaves the others hanging in a collective."""
 from __future__ import annotations
 
+import atexit
 import os
 import signal
 import subprocess
@@ -49,6 +50,7 @@ class SubprocessScriptLauncher(Launcher):
         env["LOCAL_RANK"] = "0"
         env["RANK"] = str(self.environment.node_rank() * self.num_processes)
         threading.Thread(target=_watch_children, args=(self.children,), daemon=True).start()
+        atexit.register(_wait_for_children, self.children)
 
 
 def _rerun_command() -> list[str]:
@@ -79,3 +81,11 @@ def _watch_children(children: list[subprocess.Popen]) -> None:
         if all(child.poll() is not None for child in children):
             return
         time.sleep(0.5)
+
+
+def _wait_for_children(children: list[subprocess.Popen]) -> None:
+    """Rank 0 outlives its children, so the job's exit status (and a shell waiting on it) covers every rank."""
+    codes = [child.wait() for child in children]
+    failed = next((code for code in codes if code != 0), 0)
+    if failed:
+        os._exit(failed)

@@ -42,9 +42,6 @@ def main() -> None:
         "environment": {k: v for k, v in os.environ.items() if k.startswith("FABRIC_KIT_") or k == "OMP_NUM_THREADS"},
     }
     (args.out_dir / f"rank{fabric.global_rank}.json").write_text(json.dumps(seen))
-    # A gloo process group still alive at interpreter exit sometimes aborts the process (torch 2.13: "terminate
-    # called without an active exception"); remove once Fabric tears its group down at exit itself.
-    torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":
