@@ -1,7 +1,8 @@
 """fabric - the command line of fabric_kit.
 
 subcommands:
-  fabric run ...      launch a script on every device of one or more machines (see: fabric run --help)
+  fabric run ...          launch a script on every device of one or more machines (see: fabric run --help)
+  fabric consolidate ...  turn a sharded checkpoint directory into one file (see: fabric consolidate --help)
 
 Runs as the fabric console script, as python -m fabric_kit, or from code:
   from fabric_kit.cli.main import main
@@ -13,6 +14,7 @@ import argparse
 import gc
 from collections.abc import Sequence
 
+from fabric_kit.cli import consolidate as consolidate_command
 from fabric_kit.cli import run as run_command
 from fabric_kit.cli.parser import OneLineParser, UsageError
 
@@ -22,6 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(prog="fabric", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     subcommands = parser.add_subparsers(title="subcommands", dest="command", required=True, metavar="COMMAND")
     run_command.add_parser(subcommands)
+    consolidate_command.add_parser(subcommands)
     return parser
 
 

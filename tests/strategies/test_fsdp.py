@@ -4,6 +4,7 @@ tests/strategies/fsdp_worker.py runs every FSDP scenario in one pair of processe
 the uninterrupted run once more under DDP; the tests assert on what the ranks saved and on the checkpoints they
 left behind.
 """
+import subprocess
 import sys
 from pathlib import Path
 
@@ -93,7 +94,9 @@ def test_bad_setup_order_errors(fsdp):
 def test_consolidate(fsdp, tmp_path):
     ranks, out = fsdp
     output = tmp_path / "model.pt"
-    consolidate(out / "final", output)
+    done = subprocess.run([sys.executable, "-m", "fabric_kit", "consolidate", str(out / "final"), "--output",
+                           str(output)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
     checkpoint = torch.load(output)  # plain torch.load, safe mode
     model = TinyTransformer()
     model.load_state_dict(checkpoint["model"], strict=True)
@@ -107,6 +110,10 @@ def test_consolidate(fsdp, tmp_path):
 def test_consolidate_rejects_other_paths(tmp_path):
     with pytest.raises(ValueError, match="is not a sharded checkpoint directory"):
         consolidate(tmp_path, tmp_path / "out.pt")
+    done = subprocess.run([sys.executable, "-m", "fabric_kit", "consolidate", str(tmp_path), "--output",
+                           str(tmp_path / "out.pt")], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    assert "is not a sharded checkpoint directory" in done.stderr and "Traceback" not in done.stderr
 
 
 def test_sharded_directory_without_sharded_strategy(fsdp):
