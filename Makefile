@@ -20,7 +20,7 @@ train: $(VENV)/.installed
 	$(VENV)/bin/fabric run --devices 2 examples/fabric/image_classifier.py
 
 test: $(VENV)/.installed
-	$(PY) -m pytest -q -x tests
+	$(PY) -m pytest -q tests
 
 .PHONY: install train test
 
