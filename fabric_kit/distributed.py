@@ -59,6 +59,13 @@ def destroy_process_group() -> None:
         dist.destroy_process_group()
 
 
+def leave_process_group() -> None:
+    """Wait until every rank is here, then close the group: no rank tears down while a peer still talks to it."""
+    if is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def reduce_op(op: str | dist.ReduceOp) -> dist.ReduceOp:
     if not isinstance(op, str):
         return op

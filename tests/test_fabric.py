@@ -63,7 +63,7 @@ def test_ddp_needs_launch_before_setup():
 
 
 def test_spawn_launch_needs_a_function():
-    with pytest.raises(TypeError, match=r"start method 'spawn' .* pass the function to run, `fabric.launch\(train\)`"):
+    with pytest.raises(TypeError, match=r"starts fresh processes with MultiprocessingLauncher: pass the function to run, `fabric.launch\(train\)`"):
         Fabric(accelerator="cpu", devices=2, strategy="ddp_spawn").launch()
 
 

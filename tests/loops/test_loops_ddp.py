@@ -34,7 +34,7 @@ def test_ddp_script_two_processes(run_ranks, tmp_path, accumulate):
 
 
 def test_ddp_spawn_returns_weights_to_the_launching_process(clean_env, monkeypatch):
-    monkeypatch.setenv("MASTER_PORT", str(__import__("conftest").free_port()))
+    # clean_env removed MASTER_PORT: the launching process picks a free port itself
     torch.manual_seed(0)
     model = Regression(lr=0.1)
     before = model.layer.weight.detach().clone()

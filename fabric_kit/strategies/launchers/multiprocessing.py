@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import os
 import pickle
+import sys
 from typing import Any, Callable
 
 import torch.multiprocessing as mp
 
 from fabric_kit.collections import move_to_device
+from fabric_kit.distributed import leave_process_group
 from fabric_kit.environments import ClusterEnvironment
 from fabric_kit.strategies.launchers.launcher import Launcher
 
@@ -55,7 +57,13 @@ def _run_rank(local_rank: int, environment: ClusterEnvironment, num_processes: i
     environment.set_global_rank(local_rank)
     environment.set_world_size(num_processes)
     result = function(*args, **kwargs)
+    leave_process_group()
     if local_rank == 0:
         # Plain pickle copies tensor data: torch's shared-memory pickling would hand the parent file descriptors
         # of a process that has exited by the time they are opened. CPU tensors, as the parent may have no GPU.
         results.put(pickle.dumps(move_to_device(result, "cpu")))
+    # The rank's work is done and delivered. Ending here, as forked children always do, skips C++ static
+    # destructors, where torch's store and gloo threads can abort a finished process (SIGABRT, no Python frame).
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)

@@ -30,9 +30,14 @@ class SubprocessScriptLauncher(Launcher):
         return False
 
     def launch(self, function: Callable, *args: Any, **kwargs: Any) -> Any:
-        if not self.environment.creates_processes_externally:
-            self._start_children()
-        return function(*args, **kwargs)
+        if self.environment.creates_processes_externally:
+            return function(*args, **kwargs)
+        self._start_children()
+        result = function(*args, **kwargs)
+        # Registered after `function` joined the process group, so at exit it runs before the group's own teardown:
+        # this process hosts the group's store, and closing it under children still tearing down aborts them.
+        atexit.register(_wait_for_children, self.children)
+        return result
 
     def _start_children(self) -> None:
         env = os.environ
@@ -50,7 +55,6 @@ class SubprocessScriptLauncher(Launcher):
         env["LOCAL_RANK"] = "0"
         env["RANK"] = str(self.environment.node_rank() * self.num_processes)
         threading.Thread(target=_watch_children, args=(self.children,), daemon=True).start()
-        atexit.register(_wait_for_children, self.children)
 
 
 def _rerun_command() -> list[str]:
