@@ -34,10 +34,10 @@ import importlib.util
 import json
 import os
 import weakref
-from contextlib import AbstractContextManager, ExitStack, contextmanager, nullcontext
+from contextlib import AbstractContextManager, nullcontext
 from datetime import timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 from torch import Tensor
@@ -47,7 +47,7 @@ from torch.optim import Optimizer
 from fabric_kit.accelerators import Accelerator
 from fabric_kit.checkpoint import rng
 from fabric_kit.checkpoint.collective import all_gather_object
-from fabric_kit.checkpoint.directory import atomic_directory, staging_path, verify_directory
+from fabric_kit.checkpoint.directory import verify_directory
 from fabric_kit.checkpoint.errors import UnsafeCheckpointError
 from fabric_kit.checkpoint.state import RESERVED_KEY, restore_into, to_storable, unwrap
 from fabric_kit.environments import ClusterEnvironment
@@ -212,7 +212,7 @@ class DeepSpeedStrategy(DDPStrategy):
         engine, rest = self._split_state(state, path)
         client = {CLIENT_KEY: to_storable(rest), RESERVED_KEY: {"rng": dict(enumerate(
             all_gather_object(self, rng.capture())))}}
-        with self._directory(path) as staging:
+        with self.checkpoint_directory(path) as staging:
             engine.save_checkpoint(str(staging), tag=TAG, client_state=client)
 
     def load_checkpoint(self, path: str, state: dict[str, Any] | Module | Optimizer | None = None,
@@ -253,17 +253,6 @@ class DeepSpeedStrategy(DDPStrategy):
             raise ValueError(f"checkpoint {path!r}: under DeepSpeed the state must hold exactly one model set up "
                              f"with fabric.setup; found {len(found)} among {sorted(state)}")
         return found[0], rest
-
-    @contextmanager
-    def _directory(self, path: str) -> Iterator[Path]:
-        """Rank 0 opens the atomic directory; every rank writes into its staging path; rank 0 swaps it in once
-        all have finished."""
-        with ExitStack() as stack:
-            if self.is_global_zero:
-                stack.enter_context(atomic_directory(path))
-            self.barrier()
-            yield staging_path(path)
-            self.barrier()
 
 
 def _import_deepspeed() -> Any:

@@ -1,14 +1,17 @@
 """What every multi-process strategy shares: ranks from the cluster environment and torch.distributed collectives."""
 from __future__ import annotations
 
+from contextlib import ExitStack, contextmanager
 from datetime import timedelta
-from typing import Any
+from pathlib import Path
+from typing import Any, Iterator
 
 import torch
 from torch import Tensor
 
 from fabric_kit import distributed
 from fabric_kit.accelerators import Accelerator
+from fabric_kit.checkpoint.directory import atomic_directory, staging_path
 from fabric_kit.environments import ClusterEnvironment
 from fabric_kit.precision import Precision
 from fabric_kit.strategies.strategy import Strategy
@@ -86,6 +89,17 @@ class ParallelStrategy(Strategy):
     def reduce_boolean_decision(self, decision: bool, all: bool = True) -> bool:
         votes = self.all_reduce(torch.tensor(int(decision), device=self.root_device), reduce_op="sum")
         return bool(votes == self.world_size) if all else bool(votes > 0)
+
+    @contextmanager
+    def checkpoint_directory(self, path: str) -> Iterator[Path]:
+        """A directory checkpoint every rank writes into: rank 0 stages it atomically, all ranks write into the
+        staging path, and rank 0 swaps it in once every rank has finished."""
+        with ExitStack() as stack:
+            if self.is_global_zero:
+                stack.enter_context(atomic_directory(path))
+            self.barrier()
+            yield staging_path(path)
+            self.barrier()
 
     def teardown(self) -> None:
         distributed.destroy_process_group()

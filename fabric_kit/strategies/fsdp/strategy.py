@@ -17,7 +17,7 @@ from torch.nn import Module
 from torch.optim import Optimizer
 
 from fabric_kit.accelerators import Accelerator
-from fabric_kit.checkpoint.directory import atomic_directory, staging_path, verify_directory
+from fabric_kit.checkpoint.directory import verify_directory
 from fabric_kit.checkpoint.sharded import PLAIN_ENTRIES, is_sharded_checkpoint
 from fabric_kit.checkpoint.state import unwrap
 from fabric_kit.environments import ClusterEnvironment
@@ -166,7 +166,7 @@ class FSDPStrategy(ParallelStrategy, BackwardSyncControl):
         if full:
             super().save_checkpoint(path, {**rest, **tensors}, {k: f for k, f in filter.items() if k in rest})
             return
-        with self._directory(path) as staging:
+        with self.checkpoint_directory(path) as staging:
             dcp.save(tensors, checkpoint_id=staging)
             super().save_checkpoint(str(staging / PLAIN_ENTRIES), rest,
                                     {k: f for k, f in filter.items() if k in rest})
@@ -211,17 +211,6 @@ class FSDPStrategy(ParallelStrategy, BackwardSyncControl):
                                                                                               **options)},
                                     full=True, strict=strict)
         return {}
-
-    @contextmanager
-    def _directory(self, path: str) -> Iterator[Path]:
-        """Rank 0 opens the atomic directory; all ranks write into its staging path; rank 0 swaps it in after
-        every rank has finished."""
-        with ExitStack() as stack:
-            if self.is_global_zero:
-                stack.enter_context(atomic_directory(path))
-            self.barrier()
-            yield staging_path(path)
-            self.barrier()
 
 
 @contextmanager
