@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import atexit
+import gc
 import os
 from datetime import timedelta
 from typing import Any
@@ -51,12 +52,19 @@ def init_process_group(environment: ClusterEnvironment, backend: str, timeout: t
     dist.init_process_group(**kwargs)
     # A process that exits with its gloo group still open can abort in the group's destructor (SIGABRT,
     # "terminate called without an active exception"), turning a finished run into a failed one.
-    atexit.register(destroy_process_group)
+    atexit.register(_close_at_exit)
 
 
 def destroy_process_group() -> None:
     if is_initialized():
         dist.destroy_process_group()
+
+
+def _close_at_exit() -> None:
+    destroy_process_group()
+    # Groups still referenced from cycles (a device mesh held by sharded parameters) would otherwise be freed only
+    # by C++ static destruction, after Python is gone, where a joinable gloo thread aborts the process.
+    gc.collect()
 
 
 def leave_process_group() -> None:
