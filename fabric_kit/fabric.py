@@ -66,6 +66,12 @@ class Fabric:
         return self._strategy
 
     @property
+    def setup_module_first(self) -> bool:
+        """Whether optimizers must be created after `setup_module(model)`, from its (sharded) parameters, and set up
+        with `setup_optimizers` (FSDP); otherwise `setup(model, *optimizers)` takes them together."""
+        return self._strategy.setup_module_first
+
+    @property
     def device(self) -> torch.device:
         return self._strategy.root_device
 

@@ -30,6 +30,10 @@ class Strategy(ABC):
     """Behaviour common to every strategy; single-process defaults for the collectives."""
 
     launcher: Launcher | None = None
+    setup_module_first: bool = False
+    """True when the strategy replaces the model's parameters (by shards) as it sets the model up, so optimizers
+    must be built afterwards from the set-up module's parameters: `fabric.setup_module(model)`, create the
+    optimizers, then `fabric.setup_optimizers(...)`. False: `fabric.setup(model, *optimizers)` takes both."""
 
     def __init__(self, accelerator: Accelerator | None = None, precision: Precision | None = None) -> None:
         self.accelerator = accelerator

@@ -27,6 +27,8 @@ from fabric_kit.strategies.xla import XLAStrategy, storable_on_cpu
 class XLAFSDPStrategy(XLAStrategy):
     """Extra keyword arguments go to `XlaFullyShardedDataParallel` (e.g. `auto_wrap_policy`, `compute_dtype`)."""
 
+    setup_module_first = True
+
     def __init__(self, accelerator: Accelerator | None = None, parallel_devices: list[torch.device] | None = None,
                  cluster_environment: ClusterEnvironment | None = None, precision: Precision | None = None,
                  start_method: str = "spawn", **fsdp_kwargs: Any) -> None:

@@ -314,17 +314,14 @@ class Trainer(TrainerProperties):
 
     def _setup_model_and_optimizers(self, model: LightningModule, optimizers: list[torch.optim.Optimizer]
                                     ) -> tuple[Any, tuple[Any, ...]]:
-        """Most strategies take the model and its optimizers together (DeepSpeed must). Sharding strategies
-        (FSDP) refuse optimizers built before the model was sharded: then the model is set up first and
-        configure_optimizers runs again, on the sharded parameters, as Lightning does under FSDP."""
+        """Most strategies take the model and its optimizers together (DeepSpeed must). Sharding strategies (FSDP)
+        need optimizers built from the sharded parameters: the model is set up first and configure_optimizers runs
+        again on it, as Lightning does under FSDP."""
         if not optimizers:
             return self.fabric.setup(StepRouter(model)), ()
-        try:
+        if not self.fabric.setup_module_first:
             setup = self.fabric.setup(StepRouter(model), *optimizers)
             return setup[0], setup[1:]
-        except ValueError as refused:
-            if "created from the unsharded model" not in str(refused):
-                raise
         module = self.fabric.setup_module(StepRouter(model))
         optimizers, self.lr_scheduler_configs = parse_optimizers(model.configure_optimizers())
         fabric_optimizers = self.fabric.setup_optimizers(*optimizers)

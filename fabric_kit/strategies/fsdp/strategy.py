@@ -49,6 +49,8 @@ class FSDPStrategy(ParallelStrategy, BackwardSyncControl):
         start_method: how ranks are started, as for DDP: "popen" (re-run the script), "spawn", "fork".
     """
 
+    setup_module_first = True
+
     def __init__(self, accelerator: Accelerator | None = None, parallel_devices: list[torch.device] | None = None,
                  cluster_environment: ClusterEnvironment | None = None, precision: Precision | None = None,
                  process_group_backend: str | None = None, timeout: timedelta | None = None,
