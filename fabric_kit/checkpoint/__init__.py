@@ -2,7 +2,7 @@
 bit-exact resume, and finding the newest intact checkpoint."""
 from fabric_kit.checkpoint.directory import atomic_directory, staging_path, verify_directory
 from fabric_kit.checkpoint.errors import CheckpointCorruptedError, CheckpointError, UnsafeCheckpointError
-from fabric_kit.checkpoint.io import load_file, save_file, verify_file
+from fabric_kit.checkpoint.io import load_file, read_checkpoint, save_file, verify_file
 from fabric_kit.checkpoint.latest import latest_checkpoint
 
 __all__ = [
@@ -12,6 +12,7 @@ __all__ = [
     "atomic_directory",
     "latest_checkpoint",
     "load_file",
+    "read_checkpoint",
     "save_file",
     "staging_path",
     "verify_directory",

@@ -17,6 +17,7 @@ import torch
 from fabric_kit.checkpoint import integrity
 from fabric_kit.checkpoint.errors import CheckpointCorruptedError, UnsafeCheckpointError
 from fabric_kit.checkpoint.sharded import needs_sharded_strategy
+from fabric_kit.checkpoint.state import RESERVED_KEY
 
 
 def save_file(obj: Any, path: str | os.PathLike) -> None:
@@ -57,6 +58,20 @@ def load_file(path: str | os.PathLike, map_location: Any = "cpu", weights_only: 
         _check_plain(f, path)
         f.seek(0)
         return _torch_load(f, path, map_location, weights_only, verified=False)
+
+
+def read_checkpoint(path: str | os.PathLike, map_location: Any = "cpu", weights_only: bool = True
+                    ) -> dict[str, Any]:
+    """The entries of a file written by `Fabric.save`, read without a Fabric (to inspect it, or to rebuild a model
+    in another program); fabric_kit's own RNG and precision state is left out. Verified like `Fabric.load`, and
+    as safe by default: `weights_only=False` unpickles arbitrary objects, only for files from a trusted source.
+    A sharded checkpoint directory is an error naming `fabric consolidate`."""
+    checkpoint = load_file(path, map_location=map_location, weights_only=weights_only)
+    if not isinstance(checkpoint, dict):
+        raise TypeError(f"checkpoint {str(path)!r} holds a {type(checkpoint).__name__}, not the dict of entries "
+                        "that Fabric.save writes; read it with `load_file`")
+    checkpoint.pop(RESERVED_KEY, None)
+    return checkpoint
 
 
 def verify_file(path: str | os.PathLike) -> None:

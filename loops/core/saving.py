@@ -8,18 +8,16 @@ from typing import Any
 
 import torch
 
-from fabric_kit import Fabric
+from fabric_kit.checkpoint import read_checkpoint as read_fabric_checkpoint
 
 
-def read_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Read a checkpoint written by `Trainer.save_checkpoint` on this process, without a running Trainer."""
+def read_checkpoint(path: str | Path, map_location: Any = None) -> dict[str, Any]:
+    """A checkpoint written by `Trainer.save_checkpoint`, read without a Trainer (verified, safe loading)."""
     if Path(path).is_dir():
         raise ValueError(f"checkpoint {str(path)!r} is a directory of shards (written under FSDP); load it with "
                          "Trainer(strategy=...).fit/validate(ckpt_path=...) or turn it into one file with "
                          f"`fabric consolidate {path} --output FILE`")
-    if not Path(path).is_file():
-        raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
-    return Fabric(accelerator="cpu", devices=1).load(str(path))
+    return read_fabric_checkpoint(path, map_location="cpu" if map_location is None else map_location)
 
 
 def init_kwargs(cls: type, hparams: dict[str, Any]) -> dict[str, Any]:
@@ -39,7 +37,7 @@ def load_from_checkpoint(cls: type, checkpoint_path: str | Path, map_location: A
     if hparams_file is not None:
         raise ValueError(f"hparams_file={str(hparams_file)!r} is not supported: the checkpoint carries the "
                          "hyperparameters; pass overrides as keyword arguments")
-    checkpoint = read_checkpoint(checkpoint_path)
+    checkpoint = read_checkpoint(checkpoint_path, map_location)
     is_datamodule = issubclass(cls, LightningDataModule)
     key = "datamodule_hyper_parameters" if is_datamodule else "hyper_parameters"
     hparams = {**checkpoint.get(key, {}), **kwargs}
@@ -53,7 +51,7 @@ def load_from_checkpoint(cls: type, checkpoint_path: str | Path, map_location: A
         raise KeyError(f"checkpoint {str(checkpoint_path)!r} has no 'state_dict' (model weights); its keys: "
                        f"{sorted(checkpoint)}")
     obj.load_state_dict(checkpoint["state_dict"], strict=True if strict is None else strict)
-    if map_location is not None:
-        obj.to(torch.device(map_location) if isinstance(map_location, str) else map_location)
+    if isinstance(map_location, (str, torch.device)):
+        obj.to(torch.device(map_location))
     obj.eval()
     return obj
