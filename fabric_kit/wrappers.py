@@ -35,11 +35,13 @@ class FabricModule(Module):
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         precision = self._precision
+        # Read from `_modules` directly: attribute access to a submodule costs two Python calls (`__getattr__`s).
+        forward_module = self._modules["_forward_module"]
         if not precision.transforms_io:  # float32: nothing to convert, no context to enter
-            return self._forward_module(*args, **kwargs)
+            return forward_module(*args, **kwargs)
         args, kwargs = precision.convert_input((args, kwargs))
         with precision.forward_context():
-            output = self._forward_module(*args, **kwargs)
+            output = forward_module(*args, **kwargs)
         return precision.convert_output(output)
 
     def state_dict(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
