@@ -195,6 +195,16 @@ class FabricDataLoader:
             sampler.seed = state_dict["seed"]
         self._epoch, self._start, self._batches, self._fresh = state_dict["epoch"], state_dict["samples"], 0, True
 
+    def set_epoch(self, epoch: int) -> None:
+        """Make the next pass epoch `epoch` from its first batch, shuffled as that epoch of an uninterrupted run.
+
+        For a loop that decides its own epochs: it ends a pass it cut short (a batch limit), so the saved position
+        is the next epoch's start rather than the middle of this one, or starts a loader created mid-run at the
+        run's epoch. Call it between passes, not while iterating."""
+        if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
+            raise ValueError(f"set_epoch({epoch!r}): the epoch must be an int >= 0")
+        self._epoch, self._start, self._batches, self._fresh = epoch, 0, 0, True
+
     def _samplers(self) -> list[Any]:
         loader = self._dataloader
         found = (getattr(loader, "sampler", None), getattr(loader.batch_sampler, "sampler", None))

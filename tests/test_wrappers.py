@@ -121,6 +121,28 @@ def test_dataloader_advances_the_epoch_on_every_pass(fabric):
         assert sampler.epochs[-1] == expected
 
 
+def test_set_epoch_ends_a_cut_short_pass_and_starts_that_epochs_shuffle(fabric):
+    def make():
+        torch.manual_seed(0)
+        return fabric.setup_dataloaders(DataLoader(TensorDataset(torch.arange(12)), batch_size=2, shuffle=True))
+
+    uninterrupted = make()
+    epochs = [[int(i) for (batch,) in uninterrupted for i in batch] for _ in range(3)]
+    assert epochs[0] != epochs[1]
+    cut = make()
+    next(iter(cut))  # one batch of epoch 0, then the loop stops the pass
+    assert cut.state_dict()["samples"] == 2
+    cut.set_epoch(1)
+    state = cut.state_dict()
+    assert (state["epoch"], state["samples"], state["batches"]) == (1, 0, 0)
+    assert [int(i) for (batch,) in cut for i in batch] == epochs[1]
+    late = make()  # a loader created in the middle of the run
+    late.set_epoch(2)
+    assert [int(i) for (batch,) in late for i in batch] == epochs[2]
+    with pytest.raises(ValueError, match=r"set_epoch\(-1\): the epoch must be an int >= 0"):
+        late.set_epoch(-1)
+
+
 def test_dataloader_moves_batches_to_its_device():
     # No second real device here: the meta device stands in for a GPU and exercises the same transfer path.
     loader = FabricDataLoader(DataLoader(TensorDataset(torch.arange(4.0)), batch_size=2), torch.device("meta"))

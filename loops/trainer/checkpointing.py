@@ -115,11 +115,5 @@ def restore_training_state(trainer: Any, checkpoint: dict[str, Any], path: str) 
     loop_state = checkpoint.get("loops", {}).get("fit_loop")
     if loop_state is not None:
         trainer.fit_loop.load_state_dict(loop_state)
-    loader_state = checkpoint.get("train_dataloader")
-    if loader_state is not None and loop_state is not None:
-        # The loop decides where the run resumes: the loader's pass may have been cut short (the epoch's last
-        # batch ends the loop before the loader sees its end, and limit_train_batches stops it early).
-        loader_state = {**loader_state, "epoch": trainer.current_epoch}
-        if loop_state["epoch_done"] or not loop_state["batch_idx"]:
-            loader_state.update(samples=0, batches=0)
-    trainer.fit_loop.loader_state = loader_state
+    # The loop ends every epoch's pass on the loader (set_epoch), so the saved position agrees with the loop's.
+    trainer.fit_loop.loader_state = checkpoint.get("train_dataloader")

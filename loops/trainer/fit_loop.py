@@ -65,7 +65,7 @@ class FitLoop:
             self.loader_state = None
         elif epoch > 0 and is_wrapped(self.train_loader):
             # A loader (re)created later in the run shuffles as that epoch would have, not as epoch 0 again.
-            self._resume_loader({**self.train_loader.state_dict(), "epoch": epoch, "samples": 0, "batches": 0})
+            self.train_loader.set_epoch(epoch)
         self.val_check_batch = self._val_check_batch()
 
     def _resume_loader(self, state: dict[str, Any]) -> bool:
@@ -220,7 +220,7 @@ class FitLoop:
                 metrics.step_end(results, loggers, (self.batches_stepped + 1) % log_every == 0 or trainer.should_stop,
                                  self.batches_stepped, trainer.current_epoch)
             if last:
-                self.epoch_done = True
+                self._finish_epoch()
             if validation and self._should_validate(batch_idx, last):
                 self.run_validation()
                 trainer._results, trainer._log_defaults = results, (True, False)
@@ -235,7 +235,14 @@ class FitLoop:
             # A loader without a length ran out: its last batch was only known now.
             if limit == math.inf and validation and self._should_validate(self.batch_idx - 1, True):
                 self.run_validation()
+        self._finish_epoch()
+
+    def _finish_epoch(self) -> None:
+        """The epoch is over even when its pass was cut short: a checkpoint saved from now on resumes at the next
+        epoch, and the loader's saved position says so too."""
         self.epoch_done = True
+        if is_wrapped(self.train_loader):
+            self.train_loader.set_epoch(self.trainer.current_epoch + 1)
 
     def _should_validate(self, batch_idx: int, last: bool) -> bool:
         trainer = self.trainer

@@ -43,10 +43,10 @@ class SaveAt(L.Callback):
             trainer.should_stop = True
 
 
-def _train(epochs, shuffle, callbacks=(), ckpt_path=None, model=None):
+def _train(epochs, shuffle, callbacks=(), ckpt_path=None, model=None, **flags):
     torch.manual_seed(1)
     model = model or Momentum()
-    trainer = make_trainer(max_epochs=epochs, callbacks=list(callbacks), limit_val_batches=0)
+    trainer = make_trainer(max_epochs=epochs, callbacks=list(callbacks), limit_val_batches=0, **flags)
     trainer.fit(model, loader(shuffle=shuffle), ckpt_path=ckpt_path)
     return model, trainer
 
@@ -63,6 +63,16 @@ def test_resume_from_epoch_end_equals_uninterrupted(tmp_path, shuffle):
     assert trainer.current_epoch == 3 and trainer.global_step == 24
     assert counter.count == 24  # callback state restored (8 batches before the checkpoint) + 16 after
     assert torch.equal(resumed.layer.weight, reference.layer.weight)
+
+
+def test_resume_after_an_epoch_cut_short_by_limit_train_batches(tmp_path):
+    # The pass stops at batch 5 of 8; the checkpoint at the epoch's end must resume at the next epoch's shuffle.
+    reference, _ = _train(3, True, limit_train_batches=5)
+    path = tmp_path / "cut.ckpt"
+    _train(3, True, [SaveAt(path, epoch=0)], limit_train_batches=5)
+    assert _read(path)["train_dataloader"]["epoch"] == 1 and _read(path)["train_dataloader"]["samples"] == 0
+    resumed, trainer = _train(3, True, ckpt_path=path, limit_train_batches=5)
+    assert trainer.global_step == 15 and torch.equal(resumed.layer.weight, reference.layer.weight)
 
 
 @pytest.mark.parametrize("shuffle", [False, True])
