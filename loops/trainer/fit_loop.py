@@ -177,8 +177,8 @@ class FitLoop:
         accumulate, limit = trainer.accumulate_grad_batches, self.num_training_batches
         log_every = trainer.log_every_n_steps
         # Per-step schedulers step after the batch; ReduceLROnPlateau ones after the validation check, so they
-        # can watch a validation metric.
-        step_configs = [c for c in trainer.lr_scheduler_configs if c.interval == "step"]
+        # can watch a validation metric. With manual optimization the step calls them itself (as in Lightning).
+        step_configs = [c for c in trainer.lr_scheduler_configs if c.interval == "step"] if automatic else []
         schedulers = [c for c in step_configs if not c.reduce_on_plateau]
         plateaus = [c for c in step_configs if c.reduce_on_plateau]
         custom_transfer = trainer._custom_transfer
@@ -214,8 +214,8 @@ class FitLoop:
             for hook in end_mod:
                 hook(outputs, batch, batch_idx)
             stepped = trainer._global_step != steps_before if not automatic else steps
-            if schedulers and stepped:
-                step_schedulers(schedulers, "step", trainer._global_step, trainer.callback_metrics)
+            if schedulers and stepped:  # `frequency` counts batches that stepped (optimizers may be several)
+                step_schedulers(schedulers, "step", self.batches_stepped + 1, trainer.callback_metrics)
             if results.step_logged:
                 metrics.step_end(results, loggers, (self.batches_stepped + 1) % log_every == 0 or trainer.should_stop,
                                  self.batches_stepped, trainer.current_epoch)
@@ -225,7 +225,7 @@ class FitLoop:
                 self.run_validation()
                 trainer._results, trainer._log_defaults = results, (True, False)
             if plateaus and stepped:
-                step_schedulers(plateaus, "step", trainer._global_step, trainer.callback_metrics)
+                step_schedulers(plateaus, "step", self.batches_stepped + 1, trainer.callback_metrics)
             if stepped:
                 self.batches_stepped += 1
             if last or (trainer.max_steps != -1 and trainer.global_step >= trainer.max_steps) \
@@ -283,7 +283,7 @@ class FitLoop:
 
     def _step_epoch_schedulers(self, metrics: Any, plateau: bool = True) -> None:
         configs = [c for c in self.trainer.lr_scheduler_configs if c.interval == "epoch"]
-        if configs:
+        if configs and self.trainer._automatic:
             step_schedulers(configs, "epoch", self.trainer.current_epoch + 1, metrics, plateau)
 
     # -- checkpoints ----------------------------------------------------------------------------------------------

@@ -1,8 +1,18 @@
 """One training step, automatic or manual. Automatic: a closure runs training_step, zero_grad (first micro-batch
 of each accumulation window), backward; then clipping and the optimizer step — Lightning's order. Gradient
-accumulation skips DDP's gradient sync with `fabric.no_backward_sync` until the window's last batch."""
+accumulation skips DDP's gradient sync with `fabric.no_backward_sync` until the window's last batch.
+
+Several optimizers with automatic optimization (beyond Lightning 2.x, as Lightning 1.x did it): when
+`configure_optimizers` returns several, `training_step(self, batch, batch_idx, optimizer_idx)` runs once per
+optimizer, in order, and each run is a complete closure of its own: only that optimizer's parameters require
+gradients (`toggle_optimizer`), its loss is backpropagated, clipped and stepped, with accumulation and its own
+schedulers. Every optimizer step counts in `global_step` (two optimizers: two per batch, as in manual
+optimization); `on_train_batch_end` receives the list of the step outputs. Under DDP the parameters frozen by the
+toggle receive no gradient, so use strategy="ddp_find_unused_parameters_true".
+"""
 from __future__ import annotations
 
+import inspect
 from typing import Any, Callable
 
 from torch import Tensor
@@ -71,7 +81,8 @@ class AutomaticStep:
         hooks = trainer._hooks
         self.fabric_module = trainer._fabric_module
         self.module = module
-        self.optimizer = trainer._optimizers[0] if trainer._optimizers else None
+        self.optimizers = list(trainer._optimizers)
+        self.optimizer = self.optimizers[0] if self.optimizers else None
         self.accumulate = trainer.accumulate_grad_batches
         self.before_zero_grad = [(h, True) for h in hooks.cb("on_before_zero_grad")] + \
                                 [(h, False) for h in hooks.mod("on_before_zero_grad")]
@@ -85,21 +96,39 @@ class AutomaticStep:
         self.output: Any = None
 
     def run(self, batch: Any, batch_idx: int, steps_optimizer: bool) -> Any:
-        """Returns training_step's output as on_train_batch_end receives it."""
-        self.output = None
+        """Returns training_step's output as on_train_batch_end receives it (a list, one per optimizer, when
+        there are several)."""
         optimizer = self.optimizer
         if optimizer is None:  # configure_optimizers returned None: only the step runs
-            self._closure(batch, batch_idx)
-        elif steps_optimizer:
+            self.output = None
+            self._closure(batch, batch_idx, None, ())
+            return self.output
+        if len(self.optimizers) == 1:
+            return self._run_optimizer(batch, batch_idx, steps_optimizer, optimizer, ())
+        outputs = []
+        module = self.module
+        for index, optimizer in enumerate(self.optimizers):
+            module.toggle_optimizer(optimizer)
+            try:
+                outputs.append(self._run_optimizer(batch, batch_idx, steps_optimizer, optimizer, (index,)))
+            finally:
+                module.untoggle_optimizer(optimizer)
+        return outputs
+
+    def _run_optimizer(self, batch: Any, batch_idx: int, steps_optimizer: bool, optimizer: LoopOptimizer,
+                       extra: tuple[int, ...]) -> Any:
+        self.output = None
+        if steps_optimizer:
             self.optimizer_step(self.trainer.current_epoch, batch_idx, optimizer,
-                                lambda: self._closure(batch, batch_idx))
+                                lambda: self._closure(batch, batch_idx, optimizer, extra))
         else:
             with self.trainer.fabric.no_backward_sync(self.fabric_module):
-                self._closure(batch, batch_idx)
+                self._closure(batch, batch_idx, optimizer, extra)
         return self.output
 
-    def _closure(self, batch: Any, batch_idx: int) -> Tensor | None:
-        output = self.fabric_module("training_step", batch, batch_idx)
+    def _closure(self, batch: Any, batch_idx: int, optimizer: LoopOptimizer | None,
+                 extra: tuple[int, ...]) -> Tensor | None:
+        output = self.fabric_module("training_step", batch, batch_idx, *extra)
         if isinstance(output, Tensor):
             loss = output
             self.output = {"loss": loss.detach()}
@@ -114,7 +143,7 @@ class AutomaticStep:
         else:
             raise TypeError(f"training_step returned a {type(output).__name__}; accepted: a loss tensor, a dict "
                             "with 'loss', or None to skip the batch")
-        trainer, module, optimizer = self.trainer, self.module, self.optimizer
+        trainer, module = self.trainer, self.module
         if optimizer is not None and batch_idx % self.accumulate == 0:
             for hook, is_callback in self.before_zero_grad:
                 hook(trainer, module, optimizer.optimizer) if is_callback else hook(optimizer.optimizer)
@@ -127,6 +156,21 @@ class AutomaticStep:
         for hook, is_callback in self.after_backward:
             hook(trainer, module) if is_callback else hook()
         return loss
+
+
+def check_automatic_optimizers(module: Any, count: int) -> None:
+    """Several optimizers with automatic optimization need `training_step(batch, batch_idx, optimizer_idx)`."""
+    if count <= 1:
+        return
+    try:
+        parameters = inspect.signature(module.training_step).parameters
+    except (TypeError, ValueError):
+        parameters = {}
+    if "optimizer_idx" not in parameters:
+        raise ValueError(f"configure_optimizers returned {count} optimizers. With automatic optimization, define "
+                         "training_step(self, batch, batch_idx, optimizer_idx): it runs once per optimizer and "
+                         "returns that optimizer's loss. Or set self.automatic_optimization = False and step them "
+                         "in training_step")
 
 
 def manual_backward(trainer: Any, loss: Tensor, *args: Any, **kwargs: Any) -> None:

@@ -26,7 +26,7 @@ from loops.trainer.data import as_list, find_loaders, limit_batches, setup_loade
 from loops.trainer.evaluation_loop import print_results, run_evaluation
 from loops.trainer.fit_loop import FitLoop
 from loops.trainer.hooks import HookTable, overrides
-from loops.trainer.optimization import LoopOptimizer, manual_backward
+from loops.trainer.optimization import LoopOptimizer, check_automatic_optimizers, manual_backward
 from loops.trainer.predict_loop import run_prediction
 from loops.trainer.properties import TrainerProperties
 from loops.trainer.router import StepRouter
@@ -291,9 +291,8 @@ class Trainer(TrainerProperties):
             raise ValueError(f"accumulate_grad_batches={self.accumulate_grad_batches} needs automatic optimization; "
                              "with manual optimization step the optimizer every N batches yourself")
         optimizers, self.lr_scheduler_configs = parse_optimizers(model.configure_optimizers())
-        if self._automatic and len(optimizers) > 1:
-            raise ValueError(f"configure_optimizers returned {len(optimizers)} optimizers; automatic optimization "
-                             "steps one. Set self.automatic_optimization = False and step them in training_step")
+        if self._automatic:
+            check_automatic_optimizers(model, len(optimizers))
         if self.sync_batchnorm and self.world_size > 1:
             model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
         self._fabric_module, fabric_optimizers = self._setup_model_and_optimizers(model, optimizers)

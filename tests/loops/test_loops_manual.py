@@ -80,3 +80,14 @@ def test_manual_backward_in_automatic_mode_is_an_error():
 
     with pytest.raises(RuntimeError, match="manual optimization"):
         make_trainer(max_epochs=1).fit(Auto(), loader())
+
+
+def test_schedulers_are_left_to_the_step_with_manual_optimization():
+    class Scheduled(GAN):
+        def configure_optimizers(self):
+            opts = super().configure_optimizers()
+            return opts, [torch.optim.lr_scheduler.StepLR(opts[0], step_size=1, gamma=0.5)]
+
+    trainer = make_trainer(max_epochs=2, limit_train_batches=2)
+    trainer.fit(Scheduled(), loader())
+    assert trainer.optimizers[0].param_groups[0]["lr"] == 1e-3  # Lightning steps none of them either

@@ -107,9 +107,9 @@ def test_none_runs_training_step_without_stepping():
     assert torch.equal(model.layer.weight, before) and trainer.optimizers == []
 
 
-def test_two_optimizers_need_manual_optimization():
+def test_two_optimizers_need_optimizer_idx_or_manual_optimization():
     model = WithScheduler(lambda opt: [opt, torch.optim.Adam(opt.param_groups[0]["params"])])
-    with pytest.raises(ValueError, match="automatic_optimization = False"):
+    with pytest.raises(ValueError, match="optimizer_idx.*automatic_optimization = False"):
         make_trainer(max_epochs=1).fit(model, loader())
 
 
