@@ -8,6 +8,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from fabric_kit.loggers import FolderLogger
 from loops.callbacks.callback import Callback
 from loops.callbacks.checkpoint import Checkpoint
 
@@ -45,11 +46,12 @@ class TrainerProperties:
 
     @property
     def log_dir(self) -> str:
-        """The first logger's directory, else `<root>/lightning_logs/version_N`, else `default_root_dir`."""
+        """The first logger's version folder for TensorBoard / CSV loggers, its `save_dir` for others, else
+        `default_root_dir` (Lightning's rule; checkpoints go to `<log_dir>/checkpoints`)."""
         logger = self.logger
-        if logger is not None:
-            return str(getattr(logger, "log_dir", None) or getattr(logger, "save_dir", None) or self.default_root_dir)
-        return self._version_dir or self.default_root_dir
+        if isinstance(logger, FolderLogger):
+            return logger.log_dir
+        return str(getattr(logger, "save_dir", None) or self.default_root_dir)
 
     @property
     def checkpoint_callbacks(self) -> list[Checkpoint]:

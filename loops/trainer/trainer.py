@@ -11,6 +11,7 @@ import torch
 from torch import Tensor
 
 from fabric_kit import Fabric, is_wrapped
+from fabric_kit.loggers import agree_on_versions
 from loops.callbacks.callback import Callback
 from loops.callbacks.checkpoint import Checkpoint
 from loops.callbacks.model_checkpoint import ModelCheckpoint
@@ -19,6 +20,7 @@ from loops.core.hooks import DataHooks
 from loops.core.module import LightningModule
 from loops.core.optimizer_config import SchedulerConfig, parse_optimizers
 from loops.logging.metrics import MetricsHub
+from loops.loggers.defaults import default_loggers, hyperparameters_to_log
 from loops.logging.results import Results
 from loops.trainer import arguments as args_check
 from loops.trainer import checkpointing
@@ -101,7 +103,7 @@ class Trainer(TrainerProperties):
         if barebones:
             self.num_sanity_val_steps = 0
         self._logger_enabled = not (fast or barebones or logger is False)
-        self._loggers = [] if logger in (None, True, False) else as_list(logger)
+        self._loggers = default_loggers(logger, self.default_root_dir) if self._logger_enabled else []
         self.enable_checkpointing = not barebones if enable_checkpointing is None else enable_checkpointing
         self.enable_progress_bar = not barebones if enable_progress_bar is None else enable_progress_bar
         self.enable_model_summary = not barebones if enable_model_summary is None else enable_model_summary
@@ -143,7 +145,6 @@ class Trainer(TrainerProperties):
         self._clip_hook: Callable[..., Any] | None = None
         self._custom_transfer = False
         self._loader_args: dict[str, Any] = {"train": None, "val": None, "test": None, "predict": None}
-        self._version_dir: str | None = None
         self.num_test_batches: list[int | float] = []
         self.num_predict_batches: list[int | float] = []
         self.test_dataloaders: list[Any] = []
@@ -248,6 +249,7 @@ class Trainer(TrainerProperties):
                 self._fabric_module = self.fabric.setup(StepRouter(model))
                 if ckpt_path is not None:
                     checkpointing.restore_model(self, ckpt_path, stage)
+                self._log_hyperparams(model)
                 result = self._run_stage(stage)
         except BaseException as exception:
             self.state.status = "interrupted"
@@ -362,7 +364,7 @@ class Trainer(TrainerProperties):
             self.lightning_module.teardown(stage)
         for logger in self._loggers:
             if hasattr(logger, "finalize"):
-                logger.finalize(self.state.status if self.state.status != "running" else "success")
+                logger.finalize("failed" if self.state.status == "interrupted" else "success")
         self.training = self.validating = self.testing = self.predicting = self.sanity_checking = False
 
     def _attach_callbacks(self, model: LightningModule) -> None:
@@ -377,14 +379,18 @@ class Trainer(TrainerProperties):
                          [c for c in callbacks if isinstance(c, Checkpoint)]
 
     def _log_hyperparams(self, model: LightningModule) -> None:
-        if not self._loggers or not getattr(model, "_log_hyperparams", False):
+        """The module's and datamodule's initial hyperparameters (those `save_hyperparameters(logger=True)`
+        recorded) and the model's graph to every logger, as each stage starts."""
+        if not self._loggers:
             return
-        params = dict(model.hparams)
-        if self.datamodule is not None and getattr(self.datamodule, "_log_hyperparams", False):
-            params.update(self.datamodule.hparams)
+        params = hyperparameters_to_log(model, self.datamodule)
         for logger in self._loggers:
-            if hasattr(logger, "log_hyperparams"):
+            if params is not None and hasattr(logger, "log_hyperparams"):
                 logger.log_hyperparams(params)
+            if hasattr(logger, "log_graph"):
+                logger.log_graph(model)
+            if hasattr(logger, "save"):
+                logger.save()
 
     # -- called by the module ---------------------------------------------------------------------------------------
     def _log(self, name: str, value: Any, prog_bar: bool, logger: bool, on_step: bool | None, on_epoch: bool | None,
@@ -427,17 +433,9 @@ class Trainer(TrainerProperties):
         return overrides(self.lightning_module, name, LightningModule)
 
     def _resolve_log_dir(self) -> None:
-        """Pick `<default_root_dir>/lightning_logs/version_N` once (rank 0 decides, every rank agrees)."""
-        if self._version_dir is not None or not self._logger_enabled or self._loggers:
-            return
-        root = Path(self.default_root_dir) / "lightning_logs"
-        version = None
-        if self.is_global_zero:
-            existing = [int(p.name[8:]) for p in root.glob("version_*") if p.name[8:].isdigit()]
-            version = max(existing) + 1 if existing else 0
-            (root / f"version_{version}").mkdir(parents=True, exist_ok=True)
-        version = self.fabric.broadcast(version) if self.world_size > 1 else version
-        self._version_dir = str(root / f"version_{version}")
+        """Every process takes rank 0's `version_N` for each folder logger (rank 0 alone looks at the disk), so
+        `log_dir` and the checkpoint folder under it are the same path on every rank."""
+        agree_on_versions(self._loggers, self.fabric.broadcast if self.world_size > 1 else lambda versions: versions)
 
     def print(self, *args: Any, **kwargs: Any) -> None:
         self.fabric.print(*args, **kwargs)
