@@ -34,6 +34,7 @@ from loops.trainer.properties import TrainerProperties
 from loops.trainer.router import StepRouter
 from loops.trainer.state import TrainerState
 from loops.trainer.strategy import StrategyFacade
+from loops.tuner.exit import TunerExit
 
 _TRANSFER_HOOKS = ("on_before_batch_transfer", "transfer_batch_to_device", "on_after_batch_transfer")
 
@@ -307,7 +308,10 @@ class Trainer(TrainerProperties):
             checkpointing.restore_training_state(self, checkpoint, ckpt_path)
         self._log_hyperparams(model)
         self.training = True
-        self._hooks.call("on_fit_start")
+        try:
+            self._hooks.call("on_fit_start")
+        except TunerExit:  # a Tuner's finder ran its search in on_fit_start: fit ends without training
+            return
         with torch.autograd.set_detect_anomaly(True) if self.detect_anomaly else nullcontext():
             self.fit_loop.run()
         self.training = False
