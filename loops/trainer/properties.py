@@ -11,6 +11,8 @@ from torch import Tensor
 from fabric_kit.loggers import FolderLogger
 from loops.callbacks.callback import Callback
 from loops.callbacks.checkpoint import Checkpoint
+from loops.callbacks.early_stopping import EarlyStopping
+from loops.callbacks.progress import ProgressBar
 
 
 class TrainerProperties:
@@ -63,8 +65,18 @@ class TrainerProperties:
         return callbacks[0] if callbacks else None
 
     @property
-    def early_stopping_callbacks(self) -> list[Callback]:
-        return [c for c in self.callbacks if getattr(c, "monitors_metrics", False) and not isinstance(c, Checkpoint)]
+    def early_stopping_callbacks(self) -> list[EarlyStopping]:
+        return [c for c in self.callbacks if isinstance(c, EarlyStopping)]
+
+    @property
+    def early_stopping_callback(self) -> EarlyStopping | None:
+        callbacks = self.early_stopping_callbacks
+        return callbacks[0] if callbacks else None
+
+    @property
+    def progress_bar_callback(self) -> ProgressBar | None:
+        """The run's progress bar (None with `enable_progress_bar=False`)."""
+        return next((c for c in self.callbacks if isinstance(c, ProgressBar)), None)
 
     @property
     def callback_metrics(self) -> dict[str, Tensor]:

@@ -15,6 +15,8 @@ from fabric_kit.loggers import agree_on_versions
 from loops.callbacks.callback import Callback
 from loops.callbacks.checkpoint import Checkpoint
 from loops.callbacks.model_checkpoint import ModelCheckpoint
+from loops.callbacks.model_summary import ModelSummary
+from loops.callbacks.progress import ProgressBar, TQDMProgressBar
 from loops.core.datamodule import LightningDataModule
 from loops.core.hooks import DataHooks
 from loops.core.module import LightningModule
@@ -118,6 +120,9 @@ class Trainer(TrainerProperties):
                              "enable checkpointing")
         if self.enable_checkpointing and not given_checkpoints:
             self._given_callbacks.append(ModelCheckpoint())
+        self._add_default_progress_bar()
+        if self.enable_model_summary and not any(isinstance(c, ModelSummary) for c in self._given_callbacks):
+            self._given_callbacks.append(ModelSummary())
         self.callbacks: list[Callback] = list(self._given_callbacks)
         if deterministic:
             torch.use_deterministic_algorithms(True, warn_only=deterministic == "warn")
@@ -370,6 +375,17 @@ class Trainer(TrainerProperties):
             if hasattr(logger, "finalize"):
                 logger.finalize("failed" if self.state.status == "interrupted" else "success")
         self.training = self.validating = self.testing = self.predicting = self.sanity_checking = False
+
+    def _add_default_progress_bar(self) -> None:
+        """TQDMProgressBar unless one was given (at most one) or `enable_progress_bar=False`."""
+        bars = [type(c).__name__ for c in self._given_callbacks if isinstance(c, ProgressBar)]
+        if len(bars) > 1:
+            raise ValueError(f"callbacks holds {len(bars)} progress bars {bars}; the Trainer shows one: keep one")
+        if bars and not self.enable_progress_bar:
+            raise ValueError(f"enable_progress_bar=False, but callbacks holds {bars}; remove it or enable the "
+                             "progress bar")
+        if self.enable_progress_bar and not bars:
+            self._given_callbacks.append(TQDMProgressBar())
 
     def _attach_callbacks(self, model: LightningModule) -> None:
         """Trainer callbacks plus the module's `configure_callbacks` (replacing ones of the same type), with
