@@ -1,9 +1,12 @@
 from loops.callbacks.callback import Callback
+from loops.callbacks.batch_size_finder import BatchSizeFinder
 from loops.callbacks.checkpoint import Checkpoint
 from loops.callbacks.early_stopping import EarlyStopping
+from loops.callbacks.lr_finder import LearningRateFinder
 from loops.callbacks.model_checkpoint import ModelCheckpoint
 from loops.callbacks.model_summary import ModelSummary
 from loops.callbacks.progress import ProgressBar, RichProgressBar, TQDMProgressBar
+from loops.callbacks.stochastic_weight_avg import StochasticWeightAveraging
 
-__all__ = ["Callback", "Checkpoint", "EarlyStopping", "ModelCheckpoint", "ModelSummary", "ProgressBar",
-           "RichProgressBar", "TQDMProgressBar"]
+__all__ = ["BatchSizeFinder", "Callback", "Checkpoint", "EarlyStopping", "LearningRateFinder", "ModelCheckpoint",
+           "ModelSummary", "ProgressBar", "RichProgressBar", "StochasticWeightAveraging", "TQDMProgressBar"]
