@@ -243,7 +243,9 @@ class LightningCLI:
         if callable(before):
             before()
         run = getattr(self, subcommand, getattr(self.trainer, subcommand))
-        run(**self._prepare_subcommand_kwargs(subcommand))
+        kwargs = self._prepare_subcommand_kwargs(subcommand)
+        self._check_named_checkpoint(subcommand, kwargs.get("ckpt_path"))
+        run(**kwargs)
         after = getattr(self, f"after_{subcommand}", None)
         if callable(after):
             after()
@@ -255,6 +257,16 @@ class LightningCLI:
         if self.datamodule is not None:
             kwargs["datamodule"] = self.datamodule
         return kwargs
+
+    def _check_named_checkpoint(self, subcommand: str, ckpt_path: Any) -> None:
+        """`--ckpt_path best|last` names a checkpoint that a fit in this process wrote; a fresh run has none."""
+        if ckpt_path not in ("best", "last"):
+            return
+        if not any(getattr(cb, f"{ckpt_path}_model_path", "") for cb in self.trainer.checkpoint_callbacks):
+            self._parser(subcommand).error(
+                f"--ckpt_path {ckpt_path}: no checkpoint callback of this {subcommand} run has written a {ckpt_path} "
+                f"checkpoint ('{ckpt_path}' means one from a fit in the same process, e.g. in after_fit); pass the "
+                "checkpoint file instead: --ckpt_path <log_dir>/checkpoints/<name>.ckpt")
 
     @staticmethod
     @contextmanager

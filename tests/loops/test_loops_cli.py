@@ -1,0 +1,214 @@
+"""LightningCLI end to end: scripts/cli_regression.py runs in a subprocess as a user's script would (YAML files,
+overrides, --print_config, class_path, --optimizer, --ckpt_path, 2 DDP processes); bad input is checked
+in-process too (exit status 2 and a message naming the key)."""
+import importlib
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from loops.cli import LightningCLI
+
+SCRIPT = Path(__file__).parent / "scripts" / "cli_regression.py"
+
+
+def write_yaml(path, config):
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def base_config(root):
+    return {"seed_everything": 7, "trainer": {"max_epochs": 1, "default_root_dir": str(root)},
+            "model": {"class_path": "Net", "init_args": {"hidden": 4}}, "data": {"batch_size": 4}}
+
+
+def read_summary(out_dir, stage, rank=0):
+    return json.loads((Path(out_dir) / f"{stage}_rank{rank}.json").read_text())
+
+
+@pytest.fixture(scope="session")
+def cli(run_ranks):
+    """`cli(*args)`: run the script with these arguments; fails the test unless it exits 0."""
+
+    def run(*args, expect=0):
+        proc = run_ranks([SCRIPT, *args], check=False, timeout=180)
+        assert proc.returncode == expect, f"exit status {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
+        return proc
+
+    return run
+
+
+FIT_OVERRIDES = ["--trainer.max_epochs", "2", "--model.lr", "0.05", "--then_test_best", "true"]
+
+
+@pytest.fixture(scope="module")
+def fitted(cli, tmp_path_factory):
+    """One fit from a YAML plus overrides, shared by the tests that read what it wrote."""
+    tmp = tmp_path_factory.mktemp("cli_fit")
+    config = write_yaml(tmp / "base.yaml", base_config(tmp / "root"))
+    args = ["fit", "--config", config, *FIT_OVERRIDES, "--summary.out_dir", tmp / "out"]
+    cli(*args)
+    summary = read_summary(tmp / "out", "fit")
+    return {"tmp": tmp, "args": args, "summary": summary, "log_dir": Path(summary["log_dir"])}
+
+
+def test_fit_from_yaml_with_overrides_saves_the_resolved_config(fitted):
+    summary = fitted["summary"]
+    assert summary["model"] == "Net" and summary["hparams"] == {"hidden": 4, "lr": 0.05}
+    assert summary["global_step"] == 16  # 32 samples / batch 4 * 2 epochs (the override, not the YAML's 1)
+    assert summary["optimizer"] == "SGD" and summary["lr"] == 0.05 and summary["seed"] == 7
+    log_dir = fitted["log_dir"]
+    assert log_dir == fitted["tmp"] / "root" / "lightning_logs" / "version_0"
+    saved = yaml.safe_load((log_dir / "config.yaml").read_text())
+    assert saved["trainer"]["max_epochs"] == 2 and saved["model"]["init_args"] == {"hidden": 4, "lr": 0.05}
+    assert saved["seed_everything"] == 7 and saved["data"] == {"n": 32, "batch_size": 4}
+    assert sorted(p.name for p in log_dir.glob("saved_by_rank*")) == ["saved_by_rank0"]
+
+
+def test_after_fit_tests_the_best_checkpoint(fitted):
+    tested = read_summary(fitted["tmp"] / "out", "test")
+    assert fitted["summary"]["best"].endswith("epoch=1-step=16.ckpt")
+    assert tested["weights"] == fitted["summary"]["weights"] and "test_loss" in tested["metrics"]
+
+
+def test_print_config_round_trips(cli, fitted, tmp_path):
+    printed = cli(*fitted["args"], "--print_config").stdout
+    assert not (fitted["tmp"] / "root" / "lightning_logs" / "version_1").exists()  # printing runs nothing
+    assert yaml.safe_load(printed) == yaml.safe_load((fitted["log_dir"] / "config.yaml").read_text())
+    config = tmp_path / "printed.yaml"
+    config.write_text(printed)
+    cli("fit", "--config", config, "--summary.out_dir", tmp_path, "--then_test_best", "false")
+    again = read_summary(tmp_path, "fit")
+    assert again["weights"] == fitted["summary"]["weights"] and again["metrics"] == fitted["summary"]["metrics"]
+
+
+@pytest.mark.parametrize("stage", ["validate", "test"])
+def test_evaluate_a_checkpoint_in_a_new_process(cli, fitted, tmp_path, stage):
+    best = fitted["summary"]["best"]
+    # another seed: the model starts from other weights, so equal weights mean the checkpoint was loaded
+    cli(stage, "--config", fitted["log_dir"] / "config.yaml", "--seed_everything", "123", "--ckpt_path", best,
+        "--summary.out_dir", tmp_path)
+    evaluated = read_summary(tmp_path, stage)
+    assert evaluated["seed"] == 123 and evaluated["weights"] == fitted["summary"]["weights"]
+    if stage == "validate":  # fit validated these weights after its last epoch
+        assert evaluated["metrics"]["val_loss"] == pytest.approx(fitted["summary"]["metrics"]["val_loss"])
+    else:
+        tested_after_fit = read_summary(fitted["tmp"] / "out", "test")
+        assert evaluated["metrics"]["test_loss"] == pytest.approx(tested_after_fit["metrics"]["test_loss"])
+
+
+def test_fit_resumes_from_ckpt_path(cli, fitted, tmp_path):
+    cli("fit", "--config", fitted["log_dir"] / "config.yaml", "--trainer.max_epochs", "3", "--then_test_best",
+        "false", "--ckpt_path", fitted["summary"]["best"], "--summary.out_dir", tmp_path)
+    assert read_summary(tmp_path, "fit")["global_step"] == 24
+
+
+def test_subclass_optimizer_and_scheduler_from_the_command_line(cli, tmp_path):
+    base = write_yaml(tmp_path / "base.yaml", base_config(tmp_path / "root"))
+    # a second file wins over the first: two epochs, and a checkpoint callback chosen by class_path
+    later = write_yaml(tmp_path / "later.yaml", {"trainer": {"max_epochs": 2, "callbacks": [
+        {"class_path": "loops.callbacks.ModelCheckpoint", "init_args": {"monitor": "val_loss", "save_top_k": 2}}]}})
+    proc = cli("fit", "--config", base, "--config", later, "--model", "ScaledNet", "--model.scale", "3",
+               "--optimizer", "Adam", "--optimizer.lr", "0.02", "--lr_scheduler", "StepLR",
+               "--lr_scheduler.step_size", "1", "--lr_scheduler.gamma", "0.5", "--summary.out_dir", tmp_path)
+    summary = read_summary(tmp_path, "fit")
+    assert summary["model"] == "ScaledNet" and summary["hparams"] == {"scale": 3.0, "hidden": 4, "lr": 0.1}
+    assert summary["optimizer"] == "Adam" and summary["lr"] == pytest.approx(0.02 * 0.5 ** 2)  # stepped each epoch
+    assert summary["global_step"] == 16
+    checkpoints = Path(summary["log_dir"]) / "checkpoints"
+    assert len(list(checkpoints.glob("*.ckpt"))) == 2  # save_top_k=2 from the second file
+    assert "ScaledNet.configure_optimizers is replaced" in proc.stderr
+
+
+def test_ddp_two_processes_parse_the_same_command_line(cli, tmp_path):
+    config = write_yaml(tmp_path / "base.yaml", base_config(tmp_path / "root"))
+    cli("fit", "--config", config, "--trainer.devices", "2", "--trainer.strategy", "ddp", "--model.hidden", "5",
+        "--seed_everything", "true", "--summary.out_dir", tmp_path)
+    ranks = [read_summary(tmp_path, "fit", rank) for rank in (0, 1)]
+    assert [r["world_size"] for r in ranks] == [2, 2] and [r["rank"] for r in ranks] == [0, 1]
+    assert all(r["hparams"] == {"hidden": 5, "lr": 0.1} for r in ranks)  # rank 1 re-parsed the same argv
+    assert all(r["global_step"] == 4 for r in ranks)  # 32 samples / 2 ranks / batch 4
+    assert ranks[0]["weights"] == ranks[1]["weights"]
+    # seed_everything: true picked one seed on rank 0, inherited by rank 1 and written to the saved config
+    log_dir = Path(ranks[0]["log_dir"])
+    assert ranks[0]["log_dir"] == ranks[1]["log_dir"]
+    assert ranks[0]["seed"] == ranks[1]["seed"] == yaml.safe_load((log_dir / "config.yaml").read_text())[
+        "seed_everything"]
+    assert sorted(p.name for p in log_dir.glob("saved_by_rank*")) == ["saved_by_rank0"]
+
+
+def test_unparsable_yaml_exits_2_naming_the_file_without_traceback(cli, tmp_path):
+    config = tmp_path / "broken.yaml"
+    config.write_text("trainer:\n  max_epochs: [1\n")
+    proc = cli("fit", "--config", config, "--summary.out_dir", tmp_path, expect=2)
+    assert f"config file '{config}' is not valid YAML" in proc.stderr and "line 2" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+# -- bad input, in-process -------------------------------------------------------------------------------------------
+def _script_module():
+    spec = importlib.util.spec_from_file_location("cli_regression", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--model.hidden", "4", "--trainer.max_epochz", "2"], "trainer.max_epochz"),
+    (["--model.hidden", "4", "--trainer.max_epoch", "2"], "--trainer.max_epoch"),  # no prefix matching
+    (["--model.hidden", "4", "--trainer.max_epochs", "two"], 'Parser key "trainer.max_epochs"'),
+    (["--model.hidden", "four"], 'Parser key "model.hidden"'),
+    ([], "fit.model.hidden"),
+    (["--model.hidden", "4", "--trainer.precision", "17"], "precision='17' is not supported"),
+    (["--model.hidden", "4", "--ckpt_path", "best"], "--ckpt_path best: no checkpoint callback"),
+])
+def test_bad_input_exits_2_naming_the_key(capsys, tmp_path, args, message):
+    script = _script_module()
+    with pytest.raises(SystemExit) as exited:
+        LightningCLI(script.Net, script.RegressionData, trainer_defaults={"default_root_dir": str(tmp_path)},
+                     args=["fit", "--trainer.accelerator", "cpu", *args])
+    assert exited.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_print_config_is_valid_input_for_every_subcommand(capsys, tmp_path):
+    script = _script_module()
+    with pytest.raises(SystemExit) as exited:
+        LightningCLI(script.Net, script.RegressionData, args=["test", "--model.hidden", "3", "--print_config"])
+    assert exited.value.code == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["model"] == {"hidden": 3, "lr": 0.1} and "ckpt_path" in printed and "verbose" in printed
+
+
+def test_run_false_builds_without_running(tmp_path):
+    script = _script_module()
+    with pytest.warns(UserWarning, match="Net.configure_optimizers is replaced"):
+        cli = LightningCLI(script.Net, script.RegressionData, run=False, seed_everything_default=3,
+                           trainer_defaults={"default_root_dir": str(tmp_path), "accelerator": "cpu"},
+                           args=["--model.hidden", "2", "--optimizer", "SGD", "--optimizer.lr", "0.3", "--lr_scheduler",
+                                 "loops.cli.ReduceLROnPlateau", "--lr_scheduler.monitor", "val_loss"])
+    assert cli.subcommand is None and cli.config["seed_everything"] == 3
+    assert cli.model.hparams == {"hidden": 2, "lr": 0.1} and cli.trainer.default_root_dir == str(tmp_path)
+    configured = cli.model.configure_optimizers()
+    assert isinstance(configured["optimizer"], torch.optim.SGD) and configured["optimizer"].param_groups[0]["lr"] == 0.3
+    assert configured["lr_scheduler"]["monitor"] == "val_loss"
+
+
+# -- an optional extra -----------------------------------------------------------------------------------------------
+def test_import_loops_does_not_import_jsonargparse():
+    code = "import sys, loops; print(sorted(m for m in sys.modules if m.split('.')[0] == 'jsonargparse'))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_without_jsonargparse_the_error_names_the_extra(monkeypatch):
+    monkeypatch.setitem(sys.modules, "jsonargparse", None)  # what an environment without it gives import
+    for name in [m for m in sys.modules if m == "loops.cli" or m.startswith("loops.cli.")]:
+        monkeypatch.delitem(sys.modules, name)
+    with pytest.raises(ModuleNotFoundError, match=r"pip install 'fabric_kit\[cli\]'"):
+        importlib.import_module("loops.cli")
