@@ -7,6 +7,8 @@ from loops.callbacks.model_checkpoint import ModelCheckpoint
 from loops.callbacks.model_summary import ModelSummary
 from loops.callbacks.progress import ProgressBar, RichProgressBar, TQDMProgressBar
 from loops.callbacks.stochastic_weight_avg import StochasticWeightAveraging
+from loops.callbacks.weight_averaging import EMAWeightAveraging, WeightAveraging
 
-__all__ = ["BatchSizeFinder", "Callback", "Checkpoint", "EarlyStopping", "LearningRateFinder", "ModelCheckpoint",
-           "ModelSummary", "ProgressBar", "RichProgressBar", "StochasticWeightAveraging", "TQDMProgressBar"]
+__all__ = ["BatchSizeFinder", "Callback", "Checkpoint", "EMAWeightAveraging", "EarlyStopping", "LearningRateFinder",
+           "ModelCheckpoint", "ModelSummary", "ProgressBar", "RichProgressBar", "StochasticWeightAveraging",
+           "TQDMProgressBar", "WeightAveraging"]

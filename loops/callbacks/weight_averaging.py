@@ -1,0 +1,129 @@
+"""Weight averaging after optimizer steps (Lightning 2.6's WeightAveraging and EMAWeightAveraging): an averaged
+copy of the model (torch.optim.swa_utils.AveragedModel) follows training; validation runs on the average, and the
+model takes it when training ends."""
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+import torch
+from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_avg_fn
+
+from loops.callbacks.callback import Callback
+
+
+class WeightAveraging(Callback):
+    """Keep an `AveragedModel` of the LightningModule, updated when `should_update` says so (by default after every
+    optimizer step). `kwargs` go to AveragedModel (`avg_fn`, `multi_avg_fn`; the default is the plain mean, SWA);
+    `use_buffers` averages buffers too (BatchNorm statistics) instead of leaving them to the user; `device` is where
+    the average lives (default: the model's device).
+
+    Checkpoints keep the current weights under "state_dict" (so training resumes exactly) and the average in this
+    callback's state; Lightning instead swaps the average into "state_dict". After fit the module holds the average,
+    so `trainer.save_checkpoint` then writes it. Sharded models are not supported."""
+
+    def __init__(self, device: torch.device | str | int | None = None, use_buffers: bool = True,
+                 **kwargs: Any) -> None:
+        self._device = torch.device(device) if isinstance(device, str) else device
+        self._use_buffers = use_buffers
+        self._kwargs = kwargs
+        self._average_model: AveragedModel | None = None
+        self._pending_state: dict[str, Any] | None = None
+        self._latest_update_step = 0
+        self._latest_update_epoch = -1
+
+    def should_update(self, step_idx: int | None = None, epoch_idx: int | None = None) -> bool:
+        """Called with the 0-based index of the optimizer step just taken, or of the epoch just ended; override to
+        choose when the average is updated. Default: after every optimizer step."""
+        return step_idx is not None
+
+    # -- hooks ----------------------------------------------------------------------------------------------------
+    def on_fit_start(self, trainer: Any, pl_module: Any) -> None:
+        self._ensure_average_model(pl_module)
+
+    def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if trainer.global_step > self._latest_update_step and self.should_update(step_idx=trainer.global_step - 1):
+            self._average_model.update_parameters(pl_module)
+            self._latest_update_step = trainer.global_step
+
+    def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
+        if trainer.current_epoch > self._latest_update_epoch and self.should_update(epoch_idx=trainer.current_epoch):
+            self._average_model.update_parameters(pl_module)
+            self._latest_update_epoch = trainer.current_epoch
+
+    def on_train_end(self, trainer: Any, pl_module: Any) -> None:
+        for average, current in self._pairs(pl_module):
+            current.data.copy_(average.data)
+
+    def on_validation_epoch_start(self, trainer: Any, pl_module: Any) -> None:
+        if self._average_model is not None:
+            self._swap(pl_module)
+
+    def on_validation_epoch_end(self, trainer: Any, pl_module: Any) -> None:
+        if self._average_model is not None:
+            self._swap(pl_module)
+
+    # -- checkpoints ----------------------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        state: dict[str, Any] = {"latest_update_step": self._latest_update_step,
+                                 "latest_update_epoch": self._latest_update_epoch}
+        if self._average_model is not None:
+            state["average_model_state"] = self._average_model.state_dict()
+        return state
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._latest_update_step = state_dict["latest_update_step"]
+        self._latest_update_epoch = state_dict.get("latest_update_epoch", -1)
+        self._pending_state = state_dict.get("average_model_state")
+
+    def on_load_checkpoint(self, trainer: Any, pl_module: Any, checkpoint: dict[str, Any]) -> None:
+        self._ensure_average_model(pl_module)  # called when fit resumes, before on_fit_start
+
+    # -- the average ----------------------------------------------------------------------------------------------
+    def _ensure_average_model(self, pl_module: Any) -> None:
+        """Copy the set-up module (after configure_model, on its device) without its Trainer."""
+        if self._average_model is None:
+            trainer, pl_module.trainer = pl_module.trainer, None
+            try:
+                self._average_model = AveragedModel(pl_module, device=self._device or pl_module.device,
+                                                    use_buffers=self._use_buffers, **self._kwargs)
+            finally:
+                pl_module.trainer = trainer
+        if self._pending_state is not None:
+            self._average_model.load_state_dict(self._pending_state)
+            self._pending_state = None
+
+    def _pairs(self, pl_module: nn.Module) -> Any:
+        average = self._average_model.module
+        return zip(itertools.chain(average.parameters(), average.buffers()),
+                   itertools.chain(pl_module.parameters(), pl_module.buffers()))
+
+    def _swap(self, pl_module: nn.Module) -> None:
+        for average, current in self._pairs(pl_module):
+            kept = average.data.clone()
+            average.data.copy_(current.data)
+            current.data.copy_(kept)
+
+
+class EMAWeightAveraging(WeightAveraging):
+    """An exponential moving average of the weights: average = decay * average + (1 - decay) * weights, updated
+    every `update_every_n_steps` optimizer steps from step `update_starting_at_step` (0-based) on, and/or at the
+    end of every epoch from `update_starting_at_epoch` on."""
+
+    def __init__(self, device: torch.device | str | int | None = None, use_buffers: bool = True, decay: float = 0.999,
+                 update_every_n_steps: int = 1, update_starting_at_step: int | None = None,
+                 update_starting_at_epoch: int | None = None, **kwargs: Any) -> None:
+        if not 0.0 <= decay <= 1.0:
+            raise ValueError(f"decay={decay}: pass a float in [0, 1]")
+        super().__init__(device=device, use_buffers=use_buffers, avg_fn=get_ema_avg_fn(decay=decay), **kwargs)
+        self.update_every_n_steps = update_every_n_steps
+        self.update_starting_at_step = update_starting_at_step
+        self.update_starting_at_epoch = update_starting_at_epoch
+
+    def should_update(self, step_idx: int | None = None, epoch_idx: int | None = None) -> bool:
+        if step_idx is not None and (self.update_starting_at_step is None or step_idx >= self.update_starting_at_step) \
+                and self.update_every_n_steps > 0 and step_idx % self.update_every_n_steps == 0:
+            return True
+        return epoch_idx is not None and self.update_starting_at_epoch is not None \
+            and epoch_idx >= self.update_starting_at_epoch
