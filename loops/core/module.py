@@ -2,11 +2,14 @@
 it; the methods here are what a step may call back (log, optimizers, manual_backward, ...)."""
 from __future__ import annotations
 
+import io
+from pathlib import Path
 from typing import Any, Callable, Mapping
 
 import torch
 from torch import Tensor, nn
 
+from loops.core import export
 from loops.core.hooks import CheckpointHooks, DataHooks, ModelHooks
 from loops.core.hparams import HyperparametersMixin
 from loops.core.saving import load_from_checkpoint
@@ -40,9 +43,11 @@ class LightningModule(HyperparametersMixin, ModelHooks, DataHooks, CheckpointHoo
         return []
 
     # -- state the Trainer provides -----------------------------------------------------------------------------
+    _jit_is_scripting = False  # set while torch.jit reads every attribute: `trainer` is then None, not an error
+
     @property
     def trainer(self) -> Any:
-        if self._trainer is None:
+        if self._trainer is None and not self._jit_is_scripting:
             raise RuntimeError(f"{type(self).__name__} is not attached to a Trainer; this needs trainer.fit, "
                                "validate, test or predict to be running or to have run")
         return self._trainer
@@ -207,6 +212,18 @@ class LightningModule(HyperparametersMixin, ModelHooks, DataHooks, CheckpointHoo
         self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
 
     # -- utilities ----------------------------------------------------------------------------------------------
+    def to_onnx(self, file_path: str | Path | io.BytesIO | None = None, input_sample: Any = None,
+                **kwargs: Any) -> Any:
+        """Export to ONNX with `input_sample` (default: `self.example_input_array`); kwargs go to
+        torch.onnx.export. Needs `pip install 'fabric_kit[onnx]'`."""
+        return export.to_onnx(self, file_path, input_sample, **kwargs)
+
+    def to_torchscript(self, file_path: str | Path | None = None, method: str = "script",
+                       example_inputs: Any = None, **kwargs: Any) -> torch.jit.ScriptModule:
+        """A TorchScript module, by `torch.jit.script` ("script") or `torch.jit.trace` ("trace"); saved to
+        `file_path` when given."""
+        return export.to_torchscript(self, file_path, method, example_inputs, **kwargs)
+
     def freeze(self) -> None:
         """No gradients and eval mode, e.g. for a frozen backbone or inference."""
         for param in self.parameters():
@@ -222,3 +239,9 @@ class LightningModule(HyperparametersMixin, ModelHooks, DataHooks, CheckpointHoo
         return self.trainer.fabric.all_gather(data, group=group, sync_grads=sync_grads)
 
     load_from_checkpoint = classmethod(load_from_checkpoint)
+
+
+# torch.jit.script must not compile (or even read) the Trainer-facing properties: most need a running Trainer.
+LightningModule.__jit_unused_properties__ = sorted(  # type: ignore[attr-defined]
+    name for klass in LightningModule.__mro__ if klass is not nn.Module
+    for name, value in vars(klass).items() if isinstance(value, property))

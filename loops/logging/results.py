@@ -101,6 +101,13 @@ class Results:
         if on_step:
             self.step_logged = True
 
+    def reset_metrics(self) -> None:
+        """Reset the logged metric objects once their epoch is over (also a discarded one, like the sanity
+        check's), so the next epoch's `compute()` sees only its own updates."""
+        for entry in self.entries.values():
+            if entry.metric is not None:
+                entry.metric.reset()
+
     def step_metrics(self) -> tuple[dict[str, Tensor], dict[str, Tensor], dict[str, Tensor]]:
         """(callback metrics, logger metrics, progress-bar metrics) of the latest step."""
         self.step_logged = False

@@ -55,6 +55,7 @@ def run_evaluation(trainer: Any, stage: str, loaders: list[Any], limits: list[in
             metrics = to_floats(trainer._metrics.epoch_end(results, trainer.loggers, trainer._logger_step,
                                                            trainer.current_epoch))
             per_loader = [_for_loader(metrics, i, multiple) for i in range(len(loaders))]
+        results.reset_metrics()
         hooks.call(f"on_{prefix}_end")
     if stage == "validate" or trainer.state.fn == "fit":
         module.on_validation_model_train()

@@ -274,6 +274,7 @@ class FitLoop:
         # Logged at the step of the epoch's last batch, as Lightning does.
         trainer._metrics.epoch_end(trainer._train_results, trainer.loggers, max(0, self.batches_stepped - 1),
                                    trainer.current_epoch)
+        trainer._train_results.reset_metrics()
         hooks.call_callbacks("on_train_epoch_end", monitoring=True)
         trainer._results = None
         self._step_epoch_schedulers(trainer.callback_metrics)

@@ -426,9 +426,10 @@ class Trainer(TrainerProperties):
         defaults = self._log_defaults
         if self._dataloader_idx is not None and add_dataloader_idx:
             name = f"{name}/dataloader_idx_{self._dataloader_idx}"
+        # rank_zero_only: logged from rank 0 alone, so never synced (a collective there would wait for the others).
         results.log(name, value, prog_bar, logger and self._logger_enabled, defaults[0] if on_step is None else on_step,
-                    defaults[1] if on_epoch is None else on_epoch, reduce_fx, enable_graph, sync_dist, group,
-                    batch_size, self._batch)
+                    defaults[1] if on_epoch is None else on_epoch, reduce_fx, enable_graph,
+                    sync_dist and not rank_zero_only, group, batch_size, self._batch)
 
     def _manual_backward(self, loss: Tensor, *args: Any, **kwargs: Any) -> None:
         if self._automatic:

@@ -49,3 +49,23 @@ def test_fsdp_script_two_processes(run_ranks, tmp_path):
     assert all({"train_loss", "val_loss"} <= set(r["metrics"]) for r in ranks)
     for r in ranks:  # resumed from a sharded checkpoint (weights and momentum) == uninterrupted
         assert all(torch.allclose(r["resumed"][k], r["reference"][k], atol=1e-6) for k in r["reference"])
+
+
+def test_datamodule_seed_on_two_processes_then_test_and_predict(run_ranks, tmp_path):
+    _, ranks = run_ranks([SCRIPT.parent / "loops_ddp_datamodule.py", tmp_path], tmp_path, timeout=180)
+    assert [r["prepared"] for r in ranks] == [True, False]  # prepare_data once per node
+    assert all(r["train_batches"] == 4 * 96 // 2 // 8 and r["global_step"] == 24 for r in ranks)
+    assert torch.equal(ranks[0]["weight"], ranks[1]["weight"])
+    # torchmetrics syncs itself: every rank sees the accuracy over all 24 validation samples, and the sanity
+    # check's updates were reset before epoch 0 (else the first value would count 48 samples)
+    assert ranks[0]["val_acc"] == ranks[1]["val_acc"] and all(round(a * 24, 4) % 1 == 0 for a in ranks[0]["val_acc"])
+    assert ranks[0]["fit_metrics"]["val_loss"] == ranks[1]["fit_metrics"]["val_loss"]  # sync_dist
+    assert ranks[0]["fit_metrics"]["train_loss_epoch"] != ranks[1]["fit_metrics"]["train_loss_epoch"]  # not synced
+    # rank_zero_only: logged on rank 0 alone with sync_dist=True, no collective (no hang), absent elsewhere
+    assert ranks[0]["fit_metrics"]["rank0_only"] == 10.0 and "rank0_only" not in ranks[1]["fit_metrics"]
+    assert ranks[0]["tested"] == ranks[1]["tested"] and ranks[0]["tested"][0]["test_acc"] > 0.9
+    # predict: as in Lightning, each rank returns (and its writer callback sees) its own share, every sample once
+    for r in ranks:
+        assert [p for batch in r["predictions"] for p in batch] == [p for _, out in r["written"] for p in out]
+    seen = sorted(x for r in ranks for inputs, _ in r["written"] for x in inputs)
+    assert len(seen) == 30 and len(set(seen)) == 30

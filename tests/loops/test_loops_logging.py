@@ -118,6 +118,38 @@ def test_metric_object_is_computed_at_epoch_end():
     assert model.metric.values == []
 
 
+def test_torchmetrics_metric_logged_per_step_and_computed_per_epoch():
+    torchmetrics = pytest.importorskip("torchmetrics")
+    seen, by_hand = [], []
+
+    class Model(Regression):
+        def __init__(self):
+            super().__init__()
+            self.error = torchmetrics.MeanAbsoluteError()
+
+        def training_step(self, batch, batch_idx):
+            seen.append(self.trainer.callback_metrics.get("mae_step"))  # the previous batch's step value
+            x, y = batch
+            by_hand.append((self(x) - y).abs().mean().item())
+            self.error(self(x), y)
+            self.log("mae", self.error, on_step=True, on_epoch=True)
+            return self.loss(batch)
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.0)  # frozen: the epoch value can be recomputed
+
+    model = Model()
+    trainer = make_trainer(max_epochs=2, limit_val_batches=0)
+    trainer.fit(model, loader(n=10, batch_size=4))  # batches of 4, 4 and 2: a mean of batch means would differ
+    x, y = loader(n=10).dataset.tensors
+    with torch.no_grad():
+        expected = (model(x) - y).abs().mean().item()
+    assert trainer.callback_metrics["mae_epoch"].item() == pytest.approx(expected, rel=1e-5)
+    assert expected != pytest.approx(sum(by_hand[:3]) / 3, rel=1e-3)
+    assert [v.item() for v in seen[1:]] == pytest.approx(by_hand[:-1], rel=1e-5)  # step value: the batch's
+    assert model.error.total == 0  # reset once its epoch was computed
+
+
 def test_multiple_eval_dataloaders_suffix_keys():
     class Model(Regression):
         def validation_step(self, batch, batch_idx, dataloader_idx=0):
