@@ -87,7 +87,7 @@ class DigitsClassifier(L.LightningModule):
         images, labels = batch
         logits = self(images)
         self.log(f"{stage}_loss", nn.functional.cross_entropy(logits, labels), sync_dist=True)
-        self.log(f"{stage}_acc", (logits.argmax(1) == labels).float().mean(), sync_dist=True)
+        self.log(f"{stage}_acc", (logits.argmax(1) == labels).float().mean(), prog_bar=True, sync_dist=True)
 
     def validation_step(self, batch, batch_idx):
         self.evaluate(batch, "val")

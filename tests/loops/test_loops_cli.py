@@ -112,7 +112,8 @@ def test_subclass_optimizer_and_scheduler_from_the_command_line(cli, tmp_path):
     base = write_yaml(tmp_path / "base.yaml", base_config(tmp_path / "root"))
     # a second file wins over the first: two epochs, and a checkpoint callback chosen by class_path
     later = write_yaml(tmp_path / "later.yaml", {"trainer": {"max_epochs": 2, "callbacks": [
-        {"class_path": "loops.callbacks.ModelCheckpoint", "init_args": {"monitor": "val_loss", "save_top_k": 2}}]}})
+        {"class_path": "loops.callbacks.ModelCheckpoint", "init_args": {"monitor": "val_loss", "save_top_k": 2}}],
+        "logger": {"class_path": "loops.loggers.CSVLogger", "init_args": {"save_dir": str(tmp_path / "csv")}}}})
     proc = cli("fit", "--config", base, "--config", later, "--model", "ScaledNet", "--model.scale", "3",
                "--optimizer", "Adam", "--optimizer.lr", "0.02", "--lr_scheduler", "StepLR",
                "--lr_scheduler.step_size", "1", "--lr_scheduler.gamma", "0.5", "--summary.out_dir", tmp_path)
@@ -120,8 +121,10 @@ def test_subclass_optimizer_and_scheduler_from_the_command_line(cli, tmp_path):
     assert summary["model"] == "ScaledNet" and summary["hparams"] == {"scale": 3.0, "hidden": 4, "lr": 0.1}
     assert summary["optimizer"] == "Adam" and summary["lr"] == pytest.approx(0.02 * 0.5 ** 2)  # stepped each epoch
     assert summary["global_step"] == 16
-    checkpoints = Path(summary["log_dir"]) / "checkpoints"
-    assert len(list(checkpoints.glob("*.ckpt"))) == 2  # save_top_k=2 from the second file
+    log_dir = Path(summary["log_dir"])
+    assert log_dir == tmp_path / "csv" / "lightning_logs" / "version_0"  # the logger's folder holds the config
+    assert (log_dir / "config.yaml").is_file() and (log_dir / "metrics.csv").is_file()
+    assert len(list((log_dir / "checkpoints").glob("*.ckpt"))) == 2  # save_top_k=2 from the second file
     assert "ScaledNet.configure_optimizers is replaced" in proc.stderr
 
 
@@ -140,6 +143,17 @@ def test_ddp_two_processes_parse_the_same_command_line(cli, tmp_path):
     assert ranks[0]["seed"] == ranks[1]["seed"] == yaml.safe_load((log_dir / "config.yaml").read_text())[
         "seed_everything"]
     assert sorted(p.name for p in log_dir.glob("saved_by_rank*")) == ["saved_by_rank0"]
+
+
+def test_example_runs_from_its_config(run_ranks, tmp_path):
+    example = SCRIPT.parents[3] / "examples" / "loops"
+    proc = run_ranks([example / "cli_train.py", "fit", "--config", example / "config.yaml", "--trainer.max_epochs", "1",
+                      "--trainer.default_root_dir", tmp_path], check=False, timeout=180)
+    assert proc.returncode == 0, proc.stderr
+    log_dir = tmp_path / "lightning_logs" / "version_0"
+    saved = yaml.safe_load((log_dir / "config.yaml").read_text())
+    assert saved["model"]["class_path"] == "__main__.DigitsClassifier" and saved["trainer"]["max_epochs"] == 1
+    assert (log_dir / "checkpoints" / "last.ckpt").is_file()
 
 
 def test_unparsable_yaml_exits_2_naming_the_file_without_traceback(cli, tmp_path):
