@@ -3,6 +3,9 @@ optimizer_states, lr_schedulers, hyper_parameters, datamodule state) and how `ck
 written and read through `fabric.save` / `fabric.load` (atomic, checksummed, RNG states included)."""
 from __future__ import annotations
 
+import os
+import re
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -50,7 +53,9 @@ def optimizer_key(index: int) -> str:
 
 
 def resolve_ckpt_path(trainer: Any, ckpt_path: str | Path | None, stage: str) -> str | None:
-    """None, a file, "last" (the newest last-checkpoint of a checkpoint callback) or "best" (the best one)."""
+    """None, a file, "best" (the best checkpoint of the run's checkpoint callback) or "last": the newest
+    `last*.ckpt` in a checkpoint callback's directory, also one an earlier (killed) process wrote — none yet is a
+    warning and a fresh start, so a script can always pass it."""
     if ckpt_path is None:
         return None
     if ckpt_path in ("best", "last"):
@@ -58,17 +63,35 @@ def resolve_ckpt_path(trainer: Any, ckpt_path: str | Path | None, stage: str) ->
         if not callbacks:
             raise ValueError(f'ckpt_path="{ckpt_path}" needs a checkpoint callback (e.g. ModelCheckpoint) in '
                              "Trainer(callbacks=[...]); pass a checkpoint file path instead")
-        attribute = "best_model_path" if ckpt_path == "best" else "last_model_path"
-        found = [getattr(cb, attribute, "") for cb in callbacks if getattr(cb, attribute, "")]
+        if ckpt_path == "last":
+            return _newest_last_checkpoint(trainer, callbacks, stage)
+        found = [cb.best_model_path for cb in callbacks if getattr(cb, "best_model_path", "")]
         if not found:
-            raise ValueError(f'ckpt_path="{ckpt_path}": no checkpoint callback has written a {ckpt_path} '
-                             f"checkpoint yet ({attribute} is empty); run fit first or pass a file path")
+            raise ValueError('ckpt_path="best": no checkpoint callback has written a best checkpoint yet '
+                             "(best_model_path is empty); run fit first or pass a file path")
         return str(found[0])
     path = Path(ckpt_path)
     if not path.exists():  # a file, or the directory a sharding strategy writes
         raise FileNotFoundError(f"ckpt_path={str(ckpt_path)!r} does not exist; accepted: None, 'last', 'best' or "
                                 "the path of a checkpoint")
     return str(path)
+
+
+def _newest_last_checkpoint(trainer: Any, callbacks: list[Any], stage: str) -> str | None:
+    candidates = {cb.last_model_path for cb in callbacks if getattr(cb, "last_model_path", "")}
+    for callback in callbacks:
+        directory, name = getattr(callback, "dirpath", None), getattr(callback, "CHECKPOINT_NAME_LAST", None)
+        if directory and name and os.path.isdir(directory):
+            pattern = re.compile(rf"{re.escape(name)}(-v?\d+)?\.ckpt")
+            candidates |= {os.path.join(directory, f) for f in os.listdir(directory) if pattern.fullmatch(f)}
+    existing = [path for path in candidates if os.path.exists(path)]
+    newest = max(existing, key=os.path.getmtime) if existing else None
+    if trainer.world_size > 1:
+        newest = trainer.strategy.broadcast(newest)
+    if newest is None:
+        warnings.warn(f'{stage}(ckpt_path="last"): no last checkpoint exists yet, so nothing is loaded (write one '
+                      "with ModelCheckpoint(save_last=True))", stacklevel=4)
+    return newest
 
 
 def restore_model(trainer: Any, path: str, stage: str) -> dict[str, Any]:

@@ -1,0 +1,62 @@
+"""Run by test_loops_kill_resume.py as `python loops_kill_resume.py OUT_DIR MODE`, the way a user reruns a crashed
+job: the same script with ckpt_path="last". MODE "kill" dies by SIGKILL in the middle of epoch 1 (3 optimizer
+steps after the latest checkpoint); "resume" is the rerun; "full" trains uninterrupted. Dropout and shuffling make
+the result depend on the restored RNG and dataloader position. Writes OUT_DIR/<MODE>.pt with the final weights."""
+import os
+import signal
+import sys
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+import loops as L
+from loops.callbacks import ModelCheckpoint
+
+
+class Noisy(L.LightningModule):
+    def __init__(self):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(4, 16), nn.Dropout(0.3), nn.ReLU(), nn.Linear(16, 1))
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        return nn.functional.mse_loss(self.net(x), y)
+
+    def validation_step(self, batch, batch_idx):
+        self.log("val_loss", nn.functional.mse_loss(self.net(batch[0]), batch[1]))
+
+    def configure_optimizers(self):
+        optimizer = torch.optim.AdamW(self.parameters(), lr=1e-2)
+        return [optimizer], [torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=0.7)]
+
+
+class KillAt(L.Callback):
+    def __init__(self, step):
+        self.step = step
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if trainer.global_step == self.step:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+def main(out_dir: str, mode: str) -> None:
+    L.seed_everything(0)
+    generator = torch.Generator().manual_seed(0)
+    data = TensorDataset(torch.randn(64, 4, generator=generator), torch.randn(64, 1, generator=generator))
+    callbacks = [ModelCheckpoint(dirpath=Path(out_dir) / mode.replace("kill", "run").replace("resume", "run"),
+                                 save_last=True, every_n_train_steps=5)]
+    if mode == "kill":
+        callbacks.append(KillAt(13))  # the latest checkpoint is at step 10: epoch 1, batch 2 of 8
+    trainer = L.Trainer(accelerator="cpu", devices=1, max_epochs=3, callbacks=callbacks, logger=False,
+                        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0)
+    model = Noisy()
+    trainer.fit(model, DataLoader(data, batch_size=8, shuffle=True), DataLoader(data, batch_size=16),
+                ckpt_path="last" if mode != "full" else None)
+    torch.save({"weights": model.state_dict(), "global_step": trainer.global_step},
+               Path(out_dir) / f"{mode}.pt")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2])
