@@ -1,6 +1,7 @@
 from loops.callbacks.callback import Callback
 from loops.callbacks.batch_size_finder import BatchSizeFinder
 from loops.callbacks.checkpoint import Checkpoint
+from loops.callbacks.device_stats_monitor import DeviceStatsMonitor
 from loops.callbacks.early_stopping import EarlyStopping
 from loops.callbacks.finetuning import BackboneFinetuning, BaseFinetuning
 from loops.callbacks.lr_finder import LearningRateFinder
@@ -10,6 +11,6 @@ from loops.callbacks.progress import ProgressBar, RichProgressBar, TQDMProgressB
 from loops.callbacks.stochastic_weight_avg import StochasticWeightAveraging
 from loops.callbacks.weight_averaging import EMAWeightAveraging, WeightAveraging
 
-__all__ = ["BackboneFinetuning", "BaseFinetuning", "BatchSizeFinder", "Callback", "Checkpoint", "EMAWeightAveraging",
-           "EarlyStopping", "LearningRateFinder", "ModelCheckpoint", "ModelSummary", "ProgressBar", "RichProgressBar",
-           "StochasticWeightAveraging", "TQDMProgressBar", "WeightAveraging"]
+__all__ = ["BackboneFinetuning", "BaseFinetuning", "BatchSizeFinder", "Callback", "Checkpoint", "DeviceStatsMonitor",
+           "EMAWeightAveraging", "EarlyStopping", "LearningRateFinder", "ModelCheckpoint", "ModelSummary",
+           "ProgressBar", "RichProgressBar", "StochasticWeightAveraging", "TQDMProgressBar", "WeightAveraging"]
