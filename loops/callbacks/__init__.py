@@ -9,8 +9,10 @@ from loops.callbacks.model_checkpoint import ModelCheckpoint
 from loops.callbacks.model_summary import ModelSummary
 from loops.callbacks.progress import ProgressBar, RichProgressBar, TQDMProgressBar
 from loops.callbacks.stochastic_weight_avg import StochasticWeightAveraging
+from loops.callbacks.throughput_monitor import ThroughputMonitor
 from loops.callbacks.weight_averaging import EMAWeightAveraging, WeightAveraging
 
 __all__ = ["BackboneFinetuning", "BaseFinetuning", "BatchSizeFinder", "Callback", "Checkpoint", "DeviceStatsMonitor",
            "EMAWeightAveraging", "EarlyStopping", "LearningRateFinder", "ModelCheckpoint", "ModelSummary",
-           "ProgressBar", "RichProgressBar", "StochasticWeightAveraging", "TQDMProgressBar", "WeightAveraging"]
+           "ProgressBar", "RichProgressBar", "StochasticWeightAveraging", "TQDMProgressBar", "ThroughputMonitor",
+           "WeightAveraging"]
