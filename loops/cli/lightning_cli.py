@@ -169,8 +169,7 @@ class LightningCLI:
 
     def instantiate_classes(self) -> None:
         """Builds `self.model`, `self.datamodule` and `self.trainer` (in that order) from `self.config`."""
-        instantiate = getattr(self.parser, "instantiate", None) or self.parser.instantiate_classes  # renamed in 4.49
-        self.config_init = instantiate(self.config)
+        self.config_init = self.parser.instantiate(self.config)
         self.datamodule = self._get(self.config_init, "data")
         self.model = self._get(self.config_init, "model")
         self._add_configure_optimizers_method_to_model(self.subcommand)

@@ -36,7 +36,7 @@ class SaveConfigCallback(Callback):
                                    "or turn saving off with LightningCLI(save_config_callback=None)")
             if trainer.is_global_zero:
                 os.makedirs(log_dir, exist_ok=True)
-                self.parser.save(self.config, path, skip_none=False, overwrite=self.overwrite,
+                self.parser.save(self.config, path, skip_unset=False, overwrite=self.overwrite,
                                  multifile=self.multifile)
         if trainer.is_global_zero:
             self.save_config(trainer, pl_module, stage)

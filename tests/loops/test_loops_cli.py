@@ -4,6 +4,7 @@ in-process too (exit status 2 and a message naming the key)."""
 import importlib
 import importlib.util
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -12,7 +13,7 @@ import pytest
 import torch
 import yaml
 
-from loops.cli import LightningCLI
+from loops.cli import LightningCLI, OptimizerCallable, instantiate_class
 
 SCRIPT = Path(__file__).parent / "scripts" / "cli_regression.py"
 
@@ -164,7 +165,20 @@ def test_unparsable_yaml_exits_2_naming_the_file_without_traceback(cli, tmp_path
     assert "Traceback" not in proc.stderr
 
 
-# -- bad input, in-process -------------------------------------------------------------------------------------------
+# -- in-process -------------------------------------------------------------------------------------------------------
+@pytest.fixture(autouse=True)
+def keep_seed_variables():
+    """A CLI built in this process seeds and exports its seed; later tests here must not inherit it."""
+    names = ("FABRIC_KIT_GLOBAL_SEED", "FABRIC_KIT_SEED_WORKERS")
+    saved = {name: os.environ.get(name) for name in names}
+    yield
+    for name, value in saved.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+
+
 def _script_module():
     spec = importlib.util.spec_from_file_location("cli_regression", SCRIPT)
     module = importlib.util.module_from_spec(spec)
@@ -211,6 +225,58 @@ def test_run_false_builds_without_running(tmp_path):
     configured = cli.model.configure_optimizers()
     assert isinstance(configured["optimizer"], torch.optim.SGD) and configured["optimizer"].param_groups[0]["lr"] == 0.3
     assert configured["lr_scheduler"]["monitor"] == "val_loss"
+
+
+QUIET_FIT = ["fit", "--trainer.accelerator", "cpu", "--trainer.max_epochs", "1", "--trainer.logger", "false",
+             "--trainer.enable_checkpointing", "false", "--trainer.enable_progress_bar", "false",
+             "--trainer.enable_model_summary", "false", "--seed_everything", "false"]
+
+
+def test_an_existing_config_is_kept_unless_overwrite(tmp_path):
+    script = _script_module()
+    args = [*QUIET_FIT, "--trainer.default_root_dir", str(tmp_path), "--model.hidden", "2"]
+    LightningCLI(script.Net, script.RegressionData, args=args)  # logger=False: log_dir is default_root_dir
+    with pytest.raises(RuntimeError, match=f"{tmp_path / 'config.yaml'} already exists"):
+        LightningCLI(script.Net, script.RegressionData, args=[*args, "--model.hidden", "3"])
+    assert yaml.safe_load((tmp_path / "config.yaml").read_text())["model"]["hidden"] == 2
+    LightningCLI(script.Net, script.RegressionData, save_config_kwargs={"overwrite": True},
+                 args=[*args, "--model.hidden", "3"])
+    assert yaml.safe_load((tmp_path / "config.yaml").read_text())["model"]["hidden"] == 3
+
+
+def test_optimizers_injected_into_the_model_or_linked_to_an_argument(tmp_path):
+    script = _script_module()
+
+    class Injected(script.Net):
+        def __init__(self, optimizer: OptimizerCallable = torch.optim.Adam, hidden: int = 2) -> None:
+            super().__init__(hidden=hidden)
+            self.optimizer = optimizer
+
+        def configure_optimizers(self):
+            return self.optimizer(self.parameters())
+
+    cli = LightningCLI(Injected, script.RegressionData, run=False, seed_everything_default=False,
+                       args=["--model.optimizer", "SGD", "--model.optimizer.momentum", "0.5"])
+    optimizer = cli.model.configure_optimizers()
+    assert isinstance(optimizer, torch.optim.SGD) and optimizer.param_groups[0]["momentum"] == 0.5
+
+    class Linked(LightningCLI):
+        def add_arguments_to_parser(self, parser):
+            parser.add_optimizer_args(torch.optim.Adam, link_to="model.optimizer_init")
+
+    class TakesConfig(script.Net):
+        def __init__(self, optimizer_init: dict, hidden: int = 2) -> None:
+            super().__init__(hidden=hidden)
+            self.optimizer_init = optimizer_init
+
+        def configure_optimizers(self):
+            return instantiate_class(self.parameters(), self.optimizer_init)
+
+    cli = Linked(TakesConfig, script.RegressionData, run=False, seed_everything_default=False,
+                 args=["--optimizer.lr", "0.3"])
+    assert cli.model.optimizer_init["class_path"] == "torch.optim.adam.Adam"
+    optimizer = cli.model.configure_optimizers()
+    assert isinstance(optimizer, torch.optim.Adam) and optimizer.param_groups[0]["lr"] == 0.3
 
 
 # -- an optional extra -----------------------------------------------------------------------------------------------
