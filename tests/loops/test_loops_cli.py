@@ -244,6 +244,18 @@ def test_an_existing_config_is_kept_unless_overwrite(tmp_path):
     assert yaml.safe_load((tmp_path / "config.yaml").read_text())["model"]["hidden"] == 3
 
 
+def test_without_a_datamodule_the_model_brings_its_data(tmp_path):
+    script = _script_module()
+
+    class WithData(script.Net):
+        def train_dataloader(self):
+            return script.RegressionData(n=8).train_dataloader()
+
+    cli = LightningCLI(WithData, args=[*QUIET_FIT, "--trainer.default_root_dir", str(tmp_path), "--model.hidden", "2"])
+    assert cli.datamodule is None and cli.trainer.global_step == 2  # 8 samples, batch 4
+    assert yaml.safe_load((tmp_path / "config.yaml").read_text())["data"] is None
+
+
 def test_optimizers_injected_into_the_model_or_linked_to_an_argument(tmp_path):
     script = _script_module()
 

@@ -126,7 +126,7 @@ class ScriptCLI(LightningCLI):
         parser.add_argument("--then_test_best", type=bool, default=False, help="Test the best checkpoint after fit.")
 
     def after_fit(self):
-        if self._get(self.config, "then_test_best"):
+        if self.config.fit.then_test_best:
             self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path="best", verbose=False)
 
 
