@@ -256,6 +256,24 @@ def test_without_a_datamodule_the_model_brings_its_data(tmp_path):
     assert yaml.safe_load((tmp_path / "config.yaml").read_text())["data"] is None
 
 
+def test_predict_subcommand(tmp_path):
+    script = _script_module()
+
+    class Predicting(script.Net):
+        def predict_dataloader(self):
+            return script.RegressionData().test_dataloader()  # 8 samples, batch 4
+
+        def predict_step(self, batch, batch_idx):
+            self.predicted = getattr(self, "predicted", 0) + len(batch[0])
+            return self(batch[0])
+
+    args = ["predict", "--trainer.accelerator", "cpu", "--trainer.logger", "false", "--trainer.enable_progress_bar",
+            "false", "--trainer.default_root_dir", str(tmp_path), "--model.hidden", "2", "--seed_everything", "false"]
+    cli = LightningCLI(Predicting, args=args)
+    assert cli.subcommand == "predict" and cli.model.predicted == 8
+    assert yaml.safe_load((tmp_path / "config.yaml").read_text())["return_predictions"] is None
+
+
 def test_optimizers_injected_into_the_model_or_linked_to_an_argument(tmp_path):
     script = _script_module()
 
