@@ -2,8 +2,12 @@
 and what is accepted."""
 from __future__ import annotations
 
+import os
+import warnings
 from datetime import timedelta
 from typing import Any
+
+import torch
 
 
 def parse_max_time(max_time: str | timedelta | dict[str, int] | None) -> float | None:
@@ -52,3 +56,22 @@ def check_clip_algorithm(value: Any) -> str:
     if value not in ("norm", "value"):
         raise ValueError(f"gradient_clip_algorithm={value!r} is not valid; accepted: 'norm', 'value'")
     return value
+
+
+def set_torch_flags(deterministic: bool | str | None, benchmark: bool | None) -> None:
+    """Lightning's `deterministic` / `benchmark`: process-wide torch settings. deterministic=True (or "warn", which
+    only warns about nondeterministic ops) also turns cuDNN's benchmark off unless it was asked for; None leaves
+    torch's current settings alone."""
+    if deterministic not in (None, True, False, "warn"):
+        raise ValueError(f"deterministic={deterministic!r} is not valid; accepted: None, True, False, 'warn'")
+    if deterministic and benchmark:
+        warnings.warn("deterministic and benchmark are both on: cuDNN's benchmark picks algorithms by timing, which "
+                      "is not deterministic", stacklevel=3)
+    if deterministic and benchmark is None:
+        benchmark = False
+    if benchmark is not None:
+        torch.backends.cudnn.benchmark = benchmark
+    if deterministic is not None:
+        torch.use_deterministic_algorithms(bool(deterministic), warn_only=deterministic == "warn")
+    if deterministic:
+        os.environ["CUBLAS_WORKSPACE_CONFIG"] = ":4096:8"  # cuBLAS is deterministic only with a fixed workspace

@@ -124,10 +124,7 @@ class Trainer(TrainerProperties):
         if self.enable_model_summary and not any(isinstance(c, ModelSummary) for c in self._given_callbacks):
             self._given_callbacks.append(ModelSummary())
         self.callbacks: list[Callback] = list(self._given_callbacks)
-        if deterministic:
-            torch.use_deterministic_algorithms(True, warn_only=deterministic == "warn")
-        if benchmark is not None:
-            torch.backends.cudnn.benchmark = benchmark
+        args_check.set_torch_flags(deterministic, benchmark)
 
         self.state = TrainerState()
         self.fit_loop = FitLoop(self)

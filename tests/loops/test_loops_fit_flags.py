@@ -62,7 +62,8 @@ def test_max_time_stops_training():
             return super().training_step(batch, batch_idx)
 
     trainer, counter = fit(Slow(), max_time={"seconds": 1}, max_epochs=100, limit_val_batches=0)
-    assert 2 <= counter.train_batches <= 5
+    # at most 4 batches of 0.3 s fit before the time is up, however slow the machine (800 without max_time)
+    assert 1 <= counter.train_batches <= 4
 
 
 def test_max_time_string_format_checked():

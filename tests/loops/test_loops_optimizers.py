@@ -41,6 +41,13 @@ def test_unsupported_forms_list_what_is_accepted(bad):
     assert "unsupported return value" in str(error.value)
 
 
+def test_fit_names_the_unsupported_configure_optimizers_value():
+    model = WithScheduler(lambda opt: {"optimizer": opt, "scheduler": step_lr(opt)})
+    with pytest.raises(ValueError, match=r"(?s)unsupported return value of configure_optimizers.*'scheduler'.*"
+                                         r"configure_optimizers may return:.*one optimizer"):
+        make_trainer(max_epochs=1).fit(model, loader())
+
+
 def test_plateau_needs_monitor():
     a = sgd()
     with pytest.raises(ValueError, match="monitor"):
