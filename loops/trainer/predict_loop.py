@@ -1,4 +1,10 @@
-"""Prediction: run `predict_step` over each loader without gradients and collect what it returns."""
+"""Prediction: run `predict_step` over each loader without gradients and collect what it returns.
+
+With several processes (DDP) each predicts its own share of the data, every sample exactly once over all of them
+(no padding duplicates), and `trainer.predict` returns that process's share, as Lightning does. To assemble
+everything, write each process's outputs from a callback's `on_predict_batch_end` (what Lightning's
+BasePredictionWriter does) or gather them with `trainer.strategy.all_gather`. Under "ddp_spawn" the launching
+process receives rank 0's share."""
 from __future__ import annotations
 
 from typing import Any

@@ -177,7 +177,8 @@ class Trainer(TrainerProperties):
     def predict(self, model: LightningModule | None = None, dataloaders: Any = None,
                 datamodule: LightningDataModule | None = None, return_predictions: bool | None = None,
                 ckpt_path: str | Path | None = None) -> list[Any] | None:
-        """Run `predict_step` over the data; returns the predictions (a list per dataloader when several)."""
+        """Run `predict_step` over the data; returns the predictions (a list per dataloader when several). Under
+        DDP each process returns its own share (see loops/trainer/predict_loop.py)."""
         if isinstance(dataloaders, LightningDataModule):
             datamodule, dataloaders = dataloaders, None
         model = self._model_for("predict", model)

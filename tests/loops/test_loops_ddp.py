@@ -63,6 +63,7 @@ def test_datamodule_seed_on_two_processes_then_test_and_predict(run_ranks, tmp_p
     assert ranks[0]["fit_metrics"]["train_loss_epoch"] != ranks[1]["fit_metrics"]["train_loss_epoch"]  # not synced
     # rank_zero_only: logged on rank 0 alone with sync_dist=True, no collective (no hang), absent elsewhere
     assert ranks[0]["fit_metrics"]["rank0_only"] == 10.0 and "rank0_only" not in ranks[1]["fit_metrics"]
+    assert all(r["collectives"] == ("from rank 0", [0, 2], True) for r in ranks)  # trainer.strategy
     assert ranks[0]["tested"] == ranks[1]["tested"] and ranks[0]["tested"][0]["test_acc"] > 0.9
     # predict: as in Lightning, each rank returns (and its writer callback sees) its own share, every sample once
     for r in ranks:

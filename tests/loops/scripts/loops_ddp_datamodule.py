@@ -116,9 +116,13 @@ def main(out_dir: str) -> None:
                          default_root_dir=out_dir, enable_progress_bar=False)
     trainer.fit(model, datamodule=dm)
     fit_metrics = {k: v.item() for k, v in trainer.callback_metrics.items()}
+    trainer.strategy.barrier("after fit")
+    collectives = (trainer.strategy.broadcast(f"from rank {trainer.global_rank}"),
+                   trainer.strategy.all_gather(torch.tensor([trainer.global_rank * 2])).flatten().tolist(),
+                   trainer.strategy.reduce_boolean_decision(trainer.global_rank == 1, all=False))
     tested = trainer.test(datamodule=dm, verbose=False)
     predictions = trainer.predict(model, datamodule=dm)
-    torch.save({"rank": trainer.global_rank, "prepared": dm.prepared_here, "fit_metrics": fit_metrics,
+    torch.save({"rank": trainer.global_rank, "prepared": dm.prepared_here, "fit_metrics": fit_metrics, "collectives": collectives,
                 "train_batches": recorder.train_batches, "val_acc": recorder.val_acc, "tested": tested,
                 "predictions": [p.tolist() for p in predictions], "written": writer.written,
                 "global_step": trainer.global_step, "weight": model.net[0].weight.detach().clone()},
