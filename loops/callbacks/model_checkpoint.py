@@ -28,6 +28,7 @@ class ModelCheckpoint(Checkpoint):
     ("01-0.12.ckpt" with `auto_insert_metric_name=False`; default "{epoch}-{step}").
 
     `save_top_k`: how many to keep (-1 all, 0 none); without `monitor` only 1 (the latest) or -1.
+    `save_on_exception`: also save when fit fails with an exception.
     `save_last`: True writes `last.ckpt` at every save and at the end of training; "link" makes it a symbolic link
     to the newest top-k file when there is one (a real file where links fail or no top-k file holds the state).
     Triggers, at most one of: `every_n_epochs` (default 1), `every_n_train_steps`, `train_time_interval`.
@@ -41,7 +42,8 @@ class ModelCheckpoint(Checkpoint):
 
     def __init__(self, dirpath: str | Path | None = None, filename: str | None = None, monitor: str | None = None,
                  verbose: bool = False, save_last: bool | str | None = None, save_top_k: int = 1,
-                 save_weights_only: bool = False, mode: str = "min", auto_insert_metric_name: bool = True,
+                 save_on_exception: bool = False, save_weights_only: bool = False, mode: str = "min",
+                 auto_insert_metric_name: bool = True,
                  every_n_train_steps: int | None = None, train_time_interval: timedelta | None = None,
                  every_n_epochs: int | None = None, save_on_train_epoch_end: bool | None = None,
                  enable_version_counter: bool = True) -> None:
@@ -69,6 +71,7 @@ class ModelCheckpoint(Checkpoint):
         self.dirpath = os.path.realpath(os.path.expanduser(dirpath)) if dirpath is not None else None
         self.filename, self.monitor, self.verbose = filename, monitor, verbose
         self.save_last, self.save_top_k, self.save_weights_only = save_last, save_top_k, save_weights_only
+        self.save_on_exception = save_on_exception
         self.mode, self.auto_insert_metric_name = mode, auto_insert_metric_name
         self._every_n_train_steps = every_n_train_steps or 0
         self._train_time_interval = train_time_interval
@@ -149,10 +152,26 @@ class ModelCheckpoint(Checkpoint):
         if self.save_last and self._last_step_in_last != trainer.global_step and not trainer.fast_dev_run:
             self._save_last(trainer, self._candidates(trainer))
 
+    def on_exception(self, trainer: Any, pl_module: Any, exception: BaseException) -> None:
+        """With `save_on_exception=True`: the state at the failure, under the usual name (and last.ckpt)."""
+        if not self.save_on_exception or self.dirpath is None or self._skip(trainer):
+            return
+        metrics = self._candidates(trainer)
+        path = self._path(trainer, metrics)
+        trainer.save_checkpoint(path, self.save_weights_only)
+        if self.save_last:
+            self._save_last(trainer, metrics)
+        if trainer.is_global_zero:
+            print(f"{type(exception).__name__} raised ({exception}); saved checkpoint {path}")
+
     def _saves_on_train_epoch_end(self, trainer: Any) -> bool:
+        """At the training epoch's end (which sees that epoch's validation too) unless validation runs several
+        times an epoch or not every epoch: then after each validation."""
         if self._save_on_train_epoch_end is not None:
             return self._save_on_train_epoch_end
-        return not any(n > 0 for n in trainer.num_val_batches)  # no validation: nothing else ends the epoch
+        if trainer.check_val_every_n_epoch != 1:
+            return False
+        return not any(n > 0 for n in trainer.num_val_batches) or trainer.val_check_interval == 1.0
 
     def _epoch_due(self, trainer: Any) -> bool:
         every = self._every_n_epochs
@@ -288,11 +307,17 @@ class ModelCheckpoint(Checkpoint):
         return re.sub(r"\{([^{}:]+)(:[^{}]*)?\}", fill, template)
 
     def _remove(self, trainer: Any, path: str) -> None:
-        if not trainer.is_global_zero or path in self.best_k_models or path == self.last_model_path:
+        """Only files of this callback's folder that it no longer tracks: a path carried over from a run saving
+        elsewhere (resumed with another dirpath), or the file being resumed from, stays."""
+        if not trainer.is_global_zero or path in self.best_k_models or path == self.last_model_path \
+                or not os.path.lexists(path) or Path(self.dirpath).absolute() not in Path(path).absolute().parents:
+            return
+        resumed_from = getattr(trainer, "ckpt_path", None)
+        if resumed_from and os.path.exists(resumed_from) and os.path.samefile(resumed_from, path):
             return
         if os.path.isdir(path) and not os.path.islink(path):  # a sharded checkpoint
             shutil.rmtree(path)
-        elif os.path.lexists(path):
+        else:
             os.remove(path)
 
     # -- state --------------------------------------------------------------------------------------------------

@@ -59,7 +59,7 @@ def test_monitor_never_logged_lists_logged_keys(tmp_path):
     with pytest.raises(KeyError, match=r"monitor='val_acc'.*logged metrics: \['train_loss', 'val_loss'\]"):
         trainer.fit(Regression(), loader(), loader(n=8))
     stopper = EarlyStopping(monitor="val_acc")
-    with pytest.raises(KeyError, match=r"monitor='val_acc'.*logged metrics: \['train_loss', 'val_loss'\]"):
+    with pytest.raises(RuntimeError, match=r"monitor='val_acc'.*logged metrics: \['train_loss', 'val_loss'\]"):
         make_trainer(max_epochs=1, callbacks=[stopper], num_sanity_val_steps=0).fit(Regression(), loader(),
                                                                                    loader(n=8))
 
