@@ -108,9 +108,10 @@ class Results:
             if entry.metric is not None:
                 entry.metric.reset()
 
-    def step_metrics(self) -> tuple[dict[str, Tensor], dict[str, Tensor], dict[str, Tensor]]:
-        """(callback metrics, logger metrics, progress-bar metrics) of the latest step."""
-        self.step_logged = False
+    def step_metrics(self, consume: bool = True) -> tuple[dict[str, Tensor], dict[str, Tensor], dict[str, Tensor]]:
+        """(callback metrics, logger metrics, progress-bar metrics) of the latest step; `consume=False` peeks
+        (the step's hooks may still log more before it is published)."""
+        self.step_logged = self.step_logged and not consume
         callback, logged, bar = {}, {}, {}
         for name, entry in self.entries.items():
             if not entry.on_step or entry.value is None:

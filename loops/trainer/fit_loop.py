@@ -209,6 +209,8 @@ class FitLoop:
                 outputs = fabric_module("training_step", batch, batch_idx)
             self.batch_idx = batch_idx + 1  # complete: a checkpoint saved in on_train_batch_end resumes after it
             self.total_batch_idx += 1
+            if results.step_logged:  # callbacks read this step's values (e.g. a step-triggered checkpoint's monitor)
+                metrics.callback_metrics.update(results.step_metrics(consume=False)[0])
             for hook in end_cbs:
                 hook(trainer, module, outputs, batch, batch_idx)
             for hook in end_mod:

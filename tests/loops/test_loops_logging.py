@@ -150,6 +150,22 @@ def test_torchmetrics_metric_logged_per_step_and_computed_per_epoch():
     assert model.error.total == 0  # reset once its epoch was computed
 
 
+def test_train_batch_end_hooks_see_this_steps_values():
+    seen = []
+
+    class Model(Regression):
+        def training_step(self, batch, batch_idx):
+            self.log("batch", float(batch_idx))
+            return super().training_step(batch, batch_idx)
+
+    class Reader(L.Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            seen.append(trainer.callback_metrics["batch"].item())
+
+    make_trainer(max_epochs=1, limit_train_batches=3, limit_val_batches=0, callbacks=[Reader()]).fit(Model(), loader())
+    assert seen == [0.0, 1.0, 2.0]  # as Lightning, whose callback_metrics include the running step
+
+
 def test_multiple_eval_dataloaders_suffix_keys():
     class Model(Regression):
         def validation_step(self, batch, batch_idx, dataloader_idx=0):
