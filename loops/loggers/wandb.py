@@ -63,8 +63,9 @@ class WandbLogger(Logger):
         self._pending_callbacks: dict[int, Any] = {}
         self._init_kwargs: dict[str, Any] = {
             "name": name, "project": project or os.environ.get("WANDB_PROJECT", "lightning_logs"),
-            "dir": None if folder is None else os.fspath(folder), "id": version or id, "resume": "allow",
-            "anonymous": "allow" if anonymous else None, **kwargs}
+            "dir": None if folder is None else os.fspath(folder), "id": version or id, "resume": "allow", **kwargs}
+        if anonymous:
+            self._init_kwargs["anonymous"] = "allow"
 
     @property
     def name(self) -> str | None:
