@@ -79,16 +79,17 @@ class _Search:
                              check_val_every_n_epoch=1)
             self.dataset_length = _dataset_length(loop.train_loader)
             return True
-        except (RuntimeError, torch.OutOfMemoryError) as error:
+        except RuntimeError as error:  # torch.OutOfMemoryError is one
             if not is_out_of_memory(error):
                 raise
-            self.smallest_failed = min(size, self.smallest_failed or size)
-            return False
         finally:
             self.snapshot.restore(trainer)
-            gc.collect()
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
+        # Out of memory. Outside the except block the failed trial's frames (and their tensors) can be freed.
+        self.smallest_failed = min(size, self.smallest_failed or size)
+        gc.collect()
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            torch.cuda.empty_cache()
+        return False
 
     def can_grow(self, size: int) -> bool:
         return size < self.max_val and (self.dataset_length is None or size < self.dataset_length)

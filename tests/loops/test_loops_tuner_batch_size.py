@@ -12,15 +12,11 @@ from loops.tuner import Tuner
 from loops.tuner.batch_size_scaling import _Search, is_out_of_memory
 
 
-class LimitedMemory(Regression):
+class MemoryCapped(Regression):
     """Raises torch.OutOfMemoryError for batches larger than `limit`; records the batch sizes it trained on."""
 
-    def __init__(self, limit, batch_size=2, in_hparams=False):
+    def __init__(self, limit):
         super().__init__()
-        if in_hparams:
-            self.hparams.batch_size = batch_size
-        else:
-            self.batch_size = batch_size
         self.limit = limit
         self.trained_sizes = []
 
@@ -32,6 +28,17 @@ class LimitedMemory(Regression):
     def training_step(self, batch, batch_idx):
         self.trained_sizes.append(len(batch[0]))
         return super().training_step(batch, batch_idx)
+
+
+class LimitedMemory(MemoryCapped):
+    """Builds its loaders from `batch_size`, an attribute or (in_hparams) an hparams key."""
+
+    def __init__(self, limit, batch_size=2, in_hparams=False):
+        super().__init__(limit)
+        if in_hparams:
+            self.hparams.batch_size = batch_size
+        else:
+            self.batch_size = batch_size
 
     def _size(self):
         return self.hparams.batch_size if "batch_size" in self.hparams else self.batch_size
@@ -122,3 +129,22 @@ def test_search_strategies_find_the_limit(limit, init):
     power = _ArithmeticSearch(limit).power(init, max_trials=100)
     assert power <= limit < 2 * power  # a doubling of init (or, when init is too large, a halving) that fits
     assert _ArithmeticSearch(limit, max_val=100).binsearch(init, max_trials=100) == min(limit, 100)
+
+
+def test_datamodule_attribute_is_scaled_and_a_later_fit_uses_it():
+    import loops as L
+
+    class Data(L.LightningDataModule):
+        def __init__(self):
+            super().__init__()
+            self.batch_size = 2
+
+        def train_dataloader(self):
+            return DataLoader(dataset(64), batch_size=self.batch_size)
+
+    model, data = MemoryCapped(limit=20), Data()
+    trainer = make_trainer(max_epochs=1)
+    assert Tuner(trainer).scale_batch_size(model, datamodule=data, init_val=5) == 20
+    assert data.batch_size == 20
+    trainer.fit(model, datamodule=data)
+    assert model.trained_sizes[-4:] == [20, 20, 20, 4]

@@ -115,3 +115,16 @@ def test_bad_arguments_and_missing_attribute_are_explained():
     trainer = make_trainer(max_epochs=1, callbacks=[LearningRateFinder()])
     with pytest.raises(ValueError, match="already has a LearningRateFinder"):
         Tuner(trainer).lr_find(Regression(), train_dataloaders=loader())
+
+
+def test_a_default_trainer_fits_after_the_tuner(tmp_path):
+    model = Regression(lr=0.05)
+    trainer = L.Trainer(accelerator="cpu", devices=1, max_epochs=1, default_root_dir=tmp_path,
+                        enable_progress_bar=True, enable_model_summary=True)
+    finder = Tuner(trainer).lr_find(model, train_dataloaders=loader(256, batch_size=16), num_training=30,
+                                    min_lr=1e-4, max_lr=1.0)
+    assert trainer.global_step == 0 and model.hparams.lr == finder.suggestion()
+    trainer.fit(model, loader(64))
+    assert trainer.global_step == 16
+    assert trainer.optimizers[0].param_groups[0]["lr"] == finder.suggestion()
+    assert not any(isinstance(c, LearningRateFinder) for c in trainer.callbacks)
