@@ -21,6 +21,7 @@ from loops.core.datamodule import LightningDataModule
 from loops.core.hooks import DataHooks
 from loops.core.module import LightningModule
 from loops.core.optimizer_config import SchedulerConfig, parse_optimizers
+from loops.logging.hook_rules import NO_LOGGING, calling_hook
 from loops.logging.metrics import MetricsHub
 from loops.loggers.defaults import default_loggers, hyperparameters_to_log
 from loops.logging.results import Results
@@ -415,10 +416,12 @@ class Trainer(TrainerProperties):
              reduce_fx: Any, enable_graph: bool, sync_dist: bool, group: Any, add_dataloader_idx: bool,
              batch_size: int | None, rank_zero_only: bool) -> None:
         results = self._results
-        if results is None:
-            raise RuntimeError(f"self.log({name!r}) was called outside the hooks that can log: training, "
-                               "validation and test steps and their batch / epoch hooks (not in predict, setup or "
-                               "on_fit_start / on_train_start)")
+        hook = calling_hook()
+        if results is None or hook in NO_LOGGING:
+            raise RuntimeError(f"self.log({name!r}) was called in {hook}, outside the hooks that can log: training, "
+                               "validation and test steps and their batch / epoch hooks (not predict, setup, "
+                               "on_fit_start / on_train_start or checkpoint hooks); write to "
+                               "self.logger.experiment directly there")
         if self.barebones:
             raise RuntimeError(f"self.log({name!r}) is turned off by Trainer(barebones=True)")
         defaults = self._log_defaults
