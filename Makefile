@@ -22,7 +22,12 @@ train: $(VENV)/.installed
 test: $(VENV)/.installed
 	$(PY) -m pytest -q tests
 
-.PHONY: install train test
+# Every benchmark; rewrites benchmarks/README.md and benchmarks/overhead.png (a few minutes on 2 CPU cores).
+bench: $(VENV)/.installed
+	$(PY) -m pip install -q -e '.[bench]'
+	$(PY) benchmarks/run_all.py
+
+.PHONY: install train test bench
 
 # Optional XLA lane: torch_xla 2.9.0 pins torch==2.9.0 exactly (about 7 GB),
 # so it gets its own venv and runs the single-device tests on the CPU PJRT device.
