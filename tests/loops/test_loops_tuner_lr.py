@@ -3,7 +3,7 @@ import sys
 
 import pytest
 import torch
-from loops_helpers import Regression, loader, make_trainer
+from loops_helpers import Counter, Regression, loader, make_trainer
 
 import loops as L
 from loops.callbacks import LearningRateFinder
@@ -128,3 +128,27 @@ def test_a_default_trainer_fits_after_the_tuner(tmp_path):
     assert trainer.global_step == 16
     assert trainer.optimizers[0].param_groups[0]["lr"] == finder.suggestion()
     assert not any(isinstance(c, LearningRateFinder) for c in trainer.callbacks)
+
+
+def test_accumulation_records_one_learning_rate_per_optimizer_step():
+    finder = Tuner(make_trainer(max_epochs=1, accumulate_grad_batches=2)).lr_find(
+        Regression(), train_dataloaders=loader(64), min_lr=1e-3, max_lr=1e-1, num_training=10,
+        early_stop_threshold=None, update_attr=False)
+    assert finder.results["lr"] == pytest.approx([1e-3 * 100 ** (i / 9) for i in range(10)], rel=1e-6)
+
+
+def test_finder_rerun_at_an_epoch_start_inside_training():
+    class AtEpoch(LearningRateFinder):
+        def on_fit_start(self, trainer, pl_module):
+            pass
+
+        def on_train_epoch_start(self, trainer, pl_module):
+            if trainer.current_epoch == 1:
+                self.lr_find(trainer, pl_module)
+
+    finder = AtEpoch(num_training_steps=20, min_lr=1e-4, max_lr=1.0)
+    counter = Counter()
+    model, trainer = _fit([finder, counter])
+    assert counter.train_batches == trainer.global_step == 16  # the sweep's batches are not the run's
+    assert len(finder.optimal_lr.results["lr"]) > 0
+    assert trainer.optimizers[0].param_groups[0]["lr"] == model.hparams.lr == finder.optimal_lr.suggestion()
