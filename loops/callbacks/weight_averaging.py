@@ -19,9 +19,9 @@ class WeightAveraging(Callback):
     `use_buffers` averages buffers too (BatchNorm statistics) instead of leaving them to the user; `device` is where
     the average lives (default: the model's device).
 
-    Checkpoints keep the current weights under "state_dict" (so training resumes exactly) and the average in this
-    callback's state; Lightning instead swaps the average into "state_dict". After fit the module holds the average,
-    so `trainer.save_checkpoint` then writes it. Sharded models are not supported."""
+    Checkpoints hold the average under "state_dict" (so `load_from_checkpoint` gives the averaged model) and the
+    training weights under "current_model_state", from which fit resumes exactly. Sharded models are not
+    supported."""
 
     def __init__(self, device: torch.device | str | int | None = None, use_buffers: bool = True,
                  **kwargs: Any) -> None:
@@ -29,7 +29,6 @@ class WeightAveraging(Callback):
         self._use_buffers = use_buffers
         self._kwargs = kwargs
         self._average_model: AveragedModel | None = None
-        self._pending_state: dict[str, Any] | None = None
         self._latest_update_step = 0
         self._latest_update_epoch = -1
 
@@ -66,19 +65,34 @@ class WeightAveraging(Callback):
 
     # -- checkpoints ----------------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        state: dict[str, Any] = {"latest_update_step": self._latest_update_step,
-                                 "latest_update_epoch": self._latest_update_epoch}
-        if self._average_model is not None:
-            state["average_model_state"] = self._average_model.state_dict()
-        return state
+        return {"latest_update_step": self._latest_update_step, "latest_update_epoch": self._latest_update_epoch}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self._latest_update_step = state_dict["latest_update_step"]
         self._latest_update_epoch = state_dict.get("latest_update_epoch", -1)
-        self._pending_state = state_dict.get("average_model_state")
+
+    def on_save_checkpoint(self, trainer: Any, pl_module: Any, checkpoint: dict[str, Any]) -> None:
+        """The average goes under "state_dict" (what load_from_checkpoint reads), the training weights under
+        "current_model_state", the averaging counters under "averaging_state" (Lightning's layout)."""
+        if self._average_model is None:
+            return
+        average = self._average_model.state_dict()
+        checkpoint["current_model_state"] = checkpoint["state_dict"]
+        checkpoint["state_dict"] = {name[len("module."):]: value for name, value in average.items()
+                                    if name.startswith("module.")}
+        checkpoint["averaging_state"] = {name: value for name, value in average.items()
+                                         if not name.startswith("module.")}
 
     def on_load_checkpoint(self, trainer: Any, pl_module: Any, checkpoint: dict[str, Any]) -> None:
-        self._ensure_average_model(pl_module)  # called when fit resumes, before on_fit_start
+        """Resuming fit: the average from "state_dict", the training weights from "current_model_state"; a
+        checkpoint written without this callback starts the average from its weights."""
+        self._ensure_average_model(pl_module)
+        if "current_model_state" in checkpoint and "averaging_state" in checkpoint:
+            average = {f"module.{name}": value for name, value in checkpoint["state_dict"].items()}
+            self._average_model.load_state_dict({**average, **checkpoint["averaging_state"]})
+            pl_module.load_state_dict(checkpoint["current_model_state"])
+        else:
+            self._average_model.module.load_state_dict(checkpoint["state_dict"], strict=False)
 
     # -- the average ----------------------------------------------------------------------------------------------
     def _ensure_average_model(self, pl_module: Any) -> None:
@@ -90,9 +104,6 @@ class WeightAveraging(Callback):
                                                     use_buffers=self._use_buffers, **self._kwargs)
             finally:
                 pl_module.trainer = trainer
-        if self._pending_state is not None:
-            self._average_model.load_state_dict(self._pending_state)
-            self._pending_state = None
 
     def _pairs(self, pl_module: nn.Module) -> Any:
         average = self._average_model.module

@@ -476,7 +476,8 @@ class Trainer(TrainerProperties):
         state = checkpointing.dump_checkpoint(self, weights_only)
         # The module and optimizers themselves, not their state dicts: a sharding strategy gathers (or shards)
         # them its own way.
-        state["state_dict"] = self.lightning_module
+        if "current_model_state" not in state:  # else a weight-averaging callback put the average there
+            state["state_dict"] = self.lightning_module
         if "optimizer_states" in state:
             del state["optimizer_states"]
             state.update({checkpointing.optimizer_key(i): opt for i, opt in enumerate(self._fabric_optimizers)})

@@ -98,3 +98,18 @@ def test_resume_continues_the_average(tmp_path):
 def test_bad_decay_is_explained():
     with pytest.raises(ValueError, match="decay=1.5"):
         EMAWeightAveraging(decay=1.5)
+
+
+def test_checkpoints_hold_the_average_for_loading_and_the_training_weights_for_resuming(tmp_path):
+    path = str(tmp_path / "step5.ckpt")
+    torch.manual_seed(0)
+    model = Regression()
+    recorder = StepRecorder()
+    trainer = make_trainer(max_epochs=1, callbacks=[EMAWeightAveraging(decay=0.8), recorder, SaveAtStep(5, path)])
+    trainer.fit(model, loader(32))
+    loaded = Regression.load_from_checkpoint(path)
+    torch.testing.assert_close(_flat(loaded), _ema(recorder.steps[:5], 0.8))
+    checkpoint = trainer.fabric.load(path)
+    current = torch.cat([v.flatten() for v in checkpoint["current_model_state"].values()])
+    torch.testing.assert_close(current, recorder.steps[4])
+    assert checkpoint["averaging_state"]["n_averaged"].item() == 5
