@@ -22,7 +22,8 @@ class BatchSizeFinder(Callback):
         mode = mode.lower() if isinstance(mode, str) else mode
         check_scale_arguments(mode, steps_per_trial, init_val, max_trials, margin, max_val)
         self._mode, self._steps_per_trial, self._init_val = mode, steps_per_trial, init_val
-        self._max_trials, self._batch_arg_name, self._margin, self._max_val = max_trials, batch_arg_name, margin, max_val
+        self._max_trials, self._batch_arg_name = max_trials, batch_arg_name
+        self._margin, self._max_val = margin, max_val
         self._early_exit = False  # set by Tuner: end fit once the search is done
         self.optimal_batch_size: int | None = init_val
 

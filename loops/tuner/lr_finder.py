@@ -34,7 +34,8 @@ class LRFinder:
         indices = [i for i in range(skip_begin, end) if math.isfinite(self.results["loss"][i])]
         if len(indices) < 2:
             warnings.warn(f"the learning-rate finder has {len(indices)} usable points after skipping "
-                          f"{skip_begin} + {skip_end}; no suggestion. Raise num_training or use more data", stacklevel=2)
+                          f"{skip_begin} + {skip_end}; no suggestion. Raise num_training or use more data",
+                          stacklevel=2)
             self._optimal_idx = None
             return None
         losses = torch.tensor([self.results["loss"][i] for i in indices], dtype=torch.float64)
