@@ -1,11 +1,13 @@
 """Validation and test: run the step over each loader without gradients, then publish the epoch reductions."""
 from __future__ import annotations
 
+import shutil
+import sys
 from typing import Any
 
 import torch
 
-from loops.logging.metrics import results_table, to_floats
+from loops.logging.metrics import to_floats
 from loops.logging.results import Results
 
 _PREFIX = {"validate": "validation", "test": "test"}
@@ -73,8 +75,39 @@ def _for_loader(metrics: dict[str, float], index: int, multiple: bool) -> dict[s
 
 
 def print_results(stage: str, results: list[dict[str, float]]) -> None:
-    table = results_table(stage, results)
+    table = results_table(stage, results, shutil.get_terminal_size(fallback=(120, 30)).columns or 120)
     if table:
         print(table)
 
 
+def results_table(stage: str, results: list[dict[str, float]], width: int = 120) -> str:
+    """Lightning's plain results table, `width` columns wide: a rule, "Test metric  DataLoader 0 ...", a rule, one
+    centred row per metric (the "/dataloader_idx_N" suffix dropped: the column says which loader), a rule. Too
+    many loaders for the width continue in further tables."""
+    per_loader = [{name.split("/dataloader_idx_")[0]: value for name, value in metrics.items()}
+                  for metrics in results]
+    names = sorted({name for metrics in per_loader for name in metrics})
+    if not names:
+        return ""
+    headers = [f"DataLoader {i}" for i in range(len(per_loader))]
+    cell = int(min(max(max(map(len, names)), max(map(len, headers)), 25), width / 2))
+    columns = max(1, (width - cell) // cell)
+    rule = ("─" if _encodes("─") else "-") * width
+    tables = []
+    for first in range(0, len(headers), columns):
+        loaders = range(first, min(first + columns, len(headers)))
+        row = f"{{:^{cell}}}" * (len(loaders) + 1)
+        lines = [rule, row.format(f"{stage} metric".capitalize(), *(headers[i] for i in loaders)).rstrip(), rule]
+        for name in names:
+            values = [str(per_loader[i][name]) if name in per_loader[i] else " " for i in loaders]
+            lines.append(row.format(name, *values).rstrip())
+        tables.append("\n".join([*lines, rule]))
+    return "\n".join(tables)
+
+
+def _encodes(character: str) -> bool:
+    try:
+        character.encode(sys.stdout.encoding or "utf-8")
+    except (UnicodeEncodeError, LookupError):
+        return False
+    return True

@@ -131,3 +131,20 @@ def test_disabled_bar_shows_nothing_in_process(capsys):
                         max_epochs=1, callbacks=[bar])
     trainer.fit(Regression(), loader())
     assert bar.is_disabled and capsys.readouterr().out == ""
+
+
+def test_test_prints_lightnings_results_table(capsys, monkeypatch):
+    from loops_helpers import Regression, loader
+
+    class TwoLoaders(Regression):
+        def test_step(self, batch, batch_idx, dataloader_idx=0):
+            self.log("test_loss", self.loss(batch))
+
+    monkeypatch.setenv("COLUMNS", "80")
+    trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False)
+    results = trainer.test(TwoLoaders(), [loader(n=8), loader(n=8, seed=1)])
+    rule = "─" * 80 if (sys.stdout.encoding or "").lower().startswith("utf") else "-" * 80
+    first, second = (f"{r[f'test_loss/dataloader_idx_{i}']}" for i, r in enumerate(results))
+    assert capsys.readouterr().out.splitlines() == [
+        rule, f"{'Test metric':^25}{'DataLoader 0':^25}{'DataLoader 1':^25}".rstrip(), rule,
+        f"{'test_loss':^25}{first:^25}{second:^25}".rstrip(), rule]
