@@ -170,6 +170,14 @@ class LightningModule(HyperparametersMixin, ModelHooks, DataHooks, CheckpointHoo
     def optimizer_zero_grad(self, epoch: int, batch_idx: int, optimizer: Any) -> None:
         optimizer.zero_grad()
 
+    def lr_scheduler_step(self, scheduler: Any, metric: Any) -> None:
+        """How the Trainer steps a scheduler (`metric` is the monitored value for ReduceLROnPlateau, else None);
+        override for schedulers with another `step` signature (e.g. timm's `step(epoch)`)."""
+        if metric is None:
+            scheduler.step()
+        else:
+            scheduler.step(metric)
+
     def toggle_optimizer(self, optimizer: Any) -> None:
         """Freeze every parameter that `optimizer` does not train, so only its loss reaches its parameters."""
         own = {id(p) for group in optimizer.param_groups for p in group["params"]}

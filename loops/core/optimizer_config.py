@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import ReduceLROnPlateau
@@ -113,15 +113,16 @@ def _unsupported(returned: Any, detail: str = "") -> ValueError:
 
 
 def step_schedulers(configs: list[SchedulerConfig], interval: str, count: int, metrics: Mapping[str, Any],
-                    plateau: bool = True) -> None:
-    """Step the `interval` schedulers due at `count` (optimizer steps or epochs completed); ReduceLROnPlateau gets
-    its monitored metric, whose absence is an error naming the logged metrics (a warning when not strict);
-    `plateau=False` leaves ReduceLROnPlateau out."""
+                    step: Callable[[Any, Any], None], plateau: bool = True) -> None:
+    """Step the `interval` schedulers due at `count` (batches that stepped, or epochs completed) through `step`
+    (the module's `lr_scheduler_step(scheduler, metric)`); ReduceLROnPlateau gets its monitored metric, whose
+    absence is an error naming the logged metrics (a warning when not strict); `plateau=False` leaves
+    ReduceLROnPlateau out."""
     for config in configs:
         if config.interval != interval or count % config.frequency or (config.reduce_on_plateau and not plateau):
             continue
         if not config.reduce_on_plateau:
-            config.scheduler.step()
+            step(config.scheduler, None)
             continue
         value = metrics.get(config.monitor)
         if value is None:
@@ -131,4 +132,4 @@ def step_schedulers(configs: list[SchedulerConfig], interval: str, count: int, m
                 raise RuntimeError(message + " (set 'strict': False in the scheduler config to skip the step)")
             warnings.warn(message, stacklevel=2)
             continue
-        config.scheduler.step(float(value))
+        step(config.scheduler, value)

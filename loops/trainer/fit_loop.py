@@ -181,6 +181,7 @@ class FitLoop:
         step_configs = [c for c in trainer.lr_scheduler_configs if c.interval == "step"] if automatic else []
         schedulers = [c for c in step_configs if not c.reduce_on_plateau]
         plateaus = [c for c in step_configs if c.reduce_on_plateau]
+        scheduler_step = module.lr_scheduler_step
         custom_transfer = trainer._custom_transfer
         start, self.resume_skip = self.resume_skip, 0
         skip, first = (0, start) if self._loader_resumed else (start, 0)
@@ -217,7 +218,8 @@ class FitLoop:
                 hook(outputs, batch, batch_idx)
             stepped = trainer._global_step != steps_before if not automatic else steps
             if schedulers and stepped:  # `frequency` counts batches that stepped (optimizers may be several)
-                step_schedulers(schedulers, "step", self.batches_stepped + 1, trainer.callback_metrics)
+                step_schedulers(schedulers, "step", self.batches_stepped + 1, trainer.callback_metrics,
+                                scheduler_step)
             if results.step_logged:
                 metrics.step_end(results, loggers, (self.batches_stepped + 1) % log_every == 0 or trainer.should_stop,
                                  self.batches_stepped, trainer.current_epoch)
@@ -227,7 +229,8 @@ class FitLoop:
                 self.run_validation()
                 trainer._results, trainer._log_defaults = results, (True, False)
             if plateaus and stepped:
-                step_schedulers(plateaus, "step", self.batches_stepped + 1, trainer.callback_metrics)
+                step_schedulers(plateaus, "step", self.batches_stepped + 1, trainer.callback_metrics,
+                                scheduler_step)
             if stepped:
                 self.batches_stepped += 1
             if last or (trainer.max_steps != -1 and trainer.global_step >= trainer.max_steps) \
@@ -287,7 +290,8 @@ class FitLoop:
     def _step_epoch_schedulers(self, metrics: Any, plateau: bool = True) -> None:
         configs = [c for c in self.trainer.lr_scheduler_configs if c.interval == "epoch"]
         if configs and self.trainer._automatic:
-            step_schedulers(configs, "epoch", self.trainer.current_epoch + 1, metrics, plateau)
+            step_schedulers(configs, "epoch", self.trainer.current_epoch + 1, metrics,
+                            self.trainer.lightning_module.lr_scheduler_step, plateau)
 
     # -- checkpoints ----------------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:

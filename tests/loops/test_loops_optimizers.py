@@ -144,3 +144,34 @@ def test_step_plateau_scheduler_watches_validation_metric():
                            num_sanity_val_steps=0)
     trainer.fit(model, loader(), loader())
     assert _lr(trainer) == pytest.approx(0.5)  # stepped at steps 4 and 8; no improvement the second time
+
+
+def test_lr_scheduler_step_hook_steps_custom_schedulers():
+    class EpochScheduler:
+        """A scheduler with its own step signature (timm style): step(epoch)."""
+
+        def __init__(self, optimizer):
+            self.optimizer, self.epochs = optimizer, []
+
+        def step(self, epoch):
+            self.epochs.append(epoch)
+            self.optimizer.param_groups[0]["lr"] = 1.0 / (epoch + 2)
+
+        def state_dict(self):
+            return {"epochs": self.epochs}
+
+        def load_state_dict(self, state):
+            self.epochs = state["epochs"]
+
+    calls = []
+
+    class Model(WithScheduler):
+        def lr_scheduler_step(self, scheduler, metric):
+            calls.append(metric)
+            scheduler.step(epoch=self.current_epoch)
+
+    model = Model(lambda opt: ([opt], [EpochScheduler(opt)]))
+    trainer = make_trainer(max_epochs=3, limit_train_batches=2, limit_val_batches=0)
+    trainer.fit(model, loader())
+    assert calls == [None] * 3 and trainer.lr_scheduler_configs[0].scheduler.epochs == [0, 1, 2]
+    assert _lr(trainer) == pytest.approx(1.0 / 4)
