@@ -1,6 +1,9 @@
 """Code as Lightning users write it (the patterns of the seed documents: a CIFAR-style DataModule with
 prepare_data/setup(stage=None), save_hyperparameters, on_step+on_epoch logging, [opt], [sched], a custom callback,
 fit(model, dm) then test(dataloaders=...), a module that owns its dataloaders), with only the import changed."""
+from pathlib import Path
+
+import pytest
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -162,3 +165,91 @@ def test_module_owns_its_data(tmp_path):
 
 def test_exported_names():
     assert pl.Trainer is Trainer and pl.Callback is Callback and pl.LightningDataModule is LightningDataModule
+
+
+# -- the classifier seed: [AdamW], [CosineAnnealingLR], accumulation 4, clipping 1.0, three callbacks, then the
+# best checkpoint reloaded and validated ---------------------------------------------------------------------------
+class LitClassifier(pl.LightningModule):
+    def __init__(self, hidden: int = 32, lr: float = 3e-2, max_epochs: int = 6):
+        super().__init__()
+        self.save_hyperparameters()
+        self.net = nn.Sequential(nn.Flatten(), nn.Linear(64, hidden), nn.ReLU(), nn.Linear(hidden, 3))
+
+    def forward(self, x):
+        return self.net(x)
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        loss = F.cross_entropy(self(x), y)
+        self.log("train_loss", loss, prog_bar=True)
+        return loss
+
+    def validation_step(self, batch, batch_idx):
+        x, y = batch
+        logits = self(x)
+        self.log("val_loss", F.cross_entropy(logits, y), prog_bar=True)
+        self.log("val_acc", (logits.argmax(-1) == y).float().mean(), prog_bar=True)
+
+    def configure_optimizers(self):
+        optimizer = torch.optim.AdamW(self.parameters(), lr=self.hparams.lr)
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=self.hparams.max_epochs)
+        return [optimizer], [scheduler]
+
+
+def test_classifier_seed_best_checkpoint_reproduces_its_score(tmp_path):
+    from loops.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
+
+    pl.seed_everything(0)
+    train = DataLoader(fake_images(256, 3), batch_size=8, shuffle=True)
+    val = DataLoader(fake_images(64, 4), batch_size=16)
+    checkpoint = ModelCheckpoint(monitor="val_loss", mode="min", save_top_k=2)
+    lr_monitor = LearningRateMonitor(logging_interval="epoch")
+    trainer = pl.Trainer(max_epochs=6, accumulate_grad_batches=4, gradient_clip_val=1.0, accelerator="cpu",
+                         callbacks=[EarlyStopping(monitor="val_loss", patience=2), checkpoint, lr_monitor],
+                         default_root_dir=tmp_path, enable_progress_bar=False)
+    trainer.fit(LitClassifier(max_epochs=6), train, val)
+    assert trainer.global_step == trainer.current_epoch * 32 // 4  # optimizer steps, not batches
+    assert len(list(Path(checkpoint.dirpath).glob("*.ckpt"))) == 2  # top-2
+    lrs = lr_monitor.lrs["lr-AdamW"]
+    assert lrs[0] == pytest.approx(3e-2) and all(a > b for a, b in zip(lrs, lrs[1:]))  # cosine, per epoch
+    best = LitClassifier.load_from_checkpoint(checkpoint.best_model_path)
+    assert best.hparams.max_epochs == 6 and not best.training
+    result = trainer.validate(best, val, verbose=False)
+    assert result[0]["val_loss"] == pytest.approx(checkpoint.best_model_score.item(), abs=1e-6)
+    assert result[0]["val_acc"] > 0.8
+
+
+# -- the autoencoder seed: sub-modules passed to __init__ and again to load_from_checkpoint -----------------------
+class LitAutoEncoder(pl.LightningModule):
+    def __init__(self, encoder, decoder):
+        super().__init__()
+        self.encoder = encoder
+        self.decoder = decoder
+
+    def training_step(self, batch, batch_idx):
+        x = batch[0].view(batch[0].size(0), -1)
+        x_hat = self.decoder(self.encoder(x))
+        loss = F.mse_loss(x_hat, x)
+        self.log("train_loss", loss)
+        return loss
+
+    def configure_optimizers(self):
+        return torch.optim.Adam(self.parameters(), lr=1e-3)
+
+
+def test_autoencoder_seed_reloads_with_its_modules(tmp_path):
+    pl.seed_everything(0)
+    encoder = nn.Sequential(nn.Linear(64, 16), nn.ReLU(), nn.Linear(16, 3))
+    decoder = nn.Sequential(nn.Linear(3, 16), nn.ReLU(), nn.Linear(16, 64))
+    autoencoder = LitAutoEncoder(encoder, decoder)
+    trainer = pl.Trainer(max_epochs=2, limit_train_batches=10, default_root_dir=tmp_path, accelerator="cpu",
+                         enable_progress_bar=False)
+    trainer.fit(model=autoencoder, train_dataloaders=DataLoader(fake_images(96, 5), batch_size=8))
+    checkpoint = trainer.checkpoint_callback.best_model_path
+    assert Path(checkpoint).name == "epoch=1-step=20.ckpt"
+    fresh_encoder = nn.Sequential(nn.Linear(64, 16), nn.ReLU(), nn.Linear(16, 3))
+    fresh_decoder = nn.Sequential(nn.Linear(3, 16), nn.ReLU(), nn.Linear(16, 64))
+    model = LitAutoEncoder.load_from_checkpoint(checkpoint, encoder=fresh_encoder, decoder=fresh_decoder)
+    assert torch.equal(model.encoder[0].weight, autoencoder.encoder[0].weight)
+    embeddings = model.encoder(torch.rand(4, 64))
+    assert embeddings.shape == (4, 3)
