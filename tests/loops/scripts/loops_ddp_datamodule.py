@@ -12,6 +12,7 @@ from torch.utils.data import DataLoader, TensorDataset, random_split
 from torchmetrics.classification import MulticlassAccuracy
 
 import loops as pl
+from loops.callbacks import BasePredictionWriter
 
 
 def blobs(n, seed):
@@ -97,14 +98,15 @@ class EpochRecorder(pl.Callback):
             self.val_acc.append(trainer.callback_metrics["val_acc"].item())
 
 
-class PredictionWriter(pl.Callback):
-    """What Lightning's BasePredictionWriter(write_interval="batch") does: each rank writes its own batches."""
+class PredictionWriter(BasePredictionWriter):
+    """Each rank keeps (here: collects; a real one writes a file per rank) its batches and their dataset indices."""
 
     def __init__(self):
+        super().__init__(write_interval="batch")
         self.written = []
 
-    def on_predict_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
-        self.written.append((batch[0][:, 0].tolist(), outputs.tolist()))
+    def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx):
+        self.written.append((batch_indices, prediction.tolist()))
 
 
 def main(out_dir: str) -> None:
