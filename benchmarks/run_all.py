@@ -1,5 +1,6 @@
-"""Run every benchmark and rewrite benchmarks/README.md (results, the machine they ran on) and
-benchmarks/overhead.png (the overhead chart). `make bench` runs it.
+"""Run every benchmark and rewrite benchmarks/README.md (results, the machine they ran on),
+benchmarks/overhead.png (the overhead chart) and the overhead table between the benchmark markers of the
+top-level README.md. `make bench` runs it.
 
     python benchmarks/run_all.py
 
@@ -23,10 +24,12 @@ import torch
 import overhead
 
 HERE = Path(__file__).resolve().parent
+TOP_README = HERE.parent / "README.md"
+MARKERS = ("<!-- overhead table: written by benchmarks/run_all.py -->", "<!-- end of overhead table -->")
 # (script, arguments, what it measures, whether it prints Markdown); overhead.py runs in this process, for the
 # chart's numbers.
 SCRIPTS = [
-    ("import_time.py", ["--rounds", "3"], "Import cost above `import torch`", False),
+    ("import_time.py", ["--rounds", "5"], "Import cost above `import torch`", False),
     ("launch.py", ["--rounds", "2"], "`fabric run --devices 2` wall time next to Lightning's", False),
     ("ddp_scaling.py", ["--rounds", "1"], "1 vs 2 processes on a compute-bound model, next to raw DDP", True),
     ("gpu_step.py", [], "GPT-style model in bf16-mixed on one GPU (skipped without CUDA)", True),
@@ -85,13 +88,24 @@ def run_script(script: str, args: list[str]) -> str:
     return proc.stdout.strip()
 
 
+def update_top_readme(overhead_table: str, machine_line: str) -> None:
+    """Replace the overhead table between MARKERS in the top-level README (left alone when the markers are gone)."""
+    text = TOP_README.read_text()
+    if not all(marker in text for marker in MARKERS):
+        print(f"{TOP_README} has no benchmark markers: left unchanged", file=sys.stderr)
+        return
+    before, rest = text.split(MARKERS[0], 1)
+    after = rest.split(MARKERS[1], 1)[1]
+    TOP_README.write_text(f"{before}{MARKERS[0]}\n{machine_line}\n\n{overhead_table}\n{MARKERS[1]}{after}")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.parse_args(argv)
     start = time.perf_counter()
     torch.set_num_threads(1)
     print("overhead.py ...", flush=True)
-    results = overhead.measure(steps=100, rounds=7)
+    results = overhead.measure(steps=150, rounds=11)
     chart(results, HERE / "overhead.png")
     sections = [("Per-step overhead (`overhead.py`)", overhead.table(results), True)]
     for script, args, title, markdown in SCRIPTS:
@@ -108,6 +122,7 @@ def main(argv: list[str] | None = None) -> None:
     for title, output, markdown in sections:
         lines += [f"## {title}", "", *([output] if markdown else ["```", output, "```"]), ""]
     (HERE / "README.md").write_text("\n".join(lines))
+    update_top_readme(overhead.table(results), f"Measured {datetime.date.today()} on: {machine()}.")
     print(f"wrote {HERE / 'README.md'} and {HERE / 'overhead.png'} in {minutes:.1f} minutes")
 
 
