@@ -148,3 +148,24 @@ def test_test_prints_lightnings_results_table(capsys, monkeypatch):
     assert capsys.readouterr().out.splitlines() == [
         rule, f"{'Test metric':^25}{'DataLoader 0':^25}{'DataLoader 1':^25}".rstrip(), rule,
         f"{'test_loss':^25}{first:^25}{second:^25}".rstrip(), rule]
+
+
+def test_bar_counts_batches_for_subclasses():
+    from loops_helpers import Regression, loader
+
+    class Recording(TQDMProgressBar):
+        def __init__(self):
+            super().__init__(refresh_rate=0)
+            self.seen = []
+
+        def on_train_epoch_end(self, trainer, pl_module):
+            super().on_train_epoch_end(trainer, pl_module)
+            self.seen.append((self.train_batch_idx, self.total_train_batches, self.val_batch_idx,
+                              self.total_val_batches))
+
+    bar = Recording()
+    trainer = L.Trainer(accelerator="cpu", logger=False, enable_checkpointing=False, enable_model_summary=False,
+                        max_epochs=2, callbacks=[bar])
+    trainer.fit(Regression(), loader(), loader(n=8))
+    assert bar.seen == [(8, 8, 2, 2), (8, 8, 2, 2)]
+    assert trainer.progress_bar_callback is bar and bar.trainer is trainer

@@ -66,6 +66,27 @@ class ProgressBar(Callback):
     def total_train_batches(self) -> int | float:
         return self.trainer.num_training_batches
 
+    @property
+    def total_val_batches(self) -> int | float:
+        return sum(self.trainer.num_val_batches)
+
+    @property
+    def train_batch_idx(self) -> int:
+        """Batches done in the running epoch (counting those a resumed run had done)."""
+        return self._counts.get("train", 0)
+
+    @property
+    def val_batch_idx(self) -> int:
+        return self._counts.get("sanity" if self.trainer.sanity_checking else "validate", 0)
+
+    @property
+    def test_batch_idx(self) -> int:
+        return self._counts.get("test", 0)
+
+    @property
+    def predict_batch_idx(self) -> int:
+        return self._counts.get("predict", 0)
+
     def get_metrics(self, trainer: Any, pl_module: Any) -> dict[str, Any]:
         """What the bar shows: `v_num` (the loggers' version) and every value logged with `prog_bar=True`."""
         return {**standard_metrics(trainer), **trainer.progress_bar_metrics}
