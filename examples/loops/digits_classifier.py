@@ -4,8 +4,9 @@ and loggers, written exactly as for Lightning except the imports.
     python examples/loops/digits_classifier.py                        # 2 CPU processes (DDP)
     python examples/loops/digits_classifier.py --devices 1 --max-epochs 2
 
-The data is scikit-learn's 8x8 digits (shipped with the package). After `fit`, the best checkpoint (highest
-validation accuracy) is tested. Logs go to TensorBoard and CSV under `--root`, checkpoints to the Lightning layout
+The data is scikit-learn's 8x8 digits (shipped with the package). The learning rate follows a cosine schedule
+(logged each epoch by LearningRateMonitor); training stops early when the validation loss stops improving. After
+`fit`, the best checkpoint (highest validation accuracy) is tested. Logs go to TensorBoard and CSV under `--root`, checkpoints to the Lightning layout
 `<root>/lightning_logs/version_N/checkpoints/`.
 """
 from __future__ import annotations
@@ -18,7 +19,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset, random_split
 
 import loops as L
-from loops.callbacks import EarlyStopping, ModelCheckpoint
+from loops.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
 from loops.loggers import CSVLogger, TensorBoardLogger
 
 
@@ -94,7 +95,7 @@ def main() -> None:
     trainer = L.Trainer(
         accelerator="cpu", devices=args.devices, strategy=args.strategy, max_epochs=args.max_epochs,
         default_root_dir=args.root, enable_progress_bar=False,
-        callbacks=[checkpoint, EarlyStopping(monitor="val_loss", patience=4)],
+        callbacks=[checkpoint, EarlyStopping(monitor="val_loss", patience=4), LearningRateMonitor("epoch")],
         logger=[TensorBoardLogger(save_dir=args.root), CSVLogger(save_dir=args.root)],
     )
     datamodule = DigitsDataModule()

@@ -8,7 +8,8 @@ def test_digits_classifier_fits_on_two_processes_and_tests_the_best_checkpoint(c
     assert f"best checkpoint: {checkpoints}" in out
     assert number_after("test accuracy of the best checkpoint:", out) > 0.5
     assert (checkpoints / "last.ckpt").exists()
-    assert (tmp_path / "lightning_logs" / "version_0" / "metrics.csv").exists()
+    header = (tmp_path / "lightning_logs" / "version_0" / "metrics.csv").read_text().splitlines()[0].split(",")
+    assert {"lr-AdamW", "val_acc", "train_loss_epoch"} <= set(header)
     assert list((tmp_path / "lightning_logs" / "version_0").glob("events.out.tfevents.*"))
 
 
