@@ -92,3 +92,18 @@ def test_state_survives_a_checkpoint(tmp_path):
 def test_bad_arguments(kwargs, message):
     with pytest.raises(ValueError, match=message):
         EarlyStopping(monitor="val_loss", **kwargs)
+
+
+class RankScripted(Regression):
+    """Rank 0 improves every epoch; rank 1 never does (values are not synced, so each rank judges its own)."""
+
+    def validation_step(self, batch, batch_idx):
+        self.log("val_loss", 10.0 - self.current_epoch if self.global_rank == 0 else 5.0)
+
+
+def test_one_process_stopping_stops_all(clean_env):
+    stopper = EarlyStopping(monitor="val_loss", patience=1)
+    trainer = make_trainer(devices=2, strategy="ddp_spawn", max_epochs=10, callbacks=[stopper],
+                           num_sanity_val_steps=0)
+    trainer.fit(RankScripted(), loader(n=16), loader(n=8))
+    assert trainer.current_epoch == 2  # rank 1 stops after epoch 1 and takes rank 0 with it
