@@ -9,7 +9,6 @@ import torch
 from torch import Tensor
 
 from fabric_kit.loggers import FolderLogger
-from loops.callbacks.callback import Callback
 from loops.callbacks.checkpoint import Checkpoint
 from loops.callbacks.early_stopping import EarlyStopping
 from loops.callbacks.progress import ProgressBar
