@@ -70,8 +70,11 @@ class Entry:
 class Results:
     """The keys logged in one stage ("train", "validate", "test") since the epoch started."""
 
-    def __init__(self, fabric: Any) -> None:
+    def __init__(self, fabric: Any, sync_steps: bool = True) -> None:
+        """`sync_steps=False` syncs `sync_dist` values at the epoch's end only: for evaluation, whose shards are
+        uneven (each sample once), so processes run different numbers of steps and a per-step collective hangs."""
         self.fabric = fabric
+        self.sync_steps = sync_steps
         self.entries: dict[str, Entry] = {}
         self.step_logged = False  # something was logged per step since the last `step_metrics()`
 
@@ -93,7 +96,7 @@ class Results:
         value = _as_scalar(name, value, self.fabric.device)
         if not enable_graph:
             value = value.detach()
-        if on_step and sync_dist and self.fabric.world_size > 1:
+        if on_step and sync_dist and self.sync_steps and self.fabric.world_size > 1:
             value = self.fabric.all_reduce(value, group=group, reduce_op=entry.reduce)
         if on_epoch and batch_size is None and entry.reduce == "mean" and entry.metric is None:
             batch_size = extract_batch_size(batch)

@@ -19,7 +19,7 @@ def run_evaluation(trainer: Any, stage: str, loaders: list[Any], limits: list[in
     (empty during the sanity check, whose logs are discarded)."""
     prefix = _PREFIX[stage]
     hooks, module, fabric_module = trainer._hooks, trainer.lightning_module, trainer._fabric_module
-    results = Results(trainer.fabric)
+    results = Results(trainer.fabric, sync_steps=False)  # processes may run different numbers of batches
     previous = trainer._results, trainer._log_defaults
     trainer._results, trainer._log_defaults = results, (False, True)
     multiple = len(loaders) > 1
@@ -29,6 +29,7 @@ def run_evaluation(trainer: Any, stage: str, loaders: list[Any], limits: list[in
     end_cbs, end_mod = hooks.cb(f"on_{prefix}_batch_end"), hooks.mod(f"on_{prefix}_batch_end")
     step_name = f"{prefix}_step"
     with grad_context:
+        trainer._batch = None  # values logged outside a batch weigh the same on every process
         hooks.call(f"on_{prefix}_start")
         hooks.call(f"on_{prefix}_epoch_start")
         for dataloader_idx, (loader, limit) in enumerate(zip(loaders, limits)):
@@ -50,7 +51,7 @@ def run_evaluation(trainer: Any, stage: str, loaders: list[Any], limits: list[in
                     hook(outputs, batch, batch_idx, *extra)
                 if batch_idx + 1 >= limit:
                     break
-        trainer._dataloader_idx = None
+        trainer._dataloader_idx = trainer._batch = None
         hooks.call(f"on_{prefix}_epoch_end")
         per_loader: list[dict[str, float]] = []
         if not sanity:

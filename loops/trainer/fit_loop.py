@@ -167,6 +167,7 @@ class FitLoop:
         results = trainer._train_results = Results(trainer.fabric)
         trainer._results, trainer._log_defaults = results, (False, True)
         self.epoch_done = False
+        trainer._batch = None  # values logged outside a batch weigh the same on every process
         hooks.call("on_train_epoch_start")
         trainer._log_defaults = (True, False)
         start_cbs, start_mod = hooks.cb("on_train_batch_start"), hooks.mod("on_train_batch_start")
@@ -271,6 +272,7 @@ class FitLoop:
 
     def _end_epoch(self) -> None:
         trainer = self.trainer
+        trainer._batch = None  # not the last batch's size: it differs between processes
         hooks = trainer._hooks
         trainer._results, trainer._log_defaults = trainer._train_results, (False, True)
         hooks.call_callbacks("on_train_epoch_end", monitoring=False)

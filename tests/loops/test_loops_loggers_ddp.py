@@ -1,0 +1,25 @@
+"""Loggers and self.log(sync_dist=True) on 2 real gloo processes: both ranks agree on version_N (rank 0 decides),
+only rank 0 writes, and synced logging from step and epoch hooks finishes, over uneven validation shards too."""
+from pathlib import Path
+
+from fabric_kit.loggers.events import read_scalars
+
+SCRIPT = Path(__file__).parent / "scripts" / "loops_ddp_loggers.py"
+
+
+def test_ddp_ranks_agree_on_the_version_and_synced_logging_finishes(run_ranks, tmp_path):
+    (tmp_path / "lightning_logs" / "version_0").mkdir(parents=True)  # an earlier run's folder
+    _, ranks = run_ranks([SCRIPT, tmp_path], tmp_path, timeout=180)
+    version_1 = tmp_path / "lightning_logs" / "version_1"
+    assert [r["log_dir"] for r in ranks] == [str(version_1)] * 2 and [r["version"] for r in ranks] == [1, 1]
+    assert [r["best"] for r in ranks] == [str(version_1 / "checkpoints" / "epoch=1-step=8.ckpt")] * 2
+    assert sorted(p.name for p in (tmp_path / "lightning_logs").iterdir()) == ["version_0", "version_1"]
+    for r in ranks:
+        metrics = r["metrics"]
+        assert metrics["rank_step_epoch"] == metrics["rank_epoch"] == 0.5  # mean over the ranks' 0 and 1
+        assert metrics["rank_max"] == 1.0
+        assert metrics["val_rows"] == 9.0  # summed over both shards: every row once
+    scalars = read_scalars(version_1)
+    assert [value for _, value in scalars["rank_step_step"]] == [0.5] * 8  # each step synced
+    assert [step for step, _ in scalars["rank_epoch"]] == [3, 7]
+    assert [value for _, value in scalars["val_rows_epoch"]] == [9.0, 9.0]
