@@ -26,10 +26,11 @@ class Callback:
         return f"{type(self).__qualname__}{repr(kwargs)}"
 
     def state_dict(self) -> dict[str, Any]:
+        """What to save in checkpoints (under `state_key`); an empty dict saves nothing."""
         return {}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        pass
+        """Restore what `state_dict` returned, when fit resumes from a checkpoint."""
 
     # -- stages -------------------------------------------------------------------------------------------------
     def setup(self, trainer: Any, pl_module: Any, stage: str) -> None: ...
