@@ -10,7 +10,7 @@ from typing import Any
 from loops.callbacks.progress.line_display import Display, Metrics, format_value
 from loops.callbacks.progress.progress_bar import ProgressBar
 
-# Bars that stay on screen when they finish, unless `leave=False` (the epoch bar) or nested in fit (validation).
+# Which evaluation bars stay on screen when they finish (epoch bars follow `leave`).
 _KEEP = {"sanity": False, "validate": False, "test": True, "predict": True}
 
 
