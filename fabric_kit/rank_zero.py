@@ -6,6 +6,8 @@ import warnings
 from functools import wraps
 from typing import Any, Callable, TypeVar
 
+__all__ = ["global_rank", "rank_zero_info", "rank_zero_only", "rank_zero_warn"]
+
 F = TypeVar("F", bound=Callable[..., Any])
 
 

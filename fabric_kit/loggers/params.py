@@ -11,6 +11,8 @@ from typing import Any, Mapping
 
 from torch import Tensor
 
+__all__ = ["as_dict", "flatten", "plain", "write_hparams_yaml"]
+
 _PLAIN_KEY = re.compile(r"[A-Za-z_][\w.\-/]*")
 
 
