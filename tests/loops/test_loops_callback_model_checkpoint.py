@@ -14,6 +14,9 @@ from fabric_kit.checkpoint import read_checkpoint
 from loops.callbacks import ModelCheckpoint
 from loops_helpers import Regression, loader, make_trainer
 
+# Several tests write into a folder on purpose a second time.
+pytestmark = pytest.mark.filterwarnings("ignore:Checkpoint directory .* exists and is not empty")
+
 
 class Scripted(Regression):
     """Logs val_loss = scores[epoch] (the last score repeats)."""
@@ -148,3 +151,28 @@ def test_resume_keeps_the_ranking(tmp_path):
 def test_bad_arguments(kwargs, message):
     with pytest.raises(ValueError, match=message):
         ModelCheckpoint(**kwargs)
+
+
+def test_a_resumed_run_saving_elsewhere_leaves_the_first_runs_files(tmp_path):
+    _fit([1.0, 1.0], ModelCheckpoint(dirpath=tmp_path / "first", save_last=True))
+    second = ModelCheckpoint(dirpath=tmp_path / "second")
+    with pytest.warns(UserWarning, match="dirpath changed .* the saved top-k ranking is not restored"):
+        make_trainer(max_epochs=3, callbacks=[second], num_sanity_val_steps=0).fit(
+            Scripted([1.0]), loader(), loader(n=8), ckpt_path=str(tmp_path / "first" / "last.ckpt"))
+    assert sorted(os.listdir(tmp_path / "first")) == ["epoch=1-step=16.ckpt", "last.ckpt"]
+    assert os.listdir(tmp_path / "second") == ["epoch=2-step=24.ckpt"]
+
+
+def test_save_on_exception(tmp_path):
+    class Failing(Scripted):
+        def training_step(self, batch, batch_idx):
+            if self.global_step == 11:
+                raise ValueError("bad batch")
+            return super().training_step(batch, batch_idx)
+
+    checkpoint = ModelCheckpoint(dirpath=tmp_path, save_on_exception=True, filename="{step}")
+    trainer = make_trainer(max_epochs=3, callbacks=[checkpoint], num_sanity_val_steps=0)
+    with pytest.raises(ValueError, match="bad batch"):
+        trainer.fit(Failing([1.0]), loader(), loader(n=8))
+    assert sorted(os.listdir(tmp_path)) == ["step=11.ckpt", "step=8.ckpt"]
+    assert _step(tmp_path / "step=11.ckpt") == 11
