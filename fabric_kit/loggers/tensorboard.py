@@ -18,14 +18,11 @@ from fabric_kit.loggers.params import as_dict, flatten, plain, write_hparams_yam
 from fabric_kit.rank_zero import rank_zero_only
 
 
-def summary_writer_class() -> type:
-    """tensorboardX's SummaryWriter, or an ImportError naming the extra that installs it."""
-    try:
-        from tensorboardX import SummaryWriter
-    except ImportError as err:
+def require_tensorboardx() -> None:
+    """An ImportError naming the extra to install when tensorboardX is missing (without importing it)."""
+    if importlib.util.find_spec("tensorboardX") is None:
         raise ImportError("TensorBoardLogger writes with tensorboardX, which is not installed: "
-                          "pip install 'fabric_kit[tensorboard]'") from err
-    return SummaryWriter
+                          "pip install 'fabric_kit[tensorboard]'")
 
 
 class TensorBoardLogger(FolderLogger):
@@ -50,7 +47,7 @@ class TensorBoardLogger(FolderLogger):
                  version: int | str | None = None, log_graph: bool = False, default_hp_metric: bool = True,
                  prefix: str = "", sub_dir: str | os.PathLike | None = None, *,
                  root_dir: str | os.PathLike | None = None, **kwargs: Any) -> None:
-        summary_writer_class()  # a missing tensorboardX is reported where the logger is built
+        require_tensorboardx()  # reported where the logger is built, imported at the first write
         super().__init__(save_dir, name, version, prefix, sub_dir, root_dir=root_dir)
         if log_graph and importlib.util.find_spec("tensorboard") is None:
             warnings.warn("TensorBoardLogger(log_graph=True) writes no graph: tracing the model for TensorBoard "
@@ -65,7 +62,9 @@ class TensorBoardLogger(FolderLogger):
     def experiment(self) -> Any:
         """The tensorboardX SummaryWriter (a no-op stand-in on ranks other than 0), created on first use."""
         if self._experiment is None:
-            self._experiment = summary_writer_class()(logdir=self.log_dir, **self._writer_kwargs)
+            from tensorboardX import SummaryWriter
+
+            self._experiment = SummaryWriter(logdir=self.log_dir, **self._writer_kwargs)
         return self._experiment
 
     @rank_zero_only

@@ -2,6 +2,7 @@
 `trainer/global_step`, hyperparameters as the run's config, media helpers, and checkpoints as model artifacts."""
 from __future__ import annotations
 
+import importlib.util
 import os
 from argparse import Namespace
 from typing import Any, Literal, Mapping
@@ -14,12 +15,10 @@ from fabric_kit.rank_zero import rank_zero_only
 from loops.loggers.uploads import checkpoint_metadata, checkpoints_to_upload
 
 
-def _import_wandb() -> Any:
-    try:
-        import wandb
-    except ImportError as err:
-        raise ImportError("WandbLogger needs the wandb package: pip install 'fabric_kit[wandb]'") from err
-    return wandb
+def _require_wandb() -> None:
+    """An ImportError naming the extra when wandb is missing, without paying for its import (about a second)."""
+    if importlib.util.find_spec("wandb") is None:
+        raise ImportError("WandbLogger needs the wandb package: pip install 'fabric_kit[wandb]'")
 
 
 class WandbLogger(Logger):
@@ -47,7 +46,7 @@ class WandbLogger(Logger):
                  anonymous: bool | None = None, project: str | None = None,
                  log_model: bool | Literal["all"] = False, experiment: Any = None, prefix: str = "",
                  checkpoint_name: str | None = None, **kwargs: Any) -> None:
-        _import_wandb()
+        _require_wandb()
         if log_model not in (True, False, "all"):
             raise ValueError(f"log_model={log_model!r} is not valid; pass True, False or 'all'")
         if offline and log_model:
@@ -87,7 +86,8 @@ class WandbLogger(Logger):
         """The wandb run (a no-op stand-in on ranks other than 0), started on first use; a run already started in
         this process is reused."""
         if self._experiment is None:
-            wandb = _import_wandb()
+            import wandb
+
             if self._offline:
                 os.environ["WANDB_MODE"] = "offline"
             if wandb.run is not None:
@@ -119,7 +119,9 @@ class WandbLogger(Logger):
     def log_table(self, key: str, columns: list[str] | None = None, data: list[list[Any]] | None = None,
                   dataframe: Any = None, step: int | None = None) -> None:
         """A wandb.Table from `columns` + `data` or from a pandas `dataframe`."""
-        table = _import_wandb().Table(columns=columns, data=data, dataframe=dataframe)
+        import wandb
+
+        table = wandb.Table(columns=columns, data=data, dataframe=dataframe)
         self.log_metrics({key: table}, step)
 
     def log_text(self, key: str, columns: list[str] | None = None, data: list[list[str]] | None = None,
@@ -145,7 +147,9 @@ class WandbLogger(Logger):
         if wrong:
             raise ValueError(f"log_{kind.lower()}({key!r}) got {len(items)} items but keyword lists of lengths "
                              f"{wrong}; give one entry per item")
-        media = getattr(_import_wandb(), kind)
+        import wandb
+
+        media = getattr(wandb, kind)
         self.log_metrics({key: [media(item, **{name: values[i] for name, values in kwargs.items()})
                                 for i, item in enumerate(items)]}, step)
 
@@ -166,7 +170,8 @@ class WandbLogger(Logger):
 
     @rank_zero_only
     def _upload(self, callback: Any) -> None:
-        wandb = _import_wandb()
+        import wandb
+
         for mtime, path, score, tag in checkpoints_to_upload(callback, self._uploaded):
             name = self._checkpoint_name or f"model-{self.experiment.id}"
             artifact = wandb.Artifact(name=name, type="model", metadata=checkpoint_metadata(callback, path, score))
