@@ -12,6 +12,7 @@ from typing import Any, Mapping
 from torch import Tensor
 from torch.nn import Module
 
+from fabric_kit.collections import move_to_device
 from fabric_kit.loggers.folder import FolderLogger
 from fabric_kit.loggers.logger import rank_zero_experiment
 from fabric_kit.loggers.params import as_dict, flatten, plain, write_hparams_yaml
@@ -114,6 +115,9 @@ class TensorBoardLogger(FolderLogger):
             warnings.warn("TensorBoardLogger(log_graph=True) has no graph to write: set model.example_input_array "
                           f"(a tensor or a tuple of forward's arguments); got {type(input_array).__name__}")
             return
+        parameter = next(model.parameters(), None)
+        if parameter is not None:
+            input_array = move_to_device(input_array, parameter.device)
         self.experiment.add_graph(model, input_array)
 
     @rank_zero_only

@@ -61,6 +61,18 @@ def test_read_back_with_tensorboards_own_reader_when_installed(tmp_path, clean_e
     assert [(e.step, e.value) for e in events.Scalars("loss")] == [(5, 2.0)]
 
 
+def test_model_graph_is_written_when_tensorboard_is_installed(tmp_path, clean_env):
+    accumulator = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
+    model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.ReLU(), torch.nn.Linear(3, 1))
+    model.example_input_array = torch.zeros(2, 4)
+    logger = TensorBoardLogger(tmp_path, log_graph=True)
+    logger.log_graph(model)
+    logger.finalize("success")
+    events = accumulator.EventAccumulator(logger.log_dir)
+    events.Reload()
+    assert events.Tags()["graph"] and any("Linear" in node.name for node in events.Graph().node)
+
+
 def test_a_damaged_event_file_is_refused(tmp_path, clean_env):
     logger = TensorBoardLogger(tmp_path)
     logger.log_metrics({"loss": 2.0}, step=5)
