@@ -6,6 +6,7 @@ from typing import Any, Callable, Iterator
 
 import torch
 from torch.nn import Module
+from torch.nn.modules import module as _module_hooks
 from torch.optim import Optimizer
 from torch.utils.data import DataLoader
 
@@ -32,6 +33,16 @@ class FabricModule(Module):
     @property
     def _fabric_kit_unwrapped(self) -> Module:
         return self._original_module
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        # nn.Module.__call__ spends two Python calls before `forward`. When it would go straight to `forward` anyway
+        # (the same test as its own fast path: no hooks on the wrapper or global ones, not compiled), go there now.
+        if (self._compiled_call_impl is not None or self._forward_hooks or self._forward_pre_hooks
+                or self._backward_hooks or self._backward_pre_hooks or _module_hooks._global_forward_hooks
+                or _module_hooks._global_forward_pre_hooks or _module_hooks._global_backward_hooks
+                or _module_hooks._global_backward_pre_hooks):
+            return super().__call__(*args, **kwargs)
+        return self.forward(*args, **kwargs)
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         precision = self._precision
