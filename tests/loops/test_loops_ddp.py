@@ -41,6 +41,10 @@ def test_ddp_spawn_returns_weights_to_the_launching_process(clean_env, monkeypat
     trainer = make_trainer(devices=2, strategy="ddp_spawn", max_epochs=1, limit_val_batches=0)
     trainer.fit(model, loader(n=16, batch_size=4))
     assert trainer.global_step == 2 and not torch.equal(model.layer.weight, before)
+    torch.manual_seed(0)
+    single = Regression(lr=0.1)  # each rank steps its own weights (not one shared copy): one process, batch 8
+    make_trainer(max_epochs=1, limit_val_batches=0).fit(single, loader(n=16, batch_size=8))
+    assert torch.allclose(model.layer.weight, single.layer.weight, atol=1e-6)
 
 
 def test_fsdp_script_two_processes(run_ranks, tmp_path):

@@ -113,3 +113,16 @@ def test_checkpoint_resume_with_two_optimizers(tmp_path):
     assert trainer.global_step == 16
     assert torch.equal(resumed.generator.weight, reference.generator.weight)
     assert torch.equal(resumed.discriminator.weight, reference.discriminator.weight)
+
+
+def test_two_processes_average_each_optimizers_gradients(clean_env):
+    # The toggle leaves one model's parameters without gradients in each backward: DDP needs to look for them.
+    model = AutoGAN()
+    trainer = make_trainer(devices=2, strategy="ddp_spawn_find_unused_parameters_true", max_epochs=1,
+                           limit_val_batches=0)
+    trainer.fit(model, loader(n=24, batch_size=4))
+    single = AutoGAN()
+    make_trainer(max_epochs=1, limit_val_batches=0).fit(single, loader(n=24, batch_size=8))
+    assert trainer.global_step == 6  # 3 batches per process, 2 optimizer steps each
+    assert torch.allclose(model.generator.weight, single.generator.weight, atol=1e-5)
+    assert torch.allclose(model.discriminator.weight, single.discriminator.weight, atol=1e-5)

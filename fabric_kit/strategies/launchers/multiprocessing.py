@@ -8,8 +8,9 @@ import sys
 from typing import Any, Callable
 
 import torch.multiprocessing as mp
+from torch.nn import Module
 
-from fabric_kit.collections import move_to_device
+from fabric_kit.collections import apply_to_collection, move_to_device
 from fabric_kit.distributed import leave_process_group
 from fabric_kit.environments import ClusterEnvironment
 from fabric_kit.strategies.launchers.launcher import Launcher
@@ -34,7 +35,7 @@ class MultiprocessingLauncher(Launcher):
         os.environ["MASTER_PORT"] = str(self.environment.main_port)
         results = mp.get_context(self.start_method).SimpleQueue()
         context = mp.start_processes(_run_rank, args=(self.environment, self.num_processes, function, args, kwargs,
-                                                      results),
+                                                      results, self.start_method != "fork"),
                                      nprocs=self.num_processes, start_method=self.start_method, join=False)
         # Read rank 0's result while the ranks run: one larger than the pipe's buffer blocks rank 0 in `put` until
         # it is read. `join` raises as soon as a rank fails.
@@ -48,7 +49,7 @@ class MultiprocessingLauncher(Launcher):
 
 
 def _run_rank(local_rank: int, environment: ClusterEnvironment, num_processes: int, function: Callable,
-              args: tuple, kwargs: dict, results: Any) -> None:
+              args: tuple, kwargs: dict, results: Any, pickled: bool) -> None:
     os.environ["LOCAL_RANK"] = os.environ["RANK"] = str(local_rank)
     os.environ["WORLD_SIZE"] = os.environ["LOCAL_WORLD_SIZE"] = str(num_processes)
     os.environ["NODE_RANK"] = "0"
@@ -56,6 +57,8 @@ def _run_rank(local_rank: int, environment: ClusterEnvironment, num_processes: i
     # this process's rank.
     environment.set_global_rank(local_rank)
     environment.set_world_size(num_processes)
+    if pickled:
+        _own_module_tensors((args, kwargs))
     result = function(*args, **kwargs)
     leave_process_group()
     if local_rank == 0:
@@ -67,3 +70,16 @@ def _run_rank(local_rank: int, environment: ClusterEnvironment, num_processes: i
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(0)
+
+
+def _own_module_tensors(data: Any) -> None:
+    """torch's pickling for spawn puts CPU tensors in shared memory: every rank's copy of a model passed to
+    `launch` would train one set of weights, each rank stepping it (two ranks: two updates per step). Each rank
+    takes its own copy of the parameters and buffers of the modules it received."""
+    def own(module: Module) -> Module:
+        for tensor in (*module.parameters(), *module.buffers()):
+            if tensor.device.type == "cpu":
+                tensor.data = tensor.data.clone()
+        return module
+
+    apply_to_collection(data, Module, own)
