@@ -83,6 +83,9 @@ class Trainer(TrainerProperties):
         self.use_distributed_sampler = use_distributed_sampler
         self.detect_anomaly = detect_anomaly
         self.sync_batchnorm = sync_batchnorm
+        if sync_batchnorm and self.fabric.world_size > 1 and self.fabric.device.type == "cpu":
+            raise ValueError("sync_batchnorm=True needs GPUs: torch's SyncBatchNorm (and DDP with it) does not run "
+                             "on CPU processes; remove it or use accelerator='gpu'")
         self.reload_dataloaders_every_n_epochs = reload_dataloaders_every_n_epochs
         self.check_val_every_n_epoch = check_val_every_n_epoch
         self.val_check_interval = 1.0 if val_check_interval is None else val_check_interval

@@ -135,3 +135,13 @@ def test_estimated_stepping_batches_with_max_steps_and_infinite_epochs():
 
     trainer.fit(Model(), loader(), loader(n=4))
     assert seen["steps"] == 5  # min(10 epochs * 4 steps, max_steps)
+
+
+def test_sync_batchnorm_needs_gpus_on_several_processes():
+    # torch's SyncBatchNorm and DDP refuse CPU modules; on one process there is nothing to sync (as Lightning)
+    with pytest.raises(ValueError, match="sync_batchnorm=True needs GPUs"):
+        make_trainer(devices=2, strategy="ddp", sync_batchnorm=True)
+    model = Regression()
+    model.norm = torch.nn.BatchNorm1d(4)
+    make_trainer(sync_batchnorm=True, max_epochs=1, limit_val_batches=0).fit(model, loader(n=8))
+    assert type(model.norm) is torch.nn.BatchNorm1d
