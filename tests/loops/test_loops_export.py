@@ -1,4 +1,6 @@
 """LightningModule.to_torchscript (script / trace) and to_onnx: the exported model computes what the module does."""
+import sys
+
 import pytest
 import torch
 from torch import nn
@@ -52,3 +54,9 @@ def test_to_onnx_exports_the_eval_graph_and_its_weights(tmp_path):
     model.example_input_array = None
     with pytest.raises(ValueError, match="needs an example input"):
         model.to_onnx(tmp_path / "x.onnx")
+
+
+def test_to_onnx_without_onnx_names_the_extra(monkeypatch, tmp_path):
+    monkeypatch.setitem(sys.modules, "onnx", None)  # what an environment without onnx looks like to import
+    with pytest.raises(ModuleNotFoundError, match=r"pip install 'fabric_kit\[onnx\]'"):
+        Net().to_onnx(tmp_path / "model.onnx")
