@@ -10,11 +10,12 @@ Trainer, wrapping the model) cancels. Two figures per loop:
 The Trainers run with progress bar, logger, checkpointing, model summary and sanity check off, a fair comparison
 with the raw loop. Every loop's final weights are checked against the raw loop's.
 
-    python benchmarks/overhead.py [--steps 100] [--rounds 7]
+    python benchmarks/overhead.py [--steps 200] [--rounds 7]
 """
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import statistics
 import sys
@@ -125,11 +126,18 @@ def calls_per_step(loop: Loop, steps: int) -> float:
 
 
 def seconds_per_step(loop: Loop, steps: int) -> float:
-    start = time.perf_counter()
-    loop(steps)
-    middle = time.perf_counter()
-    loop(2 * steps)
-    return ((time.perf_counter() - middle) - (middle - start)) / steps
+    """Step time from runs of `steps` and `2 * steps` steps, with the garbage collector off as `timeit` does: a
+    collection of the whole heap (torch and lightning hold millions of objects) would land in one loop at random."""
+    gc.collect()
+    gc.disable()
+    try:
+        start = time.perf_counter()
+        loop(steps)
+        middle = time.perf_counter()
+        loop(2 * steps)
+        return ((time.perf_counter() - middle) - (middle - start)) / steps
+    finally:
+        gc.enable()
 
 
 def candidates() -> dict[str, Loop]:
@@ -198,7 +206,7 @@ def table(results: dict[str, dict[str, float | bool]]) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=100, help="N: each loop runs N and 2N steps (default 100)")
+    parser.add_argument("--steps", type=int, default=200, help="N: each loop runs N and 2N steps (default 200)")
     parser.add_argument("--rounds", type=int, default=7, help="interleaved timing rounds (default 7)")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)

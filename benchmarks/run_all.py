@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> None:
     start = time.perf_counter()
     torch.set_num_threads(1)
     print("overhead.py ...", flush=True)
-    results = overhead.measure(steps=150, rounds=11)
+    results = overhead.measure(steps=300, rounds=9)
     chart(results, HERE / "overhead.png")
     sections = [("Per-step overhead (`overhead.py`)", overhead.table(results), True)]
     for script, args, title, markdown in SCRIPTS:
