@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import math
 import time
-import warnings
 from typing import Any
 
 from fabric_kit import is_wrapped
@@ -177,8 +176,9 @@ class FitLoop:
         fabric_module, metrics, loggers = trainer._fabric_module, trainer._metrics, trainer.loggers
         accumulate, limit = trainer.accumulate_grad_batches, self.num_training_batches
         log_every = trainer.log_every_n_steps
-        # Per-step schedulers step after the batch; ReduceLROnPlateau ones after the validation check, so they
-        # can watch a validation metric. With manual optimization the step calls them itself (as in Lightning).
+        # Lightning's order: schedulers step right after the optimizer step (per-epoch ones after the epoch's last
+        # batch), before on_train_batch_end; ReduceLROnPlateau ones after the validation check, so they can watch
+        # a validation metric. With manual optimization the step calls them itself (as in Lightning).
         step_configs = [c for c in trainer.lr_scheduler_configs if c.interval == "step"] if automatic else []
         schedulers = [c for c in step_configs if not c.reduce_on_plateau]
         plateaus = [c for c in step_configs if c.reduce_on_plateau]
@@ -211,16 +211,18 @@ class FitLoop:
                 outputs = fabric_module("training_step", batch, batch_idx)
             self.batch_idx = batch_idx + 1  # complete: a checkpoint saved in on_train_batch_end resumes after it
             self.total_batch_idx += 1
+            stepped = trainer._global_step != steps_before if not automatic else steps
+            if schedulers and stepped:  # `frequency` counts batches that stepped (optimizers may be several)
+                step_schedulers(schedulers, "step", self.batches_stepped + 1, trainer.callback_metrics,
+                                scheduler_step)
+            if last:
+                self._step_epoch_schedulers(trainer.callback_metrics, plateau=False)
             if results.step_logged:  # callbacks read this step's values (e.g. a step-triggered checkpoint's monitor)
                 metrics.callback_metrics.update(results.step_metrics(consume=False)[0])
             for hook in end_cbs:
                 hook(trainer, module, outputs, batch, batch_idx)
             for hook in end_mod:
                 hook(outputs, batch, batch_idx)
-            stepped = trainer._global_step != steps_before if not automatic else steps
-            if schedulers and stepped:  # `frequency` counts batches that stepped (optimizers may be several)
-                step_schedulers(schedulers, "step", self.batches_stepped + 1, trainer.callback_metrics,
-                                scheduler_step)
             if results.step_logged:
                 metrics.step_end(results, loggers, (self.batches_stepped + 1) % log_every == 0 or trainer.should_stop,
                                  self.batches_stepped, trainer.current_epoch)
@@ -239,8 +241,10 @@ class FitLoop:
                 break
         else:
             # A loader without a length ran out: its last batch was only known now.
-            if limit == math.inf and validation and self._should_validate(self.batch_idx - 1, True):
-                self.run_validation()
+            if limit == math.inf:
+                self._step_epoch_schedulers(trainer.callback_metrics, plateau=False)
+                if validation and self._should_validate(self.batch_idx - 1, True):
+                    self.run_validation()
         self._finish_epoch()
 
     def _finish_epoch(self) -> None:
@@ -284,16 +288,19 @@ class FitLoop:
         trainer._train_results.reset_metrics()
         hooks.call_callbacks("on_train_epoch_end", monitoring=True)
         trainer._results = None
-        self._step_epoch_schedulers(trainer.callback_metrics)
+        self._step_epoch_schedulers(trainer.callback_metrics, plateau=True)
         trainer.current_epoch += 1
         self.epoch_done = False
         self.batch_idx = 0
 
-    def _step_epoch_schedulers(self, metrics: Any, plateau: bool = True) -> None:
-        configs = [c for c in self.trainer.lr_scheduler_configs if c.interval == "epoch"]
+    def _step_epoch_schedulers(self, metrics: Any, plateau: bool) -> None:
+        """The per-epoch schedulers: ReduceLROnPlateau ones (`plateau`, after on_train_epoch_end) or the others
+        (after the epoch's last batch; an epoch cut short by max_steps or should_stop does not step them)."""
+        configs = [c for c in self.trainer.lr_scheduler_configs if c.interval == "epoch" and
+                   c.reduce_on_plateau == plateau]
         if configs and self.trainer._automatic:
             step_schedulers(configs, "epoch", self.trainer.current_epoch + 1, metrics,
-                            self.trainer.lightning_module.lr_scheduler_step, plateau)
+                            self.trainer.lightning_module.lr_scheduler_step)
 
     # -- checkpoints ----------------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -308,11 +315,8 @@ class FitLoop:
         trainer._global_step = state["global_step"]
         trainer.current_epoch = state["epoch"]
         if state["epoch_done"]:
-            # Saved at the epoch's end (on_train_epoch_end, end-of-epoch validation): finish it the way the
-            # interrupted run would have, then start the next one. Plateau schedulers need metrics this run lacks.
-            with warnings.catch_warnings():  # torch cannot know the optimizer stepped in the interrupted run
-                warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step")
-                self._step_epoch_schedulers({}, plateau=False)
+            # Saved at the epoch's end (on_train_epoch_end, end-of-epoch validation), its schedulers already
+            # stepped: the next epoch starts. (A ReduceLROnPlateau due after on_train_epoch_end is not stepped.)
             trainer.current_epoch += 1
         else:
             self.resume_skip = state["batch_idx"]

@@ -86,6 +86,15 @@ def test_resume_mid_epoch_equals_uninterrupted(tmp_path, shuffle):
     assert torch.equal(resumed.layer.weight, reference.layer.weight)
 
 
+def test_resume_from_the_last_batch_of_an_epoch(tmp_path):
+    # Saved in on_train_batch_end of batch 8 of 8: the epoch's scheduler already stepped, the epoch is not over.
+    reference, _ = _train(2, True)
+    path = tmp_path / "last_batch.ckpt"
+    _train(2, True, [SaveAt(path, epoch=0, batch=7)])
+    resumed, trainer = _train(2, True, ckpt_path=path)
+    assert trainer.global_step == 16 and torch.equal(resumed.layer.weight, reference.layer.weight)
+
+
 def test_checkpoint_contents(tmp_path):
     class DataModule(L.LightningDataModule):
         def __init__(self, batch_size=4):

@@ -175,3 +175,24 @@ def test_lr_scheduler_step_hook_steps_custom_schedulers():
     trainer.fit(model, loader())
     assert calls == [None] * 3 and trainer.lr_scheduler_configs[0].scheduler.epochs == [0, 1, 2]
     assert _lr(trainer) == pytest.approx(1.0 / 4)
+
+
+@pytest.mark.parametrize(("interval", "expected"), [
+    ("step", [("batch", 0.5), ("batch", 0.25), ("epoch", 0.25), ("batch", 0.125), ("batch", 0.0625),
+              ("epoch", 0.0625)]),
+    ("epoch", [("batch", 1.0), ("batch", 0.5), ("epoch", 0.5), ("batch", 0.5), ("batch", 0.25), ("epoch", 0.25)])])
+def test_schedulers_step_before_on_train_batch_end_as_in_lightning(interval, expected):
+    # `expected` was recorded from Lightning 2.6 with the same module: a per-epoch scheduler steps after the
+    # epoch's last batch, before on_train_batch_end and on_train_epoch_end see the learning rate.
+    seen = []
+
+    class Model(WithScheduler):
+        def on_train_batch_end(self, outputs, batch, batch_idx):
+            seen.append(("batch", _lr(self.trainer)))
+
+        def on_train_epoch_end(self):
+            seen.append(("epoch", _lr(self.trainer)))
+
+    config = lambda opt: {"optimizer": opt, "lr_scheduler": {"scheduler": step_lr(opt), "interval": interval}}
+    make_trainer(max_epochs=2, limit_val_batches=0).fit(Model(config), loader(n=8))
+    assert seen == expected
