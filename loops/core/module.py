@@ -137,9 +137,13 @@ class LightningModule(HyperparametersMixin, ModelHooks, DataHooks, CheckpointHoo
                      rank_zero_only=rank_zero_only)
 
     def print(self, *args: Any, **kwargs: Any) -> None:
-        """`print` on global rank 0 only."""
-        if self._trainer is None or self._trainer.is_global_zero:
+        """`print` on global rank 0 only, through the progress bar when one is showing (so it stays intact)."""
+        trainer = self._trainer
+        if trainer is None:
             print(*args, **kwargs)
+        elif trainer.is_global_zero:
+            bar = trainer.progress_bar_callback
+            (bar.print if bar is not None else print)(*args, **kwargs)
 
     # -- optimization -------------------------------------------------------------------------------------------
     def optimizers(self, use_pl_optimizer: bool = True) -> Any:

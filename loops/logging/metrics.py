@@ -55,18 +55,3 @@ class MetricsHub:
 def to_floats(metrics: dict[str, Any]) -> dict[str, float]:
     return {key: value.item() if isinstance(value, Tensor) else value for key, value in metrics.items()}
 
-
-def results_table(stage: str, results: list[dict[str, float]]) -> str:
-    """The box printed after validate/test: one column per dataloader, one row per metric."""
-    names = sorted({name for metrics in results for name in metrics})
-    if not names:
-        return ""
-    header = [f"{stage.capitalize()} metric"] + [f"DataLoader {i}" for i in range(len(results))]
-    rows = [[name] + [f"{metrics[name]:.6g}" if name in metrics else "" for metrics in results] for name in names]
-    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
-    line = "+".join("-" * (w + 2) for w in widths)
-
-    def fmt(row: list[str]) -> str:
-        return "|".join(f" {cell:<{w}} " for cell, w in zip(row, widths))
-
-    return "\n".join([line, fmt(header), line, *(fmt(row) for row in rows), line])

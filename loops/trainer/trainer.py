@@ -352,6 +352,7 @@ class Trainer(TrainerProperties):
         if stage == "test":
             self.test_dataloaders, self.num_test_batches = loaders, limits
         if stage == "validate":
+            self.fit_loop.val_loaders, self.fit_loop.num_val_batches = loaders, limits
             self.validating = True
         else:
             self.testing = True
