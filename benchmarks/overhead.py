@@ -6,7 +6,8 @@ from scratch for N and for 2N steps; the difference divided by N is its per-step
 Trainer, wrapping the model) cancels. Two figures per loop:
 - Python-level calls per step, counted with `sys.setprofile` ("call" and "c_call" events). Deterministic: the
   figure to hold.
-- step time, the median over interleaved rounds (noisy on shared machines; loops alternate so noise is shared).
+- step time: the fastest of the interleaved rounds for N and for 2N steps, as `timeit` advises (other processes
+  only ever add time; on a shared machine a median still carries their noise).
 The Trainers run with progress bar, logger, checkpointing, model summary and sanity check off, a fair comparison
 with the raw loop. Every loop's final weights are checked against the raw loop's.
 
@@ -17,7 +18,6 @@ from __future__ import annotations
 import argparse
 import gc
 import logging
-import statistics
 import sys
 import time
 import warnings
@@ -125,17 +125,15 @@ def calls_per_step(loop: Loop, steps: int) -> float:
     return (count_calls(lambda: loop(2 * steps)) - count_calls(lambda: loop(steps))) / steps
 
 
-def seconds_per_step(loop: Loop, steps: int) -> float:
-    """Step time from runs of `steps` and `2 * steps` steps, with the garbage collector off as `timeit` does: a
-    collection of the whole heap (torch and lightning hold millions of objects) would land in one loop at random."""
+def run_seconds(loop: Loop, steps: int) -> float:
+    """Wall time of one run, with the garbage collector off as `timeit` does: a collection of the whole heap (torch
+    and lightning hold millions of objects) would land in one loop at random."""
     gc.collect()
     gc.disable()
     try:
         start = time.perf_counter()
         loop(steps)
-        middle = time.perf_counter()
-        loop(2 * steps)
-        return ((time.perf_counter() - middle) - (middle - start)) / steps
+        return time.perf_counter() - start
     finally:
         gc.enable()
 
@@ -160,22 +158,24 @@ def candidates() -> dict[str, Loop]:
 
 
 def measure(steps: int, rounds: int) -> dict[str, dict[str, float | bool]]:
-    """Per loop: calls/step, median µs/step, both over the raw loop's, and whether the weights equal the raw loop's."""
+    """Per loop: calls/step and µs/step, both also over the raw loop's, and whether the weights equal the raw
+    loop's."""
     loops = candidates()
     for loop in loops.values():
         loop(2)  # one-time costs (lazy imports, caches) stay out of the figures
     calls = {name: calls_per_step(loop, steps) for name, loop in loops.items()}
-    times: dict[str, list[float]] = {name: [] for name in loops}
+    runs: dict[tuple[str, int], list[float]] = {(name, n): [] for name in loops for n in (steps, 2 * steps)}
     for _ in range(rounds):
         for name, loop in loops.items():
-            times[name].append(seconds_per_step(loop, steps))
+            for n in (steps, 2 * steps):
+                runs[(name, n)].append(run_seconds(loop, n))
+    micros = {name: (min(runs[(name, 2 * steps)]) - min(runs[(name, steps)])) / steps * 1e6 for name in loops}
     reference = raw_loop(steps).state_dict()
     results = {}
     for name, loop in loops.items():
-        micros = statistics.median(times[name]) * 1e6
         weights = loop(steps).state_dict()
-        results[name] = {"calls": calls[name], "extra_calls": calls[name] - calls[RAW], "us": micros,
-                         "extra_us": micros - statistics.median(times[RAW]) * 1e6,
+        results[name] = {"calls": calls[name], "extra_calls": calls[name] - calls[RAW], "us": micros[name],
+                         "extra_us": micros[name] - micros[RAW],
                          "weights_equal": all(torch.equal(reference[k], v) for k, v in weights.items())}
     return results
 
@@ -189,7 +189,7 @@ def ratios(results: dict[str, dict[str, float | bool]]) -> list[tuple[str, str, 
 
 def table(results: dict[str, dict[str, float | bool]]) -> str:
     """The results as a Markdown table, then one line per comparison with its ratios and target."""
-    lines = ["| loop | calls / step | extra calls | median µs / step | extra µs | weights |",
+    lines = ["| loop | calls / step | extra calls | µs / step | extra µs | weights |",
              "| --- | ---: | ---: | ---: | ---: | --- |"]
     for name, r in results.items():
         extra_calls = "—" if name == RAW else f"{r['extra_calls']:+.1f}"
