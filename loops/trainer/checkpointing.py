@@ -9,6 +9,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from fabric_kit.checkpoint import read_checkpoint
 from loops.core.hparams import storable_hparams
 
 FORMAT_VERSION = 1
@@ -66,10 +67,12 @@ def resolve_ckpt_path(trainer: Any, ckpt_path: str | Path | None, stage: str) ->
         if ckpt_path == "last":
             return _newest_last_checkpoint(trainer, callbacks, stage)
         found = [cb.best_model_path for cb in callbacks if getattr(cb, "best_model_path", "")]
-        if not found:
+        best = str(found[0]) if found else _best_recorded_on_disk(trainer, callbacks)
+        if best is None:
             raise ValueError('ckpt_path="best": no checkpoint callback has written a best checkpoint yet '
-                             "(best_model_path is empty); run fit first or pass a file path")
-        return str(found[0])
+                             "(best_model_path is empty, and no checkpoint in its dirpath records one); run fit "
+                             "first or pass a file path")
+        return best
     path = Path(ckpt_path)
     if not path.exists():  # a file, or the directory a sharding strategy writes
         raise FileNotFoundError(f"ckpt_path={str(ckpt_path)!r} does not exist; accepted: None, 'last', 'best' or "
@@ -92,6 +95,26 @@ def _newest_last_checkpoint(trainer: Any, callbacks: list[Any], stage: str) -> s
         warnings.warn(f'{stage}(ckpt_path="last"): no last checkpoint exists yet, so nothing is loaded (write one '
                       "with ModelCheckpoint(save_last=True))", stacklevel=4)
     return newest
+
+
+def _best_recorded_on_disk(trainer: Any, callbacks: list[Any]) -> str | None:
+    """In a new process (e.g. `test --ckpt_path best` after a separate `fit`), the best checkpoint is the one the
+    newest checkpoint in the callback's `dirpath` records in its saved callback state."""
+    best = None
+    if trainer.is_global_zero:
+        for callback in callbacks:
+            directory = getattr(callback, "dirpath", None)
+            if not directory or not os.path.isdir(directory):
+                continue
+            files = [os.path.join(directory, f) for f in os.listdir(directory) if f.endswith(".ckpt")]
+            if not files:
+                continue
+            state = read_checkpoint(max(files, key=os.path.getmtime)).get("callbacks", {}).get(callback.state_key, {})
+            path = state.get("best_model_path") if isinstance(state, dict) else None
+            if path and os.path.exists(path):
+                best = str(path)
+                break
+    return trainer.strategy.broadcast(best) if trainer.world_size > 1 else best
 
 
 def restore_model(trainer: Any, path: str, stage: str) -> dict[str, Any]:

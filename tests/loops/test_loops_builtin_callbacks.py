@@ -5,6 +5,7 @@ import os
 import pytest
 import torch
 
+from fabric_kit.checkpoint import read_checkpoint
 import loops as L
 from loops.callbacks import EarlyStopping, ModelCheckpoint
 from loops_helpers import Regression, loader, make_trainer
@@ -51,6 +52,24 @@ def test_top_k_by_monitor_and_best_path(tmp_path):
     resumed.checkpoint_callback.last_model_path = checkpoint.last_model_path
     resumed.fit(Scripted([3.0]), loader(), loader(n=8), ckpt_path="last")
     assert resumed.global_step == 40 and resumed.current_epoch == 5
+
+
+def test_best_in_a_new_trainer_is_read_from_the_checkpoint_directory(tmp_path):
+    """`test --ckpt_path best` after a fit in another process: the newest checkpoint in dirpath records the best."""
+    def callback():
+        return ModelCheckpoint(dirpath=tmp_path, monitor="val_loss", save_top_k=1, save_last=True)
+
+    make_trainer(max_epochs=3, callbacks=[callback()], num_sanity_val_steps=0).fit(
+        Scripted([3.0, 1.0, 2.0]), loader(), loader(n=8))
+    best = tmp_path / "epoch=1-step=16.ckpt"
+    assert sorted(os.listdir(tmp_path)) == [best.name, "last.ckpt"]
+    model = Scripted([7.0])
+    make_trainer(callbacks=[callback()]).validate(model, loader(n=8), ckpt_path="best", verbose=False)
+    saved = read_checkpoint(best)["state_dict"]
+    assert all(torch.equal(value, saved[name]) for name, value in model.state_dict().items())
+    with pytest.raises(ValueError, match="no checkpoint in its dirpath records one"):
+        make_trainer(callbacks=[ModelCheckpoint(dirpath=tmp_path / "empty", monitor="val_loss")]).validate(
+            Scripted([1.0]), loader(n=8), ckpt_path="best")
 
 
 def test_monitor_never_logged_lists_logged_keys(tmp_path):
