@@ -258,14 +258,20 @@ class LightningCLI:
         return kwargs
 
     def _check_named_checkpoint(self, subcommand: str, ckpt_path: Any) -> None:
-        """`--ckpt_path best|last` names a checkpoint that a fit in this process wrote; a fresh run has none."""
+        """`--ckpt_path best|last` names a checkpoint that a fit in this process wrote, or one recorded in a
+        checkpoint callback's `dirpath` by an earlier run; with neither there is nothing to load."""
         if ckpt_path not in ("best", "last"):
             return
-        if not any(getattr(cb, f"{ckpt_path}_model_path", "") for cb in self.trainer.checkpoint_callbacks):
-            self._parser(subcommand).error(
-                f"--ckpt_path {ckpt_path}: no checkpoint callback of this {subcommand} run has written a {ckpt_path} "
-                f"checkpoint ('{ckpt_path}' means one from a fit in the same process, e.g. in after_fit); pass the "
-                "checkpoint file instead: --ckpt_path <log_dir>/checkpoints/<name>.ckpt")
+        callbacks = self.trainer.checkpoint_callbacks
+        if any(getattr(cb, f"{ckpt_path}_model_path", "") for cb in callbacks):
+            return
+        if any(cb.dirpath and os.path.isdir(cb.dirpath) and any(f.endswith(".ckpt") for f in os.listdir(cb.dirpath))
+               for cb in callbacks if getattr(cb, "dirpath", None)):
+            return
+        self._parser(subcommand).error(
+            f"--ckpt_path {ckpt_path}: no checkpoint callback of this {subcommand} run knows a {ckpt_path} checkpoint "
+            f"(one from a fit in the same process, e.g. in after_fit, or recorded in a ModelCheckpoint dirpath given "
+            "in the config); pass the checkpoint file instead: --ckpt_path <log_dir>/checkpoints/<name>.ckpt")
 
     @staticmethod
     @contextmanager

@@ -103,6 +103,16 @@ def test_evaluate_a_checkpoint_in_a_new_process(cli, fitted, tmp_path, stage):
         assert evaluated["metrics"]["test_loss"] == pytest.approx(tested_after_fit["metrics"]["test_loss"])
 
 
+def test_best_from_an_earlier_fit_in_a_new_process(cli, fitted, tmp_path):
+    """With the fit's checkpoint folder named in the config, `test --ckpt_path best` finds the best file there."""
+    callback = {"class_path": "loops.callbacks.ModelCheckpoint",
+                "init_args": {"dirpath": str(fitted["log_dir"] / "checkpoints")}}
+    overlay = write_yaml(tmp_path / "checkpoints.yaml", {"trainer": {"callbacks": [callback]}})
+    cli("test", "--config", fitted["log_dir"] / "config.yaml", "--config", overlay, "--seed_everything", "123",
+        "--ckpt_path", "best", "--summary.out_dir", tmp_path)
+    assert read_summary(tmp_path, "test")["weights"] == fitted["summary"]["weights"]
+
+
 def test_fit_resumes_from_ckpt_path(cli, fitted, tmp_path):
     cli("fit", "--config", fitted["log_dir"] / "config.yaml", "--trainer.max_epochs", "3", "--then_test_best",
         "false", "--ckpt_path", fitted["summary"]["best"], "--summary.out_dir", tmp_path)
