@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 
 from fabric_kit import Fabric, is_wrapped
-from fabric_kit.loggers import agree_on_versions
+from fabric_kit.loggers import FolderLogger, agree_on_versions
 from loops.callbacks.callback import Callback
 from loops.callbacks.checkpoint import Checkpoint
 from loops.callbacks.model_checkpoint import ModelCheckpoint
@@ -232,6 +232,7 @@ class Trainer(TrainerProperties):
             model.load_state_dict(payload["state_dict"])
             self.current_epoch, self._global_step = payload["current_epoch"], payload["global_step"]
             self._metrics.callback_metrics = payload["callback_metrics"]
+            agree_on_versions(self._loggers, lambda _: payload["logger_versions"])  # log_dir as the ranks saw it
             self.lightning_module = model
         return payload["result"] if payload is not None else None
 
@@ -272,7 +273,8 @@ class Trainer(TrainerProperties):
         on_device = self.fabric.device.type != "cpu"
         state_dict = {k: v.cpu() for k, v in model.state_dict().items()} if on_device else model.state_dict()
         return {"result": result, "state_dict": state_dict, "current_epoch": self.current_epoch,
-                "global_step": self._global_step, "callback_metrics": dict(self._metrics.callback_metrics)}
+                "global_step": self._global_step, "callback_metrics": dict(self._metrics.callback_metrics),
+                "logger_versions": [logger.version for logger in self._loggers if isinstance(logger, FolderLogger)]}
 
     def _prepare_and_setup(self, stage: str, model: LightningModule, datamodule: Any) -> None:
         sources = [s for s in (datamodule, model) if s is not None]

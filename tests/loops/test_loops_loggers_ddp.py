@@ -23,3 +23,16 @@ def test_ddp_ranks_agree_on_the_version_and_synced_logging_finishes(run_ranks, t
     assert [value for _, value in scalars["rank_step_step"]] == [0.5] * 8  # each step synced
     assert [step for step, _ in scalars["rank_epoch"]] == [3, 7]
     assert [value for _, value in scalars["val_rows_epoch"]] == [9.0, 9.0]
+
+
+def test_ddp_spawn_leaves_the_launching_process_on_the_ranks_version(clean_env, tmp_path):
+    import loops as L
+    from loops_helpers import Regression, loader
+
+    trainer = L.Trainer(accelerator="cpu", devices=2, strategy="ddp_spawn", max_epochs=1, default_root_dir=tmp_path,
+                        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0)
+    trainer.fit(Regression(), loader(n=16, batch_size=4))
+    version_0 = tmp_path / "lightning_logs" / "version_0"
+    assert trainer.log_dir == str(version_0) and trainer.logger.version == 0
+    assert (version_0 / "hparams.yaml").read_text() == "lr: 0.1\n" and (version_0 / "checkpoints").is_dir()
+    assert sorted(p.name for p in version_0.parent.iterdir()) == ["version_0"]
