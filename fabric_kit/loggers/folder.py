@@ -85,9 +85,9 @@ def next_version(root_dir: str | os.PathLike) -> int:
 
 
 def agree_on_versions(loggers: Iterable[Any], broadcast: Callable[[Any], Any]) -> None:
-    """Give every process rank 0's version of each FolderLogger (one left to pick its own would, on another
-    process, see rank 0's fresh folder and pick the next number). Call it on every process: `broadcast` is a collective, such
-    as `fabric.broadcast`."""
+    """Give every process rank 0's version of each FolderLogger: one left to pick its own would, on another
+    process, see rank 0's fresh folder and pick the next number. Call it on every process with a `broadcast` that
+    returns rank 0's object everywhere, such as `fabric.broadcast`."""
     folders = [logger for logger in loggers if isinstance(logger, FolderLogger)]
     if not folders:
         return
