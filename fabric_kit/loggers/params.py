@@ -3,6 +3,7 @@ needing a YAML package (every JSON value is valid YAML)."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 from argparse import Namespace
@@ -77,6 +78,6 @@ def _jsonable(value: Any) -> Any:
         return {str(k): _jsonable(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [_jsonable(item) for item in value]
-    if isinstance(value, float) and (value != value or value in (float("inf"), float("-inf"))):
-        return str(value)
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)  # JSON has no NaN / infinity
     return plain(value)

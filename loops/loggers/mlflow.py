@@ -105,12 +105,14 @@ class MLFlowLogger(Logger):
 
     @property
     def run_id(self) -> str | None:
-        self.experiment
+        """The run's id; asking starts the run (on rank 0)."""
+        _ = self.experiment
         return self._run_id
 
     @property
     def experiment_id(self) -> str | None:
-        self.experiment
+        """The experiment's id; asking creates it when the store lacks it (on rank 0)."""
+        _ = self.experiment
         return self._experiment_id
 
     @property

@@ -3,6 +3,7 @@ hyperparameters for the HPARAMS tab and hparams.yaml, version folders, rank 0 on
 import os
 import pickle
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -22,7 +23,7 @@ def _summary_tags(log_dir):
     tags = set()
     for name in os.listdir(log_dir):
         if name.startswith("events.out.tfevents"):
-            data = open(os.path.join(log_dir, name), "rb").read()
+            data = Path(log_dir, name).read_bytes()
             offset = 0
             while offset < len(data):
                 length = int.from_bytes(data[offset:offset + 8], "little")
