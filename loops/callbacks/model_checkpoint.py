@@ -158,7 +158,7 @@ class ModelCheckpoint(Checkpoint):
             return
         metrics = self._candidates(trainer)
         path = self._path(trainer, metrics)
-        trainer.save_checkpoint(path, self.save_weights_only)
+        self._write(trainer, path)
         if self.save_last:
             self._save_last(trainer, metrics)
         if trainer.is_global_zero:
@@ -204,7 +204,7 @@ class ModelCheckpoint(Checkpoint):
             if self.save_top_k == 1 and self.best_model_path and self.best_model_path != saved:
                 fallen.append(self.best_model_path)
             self.best_model_path = saved
-            trainer.save_checkpoint(saved, self.save_weights_only)
+            self._write(trainer, saved)
         if self.save_last:
             self._save_last(trainer, metrics, saved)
         for path in fallen:
@@ -236,12 +236,18 @@ class ModelCheckpoint(Checkpoint):
         best = (min if self.mode == "min" else max)(score, key=score.__getitem__)
         self.kth_best_model_path, self.kth_value = worst, self.best_k_models[worst]
         self.best_model_path, self.best_model_score = best, self.best_k_models[best]
-        trainer.save_checkpoint(path, self.save_weights_only)
+        self._write(trainer, path)
         if self.verbose:
             trainer.print(f"Epoch {trainer.current_epoch}, global step {trainer.global_step}: {self.monitor!r} "
                           f"reached {current.item():.5f} (best {self.best_model_score.item():.5f}), saving model "
                           f"to {path!r} as top {self.save_top_k}")
         return path, [replaced] if replaced and replaced != path else []
+
+    def _write(self, trainer: Any, path: str) -> None:
+        """Every file goes through the trainer's crash-safe save; loggers that upload checkpoints hear of it."""
+        trainer.save_checkpoint(path, self.save_weights_only)
+        for logger in trainer.loggers:
+            logger.after_save_checkpoint(self)
 
     def _better(self, current: Tensor, reference: Tensor) -> bool:
         return bool(current < reference) if self.mode == "min" else bool(current > reference)
@@ -253,7 +259,7 @@ class ModelCheckpoint(Checkpoint):
         if self.save_last == "link" and newest:
             self._link(trainer, newest, path)
         else:
-            trainer.save_checkpoint(path, self.save_weights_only)
+            self._write(trainer, path)
         if previous and previous != path:
             self._remove(trainer, previous)
 
@@ -273,7 +279,7 @@ class ModelCheckpoint(Checkpoint):
         if trainer.world_size > 1:
             linked = trainer.strategy.broadcast(linked)
         if not linked:
-            trainer.save_checkpoint(link, self.save_weights_only)
+            self._write(trainer, link)
 
     def _path(self, trainer: Any, metrics: dict[str, Any], replacing: str = "", name: str | None = None) -> str:
         """A file not yet there (one from another run gets "-v1", "-v2", ...), unless it is the file this save

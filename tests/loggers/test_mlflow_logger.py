@@ -78,7 +78,6 @@ def test_log_model_uploads_a_checkpoint_with_its_metadata(store, tmp_path, clean
     assert Path(aliases).read_text() == "['latest', 'best']"
 
 
-@pytest.mark.xfail(strict=True, reason="loops' ModelCheckpoint does not call logger.after_save_checkpoint yet")
 def test_model_checkpoint_hands_its_files_to_log_model(store, tmp_path, clean_env):
     from loops.callbacks import ModelCheckpoint
 
