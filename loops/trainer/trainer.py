@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from contextlib import nullcontext
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, Callable
 
@@ -11,7 +13,7 @@ import torch
 from torch import Tensor
 
 from fabric_kit import Fabric, is_wrapped
-from fabric_kit.loggers import FolderLogger, agree_on_versions
+from fabric_kit.loggers import FolderLogger, Logger, agree_on_versions
 from loops.callbacks.callback import Callback
 from loops.callbacks.checkpoint import Checkpoint
 from loops.callbacks.model_checkpoint import ModelCheckpoint
@@ -46,10 +48,11 @@ class Trainer(TrainerProperties):
     """Runs a LightningModule's loops: `fit`, `validate`, `test`, `predict`. Arguments follow Lightning 2.x."""
 
     def __init__(self, *, accelerator: str = "auto", strategy: str = "auto", devices: int | str | list[int] = "auto",
-                 num_nodes: int = 1, precision: str | int | None = None, logger: Any = None,
+                 num_nodes: int = 1, precision: str | int | None = None,
+                 logger: Logger | Iterable[Logger] | bool | None = None,
                  callbacks: list[Callback] | Callback | None = None, fast_dev_run: int | bool = False,
                  max_epochs: int | None = None, min_epochs: int | None = None, max_steps: int = -1,
-                 min_steps: int | None = None, max_time: Any = None,
+                 min_steps: int | None = None, max_time: str | timedelta | dict[str, int] | None = None,
                  limit_train_batches: int | float | None = None, limit_val_batches: int | float | None = None,
                  limit_test_batches: int | float | None = None, limit_predict_batches: int | float | None = None,
                  overfit_batches: int | float = 0.0, val_check_interval: int | float | None = None,
