@@ -61,6 +61,17 @@ class Regression(L.LightningModule):
         return torch.optim.SGD(self.parameters(), lr=self.hparams.lr)
 
 
+class ScriptedLoss(Regression):
+    """Logs val_loss = scores[epoch] (the last score repeats): checkpoint and stopping tests script the metric."""
+
+    def __init__(self, scores):
+        super().__init__()
+        self.scores = scores
+
+    def validation_step(self, batch, batch_idx):
+        self.log("val_loss", self.scores[min(self.current_epoch, len(self.scores) - 1)])
+
+
 class Counter(L.Callback):
     """Counts batches and validation runs, records global_step at each batch end."""
 

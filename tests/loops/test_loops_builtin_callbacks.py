@@ -9,17 +9,7 @@ from fabric_kit.checkpoint import read_checkpoint
 import loops as L
 from loops.callbacks import EarlyStopping, ModelCheckpoint
 from loops_helpers import Regression, loader, make_trainer
-
-
-class Scripted(Regression):
-    """Logs a scripted val_loss per epoch."""
-
-    def __init__(self, scores):
-        super().__init__()
-        self.scores = scores
-
-    def validation_step(self, batch, batch_idx):
-        self.log("val_loss", self.scores[min(self.current_epoch, len(self.scores) - 1)])
+from loops_helpers import ScriptedLoss as Scripted
 
 
 def test_default_layout_epoch_step_files(tmp_path):

@@ -13,20 +13,10 @@ import loops as L
 from fabric_kit.checkpoint import read_checkpoint
 from loops.callbacks import ModelCheckpoint
 from loops_helpers import Regression, loader, make_trainer
+from loops_helpers import ScriptedLoss as Scripted
 
 # Several tests write into a folder on purpose a second time.
 pytestmark = pytest.mark.filterwarnings("ignore:Checkpoint directory .* exists and is not empty")
-
-
-class Scripted(Regression):
-    """Logs val_loss = scores[epoch] (the last score repeats)."""
-
-    def __init__(self, scores):
-        super().__init__()
-        self.scores = scores
-
-    def validation_step(self, batch, batch_idx):
-        self.log("val_loss", self.scores[min(self.current_epoch, len(self.scores) - 1)])
 
 
 class ListingTrainer(L.Trainer):
