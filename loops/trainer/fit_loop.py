@@ -29,6 +29,7 @@ class FitLoop:
         self.batches_stepped = 0  # batches that ended with an optimizer step (the loggers' step)
         self.resume_skip = 0  # batches of the current epoch a resumed run has already trained on
         self.loader_state: dict[str, Any] | None = None  # the saved position of the training loader
+        self._first_results: Any = None  # what on_train_start logged, handed to the first epoch
         self._loader_resumed = False
         self._loaded_epoch = -1
         self._val_loaded_epoch = -1
@@ -109,7 +110,11 @@ class FitLoop:
         self._start_time = time.monotonic()
         self._sanity_check()
         self.setup_train_data()
+        # on_train_start may log (epoch-level, as in Lightning): its values join the first epoch's results.
+        trainer._results = self._first_results = Results(trainer.fabric)
+        trainer._log_defaults, trainer._batch = (False, True), None
         hooks.call("on_train_start")
+        trainer._results = None
         while not self._done():
             self.setup_train_data()
             self._run_epoch()
@@ -163,7 +168,8 @@ class FitLoop:
     def _run_epoch(self) -> None:
         trainer = self.trainer
         hooks, module = trainer._hooks, trainer.lightning_module
-        results = trainer._train_results = Results(trainer.fabric)
+        results = trainer._train_results = self._first_results or Results(trainer.fabric)
+        self._first_results = None
         trainer._results, trainer._log_defaults = results, (False, True)
         self.epoch_done = False
         trainer._batch = None  # values logged outside a batch weigh the same on every process

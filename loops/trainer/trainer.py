@@ -428,8 +428,8 @@ class Trainer(TrainerProperties):
         hook = calling_hook()
         if results is None or hook in NO_LOGGING:
             raise RuntimeError(f"self.log({name!r}) was called in {hook}, outside the hooks that can log: training, "
-                               "validation and test steps and their batch / epoch hooks (not predict, setup, "
-                               "on_fit_start / on_train_start or checkpoint hooks); write to "
+                               "validation and test steps, their batch / epoch hooks and on_train/validation/test_start (not "
+                               "predict, setup, on_fit_start or checkpoint hooks); write to "
                                "self.logger.experiment directly there")
         if self.barebones:
             raise RuntimeError(f"self.log({name!r}) is turned off by Trainer(barebones=True)")

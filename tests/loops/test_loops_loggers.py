@@ -217,6 +217,17 @@ def test_self_log_in_a_hook_without_logging_names_the_hook(tmp_path, model, hook
         _fit(trainer, model())
 
 
+def test_on_train_start_logs_into_the_first_epoch(tmp_path):
+    """As in Lightning: on_train_start may log; the value is an epoch-level value of the first epoch."""
+    class LogsInOnTrainStart(Regression):
+        def on_train_start(self):
+            self.log("started", 3.0)
+
+    trainer = L.Trainer(logger=False, max_epochs=1, enable_checkpointing=False, **QUIET)
+    _fit(trainer, LogsInOnTrainStart())
+    assert trainer.callback_metrics["started"].item() == 3.0
+
+
 def test_self_log_from_a_callback_hook_without_logging_names_it(tmp_path):
     class Logs(L.Callback):
         def on_validation_end(self, trainer, pl_module):
