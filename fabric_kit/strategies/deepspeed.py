@@ -29,7 +29,9 @@ Loop differences from DDP:
 """
 from __future__ import annotations
 
+import atexit
 import copy
+import gc
 import importlib.util
 import json
 import os
@@ -95,6 +97,7 @@ class DeepSpeedStrategy(DDPStrategy):
                                     gradient_clipping, gradient_accumulation_steps, micro_batch_size)
         # Every engine this strategy built, and whether it was given an optimizer (can train).
         self._engines: weakref.WeakKeyDictionary[DeepSpeedEngine, bool] = weakref.WeakKeyDictionary()
+        self._release_at_exit = False
 
     def __getstate__(self) -> dict[str, Any]:
         # Spawned ranks get a pickled copy before any engine exists; a weak mapping cannot be pickled.
@@ -140,6 +143,9 @@ class DeepSpeedStrategy(DDPStrategy):
             # Without optimizer stages 1 and 2 have nothing to shard (DeepSpeed refuses them); 3 shards parameters.
             config.pop("zero_optimization", None)
         engine, *_ = deepspeed.initialize(model=module, optimizer=optimizer, config=config, dist_init_required=False)
+        if not self._release_at_exit:  # registered after the process group's own exit hook, so it runs first
+            atexit.register(_release_engines, self._engines)
+            self._release_at_exit = True
         self._engines[engine] = optimizer is not None
         return engine
 
@@ -253,6 +259,15 @@ class DeepSpeedStrategy(DDPStrategy):
             raise ValueError(f"checkpoint {path!r}: under DeepSpeed the state must hold exactly one model set up "
                              f"with fabric.setup; found {len(found)} among {sorted(state)}")
         return found[0], rest
+
+
+def _release_engines(engines: weakref.WeakKeyDictionary) -> None:
+    """Engines still alive at exit (ZeRO-3's hooks and partitioned parameters hold process groups) were otherwise
+    freed by C++ static destruction, where gloo aborted finished ranks ("terminate called without an active
+    exception", about one stage-3 run in three on CPU): release them while Python still runs."""
+    for engine in list(engines):
+        engine.destroy()
+    gc.collect()
 
 
 def _import_deepspeed() -> Any:
