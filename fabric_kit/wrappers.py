@@ -15,6 +15,11 @@ from fabric_kit.data import DistributedShardSampler
 from fabric_kit.precision import Precision
 from fabric_kit.strategies.strategy import Strategy
 
+# FabricModule's short call path reads torch's global module-hook registries, which are private names: a torch
+# without them gets the ordinary nn.Module.__call__ instead of an AttributeError on every forward.
+_FAST_CALL = all(hasattr(_module_hooks, name) for name in (
+    "_global_forward_hooks", "_global_forward_pre_hooks", "_global_backward_hooks", "_global_backward_pre_hooks"))
+
 
 class FabricModule(Module):
     """Wraps the user's module (and the strategy's wrapper around it, e.g. DDP). `state_dict` and attributes come
@@ -37,7 +42,7 @@ class FabricModule(Module):
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         # nn.Module.__call__ spends two Python calls before `forward`. When it would go straight to `forward` anyway
         # (the same test as its own fast path: no hooks on the wrapper or global ones, not compiled), go there now.
-        if (self._compiled_call_impl is not None or self._forward_hooks or self._forward_pre_hooks
+        if (not _FAST_CALL or self._compiled_call_impl is not None or self._forward_hooks or self._forward_pre_hooks
                 or self._backward_hooks or self._backward_pre_hooks or _module_hooks._global_forward_hooks
                 or _module_hooks._global_forward_pre_hooks or _module_hooks._global_backward_hooks
                 or _module_hooks._global_backward_pre_hooks):

@@ -45,3 +45,14 @@ def test_fabric_adds_at_most_its_budget_of_calls_per_step():
     loop(2), raw_loop(2)  # one-time costs (lazy imports, caches) stay out of the count
     extra = calls_per_step(loop, 40) - calls_per_step(raw_loop, 40)
     assert extra <= BUDGET, f"Fabric adds {extra:.1f} calls per step (budget {BUDGET})"
+
+
+def test_without_torchs_global_hook_registries_the_ordinary_call_runs(monkeypatch):
+    """Those registries are private torch names; if a torch release drops them, calls go through nn.Module.__call__."""
+    import fabric_kit.wrappers
+
+    model, seen = wrapped(), []
+    monkeypatch.setattr(fabric_kit.wrappers, "_FAST_CALL", False)
+    monkeypatch.setattr(nn.Module, "__call__", lambda self, *a, **k: seen.append(type(self)) or self.forward(*a, **k))
+    model(torch.ones(1, 2))
+    assert type(model) in seen
