@@ -74,14 +74,26 @@ def sequential(loader: Any) -> Any:
 def setup_loaders(fabric: Any, loaders: list[Any], train: bool, use_distributed_sampler: bool,
                   move_to_device: bool) -> list[Any]:
     """Shard DataLoaders over processes (training: even shards; evaluation: every sample exactly once) and move
-    batches to the device; other iterables are used as they are."""
+    batches to the device; other iterables are used as they are. An evaluation set smaller than the number of
+    processes is padded instead (a sample repeats): a process without a batch would skip the evaluation, and the
+    collectives the others run there would wait for it forever."""
     wrapped = []
     for loader in loaders:
         if isinstance(loader, DataLoader):
+            even = train or (fabric.world_size > 1 and _sized(loader.dataset)
+                             and len(loader.dataset) < fabric.world_size)
             loader = fabric.setup_dataloaders(loader, use_distributed_sampler=use_distributed_sampler,
-                                              move_to_device=move_to_device, even_shards=train)
+                                              move_to_device=move_to_device, even_shards=even)
         wrapped.append(loader)
     return wrapped
+
+
+def _sized(dataset: Any) -> bool:
+    try:
+        len(dataset)
+    except TypeError:
+        return False
+    return True
 
 
 class CycleLoaders:

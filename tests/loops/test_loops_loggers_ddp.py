@@ -25,6 +25,14 @@ def test_ddp_ranks_agree_on_the_version_and_synced_logging_finishes(run_ranks, t
     assert [value for _, value in scalars["val_rows_epoch"]] == [9.0, 9.0]
 
 
+def test_fewer_validation_rows_than_processes_still_finishes(run_ranks, tmp_path):
+    """One validation row, two processes: the row is repeated on rank 1 (padded), so both ranks validate and join
+    the synced epoch values instead of rank 0 waiting for a rank that had no batch."""
+    _, ranks = run_ranks([SCRIPT, tmp_path, 1], tmp_path, timeout=180)
+    for r in ranks:
+        assert r["metrics"]["val_rows"] == 2.0 and r["metrics"]["rank_max"] == 1.0
+
+
 def test_ddp_spawn_leaves_the_launching_process_on_the_ranks_version(clean_env, tmp_path):
     import loops as L
     from loops_helpers import Regression, loader
