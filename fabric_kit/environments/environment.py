@@ -6,7 +6,10 @@ variables themselves.
 """
 from __future__ import annotations
 
+import os
 from abc import ABC, abstractmethod
+
+from fabric_kit.environments import _variables
 
 
 class ClusterEnvironment(ABC):
@@ -56,3 +59,33 @@ class ClusterEnvironment(ABC):
 
     def teardown(self) -> None:
         """Undo what the environment set up (e.g. variables exported for child processes)."""
+
+
+class TorchVariablesEnvironment(ClusterEnvironment):
+    """A launcher that already started the processes and set torch.distributed's own variables (``MASTER_ADDR``,
+    ``MASTER_PORT``, ``WORLD_SIZE``, ``RANK``); subclasses name the variables that identify it and place the ranks
+    on nodes."""
+
+    required_variables: tuple[str, ...] = ("MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE", "RANK")
+
+    @property
+    def creates_processes_externally(self) -> bool:
+        return True
+
+    @property
+    def main_address(self) -> str:
+        return _variables.require("MASTER_ADDR")
+
+    @property
+    def main_port(self) -> int:
+        return _variables.read_int("MASTER_PORT")
+
+    @classmethod
+    def detect(cls) -> bool:
+        return all(name in os.environ for name in cls.required_variables)
+
+    def world_size(self) -> int:
+        return _variables.read_int("WORLD_SIZE")
+
+    def global_rank(self) -> int:
+        return _variables.read_int("RANK")

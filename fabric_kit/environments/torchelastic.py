@@ -1,38 +1,14 @@
 """Processes launched by ``torchrun`` (torch.distributed.elastic)."""
 from __future__ import annotations
 
-import os
-
 from fabric_kit.environments import _variables
-from fabric_kit.environments.environment import ClusterEnvironment
-
-_REQUIRED = ("TORCHELASTIC_RUN_ID", "RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+from fabric_kit.environments.environment import TorchVariablesEnvironment
 
 
-class TorchElasticEnvironment(ClusterEnvironment):
+class TorchElasticEnvironment(TorchVariablesEnvironment):
     """torchrun sets every rank and the rendezvous endpoint; the node index is its ``GROUP_RANK``."""
 
-    @property
-    def creates_processes_externally(self) -> bool:
-        return True
-
-    @property
-    def main_address(self) -> str:
-        return _variables.require("MASTER_ADDR")
-
-    @property
-    def main_port(self) -> int:
-        return _variables.read_int("MASTER_PORT")
-
-    @staticmethod
-    def detect() -> bool:
-        return all(name in os.environ for name in _REQUIRED)
-
-    def world_size(self) -> int:
-        return _variables.read_int("WORLD_SIZE")
-
-    def global_rank(self) -> int:
-        return _variables.read_int("RANK")
+    required_variables = TorchVariablesEnvironment.required_variables + ("TORCHELASTIC_RUN_ID", "LOCAL_RANK")
 
     def local_rank(self) -> int:
         return _variables.read_int("LOCAL_RANK")
