@@ -3,6 +3,7 @@ hand them to fabric so each process gets its shard and batches reach the device.
 from __future__ import annotations
 
 import math
+from collections.abc import Sized
 from typing import Any
 
 from torch.utils.data import DataLoader, SequentialSampler
@@ -80,20 +81,12 @@ def setup_loaders(fabric: Any, loaders: list[Any], train: bool, use_distributed_
     wrapped = []
     for loader in loaders:
         if isinstance(loader, DataLoader):
-            even = train or (fabric.world_size > 1 and _sized(loader.dataset)
+            even = train or (fabric.world_size > 1 and isinstance(loader.dataset, Sized)
                              and len(loader.dataset) < fabric.world_size)
             loader = fabric.setup_dataloaders(loader, use_distributed_sampler=use_distributed_sampler,
                                               move_to_device=move_to_device, even_shards=even)
         wrapped.append(loader)
     return wrapped
-
-
-def _sized(dataset: Any) -> bool:
-    try:
-        len(dataset)
-    except TypeError:
-        return False
-    return True
 
 
 class CycleLoaders:
