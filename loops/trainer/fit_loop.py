@@ -223,7 +223,7 @@ class FitLoop:
                                 scheduler_step)
             if last:
                 self._step_epoch_schedulers(trainer.callback_metrics, plateau=False)
-            if results.step_logged:  # callbacks read this step's values (e.g. a step-triggered checkpoint's monitor)
+            if results.step_logged and (end_cbs or end_mod):  # they read this step's values (e.g. a monitor)
                 metrics.callback_metrics.update(results.step_metrics(consume=False)[0])
             for hook in end_cbs:
                 hook(trainer, module, outputs, batch, batch_idx)
