@@ -7,7 +7,7 @@ import os
 import re
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from fabric_kit.checkpoint import read_checkpoint
 from loops.core.hparams import storable_hparams
@@ -83,10 +83,10 @@ def resolve_ckpt_path(trainer: Any, ckpt_path: str | Path | None, stage: str) ->
 def _newest_last_checkpoint(trainer: Any, callbacks: list[Any], stage: str) -> str | None:
     candidates = {cb.last_model_path for cb in callbacks if getattr(cb, "last_model_path", "")}
     for callback in callbacks:
-        directory, name = getattr(callback, "dirpath", None), getattr(callback, "CHECKPOINT_NAME_LAST", None)
-        if directory and name and os.path.isdir(directory):
+        name = getattr(callback, "CHECKPOINT_NAME_LAST", None)
+        if name:
             pattern = re.compile(rf"{re.escape(name)}(-v?\d+)?\.ckpt")
-            candidates |= {os.path.join(directory, f) for f in os.listdir(directory) if pattern.fullmatch(f)}
+            candidates |= set(_files_in_dirpath(callback, pattern.fullmatch))
     existing = [path for path in candidates if os.path.exists(path)]
     newest = max(existing, key=os.path.getmtime) if existing else None
     if trainer.world_size > 1:
@@ -103,10 +103,7 @@ def _best_recorded_on_disk(trainer: Any, callbacks: list[Any]) -> str | None:
     best = None
     if trainer.is_global_zero:
         for callback in callbacks:
-            directory = getattr(callback, "dirpath", None)
-            if not directory or not os.path.isdir(directory):
-                continue
-            files = [os.path.join(directory, f) for f in os.listdir(directory) if f.endswith(".ckpt")]
+            files = _files_in_dirpath(callback, lambda name: name.endswith(".ckpt"))
             if not files:
                 continue
             state = read_checkpoint(max(files, key=os.path.getmtime)).get("callbacks", {}).get(callback.state_key, {})
@@ -115,6 +112,14 @@ def _best_recorded_on_disk(trainer: Any, callbacks: list[Any]) -> str | None:
                 best = str(path)
                 break
     return trainer.strategy.broadcast(best) if trainer.world_size > 1 else best
+
+
+def _files_in_dirpath(callback: Any, wanted: Callable[[str], Any]) -> list[str]:
+    """Paths of the files in a checkpoint callback's `dirpath` whose names `wanted` accepts (none without one)."""
+    directory = getattr(callback, "dirpath", None)
+    if not directory or not os.path.isdir(directory):
+        return []
+    return [os.path.join(directory, name) for name in os.listdir(directory) if wanted(name)]
 
 
 def restore_model(trainer: Any, path: str, stage: str) -> dict[str, Any]:
