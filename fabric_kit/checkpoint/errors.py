@@ -3,6 +3,8 @@ decode an unpickling or zip error to learn that a file is damaged or needs an ex
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
+from typing import Iterator
 
 
 class CheckpointError(RuntimeError):
@@ -20,3 +22,47 @@ class CheckpointCorruptedError(CheckpointError):
 
 class UnsafeCheckpointError(CheckpointError):
     """The safe loader (`weights_only=True`) met an object beyond tensors and plain containers."""
+
+
+class CheckpointWriteError(CheckpointError, OSError):
+    """Writing a checkpoint failed (a full disk, a quota, a read-only file system); the previous checkpoint at
+    the path is intact, and nothing half-written is left under its name."""
+
+
+@contextmanager
+def reported_write_errors(path: str | os.PathLike) -> Iterator[None]:
+    """Turn an operating-system failure inside the block, however deep torch buried it (torch's zip writer reports
+    a full disk as `unexpected pos 5120 vs 5014`; torch.distributed.checkpoint wraps every rank's failure in a
+    `CheckpointException`), into a `CheckpointWriteError` naming `path` and the system's own words, e.g.
+    `No space left on device`."""
+    try:
+        yield
+    except CheckpointError:
+        raise
+    except BaseException as error:
+        cause = _os_error_behind(error)
+        if cause is None:
+            raise
+        raise CheckpointWriteError(path, f"writing it failed: {os.strerror(cause.errno)} (errno {cause.errno}: "
+                                         f"{cause}); the previous checkpoint there, if any, is unchanged") from error
+
+
+def _os_error_behind(error: BaseException) -> OSError | None:
+    """The first OSError with an errno in `error`'s chain of causes and contexts, and in the per-rank failures a
+    torch.distributed.checkpoint `CheckpointException` carries."""
+    seen: set[int] = set()
+    pending: list[BaseException] = [error]
+    while pending:
+        current = pending.pop(0)
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        if isinstance(current, OSError) and current.errno is not None:
+            return current
+        failures = getattr(current, "failures", None)  # CheckpointException: {rank: exception or traceback}
+        if isinstance(failures, dict):
+            pending.extend(f for f in failures.values() if isinstance(f, BaseException))
+            pending.extend(f[0] for f in failures.values() if isinstance(f, tuple) and f
+                           and isinstance(f[0], BaseException))
+        pending.extend(e for e in (current.__cause__, current.__context__) if e is not None)
+    return None
