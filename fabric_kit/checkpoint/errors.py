@@ -43,8 +43,13 @@ def reported_write_errors(path: str | os.PathLike) -> Iterator[None]:
         cause = _os_error_behind(error)
         if cause is None:
             raise
-        raise CheckpointWriteError(path, f"writing it failed: {os.strerror(cause.errno)} (errno {cause.errno}: "
-                                         f"{cause}); the previous checkpoint there, if any, is unchanged") from error
+        raise CheckpointWriteError(path, f"writing it failed: {os.strerror(cause.errno)} (errno {cause.errno}"
+                                         f"{_filename(cause)}); the previous checkpoint there, if any, is "
+                                         "unchanged") from error
+
+
+def _filename(error: OSError) -> str:
+    return f", at {error.filename!r}" if error.filename else ""
 
 
 def _os_error_behind(error: BaseException) -> OSError | None:

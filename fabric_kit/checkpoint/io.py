@@ -1,27 +1,34 @@
-"""Reading and writing checkpoint files. A write never leaves a torn file: it goes to a temporary name in the
-target's own directory (so the rename cannot cross file systems), is fsynced, and is renamed over the target; a
-process killed at any instant leaves either the old file or the new one. Files are framed with a checksum
-(`integrity.py`) that loading verifies before unpickling."""
+"""Reading and writing checkpoint files: exactly what torch.save writes, so `torch.load(path)` and every tool built
+on it read them, verified on load with the CRC-32s and sizes the zip archive already records (`integrity.py`).
+
+A write never leaves a torn file: it goes to a temporary name in the target's own directory (so the rename cannot
+cross file systems), is fsynced, and is renamed over the target; a process killed at any instant leaves either the
+old file or the new one. A read maps the file once (`torch.load(mmap=True)`): the checksums are computed over the
+mapping, then torch unpickles from the same pages, so the file is read from disk once and never copied whole into
+memory."""
 from __future__ import annotations
 
 import glob
+import mmap
 import os
 import pickle
+import sys
 import tempfile
-import zipfile
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, Iterator
 
 import torch
 
 from fabric_kit.checkpoint import integrity
-from fabric_kit.checkpoint.errors import CheckpointCorruptedError, UnsafeCheckpointError
+from fabric_kit.checkpoint.errors import CheckpointCorruptedError, UnsafeCheckpointError, reported_write_errors
 from fabric_kit.checkpoint.sharded import needs_sharded_strategy
 from fabric_kit.checkpoint.state import RESERVED_KEY
 
 
 def save_file(obj: Any, path: str | os.PathLike) -> None:
-    """Atomically write `obj` to `path` with torch.save, checksummed while it streams (parents are created).
+    """Atomically write `obj` to `path` with torch.save (parents are created). A full disk raises
+    `CheckpointWriteError` naming `path`; the previous file stays as it was.
 
     Temporary files that a killed save to the same path left behind are removed first, so two processes must not
     save to one path at the same time (fabric_kit writes from rank 0 only)."""
@@ -31,11 +38,9 @@ def save_file(obj: Any, path: str | os.PathLike) -> None:
         stale.unlink(missing_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "wb") as f:
-            integrity.write_header(f)
-            writer = integrity.ChecksumWriter(f)
-            torch.save(obj, writer)
-            integrity.write_footer(f, writer.size, writer.crc)
+        # A Python file object, not a path: torch's C++ writer loses the errno of a failed write, Python's does not.
+        with reported_write_errors(path), _records_checksummed(), os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -46,18 +51,19 @@ def save_file(obj: Any, path: str | os.PathLike) -> None:
 
 
 def load_file(path: str | os.PathLike, map_location: Any = "cpu", weights_only: bool = True) -> Any:
-    """Verify and read a checkpoint file written by `save_file`, or a plain torch.save file (which carries no
-    checksum, so only structural damage is detected). Damage raises `CheckpointCorruptedError`, a refusal of the
-    safe loader `UnsafeCheckpointError`; both name the file."""
+    """Verify and read a torch.save file (one fabric_kit wrote, or any other). Damage raises
+    `CheckpointCorruptedError`, a refusal of the safe loader `UnsafeCheckpointError`; both name the file.
+
+    Tensors come back mapped from the file, as `torch.load(path, mmap=True)` returns them: pages are read on first
+    use and copied (privately) on first write. A module's `load_state_dict` copies them into its parameters; an
+    optimizer keeps them until its first step writes them. fabric_kit never changes a checkpoint file in place (a
+    save renames a new file over it), so the mapping stays valid; a file overwritten in place (`cp new old`) under
+    a process that mapped it can crash that process."""
     path = Path(path)
-    with _open(path) as f:
-        if integrity.is_framed(f):
-            offset, size = integrity.verify(f, path)
-            payload: BinaryIO = integrity.Window(f, offset, size)
-            return _torch_load(payload, path, map_location, weights_only, verified=True)
-        _check_plain(f, path)
-        f.seek(0)
-        return _torch_load(f, path, map_location, weights_only, verified=False)
+    with _mapped(path) as (data, same_file):
+        integrity.verify(data, path)
+        data.release()
+        return _torch_load(same_file, path, map_location, weights_only)
 
 
 def read_checkpoint(path: str | os.PathLike, map_location: Any = "cpu", weights_only: bool = True
@@ -75,14 +81,12 @@ def read_checkpoint(path: str | os.PathLike, map_location: Any = "cpu", weights_
 
 
 def verify_file(path: str | os.PathLike) -> None:
-    """Raise `CheckpointCorruptedError` unless `path` is an intact checkpoint file (for a plain torch.save file:
-    unless its zip directory is readable)."""
+    """Raise `CheckpointCorruptedError` unless `path` is an intact torch.save file: its archive complete and every
+    record matching its recorded CRC-32."""
     path = Path(path)
-    with _open(path) as f:
-        if integrity.is_framed(f):
-            integrity.verify(f, path)
-        else:
-            _check_plain(f, path)
+    with _mapped(path) as (data, _):
+        integrity.verify(data, path)
+        data.release()
 
 
 def fsync_directory(directory: str | os.PathLike) -> None:
@@ -97,38 +101,50 @@ def fsync_directory(directory: str | os.PathLike) -> None:
         os.close(fd)
 
 
-def _open(path: Path) -> BinaryIO:
+@contextmanager
+def _mapped(path: Path) -> Iterator[tuple[memoryview, str]]:
+    """The file's bytes, and a path that names the same file even if a save replaces `path` meanwhile (on Linux,
+    the open descriptor's `/proc/self/fd` entry), so what torch.load reads is what was verified."""
     if not path.exists():
         raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
     if path.is_dir():
         raise IsADirectoryError(needs_sharded_strategy(path))
-    f = open(path, "rb")
-    if os.fstat(f.fileno()).st_size == 0:
-        f.close()
-        raise CheckpointCorruptedError(path, "damaged: the file is empty (0 bytes)")
-    return f
+    with open(path, "rb") as f:
+        if os.fstat(f.fileno()).st_size == 0:
+            raise CheckpointCorruptedError(path, "damaged: the file is empty (0 bytes)")
+        same_file = f"/proc/self/fd/{f.fileno()}" if sys.platform == "linux" else str(path)
+        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mapping:
+            data = memoryview(mapping)
+            try:
+                yield data, same_file
+            finally:
+                data.release()
 
 
-def _check_plain(file: BinaryIO, path: Path) -> None:
-    """A file without fabric_kit's header must be a complete zip, as torch.save writes them."""
-    file.seek(0)
-    if file.read(len(integrity.ZIP_MAGIC)) != integrity.ZIP_MAGIC or not zipfile.is_zipfile(file):
-        raise CheckpointCorruptedError(path, "damaged or not a checkpoint: neither a fabric_kit checkpoint nor a "
-                                             "complete torch.save (zip) file")
-
-
-def _torch_load(file: BinaryIO, path: Path, map_location: Any, weights_only: bool, verified: bool) -> Any:
+@contextmanager
+def _records_checksummed() -> Iterator[None]:
+    """torch.save records CRC-32s unless `torch.utils.serialization.config.save.compute_crc32` was turned off;
+    fabric_kit's files always carry them, since loading verifies them."""
     try:
-        return torch.load(file, map_location=map_location, weights_only=weights_only)
+        from torch.utils.serialization import config
+    except ImportError:  # torch before 2.6 always computes them
+        yield
+        return
+    previous = config.save.compute_crc32
+    config.save.compute_crc32 = True
+    try:
+        yield
+    finally:
+        config.save.compute_crc32 = previous
+
+
+def _torch_load(file: str, path: Path, map_location: Any, weights_only: bool) -> Any:
+    try:
+        return torch.load(file, map_location=map_location, weights_only=weights_only, mmap=True)
     except pickle.UnpicklingError as error:
         if not weights_only:
             raise CheckpointCorruptedError(path, f"damaged: unpickling failed ({error})") from error
-        maybe_damaged = "" if verified else " (or the file is damaged: a plain torch.save file has no checksum)"
         raise UnsafeCheckpointError(
-            path, f"the safe loader refused it{maybe_damaged}: it holds objects beyond tensors and plain containers. "
-                  "If you trust its source, load it with weights_only=False, e.g. "
-                  f"`fabric.load(path, state, weights_only=False)`. torch said: {error}") from error
-    except (RuntimeError, OSError, EOFError, zipfile.BadZipFile) as error:
-        if verified:
-            raise
-        raise CheckpointCorruptedError(path, f"damaged: torch.load could not read it ({error})") from error
+            path, "the safe loader refused it: it holds objects beyond tensors and plain containers. If you trust "
+                  "its source, load it with weights_only=False, e.g. `fabric.load(path, state, weights_only=False)`. "
+                  f"torch said: {error}") from error

@@ -16,7 +16,7 @@ def latest_checkpoint(directory: str | os.PathLike, pattern: str = "*.ckpt") -> 
 
     Damaged candidates are skipped with a warning naming them; hidden names (fabric_kit's temporary files and
     staging directories start with a dot) are ignored. Every candidate newer than the result is read in full to
-    verify its checksum.
+    verify its CRC-32s.
     """
     directory = Path(directory)
     if not directory.is_dir():

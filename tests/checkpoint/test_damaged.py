@@ -1,6 +1,8 @@
 """Damaged checkpoints are reported as such, naming the file, instead of surfacing unpickling or zip errors; the
 safe loader's refusals say how to opt in."""
 import os
+import struct
+import zipfile
 from dataclasses import dataclass
 
 import pytest
@@ -33,6 +35,15 @@ def checkpoint(tmp_path):
     return path
 
 
+@pytest.fixture
+def small_checkpoint(tmp_path):
+    """Small enough to damage at every byte: two tensors, a number, a list."""
+    path = tmp_path / "small.ckpt"
+    save_file({"weight": torch.arange(16, dtype=torch.float32), "bias": torch.ones(2), "step": 3, "ids": [1, 2]},
+              path)
+    return path
+
+
 def _assert_damaged(path, function=load_file):
     with pytest.raises(CheckpointCorruptedError, match="damaged") as info:
         function(path)
@@ -47,21 +58,93 @@ def test_intact_file_round_trips(checkpoint):
     verify_file(checkpoint)
 
 
-@pytest.mark.parametrize("keep", [0.99, 0.5, 0.01])
-def test_truncated_file(checkpoint, keep):
+def _regions(path):
+    """Byte ranges of a torch.save archive: each record's data by name, the zip directory, the end records."""
+    with zipfile.ZipFile(path) as archive:
+        infos = archive.infolist()
+        directory = archive.start_dir
+    data = path.read_bytes()
+    records = {}
+    for info in infos:
+        name_length, extra_length = struct.unpack_from("<HH", data, info.header_offset + 26)
+        start = info.header_offset + 30 + name_length + extra_length
+        records[info.filename.split("/", 1)[1]] = range(start, start + info.compress_size)
+    return records, range(directory, len(data))
+
+
+def _zip64_version_fields(data):
+    """The two version fields of the zip64 end record: the only bytes no check covers (no reader acts on them)."""
+    start = data.rindex(b"PK\x06\x06") + 12
+    return set(range(start, start + 4))
+
+
+def test_a_file_is_exactly_what_torch_save_writes(tmp_path):
+    state = {"weight": torch.arange(4096, dtype=torch.float32), "step": 3}
+    save_file(state, tmp_path / "ours.ckpt")
+    torch.save(state, tmp_path / "torch.pt")
+
+    def records(path):
+        with zipfile.ZipFile(path) as archive:
+            return {info.filename.split("/", 1)[1]: archive.read(info) for info in archive.infolist()}
+
+    ours, theirs = records(tmp_path / "ours.ckpt"), records(tmp_path / "torch.pt")
+    ours.pop(".data/serialization_id"), theirs.pop(".data/serialization_id")  # random per save
+    assert ours == theirs
+    loaded = torch.load(tmp_path / "ours.ckpt")  # torch's defaults: weights_only=True
+    assert loaded["step"] == 3 and torch.equal(loaded["weight"], state["weight"])
+
+
+def test_fabric_save_is_read_by_plain_torch_load(tmp_path):
+    fabric = Fabric(accelerator="cpu", devices=1)
+    model = torch.nn.Linear(3, 2)
+    optimizer = torch.optim.Adam(model.parameters())
+    model(torch.ones(1, 3)).sum().backward()
+    optimizer.step()
+    fabric.save(tmp_path / "state.ckpt", {"model": model, "optimizer": optimizer, "step": 7})
+    loaded = torch.load(tmp_path / "state.ckpt")
+    assert loaded["step"] == 7
+    torch.nn.Linear(3, 2).load_state_dict(loaded["model"])
+    torch.optim.Adam(model.parameters()).load_state_dict(loaded["optimizer"])
+
+
+def test_every_truncation_is_detected(small_checkpoint):
+    checkpoint = small_checkpoint
     data = checkpoint.read_bytes()
-    checkpoint.write_bytes(data[: int(len(data) * keep)])
-    _assert_damaged(checkpoint)
-    _assert_damaged(checkpoint, verify_file)
+    for length in range(1, len(data)):
+        checkpoint.write_bytes(data[:length])
+        with pytest.raises(CheckpointCorruptedError, match="damaged"):
+            verify_file(checkpoint)
 
 
-def test_byte_flipped_in_tensor_data(checkpoint):
+def test_every_flipped_byte_is_detected(small_checkpoint):
+    checkpoint = small_checkpoint
+    data = checkpoint.read_bytes()
+    unchecked = _zip64_version_fields(data)
+    missed = []
+    for offset in range(len(data)):
+        damaged = bytearray(data)
+        damaged[offset] ^= 0x10
+        checkpoint.write_bytes(bytes(damaged))
+        try:
+            verify_file(checkpoint)
+        except CheckpointCorruptedError:
+            continue
+        missed.append(offset)
+    assert set(missed) <= unchecked, f"flips at bytes {sorted(set(missed) - unchecked)} went unnoticed"
+
+
+@pytest.mark.parametrize("where", ["tensor data", "pickle", "zip directory", "end record"])
+def test_flipped_byte_names_the_file(checkpoint, where):
+    records, directory = _regions(checkpoint)
     data = bytearray(checkpoint.read_bytes())
-    data[len(data) // 2] ^= 0x01  # inside the tensor's storage: torch.load alone would load it silently
+    offset = {"tensor data": records["data/0"], "pickle": records["data.pkl"], "zip directory": directory,
+              "end record": range(len(data) - 22, len(data))}[where]
+    data[offset[len(offset) // 2]] ^= 0x01  # torch.load alone loads most of these silently
     checkpoint.write_bytes(bytes(data))
-    with pytest.raises(CheckpointCorruptedError, match="checksum") as info:
-        load_file(checkpoint)
-    assert str(checkpoint) in str(info.value)
+    _assert_damaged(checkpoint)
+    if where in ("tensor data", "pickle"):
+        with pytest.raises(CheckpointCorruptedError, match="checksum"):
+            load_file(checkpoint)
 
 
 def test_empty_file(checkpoint):
@@ -76,7 +159,7 @@ def test_garbage_file(checkpoint):
     _assert_damaged(checkpoint)
 
 
-def test_plain_torch_file_loads_and_its_truncation_is_reported(tmp_path):
+def test_file_written_by_torch_save_loads_and_its_truncation_is_reported(tmp_path):
     path = tmp_path / "plain.pt"
     torch.save({"w": torch.ones(1000)}, path)
     assert torch.equal(load_file(path)["w"], torch.ones(1000))
