@@ -30,6 +30,7 @@ from fabric_kit.strategies.fsdp.checkpoint import ShardedStateDict
 from fabric_kit.strategies.fsdp.sharding import (FSDPModule, ModulePolicy, apply_activation_checkpointing,
                                                  as_predicate, build_mesh, check_materializable,
                                                  check_sharding_strategy, has_meta_tensors, materialize, shard)
+from fabric_kit.strategies.fsdp.writer import ReportingFileSystemWriter
 from fabric_kit.strategies.parallel import ParallelStrategy
 from fabric_kit.strategies.strategy import BackwardSyncControl
 
@@ -174,7 +175,7 @@ class FSDPStrategy(ParallelStrategy, BackwardSyncControl):
         shards = {key: value for key, value in entries.items() if isinstance(value, ShardedStateDict)}
         with self.checkpoint_directory(path) as staging:
             with reported_write_errors(path):
-                dcp.save(shards, checkpoint_id=staging)
+                dcp.save(shards, storage_writer=ReportingFileSystemWriter(staging))
             super().write_entries(str(staging / PLAIN_ENTRIES),
                                   {key: value for key, value in entries.items() if key not in shards}, state)
 
