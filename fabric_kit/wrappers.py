@@ -2,7 +2,7 @@
 route the few calls that depend on the strategy or precision — forward, step, iteration — through them."""
 from __future__ import annotations
 
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 import torch
 from torch.nn import Module
@@ -10,6 +10,7 @@ from torch.nn.modules import module as _module_hooks
 from torch.optim import Optimizer
 from torch.utils.data import DataLoader
 
+from fabric_kit.accelerators.xla import GRAPH_CUTS
 from fabric_kit.collections import move_to_device
 from fabric_kit.data import DistributedShardSampler
 from fabric_kit.precision import Precision
@@ -182,13 +183,15 @@ class FabricDataLoader:
         with torch.random.fork_rng(devices=[]):
             iterator = iter(self._dataloader)
         device = self._device
-        # XLA records each step lazily: run the step's graph once the loop body is done with its batch.
-        sync = _xla_sync() if device is not None and device.type == "xla" else None
+        # XLA records each step lazily: run the step's graph once the loop body is done with its batch, unless a
+        # checkpoint saved in the body ran it already (see GraphCuts).
+        cuts = GRAPH_CUTS if device is not None and device.type == "xla" else None
         for batch in iterator:
             self._batches += 1
+            owed = cuts.count if cuts is not None else 0
             yield batch if device is None else move_to_device(batch, device)
-            if sync is not None:
-                sync()
+            if cuts is not None and cuts.count == owed:
+                cuts.cut()
         self._epoch, self._start, self._batches, self._fresh = self._epoch + 1, 0, 0, True
 
     def state_dict(self) -> dict[str, Any]:
@@ -231,12 +234,6 @@ class FabricDataLoader:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._dataloader, name)
-
-
-def _xla_sync() -> Callable[[], None]:
-    from fabric_kit.accelerators.xla import import_torch_xla
-
-    return import_torch_xla().sync
 
 
 def is_wrapped(obj: object) -> bool:

@@ -3,6 +3,7 @@ TPU host). The fake records calls and answers like PJRT on a host with `devices`
 on an XLA device. Tests using it prove which torch_xla entry points fabric_kit calls, with which arguments and
 in which order — not that torch_xla or a TPU would then behave as assumed."""
 import importlib.machinery
+import os
 import sys
 import types
 from dataclasses import dataclass, field
@@ -99,4 +100,15 @@ def fake_xla(monkeypatch, clean_env):
     for module in (root, core, xm, runtime, internal, tpu, distributed, xmp, fsdp):
         monkeypatch.setitem(sys.modules, module.__name__, module)
     root.__spec__ = importlib.machinery.ModuleSpec("torch_xla", None)  # what find_spec answers for an import
-    return fake
+    yield fake
+    for name in ("RANK", "LOCAL_RANK", "WORLD_SIZE"):  # exported by a launched XLAStrategy; absent before (clean_env)
+        os.environ.pop(name, None)
+
+
+@pytest.fixture
+def operands_on_cpu(monkeypatch):
+    """Call once launched. Without torch_xla's backend no tensor can live on an "xla" device: keep the collectives'
+    operands (also the RNG states a checkpoint gathers from every rank) on the CPU."""
+    from fabric_kit.strategies.xla import XLAStrategy
+
+    return lambda: monkeypatch.setattr(XLAStrategy, "root_device", property(lambda self: torch.device("cpu")))

@@ -78,13 +78,6 @@ def test_replicas_start_from_rank_zero_parameters(fake_xla):
     assert fake_xla.named("broadcast_master_param") == [("broadcast_master_param", (module,), {})]
 
 
-@pytest.fixture
-def operands_on_cpu(monkeypatch):
-    """Call once launched. Without torch_xla's backend no tensor can live on an "xla" device: keep the collectives'
-    operands (also the RNG states a checkpoint gathers from every rank) on the CPU."""
-    return lambda: monkeypatch.setattr(XLAStrategy, "root_device", property(lambda self: torch.device("cpu")))
-
-
 def test_collectives_dispatch_to_xla_ops(fake_xla, operands_on_cpu):
     strategy = _launched_strategy(fake_xla)
     operands_on_cpu()
