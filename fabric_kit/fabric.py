@@ -313,19 +313,19 @@ class Fabric:
              weights_only: bool = True) -> dict[str, Any]:
         """Restore the objects of `state` in place from `path`, with every rank's RNG states and the precision's
         state; return what the checkpoint held beyond `state` (everything, restoring nothing, when `state` is
-        None). The file's checksum is verified first. Loading is safe by default (tensors and plain containers
-        only); `weights_only=False` unpickles arbitrary objects: only for checkpoints from a trusted source."""
+        None; a `state` of another type is a TypeError). The file's checksum is verified first. Loading is safe by
+        default (tensors and plain containers only); `weights_only=False` unpickles arbitrary objects: only for
+        checkpoints from a trusted source. Every strategy takes the same arguments."""
         self._ensure_launched()
-        # Passed only when set, so strategies overriding load_checkpoint without the argument keep working.
-        options = {} if weights_only else {"weights_only": False}
-        remainder = self._strategy.load_checkpoint(path, state, strict, **options)
+        remainder = self._strategy.load_checkpoint(path, state, strict, weights_only=weights_only)
         self._strategy.barrier()
         return remainder
 
     def load_raw(self, path: str, obj: Module | Optimizer, strict: bool = True) -> None:
-        """Load a plain state dict saved by `torch.save(model.state_dict(), path)` into a module or optimizer."""
+        """Load a plain state dict saved by `torch.save(model.state_dict(), path)` into a module or optimizer
+        (plain, or as returned by `setup`); anything else is a TypeError."""
         self._ensure_launched()
-        self._strategy.load_checkpoint(path, unwrap(obj), strict)
+        self._strategy.load_raw(path, obj, strict)
 
 
 def _as_list(value: Any) -> list[Any]:

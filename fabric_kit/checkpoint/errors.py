@@ -40,7 +40,7 @@ def reported_write_errors(path: str | os.PathLike) -> Iterator[None]:
     except CheckpointError:
         raise
     except BaseException as error:
-        cause = _os_error_behind(error)
+        cause = os_error_behind(error)
         if cause is None:
             raise
         raise CheckpointWriteError(path, f"writing it failed: {os.strerror(cause.errno)} (errno {cause.errno}"
@@ -52,7 +52,7 @@ def _filename(error: OSError) -> str:
     return f", at {error.filename!r}" if error.filename else ""
 
 
-def _os_error_behind(error: BaseException) -> OSError | None:
+def os_error_behind(error: BaseException) -> OSError | None:
     """The first OSError with an errno in `error`'s chain of causes and contexts, and in the per-rank failures a
     torch.distributed.checkpoint `CheckpointException` carries."""
     seen: set[int] = set()

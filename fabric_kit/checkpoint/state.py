@@ -27,15 +27,27 @@ def stateful(obj: Any) -> Any:
     return obj if callable(own) and hasattr(obj, "_fabric_kit_unwrapped") else unwrap(obj)
 
 
-def to_storable(state: dict[str, Any], filter: dict[str, Callable[[str, Any], bool]] | None = None) -> dict[str, Any]:
-    """Replace every object that has a `state_dict()` by that state dict; `filter` picks entries per key."""
-    filter = filter or {}
+Filter = dict[str, Callable[[str, Any], bool]]
+"""Per entry of a state, which items of its state dict to save: `{"model": lambda name, value: ...}`."""
+
+
+def check_state(state: Any, filter: Filter | None = None) -> None:
+    """Refuse a state that `Fabric.save` cannot store: not a dict, one using `RESERVED_KEY`, or a filter naming
+    entries the state does not have."""
+    if not isinstance(state, dict):
+        raise TypeError(f"the state to save must be a dict of named entries, e.g. {{'model': model, 'optimizer': "
+                        f"optimizer, 'step': step}}; got {type(state).__name__}")
     if RESERVED_KEY in state:
         raise ValueError(f"the state uses the key {RESERVED_KEY!r}, which fabric_kit reserves for RNG and precision "
                          "state; rename that entry")
-    unknown = set(filter) - set(state)
+    unknown = set(filter or {}) - set(state)
     if unknown:
         raise ValueError(f"filter has keys {sorted(unknown)} that are not in the state: {sorted(state)}")
+
+
+def to_storable(state: dict[str, Any], filter: Filter | None = None) -> dict[str, Any]:
+    """Replace every object that has a `state_dict()` by that state dict; `filter` picks entries per key."""
+    filter = filter or {}
     converted = {}
     for key, obj in state.items():
         value = stateful(obj)

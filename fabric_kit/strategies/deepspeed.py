@@ -39,7 +39,7 @@ import weakref
 from contextlib import AbstractContextManager, nullcontext
 from datetime import timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
@@ -47,11 +47,9 @@ from torch.nn import Module
 from torch.optim import Optimizer
 
 from fabric_kit.accelerators import Accelerator
-from fabric_kit.checkpoint import rng
-from fabric_kit.checkpoint.collective import all_gather_object
 from fabric_kit.checkpoint.directory import verify_directory
 from fabric_kit.checkpoint.errors import UnsafeCheckpointError
-from fabric_kit.checkpoint.state import RESERVED_KEY, restore_into, to_storable, unwrap
+from fabric_kit.checkpoint.state import RESERVED_KEY, Filter, unwrap
 from fabric_kit.environments import ClusterEnvironment
 from fabric_kit.precision import Precision, TruePrecision
 from fabric_kit.strategies.ddp import DDPStrategy, StartMethod
@@ -207,23 +205,28 @@ class DeepSpeedStrategy(DDPStrategy):
                                "`fabric.setup(model, optimizer)` first")
         return engines[0]
 
-    # -- checkpoints ----------------------------------------------------------------------------------------------
-    def save_checkpoint(self, path: str, state: dict[str, Any],
-                        filter: dict[str, Callable[[str, Any], bool]] | None = None) -> None:
-        """A directory: the engine's files (every rank writes its shards) under `TAG`, with the state's other
-        entries and every rank's RNG states as client state; built in a staging directory and swapped in."""
+    # -- checkpoints: the engine's directory, with the state's other entries as client state ---------------------
+    def checkpoint_entries(self, state: dict[str, Any], filter: Filter) -> dict[str, Any]:
+        """The entries other than the engine's model and optimizer, which the engine writes itself."""
         if filter:
             raise ValueError(f"filter={sorted(filter)} is not supported under DeepSpeed: the engine writes the whole "
                              "model and optimizer; save without filter")
-        engine, rest = self._split_state(state, path)
-        client = {CLIENT_KEY: to_storable(rest), RESERVED_KEY: {"rng": dict(enumerate(
-            all_gather_object(self, rng.capture())))}}
+        _, rest = self._split_state(state)
+        return super().checkpoint_entries(rest, filter)
+
+    def write_entries(self, path: str, entries: dict[str, Any], state: dict[str, Any]) -> None:
+        """A directory: the engine's files (every rank writes its shards) under `TAG`, the entries as client state;
+        built in a staging directory and swapped in."""
+        engine, _ = self._split_state(state)
+        client = {CLIENT_KEY: {key: value for key, value in entries.items() if key != RESERVED_KEY},
+                  RESERVED_KEY: entries[RESERVED_KEY]}
         with self.checkpoint_directory(path) as staging:
             engine.save_checkpoint(str(staging), tag=TAG, client_state=client)
 
-    def load_checkpoint(self, path: str, state: dict[str, Any] | Module | Optimizer | None = None,
-                        strict: bool = True, weights_only: bool = True) -> dict[str, Any]:
-        if not isinstance(state, dict):
+    def read_entries(self, path: str, state: dict[str, Any] | None, strict: bool, weights_only: bool) -> Any:
+        """The engine loads its model (and optimizer, when `state` holds it) from the directory and hands back the
+        client state: the other entries."""
+        if state is None:
             raise ValueError(f"under DeepSpeed a checkpoint is loaded through the engine into the objects of a "
                              f"state dict, `fabric.load({path!r}, {{'model': model, 'optimizer': optimizer}}, "
                              "weights_only=False)`; to start from plain weights, load them into the model before "
@@ -233,19 +236,29 @@ class DeepSpeedStrategy(DDPStrategy):
                                               "can run code stored in them: for a checkpoint you trust, pass "
                                               "`fabric.load(path, state, weights_only=False)`")
         verify_directory(path)
-        engine, rest = self._split_state(state, path)
+        engine, _ = self._split_state(state)
         wants_optimizer = any(unwrap(obj) is engine.optimizer for obj in state.values())
         loaded, client = engine.load_checkpoint(path, tag=TAG, load_module_strict=strict,
                                                 load_optimizer_states=wants_optimizer,
                                                 load_lr_scheduler_states=False)
         if loaded is None:
             raise FileNotFoundError(f"checkpoint {path!r} holds no DeepSpeed checkpoint with tag {TAG!r}")
-        remainder = restore_into(rest, client[CLIENT_KEY], strict=strict)
+        return {**client[CLIENT_KEY], RESERVED_KEY: client[RESERVED_KEY]}
+
+    def restore_entries(self, state: dict[str, Any], entries: dict[str, Any], strict: bool) -> dict[str, Any]:
+        """The entries other than the engine's model and optimizer, which `read_entries` restored already."""
+        _, rest = self._split_state(state)
+        remainder = super().restore_entries(rest, entries, strict)
         state.update(rest)
-        rng.for_rank(client[RESERVED_KEY]["rng"], self.global_rank)
         return remainder
 
-    def _split_state(self, state: dict[str, Any], path: str) -> tuple[DeepSpeedEngine, dict[str, Any]]:
+    def load_raw(self, path: str, obj: Module | Optimizer, strict: bool = True) -> None:
+        raise RuntimeError(f"load_raw({str(path)!r}) is not supported under DeepSpeed: the engine keeps its own "
+                           "copies of the weights (fp32 masters, ZeRO partitions) that a plain state dict would "
+                           "bypass. Load the weights into the model before `fabric.setup(model, optimizer)`: "
+                           "`model.load_state_dict(torch.load(path))`")
+
+    def _split_state(self, state: dict[str, Any]) -> tuple[DeepSpeedEngine, dict[str, Any]]:
         """The one engine whose model is in `state`, and the entries other than its model and optimizer."""
         found, rest = [], {}
         for key, obj in state.items():
@@ -256,8 +269,8 @@ class DeepSpeedStrategy(DDPStrategy):
             elif not any(target is e.optimizer for e in self._engines):
                 rest[key] = obj
         if len(found) != 1:
-            raise ValueError(f"checkpoint {path!r}: under DeepSpeed the state must hold exactly one model set up "
-                             f"with fabric.setup; found {len(found)} among {sorted(state)}")
+            raise ValueError(f"under DeepSpeed a checkpoint's state must hold exactly one model set up with "
+                             f"fabric.setup; found {len(found)} among {sorted(state)}")
         return found[0], rest
 
 

@@ -12,6 +12,7 @@ from torch import Tensor
 from fabric_kit import distributed
 from fabric_kit.accelerators import Accelerator
 from fabric_kit.checkpoint.directory import atomic_directory, staging_path
+from fabric_kit.checkpoint.errors import CheckpointWriteError
 from fabric_kit.environments import ClusterEnvironment
 from fabric_kit.precision import Precision
 from fabric_kit.strategies.strategy import Strategy
@@ -93,13 +94,30 @@ class ParallelStrategy(Strategy):
     @contextmanager
     def checkpoint_directory(self, path: str) -> Iterator[Path]:
         """A directory checkpoint every rank writes into: rank 0 stages it atomically, all ranks write into the
-        staging path, and rank 0 swaps it in once every rank has finished."""
-        with ExitStack() as stack:
+        staging path, and rank 0 swaps it in once every rank has finished.
+
+        Each of the three steps ends with the ranks agreeing that it succeeded everywhere (a collective, in place
+        of a barrier): when any rank's step failed, every rank raises (that rank its own error, the others a
+        `CheckpointWriteError` saying so), so no rank waits forever for one that gave up, and the staging directory
+        is removed, leaving the previous checkpoint as it was."""
+        stack = ExitStack()
+        with self._on_every_rank(path, "staging the directory"):
             if self.is_global_zero:
                 stack.enter_context(atomic_directory(path))
-            self.barrier()
-            yield staging_path(path)
-            self.barrier()
+        with self._on_every_rank(path, "swapping the directory in"), stack:
+            with self._on_every_rank(path, "writing its part"):
+                yield staging_path(path)
+
+    @contextmanager
+    def _on_every_rank(self, path: str, step: str) -> Iterator[None]:
+        try:
+            yield
+        except Exception:
+            self.reduce_boolean_decision(False)
+            raise
+        if not self.reduce_boolean_decision(True):
+            raise CheckpointWriteError(path, f"another rank failed while {step} (its own error says why); nothing "
+                                             "was swapped in, the previous checkpoint there, if any, is unchanged")
 
     def teardown(self) -> None:
         distributed.destroy_process_group()

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from contextlib import AbstractContextManager, ExitStack
-from typing import Any, Callable, Iterable
+from typing import Any, Iterable
 
 import torch
 from torch import Tensor
@@ -19,7 +19,7 @@ from fabric_kit.accelerators import Accelerator
 from fabric_kit.checkpoint import rng
 from fabric_kit.checkpoint.collective import all_gather_object
 from fabric_kit.checkpoint.io import load_file, save_file
-from fabric_kit.checkpoint.state import RESERVED_KEY, restore_into, to_storable
+from fabric_kit.checkpoint.state import RESERVED_KEY, Filter, check_state, restore_into, to_storable, unwrap
 from fabric_kit.collections import move_to_device
 from fabric_kit.empty_init import SkipInit
 from fabric_kit.precision import Precision
@@ -138,41 +138,93 @@ class Strategy(ABC):
     def reduce_boolean_decision(self, decision: bool, all: bool = True) -> bool:
         return decision
 
-    # -- checkpoints ----------------------------------------------------------------------------------------------
-    def save_checkpoint(self, path: str, state: dict[str, Any],
-                        filter: dict[str, Callable[[str, Any], bool]] | None = None) -> None:
-        """Rank 0 writes one file holding every object's state dict, plus every rank's RNG states and the
-        precision's state (the fp16 loss scale) under `RESERVED_KEY`. Every rank must call it."""
-        storable = to_storable(state, filter)
-        rng_states = all_gather_object(self, rng.capture())
-        if self.is_global_zero:
-            storable[RESERVED_KEY] = {"rng": dict(enumerate(rng_states)), "precision": self.precision.state_dict()}
-            save_file(storable, path)
+    # -- checkpoints: one contract, written here; strategies override the pieces that differ ---------------------
+    def save_checkpoint(self, path: str, state: dict[str, Any], filter: Filter | None = None) -> None:
+        """Save `state` to `path`; every rank must call it.
 
-    def load_checkpoint(self, path: str, state: dict[str, Any] | Module | Optimizer | None = None,
-                        strict: bool = True, weights_only: bool = True) -> dict[str, Any]:
-        """Restore `state` in place, and with it this rank's RNG states and the precision's state; with `state`
-        None, return the checkpoint's entries and restore nothing. `weights_only=False` allows arbitrary pickled
-        objects (only for files from a trusted source)."""
-        checkpoint = load_file(path, weights_only=weights_only)
+        The stateful objects become their state dicts (`checkpoint_entries`: where a sharding strategy gathers or
+        shards its modules and optimizers), every rank's RNG states and the precision's state (the fp16 loss scale)
+        are added under `RESERVED_KEY`, and the format's writer stores the result (`write_entries`)."""
+        check_state(state, filter)
+        entries = self.checkpoint_entries(state, filter or {})
+        entries[RESERVED_KEY] = {"rng": dict(enumerate(all_gather_object(self, self.rng_states()))),
+                                 "precision": self.precision.state_dict()}
+        self.write_entries(path, entries, state)
+
+    def load_checkpoint(self, path: str, state: dict[str, Any] | None = None, strict: bool = True,
+                        weights_only: bool = True) -> dict[str, Any]:
+        """Restore the objects of `state` in place from `path`, and with them this rank's RNG states and the
+        precision's state; return the checkpoint's entries that `state` did not ask for. With `state` None, return
+        every entry and restore nothing. `strict=False` tolerates entries of `state` that the checkpoint lacks.
+        `weights_only=False` allows arbitrary pickled objects (only for checkpoints from a trusted source).
+
+        The format's reader reads the entries (`read_entries`), then they are poured into the objects
+        (`restore_entries`: where a sharding strategy slices full state into its shards)."""
         if state is not None and not isinstance(state, dict):
-            restore_into({"_": state}, {"_": checkpoint}, strict=strict)
-            return {}
-        if not isinstance(checkpoint, dict):
-            raise TypeError(f"checkpoint {path!r} holds a {type(checkpoint).__name__}, not a dict of entries; "
+            raise TypeError(f"the state to load into must be a dict of the objects to restore, e.g. {{'model': "
+                            f"model, 'optimizer': optimizer}}, or None to read the entries; got "
+                            f"{type(state).__name__}. A file holding one object's state dict loads with "
+                            "`fabric.load_raw(path, obj)`")
+        entries = self.read_entries(path, state, strict, weights_only)
+        if not isinstance(entries, dict):
+            raise TypeError(f"checkpoint {path!r} holds a {type(entries).__name__}, not a dict of entries; "
                             "load it into one module or optimizer with `fabric.load_raw(path, obj)`")
-        own = checkpoint.pop(RESERVED_KEY, None)
+        own = entries.pop(RESERVED_KEY, None)
         if state is None:
-            return checkpoint
-        remainder = restore_into(state, checkpoint, strict=strict)
+            return entries
+        remainder = self.restore_entries(state, entries, strict)
         if own is not None:
             self.precision.load_state_dict(own.get("precision", {}))
-            rng.for_rank(own["rng"], self.global_rank)
+            self.restore_rng_states(own["rng"])
         return remainder
+
+    def load_raw(self, path: str, obj: Module | Optimizer, strict: bool = True) -> None:
+        """Load a file holding one object's plain state dict (`torch.save(model.state_dict(), path)`) into a module
+        or optimizer (also one returned by `fabric.setup`), through `restore_entries`, so a sharded object takes
+        its shards of it. Read safely: tensors and plain containers only."""
+        if not isinstance(unwrap(obj), (Module, Optimizer)):
+            raise TypeError(f"load_raw loads into a torch.nn.Module or torch.optim.Optimizer (plain or returned by "
+                            f"fabric.setup); got {type(obj).__name__}. To restore several objects from a "
+                            "checkpoint, use `fabric.load(path, {'model': model, ...})`")
+        self.restore_entries({_RAW: obj}, {_RAW: load_file(path)}, strict)
+
+    def checkpoint_entries(self, state: dict[str, Any], filter: Filter) -> dict[str, Any]:
+        """What is stored for each entry of `state`: the state dict of a stateful object, a plain value as it is.
+        Overridden where modules and optimizers have another layout (shards, device tensors copied to the CPU)."""
+        return to_storable(state, filter)
+
+    def write_entries(self, path: str, entries: dict[str, Any], state: dict[str, Any]) -> None:
+        """Store `entries` at `path` in this strategy's format; called on every rank. Here: one file, written by
+        rank 0. `state` holds the user's objects, for a format that an object writes itself (DeepSpeed's engine)."""
+        if self.is_global_zero:
+            save_file(entries, path)
+
+    def read_entries(self, path: str, state: dict[str, Any] | None, strict: bool, weights_only: bool) -> Any:
+        """The entries stored at `path` (with `RESERVED_KEY`), read in this strategy's format on every rank. Here:
+        one file. `state` holds the objects to restore, for a format read into them (DCP shards, DeepSpeed's
+        engine)."""
+        return load_file(path, weights_only=weights_only)
+
+    def restore_entries(self, state: dict[str, Any], entries: dict[str, Any], strict: bool) -> dict[str, Any]:
+        """Pour `entries` into the objects of `state` in place (plain values are replaced in `state`); return the
+        entries `state` did not ask for. With `strict`, an entry of `state` missing from `entries` is a KeyError."""
+        return restore_into(state, entries, strict=strict)
+
+    def rng_states(self) -> dict[str, Any]:
+        """This process's random generators' states, saved for every rank."""
+        return rng.capture()
+
+    def restore_rng_states(self, states: dict[int, dict[str, Any]]) -> None:
+        """Restore this rank's generators from every rank's saved `rng_states`."""
+        rng.for_rank(states, self.global_rank)
 
     def teardown(self) -> None:
         if self.accelerator is not None:
             self.accelerator.teardown()
+
+
+_RAW = "state_dict"
+"""The entry name `load_raw` gives the one object it restores (errors about it name this)."""
 
 
 def _optimizer_parameters(optimizer: Optimizer) -> Iterable[Tensor]:

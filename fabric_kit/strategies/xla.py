@@ -3,12 +3,13 @@ started by torch_xla's PJRT launcher, gradients all-reduced in the optimizer ste
 
 XLA tensors are lazy: operations record a graph that runs when it is cut (`torch_xla.sync()`, done by the
 dataloader wrapper after each batch) or when a value is read. Checkpoints are therefore synced and copied to the
-CPU before rank 0 writes them with fabric_kit's own atomic writer, so they load anywhere, without torch_xla."""
+CPU before rank 0 writes them with fabric_kit's own atomic writer, so they load anywhere, without torch_xla; they
+hold every rank's RNG states (the XLA device's generator included) and the precision's state, as on any device."""
 from __future__ import annotations
 
 import os
 import pickle
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -18,20 +19,14 @@ from torch.utils.weak import WeakIdKeyDictionary
 
 from fabric_kit.accelerators import Accelerator
 from fabric_kit.accelerators.xla import import_torch_xla
-from fabric_kit.checkpoint.io import save_file
-from fabric_kit.checkpoint.state import to_storable
+from fabric_kit.checkpoint.state import Filter
 from fabric_kit.collections import apply_to_collection
 from fabric_kit.environments import ClusterEnvironment
 from fabric_kit.precision import Precision
 from fabric_kit.strategies.launchers.xla import XLALauncher
 from fabric_kit.strategies.parallel import ParallelStrategy
 from fabric_kit.strategies.single_device import SingleDeviceStrategy
-
-
-def storable_on_cpu(state: dict[str, Any], filter: dict[str, Callable[[str, Any], bool]] | None) -> dict[str, Any]:
-    """`state` as state dicts whose tensors live on the CPU. Call after `torch_xla.sync()`, so the pending graph
-    runs once instead of once per tensor copied."""
-    return apply_to_collection(to_storable(state, filter), Tensor, lambda t: t.detach().cpu())
+from fabric_kit.strategies.strategy import Strategy
 
 
 def check_xla_device(strategy_name: str, device: torch.device) -> None:
@@ -63,20 +58,37 @@ class RelinkOptimizerParameters:
         return optimizer
 
 
-class SingleXLAStrategy(RelinkOptimizerParameters, SingleDeviceStrategy):
+class XLACheckpoints(Strategy):
+    """The checkpoint pieces both XLA strategies share. Saving runs the pending graph once on every rank (the same
+    graph must run everywhere) and copies the state's tensors to the CPU, so the files load anywhere, without
+    torch_xla; the XLA device's random generator is saved and restored with the host's, so dropout on the device
+    resumes bit-exactly too."""
+
+    def checkpoint_entries(self, state: dict[str, Any], filter: Filter) -> dict[str, Any]:
+        import_torch_xla().sync()  # one graph execution, instead of one per tensor copied
+        return apply_to_collection(super().checkpoint_entries(state, filter), Tensor, lambda t: t.detach().cpu())
+
+    def rng_states(self) -> dict[str, Any]:
+        return {**super().rng_states(), "xla": _xm().get_rng_state()}
+
+    def restore_rng_states(self, states: dict[int, dict[str, Any]]) -> None:
+        super().restore_rng_states(states)
+        own = states.get(self.global_rank)
+        if own is None:  # a rank the checkpoint lacks: derive the device's seed as the host's was derived
+            _xm().set_rng_state(torch.initial_seed())
+        elif "xla" in own:
+            _xm().set_rng_state(own["xla"])
+
+
+class SingleXLAStrategy(XLACheckpoints, RelinkOptimizerParameters, SingleDeviceStrategy):
     """One process on one XLA device (`xla:0`, or the index passed as `devices=[i]`)."""
 
     def setup_environment(self) -> None:
         check_xla_device("single_xla", self.root_device)
         super().setup_environment()
 
-    def save_checkpoint(self, path: str, state: dict[str, Any],
-                        filter: dict[str, Callable[[str, Any], bool]] | None = None) -> None:
-        import_torch_xla().sync()
-        save_file(storable_on_cpu(state, filter), path)
 
-
-class XLAStrategy(RelinkOptimizerParameters, ParallelStrategy):
+class XLAStrategy(XLACheckpoints, RelinkOptimizerParameters, ParallelStrategy):
     """One process per XLA device, replicas kept equal by broadcasting rank 0's parameters at setup and averaging
     gradients in `optimizer.step()` (`xm.optimizer_step`). Ranks come from the PJRT runtime once launched.
 
@@ -184,13 +196,6 @@ class XLAStrategy(RelinkOptimizerParameters, ParallelStrategy):
         buffer = buffer.to(self.root_device)
         xm.collective_broadcast([buffer], root_ordinal=src)
         return pickle.loads(buffer.cpu().numpy().tobytes())
-
-    def save_checkpoint(self, path: str, state: dict[str, Any],
-                        filter: dict[str, Callable[[str, Any], bool]] | None = None) -> None:
-        """Replicas are equal: every rank syncs (the same graph must run everywhere), rank 0 copies and writes."""
-        import_torch_xla().sync()
-        if self.is_global_zero:
-            save_file(storable_on_cpu(state, filter), path)
 
     def teardown(self) -> None:
         if self.accelerator is not None:

@@ -3,11 +3,12 @@
 
 Wrapping replaces the module's parameters by shards, so an optimizer must be built from the wrapped module's
 parameters: set up the module first, then the optimizer. Checkpoints are sharded too: `path` becomes a directory
-with one file per rank, holding that rank's shards and the metadata torch_xla needs to consolidate them."""
+with one file per rank, holding that rank's shards and the metadata torch_xla needs to consolidate them, next to
+every rank's RNG states and the precision's state."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 from weakref import WeakKeyDictionary
 
 import torch
@@ -18,10 +19,13 @@ from torch.optim import Optimizer
 from fabric_kit.accelerators import Accelerator
 from fabric_kit.accelerators.xla import import_torch_xla
 from fabric_kit.checkpoint.io import load_file, save_file
-from fabric_kit.checkpoint.state import restore_into, unwrap
+from fabric_kit.checkpoint.state import Filter, unwrap
 from fabric_kit.environments import ClusterEnvironment
 from fabric_kit.precision import Precision
-from fabric_kit.strategies.xla import XLAStrategy, storable_on_cpu
+from fabric_kit.strategies.xla import XLAStrategy
+
+SHARD_METADATA = "shard_metadata"
+"""The entry of each shard file with the wrappers' `get_shard_metadata()`, where torch_xla's consolidation looks."""
 
 
 class XLAFSDPStrategy(XLAStrategy):
@@ -82,35 +86,41 @@ class XLAFSDPStrategy(XLAStrategy):
             raise TypeError("clip_gradients with 'xla_fsdp' needs the module returned by fabric.setup_module()")
         return wrapper.clip_grad_norm_(max_norm, norm_type)
 
-    def save_checkpoint(self, path: str, state: dict[str, Any],
-                        filter: dict[str, Callable[[str, Any], bool]] | None = None) -> None:
-        """Every rank writes its own shard file under the directory `path`."""
-        import_torch_xla().sync()
-        state = self._with_wrappers(state)
-        storable = storable_on_cpu(state, filter)
-        storable["shard_metadata"] = {key: module.get_shard_metadata() for key, module in state.items()
-                                      if hasattr(module, "get_shard_metadata")}
-        save_file(storable, self._shard_file(path))
+    # -- checkpoints: a directory with one file per rank ---------------------------------------------------------
+    def checkpoint_entries(self, state: dict[str, Any], filter: Filter) -> dict[str, Any]:
+        """This rank's shards (the wrappers' state dicts, on the CPU) and the metadata torch_xla consolidates
+        them with."""
+        wrapped = self._with_wrappers(state)
+        entries = super().checkpoint_entries(wrapped, filter)
+        entries[SHARD_METADATA] = {key: module.get_shard_metadata() for key, module in wrapped.items()
+                                   if hasattr(module, "get_shard_metadata")}
+        return entries
 
-    def load_checkpoint(self, path: str, state: dict[str, Any] | Module | Optimizer | None = None,
-                        strict: bool = True) -> dict[str, Any]:
+    def write_entries(self, path: str, entries: dict[str, Any], state: dict[str, Any]) -> None:
+        save_file(entries, self._shard_file(path))
+
+    def read_entries(self, path: str, state: dict[str, Any] | None, strict: bool, weights_only: bool) -> Any:
         shard = self._shard_file(path)
         if not shard.exists():
             raise FileNotFoundError(f"{str(path)!r} holds no shard {shard.name!r}: load an 'xla_fsdp' checkpoint "
                                     "with the number of processes that wrote it")
-        checkpoint = load_file(shard)
-        checkpoint.pop("shard_metadata", None)
-        if state is None:
-            return checkpoint
-        if not isinstance(state, dict):
-            restore_into(self._with_wrappers({"_": state}), {"_": checkpoint}, strict=strict)
-            return {}
+        entries = load_file(shard, weights_only=weights_only)
+        entries.pop(SHARD_METADATA, None)
+        return entries
+
+    def restore_entries(self, state: dict[str, Any], entries: dict[str, Any], strict: bool) -> dict[str, Any]:
         targets = self._with_wrappers(state)
-        remainder = restore_into(targets, checkpoint, strict=strict)
+        remainder = super().restore_entries(targets, entries, strict)
         for key, value in targets.items():
             if not isinstance(value, Module):
                 state[key] = value  # plain values that restore_into replaced in the copy
         return remainder
+
+    def load_raw(self, path: str, obj: Module | Optimizer, strict: bool = True) -> None:
+        raise RuntimeError(f"load_raw({str(path)!r}) cannot load a plain state dict under 'xla_fsdp': the wrapped "
+                           "model holds flattened shards, not the named parameters such a file has. Load it into "
+                           "the model before `fabric.setup_module(model)`: "
+                           "`model.load_state_dict(torch.load(path))`")
 
     def _shard_file(self, path: str) -> Path:
         return Path(path) / f"shard-{self.global_rank:05d}-of-{self.world_size:05d}.ckpt"

@@ -16,6 +16,7 @@ import torch
 class FakeXLA:
     devices: int = 4
     ordinal: int = 0  # what the runtime reports for "this process" once launched
+    rng_seed: int = 101  # the XLA device generator's state, as xm.get_rng_state() reports it
     calls: list = field(default_factory=list)
     modules: dict = field(default_factory=dict)
 
@@ -75,8 +76,13 @@ def fake_xla(monkeypatch, clean_env):
         fake.record("optimizer_step", optimizer, optimizer_args)
         return optimizer.step(**(optimizer_args or {}))
 
+    def set_rng_state(seed, device=None):
+        fake.record("set_rng_state", seed)
+        fake.rng_seed = seed
+
     xm = _module("torch_xla.core.xla_model", all_reduce=all_reduce, all_gather=all_gather,
-                 optimizer_step=optimizer_step,
+                 optimizer_step=optimizer_step, get_rng_state=lambda device=None: fake.rng_seed,
+                 set_rng_state=set_rng_state,
                  broadcast_master_param=lambda module: fake.record("broadcast_master_param", module),
                  rendezvous=lambda tag, *a, **k: fake.record("rendezvous", tag),
                  collective_broadcast=lambda tensors, root_ordinal=0, **k: fake.record("collective_broadcast"))

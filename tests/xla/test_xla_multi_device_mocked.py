@@ -78,10 +78,16 @@ def test_replicas_start_from_rank_zero_parameters(fake_xla):
     assert fake_xla.named("broadcast_master_param") == [("broadcast_master_param", (module,), {})]
 
 
-def test_collectives_dispatch_to_xla_ops(fake_xla, monkeypatch):
+@pytest.fixture
+def operands_on_cpu(monkeypatch):
+    """Call once launched. Without torch_xla's backend no tensor can live on an "xla" device: keep the collectives'
+    operands (also the RNG states a checkpoint gathers from every rank) on the CPU."""
+    return lambda: monkeypatch.setattr(XLAStrategy, "root_device", property(lambda self: torch.device("cpu")))
+
+
+def test_collectives_dispatch_to_xla_ops(fake_xla, operands_on_cpu):
     strategy = _launched_strategy(fake_xla)
-    # Without torch_xla's backend no tensor can live on an "xla" device: keep the operands on the CPU.
-    monkeypatch.setattr(XLAStrategy, "root_device", property(lambda self: torch.device("cpu")))
+    operands_on_cpu()
     value = torch.tensor([1.0, 3.0])
     # The fake returns world_size * value for a sum, as if every replica held `value`.
     assert torch.equal(strategy.all_reduce(value, reduce_op="sum"), value * 4)
@@ -93,8 +99,9 @@ def test_collectives_dispatch_to_xla_ops(fake_xla, monkeypatch):
         strategy.all_reduce(value, reduce_op="prod")
 
 
-def test_rank_zero_alone_writes_the_checkpoint(fake_xla, tmp_path):
+def test_rank_zero_alone_writes_the_checkpoint(fake_xla, operands_on_cpu, tmp_path):
     strategy = _launched_strategy(fake_xla)
+    operands_on_cpu()
     fake_xla.ordinal = 1
     strategy.save_checkpoint(str(tmp_path / "rank1.ckpt"), {"step": 1})
     fake_xla.ordinal = 0
@@ -148,8 +155,9 @@ def test_fsdp_clips_with_the_norm_over_all_shards(fake_xla):
     assert strategy.clip_gradients_norm(module, torch.optim.SGD(module.parameters(), lr=1), 1.0).item() == 123.0
 
 
-def test_fsdp_checkpoint_is_one_shard_file_per_rank_and_loads_back(fake_xla, tmp_path):
+def test_fsdp_checkpoint_is_one_shard_file_per_rank_and_loads_back(fake_xla, operands_on_cpu, tmp_path):
     strategy = _launched_strategy(fake_xla, "xla_fsdp")
+    operands_on_cpu()
     module = torch.nn.Linear(2, 2)
     strategy.setup_module(module)
     fake_xla.ordinal = 1

@@ -1,8 +1,9 @@
 """Model and optimizer state of a sharded model, through torch.distributed.checkpoint's state-dict API: sharded
-(each rank its DTensor shards, for DCP) or full (plain tensors, complete on rank 0, for one file)."""
+(each rank its DTensor shards, for DCP; marked `ShardedStateDict`) or full (plain tensors, complete on rank 0, for
+one file)."""
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any
 
 from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
                                                      get_optimizer_state_dict, set_model_state_dict,
@@ -11,9 +12,12 @@ from torch.nn import Module
 from torch.optim import Optimizer
 
 from fabric_kit.checkpoint import optimizer_keys
-from fabric_kit.checkpoint.state import unwrap
+from fabric_kit.checkpoint.state import Filter, unwrap
 
-Filter = dict[str, Callable[[str, Any], bool]]
+
+class ShardedStateDict(dict):
+    """A module's or optimizer's state dict in the sharded layout (this rank's DTensor shards, optimizer state keyed
+    by parameter name): what DCP writes and reads. Restoring it needs no slicing; a plain dict holds full state."""
 
 
 def split_state(state: dict[str, Any]) -> tuple[dict[str, Module], dict[str, Optimizer], dict[str, Any]]:
@@ -44,7 +48,8 @@ def owner(optimizer: Optimizer, modules: dict[str, Module], key: str) -> Module:
 def state_dicts(modules: dict[str, Module], optimizers: dict[str, Optimizer], full: bool,
                 filter: Filter | None = None) -> dict[str, Any]:
     """Every module's and optimizer's state dict under its key. `full=True` gathers plain tensors onto rank 0's CPU
-    (other ranks get empty dicts) with torch's index-keyed optimizer state, the format a single-process run saves."""
+    (other ranks get empty dicts) with torch's index-keyed optimizer state, the format a single-process run saves;
+    `full=False` gives each rank its shards, as `ShardedStateDict`s."""
     options = StateDictOptions(full_state_dict=full, cpu_offload=full)
     result: dict[str, Any] = {}
     for key, module in modules.items():
@@ -55,22 +60,26 @@ def state_dicts(modules: dict[str, Module], optimizers: dict[str, Optimizer], fu
     for key, keep in (filter or {}).items():
         if key in result:
             result[key] = {k: v for k, v in result[key].items() if keep(k, v)}
-    return result
+    return result if full else {key: ShardedStateDict(value) for key, value in result.items()}
 
 
 def load_state_dicts(modules: dict[str, Module], optimizers: dict[str, Optimizer], loaded: dict[str, Any],
-                     full: bool, strict: bool) -> None:
-    """Load what `state_dicts` produced (or a single-process checkpoint, with `full=True`) into the sharded
-    objects; full state is sliced into this rank's shards."""
-    options = StateDictOptions(full_state_dict=full, strict=strict)
+                     strict: bool) -> None:
+    """Load what `state_dicts` produced (or a single-process checkpoint) into the sharded objects: a
+    `ShardedStateDict` as it is, full state sliced into this rank's shards."""
     for key, module in modules.items():
         if key in loaded:
-            set_model_state_dict(module, loaded[key], options=options)
+            set_model_state_dict(module, loaded[key], options=_options(loaded[key], strict))
     for key, optimizer in optimizers.items():
         if key in loaded:
-            model = owner(optimizer, modules, key)
-            state = optimizer_keys.by_name(loaded[key], parameter_names(model, optimizer)) if full else loaded[key]
-            set_optimizer_state_dict(model, optimizer, state, options=options)
+            model, state = owner(optimizer, modules, key), loaded[key]
+            if not isinstance(state, ShardedStateDict):
+                state = optimizer_keys.by_name(state, parameter_names(model, optimizer))
+            set_optimizer_state_dict(model, optimizer, state, options=_options(loaded[key], strict))
+
+
+def _options(state_dict: dict[str, Any], strict: bool) -> StateDictOptions:
+    return StateDictOptions(full_state_dict=not isinstance(state_dict, ShardedStateDict), strict=strict)
 
 
 def parameter_names(module: Module, optimizer: Optimizer) -> list[list[str]]:

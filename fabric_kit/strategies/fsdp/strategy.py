@@ -6,7 +6,7 @@ from __future__ import annotations
 from contextlib import AbstractContextManager, ExitStack, contextmanager, nullcontext
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Callable, Iterator, Literal
+from typing import Any, Iterator, Literal
 
 import torch
 import torch.distributed.checkpoint as dcp
@@ -18,16 +18,19 @@ from torch.optim import Optimizer
 
 from fabric_kit.accelerators import Accelerator
 from fabric_kit.checkpoint.directory import verify_directory
+from fabric_kit.checkpoint.errors import reported_write_errors
 from fabric_kit.checkpoint.sharded import PLAIN_ENTRIES, is_sharded_checkpoint
-from fabric_kit.checkpoint.state import unwrap
+from fabric_kit.checkpoint.state import Filter
 from fabric_kit.environments import ClusterEnvironment
 from fabric_kit.precision import Precision
 from fabric_kit.precision.fsdp import fsdp_precision, mixed_precision_policy
 from fabric_kit.strategies.ddp import DDPStrategy, StartMethod
 from fabric_kit.strategies.fsdp import checkpoint
+from fabric_kit.strategies.fsdp.checkpoint import ShardedStateDict
 from fabric_kit.strategies.fsdp.sharding import (FSDPModule, ModulePolicy, apply_activation_checkpointing,
                                                  as_predicate, build_mesh, check_materializable,
                                                  check_sharding_strategy, has_meta_tensors, materialize, shard)
+from fabric_kit.strategies.fsdp.writer import ReportingFileSystemWriter
 from fabric_kit.strategies.parallel import ParallelStrategy
 from fabric_kit.strategies.strategy import BackwardSyncControl
 
@@ -153,66 +156,56 @@ class FSDPStrategy(ParallelStrategy, BackwardSyncControl):
                             f"{type(module).__name__}")
         return _without_gradient_sync(module)
 
-    # -- checkpoints ----------------------------------------------------------------------------------------------
-    def save_checkpoint(self, path: str, state: dict[str, Any],
-                        filter: dict[str, Callable[[str, Any], bool]] | None = None) -> None:
-        """`state_dict_type="sharded"`: a directory (DCP shards of models and optimizers, plus one file for the
-        other entries), swapped in atomically once every rank wrote. `"full"`: one file from rank 0."""
+    # -- checkpoints: full state in one file, or every rank's shards in a DCP directory -------------------------
+    def checkpoint_entries(self, state: dict[str, Any], filter: Filter) -> dict[str, Any]:
+        """Models and optimizers through torch's state-dict API: full on rank 0 (`state_dict_type="full"`) or each
+        rank's shards (`"sharded"`); the other entries as on one process."""
         modules, optimizers, rest = checkpoint.split_state(state)
-        filter = filter or {}
-        unknown = set(filter) - set(state)
-        if unknown:
-            raise ValueError(f"filter has keys {sorted(unknown)} that are not in the state: {sorted(state)}")
-        full = self.state_dict_type == "full"
-        tensors = checkpoint.state_dicts(modules, optimizers, full=full, filter=filter)
-        if full:
-            super().save_checkpoint(path, {**rest, **tensors}, {k: f for k, f in filter.items() if k in rest})
-            return
-        with self.checkpoint_directory(path) as staging:
-            dcp.save(tensors, checkpoint_id=staging)
-            super().save_checkpoint(str(staging / PLAIN_ENTRIES), rest,
-                                    {k: f for k, f in filter.items() if k in rest})
+        tensors = checkpoint.state_dicts(modules, optimizers, full=self.state_dict_type == "full", filter=filter)
+        plain = super().checkpoint_entries(rest, {key: keep for key, keep in filter.items() if key in rest})
+        return {key: tensors[key] if key in tensors else plain[key] for key in state}
 
-    def load_checkpoint(self, path: str, state: dict[str, Any] | Module | Optimizer | None = None,
-                        strict: bool = True, **options: Any) -> dict[str, Any]:
-        """Read a sharded directory or a full file (also one written by a single-process run) into the sharded
-        objects of `state`; return the checkpoint's entries that `state` did not ask for."""
-        sharded = is_sharded_checkpoint(path)
-        if state is None and sharded:
+    def write_entries(self, path: str, entries: dict[str, Any], state: dict[str, Any]) -> None:
+        """`"sharded"`: a directory of DCP's files, every rank writing its shards, and one file for the other
+        entries, swapped in once every rank wrote (a full disk is a `CheckpointWriteError` on every rank and leaves
+        the previous checkpoint as it was). `"full"`: one file, from rank 0."""
+        if self.state_dict_type == "full":
+            super().write_entries(path, entries, state)
+            return
+        shards = {key: value for key, value in entries.items() if isinstance(value, ShardedStateDict)}
+        with self.checkpoint_directory(path) as staging:
+            with reported_write_errors(path):
+                dcp.save(shards, storage_writer=ReportingFileSystemWriter(staging))
+            super().write_entries(str(staging / PLAIN_ENTRIES),
+                                  {key: value for key, value in entries.items() if key not in shards}, state)
+
+    def read_entries(self, path: str, state: dict[str, Any] | None, strict: bool, weights_only: bool) -> Any:
+        """A full file (also one a single-process run wrote), or a sharded directory, whose shards are read into
+        those of `state`'s models and optimizers."""
+        if not is_sharded_checkpoint(path):
+            return super().read_entries(path, state, strict, weights_only)
+        if state is None:
             raise ValueError(f"loading the sharded checkpoint {path!r} needs the objects to restore, e.g. "
                              "`fabric.load(path, {'model': model, 'optimizer': optimizer})`; to read it as plain "
                              f"tensors, run `fabric consolidate {path} --output FILE` and load FILE")
-        if state is None:
-            return super().load_checkpoint(path, None, strict, **options)
-        if not isinstance(state, dict):  # fabric.load_raw(path, model): the file is the model's state dict
-            return self._load_raw(path, state, strict, **options)
+        verify_directory(path)
+        # The other entries first: a refused or damaged file stops the load before any shard is overwritten.
+        entries = super().read_entries(str(Path(path) / PLAIN_ENTRIES), state, strict, weights_only)
+        modules, optimizers, _ = checkpoint.split_state(state)
+        shards = checkpoint.state_dicts(modules, optimizers, full=False)
+        dcp.load(shards, checkpoint_id=path, planner=DefaultLoadPlanner(allow_partial_load=not strict))
+        return {**entries, **shards}
+
+    def restore_entries(self, state: dict[str, Any], entries: dict[str, Any], strict: bool) -> dict[str, Any]:
+        """Models and optimizers through torch's state-dict API (full state is sliced into this rank's shards);
+        the other entries as on one process."""
         modules, optimizers, rest = checkpoint.split_state(state)
-        if not sharded:
-            # One file: the base class reads it (and restores RNG and precision state); the models' and
-            # optimizers' entries come back as plain state dicts and are sliced into shards here.
-            placeholders = {**rest, **{key: None for key in (*modules, *optimizers)}}
-            remainder = super().load_checkpoint(path, placeholders, strict, **options)
-            checkpoint.load_state_dicts(modules, optimizers, placeholders, full=True, strict=strict)
-        else:
-            verify_directory(path)
-            tensors = checkpoint.state_dicts(modules, optimizers, full=False)
-            dcp.load(tensors, checkpoint_id=path, planner=DefaultLoadPlanner(allow_partial_load=not strict))
-            checkpoint.load_state_dicts(modules, optimizers, tensors, full=False, strict=strict)
-            placeholders = dict(rest)
-            remainder = super().load_checkpoint(str(Path(path) / PLAIN_ENTRIES), placeholders, strict, **options)
+        # Placeholders for the sharded objects, so strict loading names every missing entry in one place.
+        placeholders = {**rest, **{key: None for key in (*modules, *optimizers)}}
+        remainder = super().restore_entries(placeholders, entries, strict)
+        checkpoint.load_state_dicts(modules, optimizers, entries, strict=strict)
         state.update({key: placeholders[key] for key in rest})
         return remainder
-
-    def _load_raw(self, path: str, obj: Module | Optimizer, strict: bool, **options: Any) -> dict[str, Any]:
-        module = unwrap(obj)
-        if not isinstance(module, Module) or is_sharded_checkpoint(path):
-            raise ValueError(f"under FSDP, load_raw reads one file of a model's plain state dict into the model; "
-                             f"got {type(module).__name__} and {path!r}. Load optimizers together with their "
-                             "model: `fabric.load(path, {'model': model, 'optimizer': optimizer})`")
-        checkpoint.load_state_dicts({"model": module}, {}, {"model": super().load_checkpoint(path, None, strict,
-                                                                                              **options)},
-                                    full=True, strict=strict)
-        return {}
 
 
 @contextmanager
