@@ -15,6 +15,11 @@ class CheckpointError(RuntimeError):
         self.reason = reason
         super().__init__(f"checkpoint {self.path!r}: {reason}")
 
+    def __reduce__(self) -> tuple[type, tuple[str, str]]:
+        # Rebuilt from its two arguments, not from the message: torch.distributed.checkpoint pickles every rank's
+        # failure to the others, and the default (the message alone) cannot rebuild it.
+        return type(self), (self.path, self.reason)
+
 
 class CheckpointCorruptedError(CheckpointError):
     """The file (or a file of a directory checkpoint) is truncated, changed or missing: restore from another one."""
