@@ -11,7 +11,6 @@ from typing import Any, Callable, Iterator, Literal
 import torch
 import torch.distributed.checkpoint as dcp
 from torch import Tensor
-from torch.distributed.checkpoint import DefaultLoadPlanner
 from torch.distributed.tensor import DTensor
 from torch.nn import Module
 from torch.optim import Optimizer
@@ -19,6 +18,7 @@ from torch.optim import Optimizer
 from fabric_kit.accelerators import Accelerator
 from fabric_kit.checkpoint.directory import verify_directory
 from fabric_kit.checkpoint.sharded import PLAIN_ENTRIES, is_sharded_checkpoint
+from fabric_kit.checkpoint.sharded_reading import load_sharded
 from fabric_kit.checkpoint.state import unwrap
 from fabric_kit.environments import ClusterEnvironment
 from fabric_kit.precision import Precision
@@ -196,7 +196,7 @@ class FSDPStrategy(ParallelStrategy, BackwardSyncControl):
         else:
             verify_directory(path)
             tensors = checkpoint.state_dicts(modules, optimizers, full=False)
-            dcp.load(tensors, checkpoint_id=path, planner=DefaultLoadPlanner(allow_partial_load=not strict))
+            load_sharded(tensors, path, strict=strict, weights_only=options.get("weights_only", True))
             checkpoint.load_state_dicts(modules, optimizers, tensors, full=False, strict=strict)
             placeholders = dict(rest)
             remainder = super().load_checkpoint(str(Path(path) / PLAIN_ENTRIES), placeholders, strict, **options)
