@@ -29,6 +29,20 @@ class UnsafeCheckpointError(CheckpointError):
     """The safe loader (`weights_only=True`) met an object beyond tensors and plain containers."""
 
 
+OPT_IN = ("If you trust the checkpoint's source, load it with weights_only=False, e.g. "
+          "`fabric.load(path, state, weights_only=False)`")
+"""How a refusal of the safe loaders says to opt in."""
+
+
+def weights_only_refusal(error: BaseException) -> str:
+    """The part of torch.load's weights-only refusal that names what was refused, e.g. "Unsupported global: GLOBAL
+    os.system was not an allowed global by default" (the whole message is a page of advice); the whole message,
+    on one line, when it has no such part."""
+    message = " ".join(str(error).split())
+    _, found, reason = message.partition("WeightsUnpickler error: ")
+    return reason.split(". ")[0] if found else message
+
+
 class CheckpointWriteError(CheckpointError, OSError):
     """Writing a checkpoint failed (a full disk, a quota, a read-only file system); the previous checkpoint at
     the path is intact, and nothing half-written is left under its name."""

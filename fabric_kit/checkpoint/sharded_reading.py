@@ -25,11 +25,9 @@ from torch.distributed.checkpoint import CheckpointException, DefaultLoadPlanner
 from torch.distributed.checkpoint.metadata import StorageMeta
 from torch.distributed.checkpoint.planner import ReadItem
 
-from fabric_kit.checkpoint.errors import CheckpointCorruptedError, CheckpointError, UnsafeCheckpointError
+from fabric_kit.checkpoint.errors import (OPT_IN, CheckpointCorruptedError, CheckpointError, UnsafeCheckpointError,
+                                         weights_only_refusal)
 from fabric_kit.checkpoint.sharded import DCP_METADATA
-
-_OPT_IN = ("If you trust the checkpoint's source, load it with weights_only=False, e.g. "
-           "`fabric.load(path, state, weights_only=False)`")
 
 # What a `.metadata` written by DCP (torch 2.4 and later, from plain tensors or DTensors, models and optimizers)
 # refers to by name, found by listing the globals of real ones. Each builds plain data and runs nothing else: the
@@ -61,8 +59,8 @@ class MetadataUnpickler(pickle.Unpickler):
             return super().find_class(module, name)
         if module == "torch" and isinstance(getattr(torch, name, None), torch.dtype):
             return getattr(torch, name)
-        raise RefusedGlobal(f"{module}.{name} is not one of the types torch.distributed.checkpoint "
-                                     "stores in its metadata")
+        raise RefusedGlobal(f"{module}.{name} is not one of the types torch.distributed.checkpoint stores in its "
+                            "metadata")
 
 
 def read_metadata(path: str | os.PathLike, weights_only: bool = True) -> Metadata:
@@ -83,7 +81,7 @@ def _unpickle_metadata(f: BinaryIO, file: Path, weights_only: bool) -> Metadata:
         metadata = MetadataUnpickler(f).load() if weights_only else pickle.load(f)
     except RefusedGlobal as error:
         raise UnsafeCheckpointError(file, f"the safe loader refused the checkpoint's metadata: {error}. "
-                                          f"{_OPT_IN}") from error
+                                          f"{OPT_IN}") from error
     except Exception as error:  # a torn or garbled pickle fails in many ways (EOFError, ValueError, KeyError, ...)
         raise CheckpointCorruptedError(file, f"damaged: unpickling the metadata failed ({error!r})") from error
     if not isinstance(metadata, Metadata):
@@ -123,13 +121,13 @@ class SafeLoadPlanner(DefaultLoadPlanner):
         try:
             obj = torch.load(value, map_location="cpu", weights_only=self.weights_only)
         except pickle.UnpicklingError as error:
+            file = self._file_of(read_item)
             if not self.weights_only:
-                raise CheckpointCorruptedError(self._file_of(read_item), f"damaged: unpickling its entry {fqn!r} "
-                                                                         f"failed ({error})") from error
-            raise UnsafeCheckpointError(self._file_of(read_item), f"the safe loader refused its entry {fqn!r}: it "
-                                                                  "holds objects beyond tensors and plain "
-                                                                  f"containers ({_refusal(error)}). {_OPT_IN}"
-                                        ) from error
+                raise CheckpointCorruptedError(file, f"damaged: unpickling its entry {fqn!r} failed ({error})"
+                                               ) from error
+            raise UnsafeCheckpointError(file, f"the safe loader refused its entry {fqn!r}: it holds objects beyond "
+                                              f"tensors and plain containers ({weights_only_refusal(error)}). "
+                                              f"{OPT_IN}") from error
         if self.flatten_state_dict:
             set_nested(self.original_state_dict, self.mappings[fqn], obj)
         else:
@@ -140,13 +138,6 @@ class SafeLoadPlanner(DefaultLoadPlanner):
         storage_data = getattr(self.metadata, "storage_data", None) or {}
         relative = getattr(storage_data.get(read_item.storage_index), "relative_path", None)
         return self.directory / relative if isinstance(relative, str) else self.directory
-
-
-def _refusal(error: pickle.UnpicklingError) -> str:
-    """The part of torch's weights-only refusal that names what was refused (its message is a page of advice)."""
-    message = " ".join(str(error).split())
-    _, found, reason = message.partition("WeightsUnpickler error: ")
-    return reason.split(". ")[0] if found else message
 
 
 def set_nested(root: dict[str, Any], path: Sequence[str | int], value: Any) -> None:
@@ -175,9 +166,10 @@ def load_sharded(state_dict: dict[str, Any], path: str | os.PathLike, strict: bo
     `weights_only=False`. `strict=False` leaves entries the checkpoint lacks as they are. Collective over the
     process group unless `no_dist`.
 
-    The metadata is read once up front, so a refused or damaged `.metadata` raises its own error on every rank
-    (inside `dcp.load` DCP would log it as a missing file and raise an AssertionError); a refusal inside the
-    shards comes back out of DCP's per-rank `CheckpointException` as the `CheckpointError` it was."""
+    The metadata is read up front (and again by DCP, through the same restricted reader), so a refused or
+    damaged `.metadata` raises its own error on every rank: inside `dcp.load` DCP would log it as a missing file
+    and raise an AssertionError. A refusal inside the shards comes back out of DCP's per-rank
+    `CheckpointException` as the `CheckpointError` it was."""
     read_metadata(path, weights_only)
     try:
         dcp.load(state_dict, storage_reader=SafeFileSystemReader(path, weights_only),
