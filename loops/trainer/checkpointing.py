@@ -40,11 +40,12 @@ def dump_checkpoint(trainer: Any, weights_only: bool = False) -> dict[str, Any]:
         checkpoint["optimizer_states"] = [opt.state_dict() for opt in trainer.optimizers]
         checkpoint["lr_schedulers"] = [config.scheduler.state_dict() for config in trainer.lr_scheduler_configs]
     if module.hparams:
-        checkpoint["hparams_name"] = "kwargs"
+        checkpoint["hparams_name"] = module._hparams_name
         checkpoint["hyper_parameters"] = storable_hparams(module.hparams, type(module).__name__)
     datamodule = trainer.datamodule
     if datamodule is not None:
         if datamodule.hparams:
+            checkpoint["datamodule_hparams_name"] = datamodule._hparams_name
             checkpoint["datamodule_hyper_parameters"] = storable_hparams(datamodule.hparams,
                                                                          type(datamodule).__name__)
         state = datamodule.state_dict()

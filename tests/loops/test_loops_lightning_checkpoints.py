@@ -48,6 +48,7 @@ def module_class(base):
 
 LightningModel, LoopsModel = module_class(pl.LightningModule), module_class(L.LightningModule)
 SIDES = {"lightning": (pl, pl_callbacks, LightningModel), "loops": (L, loops_callbacks, LoopsModel)}
+BASES = {"lightning": pl.LightningModule, "loops": L.LightningModule}
 
 
 def fit(side, root, epochs, ckpt_path=None, checkpoint=None, early_stopping=True, **flags):
@@ -224,3 +225,36 @@ def test_lightning_resumes_a_mid_epoch_loops_checkpoint_at_its_step(tmp_path, sa
                         **flags)
     assert trainer.global_step == reference.global_step == 16
     assert batches_stepped(trainer) == batches_stepped(reference) == 16
+
+
+def dict_module_class(base):
+    """A module taking its hyperparameters as one dict: the checkpoint names that argument (`hparams_name`)."""
+
+    class DictModel(base):
+        def __init__(self, config):
+            super().__init__()
+            self.save_hyperparameters(config)
+            self.layer = nn.Linear(config["width"], 1)
+
+        def training_step(self, batch, batch_idx):
+            x, y = batch
+            return nn.functional.mse_loss(self.layer(x), y)
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=self.hparams.lr)
+
+    return DictModel
+
+
+@pytest.mark.parametrize("writer", ["lightning", "loops"])
+def test_hyperparameters_saved_as_one_dict_come_back_as_that_argument(tmp_path, writer):
+    package = SIDES[writer][0]
+    model = dict_module_class(BASES[writer])({"lr": 0.1, "width": 4})
+    trainer = package.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
+                              enable_checkpointing=False, max_epochs=1, default_root_dir=tmp_path)
+    trainer.fit(model, loader())
+    trainer.save_checkpoint(tmp_path / "dict.ckpt")
+    for base in BASES.values():
+        loaded = dict_module_class(base).load_from_checkpoint(tmp_path / "dict.ckpt", lr=0.5)
+        assert loaded.hparams == {"lr": 0.5, "width": 4}
+        assert torch.equal(loaded.layer.weight, model.layer.weight)
