@@ -258,3 +258,24 @@ def test_hyperparameters_saved_as_one_dict_come_back_as_that_argument(tmp_path, 
         loaded = dict_module_class(base).load_from_checkpoint(tmp_path / "dict.ckpt", lr=0.5)
         assert loaded.hparams == {"lr": 0.5, "width": 4}
         assert torch.equal(loaded.layer.weight, model.layer.weight)
+
+
+@pytest.mark.parametrize("saved_epochs, averaging", [(1, False), (3, True)])
+def test_stochastic_weight_averaging_state_of_lightning_before_averaging_began(tmp_path, saved_epochs, averaging):
+    # Lightning averages at each SWA epoch's start into an AveragedModel, loops at its end: only a checkpoint from
+    # before the first averaged epoch carries over; a later one is an error saying so.
+    trainer = pl.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
+                         enable_checkpointing=False, max_epochs=saved_epochs, default_root_dir=tmp_path,
+                         callbacks=[pl_callbacks.StochasticWeightAveraging(swa_lrs=0.05, swa_epoch_start=3)])
+    torch.manual_seed(0)
+    trainer.fit(LightningModel(), loader())
+    trainer.save_checkpoint(tmp_path / "swa.ckpt")
+    swa = loops_callbacks.StochasticWeightAveraging(swa_lrs=0.05, swa_epoch_start=3)
+    resume = L.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
+                       enable_checkpointing=False, max_epochs=4, callbacks=[swa], limit_val_batches=0)
+    if averaging:
+        with pytest.raises(ValueError, match="Lightning's, saved after averaging began"):
+            resume.fit(LoopsModel(), loader(), ckpt_path=tmp_path / "swa.ckpt")
+        return
+    resume.fit(LoopsModel(), loader(), ckpt_path=tmp_path / "swa.ckpt")
+    assert resume.global_step == 32 and swa.n_averaged == 2  # epochs 3 and 4 (1-based) averaged here
