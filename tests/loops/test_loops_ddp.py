@@ -50,7 +50,11 @@ def test_ddp_spawn_returns_weights_to_the_launching_process(clean_env, monkeypat
 
 
 def test_fsdp_script_two_processes(run_ranks, tmp_path):
+    single = make_trainer(max_epochs=1, limit_val_batches=0)
+    single.fit(MomentumRegression(), loader(n=32, batch_size=8))
+    single.save_checkpoint(tmp_path / "single.ckpt")
     _, ranks = run_ranks([SCRIPT.parent / "loops_fsdp_fit.py", tmp_path], tmp_path, timeout=180)
+    assert all("holds the optimizer states as one list" in r["refused"] for r in ranks)
     assert all(r["global_step"] == 8 for r in ranks)
     assert all({"train_loss", "val_loss"} <= set(r["metrics"]) for r in ranks)
     for r in ranks:  # resumed from a sharded checkpoint (weights and momentum) == uninterrupted

@@ -1,7 +1,7 @@
 """Run by test_loops_ddp.py as `python loops_fsdp_fit.py OUT_DIR`: the Trainer under FSDP on 2 processes (the
 strategy re-runs this script for rank 1); configure_optimizers then runs on the sharded parameters. A run saved
 after 1 epoch and resumed to 2 must end where an uninterrupted 2-epoch run does (momentum state included); it is
-also saved as one full-state file (fsdp_full.ckpt)."""
+also saved as one full-state file (fsdp_full.ckpt). A checkpoint written by one process (single.ckpt) is refused."""
 import sys
 from pathlib import Path
 
@@ -33,9 +33,15 @@ def main(out_dir: str) -> None:
     trainer.save_checkpoint(out / "fsdp_full.ckpt")
     resumed, resumed_model = fit(out, 2, ckpt_path=out / "fsdp.ckpt")
     reference, reference_model = fit(out, 2)
+    try:  # written by one process (the test): the optimizer states are one list, which FSDP cannot shard
+        fit(out, 2, ckpt_path=out / "single.ckpt")
+        refused = ""
+    except KeyError as error:
+        refused = str(error)
     torch.save({"global_step": resumed.global_step,
                 "metrics": {k: v.item() for k, v in resumed.callback_metrics.items()},
-                "resumed": full_weights(resumed_model), "reference": full_weights(reference_model)},
+                "resumed": full_weights(resumed_model), "reference": full_weights(reference_model),
+                "refused": refused},
                out / f"rank{resumed.global_rank}.pt")
 
 
