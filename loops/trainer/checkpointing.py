@@ -166,6 +166,10 @@ def restore_model(trainer: Any, path: str, stage: str) -> dict[str, Any]:
                        "(a checkpoint of Lightning, or of loops on one device or under DDP), which only a strategy "
                        f"that does not shard them reads ({missing})") from missing
     checkpoint["state_dict"] = module.state_dict()
+    version = checkpoint.get("loops_format_version")
+    if stage == "fit" and version not in (None, FORMAT_VERSION):  # None: not written by loops (e.g. by Lightning)
+        raise ValueError(f"checkpoint {path!r} has loops' checkpoint format {version}; fit resumes format "
+                         f"{FORMAT_VERSION} only (validate, test and load_from_checkpoint still read its weights)")
     if optimizers:
         saved = checkpoint.get("optimizer_count") if by_strategy else _restore_optimizer_list(trainer, checkpoint,
                                                                                               path)
@@ -189,9 +193,9 @@ def _restore_optimizer_list(trainer: Any, checkpoint: dict[str, Any], path: str)
     """Load the `optimizer_states` list (or the entries a sharding strategy wrote into one file: full state) into
     the optimizers; returns how many the checkpoint holds."""
     states = checkpoint.get("optimizer_states")
+    if states is None and "optimizer_count" in checkpoint:
+        states = [checkpoint[optimizer_key(i)] for i in range(checkpoint["optimizer_count"])]
     if states is None:
-        states = [checkpoint[optimizer_key(i)] for i in range(checkpoint.get("optimizer_count", 0))]
-    if not states:
         raise KeyError(f"checkpoint {path!r} holds only the model (saved with weights_only=True, e.g. by "
                        "ModelCheckpoint(save_weights_only=True)); fit cannot resume the optimizers from it. Load "
                        "the weights with Model.load_from_checkpoint and start fit without ckpt_path")
@@ -205,10 +209,6 @@ def restore_training_state(trainer: Any, checkpoint: dict[str, Any], path: str) 
     """Schedulers and loop progress, so `fit(ckpt_path=...)` continues where the run stopped. A checkpoint of
     Lightning's resumes at its epoch, batch and step; without the loader's position loops keeps, a mid-epoch one
     skips the trained batches of the epoch as the loader yields them now (a warning says so)."""
-    version = checkpoint.get("loops_format_version")
-    if version is not None and version != FORMAT_VERSION:
-        raise ValueError(f"checkpoint {path!r} has loops' checkpoint format {version}; fit resumes format "
-                         f"{FORMAT_VERSION} only (validate, test and load_from_checkpoint still read its weights)")
     if "lr_schedulers" not in checkpoint:
         raise KeyError(f"checkpoint {path!r} has no scheduler states (saved with weights_only=True); fit cannot "
                        "resume from it. Load the weights with Model.load_from_checkpoint and start fit without "
@@ -221,7 +221,7 @@ def restore_training_state(trainer: Any, checkpoint: dict[str, Any], path: str) 
         fit_loop.load_state_dict(loop_state)
     # The loop ends every epoch's pass on the loader (set_epoch), so the saved position agrees with the loop's.
     fit_loop.loader_state = checkpoint.get("train_dataloader")
-    if fit_loop.resume_skip and fit_loop.loader_state is None and version is None:
+    if fit_loop.resume_skip and fit_loop.loader_state is None and "loops_format_version" not in checkpoint:
         warnings.warn(f"checkpoint {path!r} (not written by loops) was saved after batch {fit_loop.resume_skip} of "
                       f"epoch {trainer.current_epoch} and holds no position of the training loader (Lightning keeps "
                       "none for a plain DataLoader): fit skips the epoch's first "
