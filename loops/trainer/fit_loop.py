@@ -199,7 +199,7 @@ class FitLoop:
         validation = self._validation_enabled()
         if start and self._count_on_resume(start, validation):
             self.batches_stepped += 1
-        self.batch_idx = start
+        self.batch_idx, self.step_uncounted = start, False
         for batch_idx, batch in enumerate(self.train_loader, first):
             if batch_idx < skip:
                 continue
