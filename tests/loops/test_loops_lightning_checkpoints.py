@@ -140,6 +140,15 @@ def test_loops_continues_a_lightning_run_as_lightning_does(tmp_path):
     assert stopping.wait_count == pl_stopping.wait_count and torch.equal(stopping.best_score, pl_stopping.best_score)
 
 
+def test_loops_stops_a_resumed_lightning_run_at_the_same_max_steps(tmp_path):
+    _, uninterrupted, _ = fit("lightning", tmp_path / "reference", -1, early_stopping=False, max_steps=20)
+    fit("lightning", tmp_path, 2, checkpoint=TOP_K)
+    trainer, model, _ = fit("loops", tmp_path / "resume", -1, ckpt_path=tmp_path / "ckpt" / "last.ckpt",
+                            early_stopping=False, max_steps=20)
+    assert trainer.global_step == batches_stepped(trainer) == 20 and trainer.current_epoch == 3
+    assert torch.equal(model.layer.weight, uninterrupted.layer.weight)
+
+
 @pytest.mark.parametrize("saved_in", ["on_train_batch_end", "validation"])
 def test_loops_resumes_a_mid_epoch_lightning_checkpoint_at_its_batch(tmp_path, saved_in):
     # Saved after batch 3 of 8: by ModelCheckpoint(every_n_train_steps) in on_train_batch_end, or after the
