@@ -12,9 +12,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from fabric_kit.checkpoint import read_checkpoint
-from fabric_kit.strategies import Strategy
+from fabric_kit.strategies import DDPStrategy, SingleDeviceStrategy
 from loops.core.hparams import storable_hparams
-from loops.trainer.hooks import overrides
 
 FORMAT_VERSION = 2
 """loops' own checkpoint layout; 2: the fit loop's position and (without a sharding strategy) the optimizer states
@@ -59,11 +58,12 @@ def dump_checkpoint(trainer: Any, weights_only: bool = False) -> dict[str, Any]:
 
 
 def strategy_keeps_optimizers(fabric: Any) -> bool:
-    """Whether fabric's strategy saves and loads optimizers its own way (FSDP and DeepSpeed gather or shard their
-    state, XLA copies it off the device): then each optimizer is a checkpoint entry of its own (`optimizer_key`),
-    handed to fabric as the object. Otherwise (one device, DDP) an optimizer's `state_dict()` is its whole state,
-    and the file holds the list of them under `optimizer_states`, as Lightning does."""
-    return overrides(fabric.strategy, "save_checkpoint", Strategy)
+    """Whether fabric's strategy saves and loads optimizers its own way: then each optimizer is a checkpoint entry of
+    its own (`optimizer_key`), handed to fabric as the object (FSDP and DeepSpeed gather or shard its state, XLA
+    copies it off the device; a subclass may change how). Only under SingleDeviceStrategy and DDPStrategy itself is
+    an optimizer's `state_dict()` known to be its whole state: the file then holds their list under
+    `optimizer_states`, as Lightning does."""
+    return type(fabric.strategy) not in (SingleDeviceStrategy, DDPStrategy)
 
 
 def hand_optimizers_to_strategy(state: dict[str, Any], optimizers: list[Any]) -> None:
