@@ -163,8 +163,6 @@ def peak_kb() -> int:
 # -- one operation in a fresh process ---------------------------------------------------------------------------------
 def one(op: str, kind: str, path: str, mb: float) -> dict:
     """Build the state (seed 0 to save, seed 1 to load into), run one save or load, and measure it."""
-    import torch
-
     if kind == "fabric_kit":
         from fabric_kit import Fabric
     elif kind == "lightning":
