@@ -13,9 +13,9 @@ exp_avg_sq: parameters are a third of `--mb`. What each implementation does:
   and `optimizer.load_state_dict`. fabric_kit: `fabric.load(path, {"model": model, "optimizer": optimizer})`,
   which verifies every record's CRC-32 first. Lightning: `fabric.load(..., weights_only=True)` of its own file.
   Each reads the file its own save just wrote, so from a warm page cache (`--cold` drops the file's pages first).
-- load + first write: the load, then one in-place write of every tensor, as the first optimizer step does. fabric_kit
-  maps the file (`torch.load(mmap=True)`), so the optimizer's tensors are still file pages after its load and are
-  copied on that first write; this row puts that deferred cost back next to raw's.
+- load + first write: the load, then one in-place write of every tensor, as the first optimizer step does: a load
+  that left tensors mapped from the file (`torch.load(mmap=True)`) would pay its copy-on-write faults here, so this
+  row keeps any deferred cost next to raw's.
 
 Every save and every load runs in a fresh process (this script with `--one`), which times that one operation and
 takes its peak memory: the peak RSS while it runs (the kernel's high-water mark VmHWM, reset just before it through
@@ -190,8 +190,8 @@ def one(op: str, kind: str, path: str, mb: float) -> dict:
     peak = peak_kb()
     measured = {}
     if op == "load":
-        # What the first optimizer step then pays: tensors still mapped from the file (fabric_kit's) fault in and
-        # are copied on this first write; ones torch.load read into memory are written in place.
+        # What the first optimizer step then pays: tensors still mapped from a file would fault in and be copied
+        # on this first write; ones torch.load read into memory are written in place.
         start = time.perf_counter()
         first_write(model, optimizer)
         total, then = seconds + time.perf_counter() - start, peak_kb()
