@@ -429,7 +429,9 @@ def summarize(results: dict) -> dict:
         raw, ours = summary[(op, "raw")], summary[(op, kind)]
         per_round = [r["seconds"] / b["seconds"] for r, b in zip(rounds, results[(op, "raw")])]
         ours.update(time_ratio=ours["seconds"] / raw["seconds"], per_round=per_round,
-                    median_ratio=statistics.median(per_round), peak_ratio=ours["peak_mb"] / raw["peak_mb"])
+                    median_ratio=statistics.median(per_round),
+                    # a state of a few MB (the smoke test) can leave raw's measured peak at 0
+                    peak_ratio=ours["peak_mb"] / raw["peak_mb"] if raw["peak_mb"] else math.nan)
     return summary
 
 
