@@ -22,7 +22,8 @@ train: $(VENV)/.installed
 test: $(VENV)/.installed
 	$(PY) -m pytest -q tests
 
-# Every benchmark; rewrites benchmarks/README.md and benchmarks/overhead.png (a few minutes on 2 CPU cores).
+# Every benchmark; rewrites benchmarks/README.md, benchmarks/overhead.png and the tables in README.md (about 7
+# minutes on 2 CPU cores).
 bench: $(VENV)/.installed
 	$(PY) -m pip install -q -e '.[bench]'
 	$(PY) benchmarks/run_all.py

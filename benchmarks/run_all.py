@@ -1,6 +1,6 @@
 """Run every benchmark and rewrite benchmarks/README.md (results, the machine they ran on),
-benchmarks/overhead.png (the overhead chart) and the overhead table between the benchmark markers of the
-top-level README.md. `make bench` runs it.
+benchmarks/overhead.png (the overhead chart) and, in the top-level README.md, the overhead table and the checkpoint
+table between their markers. `make bench` runs it.
 
     python benchmarks/run_all.py
 
@@ -26,6 +26,8 @@ import overhead
 HERE = Path(__file__).resolve().parent
 TOP_README = HERE.parent / "README.md"
 MARKERS = ("<!-- overhead table: written by benchmarks/run_all.py -->", "<!-- end of overhead table -->")
+CHECKPOINT_MARKERS = ("<!-- checkpoint table: written by benchmarks/run_all.py -->", "<!-- end of checkpoint table -->")
+CHECKPOINT_SCRIPT = "checkpoint_io.py"
 # (script, arguments, what it measures, whether it prints Markdown); overhead.py runs in this process, for the
 # chart's numbers.
 SCRIPTS = [
@@ -33,6 +35,8 @@ SCRIPTS = [
     ("launch.py", ["--rounds", "2"], "`fabric run --devices 2` wall time next to Lightning's", False),
     ("ddp_scaling.py", ["--rounds", "1"], "1 vs 2 processes on a compute-bound model, next to raw DDP", True),
     ("gpu_step.py", [], "GPT-style model in bf16-mixed on one GPU (skipped without CUDA)", True),
+    (CHECKPOINT_SCRIPT, ["--rounds", "2", "--fsdp-rounds", "2", "--markdown"],
+     "Checkpoint save and load next to raw torch, Lightning Fabric and raw DCP", True),
 ]
 
 
@@ -88,15 +92,16 @@ def run_script(script: str, args: list[str]) -> str:
     return proc.stdout.strip()
 
 
-def update_top_readme(overhead_table: str, machine_line: str) -> None:
-    """Replace the overhead table between MARKERS in the top-level README (left alone when the markers are gone)."""
+def update_top_readme(table: str, machine_line: str, markers: tuple[str, str] = MARKERS) -> None:
+    """Replace what lies between `markers` in the top-level README by `table` (left alone when the markers are
+    gone)."""
     text = TOP_README.read_text()
-    if not all(marker in text for marker in MARKERS):
-        print(f"{TOP_README} has no benchmark markers: left unchanged", file=sys.stderr)
+    if not all(marker in text for marker in markers):
+        print(f"{TOP_README} has no {markers[0]!r} markers: left unchanged", file=sys.stderr)
         return
-    before, rest = text.split(MARKERS[0], 1)
-    after = rest.split(MARKERS[1], 1)[1]
-    TOP_README.write_text(f"{before}{MARKERS[0]}\n{machine_line}\n\n{overhead_table}\n{MARKERS[1]}{after}")
+    before, rest = text.split(markers[0], 1)
+    after = rest.split(markers[1], 1)[1]
+    TOP_README.write_text(f"{before}{markers[0]}\n{machine_line}\n\n{table}\n{markers[1]}{after}")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -108,9 +113,11 @@ def main(argv: list[str] | None = None) -> None:
     results = overhead.measure(steps=300, rounds=9)
     chart(results, HERE / "overhead.png")
     sections = [("Per-step overhead (`overhead.py`)", overhead.table(results), True)]
+    outputs = {}
     for script, args, title, markdown in SCRIPTS:
         print(f"{script} ...", flush=True)
-        sections.append((f"{title} (`{script}`)", run_script(script, args), markdown))
+        outputs[script] = run_script(script, args)
+        sections.append((f"{title} (`{script}`)", outputs[script], markdown))
     minutes = (time.perf_counter() - start) / 60
 
     lines = ["# Benchmark results", "",
@@ -122,7 +129,9 @@ def main(argv: list[str] | None = None) -> None:
     for title, output, markdown in sections:
         lines += [f"## {title}", "", *([output] if markdown else ["```", output, "```"]), ""]
     (HERE / "README.md").write_text("\n".join(lines))
-    update_top_readme(overhead.table(results), f"Measured {datetime.date.today()} on: {machine()}.")
+    machine_line = f"Measured {datetime.date.today()} on: {machine()}."
+    update_top_readme(overhead.table(results), machine_line)
+    update_top_readme(outputs[CHECKPOINT_SCRIPT], machine_line, CHECKPOINT_MARKERS)
     print(f"wrote {HERE / 'README.md'} and {HERE / 'overhead.png'} in {minutes:.1f} minutes")
 
 

@@ -1,5 +1,7 @@
 """The benchmarks that no other test runs still run: ddp_scaling on 1 and 2 processes (ours and raw torchrun + DDP,
-one step each), and gpu_step's model and its skip on machines without CUDA. No timing is asserted."""
+one step each), checkpoint_io on a tiny state, and gpu_step's model and its skip on machines without CUDA. No timing
+is asserted."""
+import json
 import re
 import subprocess
 import sys
@@ -8,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from benchmarks import gpu_step
+from benchmarks import checkpoint_io, gpu_step
 
 ROOT = Path(gpu_step.__file__).resolve().parents[1]
 
@@ -23,6 +25,37 @@ def test_ddp_scaling_runs_every_case(clean_env):
         ("fabric_kit (fabric run)", "1"), ("fabric_kit (fabric run)", "2"),
         ("raw DDP (torchrun)", "1"), ("raw DDP (torchrun)", "2")]
     assert all(int(rate) > 0 for _, _, rate in rows)
+
+
+def test_checkpoint_io_runs_every_case(clean_env, tmp_path, monkeypatch, capsys):
+    """Every row on a 2 MB state, one round, the sharded part on 2 real processes. Raw torch's save runs in a child
+    process as every operation does in the benchmark; the others run in this one, through the same JSON the child
+    prints (a fresh interpreter per operation is what would cost the time)."""
+    child = checkpoint_io.run_one
+
+    def run_one(op, kind, path, mb):
+        if (op, kind) == ("save", "raw"):
+            return child(op, kind, path, mb)
+        return json.loads(json.dumps(checkpoint_io.one(op, kind, str(path), mb)))
+
+    monkeypatch.setattr(checkpoint_io, "run_one", run_one)
+    with torch.random.fork_rng():
+        checkpoint_io.main(["--mb", "2", "--rounds", "1", "--fsdp-mb", "2", "--fsdp-rounds", "1", "--markdown",
+                            "--dir", str(tmp_path)])
+    out = capsys.readouterr().out
+    rows = re.findall(r"^\| (save|load|load \+ first write|sharded save|sharded load) \| ([^|]+) \| [^|]+ \| "
+                      r"(\d+\.\d+) \|", out, re.MULTILINE)
+    try:
+        import lightning.fabric  # noqa: F401
+        kinds = ["raw torch", "fabric_kit Fabric", "Lightning Fabric"]
+    except ImportError:
+        kinds = ["raw torch", "fabric_kit Fabric"]
+    expected = [(op, kind) for op in ("save", "load", "load + first write") for kind in kinds]
+    expected += [(op, kind) for op in ("sharded save", "sharded load") for kind in kinds[:2]]
+    assert [(op, kind) for op, kind, _ in rows] == expected
+    assert all(float(seconds) > 0 for _, _, seconds in rows)
+    assert "fabric_kit Fabric sharded load / raw: time" in out and "(target ≤ 1.15×:" in out
+    assert list(tmp_path.iterdir()) == []  # every checkpoint was removed
 
 
 def test_gpu_step_model_is_gpt2_small_sized():

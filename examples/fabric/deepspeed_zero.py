@@ -95,7 +95,7 @@ def main() -> None:
     model, optimizer = fabric.setup(model, optimizer)  # builds the DeepSpeed engine around both
     state = {"model": model, "optimizer": optimizer, "step": 0}
     if args.checkpoint and Path(args.checkpoint).exists():
-        fabric.load(args.checkpoint, state, weights_only=False)  # DeepSpeed's files need the full unpickler
+        fabric.load(args.checkpoint, state)
         fabric.print(f"resumed from {args.checkpoint} at step {state['step']}")
 
     for step in range(state["step"], state["step"] + args.steps):

@@ -15,6 +15,11 @@ class CheckpointError(RuntimeError):
         self.reason = reason
         super().__init__(f"checkpoint {self.path!r}: {reason}")
 
+    def __reduce__(self) -> tuple[type, tuple[str, str]]:
+        # Rebuilt from its two arguments, not from the message: torch.distributed.checkpoint pickles every rank's
+        # failure to the others, and the default (the message alone) cannot rebuild it.
+        return type(self), (self.path, self.reason)
+
 
 class CheckpointCorruptedError(CheckpointError):
     """The file (or a file of a directory checkpoint) is truncated, changed or missing: restore from another one."""
@@ -22,6 +27,20 @@ class CheckpointCorruptedError(CheckpointError):
 
 class UnsafeCheckpointError(CheckpointError):
     """The safe loader (`weights_only=True`) met an object beyond tensors and plain containers."""
+
+
+OPT_IN = ("If you trust the checkpoint's source, load it with weights_only=False, e.g. "
+          "`fabric.load(path, state, weights_only=False)`")
+"""How a refusal of the safe loaders says to opt in."""
+
+
+def weights_only_refusal(error: BaseException) -> str:
+    """The part of torch.load's weights-only refusal that names what was refused, e.g. "Unsupported global: GLOBAL
+    os.system was not an allowed global by default" (the whole message is a page of advice); the whole message,
+    on one line, when it has no such part."""
+    message = " ".join(str(error).split())
+    _, found, reason = message.partition("WeightsUnpickler error: ")
+    return reason.split(". ")[0] if found else message
 
 
 class CheckpointWriteError(CheckpointError, OSError):

@@ -3,8 +3,8 @@ files that every PyTorch tool reads.
 
 torch.save writes a zip archive (stored, not compressed) whose every record (the pickle, each tensor's storage,
 a few small version records) carries a CRC-32 and a size in the central directory, computed by torch's C++ writer
-as it writes. torch.load checks none of them, so a flipped byte in tensor data loads silently. `verify` checks them
-all, and the structure around them:
+as it writes. torch.load checks none of them, so a flipped byte in tensor data loads silently. `records` checks the
+structure around them and `check_crcs` every record:
 
 - the end-of-archive record (and its zip64 twin) is the file's last bytes: a file cut at any offset has none;
 - the central directory tiles its region exactly, entry by entry, and agrees with the end records;
@@ -24,7 +24,6 @@ from __future__ import annotations
 import os
 import struct
 import zlib
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from fabric_kit.checkpoint.errors import CheckpointCorruptedError
@@ -39,7 +38,7 @@ _DESCRIPTOR_SIGNATURE = 0x08074B50
 _ZIP64_EXTRA = 0x0001
 _PADDING_EXTRA = 0x4246  # b"FB": torch's alignment padding, filled with b"Z"
 _DATA_DESCRIPTOR_FLAG = 0x0008
-_PARALLEL_FROM = 64 * 2**20  # below this, one thread checks every CRC
+_BUFFER = 2**20
 
 
 @dataclass(frozen=True)
@@ -60,9 +59,20 @@ class _Entry:
     offset: int
 
 
-def verify(data: memoryview, path: str | os.PathLike) -> None:
-    """Raise `CheckpointCorruptedError` naming `path` unless `data` (the whole file) is an intact zip archive as
-    torch.save writes them; see the module docstring for what is checked."""
+@dataclass(frozen=True)
+class Record:
+    """One record of the archive: where its bytes are and the CRC-32 the zip directory recorded for them."""
+
+    name: str
+    start: int
+    size: int
+    crc: int
+
+
+def records(data: memoryview, path: str | os.PathLike) -> list[Record]:
+    """The archive's records, after checking everything but their CRCs (see the module docstring); raise
+    `CheckpointCorruptedError` naming `path` unless `data` (the whole file) is a zip archive as torch.save writes
+    them."""
     damaged = _Reporter(path)
     count, directory_size, directory_offset, directory_end = _end_records(data, damaged)
     entries = _central_directory(data, directory_offset, directory_size, directory_end, count, damaged)
@@ -70,8 +80,30 @@ def verify(data: memoryview, path: str | os.PathLike) -> None:
         values = {getattr(entry, field) for entry in entries}
         if len(values) > 1:
             damaged(f"the zip directory's entries disagree on their {field.replace('_', ' ')} field ({sorted(values)})")
-    records = _records(data, entries, directory_offset, damaged)
-    _check_crcs(data, records, damaged)
+    return [Record(entry.name.decode("utf-8", "replace"), start, entry.compressed, entry.crc)
+            for entry, start in _records(data, entries, directory_offset, damaged)]
+
+
+def check_crcs(fd: int, records: list[Record], path: str | os.PathLike) -> None:
+    """Read each record of the open file `fd` through one small buffer and compare its CRC-32; raise
+    `CheckpointCorruptedError` naming `path` and the record on a mismatch. Reading with `pread` into a reused
+    buffer keeps the check out of the process's memory (no mapping grows its resident size), and both `pread` and
+    zlib release the GIL, so the check runs beside `torch.load` on another core."""
+    buffer = bytearray(_BUFFER)
+    view = memoryview(buffer)
+    for record in records:
+        crc, position, end = 0, record.start, record.start + record.size
+        while position < end:
+            read = os.preadv(fd, [view[:min(_BUFFER, end - position)]], position)
+            if read == 0:
+                raise CheckpointCorruptedError(path, f"damaged: the file shrank while record {record.name!r} was "
+                                                     "read")
+            crc = zlib.crc32(view[:read], crc)
+            position += read
+        if crc != record.crc:
+            raise CheckpointCorruptedError(path, f"damaged: record {record.name!r} does not match its checksum "
+                                                 f"(crc32 {crc:08x}, recorded {record.crc:08x}): bytes were changed "
+                                                 "on disk")
 
 
 class _Reporter:
@@ -211,22 +243,3 @@ def _widened(zip64: bytes | None, damaged: _Reporter, *values: int) -> tuple[int
             position += width
         result.append(value)
     return tuple(result)
-
-
-def _check_crcs(data: memoryview, records: list[tuple[_Entry, int]], damaged: _Reporter) -> None:
-    """zlib releases the GIL while it checksums, so large archives are checked on several threads."""
-    def crc(record: tuple[_Entry, int]) -> int:
-        entry, start = record
-        return zlib.crc32(data[start:start + entry.compressed])
-
-    total = sum(entry.compressed for entry, _ in records)
-    workers = min(4, os.cpu_count() or 1) if total >= _PARALLEL_FROM else 1
-    if workers > 1:
-        with ThreadPoolExecutor(workers) as pool:
-            crcs = list(pool.map(crc, records))
-    else:
-        crcs = [crc(record) for record in records]
-    for (entry, _), actual in zip(records, crcs):
-        if actual != entry.crc:
-            damaged(f"record {entry.name.decode('utf-8', 'replace')!r} does not match its checksum (crc32 "
-                    f"{actual:08x}, recorded {entry.crc:08x}): bytes were changed on disk")

@@ -14,6 +14,7 @@ import os
 import pickle
 import sys
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
@@ -54,16 +55,20 @@ def load_file(path: str | os.PathLike, map_location: Any = "cpu", weights_only: 
     """Verify and read a torch.save file (one fabric_kit wrote, or any other). Damage raises
     `CheckpointCorruptedError`, a refusal of the safe loader `UnsafeCheckpointError`; both name the file.
 
-    Tensors come back mapped from the file, as `torch.load(path, mmap=True)` returns them: pages are read on first
-    use and copied (privately) on first write. A module's `load_state_dict` copies them into its parameters; an
-    optimizer keeps them until its first step writes them. fabric_kit never changes a checkpoint file in place (a
-    save renames a new file over it), so the mapping stays valid; a file overwritten in place (`cp new old`) under
-    a process that mapped it can crash that process."""
+    The archive's structure and its pickle's CRC are checked first; the tensor records' CRCs are checked on another
+    thread while torch.load reads them, and the result is returned only once every one matched."""
     path = Path(path)
-    with _mapped(path) as (data, same_file):
-        integrity.verify(data, path)
-        data.release()
-        return _torch_load(same_file, path, map_location, weights_only)
+    with _opened(path) as (fd, same_file):
+        records = _records(fd, path)
+        pickles = [record for record in records if record.name.endswith("data.pkl")]
+        integrity.check_crcs(fd, pickles, path)  # before anything unpickles it
+        with ThreadPoolExecutor(1) as pool:
+            verified = pool.submit(integrity.check_crcs, fd, [r for r in records if r not in pickles], path)
+            try:
+                loaded = _torch_load(same_file, path, map_location, weights_only)
+            finally:
+                verified.result()  # damage found here is the error to report, whatever torch.load made of it
+        return loaded
 
 
 def read_checkpoint(path: str | os.PathLike, map_location: Any = "cpu", weights_only: bool = True
@@ -84,9 +89,8 @@ def verify_file(path: str | os.PathLike) -> None:
     """Raise `CheckpointCorruptedError` unless `path` is an intact torch.save file: its archive complete and every
     record matching its recorded CRC-32."""
     path = Path(path)
-    with _mapped(path) as (data, _):
-        integrity.verify(data, path)
-        data.release()
+    with _opened(path) as (fd, _):
+        integrity.check_crcs(fd, _records(fd, path), path)
 
 
 def fsync_directory(directory: str | os.PathLike) -> None:
@@ -102,9 +106,9 @@ def fsync_directory(directory: str | os.PathLike) -> None:
 
 
 @contextmanager
-def _mapped(path: Path) -> Iterator[tuple[memoryview, str]]:
-    """The file's bytes, and a path that names the same file even if a save replaces `path` meanwhile (on Linux,
-    the open descriptor's `/proc/self/fd` entry), so what torch.load reads is what was verified."""
+def _opened(path: Path) -> Iterator[tuple[int, str]]:
+    """The open file's descriptor, and a path that names the same file even if a save replaces `path` meanwhile
+    (on Linux, the descriptor's `/proc/self/fd` entry), so what torch.load reads is what is verified."""
     if not path.exists():
         raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
     if path.is_dir():
@@ -112,13 +116,17 @@ def _mapped(path: Path) -> Iterator[tuple[memoryview, str]]:
     with open(path, "rb") as f:
         if os.fstat(f.fileno()).st_size == 0:
             raise CheckpointCorruptedError(path, "damaged: the file is empty (0 bytes)")
-        same_file = f"/proc/self/fd/{f.fileno()}" if sys.platform == "linux" else str(path)
-        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mapping:
-            data = memoryview(mapping)
-            try:
-                yield data, same_file
-            finally:
-                data.release()
+        yield f.fileno(), f"/proc/self/fd/{f.fileno()}" if sys.platform == "linux" else str(path)
+
+
+def _records(fd: int, path: Path) -> list[integrity.Record]:
+    """The archive's records, its structure checked through a mapping that touches only the headers' pages."""
+    with mmap.mmap(fd, 0, access=mmap.ACCESS_READ) as mapping:
+        data = memoryview(mapping)
+        try:
+            return integrity.records(data, path)
+        finally:
+            data.release()
 
 
 @contextmanager
@@ -140,7 +148,7 @@ def _records_checksummed() -> Iterator[None]:
 
 def _torch_load(file: str, path: Path, map_location: Any, weights_only: bool) -> Any:
     try:
-        return torch.load(file, map_location=map_location, weights_only=weights_only, mmap=True)
+        return torch.load(file, map_location=map_location, weights_only=weights_only)
     except pickle.UnpicklingError as error:
         if not weights_only:
             raise CheckpointCorruptedError(path, f"damaged: unpickling failed ({error})") from error

@@ -21,8 +21,9 @@ Loop differences from DDP:
 - the learning-rate scheduler stays the user's to step; the engine does not step it.
 - with several models set up, pass `fabric.backward(loss, model=model)`.
 - checkpoints are directories written by every rank through the engine (swapped in atomically); the state's other
-  entries travel as the engine's client state. DeepSpeed reads its files with the full unpickler, so
-  `fabric.load` needs `weights_only=False` (trusted checkpoints only).
+  entries travel as the engine's client state. `fabric.load` reads them with the safe loader, as under every
+  other strategy (`deepspeed_checkpoint_engine.py`); `weights_only=False` hands reading back to DeepSpeed's full
+  unpickler (trusted checkpoints only).
 - ZeRO offload (`deepspeed_stage_2_offload`, `deepspeed_stage_3_offload`) wants DeepSpeed's own CPU optimizer,
   `deepspeed.ops.adam.DeepSpeedCPUAdam` (a C++ op built on first use); DeepSpeed refuses torch optimizers there
   unless the config sets `zero_force_ds_cpu_optimizer: false`.
@@ -48,11 +49,11 @@ from torch.optim import Optimizer
 
 from fabric_kit.accelerators import Accelerator
 from fabric_kit.checkpoint.directory import verify_directory
-from fabric_kit.checkpoint.errors import UnsafeCheckpointError
 from fabric_kit.checkpoint.state import RESERVED_KEY, Filter, unwrap
 from fabric_kit.environments import ClusterEnvironment
 from fabric_kit.precision import Precision, TruePrecision
 from fabric_kit.strategies.ddp import DDPStrategy, StartMethod
+from fabric_kit.strategies.deepspeed_checkpoint_engine import safe_loading
 
 if TYPE_CHECKING:
     from deepspeed import DeepSpeedEngine
@@ -228,19 +229,16 @@ class DeepSpeedStrategy(DDPStrategy):
         client state: the other entries."""
         if state is None:
             raise ValueError(f"under DeepSpeed a checkpoint is loaded through the engine into the objects of a "
-                             f"state dict, `fabric.load({path!r}, {{'model': model, 'optimizer': optimizer}}, "
-                             "weights_only=False)`; to start from plain weights, load them into the model before "
+                             f"state dict, `fabric.load({path!r}, {{'model': model, 'optimizer': optimizer}})`; "
+                             "to start from plain weights, load them into the model before "
                              "fabric.setup")
-        if weights_only:
-            raise UnsafeCheckpointError(path, "DeepSpeed reads its checkpoint files with the full unpickler, which "
-                                              "can run code stored in them: for a checkpoint you trust, pass "
-                                              "`fabric.load(path, state, weights_only=False)`")
         verify_directory(path)
         engine, _ = self._split_state(state)
         wants_optimizer = any(unwrap(obj) is engine.optimizer for obj in state.values())
-        loaded, client = engine.load_checkpoint(path, tag=TAG, load_module_strict=strict,
-                                                load_optimizer_states=wants_optimizer,
-                                                load_lr_scheduler_states=False)
+        with safe_loading(engine, path, weights_only, loads_optimizer=wants_optimizer):
+            loaded, client = engine.load_checkpoint(path, tag=TAG, load_module_strict=strict,
+                                                    load_optimizer_states=wants_optimizer,
+                                                    load_lr_scheduler_states=False)
         if loaded is None:
             raise FileNotFoundError(f"checkpoint {path!r} holds no DeepSpeed checkpoint with tag {TAG!r}")
         return {**client[CLIENT_KEY], RESERVED_KEY: client[RESERVED_KEY]}

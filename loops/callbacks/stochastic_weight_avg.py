@@ -170,10 +170,15 @@ class StochasticWeightAveraging(Callback):
                 "average": None if self._average is None else [a.cpu() for a in self._average]}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Also Lightning's state (no "average" entry) from before averaging began."""
+        if "average" not in state_dict and state_dict["n_averaged"]:
+            raise ValueError("this checkpoint's StochasticWeightAveraging state is Lightning's, saved after averaging "
+                             "began (Lightning averages at each SWA epoch's start, into an AveragedModel): it cannot "
+                             "be continued here; resume from a checkpoint saved before swa_epoch_start")
         self.n_averaged = state_dict["n_averaged"]
         self._latest_update_epoch = state_dict["latest_update_epoch"]
         self._scheduler_state = state_dict["scheduler_state"]
-        average = state_dict["average"]
+        average = state_dict.get("average")
         self._average = None if average is None else [a.to(self._device or a.device) for a in average]
 
     def on_load_checkpoint(self, trainer: Any, pl_module: Any, checkpoint: dict[str, Any]) -> None:

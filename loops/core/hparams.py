@@ -31,6 +31,7 @@ class HyperparametersMixin:
     def __init__(self) -> None:
         super().__init__()
         self._log_hyperparams = True
+        self._hparams_name: str | None = "kwargs"  # how load_from_checkpoint passes the saved hparams to __init__
 
     def save_hyperparameters(self, *args: Any, ignore: str | Iterable[str] | None = None,
                              frame: types.FrameType | None = None, logger: bool = True) -> None:
@@ -40,18 +41,20 @@ class HyperparametersMixin:
         if frame is None:
             frame = inspect.currentframe().f_back  # type: ignore[union-attr]
         ignored = {ignore} if isinstance(ignore, str) else set(ignore or ())
+        init_args = _init_chain_arguments(frame, self)
+        self._hparams_name = "kwargs"  # each argument its own keyword
         if len(args) == 1 and isinstance(args[0], (dict, Namespace)):
             values = dict(vars(args[0]) if isinstance(args[0], Namespace) else args[0])
+            # the __init__ argument it came in as, if any (as Lightning records it)
+            self._hparams_name = next((name for name, value in init_args.items() if value is args[0]), None)
+        elif args:
+            missing = [name for name in args if name not in init_args]
+            if missing:
+                raise ValueError(f"save_hyperparameters got names {missing} that are not arguments of "
+                                 f"{type(self).__name__}.__init__; its arguments: {sorted(init_args)}")
+            values = {name: init_args[name] for name in args}
         else:
-            init_args = _init_chain_arguments(frame, self)
-            if args:
-                missing = [name for name in args if name not in init_args]
-                if missing:
-                    raise ValueError(f"save_hyperparameters got names {missing} that are not arguments of "
-                                     f"{type(self).__name__}.__init__; its arguments: {sorted(init_args)}")
-                values = {name: init_args[name] for name in args}
-            else:
-                values = init_args
+            values = init_args
         values = {k: v for k, v in values.items() if k not in ignored}
         self._set_hparams(values)
         self._hparams_initial = copy.deepcopy({k: v for k, v in values.items()

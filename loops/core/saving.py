@@ -39,8 +39,11 @@ def load_from_checkpoint(cls: type, checkpoint_path: str | Path, map_location: A
                          "hyperparameters; pass overrides as keyword arguments")
     checkpoint = read_checkpoint(checkpoint_path, map_location)
     is_datamodule = issubclass(cls, LightningDataModule)
-    key = "datamodule_hyper_parameters" if is_datamodule else "hyper_parameters"
-    hparams = {**checkpoint.get(key, {}), **kwargs}
+    prefix = "datamodule_" if is_datamodule else ""
+    hparams = {**checkpoint.get(f"{prefix}hyper_parameters", {}), **kwargs}
+    name = checkpoint.get(f"{prefix}hparams_name")
+    if name not in (None, "kwargs"):  # saved as one dict: `save_hyperparameters(hparams)` in `__init__(hparams)`
+        hparams = {name: hparams, **kwargs}
     obj = cls(**init_kwargs(cls, hparams))
     if is_datamodule:
         if cls.__qualname__ in checkpoint:

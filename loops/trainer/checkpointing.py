@@ -1,6 +1,8 @@
-"""What a Trainer checkpoint holds (Lightning's layout: epoch, global_step, state_dict, loops, callbacks,
-optimizer_states, lr_schedulers, hyper_parameters, datamodule state) and how `ckpt_path` restores it. Files are
-written and read through `fabric.save` / `fabric.load` (atomic, checksummed, RNG states included)."""
+"""What a Trainer checkpoint holds and how `ckpt_path` restores it. The layout is Lightning 2.x's (epoch,
+global_step, pytorch-lightning_version, state_dict, loops, callbacks, optimizer_states, lr_schedulers,
+hyper_parameters, datamodule state), so Lightning loads and resumes loops' files and loops resumes Lightning's.
+loops adds the training loader's position and, through `fabric.save` / `fabric.load` (atomic, verified), every
+rank's RNG states: what makes its own resume bit-exact."""
 from __future__ import annotations
 
 import os
@@ -10,9 +12,16 @@ from pathlib import Path
 from typing import Any, Callable
 
 from fabric_kit.checkpoint import read_checkpoint
+from fabric_kit.strategies import DDPStrategy, SingleDeviceStrategy
 from loops.core.hparams import storable_hparams
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+"""loops' own checkpoint layout; 2: the fit loop's position and (without a sharding strategy) the optimizer states
+as Lightning lays them out."""
+
+LIGHTNING_VERSION = "2.0.0"
+"""Written as `pytorch-lightning_version`, which Lightning requires: its checkpoint layout has not changed since
+2.0, so any Lightning 2.x reads the file as its own, without migrating it."""
 
 
 def dump_checkpoint(trainer: Any, weights_only: bool = False) -> dict[str, Any]:
@@ -20,6 +29,7 @@ def dump_checkpoint(trainer: Any, weights_only: bool = False) -> dict[str, Any]:
     checkpoint: dict[str, Any] = {
         "epoch": trainer.current_epoch,
         "global_step": trainer.global_step,
+        "pytorch-lightning_version": LIGHTNING_VERSION,
         "loops_format_version": FORMAT_VERSION,
         "state_dict": module.state_dict(),
         "loops": {"fit_loop": trainer.fit_loop.state_dict()},
@@ -27,14 +37,14 @@ def dump_checkpoint(trainer: Any, weights_only: bool = False) -> dict[str, Any]:
     if not weights_only:
         checkpoint["callbacks"] = {cb.state_key: cb.state_dict() for cb in trainer.callbacks if cb.state_dict()}
         checkpoint["optimizer_states"] = [opt.state_dict() for opt in trainer.optimizers]
-        checkpoint["optimizer_count"] = len(trainer.optimizers)
         checkpoint["lr_schedulers"] = [config.scheduler.state_dict() for config in trainer.lr_scheduler_configs]
     if module.hparams:
-        checkpoint["hparams_name"] = "kwargs"
+        checkpoint["hparams_name"] = module._hparams_name
         checkpoint["hyper_parameters"] = storable_hparams(module.hparams, type(module).__name__)
     datamodule = trainer.datamodule
     if datamodule is not None:
         if datamodule.hparams:
+            checkpoint["datamodule_hparams_name"] = datamodule._hparams_name
             checkpoint["datamodule_hyper_parameters"] = storable_hparams(datamodule.hparams,
                                                                          type(datamodule).__name__)
         state = datamodule.state_dict()
@@ -47,9 +57,23 @@ def dump_checkpoint(trainer: Any, weights_only: bool = False) -> dict[str, Any]:
     return checkpoint
 
 
+def strategy_keeps_optimizers(fabric: Any) -> bool:
+    """Whether fabric's strategy saves and loads optimizers its own way: then each optimizer is a checkpoint entry of
+    its own (`optimizer_key`), handed to fabric as the object (FSDP and DeepSpeed gather or shard its state, XLA
+    copies it off the device; a subclass may change how). Only under SingleDeviceStrategy and DDPStrategy itself is
+    an optimizer's `state_dict()` known to be its whole state: the file then holds their list under
+    `optimizer_states`, as Lightning does."""
+    return type(fabric.strategy) not in (SingleDeviceStrategy, DDPStrategy)
+
+
+def hand_optimizers_to_strategy(state: dict[str, Any], optimizers: list[Any]) -> None:
+    """Replace the `optimizer_states` list of `state` by one entry per optimizer object (and their count)."""
+    del state["optimizer_states"]
+    state.update({optimizer_key(i): opt for i, opt in enumerate(optimizers)})
+    state["optimizer_count"] = len(optimizers)
+
+
 def optimizer_key(index: int) -> str:
-    """Each optimizer is its own checkpoint entry (not a list): fabric saves and restores it in place, so a
-    sharding strategy handles its sharded state."""
     return f"optimizer_states.{index}"
 
 
@@ -124,20 +148,34 @@ def _files_in_dirpath(callback: Any, wanted: Callable[[str], Any]) -> list[str]:
 
 def restore_model(trainer: Any, path: str, stage: str) -> dict[str, Any]:
     """Load the weights (and this rank's RNG state) into the module and the datamodule's state; when fitting,
-    give callbacks their state and run their `on_load_checkpoint`. Returns the rest of the checkpoint."""
+    also the optimizers, give callbacks their state and run their `on_load_checkpoint`. Returns the rest of the
+    checkpoint."""
     module = trainer.lightning_module
+    optimizers = trainer._fabric_optimizers if stage == "fit" else []
+    by_strategy = bool(optimizers) and strategy_keeps_optimizers(trainer.fabric)
     state: dict[str, Any] = {"state_dict": module}
-    if stage == "fit":  # restored in place by fabric, so a sharding strategy gives each rank its shard
-        state.update({optimizer_key(i): opt for i, opt in enumerate(trainer._fabric_optimizers)})
+    if by_strategy:  # restored in place by fabric, so a sharding strategy gives each rank its shard
+        state.update({optimizer_key(i): opt for i, opt in enumerate(optimizers)})
     try:
         checkpoint = trainer.fabric.load(path, state)
     except KeyError as missing:
-        if stage != "fit" or optimizer_key(0) not in str(missing):
+        if not by_strategy or optimizer_key(0) not in str(missing):
             raise
-        raise KeyError(f"checkpoint {path!r} holds only the model (saved with weights_only=True); fit cannot resume "
-                       "the optimizers from it. Load the weights with Model.load_from_checkpoint and start fit "
-                       "without ckpt_path") from missing
+        raise KeyError(f"checkpoint {path!r} has no optimizer entries that {type(trainer.fabric.strategy).__name__} "
+                       "can restore: it was saved with weights_only=True, or holds the optimizer states as one list "
+                       "(a checkpoint of Lightning, or of loops on one device or under DDP), which only a strategy "
+                       f"that does not shard them reads ({missing})") from missing
     checkpoint["state_dict"] = module.state_dict()
+    version = checkpoint.get("loops_format_version")
+    if stage == "fit" and version not in (None, FORMAT_VERSION):  # None: not written by loops (e.g. by Lightning)
+        raise ValueError(f"checkpoint {path!r} has loops' checkpoint format {version}; fit resumes format "
+                         f"{FORMAT_VERSION} only (validate, test and load_from_checkpoint still read its weights)")
+    if optimizers:
+        saved = checkpoint.get("optimizer_count") if by_strategy else _restore_optimizer_list(trainer, checkpoint,
+                                                                                              path)
+        if saved != len(optimizers):
+            raise ValueError(f"checkpoint {path!r} has {saved} optimizer states but configure_optimizers returned "
+                             f"{len(optimizers)} optimizers")
     datamodule = trainer.datamodule
     if datamodule is not None and type(datamodule).__qualname__ in checkpoint:
         datamodule.load_state_dict(checkpoint[type(datamodule).__qualname__])
@@ -151,20 +189,42 @@ def restore_model(trainer: Any, path: str, stage: str) -> dict[str, Any]:
     return checkpoint
 
 
+def _restore_optimizer_list(trainer: Any, checkpoint: dict[str, Any], path: str) -> int:
+    """Load the `optimizer_states` list (or the entries a sharding strategy wrote into one file: full state) into
+    the optimizers; returns how many the checkpoint holds."""
+    states = checkpoint.get("optimizer_states")
+    if states is None and "optimizer_count" in checkpoint:
+        states = [checkpoint[optimizer_key(i)] for i in range(checkpoint["optimizer_count"])]
+    if states is None:
+        raise KeyError(f"checkpoint {path!r} holds only the model (saved with weights_only=True, e.g. by "
+                       "ModelCheckpoint(save_weights_only=True)); fit cannot resume the optimizers from it. Load "
+                       "the weights with Model.load_from_checkpoint and start fit without ckpt_path")
+    if len(states) == len(trainer.optimizers):
+        for optimizer, state in zip(trainer.optimizers, states):
+            optimizer.load_state_dict(state)
+    return len(states)
+
+
 def restore_training_state(trainer: Any, checkpoint: dict[str, Any], path: str) -> None:
-    """Optimizers, schedulers and loop progress, so `fit(ckpt_path=...)` continues where the run stopped."""
+    """Schedulers and loop progress, so `fit(ckpt_path=...)` continues where the run stopped. A checkpoint of
+    Lightning's resumes at its epoch, batch and step; without the loader's position loops keeps, a mid-epoch one
+    skips the trained batches of the epoch as the loader yields them now (a warning says so)."""
     if "lr_schedulers" not in checkpoint:
-        raise KeyError(f"checkpoint {path!r} holds only the model (saved with weights_only=True); fit cannot resume "
-                       "the optimizers from it. Load the weights with Model.load_from_checkpoint and start fit "
-                       "without ckpt_path")
-    saved = checkpoint.get("optimizer_count", len(trainer.optimizers))
-    if saved != len(trainer.optimizers):
-        raise ValueError(f"checkpoint {path!r} has {saved} optimizer states but configure_optimizers returned "
-                         f"{len(trainer.optimizers)} optimizers")
-    for config, state in zip(trainer.lr_scheduler_configs, checkpoint.get("lr_schedulers", [])):
+        raise KeyError(f"checkpoint {path!r} has no scheduler states (saved with weights_only=True); fit cannot "
+                       "resume from it. Load the weights with Model.load_from_checkpoint and start fit without "
+                       "ckpt_path")
+    for config, state in zip(trainer.lr_scheduler_configs, checkpoint["lr_schedulers"]):
         config.scheduler.load_state_dict(state)
+    fit_loop = trainer.fit_loop
     loop_state = checkpoint.get("loops", {}).get("fit_loop")
     if loop_state is not None:
-        trainer.fit_loop.load_state_dict(loop_state)
+        fit_loop.load_state_dict(loop_state)
     # The loop ends every epoch's pass on the loader (set_epoch), so the saved position agrees with the loop's.
-    trainer.fit_loop.loader_state = checkpoint.get("train_dataloader")
+    fit_loop.loader_state = checkpoint.get("train_dataloader")
+    if fit_loop.resume_skip and fit_loop.loader_state is None and "loops_format_version" not in checkpoint:
+        warnings.warn(f"checkpoint {path!r} (not written by loops) was saved after batch {fit_loop.resume_skip} of "
+                      f"epoch {trainer.current_epoch} and holds no position of the training loader (Lightning keeps "
+                      "none for a plain DataLoader): fit skips the epoch's first "
+                      f"{fit_loop.resume_skip} batches as the loader yields them now, which are the batches the run "
+                      "trained on only if the loader does not shuffle. Lightning itself would replay the epoch's "
+                      "first batches instead; resume from an end-of-epoch checkpoint to avoid both", stacklevel=2)

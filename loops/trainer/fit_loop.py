@@ -12,6 +12,7 @@ from loops.core.optimizer_config import step_schedulers
 from loops.logging.results import Results
 from loops.trainer.data import CycleLoaders, as_list, find_loaders, limit_batches, sequential, setup_loaders
 from loops.trainer.evaluation_loop import run_evaluation
+from loops.trainer.loop_state import LoopPosition, decode, encode
 from loops.trainer.optimization import AutomaticStep
 
 
@@ -27,7 +28,9 @@ class FitLoop:
         self.epoch_done = False
         self.total_batch_idx = 0  # batches completed over all epochs
         self.batches_stepped = 0  # batches that ended with an optimizer step (the loggers' step)
+        self.step_uncounted = False  # the running batch stepped, batches_stepped does not count it yet
         self.resume_skip = 0  # batches of the current epoch a resumed run has already trained on
+        self.resume_uncounted: bool | None = False  # the last of them is not counted (None: if validated after it)
         self.loader_state: dict[str, Any] | None = None  # the saved position of the training loader
         self._first_results: Any = None  # what on_train_start logged, handed to the first epoch
         self._loader_resumed = False
@@ -194,7 +197,9 @@ class FitLoop:
         skip, first = (0, start) if self._loader_resumed else (start, 0)
         self._loader_resumed = False
         validation = self._validation_enabled()
-        self.batch_idx = start
+        if start and self._count_on_resume(start, validation):
+            self.batches_stepped += 1
+        self.batch_idx, self.step_uncounted = start, False
         for batch_idx, batch in enumerate(self.train_loader, first):
             if batch_idx < skip:
                 continue
@@ -218,6 +223,7 @@ class FitLoop:
             self.batch_idx = batch_idx + 1  # complete: a checkpoint saved in on_train_batch_end resumes after it
             self.total_batch_idx += 1
             stepped = trainer._global_step != steps_before if not automatic else steps
+            self.step_uncounted = stepped  # until counted below: a checkpoint saved meanwhile says so
             if schedulers and stepped:  # `frequency` counts batches that stepped (optimizers may be several)
                 step_schedulers(schedulers, "step", self.batches_stepped + 1, trainer.callback_metrics,
                                 scheduler_step)
@@ -242,6 +248,7 @@ class FitLoop:
                                 scheduler_step)
             if stepped:
                 self.batches_stepped += 1
+                self.step_uncounted = False
             if last or (trainer.max_steps != -1 and trainer.global_step >= trainer.max_steps) \
                     or (trainer.should_stop and self._can_stop()) or (self._time_is_up()):
                 break
@@ -310,19 +317,35 @@ class FitLoop:
 
     # -- checkpoints ----------------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        return {"epoch": self.trainer.current_epoch, "epoch_done": self.epoch_done, "batch_idx": self.batch_idx,
-                "total_batch_idx": self.total_batch_idx, "batches_stepped": self.batches_stepped,
-                "global_step": self.trainer.global_step}
+        """The loop's position in Lightning's layout (`loop_state`), from which either Trainer resumes."""
+        trainer = self.trainer
+        return encode(LoopPosition(epoch=trainer.current_epoch, epoch_done=self.epoch_done, batches=self.batch_idx,
+                                   total_batches=self.total_batch_idx, batches_stepped=self.batches_stepped,
+                                   uncounted=self.step_uncounted, global_step=trainer.global_step,
+                                   automatic=trainer.lightning_module.automatic_optimization,
+                                   last_batch=self.batch_idx >= self.num_training_batches))
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         trainer = self.trainer
-        self.total_batch_idx = state["total_batch_idx"]
-        self.batches_stepped = state["batches_stepped"]
-        trainer._global_step = state["global_step"]
-        trainer.current_epoch = state["epoch"]
-        if state["epoch_done"]:
+        position = decode(state)
+        self.total_batch_idx = position.total_batches
+        self.batches_stepped = position.batches_stepped
+        trainer._global_step = position.global_step
+        trainer.current_epoch = position.epoch
+        if position.epoch_done:
             # Saved at the epoch's end (on_train_epoch_end, end-of-epoch validation), its schedulers already
             # stepped: the next epoch starts. (A ReduceLROnPlateau due after on_train_epoch_end is not stepped.)
             trainer.current_epoch += 1
         else:
-            self.resume_skip = state["batch_idx"]
+            self.resume_skip, self.resume_uncounted = position.batches, position.uncounted
+
+    def _count_on_resume(self, batches: int, validation: bool) -> bool:
+        """Whether resuming after `batches` of the epoch must count the last one's optimizer step in
+        `batches_stepped`: saved before it was counted (from its on_train_batch_end, or by Lightning in the
+        validation after it, which its counters do not tell apart from a save after the count)."""
+        uncounted, self.resume_uncounted = self.resume_uncounted, False
+        limit = self.num_training_batches
+        stepped = batches % self.trainer.accumulate_grad_batches == 0 or batches >= limit
+        if uncounted is None:
+            return stepped and validation and self._should_validate(batches - 1, batches >= limit)
+        return stepped and uncounted

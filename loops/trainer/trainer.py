@@ -483,13 +483,12 @@ class Trainer(TrainerProperties):
         if storage_options is not None:
             raise ValueError(f"storage_options={storage_options!r} is not supported; pass None")
         state = checkpointing.dump_checkpoint(self, weights_only)
-        # The module and optimizers themselves, not their state dicts: a sharding strategy gathers (or shards)
-        # them its own way.
+        # The module itself, not its state dict, and so the optimizers where the strategy saves them its own way:
+        # a sharding strategy gathers (or shards) them.
         if "current_model_state" not in state:  # else a weight-averaging callback put the average there
             state["state_dict"] = self.lightning_module
-        if "optimizer_states" in state:
-            del state["optimizer_states"]
-            state.update({checkpointing.optimizer_key(i): opt for i, opt in enumerate(self._fabric_optimizers)})
+        if "optimizer_states" in state and checkpointing.strategy_keeps_optimizers(self.fabric):
+            checkpointing.hand_optimizers_to_strategy(state, self._fabric_optimizers)
         loader = self.fit_loop.train_loader
         if not weights_only and is_wrapped(loader):  # fabric saves its position: resume continues the shuffle
             state["train_dataloader"] = loader

@@ -134,11 +134,7 @@ def test_unpickled_objects_are_refused_unless_trusted(observed, case):
         assert rank["unsafe_trusted"] == "ok" and rank["unsafe_note"] == Fraction(1, 3)
 
 
-@pytest.mark.parametrize("case", [
-    pytest.param(case, marks=[needs_deepspeed, pytest.mark.xfail(
-        strict=True, reason="DeepSpeed reads its checkpoint files with the full unpickler until the safe DeepSpeed "
-                            "checkpoint engine (branch `safe`) lands; until then the default load is refused")])
-    if case in DEEPSPEED else case for case in CASES])
+@pytest.mark.parametrize("case", ALL_CASES)
 def test_default_safe_load_restores_everything(observed, case):
     for rank in observed(case):
         assert rank["safe_load"] == "ok", rank["safe_load"]

@@ -45,6 +45,10 @@ def test_ddp_killed_mid_epoch_resumes_bit_exact(tmp_path, two_process_reference)
     resumed = torch.load(_train(tmp_path, "run", config))
     assert resumed["resumed_from"] == 7
     assert_same_weights(two_process_reference, resumed)
+    # What DDP ranks saved is a plain torch.save file: torch.load's defaults read it, every rank's RNG included.
+    for path in sorted((tmp_path / "run").glob("*.ckpt")):
+        checkpoint = torch.load(path)
+        assert {"model", "optimizer", "step"} <= set(checkpoint) and set(checkpoint["__fabric_kit__"]["rng"]) == {0, 1}
 
 
 def test_elastic_restart_after_worker_sigkill_completes_bit_exact(tmp_path, two_process_reference):

@@ -61,6 +61,13 @@ class Regression(L.LightningModule):
         return torch.optim.SGD(self.parameters(), lr=self.hparams.lr)
 
 
+class MomentumRegression(Regression):
+    """SGD with momentum: a resumed run matches an uninterrupted one only if the optimizer state came back."""
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.05, momentum=0.9)
+
+
 class ScriptedLoss(Regression):
     """Logs val_loss = scores[epoch] (the last score repeats): checkpoint and stopping tests script the metric."""
 

@@ -80,9 +80,10 @@ def test_resume_mid_epoch_equals_uninterrupted(tmp_path, shuffle):
     reference, _ = _train(2, shuffle)
     path = tmp_path / "mid.ckpt"
     _train(2, shuffle, [SaveAt(path, epoch=0, batch=3)])
-    assert _read(path)["loops"]["fit_loop"]["batch_idx"] == 4  # the saving batch is complete
+    assert _read(path)["loops"]["fit_loop"]["epoch_loop.batch_progress"]["current"]["processed"] == 4  # complete
     resumed, trainer = _train(2, shuffle, ckpt_path=path)
     assert trainer.global_step == 16
+    assert trainer.fit_loop.batches_stepped == 16  # the saving batch's step counted once: loggers' steps agree
     assert torch.equal(resumed.layer.weight, reference.layer.weight)
 
 
@@ -92,7 +93,8 @@ def test_resume_from_the_last_batch_of_an_epoch(tmp_path):
     path = tmp_path / "last_batch.ckpt"
     _train(2, True, [SaveAt(path, epoch=0, batch=7)])
     resumed, trainer = _train(2, True, ckpt_path=path)
-    assert trainer.global_step == 16 and torch.equal(resumed.layer.weight, reference.layer.weight)
+    assert trainer.global_step == trainer.fit_loop.batches_stepped == 16
+    assert torch.equal(resumed.layer.weight, reference.layer.weight)
 
 
 def test_checkpoint_contents(tmp_path):
@@ -112,7 +114,7 @@ def test_checkpoint_contents(tmp_path):
     trainer = make_trainer(max_epochs=1, callbacks=[SaveAt(path, epoch=0)], limit_val_batches=0)
     trainer.fit(model, datamodule=DataModule(batch_size=8))
     checkpoint = _read(path)
-    assert {"epoch", "global_step", "state_dict", "loops", "callbacks", "optimizer_states.0", "lr_schedulers",
+    assert {"epoch", "global_step", "state_dict", "loops", "callbacks", "optimizer_states", "lr_schedulers",
             "hyper_parameters", "datamodule_hyper_parameters", DataModule.__qualname__} <= set(checkpoint)
     assert checkpoint["epoch"] == 0 and checkpoint["global_step"] == 4
     assert checkpoint["hyper_parameters"] == {"lr": 0.3}
@@ -134,7 +136,7 @@ def test_weights_only_checkpoint_cannot_resume_fit(tmp_path):
     path = tmp_path / "w.ckpt"
     model, trainer = _train(1, False)
     trainer.save_checkpoint(path, weights_only=True)
-    assert "optimizer_states.0" not in _read(path)
+    assert "optimizer_states" not in _read(path)
     with pytest.raises(KeyError, match="weights_only=True"):
         _train(2, False, ckpt_path=path)
 
@@ -219,3 +221,14 @@ def test_resume_from_a_checkpoint_saved_after_fit(tmp_path):
     resumed, trainer = _train(3, True, ckpt_path=path)
     assert trainer.global_step == 24
     assert torch.equal(resumed.layer.weight, reference.layer.weight)
+
+
+def test_fit_refuses_a_checkpoint_of_another_loops_format(tmp_path):
+    model, trainer = _train(1, False)
+    trainer.save_checkpoint(tmp_path / "now.ckpt")
+    checkpoint = torch.load(tmp_path / "now.ckpt")
+    checkpoint["loops_format_version"] = 1
+    torch.save(checkpoint, tmp_path / "old.ckpt")
+    with pytest.raises(ValueError, match="loops' checkpoint format 1; fit resumes format 2 only"):
+        _train(2, False, ckpt_path=tmp_path / "old.ckpt")
+    assert torch.equal(Momentum.load_from_checkpoint(tmp_path / "old.ckpt").layer.weight, model.layer.weight)

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from loops_helpers import Regression, loader, make_trainer
+from loops_helpers import MomentumRegression, Regression, loader, make_trainer
 
 SCRIPT = Path(__file__).parent / "scripts" / "loops_ddp_fit.py"
 
@@ -21,6 +21,8 @@ def test_ddp_script_two_processes(run_ranks, tmp_path, accumulate):
     assert ranks[0]["best"] == ranks[1]["best"] == str(tmp_path / "checkpoints" / f"epoch=1-step={steps}.ckpt")
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == [f"epoch=1-step={steps}.ckpt", "last.ckpt"]
     assert all(r["resumed_step"] == steps * 3 // 2 for r in ranks)
+    last = torch.load(tmp_path / "checkpoints" / "last.ckpt")  # Lightning's layout: its Trainer can resume it
+    assert len(last["optimizer_states"]) == 1 and "pytorch-lightning_version" in last
     assert torch.equal(ranks[0]["resumed_weight"], ranks[1]["resumed_weight"])
     assert ranks[0]["gathered"] == [0, 1]
     for r in ranks:
@@ -48,11 +50,21 @@ def test_ddp_spawn_returns_weights_to_the_launching_process(clean_env, monkeypat
 
 
 def test_fsdp_script_two_processes(run_ranks, tmp_path):
+    single = make_trainer(max_epochs=1, limit_val_batches=0)
+    single.fit(MomentumRegression(), loader(n=32, batch_size=8))
+    single.save_checkpoint(tmp_path / "single.ckpt")
     _, ranks = run_ranks([SCRIPT.parent / "loops_fsdp_fit.py", tmp_path], tmp_path, timeout=180)
+    assert all("holds the optimizer states as one list" in r["refused"] for r in ranks)
     assert all(r["global_step"] == 8 for r in ranks)
     assert all({"train_loss", "val_loss"} <= set(r["metrics"]) for r in ranks)
     for r in ranks:  # resumed from a sharded checkpoint (weights and momentum) == uninterrupted
         assert all(torch.allclose(r["resumed"][k], r["reference"][k], atol=1e-6) for k in r["reference"])
+    # The full-state file (each optimizer its own entry) resumes on one process, with the two ranks' batches as one
+    model = MomentumRegression()
+    make_trainer(max_epochs=2, num_sanity_val_steps=0).fit(model, loader(n=32, batch_size=8), loader(n=8),
+                                                            ckpt_path=tmp_path / "fsdp_full.ckpt")
+    reference = ranks[0]["reference"]
+    assert all(torch.allclose(model.state_dict()[k], reference[k], atol=1e-6) for k in reference)
 
 
 def test_datamodule_seed_on_two_processes_then_test_and_predict(run_ranks, tmp_path):

@@ -10,6 +10,10 @@ records, for STRATEGY (a deepspeed_stage_* preset or ddp):
 - "accumulated": losses of steps of two micro-batches each. Under ddp and stage 1 the first micro-batch runs inside
   `no_backward_sync`; under stages 2 and 3, which refuse that (recorded as "no_sync_error"), DeepSpeed accumulates
   with gradient_accumulation_steps=2 and the loop steps every micro-batch.
+Under DeepSpeed also, loading with default arguments as everywhere else (the resumed run above):
+- "full_unpickler": the first loss after loading the same checkpoint with weights_only=False;
+- "crafted_<kind>": what loading a copy whose model or optimizer states files run code when unpickled (creating
+  OUT_DIR/marker_<kind>) raised.
 It saves them to OUT_DIR/rank<r>.pt.
 """
 import os
@@ -19,11 +23,14 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "examples" / "fabric"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "checkpoint"))
+from crafted import crafted_files  # noqa: E402
 from deepspeed_zero import TinyLM, batch, next_token_loss  # noqa: E402
 
 from fabric_kit import Fabric  # noqa: E402
 
 STEPS, SPLIT, MICRO = 8, 4, 2
+CRAFTED = {"model_states": "checkpoint/*model_states.pt", "optim_states": "checkpoint/*optim_states.pt"}
 
 
 def fresh(fabric, seed):
@@ -74,6 +81,27 @@ def accumulate(fabric, result):
     result["accumulated"] = losses
 
 
+def loading_safely(fabric, checkpoint, out_dir, result):
+    model, optimizer = fresh(fabric, 1)
+    state = {"model": model, "optimizer": optimizer, "step": 0}
+    fabric.load(checkpoint, state, weights_only=False)
+    result["full_unpickler"] = train(fabric, model, optimizer, [state["step"]], named=True)
+    if fabric.is_global_zero:
+        for kind, pattern in CRAFTED.items():
+            crafted_files(checkpoint, os.path.join(out_dir, f"crafted_{kind}"),
+                          os.path.join(out_dir, f"marker_{kind}"), pattern)
+    fabric.barrier()
+    for kind in CRAFTED:
+        model, optimizer = fresh(fabric, 1)
+        try:
+            fabric.load(os.path.join(out_dir, f"crafted_{kind}"), {"model": model, "optimizer": optimizer})
+            result[f"crafted_{kind}"] = "loaded"
+        except Exception as error:  # noqa: BLE001 - the test asserts on what was raised
+            result[f"crafted_{kind}"] = {"error": type(error).__name__, "message": str(error),
+                                         "path": getattr(error, "path", None)}
+        fabric.barrier()
+
+
 def main(strategy, out_dir):
     fabric = Fabric(accelerator="cpu", devices=2, strategy=strategy)
     fabric.launch()
@@ -88,13 +116,16 @@ def main(strategy, out_dir):
 
     model, optimizer = fresh(fabric, 1)  # other initial weights: everything must come from the checkpoint
     state = {"model": model, "optimizer": optimizer, "step": 0}
-    remainder = fabric.load(checkpoint, state, weights_only=False)
+    remainder = fabric.load(checkpoint, state)
     result["loaded_step"], result["remainder"] = state["step"], remainder
     result["resumed"] = train(fabric, model, optimizer, range(state["step"], STEPS), named=True)
 
+    if strategy != "ddp":
+        loading_safely(fabric, checkpoint, out_dir, result)
     accumulate(fabric, result)
     result["checkpoint_files"] = sorted(str(p.relative_to(checkpoint)) for p in Path(checkpoint).rglob("*")
                                         if p.is_file())
+    result["out_dir"] = str(out_dir)
     torch.save(result, os.path.join(out_dir, f"rank{fabric.global_rank}.pt"))
 
 

@@ -57,6 +57,32 @@ def test_resumed_run_continues_the_uninterrupted_one(runs, strategy):
 
 @needs_deepspeed
 @pytest.mark.parametrize("strategy", STAGES)
+def test_full_unpickler_still_loads_an_intact_checkpoint(runs, strategy):
+    for rank in runs(strategy):
+        assert rank["full_unpickler"] == pytest.approx(rank["resumed"][:1], abs=1e-6)
+
+
+@needs_deepspeed
+@pytest.mark.parametrize("kind", ["model_states", "optim_states"])
+@pytest.mark.parametrize("strategy", STAGES)
+def test_crafted_checkpoint_file_is_refused_and_runs_nothing(runs, strategy, kind):
+    """A file of the checkpoint replaced by a pickle that creates a marker when unpickled (manifest updated):
+    default fabric.load refuses it on every rank, naming the file, and the marker never appears."""
+    ranks = runs(strategy)
+    out = Path(ranks[0]["out_dir"])
+    for rank in ranks:
+        refused = rank[f"crafted_{kind}"]
+        assert refused != "loaded" and refused["error"] == "UnsafeCheckpointError", refused
+        assert refused["path"].endswith(f"{kind}.pt") and "weights_only=False" in refused["message"]
+    marker = out / f"marker_{kind}"
+    assert not marker.exists()
+    # The crafted file is live: the full unpickler runs its code.
+    torch.load(Path(ranks[0][f"crafted_{kind}"]["path"]), weights_only=False)
+    assert marker.exists()
+
+
+@needs_deepspeed
+@pytest.mark.parametrize("strategy", STAGES)
 def test_losses_match_ddp(runs, strategy):
     """Plain steps, and steps of two micro-batches: under stage 1 the first inside `no_backward_sync` (gradients
     summed locally, reduced once), under stages 2 and 3 DeepSpeed's gradient_accumulation_steps."""

@@ -59,9 +59,19 @@ def test_resume_equals_uninterrupted_run(fsdp, kind):
         assert result[kind]["losses"] == pytest.approx(result["losses"], abs=1e-6)
         assert result[kind]["step"] == STEPS // 2  # a plain entry of the state came back too
     assert (out / f"checkpoint_{kind}").is_dir() == (kind == "sharded")
-    if kind == "full":  # one file that a plain model loads
+    if kind == "full":  # one file that a plain model loads, through fabric_kit or torch.load's defaults alone
         model = TinyTransformer()
         model.load_state_dict(Fabric(accelerator="cpu", devices=1).load(out / "checkpoint_full")["model"])
+        model.load_state_dict(torch.load(out / "checkpoint_full")["model"])
+
+
+def test_sharded_directory_is_read_by_torch_distributed_checkpoint_alone(fsdp, tmp_path):
+    from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+
+    _, out = fsdp
+    dcp_to_torch_save(out / "checkpoint_sharded", tmp_path / "gathered.pt")  # no fabric_kit on the read path
+    model = TinyTransformer()
+    model.load_state_dict(torch.load(tmp_path / "gathered.pt")["model"])
 
 
 def test_meta_device_init_trains_like_normal_init(fsdp):

@@ -11,7 +11,6 @@ from typing import Any, Iterator, Literal
 import torch
 import torch.distributed.checkpoint as dcp
 from torch import Tensor
-from torch.distributed.checkpoint import DefaultLoadPlanner
 from torch.distributed.tensor import DTensor
 from torch.nn import Module
 from torch.optim import Optimizer
@@ -20,6 +19,7 @@ from fabric_kit.accelerators import Accelerator
 from fabric_kit.checkpoint.directory import verify_directory
 from fabric_kit.checkpoint.errors import reported_write_errors
 from fabric_kit.checkpoint.sharded import PLAIN_ENTRIES, is_sharded_checkpoint
+from fabric_kit.checkpoint.sharded_reading import load_sharded
 from fabric_kit.checkpoint.state import Filter
 from fabric_kit.environments import ClusterEnvironment
 from fabric_kit.precision import Precision
@@ -193,7 +193,7 @@ class FSDPStrategy(ParallelStrategy, BackwardSyncControl):
         entries = super().read_entries(str(Path(path) / PLAIN_ENTRIES), state, strict, weights_only)
         modules, optimizers, _ = checkpoint.split_state(state)
         shards = checkpoint.state_dicts(modules, optimizers, full=False)
-        dcp.load(shards, checkpoint_id=path, planner=DefaultLoadPlanner(allow_partial_load=not strict))
+        load_sharded(shards, path, strict=strict, weights_only=weights_only)
         return {**entries, **shards}
 
     def restore_entries(self, state: dict[str, Any], entries: dict[str, Any], strict: bool) -> dict[str, Any]:
