@@ -3,9 +3,8 @@ on it read them, verified on load with the CRC-32s and sizes the zip archive alr
 
 A write never leaves a torn file: it goes to a temporary name in the target's own directory (so the rename cannot
 cross file systems), is fsynced, and is renamed over the target; a process killed at any instant leaves either the
-old file or the new one. A read maps the file once (`torch.load(mmap=True)`): the checksums are computed over the
-mapping, then torch unpickles from the same pages, so the file is read from disk once and never copied whole into
-memory."""
+old file or the new one. A read checks the archive's structure, then the records' CRCs on another thread while
+torch.load reads them (the page cache serves both), and hands the result back only once every CRC matched."""
 from __future__ import annotations
 
 import glob
