@@ -93,7 +93,7 @@ def test_setup_module_then_optimizers(fabric):
                                                              ("fsdp", 2, True)])
 def test_setup_module_first_says_when_optimizers_come_after_the_model(strategy, devices, first):
     # FSDP's refusal of optimizers built before sharding, which this flag announces, is exercised on 2 processes
-    # by tests/loops/scripts/loops_fsdp_fit.py (the Trainer follows the flag).
+    # by tests/loops/trainer/scripts/loops_fsdp_fit.py (the Trainer follows the flag).
     fabric = Fabric(accelerator="cpu", devices=devices, strategy=strategy)
     assert fabric.setup_module_first is first is fabric.strategy.setup_module_first
 

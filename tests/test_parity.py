@@ -1,18 +1,11 @@
 """Fabric changes where a loop runs, not what it computes: a fixed-seed training through Fabric ends with the same
 weights as the raw PyTorch loop (bit-equal on one process, within 1e-5 with DDP over the same global batches)."""
-import importlib.util
-from pathlib import Path
-
 import pytest
 import torch
 from torch import nn
 
 from fabric_kit import Fabric
-
-_WORKER = Path(__file__).parent / "strategies" / "ddp_worker.py"
-_spec = importlib.util.spec_from_file_location("ddp_worker", _WORKER)
-worker = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(worker)  # the conv net and the global batches the DDP ranks use
+from tests.strategies import ddp_worker as worker  # the conv net and the global batches the DDP ranks use
 
 STEPS = 200
 
@@ -59,7 +52,7 @@ def test_single_process_is_bit_equal_to_the_raw_loop():
 def test_ddp_matches_one_process_over_the_global_batches(run_ranks, tmp_path):
     """Each of 2 ranks takes half of every global batch (mean loss per rank; DDP averages gradients), which is the
     gradient of the mean loss over the whole global batch."""
-    _, ranks = run_ranks([_WORKER, "parity", "ddp", tmp_path], tmp_path)
+    _, ranks = run_ranks([worker.__file__, "parity", "ddp", tmp_path], tmp_path)
     expected = raw_loop()
     assert list(ranks[0]["weights"]) == list(expected)
     for name, weight in expected.items():

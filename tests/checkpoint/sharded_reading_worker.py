@@ -10,17 +10,13 @@ observed to OUT_DIR/rank<r>.pt.
 """
 import os
 import sys
-from pathlib import Path
 
 import torch
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent / "strategies"))
-from crafted import crafted_entry, crafted_metadata  # noqa: E402
-from fsdp_worker import Block, batches, full_weights, model_and_optimizer, train  # noqa: E402
-
-from fabric_kit import Fabric  # noqa: E402
-from fabric_kit.strategies.fsdp import FSDPStrategy  # noqa: E402
+from fabric_kit import Fabric
+from fabric_kit.strategies.fsdp import FSDPStrategy
+from tests.helpers.crafted import crafted_entry, crafted_metadata
+from tests.strategies.fsdp_worker import Block, batches, full_weights, model_and_optimizer, train
 
 CRAFTED = {"crafted_metadata": crafted_metadata, "crafted_entry": crafted_entry}
 

@@ -8,7 +8,6 @@ tests/xla/test_xla_contract.py (`make test-xla`). A strategy registered later mu
 NOT_RUNNABLE below, or test_every_registered_strategy_is_accounted_for fails.
 """
 import importlib.util
-import sys
 from fractions import Fraction
 from pathlib import Path
 
@@ -17,10 +16,9 @@ import torch
 
 from fabric_kit import Fabric
 from fabric_kit.strategies.registry import STRATEGIES
+from tests.checkpoint.contract_worker import CASES, PRECISION_MARKER, SCALE_AT_SAVE
 
 WORKER = Path(__file__).with_name("contract_worker.py")
-sys.path.insert(0, str(WORKER.parent))
-from contract_worker import CASES, PRECISION_MARKER, SCALE_AT_SAVE  # noqa: E402
 
 GROUPS = [["ddp_fork", "ddp_spawn", "single_device"],
           ["ddp", "fsdp_sharded", "fsdp_full", "fsdp_cpu_offload"],

@@ -14,7 +14,6 @@ from pathlib import Path
 import pytest
 import torch
 import torch.distributed.checkpoint as dcp
-from crafted import TouchesMarker, copy_of, crafted_metadata
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -24,6 +23,7 @@ from fabric_kit.checkpoint.directory import MANIFEST, write_manifest
 from fabric_kit.checkpoint.sharded import PLAIN_ENTRIES
 from fabric_kit.checkpoint.sharded_reading import load_sharded, read_metadata
 from fabric_kit.cli.main import main
+from tests.helpers.crafted import TouchesMarker, copy_of, crafted_metadata
 
 WORKER = Path(__file__).with_name("sharded_reading_worker.py")
 # DCP warns that a save or load without a process group is meant for one process: here it is.

@@ -3,7 +3,7 @@ import os
 import socket
 import time
 
-from cli_processes import FABRIC, SCRIPT, assert_one_world_of_two, results, run
+from tests.helpers.cli_processes import FABRIC, SCRIPT, assert_one_world_of_two, results, run
 
 
 def _alive(pid: int) -> bool:

@@ -13,7 +13,7 @@ from fabric_kit.cli.devices import format_devices, parse_devices, processes_per_
 from fabric_kit.cli.main import build_parser, main
 from fabric_kit.cli.run import script_environment, torchrun_arguments
 from fabric_kit.connector import accelerator_names, precision_names, strategy_names
-from cli_processes import HERE, SCRIPT, clean_environment
+from tests.helpers.cli_processes import CLI_TESTS, SCRIPT, clean_environment
 
 FLAGS = ("--accelerator", "--strategy", "--devices", "--num-nodes", "--node-rank", "--main-address", "--main-port",
          "--precision", "--max-restarts", "--module")
@@ -72,7 +72,7 @@ def test_bad_value_lists_what_is_accepted(flag, accepted, capsys):
 
 def test_from_a_shell_bad_input_has_no_traceback():
     for argv in (["run"], ["run", "--devices", "0", str(SCRIPT)]):
-        done = subprocess.run([sys.executable, "-m", "fabric_kit", *argv], cwd=HERE, env=clean_environment(),
+        done = subprocess.run([sys.executable, "-m", "fabric_kit", *argv], cwd=CLI_TESTS, env=clean_environment(),
                               capture_output=True, text=True, timeout=60)
         assert done.returncode == 2
         assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr, done.stderr

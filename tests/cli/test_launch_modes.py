@@ -3,10 +3,10 @@ import os
 import sys
 
 import pytest
-from cli_processes import (FABRIC, SCRIPT, assert_one_world_of_two, clean_environment, finish, free_port, results,
-                           run, start)
 
 from fabric_kit.cli.main import main
+from tests.helpers.cli_processes import (FABRIC, SCRIPT, assert_one_world_of_two, clean_environment, finish, free_port,
+                                        results, run, start)
 
 
 @pytest.mark.parametrize("launcher", [

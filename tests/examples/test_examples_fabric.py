@@ -2,7 +2,7 @@
 DeepSpeed examples are run in tests/strategies/, the XLA one in tests/xla/)."""
 from pathlib import Path
 
-from examples_runner import number_after, run_example
+from tests.helpers.examples import number_after, run_example
 
 FABRIC_RUN_2 = ("-m", "fabric_kit", "run", "--devices", "2")
 

@@ -1,5 +1,5 @@
 """The loops examples run as written, with tiny sizes; the digits classifier on 2 DDP processes."""
-from examples_runner import number_after, run_example
+from tests.helpers.examples import number_after, run_example
 
 
 def test_digits_classifier_fits_on_two_processes_and_tests_the_best_checkpoint(clean_env, tmp_path):

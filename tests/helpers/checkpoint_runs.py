@@ -1,4 +1,4 @@
-"""Running scripts/train.py in real processes, and comparing what they trained."""
+"""Running tests/checkpoint/scripts/train.py in real processes, and comparing what they trained."""
 import os
 import signal
 import socket
@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parents[2]
-SCRIPT = Path(__file__).resolve().parent / "scripts" / "train.py"
+SCRIPT = ROOT / "tests" / "checkpoint" / "scripts" / "train.py"
 _LAUNCHER_PREFIXES = ("SLURM_", "LSB_", "JSM_", "OMPI_", "PMI_", "TORCHELASTIC_", "FABRIC_KIT_")
 _LAUNCHER_NAMES = ("MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE", "RANK", "LOCAL_RANK", "LOCAL_WORLD_SIZE",
                    "NODE_RANK", "GROUP_RANK")

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-HERE = Path(__file__).resolve().parent
-ROOT = HERE.parents[1]
-SCRIPT = HERE / "scripts" / "hello.py"
+ROOT = Path(__file__).resolve().parents[2]
+CLI_TESTS = ROOT / "tests" / "cli"
+SCRIPT = CLI_TESTS / "scripts" / "hello.py"
 FABRIC = [sys.executable, "-m", "fabric_kit"]  # the `fabric` console script, whichever package installed it last
 _LAUNCHER_PREFIXES = ("SLURM_", "LSB_", "JSM_", "OMPI_", "PMI_", "PET_", "TORCHELASTIC_", "FABRIC_KIT_")
 _LAUNCHER_NAMES = ("MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE", "RANK", "LOCAL_RANK", "LOCAL_WORLD_SIZE",
@@ -33,7 +33,7 @@ def clean_environment(**extra: str) -> dict[str, str]:
 
 def start(command: list[str], **extra: str) -> subprocess.Popen:
     """Start `command` from tests/cli in its own session, so a test can kill everything it left behind."""
-    return subprocess.Popen([str(c) for c in command], cwd=HERE, env=clean_environment(**extra), text=True,
+    return subprocess.Popen([str(c) for c in command], cwd=CLI_TESTS, env=clean_environment(**extra), text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
 
 

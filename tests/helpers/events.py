@@ -1,5 +1,6 @@
-"""Read the scalars of TensorBoard event files back, checking each record's checksums as TensorBoard does, with
-tensorboardX's own protobuf classes: tests and scripts can verify what was logged without installing TensorBoard."""
+"""Read the scalars of TensorBoard event files back, checking each record's checksums, with tensorboardX's own
+protobuf classes. TensorBoard's own reader stops quietly at a damaged record (it takes it for one still being
+written); the tests want it refused."""
 from __future__ import annotations
 
 import os
@@ -10,11 +11,9 @@ from pathlib import Path
 def read_scalars(log_dir: str | os.PathLike) -> dict[str, list[tuple[int, float]]]:
     """`{tag: [(step, value), ...]}` from every `events.out.tfevents.*` file in `log_dir` (not its subfolders),
     in file then write order. A damaged record raises ValueError naming the file."""
-    try:
-        from tensorboardX.proto.event_pb2 import Event
-        from tensorboardX.record_writer import masked_crc32c
-    except ImportError as err:
-        raise ImportError("reading event files needs tensorboardX: pip install 'fabric_kit[tensorboard]'") from err
+    from tensorboardX.proto.event_pb2 import Event
+    from tensorboardX.record_writer import masked_crc32c
+
     scalars: dict[str, list[tuple[int, float]]] = {}
     for path in sorted(Path(log_dir).glob("events.out.tfevents.*")):
         data = path.read_bytes()

@@ -8,9 +8,7 @@ import pytest
 pytest.importorskip("mlflow")
 
 from loops.loggers import MLFlowLogger  # noqa: E402
-
-sys.path.insert(0, str(Path(__file__).parents[1] / "loops"))
-from loops_helpers import Regression, loader, make_trainer  # noqa: E402
+from tests.helpers.loops import Regression, loader, make_trainer  # noqa: E402
 
 
 @pytest.fixture

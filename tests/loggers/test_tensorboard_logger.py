@@ -12,8 +12,8 @@ from hypothesis import strategies as st
 
 from fabric_kit import Fabric
 from fabric_kit.loggers import DummyExperiment, TensorBoardLogger
-from fabric_kit.loggers.events import read_scalars
 from fabric_kit.loggers.folder import next_version
+from tests.helpers.events import read_scalars
 
 
 def _summary_tags(log_dir):

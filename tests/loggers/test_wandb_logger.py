@@ -7,7 +7,7 @@ import pytest
 wandb = pytest.importorskip("wandb")
 
 from loops.loggers import WandbLogger  # noqa: E402
-from wandb_records import run_records  # noqa: E402
+from tests.helpers.wandb_records import run_records  # noqa: E402
 
 
 @pytest.fixture
@@ -42,8 +42,7 @@ def test_offline_run_holds_metrics_and_config(offline, clean_env):
 
 
 def test_trainer_fit_logs_to_an_offline_run(offline, clean_env):
-    sys.path.insert(0, str(__import__("pathlib").Path(__file__).parents[1] / "loops"))
-    from loops_helpers import Regression, loader, make_trainer
+    from tests.helpers.loops import Regression, loader, make_trainer
 
     logger = WandbLogger(project="p", save_dir=offline, offline=True)
     make_trainer(logger=logger, max_epochs=2, log_every_n_steps=1).fit(Regression(lr=0.05), loader(n=16, batch_size=4))

@@ -22,12 +22,13 @@ from pathlib import Path
 
 import torch
 
+# The example is a user script, not a module of a package: its model is imported from the folder that running it
+# would put first on the path.
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "examples" / "fabric"))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "checkpoint"))
-from crafted import crafted_files  # noqa: E402
 from deepspeed_zero import TinyLM, batch, next_token_loss  # noqa: E402
 
 from fabric_kit import Fabric  # noqa: E402
+from tests.helpers.crafted import crafted_files  # noqa: E402
 
 STEPS, SPLIT, MICRO = 8, 4, 2
 CRAFTED = {"model_states": "checkpoint/*model_states.pt", "optim_states": "checkpoint/*optim_states.pt"}

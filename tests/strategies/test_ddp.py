@@ -171,10 +171,8 @@ def test_multiprocessing_strategies(run_ranks, tmp_path, strategy):
 def test_ddp_notebook_runs_without_a_script(run_ranks, tmp_path):
     """A notebook has no script to re-run: the function is defined in `__main__` of a `python -c` process."""
     code = textwrap.dedent(f"""
-        import sys
-        sys.path.insert(0, {str(WORKER.parent)!r})
         from fabric_kit import Fabric
-        import ddp_worker
+        from tests.strategies import ddp_worker
 
         def cell(fabric):
             return ddp_worker.main(fabric, "train", {str(tmp_path)!r})

@@ -5,18 +5,14 @@ DeepSpeed's fp16 dynamic loss scaler appears in checkpoints only with fp16 train
 CPU: its objects are saved here directly, as the ZeRO optimizers store them.
 """
 import importlib.util
-import sys
 from collections import OrderedDict
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import torch
 
 from fabric_kit.checkpoint import UnsafeCheckpointError
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "checkpoint"))
-from crafted import TouchesMarker  # noqa: E402
+from tests.helpers.crafted import TouchesMarker
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("deepspeed") is None,
                                 reason="DeepSpeed is not installed: pip install 'fabric_kit[deepspeed]' "

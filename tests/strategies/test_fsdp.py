@@ -14,12 +14,11 @@ import torch
 from fabric_kit import Fabric
 from fabric_kit.checkpoint.consolidate import consolidate
 from fabric_kit.strategies.fsdp import FSDPStrategy
+from tests.strategies.fsdp_worker import STEPS, TinyTransformer
 
 WORKER = Path(__file__).with_name("fsdp_worker.py")
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "examples" / "fabric" / "fsdp_transformer.py"
-sys.path.insert(0, str(WORKER.parent))
-from fsdp_worker import STEPS, TinyTransformer  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -11,8 +11,6 @@ available. These prove that their checkpoints carry every rank's RNG states (the
 """
 import importlib.util
 import os
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -20,9 +18,7 @@ import torch
 from fabric_kit.checkpoint.io import load_file
 from fabric_kit.checkpoint.state import RESERVED_KEY
 from fabric_kit.fabric import Fabric
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "checkpoint"))
-from contract_worker import scenario  # noqa: E402
+from tests.checkpoint.contract_worker import scenario
 
 
 @pytest.mark.skipif(importlib.util.find_spec("torch_xla") is None,

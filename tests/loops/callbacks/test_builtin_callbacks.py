@@ -8,8 +8,8 @@ import torch
 from fabric_kit.checkpoint import read_checkpoint
 import loops as L
 from loops.callbacks import EarlyStopping, ModelCheckpoint
-from loops_helpers import Regression, loader, make_trainer
-from loops_helpers import ScriptedLoss as Scripted
+from tests.helpers.loops import Regression, loader, make_trainer
+from tests.helpers.loops import ScriptedLoss as Scripted
 
 
 def test_default_layout_epoch_step_files(tmp_path):

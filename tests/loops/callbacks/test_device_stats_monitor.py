@@ -4,11 +4,11 @@ import csv
 from pathlib import Path
 
 import pytest
-from loops_helpers import Regression, loader, make_trainer
 
 from loops.callbacks import DeviceStatsMonitor
 from loops.callbacks.device_stats_monitor import CpuReader
 from loops.loggers import CSVLogger
+from tests.helpers.loops import Regression, loader, make_trainer
 
 STATS = ("cpu_percent", "cpu_vm_percent", "cpu_swap_percent")
 

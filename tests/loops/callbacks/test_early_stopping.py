@@ -7,7 +7,7 @@ import pytest
 
 from loops.callbacks import EarlyStopping, ModelCheckpoint
 from loops.callbacks.early_stopping import EarlyStoppingReason
-from loops_helpers import Regression, loader, make_trainer
+from tests.helpers.loops import Regression, loader, make_trainer
 
 
 class Scripted(Regression):

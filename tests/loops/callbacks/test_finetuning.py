@@ -2,11 +2,11 @@
 parameter group whose learning rate follows the schedule."""
 import pytest
 import torch
-from loops_helpers import Regression, loader, make_trainer
 from torch import nn
 
 import loops as L
 from loops.callbacks import BackboneFinetuning, BaseFinetuning
+from tests.helpers.loops import Regression, loader, make_trainer
 
 
 class WithBackbone(Regression):

@@ -12,8 +12,8 @@ from hypothesis import strategies as st
 import loops as L
 from fabric_kit.checkpoint import read_checkpoint
 from loops.callbacks import ModelCheckpoint
-from loops_helpers import Regression, loader, make_trainer
-from loops_helpers import ScriptedLoss as Scripted
+from tests.helpers.loops import Regression, loader, make_trainer
+from tests.helpers.loops import ScriptedLoss as Scripted
 
 # Several tests write into a folder on purpose a second time.
 pytestmark = pytest.mark.filterwarnings("ignore:Checkpoint directory .* exists and is not empty")

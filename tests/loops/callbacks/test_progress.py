@@ -16,7 +16,7 @@ import loops as L
 from loops.callbacks import ModelSummary, ProgressBar, RichProgressBar, TQDMProgressBar
 from loops.callbacks.progress.line_display import format_line
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 SCRIPT = Path(__file__).parent / "scripts" / "loops_progress_fit.py"
 
 
@@ -124,7 +124,7 @@ def test_line_format():
 
 
 def test_disabled_bar_shows_nothing_in_process(capsys):
-    from loops_helpers import Regression, loader
+    from tests.helpers.loops import Regression, loader
 
     bar = TQDMProgressBar(refresh_rate=0)
     trainer = L.Trainer(accelerator="cpu", logger=False, enable_checkpointing=False, enable_model_summary=False,
@@ -134,7 +134,7 @@ def test_disabled_bar_shows_nothing_in_process(capsys):
 
 
 def test_test_prints_lightnings_results_table(capsys, monkeypatch):
-    from loops_helpers import Regression, loader
+    from tests.helpers.loops import Regression, loader
 
     class TwoLoaders(Regression):
         def test_step(self, batch, batch_idx, dataloader_idx=0):
@@ -151,7 +151,7 @@ def test_test_prints_lightnings_results_table(capsys, monkeypatch):
 
 
 def test_bar_counts_batches_for_subclasses():
-    from loops_helpers import Regression, loader
+    from tests.helpers.loops import Regression, loader
 
     class Recording(TQDMProgressBar):
         def __init__(self):

@@ -2,11 +2,11 @@
 swa_epoch_start on, the learning rate anneals to swa_lrs, and BatchNorm statistics are recomputed for the average."""
 import pytest
 import torch
-from loops_helpers import Regression, loader, make_trainer
 from torch import nn
 
 import loops as L
 from loops.callbacks import StochasticWeightAveraging
+from tests.helpers.loops import Regression, loader, make_trainer
 
 
 class WithBatchNorm(Regression):

@@ -3,10 +3,10 @@
 window arithmetic on fixed times."""
 import pytest
 import torch
-from loops_helpers import Regression, loader, make_trainer
 
 from loops.callbacks import ThroughputMonitor
 from loops.callbacks.throughput_monitor import Throughput, compute_dtype, get_available_flops
+from tests.helpers.loops import Regression, loader, make_trainer
 
 
 class Recording:

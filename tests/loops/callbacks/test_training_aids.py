@@ -12,7 +12,7 @@ from fabric_kit.checkpoint import read_checkpoint
 from fabric_kit.loggers import CSVLogger
 from loops.callbacks import GradientAccumulationScheduler, LearningRateMonitor, ModelCheckpoint, ModelSummary, Timer
 from loops.callbacks.model_summary import human_readable_count, summarize
-from loops_helpers import Regression, loader, make_trainer
+from tests.helpers.loops import Regression, loader, make_trainer
 
 
 class Scheduled(Regression):

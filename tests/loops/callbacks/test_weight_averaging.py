@@ -2,10 +2,10 @@
 the per-step weights (computed here independently), validation runs on the average, and resume is exact."""
 import pytest
 import torch
-from loops_helpers import Regression, loader, make_trainer
 
 import loops as L
 from loops.callbacks import EMAWeightAveraging, WeightAveraging
+from tests.helpers.loops import Regression, loader, make_trainer
 
 
 class StepRecorder(L.Callback):

@@ -8,7 +8,7 @@ import torch
 
 from fabric_kit.checkpoint import read_checkpoint
 from loops.callbacks import BasePredictionWriter, LambdaCallback, OnExceptionCheckpoint
-from loops_helpers import Regression, dataset, loader, make_trainer
+from tests.helpers.loops import Regression, dataset, loader, make_trainer
 
 
 def test_lambda_callback_runs_its_functions():

@@ -2,7 +2,6 @@
 overrides, --print_config, class_path, --optimizer, --ckpt_path, 2 DDP processes); bad input is checked
 in-process too (exit status 2 and a message naming the key)."""
 import importlib
-import importlib.util
 import json
 import os
 import subprocess
@@ -14,6 +13,7 @@ import torch
 import yaml
 
 from loops.cli import LightningCLI, OptimizerCallable, instantiate_class
+from tests.loops.cli.scripts import cli_regression as script  # its classes, for the in-process tests
 
 SCRIPT = Path(__file__).parent / "scripts" / "cli_regression.py"
 
@@ -157,7 +157,7 @@ def test_ddp_two_processes_parse_the_same_command_line(cli, tmp_path):
 
 
 def test_example_runs_from_its_config(run_ranks, tmp_path):
-    example = SCRIPT.parents[3] / "examples" / "loops"
+    example = SCRIPT.parents[4] / "examples" / "loops"
     proc = run_ranks([example / "cli_train.py", "fit", "--config", example / "config.yaml", "--trainer.max_epochs", "1",
                       "--trainer.default_root_dir", tmp_path], check=False, timeout=180)
     assert proc.returncode == 0, proc.stderr
@@ -189,13 +189,6 @@ def keep_seed_variables():
             os.environ[name] = value
 
 
-def _script_module():
-    spec = importlib.util.spec_from_file_location("cli_regression", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.mark.parametrize("args, message", [
     (["--model.hidden", "4", "--trainer.max_epochz", "2"], "trainer.max_epochz"),
     (["--model.hidden", "4", "--trainer.max_epoch", "2"], "--trainer.max_epoch"),  # no prefix matching
@@ -206,7 +199,6 @@ def _script_module():
     (["--model.hidden", "4", "--ckpt_path", "best"], "--ckpt_path best: no checkpoint callback"),
 ])
 def test_bad_input_exits_2_naming_the_key(capsys, tmp_path, args, message):
-    script = _script_module()
     with pytest.raises(SystemExit) as exited:
         LightningCLI(script.Net, script.RegressionData, trainer_defaults={"default_root_dir": str(tmp_path)},
                      args=["fit", "--trainer.accelerator", "cpu", *args])
@@ -215,7 +207,6 @@ def test_bad_input_exits_2_naming_the_key(capsys, tmp_path, args, message):
 
 
 def test_print_config_is_valid_input_for_every_subcommand(capsys, tmp_path):
-    script = _script_module()
     with pytest.raises(SystemExit) as exited:
         LightningCLI(script.Net, script.RegressionData, args=["test", "--model.hidden", "3", "--print_config"])
     assert exited.value.code == 0
@@ -224,7 +215,6 @@ def test_print_config_is_valid_input_for_every_subcommand(capsys, tmp_path):
 
 
 def test_run_false_builds_without_running(tmp_path):
-    script = _script_module()
     with pytest.warns(UserWarning, match="Net.configure_optimizers is replaced"):
         cli = LightningCLI(script.Net, script.RegressionData, run=False, seed_everything_default=3,
                            trainer_defaults={"default_root_dir": str(tmp_path), "accelerator": "cpu"},
@@ -243,7 +233,6 @@ QUIET_FIT = ["fit", "--trainer.accelerator", "cpu", "--trainer.max_epochs", "1",
 
 
 def test_an_existing_config_is_kept_unless_overwrite(tmp_path):
-    script = _script_module()
     args = [*QUIET_FIT, "--trainer.default_root_dir", str(tmp_path), "--model.hidden", "2"]
     LightningCLI(script.Net, script.RegressionData, args=args)  # logger=False: log_dir is default_root_dir
     with pytest.raises(RuntimeError, match=f"{tmp_path / 'config.yaml'} already exists"):
@@ -255,8 +244,6 @@ def test_an_existing_config_is_kept_unless_overwrite(tmp_path):
 
 
 def test_without_a_datamodule_the_model_brings_its_data(tmp_path):
-    script = _script_module()
-
     class WithData(script.Net):
         def train_dataloader(self):
             return script.RegressionData(n=8).train_dataloader()
@@ -267,8 +254,6 @@ def test_without_a_datamodule_the_model_brings_its_data(tmp_path):
 
 
 def test_predict_subcommand(tmp_path):
-    script = _script_module()
-
     class Predicting(script.Net):
         def predict_dataloader(self):
             return script.RegressionData().test_dataloader()  # 8 samples, batch 4
@@ -285,8 +270,6 @@ def test_predict_subcommand(tmp_path):
 
 
 def test_optimizers_injected_into_the_model_or_linked_to_an_argument(tmp_path):
-    script = _script_module()
-
     class Injected(script.Net):
         def __init__(self, optimizer: OptimizerCallable = torch.optim.Adam, hidden: int = 2) -> None:
             super().__init__(hidden=hidden)

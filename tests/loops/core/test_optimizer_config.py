@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from loops.core.optimizer_config import parse_optimizers
-from loops_helpers import Regression, loader, make_trainer
+from tests.helpers.loops import Regression, loader, make_trainer
 
 PARAM = [torch.nn.Parameter(torch.zeros(1))]
 

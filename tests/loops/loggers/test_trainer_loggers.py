@@ -8,10 +8,10 @@ import torch
 from torch.utils.data import DataLoader, random_split
 
 import loops as L
-from fabric_kit.loggers.events import read_scalars
 from loops.callbacks import EarlyStopping, ModelCheckpoint
 from loops.loggers import CSVLogger, Logger, TensorBoardLogger
-from loops_helpers import Regression, dataset, loader
+from tests.helpers.events import read_scalars
+from tests.helpers.loops import Regression, dataset, loader
 
 QUIET = dict(accelerator="cpu", devices=1, enable_progress_bar=False, enable_model_summary=False)
 

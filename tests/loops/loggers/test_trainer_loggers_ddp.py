@@ -2,7 +2,7 @@
 only rank 0 writes, and synced logging from step and epoch hooks finishes, over uneven validation shards too."""
 from pathlib import Path
 
-from fabric_kit.loggers.events import read_scalars
+from tests.helpers.events import read_scalars
 
 SCRIPT = Path(__file__).parent / "scripts" / "loops_ddp_loggers.py"
 
@@ -35,7 +35,7 @@ def test_fewer_validation_rows_than_processes_still_finishes(run_ranks, tmp_path
 
 def test_ddp_spawn_leaves_the_launching_process_on_the_ranks_version(clean_env, tmp_path):
     import loops as L
-    from loops_helpers import Regression, loader
+    from tests.helpers.loops import Regression, loader
 
     trainer = L.Trainer(accelerator="cpu", devices=2, strategy="ddp_spawn", max_epochs=1, default_root_dir=tmp_path,
                         enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0)

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 import loops as L
-from loops_helpers import Regression, loader, make_trainer
+from tests.helpers.loops import Regression, loader, make_trainer
 
 
 class Momentum(Regression):

@@ -4,7 +4,7 @@ import time
 import pytest
 import torch
 
-from loops_helpers import Counter, Regression, loader, make_trainer
+from tests.helpers.loops import Counter, Regression, loader, make_trainer
 
 
 def fit(model=None, train=None, val=None, **kwargs):

@@ -4,7 +4,7 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 import loops as L
-from loops_helpers import make_trainer
+from tests.helpers.loops import make_trainer
 
 FIT_ORDER = """configure_callbacks prepare_data cb.setup(fit) setup(fit) configure_model configure_optimizers
 cb.on_fit_start on_fit_start cb.on_sanity_check_start val_dataloader on_validation_model_eval cb.on_validation_start

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from loops.callbacks import ModelCheckpoint
-from loops_helpers import Regression, loader, make_trainer
+from tests.helpers.loops import Regression, loader, make_trainer
 
 SCRIPT = Path(__file__).parent / "scripts" / "loops_kill_resume.py"
 

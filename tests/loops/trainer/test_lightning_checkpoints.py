@@ -10,7 +10,7 @@ from torch import nn
 
 import loops as L
 from loops import callbacks as loops_callbacks
-from loops_helpers import loader
+from tests.helpers.loops import loader
 
 pl = pytest.importorskip("lightning.pytorch")
 from lightning.pytorch import callbacks as pl_callbacks  # noqa: E402

@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 import loops as L
-from loops_helpers import loader, make_trainer
+from tests.helpers.loops import loader, make_trainer
 
 
 class GAN(L.LightningModule):

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 import loops as L
-from loops_helpers import loader, make_trainer
+from tests.helpers.loops import loader, make_trainer
 
 
 def build():

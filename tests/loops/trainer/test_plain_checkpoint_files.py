@@ -3,7 +3,7 @@
 import torch
 
 from loops.callbacks import ModelCheckpoint
-from loops_helpers import Regression, loader, make_trainer
+from tests.helpers.loops import Regression, loader, make_trainer
 
 
 def test_model_checkpoint_and_save_checkpoint_files_load_with_plain_torch_load(tmp_path):

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import loops as L
-from loops_helpers import Regression, dataset, loader, make_trainer
+from tests.helpers.loops import Regression, dataset, loader, make_trainer
 
 
 class Data(L.LightningDataModule):

@@ -8,7 +8,7 @@ import torch
 from torch.utils.data import DataLoader, Sampler
 
 from fabric_kit.precision import TruePrecision
-from loops_helpers import Regression, dataset, loader, make_trainer
+from tests.helpers.loops import Regression, dataset, loader, make_trainer
 
 
 @pytest.fixture

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from loops_helpers import MomentumRegression, Regression, loader, make_trainer
+from tests.helpers.loops import MomentumRegression, Regression, loader, make_trainer
 
 SCRIPT = Path(__file__).parent / "scripts" / "loops_ddp_fit.py"
 

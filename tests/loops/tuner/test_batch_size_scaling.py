@@ -4,12 +4,12 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from loops_helpers import Regression, dataset, loader, make_trainer
 from torch.utils.data import DataLoader
 
 from loops.callbacks import BatchSizeFinder
 from loops.tuner import Tuner
 from loops.tuner.batch_size_scaling import _Search, is_out_of_memory
+from tests.helpers.loops import Regression, dataset, loader, make_trainer
 
 
 class MemoryCapped(Regression):

@@ -3,11 +3,11 @@ import sys
 
 import pytest
 import torch
-from loops_helpers import Counter, Regression, loader, make_trainer
 
 import loops as L
 from loops.callbacks import LearningRateFinder
 from loops.tuner import Tuner
+from tests.helpers.loops import Counter, Regression, loader, make_trainer
 
 
 def _state(model):

@@ -1,14 +1,12 @@
-"""Run by test_loops_progress.py as `python loops_progress_fit.py BAR DEVICES LOG_DIR`: a 2-epoch fit (16 training
+"""Run by test_progress.py as `python loops_progress_fit.py BAR DEVICES LOG_DIR`: a 2-epoch fit (16 training
 batches of 4 per process on one device, 8 on two; 4 validation batches) with a CSV logger of version 7 and the
 progress bar BAR ("tqdm", "rich" or "default"), then a test run; the test reads what reached stdout."""
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import loops as L  # noqa: E402
-from fabric_kit.loggers import CSVLogger  # noqa: E402
-from loops.callbacks import RichProgressBar, TQDMProgressBar  # noqa: E402
-from loops_helpers import Regression, loader  # noqa: E402
+import loops as L
+from fabric_kit.loggers import CSVLogger
+from loops.callbacks import RichProgressBar, TQDMProgressBar
+from tests.helpers.loops import Regression, loader
 
 BARS = {"tqdm": lambda: [TQDMProgressBar(line_every_n_steps=5, line_every_seconds=None)],
         "rich": lambda: [RichProgressBar(line_every_n_steps=5, line_every_seconds=None)],

@@ -1,20 +1,18 @@
-"""Run by test_loops_cli.py as a user's LightningCLI script: `python cli_regression.py SUBCOMMAND [--config ...]
+"""Run by test_lightning_cli.py as a user's LightningCLI script: `python cli_regression.py SUBCOMMAND [--config ...]
 [--group.option value ...]`. `--summary.out_dir DIR` adds a callback writing what each rank ran (stage, model,
 hyperparameters, weights, optimizer, metrics, seed) to DIR/<stage>_rank<r>.json; `--then_test_best true` runs
 `trainer.test(ckpt_path="best")` after fit, as a Lightning script's `after_fit` would."""
 import json
 import os
-import sys
 from pathlib import Path
 
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import loops as L  # noqa: E402
-from loops.cli import LightningCLI, SaveConfigCallback  # noqa: E402
-from loops_helpers import dataset  # noqa: E402
+import loops as L
+from loops.cli import LightningCLI, SaveConfigCallback
+from tests.helpers.loops import dataset
 
 
 class RegressionData(L.LightningDataModule):

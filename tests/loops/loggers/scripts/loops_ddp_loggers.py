@@ -1,4 +1,4 @@
-"""Run by test_loops_loggers_ddp.py as `python loops_ddp_loggers.py OUT_DIR [VAL_ROWS]`: a 2-process DDP fit with the default
+"""Run by test_trainer_loggers_ddp.py as `python loops_ddp_loggers.py OUT_DIR [VAL_ROWS]`: a 2-process DDP fit with the default
 logger under OUT_DIR (which already holds version_0) whose module logs with sync_dist=True from training_step,
 validation_step (per step too, over uneven validation shards), on_train_epoch_end and on_validation_epoch_end.
 Each rank saves what it saw to OUT_DIR/rank{r}.pt."""
@@ -7,9 +7,8 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import loops as L  # noqa: E402
-from loops_helpers import Regression, loader  # noqa: E402
+import loops as L
+from tests.helpers.loops import Regression, loader
 
 
 class SyncedLogs(Regression):

@@ -1,4 +1,4 @@
-"""Run by test_loops_ddp.py as `python loops_ddp_datamodule.py OUT_DIR`: the DataModule seed as a user writes it
+"""Run by test_trainer_ddp.py as `python loops_ddp_datamodule.py OUT_DIR`: the DataModule seed as a user writes it
 (prepare_data/setup, on_step + on_epoch logging, a torchmetrics metric, a custom callback), fitted with
 Trainer(devices=2, strategy="ddp") on CPU, then trainer.test and trainer.predict with a prediction-writing callback.
 Each rank saves what it saw to OUT_DIR/rank{r}.pt."""

@@ -1,14 +1,13 @@
-"""Run by test_loops_ddp.py as `python loops_ddp_fit.py OUT_DIR ACCUMULATE`: Trainer(strategy="ddp", devices=2) re-runs this
+"""Run by test_trainer_ddp.py as `python loops_ddp_fit.py OUT_DIR ACCUMULATE`: Trainer(strategy="ddp", devices=2) re-runs this
 script for rank 1, exactly as a user's script would be. Each rank saves what it saw to OUT_DIR/rank{r}.pt."""
 import sys
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import loops as L  # noqa: E402
-from loops.callbacks import ModelCheckpoint  # noqa: E402
-from loops_helpers import Regression, loader  # noqa: E402
+import loops as L
+from loops.callbacks import ModelCheckpoint
+from tests.helpers.loops import Regression, loader
 
 
 class Synced(Regression):

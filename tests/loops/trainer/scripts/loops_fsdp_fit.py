@@ -1,4 +1,4 @@
-"""Run by test_loops_ddp.py as `python loops_fsdp_fit.py OUT_DIR`: the Trainer under FSDP on 2 processes (the
+"""Run by test_trainer_ddp.py as `python loops_fsdp_fit.py OUT_DIR`: the Trainer under FSDP on 2 processes (the
 strategy re-runs this script for rank 1); configure_optimizers then runs on the sharded parameters. A run saved
 after 1 epoch and resumed to 2 must end where an uninterrupted 2-epoch run does (momentum state included); it is
 also saved as one full-state file (fsdp_full.ckpt). A checkpoint written by one process (single.ckpt) is refused."""
@@ -7,9 +7,8 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import loops as L  # noqa: E402
-from loops_helpers import MomentumRegression, loader  # noqa: E402
+import loops as L
+from tests.helpers.loops import MomentumRegression, loader
 
 
 def fit(out_dir: Path, epochs: int, ckpt_path=None):
@@ -29,7 +28,7 @@ def main(out_dir: str) -> None:
     out = Path(out_dir)
     trainer, _ = fit(out, 1)
     trainer.save_checkpoint(out / "fsdp.ckpt")
-    trainer.fabric.strategy.state_dict_type = "full"  # and as one file, which test_loops_ddp resumes on one process
+    trainer.fabric.strategy.state_dict_type = "full"  # and as one file, which test_trainer_ddp resumes on one process
     trainer.save_checkpoint(out / "fsdp_full.ckpt")
     resumed, resumed_model = fit(out, 2, ckpt_path=out / "fsdp.ckpt")
     reference, reference_model = fit(out, 2)

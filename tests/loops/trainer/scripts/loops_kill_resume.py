@@ -1,4 +1,4 @@
-"""Run by test_loops_kill_resume.py as `python loops_kill_resume.py OUT_DIR MODE`, the way a user reruns a crashed
+"""Run by test_kill_resume.py as `python loops_kill_resume.py OUT_DIR MODE`, the way a user reruns a crashed
 job: the same script with ckpt_path="last". MODE "kill" dies by SIGKILL in the middle of epoch 1 (3 optimizer
 steps after the latest checkpoint); "resume" is the rerun; "full" trains uninterrupted. Dropout and shuffling make
 the result depend on the restored RNG and dataloader position. Writes OUT_DIR/<MODE>.pt with the final weights."""

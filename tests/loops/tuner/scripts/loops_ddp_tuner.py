@@ -1,4 +1,4 @@
-"""Run by test_loops_tuner_ddp.py as `python loops_ddp_tuner.py OUT_DIR`: on 2 gloo processes (strategy="ddp"),
+"""Run by test_tuner_ddp.py as `python loops_ddp_tuner.py OUT_DIR`: on 2 gloo processes (strategy="ddp"),
 the learning-rate range test (each rank sees its own shard, so their losses differ), then a fit with EMA weight
 averaging and the ThroughputMonitor. Each rank saves what it saw to OUT_DIR/rank{r}.pt."""
 import sys
@@ -6,11 +6,10 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import loops as L  # noqa: E402
-from loops.callbacks import EMAWeightAveraging, ThroughputMonitor  # noqa: E402
-from loops.tuner import Tuner  # noqa: E402
-from loops_helpers import Regression, loader  # noqa: E402
+import loops as L
+from loops.callbacks import EMAWeightAveraging, ThroughputMonitor
+from loops.tuner import Tuner
+from tests.helpers.loops import Regression, loader
 
 
 class Recording:

@@ -1,0 +1,3 @@
+"""What tests in several folders share: the Trainer's test models and loaders (`loops`), checkpoints crafted to run
+code (`crafted`), readers of what loggers wrote (`events`, `wandb_records`), and runners of examples, launcher
+commands and training scripts in real processes (`examples`, `cli_processes`, `checkpoint_runs`)."""
