@@ -1,5 +1,5 @@
 """Metrics to `metrics.csv` (one row per `log_metrics` call, one column per key ever logged) and hyperparameters
-to `hparams.yaml`, with nothing but the standard library: the logger that always works."""
+to `hparams.yaml`, with nothing beyond the base install: the logger that always works."""
 from __future__ import annotations
 
 import csv

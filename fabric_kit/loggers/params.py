@@ -1,11 +1,7 @@
-"""Hyperparameters as loggers store them: a flat dict of plain values, and an `hparams.yaml` file written without
-needing a YAML package (every JSON value is valid YAML)."""
+"""Hyperparameters as loggers store them: a flat dict of plain values, and an `hparams.yaml` file."""
 from __future__ import annotations
 
-import json
-import math
 import os
-import re
 from argparse import Namespace
 from enum import Enum
 from typing import Any, Mapping
@@ -13,8 +9,6 @@ from typing import Any, Mapping
 from torch import Tensor
 
 __all__ = ["as_dict", "flatten", "plain", "write_hparams_yaml"]
-
-_PLAIN_KEY = re.compile(r"[A-Za-z_][\w.\-/]*")
 
 
 def as_dict(params: Mapping[str, Any] | Namespace | None) -> dict[str, Any]:
@@ -59,25 +53,23 @@ def plain(value: Any) -> Any:
 
 
 def write_hparams_yaml(path: str | os.PathLike, params: Mapping[str, Any]) -> None:
-    """Write `params` (nested dicts kept) to `path` as YAML that `yaml.safe_load` reads back."""
-    lines = [f"{_key(key)}: {json.dumps(_jsonable(value))}" for key, value in params.items()]
+    """Write `params` to `path` with `yaml.safe_dump`, in their order, nested dicts kept and every value made plain
+    (see `plain`): `yaml.safe_load` and Lightning's `load_hparams_from_yaml` read it back."""
+    import yaml  # here rather than at the top, so that `import fabric_kit` stays light
+
     with open(path, "w", encoding="utf-8") as file:
-        file.write("\n".join(lines) + "\n" if lines else "{}\n")
+        yaml.safe_dump(_plain_tree(params), file, sort_keys=False, allow_unicode=True)
 
 
-def _key(key: Any) -> str:
-    key = str(key)
-    return key if _PLAIN_KEY.fullmatch(key) and key.lower() not in {"true", "false", "null", "yes", "no", "on", "off"} \
-        else json.dumps(key)
-
-
-def _jsonable(value: Any) -> Any:
+def _plain_tree(value: Any) -> Any:
+    """Namespaces and mappings as dicts with string keys, lists and tuples as lists, anything else `plain`; a
+    subclass of bool, int, float or str (a numpy float, an IntEnum) as its base type, since safe_dump knows those
+    types only."""
     if isinstance(value, Namespace):
         value = vars(value)
     if isinstance(value, Mapping):
-        return {str(k): _jsonable(v) for k, v in value.items()}
+        return {str(key): _plain_tree(item) for key, item in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_jsonable(item) for item in value]
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)  # JSON has no NaN / infinity
-    return plain(value)
+        return [_plain_tree(item) for item in value]
+    value = plain(value)
+    return next((kind(value) for kind in (bool, int, float, str) if isinstance(value, kind)), value)

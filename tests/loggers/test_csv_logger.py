@@ -59,7 +59,7 @@ def test_hparams_yaml_loads_back(tmp_path):
                             "nested": {"x": None, "inf": math.inf}, "fn": math.sqrt})
     saved = yaml.safe_load((tmp_path / "exp" / "v" / "hparams.yaml").read_text())
     assert saved == {"lr": 1e-3, "layers": [32, 16], "true": "a key YAML would read as a bool",
-                     "nested": {"x": None, "inf": "inf"}, "fn": "sqrt"}
+                     "nested": {"x": None, "inf": math.inf}, "fn": "sqrt"}
 
 
 def test_reusing_a_version_replaces_its_metrics_with_a_warning(tmp_path):
