@@ -1,15 +1,13 @@
 """DeviceStatsMonitor: log the accelerator's statistics (CUDA memory counters) and, on CPU runs or on request, the
-machine's CPU and memory use, around every training, validation and test batch, straight to the loggers."""
+machine's CPU and memory use (read with psutil), around every training, validation and test batch, straight to the
+loggers."""
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import torch
 
 from loops.callbacks.callback import Callback
-
-_PROC = Path("/proc")
 
 
 class DeviceStatsMonitor(Callback):
@@ -18,11 +16,11 @@ class DeviceStatsMonitor(Callback):
 
     cpu_stats: None logs CPU statistics only when training on the CPU; True also on an accelerator; False never.
     CPU statistics (`cpu_percent` of the whole machine since the last reading, `cpu_vm_percent` and
-    `cpu_swap_percent`) are read from Linux's /proc, so psutil is not needed; elsewhere pass cpu_stats=False."""
+    `cpu_swap_percent`) are psutil's (`pip install 'fabric_kit[psutil]'`). Without psutil, a fit that would log
+    them stops in `setup` with an ImportError saying so; cpu_stats=False logs the accelerator's statistics alone."""
 
     def __init__(self, cpu_stats: bool | None = None) -> None:
         self._cpu_stats = cpu_stats
-        self._cpu = CpuReader()
 
     def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
         if stage != "fit":
@@ -30,19 +28,25 @@ class DeviceStatsMonitor(Callback):
         if not trainer.loggers:
             raise ValueError("DeviceStatsMonitor sends its statistics to the loggers, and this Trainer has none "
                              "(logger=False); pass a logger or remove the callback")
-        on_cpu = trainer.fabric.device.type == "cpu"
-        if (self._cpu_stats or (self._cpu_stats is None and on_cpu)) and not self._cpu.available():
-            raise ValueError("DeviceStatsMonitor reads CPU statistics from /proc, which this system does not have; "
-                             "pass DeviceStatsMonitor(cpu_stats=False)")
+        if self._logs_cpu(trainer.fabric.device):
+            try:
+                import psutil  # noqa: F401
+            except ImportError as missing:
+                raise ImportError("DeviceStatsMonitor reads CPU statistics with psutil, which is not installed: "
+                                  "pip install 'fabric_kit[psutil]', or pass DeviceStatsMonitor(cpu_stats=False)"
+                                  ) from missing
 
     def device_stats(self, device: torch.device) -> dict[str, float]:
         """The statistics of `device`, plus the CPU's where `cpu_stats` asks for them."""
         stats: dict[str, float] = {}
         if device.type == "cuda":
             stats.update(torch.cuda.memory_stats(device))
-        if self._cpu_stats or (self._cpu_stats is None and device.type == "cpu"):
-            stats.update(self._cpu.read())
+        if self._logs_cpu(device):
+            stats.update(cpu_stats())
         return stats
+
+    def _logs_cpu(self, device: torch.device) -> bool:
+        return self._cpu_stats or (self._cpu_stats is None and device.type == "cpu")
 
     def _log(self, trainer: Any, hook: str) -> None:
         if (trainer._logger_step + 1) % trainer.log_every_n_steps and not trainer.should_stop:
@@ -79,31 +83,10 @@ class DeviceStatsMonitor(Callback):
         self._log(trainer, "on_test_batch_end")
 
 
-class CpuReader:
-    """The machine's CPU busy share since the previous reading (since boot at the first), and its memory and swap
-    use, from /proc/stat and /proc/meminfo: what psutil's cpu_percent and virtual / swap memory percent give."""
+def cpu_stats() -> dict[str, float]:
+    """The machine's CPU busy share since the previous call (since psutil was imported, at the first), and its
+    memory and swap use, in percent, from psutil."""
+    import psutil
 
-    def __init__(self, proc: Path = _PROC) -> None:
-        self._proc = proc
-        self._last: tuple[int, int] = (0, 0)
-
-    def available(self) -> bool:
-        return (self._proc / "stat").is_file() and (self._proc / "meminfo").is_file()
-
-    def read(self) -> dict[str, float]:
-        # /proc/stat "cpu" line: user nice system idle iowait irq softirq steal (guest time is inside user)
-        fields = [int(v) for v in (self._proc / "stat").read_text().split("\n", 1)[0].split()[1:9]]
-        total, idle = sum(fields), fields[3] + fields[4]
-        last_total, last_idle = self._last
-        self._last = (total, idle)
-        elapsed = total - last_total
-        cpu_percent = 100.0 * (elapsed - (idle - last_idle)) / elapsed if elapsed > 0 else 0.0
-        memory = {}
-        for line in (self._proc / "meminfo").read_text().splitlines():
-            name, _, value = line.partition(":")
-            memory[name] = int(value.split()[0])
-        swap_total = memory.get("SwapTotal", 0)
-        return {"cpu_percent": cpu_percent,
-                "cpu_vm_percent": 100.0 * (memory["MemTotal"] - memory["MemAvailable"]) / memory["MemTotal"],
-                "cpu_swap_percent": 100.0 * (swap_total - memory.get("SwapFree", 0)) / swap_total if swap_total
-                else 0.0}
+    return {"cpu_percent": psutil.cpu_percent(), "cpu_vm_percent": psutil.virtual_memory().percent,
+            "cpu_swap_percent": psutil.swap_memory().percent}

@@ -1,12 +1,13 @@
-"""DeviceStatsMonitor on a real CPU fit: the CPU statistics reach the logger under Lightning's names, and the /proc
-readings are computed as psutil would."""
+"""DeviceStatsMonitor on a real CPU fit: the CPU statistics reach the logger under Lightning's names, and without
+psutil the error names the extra to install."""
 import csv
+import importlib.util
+import sys
 from pathlib import Path
 
 import pytest
 
 from loops.callbacks import DeviceStatsMonitor
-from loops.callbacks.device_stats_monitor import CpuReader
 from loops.loggers import CSVLogger
 from tests.helpers.loops import Regression, loader, make_trainer
 
@@ -18,7 +19,7 @@ def _logged(logger):
         return list(csv.DictReader(file))
 
 
-@pytest.mark.skipif(not CpuReader().available(), reason="CPU statistics come from Linux's /proc")
+@pytest.mark.skipif(importlib.util.find_spec("psutil") is None, reason="CPU statistics come from psutil")
 def test_cpu_stats_reach_the_logger_for_every_hook(tmp_path):
     logger = CSVLogger(tmp_path)
     trainer = make_trainer(max_epochs=1, logger=logger, log_every_n_steps=2, callbacks=[DeviceStatsMonitor()])
@@ -45,14 +46,10 @@ def test_cpu_stats_off_logs_nothing_and_no_logger_is_an_error(tmp_path):
         make_trainer(max_epochs=1, callbacks=[DeviceStatsMonitor()]).fit(Regression(), loader(16))
 
 
-def test_cpu_reader_arithmetic_on_proc_files(tmp_path):
-    (tmp_path / "meminfo").write_text("MemTotal:  1000 kB\nMemFree: 100 kB\nMemAvailable:  250 kB\n"
-                                      "SwapTotal: 200 kB\nSwapFree: 150 kB\n")
-    stat = tmp_path / "stat"
-    stat.write_text("cpu  100 0 100 700 100 0 0 0 0 0\ncpu0 1 2 3\n")
-    reader = CpuReader(tmp_path)
-    assert reader.available()
-    assert reader.read() == {"cpu_percent": 20.0, "cpu_vm_percent": 75.0, "cpu_swap_percent": 25.0}
-    stat.write_text("cpu  160 0 120 720 100 0 0 0 0 0\n")  # 100 more ticks, 80 busy
-    assert reader.read()["cpu_percent"] == pytest.approx(80.0)
-    assert not CpuReader(tmp_path / "missing").available()
+def test_without_psutil_the_error_names_the_extra_unless_cpu_stats_are_off(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "psutil", None)  # what an environment without it gives import
+    trainer = make_trainer(max_epochs=1, logger=CSVLogger(tmp_path), callbacks=[DeviceStatsMonitor()])
+    with pytest.raises(ImportError, match=r"pip install 'fabric_kit\[psutil\]', or pass .*\(cpu_stats=False\)"):
+        trainer.fit(Regression(), loader(16))
+    trainer = make_trainer(max_epochs=1, logger=CSVLogger(tmp_path), callbacks=[DeviceStatsMonitor(cpu_stats=False)])
+    trainer.fit(Regression(), loader(16))
