@@ -3,6 +3,7 @@ shared code the same way: `from tests.helpers.loops import Regression`, or a wor
 `from tests.strategies.fsdp_worker import TinyTransformer`.
 
 pytest puts the repository root (this package's parent) on sys.path; a process a test starts finds the package
-because the test puts the root on its PYTHONPATH (`run_ranks` in conftest.py, tests.helpers.cli_processes and
-tests.helpers.checkpoint_runs do), which `fabric run` and the strategies' launchers pass on to every rank.
+because its environment comes from `tests.helpers.processes.process_environment`, which puts the root first on
+PYTHONPATH (`run_ranks` in conftest.py and the other runners use it), and `fabric run` and the strategies' launchers
+pass that on to every rank.
 """

@@ -1,5 +1,4 @@
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -7,29 +6,15 @@ from pathlib import Path
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parent.parent
-# Variables through which a launcher (torchrun, SLURM, `fabric run`, our own) tells a process where it sits.
-_PREFIXES = ("SLURM_", "LSB_", "JSM_", "OMPI_", "PMI_", "TORCHELASTIC_", "FABRIC_KIT_")
-_NAMES = ("MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE", "RANK", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "NODE_RANK",
-          "GROUP_RANK")
-
-
-def _launcher_variable(name):
-    return name.startswith(_PREFIXES) or name in _NAMES
+from tests.helpers.processes import ROOT, free_port, is_launcher_variable, process_environment
 
 
 @pytest.fixture
 def clean_env(monkeypatch):
     """Run outside any scheduler or `fabric run`, whatever machine (or CI job) runs the test."""
     for name in list(os.environ):
-        if _launcher_variable(name):
+        if is_launcher_variable(name):
             monkeypatch.delenv(name)
-
-
-def free_port():
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="session")
@@ -39,10 +24,8 @@ def run_ranks():
     alone, whatever its exit status. An argument "{port}" is replaced by that port."""
 
     def run(args, out_dir=None, check=True, timeout=120):
-        env = {name: value for name, value in os.environ.items() if not _launcher_variable(name)}
         port = str(free_port())
-        env.update(MASTER_PORT=port, OMP_NUM_THREADS="1",
-                   PYTHONPATH=os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p))
+        env = process_environment(MASTER_PORT=port, OMP_NUM_THREADS="1")
         args = [port if arg == "{port}" else str(arg) for arg in args]
         proc = subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True,
                               timeout=timeout)

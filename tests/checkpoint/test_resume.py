@@ -7,7 +7,8 @@ from collections import Counter
 import pytest
 import torch
 
-from tests.helpers.checkpoint_runs import assert_same_weights, free_port, run_training
+from tests.helpers.checkpoint_runs import assert_same_weights, run_training
+from tests.helpers.processes import free_port
 
 ONE_PROCESS = dict(N=48, BATCH=4, TOTAL=36, SAVE_EVERY=7)  # 12 steps an epoch; checkpoints at 7, 14, ...
 TWO_PROCESSES = dict(N=48, BATCH=4, TOTAL=18, SAVE_EVERY=7, STRATEGY="ddp", DEVICES=2)  # 6 steps an epoch

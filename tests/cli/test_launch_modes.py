@@ -5,8 +5,9 @@ import sys
 import pytest
 
 from fabric_kit.cli.main import main
-from tests.helpers.cli_processes import (FABRIC, SCRIPT, assert_one_world_of_two, clean_environment, finish, free_port,
-                                        results, run, start)
+from tests.helpers.cli_processes import (FABRIC, SCRIPT, assert_one_world_of_two, clean_environment, finish, results,
+                                        run, start)
+from tests.helpers.processes import free_port
 
 
 @pytest.mark.parametrize("launcher", [

@@ -2,32 +2,24 @@
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.helpers.processes import ROOT, process_environment
+
 CLI_TESTS = ROOT / "tests" / "cli"
 SCRIPT = CLI_TESTS / "scripts" / "hello.py"
 FABRIC = [sys.executable, "-m", "fabric_kit"]  # the `fabric` console script, whichever package installed it last
-_LAUNCHER_PREFIXES = ("SLURM_", "LSB_", "JSM_", "OMPI_", "PMI_", "PET_", "TORCHELASTIC_", "FABRIC_KIT_")
-_LAUNCHER_NAMES = ("MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE", "RANK", "LOCAL_RANK", "LOCAL_WORLD_SIZE",
-                   "NODE_RANK", "GROUP_RANK", "OMP_NUM_THREADS")
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def clean_environment(**extra: str) -> dict[str, str]:
-    """This environment minus every variable a launcher or scheduler sets, plus `extra`."""
-    env = {k: v for k, v in os.environ.items() if not (k.startswith(_LAUNCHER_PREFIXES) or k in _LAUNCHER_NAMES)}
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p)
+    """This environment minus every variable a launcher or scheduler sets and OMP_NUM_THREADS (which the launcher
+    under test sets per process), plus `extra`."""
+    env = process_environment()
+    env.pop("OMP_NUM_THREADS", None)
     return {**env, **extra}
 
 

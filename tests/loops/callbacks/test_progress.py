@@ -15,16 +15,9 @@ import pytest
 import loops as L
 from loops.callbacks import ModelSummary, ProgressBar, RichProgressBar, TQDMProgressBar
 from loops.callbacks.progress.line_display import format_line
+from tests.helpers.processes import ROOT, process_environment
 
-ROOT = Path(__file__).resolve().parents[3]
 SCRIPT = Path(__file__).parent / "scripts" / "loops_progress_fit.py"
-
-
-def _env():
-    launcher = ("MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE", "RANK", "LOCAL_RANK", "FABRIC_KIT_")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(launcher)}
-    env.update(OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")])))
-    return env
 
 
 def _run_in_terminal(args, columns=120):
@@ -32,7 +25,7 @@ def _run_in_terminal(args, columns=120):
     master, slave = pty.openpty()
     fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, columns, 0, 0))
     proc = subprocess.Popen([sys.executable, *map(str, args)], stdin=slave, stdout=slave, stderr=slave, cwd=ROOT,
-                            env=_env())
+                            env=process_environment(OMP_NUM_THREADS="1"))
     os.close(slave)
     chunks = []
     while True:
@@ -49,8 +42,8 @@ def _run_in_terminal(args, columns=120):
 
 
 def _run_in_pipe(args):
-    proc = subprocess.run([sys.executable, *map(str, args)], cwd=ROOT, env=_env(), stdout=subprocess.PIPE,
-                          stderr=subprocess.DEVNULL, text=True, timeout=180)
+    proc = subprocess.run([sys.executable, *map(str, args)], cwd=ROOT, env=process_environment(OMP_NUM_THREADS="1"),
+                          stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, timeout=180)
     assert proc.returncode == 0, proc.stdout
     return proc.stdout
 

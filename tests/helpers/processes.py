@@ -1,0 +1,31 @@
+"""What the tests that start real processes share: a free port, and an environment that no launcher of the test
+run itself leaks into, with this checkout first on PYTHONPATH."""
+import os
+import socket
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+LAUNCHER_PREFIXES = ("SLURM_", "LSB_", "JSM_", "OMPI_", "PMI_", "PET_", "TORCHELASTIC_", "FABRIC_KIT_")
+LAUNCHER_NAMES = ("MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE", "RANK", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "NODE_RANK",
+                  "GROUP_RANK")
+
+
+def is_launcher_variable(name: str) -> bool:
+    """Whether a launcher or scheduler (torchrun, SLURM, LSF, MPI, `fabric run`, ...) sets `name` to tell a process
+    where it sits."""
+    return name.startswith(LAUNCHER_PREFIXES) or name in LAUNCHER_NAMES
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now, for a process group to meet on."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def process_environment(**extra: str) -> dict[str, str]:
+    """This environment without any launcher's variables, with the repository root first on PYTHONPATH (so the
+    process imports this checkout and `tests.helpers`), plus `extra`."""
+    env = {name: value for name, value in os.environ.items() if not is_launcher_variable(name)}
+    env["PYTHONPATH"] = os.pathsep.join(path for path in (str(ROOT), env.get("PYTHONPATH")) if path)
+    return {**env, **extra}
