@@ -144,7 +144,7 @@ def attempt(call):
         return f"{type(error).__name__}: {error}"
 
 
-def scenario(fabric, directory, optimizer_class):
+def scenario(fabric, directory, optimizer_class=torch.optim.AdamW):
     result, loaded_precision = {}, []
     _mark_precision_state(fabric, loaded_precision)
     path = os.path.join(directory, "checkpoint")
