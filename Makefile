@@ -38,7 +38,7 @@ XLA_PY := $(XLA_VENV)/bin/python
 $(XLA_VENV)/.installed: setup.cfg setup.py
 	python3 -m venv $(XLA_VENV)
 	$(XLA_PY) -m pip install -q --upgrade pip
-	$(XLA_PY) -m pip install -q torch==2.9.0 torch_xla==2.9.0 pytest hypothesis numpy pyyaml
+	$(XLA_PY) -m pip install -q torch==2.9.0 torch_xla==2.9.0 pytest hypothesis numpy zlib-ng pyyaml
 	$(XLA_PY) -m pip install -q -e . --no-deps
 	touch $@
 

@@ -443,24 +443,29 @@ def report(summary: dict, markdown: bool, header: list[str]) -> str:
     lines = [line for paragraph in header for line in (paragraph, "")]
     rows = [(op, kind) for op in ("save", "load", FIRST_WRITE, "sharded save", "sharded load") for kind in KINDS
             if (op, kind) in summary]
+    dash = "—" if markdown else "-"
+
+    def ratios(s: dict, kind: str) -> tuple[str, str, str]:
+        if kind == "raw":
+            return dash, dash, dash
+        return f"{s['time_ratio']:.2f}", f"{s['median_ratio']:.2f}", f"{s['peak_ratio']:.2f}"
+
     if markdown:
         lines += ["| operation | implementation | what | s (fastest) | × raw | × raw (median of rounds) | "
                   "peak MB | × raw | added MB |", "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
         for op, kind in rows:
             s = summary[(op, kind)]
-            ratios = ((f"{s['time_ratio']:.2f}", f"{s['median_ratio']:.2f}", f"{s['peak_ratio']:.2f}")
-                      if kind != "raw" else ("—", "—", "—"))
-            lines.append(f"| {op} | {NAMES[kind]} | {WHAT[(op, kind)]} | {s['seconds']:.3f} | {ratios[0]} | "
-                         f"{ratios[1]} | {s['peak_mb']:.0f} | {ratios[2]} | {s['added_mb']:.0f} |")
+            time_ratio, median_ratio, peak_ratio = ratios(s, kind)
+            lines.append(f"| {op} | {NAMES[kind]} | {WHAT[(op, kind)]} | {s['seconds']:.3f} | {time_ratio} | "
+                         f"{median_ratio} | {s['peak_mb']:.0f} | {peak_ratio} | {s['added_mb']:.0f} |")
     else:
         lines.append(f"{'operation':<18} {'implementation':<18} {'s fastest':>9} {'x raw':>6} {'x median':>8} "
                      f"{'peak MB':>8} {'x raw':>6} {'added MB':>8}")
         for op, kind in rows:
             s = summary[(op, kind)]
-            ratios = ((f"{s['time_ratio']:.2f}", f"{s['median_ratio']:.2f}", f"{s['peak_ratio']:.2f}")
-                      if kind != "raw" else ("-", "-", "-"))
-            lines.append(f"{op:<18} {NAMES[kind]:<18} {s['seconds']:>9.3f} {ratios[0]:>6} {ratios[1]:>8} "
-                         f"{s['peak_mb']:>8.0f} {ratios[2]:>6} {s['added_mb']:>8.0f}")
+            time_ratio, median_ratio, peak_ratio = ratios(s, kind)
+            lines.append(f"{op:<18} {NAMES[kind]:<18} {s['seconds']:>9.3f} {time_ratio:>6} {median_ratio:>8} "
+                         f"{s['peak_mb']:>8.0f} {peak_ratio:>6} {s['added_mb']:>8.0f}")
     lines.append("")
     bullet = "- " if markdown else ""
     times = "×" if markdown else "x"

@@ -92,15 +92,17 @@ def _unpickle_metadata(f: BinaryIO, file: Path, weights_only: bool) -> Metadata:
 
 class SafeFileSystemReader(FileSystemReader):
     """DCP's reader of a local directory, with its `.metadata` read by `read_metadata` (restricted unless
-    `weights_only=False`). Shards' tensors DCP itself already reads with `torch.load(weights_only=True)`."""
+    `weights_only=False`), or the `metadata` given (already read that way). Shards' tensors DCP itself already
+    reads with `torch.load(weights_only=True)`."""
 
-    def __init__(self, path: str | os.PathLike, weights_only: bool = True) -> None:
+    def __init__(self, path: str | os.PathLike, weights_only: bool = True, metadata: Metadata | None = None) -> None:
         super().__init__(path)
         self.weights_only = weights_only
+        self.known_metadata = metadata
 
     def read_metadata(self) -> Metadata:
         # No `rank` keyword: fabric_kit writes one global `.metadata`, so DCP never falls back to per-rank files.
-        metadata = read_metadata(self.path, self.weights_only)
+        metadata = self.known_metadata or read_metadata(self.path, self.weights_only)
         # As FileSystemReader does: this load's id travels with the metadata to the planner.
         metadata.storage_meta = metadata.storage_meta or StorageMeta()
         metadata.storage_meta.load_id = self.load_id
@@ -166,13 +168,12 @@ def load_sharded(state_dict: dict[str, Any], path: str | os.PathLike, strict: bo
     `weights_only=False`. `strict=False` leaves entries the checkpoint lacks as they are. Collective over the
     process group unless `no_dist`.
 
-    The metadata is read up front (and again by DCP, through the same restricted reader), so a refused or
-    damaged `.metadata` raises its own error on every rank: inside `dcp.load` DCP would log it as a missing file
-    and raise an AssertionError. A refusal inside the shards comes back out of DCP's per-rank
+    The metadata is read up front and handed to DCP's reader, so a refused or damaged `.metadata` raises its own
+    error on every rank: inside `dcp.load` DCP would log it as a missing file and raise an AssertionError. A refusal inside the shards comes back out of DCP's per-rank
     `CheckpointException` as the `CheckpointError` it was."""
-    read_metadata(path, weights_only)
+    metadata = read_metadata(path, weights_only)
     try:
-        dcp.load(state_dict, storage_reader=SafeFileSystemReader(path, weights_only),
+        dcp.load(state_dict, storage_reader=SafeFileSystemReader(path, weights_only, metadata),
                  planner=SafeLoadPlanner(path, weights_only, allow_partial_load=not strict), no_dist=no_dist)
     except CheckpointException as error:
         failures = [failure[0] if isinstance(failure, tuple) else failure for failure in error.failures.values()]

@@ -48,7 +48,6 @@ from torch.nn import Module
 from torch.optim import Optimizer
 
 from fabric_kit.accelerators import Accelerator
-from fabric_kit.checkpoint.directory import verify_directory
 from fabric_kit.checkpoint.state import RESERVED_KEY, Filter, unwrap
 from fabric_kit.environments import ClusterEnvironment
 from fabric_kit.precision import Precision, TruePrecision
@@ -232,7 +231,7 @@ class DeepSpeedStrategy(DDPStrategy):
                              f"state dict, `fabric.load({path!r}, {{'model': model, 'optimizer': optimizer}})`; "
                              "to start from plain weights, load them into the model before "
                              "fabric.setup")
-        verify_directory(path)
+        self.verify_checkpoint_directory(path)
         engine, _ = self._split_state(state)
         wants_optimizer = any(unwrap(obj) is engine.optimizer for obj in state.values())
         with safe_loading(engine, path, weights_only, loads_optimizer=wants_optimizer):

@@ -11,7 +11,9 @@ from torch import Tensor
 
 from fabric_kit import distributed
 from fabric_kit.accelerators import Accelerator
-from fabric_kit.checkpoint.directory import atomic_directory, staging_path
+from fabric_kit.checkpoint.collective import all_gather_object
+from fabric_kit.checkpoint.directory import (Records, atomic_directory, checksum, file_sizes, share, staging_path,
+                                             verify_directory)
 from fabric_kit.checkpoint.errors import CheckpointWriteError
 from fabric_kit.environments import ClusterEnvironment
 from fabric_kit.precision import Precision
@@ -94,19 +96,43 @@ class ParallelStrategy(Strategy):
     @contextmanager
     def checkpoint_directory(self, path: str) -> Iterator[Path]:
         """A directory checkpoint every rank writes into: rank 0 stages it atomically, all ranks write into the
-        staging path, and rank 0 swaps it in once every rank has finished.
+        staging path, each rank fsyncs and checksums its share of the files, and rank 0 writes the manifest of
+        them all and swaps the directory in.
 
-        Each of the three steps ends with the ranks agreeing that it succeeded everywhere (a collective, in place
-        of a barrier): when any rank's step failed, every rank raises (that rank its own error, the others a
+        Each step ends with the ranks agreeing that it succeeded everywhere (a collective, in place of a barrier):
+        when any rank's step failed, every rank raises (that rank its own error, the others a
         `CheckpointWriteError` saying so), so no rank waits forever for one that gave up, and the staging directory
         is removed, leaving the previous checkpoint as it was."""
         stack = ExitStack()
+        records: Records = {}
         with self._on_every_rank(path, "staging the directory"):
             if self.is_global_zero:
-                stack.enter_context(atomic_directory(path))
+                stack.enter_context(atomic_directory(path, records=lambda _: records))
+        staging = staging_path(path)
         with self._on_every_rank(path, "swapping the directory in"), stack:
             with self._on_every_rank(path, "writing its part"):
-                yield staging_path(path)
+                yield staging
+            sizes: dict[str, int] = {}
+            with self._on_every_rank(path, "listing the files"):
+                if self.is_global_zero:
+                    sizes = file_sizes(staging)
+            sizes = self.broadcast(sizes)
+            with self._on_every_rank(path, "checksumming its share of the files"):
+                mine = checksum(staging, share(sizes, self.global_rank, self.world_size), fsync=True)
+            for part in all_gather_object(self, mine):
+                records.update(part)
+
+    def verify_checkpoint_directory(self, path: str) -> None:
+        """`verify_directory` split over the ranks: each checks that every file is there with its size, and the
+        contents of its share of the files; every rank raises the first failure of any rank (its own first)."""
+        failure: Exception | None = None
+        try:
+            verify_directory(path, self.global_rank, self.world_size)
+        except Exception as error:
+            failure = error
+        failures = [f for f in all_gather_object(self, failure) if f is not None]
+        if failures:
+            raise failure or failures[0]
 
     @contextmanager
     def _on_every_rank(self, path: str, step: str) -> Iterator[None]:

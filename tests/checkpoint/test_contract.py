@@ -3,8 +3,8 @@ checked the same way under every registered strategy that runs on this machine's
 
 tests/checkpoint/contract_worker.py runs the scenario (see its docstring) in real processes, several cases per
 start-up: single_device with ddp_fork and ddp_spawn (one process that starts their ranks), ddp with the FSDP cases
-(2 processes), DeepSpeed's stages 1-3 (2 processes). The XLA strategies need torch_xla: their variant is
-tests/xla/test_xla_contract.py (`make test-xla`). A strategy registered later must be added to COVERS, SAME_AS or
+(2 processes), DeepSpeed's stages 1-3 and its two offload presets (2 processes). The XLA strategies need torch_xla:
+their variant is tests/xla/test_xla_contract.py (`make test-xla`). A strategy registered later must be added to COVERS, SAME_AS or
 NOT_RUNNABLE below, or test_every_registered_strategy_is_accounted_for fails.
 """
 import importlib.util
@@ -22,12 +22,14 @@ WORKER = Path(__file__).with_name("contract_worker.py")
 
 GROUPS = [["ddp_fork", "ddp_spawn", "single_device"],
           ["ddp", "fsdp_sharded", "fsdp_full", "fsdp_cpu_offload"],
-          ["deepspeed_stage_1", "deepspeed_stage_2", "deepspeed_stage_3"]]
+          ["deepspeed_stage_1", "deepspeed_stage_2", "deepspeed_stage_3", "deepspeed_stage_2_offload",
+           "deepspeed_stage_3_offload"]]
 """Cases that share one run of the worker (its process start-up)."""
 COVERS = {"single_device": ["single_device"], "ddp": ["ddp"], "ddp_spawn": ["ddp_spawn"], "ddp_fork": ["ddp_fork"],
           "fsdp": ["fsdp_sharded", "fsdp_full"], "fsdp_cpu_offload": ["fsdp_cpu_offload"],
           "deepspeed_stage_1": ["deepspeed_stage_1"], "deepspeed_stage_2": ["deepspeed_stage_2"],
-          "deepspeed_stage_3": ["deepspeed_stage_3"]}
+          "deepspeed_stage_3": ["deepspeed_stage_3"], "deepspeed_stage_2_offload": ["deepspeed_stage_2_offload"],
+          "deepspeed_stage_3_offload": ["deepspeed_stage_3_offload"]}
 """Registered name -> the cases that run it."""
 SAME_AS = {
     "ddp_notebook": ("ddp_fork", set(), "the same class and arguments as ddp_fork"),
@@ -45,17 +47,13 @@ NOT_RUNNABLE = {
            "the stand-in torch_xla only",
     "xla_fsdp": "needs torch_xla and an XLA host with several devices: tests/xla/test_xla_contract.py checks it "
                 "against the stand-in torch_xla only",
-    "deepspeed_stage_2_offload": "wants DeepSpeed's CPU Adam, a C++ op whose first build takes minutes on these "
-                                 "shared cores; not run here",
-    "deepspeed_stage_3_offload": "wants DeepSpeed's CPU Adam, a C++ op whose first build takes minutes on these "
-                                 "shared cores; not run here",
 }
 DEEPSPEED = [case for case in CASES if case.startswith("deepspeed")]
 needs_deepspeed = pytest.mark.skipif(importlib.util.find_spec("deepspeed") is None,
                                      reason="DeepSpeed is not installed: pip install 'fabric_kit[deepspeed]' "
                                             "--no-build-isolation")
 ALL_CASES = [pytest.param(case, marks=needs_deepspeed) if case in DEEPSPEED else case for case in CASES]
-TIMEOUT = 600  # the first DeepSpeed run on a machine builds DeepSpeed's communication op
+TIMEOUT = 900  # the first DeepSpeed run on a machine builds DeepSpeed's communication op and its CPU Adam
 
 
 def test_every_registered_strategy_is_accounted_for():

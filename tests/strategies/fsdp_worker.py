@@ -6,6 +6,7 @@ With "fsdp" every scenario runs in the same two processes (process start-up domi
 the uninterrupted run, for parity. Each rank saves what it observed to OUT_DIR/rank<r>.pt.
 """
 import os
+import shutil
 import sys
 
 import torch
@@ -94,6 +95,29 @@ def resumed(fabric, out, kind):
     return {"losses": first + rest, "step": state["step"], "is_dir": os.path.isdir(path)}
 
 
+def damaged_shards(fabric, out, model, optimizer):
+    """Load copies of the final checkpoint with one byte flipped in one rank's shard file. The ranks split the
+    checksumming (each verifies one of the two shard files), so for either file both ranks must raise; per file, the
+    error each rank raised."""
+    errors = {}
+    for shard in ("__0_0.distcp", "__1_0.distcp"):
+        path = os.path.join(out, f"damaged{shard}")
+        if fabric.is_global_zero:
+            shutil.copytree(os.path.join(out, "final"), path)
+            with open(os.path.join(path, shard), "r+b") as f:
+                f.seek(os.path.getsize(os.path.join(path, shard)) // 2)
+                byte = f.read(1)
+                f.seek(-1, os.SEEK_CUR)
+                f.write(bytes([byte[0] ^ 0xFF]))
+        fabric.barrier()
+        try:
+            fabric.load(path, {"model": model, "optimizer": optimizer})
+            errors[shard] = None
+        except Exception as error:
+            errors[shard] = (type(error).__name__, str(error))
+    return errors
+
+
 def bad_inputs(fabric):
     """Each misuse, before any model was set up, and then with a model set up."""
     errors = {}
@@ -131,6 +155,8 @@ def fsdp_scenarios(fabric, out):
     result["norms"] = torch.stack(norms)
     fabric.save(os.path.join(out, "final"), {"model": model, "optimizer": optimizer, "step": STEPS})
     result["final_weights"] = full_weights(model)
+
+    result["damaged"] = damaged_shards(fabric, out, model, optimizer)
 
     for kind in ("sharded", "full"):
         result[kind] = resumed(fabric, out, kind)

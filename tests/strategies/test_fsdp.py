@@ -4,6 +4,7 @@ tests/strategies/fsdp_worker.py runs every FSDP scenario in one pair of processe
 the uninterrupted run once more under DDP; the tests assert on what the ranks saved and on the checkpoints they
 left behind.
 """
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +14,7 @@ import torch
 
 from fabric_kit import Fabric
 from fabric_kit.checkpoint.consolidate import consolidate
+from fabric_kit.checkpoint.directory import MANIFEST, file_sizes, verify_directory
 from fabric_kit.strategies.fsdp import FSDPStrategy
 from tests.strategies.fsdp_worker import STEPS, TinyTransformer
 
@@ -62,6 +64,25 @@ def test_resume_equals_uninterrupted_run(fsdp, kind):
         model = TinyTransformer()
         model.load_state_dict(Fabric(accelerator="cpu", devices=1).load(out / "checkpoint_full")["model"])
         model.load_state_dict(torch.load(out / "checkpoint_full")["model"])
+
+
+def test_every_file_of_a_two_rank_save_is_in_its_manifest(fsdp):
+    # The ranks checksum a share of the files each; the manifest rank 0 wrote must hold them all, and a check of
+    # every file on one process (what `fabric consolidate` does) must pass.
+    _, out = fsdp
+    manifest = json.loads((out / "final" / MANIFEST).read_text())["files"]
+    assert set(manifest) == set(file_sizes(out / "final")) >= {"__0_0.distcp", "__1_0.distcp", ".metadata"}
+    verify_directory(out / "final")
+
+
+@pytest.mark.parametrize("shard", ["__0_0.distcp", "__1_0.distcp"])
+def test_a_damaged_shard_fails_the_load_on_every_rank(fsdp, shard):
+    # Each rank verifies its share of the files only; the one that finds the damage tells the other.
+    ranks, out = fsdp
+    for result in ranks:
+        kind, message = result["damaged"][shard]
+        assert kind == "CheckpointCorruptedError"
+        assert str(out / f"damaged{shard}" / shard) in message and "checksum" in message
 
 
 def test_sharded_directory_is_read_by_torch_distributed_checkpoint_alone(fsdp, tmp_path):

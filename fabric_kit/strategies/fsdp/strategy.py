@@ -16,7 +16,6 @@ from torch.nn import Module
 from torch.optim import Optimizer
 
 from fabric_kit.accelerators import Accelerator
-from fabric_kit.checkpoint.directory import verify_directory
 from fabric_kit.checkpoint.errors import reported_write_errors
 from fabric_kit.checkpoint.sharded import PLAIN_ENTRIES, is_sharded_checkpoint
 from fabric_kit.checkpoint.sharded_reading import load_sharded
@@ -188,7 +187,7 @@ class FSDPStrategy(ParallelStrategy, BackwardSyncControl):
             raise ValueError(f"loading the sharded checkpoint {path!r} needs the objects to restore, e.g. "
                              "`fabric.load(path, {'model': model, 'optimizer': optimizer})`; to read it as plain "
                              f"tensors, run `fabric consolidate {path} --output FILE` and load FILE")
-        verify_directory(path)
+        self.verify_checkpoint_directory(path)
         # The other entries first: a refused or damaged file stops the load before any shard is overwritten.
         entries = super().read_entries(str(Path(path) / PLAIN_ENTRIES), state, strict, weights_only)
         modules, optimizers, _ = checkpoint.split_state(state)
