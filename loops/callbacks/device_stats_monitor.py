@@ -3,11 +3,14 @@ machine's CPU and memory use, around every training, validation and test batch, 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from loops.callbacks.callback import Callback
+
+if TYPE_CHECKING:
+    from loops.trainer.trainer import Trainer
 
 _PROC = Path("/proc")
 
@@ -24,7 +27,7 @@ class DeviceStatsMonitor(Callback):
         self._cpu_stats = cpu_stats
         self._cpu = CpuReader()
 
-    def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
+    def setup(self, trainer: Trainer, pl_module: Any, stage: str) -> None:
         if stage != "fit":
             return
         if not trainer.loggers:
@@ -44,8 +47,9 @@ class DeviceStatsMonitor(Callback):
             stats.update(self._cpu.read())
         return stats
 
-    def _log(self, trainer: Any, hook: str) -> None:
-        if (trainer._logger_step + 1) % trainer.log_every_n_steps and not trainer.should_stop:
+    def _log(self, trainer: Trainer, hook: str) -> None:
+        step = trainer.run_state.progress.batches_stepped  # the loggers' step
+        if (step + 1) % trainer.log_every_n_steps and not trainer.should_stop:
             return
         stats = self.device_stats(trainer.fabric.device)
         if not stats:
@@ -54,27 +58,27 @@ class DeviceStatsMonitor(Callback):
         for logger in trainer.loggers:
             separator = getattr(logger, "group_separator", "/")
             logger.log_metrics({f"{prefix}{separator}{name}": value for name, value in stats.items()},
-                               step=trainer._logger_step)
+                               step=step)
 
-    def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_start(self, trainer: Trainer, pl_module: Any, batch: Any, batch_idx: int) -> None:
         self._log(trainer, "on_train_batch_start")
 
-    def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_end(self, trainer: Trainer, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
         self._log(trainer, "on_train_batch_end")
 
-    def on_validation_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int,
+    def on_validation_batch_start(self, trainer: Trainer, pl_module: Any, batch: Any, batch_idx: int,
                                   dataloader_idx: int = 0) -> None:
         self._log(trainer, "on_validation_batch_start")
 
-    def on_validation_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int,
+    def on_validation_batch_end(self, trainer: Trainer, pl_module: Any, outputs: Any, batch: Any, batch_idx: int,
                                 dataloader_idx: int = 0) -> None:
         self._log(trainer, "on_validation_batch_end")
 
-    def on_test_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int,
+    def on_test_batch_start(self, trainer: Trainer, pl_module: Any, batch: Any, batch_idx: int,
                             dataloader_idx: int = 0) -> None:
         self._log(trainer, "on_test_batch_start")
 
-    def on_test_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int,
+    def on_test_batch_end(self, trainer: Trainer, pl_module: Any, outputs: Any, batch: Any, batch_idx: int,
                           dataloader_idx: int = 0) -> None:
         self._log(trainer, "on_test_batch_end")
 

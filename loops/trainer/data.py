@@ -4,25 +4,30 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sized
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from torch.utils.data import DataLoader, SequentialSampler
 
 from loops.core.hooks import DataHooks
 from loops.trainer.hooks import overrides
 
+if TYPE_CHECKING:
+    from fabric_kit import Fabric
+    from loops.trainer.hooks import HookTable
+
 _HOOK = {"train": "train_dataloader", "val": "val_dataloader", "test": "test_dataloader",
          "predict": "predict_dataloader"}
 
 
-def find_loaders(stage: str, explicit: Any, datamodule: Any, module: Any) -> Any:
-    """The stage's raw loader(s), or None when nothing provides one."""
+def find_loaders(stage: str, explicit: Any, hooks: HookTable) -> Any:
+    """The stage's raw loader(s): `explicit` (given to the stage call), else the datamodule's or the module's
+    `<stage>_dataloader()`; None when nothing provides one."""
     if explicit is not None:
         return explicit
     hook = _HOOK[stage]
-    for source in (datamodule, module):
+    for source in (hooks.datamodule, hooks.pl_module):
         if source is not None and overrides(source, hook, DataHooks):
-            return getattr(source, hook)()
+            return hooks.call_on(source, hook)
     return None
 
 
@@ -72,7 +77,7 @@ def sequential(loader: Any) -> Any:
                       persistent_workers=loader.persistent_workers)
 
 
-def setup_loaders(fabric: Any, loaders: list[Any], train: bool, use_distributed_sampler: bool,
+def setup_loaders(fabric: Fabric, loaders: list[Any], train: bool, use_distributed_sampler: bool,
                   move_to_device: bool) -> list[Any]:
     """Shard DataLoaders over processes (training: even shards; evaluation: every sample exactly once) and move
     batches to the device; other iterables are used as they are. An evaluation set smaller than the number of
