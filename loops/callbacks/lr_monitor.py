@@ -60,7 +60,8 @@ class LearningRateMonitor(Callback):
     def _names(self, trainer: Trainer) -> dict[str, _Entry]:
         named: dict[str, _Entry] = {}
         seen: Counter[type] = Counter()
-        sources = [(c.scheduler.optimizer, c.name, c.interval) for c in trainer.lr_scheduler_configs]
+        sources: list[tuple[Optimizer, str | None, str | None]] = [
+            (c.scheduler.optimizer, c.name, c.interval) for c in trainer.lr_scheduler_configs]
         scheduled = [opt for opt, _, _ in sources]
         sources += [(opt, None, None) for opt in trainer.optimizers if not any(opt is s for s in scheduled)]
         kinds = ["lr"] + ["momentum"] * self.log_momentum + ["weight_decay"] * self.log_weight_decay
@@ -94,12 +95,12 @@ class _Entry(NamedTuple):
     and what: "lr", "momentum" (the first beta for Adam-like optimizers) or "weight_decay"."""
 
     optimizer: Optimizer
-    index: int
+    group_index: int
     interval: str | None
     kind: str
 
     def value(self) -> float:
-        group = self.optimizer.param_groups[self.index]
+        group = self.optimizer.param_groups[self.group_index]
         if self.kind == "momentum":
             key = _momentum_key(group)
             return float(0.0 if key is None else group[key][0] if key == "betas" else group[key])

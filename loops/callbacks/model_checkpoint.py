@@ -201,7 +201,7 @@ class ModelCheckpoint(Checkpoint):
                 logged = sorted(k for k in metrics if k not in ("epoch", "step"))
                 raise KeyError(f"ModelCheckpoint(monitor={self.monitor!r}) found no such metric; logged metrics: "
                                f"{logged}. Log it with self.log({self.monitor!r}, value)")
-            saved, fallen = self._save_top_k(trainer, metrics)
+            saved, fallen = self._save_top_k(trainer, metrics, self.monitor)
         elif self.save_top_k != 0:
             saved = self._path(trainer, metrics, replacing=self.best_model_path if self.save_top_k == 1 else "")
             if self.save_top_k == 1 and self.best_model_path and self.best_model_path != saved:
@@ -213,9 +213,9 @@ class ModelCheckpoint(Checkpoint):
         for path in fallen:
             self._remove(trainer, path)
 
-    def _save_top_k(self, trainer: Trainer, metrics: dict[str, Any]) -> tuple[str, list[str]]:
-        """(the new file or "", files that fell out of the top-k)."""
-        current = metrics[self.monitor].detach().float().cpu().squeeze()
+    def _save_top_k(self, trainer: Trainer, metrics: dict[str, Any], monitor: str) -> tuple[str, list[str]]:
+        """(the new file or "", files that fell out of the top-k by `monitor`)."""
+        current = metrics[monitor].detach().float().cpu().squeeze()
         if torch.isnan(current):  # ranks below every number
             current = torch.tensor(math.inf if self.mode == "min" else -math.inf)
         self.current_score = current
@@ -318,7 +318,8 @@ class ModelCheckpoint(Checkpoint):
     def _remove(self, trainer: Trainer, path: str) -> None:
         """Only files of this callback's folder that it no longer tracks: a path carried over from a run saving
         elsewhere (resumed with another dirpath), or the file being resumed from, stays."""
-        if not trainer.is_global_zero or path in self.best_k_models or path == self.last_model_path \
+        if not trainer.is_global_zero or self.dirpath is None or path in self.best_k_models \
+                or path == self.last_model_path \
                 or not os.path.lexists(path) or Path(self.dirpath).absolute() not in Path(path).absolute().parents:
             return
         resumed_from = getattr(trainer, "ckpt_path", None)

@@ -133,8 +133,9 @@ class StochasticWeightAveraging(Callback):
             raise ValueError(f"swa_lrs has {len(lrs)} values but the optimizer has {len(optimizer.param_groups)} "
                              "parameter groups")
         current = [group["lr"] for group in optimizer.param_groups]
-        self._swa_scheduler = SWALR(optimizer, swa_lr=[float(lr) for lr in lrs], anneal_epochs=self._annealing_epochs,
-                                    anneal_strategy=self._annealing_strategy)
+        swa_lrs: Any = [float(lr) for lr in lrs]  # one per parameter group (SWALR takes a list too)
+        self._swa_scheduler = SWALR(optimizer, swa_lr=swa_lrs, anneal_epochs=self._annealing_epochs,
+                                    anneal_strategy="cos" if self._annealing_strategy == "cos" else "linear")
         if self._scheduler_state is not None:  # resumed: the restored learning rates continue the annealing
             self._swa_scheduler.load_state_dict(self._scheduler_state)
             for group, lr in zip(optimizer.param_groups, current):

@@ -52,6 +52,7 @@ class Throughput:
         if isinstance(window_size, bool) or not isinstance(window_size, int) or window_size < 2:
             raise ValueError(f"window_size={window_size!r}: pass an int >= 2 (rates need two points)")
         self.available_flops, self.world_size, self.separator = available_flops, world_size, separator
+        self._window = window_size
         self._time: deque[float] = deque(maxlen=window_size)
         self._batches: deque[int] = deque(maxlen=window_size)
         self._samples: deque[int] = deque(maxlen=window_size)
@@ -77,14 +78,14 @@ class Throughput:
                                      "samples": self._samples[-1]}
         if self._lengths:
             metrics["lengths"] = self._lengths[-1]
-        if len(self._time) < self._time.maxlen or self._time[-1] <= self._time[0]:
+        if len(self._time) < self._window or self._time[-1] <= self._time[0]:
             return metrics
         elapsed = self._time[-1] - self._time[0]
         rates = {"batches_per_sec": (self._batches[-1] - self._batches[0]) / elapsed,
                  "samples_per_sec": (self._samples[-1] - self._samples[0]) / elapsed}
-        if len(self._lengths) == self._lengths.maxlen:
+        if len(self._lengths) == self._window:
             rates["items_per_sec"] = (self._lengths[-1] - self._lengths[0]) / elapsed
-        if len(self._flops) == self._flops.maxlen:
+        if len(self._flops) == self._window:
             rates["flops_per_sec"] = sum(list(self._flops)[1:]) / elapsed  # the FLOPs done after the first time
         for name, per_device in rates.items():
             metrics[f"device{sep}{name}"] = per_device

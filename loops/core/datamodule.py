@@ -53,4 +53,4 @@ class LightningDataModule(HyperparametersMixin, DataHooks):
                 setattr(datamodule, f"{stage}_dataloader", lambda d=dataset, s=shuffle: loaders(d, s))
         return datamodule
 
-    load_from_checkpoint = classmethod(load_from_checkpoint)
+    load_from_checkpoint: classmethod[Any, ..., Any] = classmethod(load_from_checkpoint)

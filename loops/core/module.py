@@ -257,7 +257,7 @@ class LightningModule(HyperparametersMixin, ModelHooks, DataHooks, CheckpointHoo
     def all_gather(self, data: Any, group: Any = None, sync_grads: bool = False) -> Any:
         return self.trainer.fabric.all_gather(data, group=group, sync_grads=sync_grads)
 
-    load_from_checkpoint = classmethod(load_from_checkpoint)
+    load_from_checkpoint: classmethod[Any, ..., Any] = classmethod(load_from_checkpoint)
 
 
 # torch.jit.script must not compile (or even read) the Trainer-facing properties: most need a running Trainer.

@@ -71,7 +71,8 @@ def sequential(loader: Any) -> Any:
     if not isinstance(loader, DataLoader) or isinstance(loader.sampler, SequentialSampler) \
             or loader.batch_sampler is None:
         return loader
-    return DataLoader(loader.dataset, batch_size=loader.batch_size, sampler=SequentialSampler(loader.dataset),
+    dataset: Any = loader.dataset  # sized: a loader with a sampler is over a map-style dataset
+    return DataLoader(dataset, batch_size=loader.batch_size, sampler=SequentialSampler(dataset),
                       num_workers=loader.num_workers, collate_fn=loader.collate_fn, pin_memory=loader.pin_memory,
                       drop_last=loader.drop_last, worker_init_fn=loader.worker_init_fn,
                       persistent_workers=loader.persistent_workers)

@@ -13,6 +13,7 @@ toggle receive no gradient, so use strategy="ddp_find_unused_parameters_true".
 from __future__ import annotations
 
 import inspect
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Callable
 
 from torch import Tensor
@@ -178,6 +179,7 @@ def check_automatic_optimizers(module: LightningModule, count: int) -> None:
     """Several optimizers with automatic optimization need `training_step(batch, batch_idx, optimizer_idx)`."""
     if count <= 1:
         return
+    parameters: Mapping[str, inspect.Parameter]
     try:
         parameters = inspect.signature(module.training_step).parameters
     except (TypeError, ValueError):

@@ -21,9 +21,9 @@ from loops.logging.results import Results
 from loops.trainer.loop_state import LoopPosition
 
 if TYPE_CHECKING:
-    from torch.nn import Module
     from torch.optim import Optimizer
 
+    from fabric_kit.wrappers import FabricModule
     from loops.core.optimizer_config import SchedulerConfig
     from loops.trainer.hooks import HookTable
     from loops.trainer.optimization import LoopOptimizer
@@ -156,7 +156,7 @@ class RunState:
     clip_hook: Callable[[Optimizer, float | None, str], None] | None = None  # clipping in automatic optimization
     custom_transfer: bool = False  # the module or datamodule overrides a batch-transfer hook
     hooks: HookTable = field(init=False, repr=False)
-    fabric_module: Module = field(init=False, repr=False)  # what fabric.setup returned for the step router
+    fabric_module: FabricModule = field(init=False, repr=False)  # the step router as fabric set it up
 
     @contextmanager
     def logging_scope(self, results: Results | None, *, per_step: bool) -> Iterator[LogScope]:

@@ -14,6 +14,7 @@ from torch import Tensor
 
 from fabric_kit import Fabric, is_wrapped
 from fabric_kit.loggers import FolderLogger, Logger, agree_on_versions
+from fabric_kit.wrappers import FabricModule
 from loops.callbacks.callback import Callback
 from loops.callbacks.checkpoint import Checkpoint
 from loops.callbacks.model_checkpoint import ModelCheckpoint
@@ -359,7 +360,7 @@ class Trainer(TrainerProperties):
         state.clip_hook = model.configure_gradient_clipping if clips and state.automatic else None
 
     def _setup_model_and_optimizers(self, model: LightningModule, optimizers: list[torch.optim.Optimizer]
-                                    ) -> tuple[torch.nn.Module, tuple[Any, ...]]:
+                                    ) -> tuple[FabricModule, tuple[Any, ...]]:
         """Most strategies take the model and its optimizers together (DeepSpeed must). Sharding strategies (FSDP)
         need optimizers built from the sharded parameters: the model is set up first and configure_optimizers runs
         again on it, as Lightning does under FSDP."""

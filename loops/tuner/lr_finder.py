@@ -63,8 +63,8 @@ class LRFinder:
             ax.set_xscale("log")
         ax.set_xlabel("Learning rate")
         ax.set_ylabel("Loss")
-        if suggest and self.suggestion() is not None:
-            index = self._optimal_idx
+        index = self._optimal_idx if suggest and self.suggestion() is not None else None
+        if index is not None:
             ax.plot(self.results["lr"][index], self.results["loss"][index], marker="o", markersize=10, color="red")
         if show:
             plt.show()

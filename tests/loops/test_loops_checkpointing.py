@@ -83,7 +83,8 @@ def test_resume_mid_epoch_equals_uninterrupted(tmp_path, shuffle):
     assert _read(path)["loops"]["fit_loop"]["epoch_loop.batch_progress"]["current"]["processed"] == 4  # complete
     resumed, trainer = _train(2, shuffle, ckpt_path=path)
     assert trainer.global_step == 16
-    assert trainer.run_state.progress.batches_stepped == 16  # the saving batch's step counted once: loggers' steps agree
+    # the saving batch's step counted once: loggers' steps agree
+    assert trainer.run_state.progress.batches_stepped == 16
     assert torch.equal(resumed.layer.weight, reference.layer.weight)
 
 

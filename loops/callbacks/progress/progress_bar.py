@@ -141,7 +141,7 @@ class ProgressBar(Callback):
 
     @property
     def _metrics_getter(self) -> Callable[[], dict[str, Any]]:
-        return lambda: self.get_metrics(self._trainer, self._pl_module)
+        return lambda: self.get_metrics(self.trainer, self._pl_module)
 
     def on_sanity_check_end(self, trainer: Trainer, pl_module: Any) -> None:
         self._finish("sanity")
