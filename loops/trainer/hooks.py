@@ -36,6 +36,7 @@ class HookTable:
         self.state = trainer.run_state
         self.callbacks: dict[str, list[Any]] = {}
         self.module: dict[str, list[Any]] = {}
+        self.pairs: dict[str, list[tuple[Any, bool]]] = {}
 
     def cb(self, name: str) -> list[Any]:
         hooks = self.callbacks.get(name)
@@ -49,6 +50,14 @@ class HookTable:
         if hooks is None:
             module = self.pl_module
             hooks = self.module[name] = [getattr(module, name)] if overrides(module, name, LightningModule) else []
+        return hooks
+
+    def both(self, name: str) -> list[tuple[Any, bool]]:
+        """`cb(name)` then `mod(name)` in one list of (hook, whether it is a callback's: called with the trainer
+        and module first)."""
+        hooks = self.pairs.get(name)
+        if hooks is None:
+            hooks = self.pairs[name] = [(h, True) for h in self.cb(name)] + [(h, False) for h in self.mod(name)]
         return hooks
 
     def call(self, name: str, *args: Any) -> None:

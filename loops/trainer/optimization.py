@@ -71,10 +71,8 @@ class LoopOptimizer:
             return None
         hooks = state.hooks
         raw = self._optimizer.optimizer
-        for hook in hooks.cb("on_before_optimizer_step"):
-            hook(trainer, hooks.pl_module, raw)
-        for hook in hooks.mod("on_before_optimizer_step"):
-            hook(raw)
+        for hook, is_callback in hooks.both("on_before_optimizer_step"):
+            hook(trainer, hooks.pl_module, raw) if is_callback else hook(raw)
         if state.clip_hook is not None:
             state.clip_hook(raw, trainer.gradient_clip_val, trainer.gradient_clip_algorithm)
         output = self._optimizer.step(**kwargs)
@@ -101,12 +99,9 @@ class AutomaticStep:
         self.optimizers = list(state.optimizers)
         self.optimizer = self.optimizers[0] if self.optimizers else None
         self.accumulate = trainer.accumulate_grad_batches
-        self.before_zero_grad = [(h, True) for h in hooks.cb("on_before_zero_grad")] + \
-                                [(h, False) for h in hooks.mod("on_before_zero_grad")]
-        self.before_backward = [(h, True) for h in hooks.cb("on_before_backward")] + \
-                               [(h, False) for h in hooks.mod("on_before_backward")]
-        self.after_backward = [(h, True) for h in hooks.cb("on_after_backward")] + \
-                              [(h, False) for h in hooks.mod("on_after_backward")]
+        self.before_zero_grad = hooks.both("on_before_zero_grad")
+        self.before_backward = hooks.both("on_before_backward")
+        self.after_backward = hooks.both("on_after_backward")
         self.optimizer_step = module.optimizer_step
         self.zero_grad = module.optimizer_zero_grad
         self.backward = module.backward
@@ -195,12 +190,8 @@ def manual_backward(trainer: Trainer, loss: Tensor, *args: Any, **kwargs: Any) -
     """`self.manual_backward(loss)`: the backward hooks around the module's `backward` (fabric's backward)."""
     hooks = trainer.run_state.hooks
     module = hooks.pl_module
-    for hook in hooks.cb("on_before_backward"):
-        hook(trainer, module, loss)
-    for hook in hooks.mod("on_before_backward"):
-        hook(loss)
+    for hook, is_callback in hooks.both("on_before_backward"):
+        hook(trainer, module, loss) if is_callback else hook(loss)
     module.backward(loss, *args, **kwargs)
-    for hook in hooks.cb("on_after_backward"):
-        hook(trainer, module)
-    for hook in hooks.mod("on_after_backward"):
-        hook()
+    for hook, is_callback in hooks.both("on_after_backward"):
+        hook(trainer, module) if is_callback else hook()
