@@ -17,9 +17,6 @@ from fabric_kit.loggers import FolderLogger, Logger, agree_on_versions
 from fabric_kit.wrappers import FabricModule
 from loops.callbacks.callback import Callback
 from loops.callbacks.checkpoint import Checkpoint
-from loops.callbacks.model_checkpoint import ModelCheckpoint
-from loops.callbacks.model_summary import ModelSummary
-from loops.callbacks.progress import ProgressBar, TQDMProgressBar
 from loops.core.datamodule import LightningDataModule
 from loops.core.hooks import DataHooks
 from loops.core.module import LightningModule
@@ -83,7 +80,7 @@ class Trainer(TrainerProperties):
         self.inference_mode, self.use_distributed_sampler = inference_mode, use_distributed_sampler
         self.reload_dataloaders_every_n_epochs = reload_dataloaders_every_n_epochs
         self._set_loggers(logger, log_every_n_steps, fast)
-        self._set_callbacks(as_list(callbacks), enable_checkpointing, enable_progress_bar, enable_model_summary)
+        self._set_callbacks(callbacks, enable_checkpointing, enable_progress_bar, enable_model_summary)
         args_check.set_torch_flags(deterministic, benchmark)
         self.run_state = RunState()
         self.fit_loop = FitLoop(self)
@@ -146,34 +143,14 @@ class Trainer(TrainerProperties):
         self._logger_enabled = not (fast or self.barebones or logger is False)
         self._loggers = default_loggers(logger, self.default_root_dir) if self._logger_enabled else []
 
-    def _set_callbacks(self, given: list[Any], enable_checkpointing: bool | None, enable_progress_bar: bool | None,
-                       enable_model_summary: bool | None) -> None:
-        """The given callbacks plus the defaults the enable_* flags ask for: a ModelCheckpoint, a TQDMProgressBar
-        and a ModelSummary, each unless one of its kind was given."""
+    def _set_callbacks(self, callbacks: list[Callback] | Callback | None, enable_checkpointing: bool | None,
+                       enable_progress_bar: bool | None, enable_model_summary: bool | None) -> None:
         self.enable_checkpointing = not self.barebones if enable_checkpointing is None else enable_checkpointing
         self.enable_progress_bar = not self.barebones if enable_progress_bar is None else enable_progress_bar
         self.enable_model_summary = not self.barebones if enable_model_summary is None else enable_model_summary
-        bad = [type(c).__name__ for c in given if not isinstance(c, Callback)]
-        if bad:
-            raise TypeError(f"callbacks must be loops.Callback instances; got {bad}")
-        checkpoints = [type(c).__name__ for c in given if isinstance(c, Checkpoint)]
-        if not self.enable_checkpointing and checkpoints:
-            raise ValueError(f"enable_checkpointing=False, but callbacks holds {checkpoints}; remove them or "
-                             "enable checkpointing")
-        if self.enable_checkpointing and not checkpoints:
-            given.append(ModelCheckpoint())
-        bars = [type(c).__name__ for c in given if isinstance(c, ProgressBar)]
-        if len(bars) > 1:
-            raise ValueError(f"callbacks holds {len(bars)} progress bars {bars}; the Trainer shows one: keep one")
-        if bars and not self.enable_progress_bar:
-            raise ValueError(f"enable_progress_bar=False, but callbacks holds {bars}; remove it or enable the "
-                             "progress bar")
-        if self.enable_progress_bar and not bars:
-            given.append(TQDMProgressBar())
-        if self.enable_model_summary and not any(isinstance(c, ModelSummary) for c in given):
-            given.append(ModelSummary())
-        self._given_callbacks: list[Callback] = given
-        self.callbacks: list[Callback] = list(given)
+        self._given_callbacks = args_check.with_default_callbacks(as_list(callbacks), self.enable_checkpointing,
+                                                                  self.enable_progress_bar, self.enable_model_summary)
+        self.callbacks: list[Callback] = list(self._given_callbacks)
 
     # -- stages ---------------------------------------------------------------------------------------------------
     def fit(self, model: LightningModule, train_dataloaders: Any = None, val_dataloaders: Any = None,
@@ -293,7 +270,11 @@ class Trainer(TrainerProperties):
         finally:
             self._teardown(stage)
         self.state.status = "finished"
-        # Handed back to the launching process, which adopts it when the stage ran in spawned processes.
+        return self._payload(model, result)
+
+    def _payload(self, model: LightningModule, result: Any) -> dict[str, Any]:
+        """What the stage hands back to the launching process, which adopts it when the stage ran in spawned
+        processes (`_launch`)."""
         on_device = self.fabric.device.type != "cpu"
         state_dict = {k: v.cpu() for k, v in model.state_dict().items()} if on_device else model.state_dict()
         return {"result": result, "state_dict": state_dict, "current_epoch": self.current_epoch,
