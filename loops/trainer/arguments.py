@@ -1,5 +1,5 @@
 """Validate and normalise Trainer arguments that interact (fast_dev_run, max_time, limits, the default callbacks),
-and what is accepted."""
+naming the bad value and what is accepted."""
 from __future__ import annotations
 
 import os
