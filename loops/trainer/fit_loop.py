@@ -7,7 +7,7 @@ from __future__ import annotations
 import math
 import time
 from functools import partial
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from fabric_kit import is_wrapped
 from loops.core.optimizer_config import step_schedulers
@@ -252,7 +252,7 @@ class FitLoop:
         configs = [c for c in state.lr_scheduler_configs if c.interval == "epoch" and c.reduce_on_plateau == plateau]
         if configs and state.automatic:
             step_schedulers(configs, "epoch", state.progress.current_epoch + 1, self.trainer.callback_metrics,
-                            scheduler_stepper(self.trainer))
+                            _scheduler_stepper(self.trainer))
 
     # -- checkpoints ----------------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -275,7 +275,7 @@ class FitLoop:
         return stepped and uncounted
 
 
-def scheduler_stepper(trainer: Trainer) -> Any:
+def _scheduler_stepper(trainer: Trainer) -> Callable[[Any, Any], Any]:
     """The module's `lr_scheduler_step(scheduler, metric)`, called as a hook (it may not log)."""
     hooks = trainer.run_state.hooks
     return partial(hooks.call_on, hooks.pl_module, "lr_scheduler_step")
@@ -304,7 +304,7 @@ class _TrainingEpoch:
         step_configs = [c for c in state.lr_scheduler_configs if c.interval == "step"] if state.automatic else []
         self.schedulers = [c for c in step_configs if not c.reduce_on_plateau]
         self.plateaus = [c for c in step_configs if c.reduce_on_plateau]
-        self.scheduler_step = scheduler_stepper(trainer)
+        self.scheduler_step = _scheduler_stepper(trainer)
         self.validation = loop._validation_enabled()
 
     def run_batch(self, scope: LogScope, batch: Any, batch_idx: int) -> bool:
