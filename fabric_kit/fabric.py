@@ -17,6 +17,7 @@ from fabric_kit.checkpoint.state import unwrap
 from fabric_kit.collections import apply_to_collection, move_to_device
 from fabric_kit.connector import Connector
 from fabric_kit.data import distributed_loader, resumable_loader
+from fabric_kit.precision import Precision
 from fabric_kit.seed import global_seed, seed_everything
 from fabric_kit.strategies.strategy import BackwardSyncControl, Strategy
 from fabric_kit.wrappers import FabricDataLoader, FabricModule, FabricOptimizer, wrap_optimizer
@@ -44,6 +45,7 @@ class Fabric:
         connector = Connector(accelerator, strategy, devices, num_nodes, precision, plugins)
         self._strategy: Strategy = connector.strategy
         self._accelerator: Accelerator = connector.accelerator
+        self._num_nodes = connector.num_nodes
         self._callbacks = _as_list(callbacks)
         self._loggers = _as_list(loggers)
         self._launched = False
@@ -64,6 +66,11 @@ class Fabric:
     @property
     def strategy(self) -> Strategy:
         return self._strategy
+
+    @property
+    def precision(self) -> Precision:
+        """The resolved Precision plugin; its `name` is the setting, e.g. "bf16-mixed"."""
+        return self._strategy.precision
 
     @property
     def setup_module_first(self) -> bool:
@@ -90,6 +97,11 @@ class Fabric:
     @property
     def world_size(self) -> int:
         return self._strategy.world_size
+
+    @property
+    def num_nodes(self) -> int:
+        """Number of machines the job runs on."""
+        return self._num_nodes
 
     @property
     def is_global_zero(self) -> bool:

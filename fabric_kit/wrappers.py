@@ -239,3 +239,6 @@ class FabricDataLoader:
 def is_wrapped(obj: object) -> bool:
     """Whether `obj` was returned by `Fabric.setup*` (a module, optimizer or dataloader)."""
     return isinstance(obj, (FabricModule, FabricOptimizer, FabricDataLoader))
+
+
+__all__ = ["FabricDataLoader", "FabricModule", "FabricOptimizer", "is_wrapped"]

@@ -98,6 +98,30 @@ def test_setup_module_first_says_when_optimizers_come_after_the_model(strategy, 
     assert fabric.setup_module_first is first is fabric.strategy.setup_module_first
 
 
+def test_strategies_say_whether_they_shard_parameters_or_own_the_optimizer():
+    """What callers (loops' weight-averaging and fine-tuning callbacks) ask instead of a strategy's class name."""
+    from fabric_kit.strategies.ddp import DDPStrategy
+    from fabric_kit.strategies.fsdp import FSDPStrategy
+    from fabric_kit.strategies.xla_fsdp import XLAFSDPStrategy
+
+    assert (SingleDeviceStrategy.shards_parameters, SingleDeviceStrategy.owns_optimizer) == (False, False)
+    assert (DDPStrategy.shards_parameters, DDPStrategy.owns_optimizer) == (False, False)
+    assert FSDPStrategy.shards_parameters and XLAFSDPStrategy.shards_parameters
+    assert not (FSDPStrategy.owns_optimizer or XLAFSDPStrategy.owns_optimizer)
+    pytest.importorskip("deepspeed")
+    from fabric_kit.strategies.deepspeed import DeepSpeedStrategy
+
+    for stage in (1, 2, 3):  # ZeRO partitions the parameters themselves only at stage 3
+        strategy = DeepSpeedStrategy(stage=stage)
+        assert (strategy.shards_parameters, strategy.owns_optimizer) == (stage == 3, True)
+
+
+def test_num_nodes_and_precision_as_resolved():
+    fabric = Fabric(accelerator="cpu", devices=1, num_nodes=2, strategy="ddp", precision="bf16")
+    assert (fabric.num_nodes, fabric.world_size) == (2, 2)
+    assert fabric.precision is fabric.strategy.precision and fabric.precision.name == "bf16-mixed"
+
+
 def test_setup_twice_is_an_error(fabric):
     net, model, optimizer = make(fabric)
     for again in (net, model):

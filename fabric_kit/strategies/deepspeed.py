@@ -80,6 +80,8 @@ class DeepSpeedPrecision(TruePrecision):
 class DeepSpeedStrategy(DDPStrategy):
     """One process per device, launched as for DDP; `deepspeed.initialize` replaces the DDP wrapper."""
 
+    owns_optimizer = True
+
     def __init__(self, accelerator: Accelerator | None = None, parallel_devices: list[torch.device] | None = None,
                  cluster_environment: ClusterEnvironment | None = None, precision: Precision | None = None,
                  process_group_backend: str | None = None, timeout: timedelta | None = None,
@@ -107,6 +109,10 @@ class DeepSpeedStrategy(DDPStrategy):
     @property
     def zero_stage(self) -> int:
         return int(self.config.get("zero_optimization", {}).get("stage", 0))
+
+    @property  # type: ignore[override]
+    def shards_parameters(self) -> bool:
+        return self.zero_stage == 3
 
     def setup_environment(self) -> None:
         """Fix the precision (now final) into the config, and tell DeepSpeed what it would otherwise guess: the

@@ -34,6 +34,10 @@ class Strategy(ABC):
     """True when the strategy replaces the model's parameters (by shards) as it sets the model up, so optimizers
     must be built afterwards from the set-up module's parameters: `fabric.setup_module(model)`, create the
     optimizers, then `fabric.setup_optimizers(...)`. False: `fabric.setup(model, *optimizers)` takes both."""
+    shards_parameters: bool = False
+    """True when each process holds only a shard of the parameters (FSDP, XLA FSDP, DeepSpeed ZeRO stage 3)."""
+    owns_optimizer: bool = False
+    """True when the strategy's engine wraps the optimizer (DeepSpeed): param groups cannot be added in training."""
 
     def __init__(self, accelerator: Accelerator | None = None, precision: Precision | None = None) -> None:
         self.accelerator = accelerator

@@ -32,6 +32,7 @@ class XLAFSDPStrategy(XLAStrategy):
     """Extra keyword arguments go to `XlaFullyShardedDataParallel` (e.g. `auto_wrap_policy`, `compute_dtype`)."""
 
     setup_module_first = True
+    shards_parameters = True
 
     def __init__(self, accelerator: Accelerator | None = None, parallel_devices: list[torch.device] | None = None,
                  cluster_environment: ClusterEnvironment | None = None, precision: Precision | None = None,

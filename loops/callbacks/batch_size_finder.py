@@ -1,12 +1,15 @@
 """BatchSizeFinder: the batch-size search as a callback, run when fit starts; training then uses the size found."""
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from loops.callbacks.callback import Callback
 from loops.tuner.attributes import get_attribute
 from loops.tuner.batch_size_scaling import check_scale_arguments, scale_batch_size
 from loops.tuner.exit import TunerExit
+
+if TYPE_CHECKING:
+    from loops.trainer.trainer import Trainer
 
 
 class BatchSizeFinder(Callback):
@@ -27,23 +30,23 @@ class BatchSizeFinder(Callback):
         self._early_exit = False  # set by Tuner: end fit once the search is done
         self.optimal_batch_size: int | None = init_val
 
-    def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
+    def setup(self, trainer: Trainer, pl_module: Any, stage: str) -> None:
         if stage != "fit":
             raise ValueError(f"BatchSizeFinder searches during fit; Trainer.{stage} got one (remove it from the "
                              "callbacks for this stage)")
         if trainer.world_size > 1:
             raise ValueError(f"BatchSizeFinder runs in one process; this run has world_size={trainer.world_size}")
-        if trainer._loader_args["train"] is not None:
+        if trainer.run_state.dataloaders["train"] is not None:
             raise ValueError("BatchSizeFinder cannot resize dataloaders passed to fit(); build them in the module's "
                              "or datamodule's train_dataloader() from the batch-size attribute instead")
         get_attribute(trainer, self._batch_arg_name)
 
-    def scale_batch_size(self, trainer: Any, pl_module: Any) -> None:
+    def scale_batch_size(self, trainer: Trainer, pl_module: Any) -> None:
         self.optimal_batch_size = scale_batch_size(trainer, self._mode, self._steps_per_trial, self._init_val,
                                                    self._max_trials, self._batch_arg_name, self._margin,
                                                    self._max_val)
         if self._early_exit:
             raise TunerExit()
 
-    def on_fit_start(self, trainer: Any, pl_module: Any) -> None:
+    def on_fit_start(self, trainer: Trainer, pl_module: Any) -> None:
         self.scale_batch_size(trainer, pl_module)

@@ -3,11 +3,14 @@ machine's CPU and memory use (read with psutil), around every training, validati
 loggers."""
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from loops.callbacks.callback import Callback
+
+if TYPE_CHECKING:
+    from loops.trainer.trainer import Trainer
 
 
 class DeviceStatsMonitor(Callback):
@@ -22,7 +25,7 @@ class DeviceStatsMonitor(Callback):
     def __init__(self, cpu_stats: bool | None = None) -> None:
         self._cpu_stats = cpu_stats
 
-    def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
+    def setup(self, trainer: Trainer, pl_module: Any, stage: str) -> None:
         if stage != "fit":
             return
         if not trainer.loggers:
@@ -46,10 +49,11 @@ class DeviceStatsMonitor(Callback):
         return stats
 
     def _logs_cpu(self, device: torch.device) -> bool:
-        return self._cpu_stats or (self._cpu_stats is None and device.type == "cpu")
+        return bool(self._cpu_stats) or (self._cpu_stats is None and device.type == "cpu")
 
-    def _log(self, trainer: Any, hook: str) -> None:
-        if (trainer._logger_step + 1) % trainer.log_every_n_steps and not trainer.should_stop:
+    def _log(self, trainer: Trainer, hook: str) -> None:
+        step = trainer.run_state.progress.batches_stepped  # the loggers' step
+        if (step + 1) % trainer.log_every_n_steps and not trainer.should_stop:
             return
         stats = self.device_stats(trainer.fabric.device)
         if not stats:
@@ -58,27 +62,27 @@ class DeviceStatsMonitor(Callback):
         for logger in trainer.loggers:
             separator = getattr(logger, "group_separator", "/")
             logger.log_metrics({f"{prefix}{separator}{name}": value for name, value in stats.items()},
-                               step=trainer._logger_step)
+                               step=step)
 
-    def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_start(self, trainer: Trainer, pl_module: Any, batch: Any, batch_idx: int) -> None:
         self._log(trainer, "on_train_batch_start")
 
-    def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_end(self, trainer: Trainer, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
         self._log(trainer, "on_train_batch_end")
 
-    def on_validation_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int,
+    def on_validation_batch_start(self, trainer: Trainer, pl_module: Any, batch: Any, batch_idx: int,
                                   dataloader_idx: int = 0) -> None:
         self._log(trainer, "on_validation_batch_start")
 
-    def on_validation_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int,
+    def on_validation_batch_end(self, trainer: Trainer, pl_module: Any, outputs: Any, batch: Any, batch_idx: int,
                                 dataloader_idx: int = 0) -> None:
         self._log(trainer, "on_validation_batch_end")
 
-    def on_test_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int,
+    def on_test_batch_start(self, trainer: Trainer, pl_module: Any, batch: Any, batch_idx: int,
                             dataloader_idx: int = 0) -> None:
         self._log(trainer, "on_test_batch_start")
 
-    def on_test_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int,
+    def on_test_batch_end(self, trainer: Trainer, pl_module: Any, outputs: Any, batch: Any, batch_idx: int,
                           dataloader_idx: int = 0) -> None:
         self._log(trainer, "on_test_batch_end")
 

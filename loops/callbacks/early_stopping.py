@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import math
 from enum import Enum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
 
 from loops.callbacks.callback import Callback
+
+if TYPE_CHECKING:
+    from loops.trainer.trainer import Trainer
 
 
 class EarlyStoppingReason(Enum):
@@ -56,24 +59,24 @@ class EarlyStopping(Callback):
     def state_key(self) -> str:
         return self._generate_state_key(monitor=self.monitor, mode=self.mode)
 
-    def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
+    def setup(self, trainer: Trainer, pl_module: Any, stage: str) -> None:
         if self._check_on_train_epoch_end is None:
             # Validating several times an epoch, or not every epoch: check after each validation instead.
             self._check_on_train_epoch_end = trainer.val_check_interval == 1.0 and trainer.check_val_every_n_epoch == 1
 
-    def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
+    def on_train_epoch_end(self, trainer: Trainer, pl_module: Any) -> None:
         if self._check_on_train_epoch_end and not self._skip(trainer):
             self._check(trainer)
 
-    def on_validation_end(self, trainer: Any, pl_module: Any) -> None:
+    def on_validation_end(self, trainer: Trainer, pl_module: Any) -> None:
         if not self._check_on_train_epoch_end and not self._skip(trainer):
             self._check(trainer)
 
     @staticmethod
-    def _skip(trainer: Any) -> bool:
+    def _skip(trainer: Trainer) -> bool:
         return trainer.state.fn != "fit" or trainer.sanity_checking or bool(trainer.fast_dev_run)
 
-    def _check(self, trainer: Any) -> None:
+    def _check(self, trainer: Trainer) -> None:
         value = trainer.callback_metrics.get(self.monitor)
         if value is None:
             if self.strict:
@@ -121,7 +124,7 @@ class EarlyStopping(Callback):
                           f"score: {self.best_score.item():.3f}. Signaling Trainer to stop.")
         return False, None
 
-    def _say(self, trainer: Any, message: str) -> None:
+    def _say(self, trainer: Trainer, message: str) -> None:
         if trainer.world_size == 1:
             print(message)
         elif not self.log_rank_zero_only or trainer.global_rank == 0:

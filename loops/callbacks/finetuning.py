@@ -4,13 +4,16 @@ is the ready-made schedule for a module with a `backbone`."""
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable, Iterable, Iterator, Union
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Union
 
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.optim import Optimizer
 
 from loops.callbacks.callback import Callback
+
+if TYPE_CHECKING:
+    from loops.trainer.trainer import Trainer
 
 log = logging.getLogger(__name__)
 
@@ -97,13 +100,14 @@ class BaseFinetuning(Callback):
             optimizer.add_param_group({"params": params, "lr": group_lr})
 
     # -- hooks ----------------------------------------------------------------------------------------------------
-    def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
-        if "DeepSpeed" in type(trainer.fabric.strategy).__name__:
+    def setup(self, trainer: Trainer, pl_module: Any, stage: str) -> None:
+        if trainer.fabric.strategy.owns_optimizer:
             raise ValueError(f"{type(self).__name__} adds optimizer parameter groups during training, which the "
-                             "DeepSpeed strategy does not allow; use another strategy or remove the callback")
+                             f"{type(trainer.fabric.strategy).__name__} (its engine owns the optimizer) does not "
+                             "allow; use another strategy or remove the callback")
         self.freeze_before_training(pl_module)
 
-    def on_train_epoch_start(self, trainer: Any, pl_module: Any) -> None:
+    def on_train_epoch_start(self, trainer: Trainer, pl_module: Any) -> None:
         for optimizer in trainer.optimizers:
             self.finetune_function(pl_module, trainer.current_epoch, optimizer)
 

@@ -2,9 +2,12 @@
 batches per optimizer step in epochs 0-3, 4 in epochs 4-7 and none from epoch 8 on."""
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from loops.callbacks.callback import Callback
+
+if TYPE_CHECKING:
+    from loops.trainer.trainer import Trainer
 
 
 class GradientAccumulationScheduler(Callback):
@@ -31,7 +34,7 @@ class GradientAccumulationScheduler(Callback):
         """The factor of the last scheduled epoch at or before `epoch`."""
         return self.scheduling[max(e for e in self.epochs if e <= epoch)]
 
-    def on_train_start(self, trainer: Any, pl_module: Any) -> None:
+    def on_train_start(self, trainer: Trainer, pl_module: Any) -> None:
         if not pl_module.automatic_optimization:
             raise RuntimeError("GradientAccumulationScheduler needs automatic optimization; with manual "
                                "optimization step the optimizer every N batches yourself")
@@ -39,5 +42,5 @@ class GradientAccumulationScheduler(Callback):
             raise ValueError(f"Trainer(accumulate_grad_batches={trainer.accumulate_grad_batches}) and "
                              "GradientAccumulationScheduler both set the accumulation; remove one of them")
 
-    def on_train_epoch_start(self, trainer: Any, pl_module: Any) -> None:
+    def on_train_epoch_start(self, trainer: Trainer, pl_module: Any) -> None:
         trainer.accumulate_grad_batches = self.get_accumulate_grad_batches(trainer.current_epoch)

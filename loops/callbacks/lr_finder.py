@@ -2,11 +2,14 @@
 With `update_attr` training then continues at the suggested learning rate."""
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from loops.callbacks.callback import Callback
 from loops.tuner.lr_finder import LRFinder, check_lr_find_arguments, lr_find
 from loops.tuner.exit import TunerExit
+
+if TYPE_CHECKING:
+    from loops.trainer.trainer import Trainer
 
 
 class LearningRateFinder(Callback):
@@ -27,7 +30,7 @@ class LearningRateFinder(Callback):
         self._early_exit = False  # set by Tuner: end fit once the search is done
         self.optimal_lr: LRFinder | None = None
 
-    def lr_find(self, trainer: Any, pl_module: Any) -> None:
+    def lr_find(self, trainer: Trainer, pl_module: Any) -> None:
         self.optimal_lr = lr_find(trainer, pl_module, min_lr=self._min_lr, max_lr=self._max_lr,
                                   num_training=self._num_training_steps, mode=self._mode,
                                   early_stop_threshold=self._early_stop_threshold, update_attr=self._update_attr,
@@ -35,5 +38,5 @@ class LearningRateFinder(Callback):
         if self._early_exit:
             raise TunerExit()
 
-    def on_fit_start(self, trainer: Any, pl_module: Any) -> None:
+    def on_fit_start(self, trainer: Trainer, pl_module: Any) -> None:
         self.lr_find(trainer, pl_module)

@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import warnings
 from collections import Counter
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from torch.optim import Optimizer
 
 from loops.callbacks.callback import Callback
+
+if TYPE_CHECKING:
+    from loops.trainer.trainer import Trainer
 
 
 class LearningRateMonitor(Callback):
@@ -25,7 +28,7 @@ class LearningRateMonitor(Callback):
             log_weight_decay
         self.lrs: dict[str, list[float]] = {}
 
-    def on_train_start(self, trainer: Any, pl_module: Any) -> None:
+    def on_train_start(self, trainer: Trainer, pl_module: Any) -> None:
         if not trainer.loggers:
             raise ValueError("LearningRateMonitor needs a logger to send learning rates to; the Trainer has none "
                              "(logger=False?)")
@@ -35,16 +38,16 @@ class LearningRateMonitor(Callback):
                           "its momentum is logged as 0", stacklevel=2)
         self.lrs = {name: [] for name, entry in self._names(trainer).items() if entry.kind == "lr"}
 
-    def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int) -> None:
-        if self.logging_interval != "epoch" and \
-                ((trainer.fit_loop.batches_stepped + 1) % trainer.log_every_n_steps == 0 or trainer.should_stop):
+    def on_train_batch_start(self, trainer: Trainer, pl_module: Any, batch: Any, batch_idx: int) -> None:
+        step = trainer.run_state.progress.batches_stepped  # the loggers' step
+        if self.logging_interval != "epoch" and ((step + 1) % trainer.log_every_n_steps == 0 or trainer.should_stop):
             self._log(trainer, "step" if self.logging_interval is None else "any")
 
-    def on_train_epoch_start(self, trainer: Any, pl_module: Any) -> None:
+    def on_train_epoch_start(self, trainer: Trainer, pl_module: Any) -> None:
         if self.logging_interval != "step":
             self._log(trainer, "epoch" if self.logging_interval is None else "any")
 
-    def _log(self, trainer: Any, interval: str) -> None:
+    def _log(self, trainer: Trainer, interval: str) -> None:
         stats = self._stats(trainer, interval)
         if not stats:
             return
@@ -52,12 +55,13 @@ class LearningRateMonitor(Callback):
             if name in self.lrs:  # learning rates only
                 self.lrs[name].append(value)
         for logger in trainer.loggers:
-            logger.log_metrics(stats, step=trainer.fit_loop.batches_stepped)
+            logger.log_metrics(stats, step=trainer.run_state.progress.batches_stepped)
 
-    def _names(self, trainer: Any) -> dict[str, _Entry]:
+    def _names(self, trainer: Trainer) -> dict[str, _Entry]:
         named: dict[str, _Entry] = {}
         seen: Counter[type] = Counter()
-        sources = [(c.scheduler.optimizer, c.name, c.interval) for c in trainer.lr_scheduler_configs]
+        sources: list[tuple[Optimizer, str | None, str | None]] = [
+            (c.scheduler.optimizer, c.name, c.interval) for c in trainer.lr_scheduler_configs]
         scheduled = [opt for opt, _, _ in sources]
         sources += [(opt, None, None) for opt in trainer.optimizers if not any(opt is s for s in scheduled)]
         kinds = ["lr"] + ["momentum"] * self.log_momentum + ["weight_decay"] * self.log_weight_decay
@@ -77,7 +81,7 @@ class LearningRateMonitor(Callback):
                     named[base if kind == "lr" else f"{base}-{kind}"] = _Entry(optimizer, index, interval, kind)
         return named
 
-    def _stats(self, trainer: Any, interval: str) -> dict[str, float]:
+    def _stats(self, trainer: Trainer, interval: str) -> dict[str, float]:
         """Values due at `interval` ("step", "epoch" or "any"); optimizers without a scheduler are due each step."""
         stats = {}
         for name, entry in self._names(trainer).items():
@@ -91,12 +95,12 @@ class _Entry(NamedTuple):
     and what: "lr", "momentum" (the first beta for Adam-like optimizers) or "weight_decay"."""
 
     optimizer: Optimizer
-    index: int
+    group_index: int
     interval: str | None
     kind: str
 
     def value(self) -> float:
-        group = self.optimizer.param_groups[self.index]
+        group = self.optimizer.param_groups[self.group_index]
         if self.kind == "momentum":
             key = _momentum_key(group)
             return float(0.0 if key is None else group[key][0] if key == "betas" else group[key])

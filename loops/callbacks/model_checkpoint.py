@@ -14,12 +14,15 @@ import time
 import warnings
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
 
 from loops.callbacks.checkpoint import Checkpoint
+
+if TYPE_CHECKING:
+    from loops.trainer.trainer import Trainer
 
 
 class ModelCheckpoint(Checkpoint):
@@ -105,7 +108,7 @@ class ModelCheckpoint(Checkpoint):
                                         every_n_epochs=self._every_n_epochs,
                                         train_time_interval=self._train_time_interval)
 
-    def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
+    def setup(self, trainer: Trainer, pl_module: Any, stage: str) -> None:
         dirpath = self.dirpath or os.path.join(trainer.log_dir, "checkpoints")
         self.dirpath = trainer.strategy.broadcast(dirpath) if trainer.world_size > 1 else dirpath
         if stage == "fit" and trainer.is_global_zero and self.save_top_k != 0 and os.path.isdir(self.dirpath) \
@@ -114,11 +117,11 @@ class ModelCheckpoint(Checkpoint):
                           "'-vN' suffixes where names collide" if self._enable_version_counter else
                           f"Checkpoint directory {self.dirpath} exists and is not empty", stacklevel=2)
 
-    def on_train_start(self, trainer: Any, pl_module: Any) -> None:
+    def on_train_start(self, trainer: Trainer, pl_module: Any) -> None:
         self._last_time_checked = time.monotonic()
 
     # -- when ---------------------------------------------------------------------------------------------------
-    def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_end(self, trainer: Trainer, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
         if self._skip(trainer):
             return
         due = bool(self._every_n_train_steps) and trainer.global_step % self._every_n_train_steps == 0
@@ -136,23 +139,23 @@ class ModelCheckpoint(Checkpoint):
             return
         self._save(trainer)
 
-    def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
+    def on_train_epoch_end(self, trainer: Trainer, pl_module: Any) -> None:
         if self._saves_on_train_epoch_end(trainer) and not self._skip(trainer) and self._epoch_due(trainer):
             self._save(trainer)
 
-    def on_validation_end(self, trainer: Any, pl_module: Any) -> None:
+    def on_validation_end(self, trainer: Trainer, pl_module: Any) -> None:
         if self._saves_on_train_epoch_end(trainer) or self._skip(trainer):
             return
         if self._save_at_validation or self._epoch_due(trainer):
             self._save_at_validation = False
             self._save(trainer)
 
-    def on_train_end(self, trainer: Any, pl_module: Any) -> None:
+    def on_train_end(self, trainer: Trainer, pl_module: Any) -> None:
         """Training stopped between saves (max_steps, a step trigger, early stopping): last.ckpt gets the end."""
         if self.save_last and self._last_step_in_last != trainer.global_step and not trainer.fast_dev_run:
             self._save_last(trainer, self._candidates(trainer))
 
-    def on_exception(self, trainer: Any, pl_module: Any, exception: BaseException) -> None:
+    def on_exception(self, trainer: Trainer, pl_module: Any, exception: BaseException) -> None:
         """With `save_on_exception=True`: the state at the failure, under the usual name (and last.ckpt)."""
         if not self.save_on_exception or self.dirpath is None or self._skip(trainer):
             return
@@ -164,7 +167,7 @@ class ModelCheckpoint(Checkpoint):
         if trainer.is_global_zero:
             print(f"{type(exception).__name__} raised ({exception}); saved checkpoint {path}")
 
-    def _saves_on_train_epoch_end(self, trainer: Any) -> bool:
+    def _saves_on_train_epoch_end(self, trainer: Trainer) -> bool:
         """At the training epoch's end (which sees that epoch's validation too) unless validation runs several
         times an epoch or not every epoch: then after each validation."""
         if self._save_on_train_epoch_end is not None:
@@ -173,21 +176,21 @@ class ModelCheckpoint(Checkpoint):
             return False
         return not any(n > 0 for n in trainer.num_val_batches) or trainer.val_check_interval == 1.0
 
-    def _epoch_due(self, trainer: Any) -> bool:
+    def _epoch_due(self, trainer: Trainer) -> bool:
         every = self._every_n_epochs
         return bool(every) and (trainer.current_epoch + 1) % every == 0
 
-    def _skip(self, trainer: Any) -> bool:
+    def _skip(self, trainer: Trainer) -> bool:
         return trainer.state.fn != "fit" or trainer.sanity_checking or bool(trainer.fast_dev_run) \
             or self._last_global_step_saved == trainer.global_step
 
     # -- what ---------------------------------------------------------------------------------------------------
-    def _candidates(self, trainer: Any) -> dict[str, Any]:
+    def _candidates(self, trainer: Trainer) -> dict[str, Any]:
         metrics = dict(trainer.callback_metrics)
         metrics.update(epoch=torch.tensor(trainer.current_epoch), step=torch.tensor(trainer.global_step))
         return metrics
 
-    def _save(self, trainer: Any) -> None:
+    def _save(self, trainer: Trainer) -> None:
         """Top-k (or the latest) first, then last.ckpt, then remove what fell out: never fewer files than before."""
         self._last_global_step_saved = trainer.global_step
         metrics = self._candidates(trainer)
@@ -198,7 +201,7 @@ class ModelCheckpoint(Checkpoint):
                 logged = sorted(k for k in metrics if k not in ("epoch", "step"))
                 raise KeyError(f"ModelCheckpoint(monitor={self.monitor!r}) found no such metric; logged metrics: "
                                f"{logged}. Log it with self.log({self.monitor!r}, value)")
-            saved, fallen = self._save_top_k(trainer, metrics)
+            saved, fallen = self._save_top_k(trainer, metrics, self.monitor)
         elif self.save_top_k != 0:
             saved = self._path(trainer, metrics, replacing=self.best_model_path if self.save_top_k == 1 else "")
             if self.save_top_k == 1 and self.best_model_path and self.best_model_path != saved:
@@ -210,9 +213,9 @@ class ModelCheckpoint(Checkpoint):
         for path in fallen:
             self._remove(trainer, path)
 
-    def _save_top_k(self, trainer: Any, metrics: dict[str, Any]) -> tuple[str, list[str]]:
-        """(the new file or "", files that fell out of the top-k)."""
-        current = metrics[self.monitor].detach().float().cpu().squeeze()
+    def _save_top_k(self, trainer: Trainer, metrics: dict[str, Any], monitor: str) -> tuple[str, list[str]]:
+        """(the new file or "", files that fell out of the top-k by `monitor`)."""
+        current = metrics[monitor].detach().float().cpu().squeeze()
         if torch.isnan(current):  # ranks below every number
             current = torch.tensor(math.inf if self.mode == "min" else -math.inf)
         self.current_score = current
@@ -243,7 +246,7 @@ class ModelCheckpoint(Checkpoint):
                           f"to {path!r} as top {self.save_top_k}")
         return path, [replaced] if replaced and replaced != path else []
 
-    def _write(self, trainer: Any, path: str) -> None:
+    def _write(self, trainer: Trainer, path: str) -> None:
         """Every file goes through the trainer's crash-safe save; loggers that upload checkpoints hear of it."""
         trainer.save_checkpoint(path, self.save_weights_only)
         for logger in trainer.loggers:
@@ -252,7 +255,7 @@ class ModelCheckpoint(Checkpoint):
     def _better(self, current: Tensor, reference: Tensor) -> bool:
         return bool(current < reference) if self.mode == "min" else bool(current > reference)
 
-    def _save_last(self, trainer: Any, metrics: dict[str, Any], newest: str = "") -> None:
+    def _save_last(self, trainer: Trainer, metrics: dict[str, Any], newest: str = "") -> None:
         path = self._path(trainer, metrics, replacing=self.last_model_path, name=self.CHECKPOINT_NAME_LAST)
         previous, self.last_model_path = self.last_model_path, path
         self._last_step_in_last = trainer.global_step
@@ -263,7 +266,7 @@ class ModelCheckpoint(Checkpoint):
         if previous and previous != path:
             self._remove(trainer, previous)
 
-    def _link(self, trainer: Any, target: str, link: str) -> None:
+    def _link(self, trainer: Trainer, target: str, link: str) -> None:
         """Point `link` at `target` by one atomic rename of a fresh link; a copy-free full save where the file
         system refuses links."""
         linked = True
@@ -281,7 +284,7 @@ class ModelCheckpoint(Checkpoint):
         if not linked:
             self._write(trainer, link)
 
-    def _path(self, trainer: Any, metrics: dict[str, Any], replacing: str = "", name: str | None = None) -> str:
+    def _path(self, trainer: Trainer, metrics: dict[str, Any], replacing: str = "", name: str | None = None) -> str:
         """A file not yet there (one from another run gets "-v1", "-v2", ...), unless it is the file this save
         replaces; rank 0 decides, so every process writes to the same path."""
         path = self.format_checkpoint_name(metrics, name)
@@ -312,10 +315,11 @@ class ModelCheckpoint(Checkpoint):
 
         return re.sub(r"\{([^{}:]+)(:[^{}]*)?\}", fill, template)
 
-    def _remove(self, trainer: Any, path: str) -> None:
+    def _remove(self, trainer: Trainer, path: str) -> None:
         """Only files of this callback's folder that it no longer tracks: a path carried over from a run saving
         elsewhere (resumed with another dirpath), or the file being resumed from, stays."""
-        if not trainer.is_global_zero or path in self.best_k_models or path == self.last_model_path \
+        if not trainer.is_global_zero or self.dirpath is None or path in self.best_k_models \
+                or path == self.last_model_path \
                 or not os.path.lexists(path) or Path(self.dirpath).absolute() not in Path(path).absolute().parents:
             return
         resumed_from = getattr(trainer, "ckpt_path", None)

@@ -2,11 +2,14 @@
 starts, on global rank 0. The Trainer adds one unless `enable_model_summary=False` or one is given."""
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from torch import nn
 
 from loops.callbacks.callback import Callback
+
+if TYPE_CHECKING:
+    from loops.trainer.trainer import Trainer
 
 
 class ModelSummary(Callback):
@@ -18,7 +21,7 @@ class ModelSummary(Callback):
                              "or a positive int")
         self.max_depth = max_depth
 
-    def on_fit_start(self, trainer: Any, pl_module: Any) -> None:
+    def on_fit_start(self, trainer: Trainer, pl_module: Any) -> None:
         if self.max_depth and trainer.is_global_zero:
             print(summarize(pl_module, self.max_depth))
 

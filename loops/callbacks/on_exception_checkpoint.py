@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from loops.callbacks.checkpoint import Checkpoint
+
+if TYPE_CHECKING:
+    from loops.trainer.trainer import Trainer
 
 
 class OnExceptionCheckpoint(Checkpoint):
@@ -26,13 +29,13 @@ class OnExceptionCheckpoint(Checkpoint):
     def ckpt_path(self) -> str:
         return os.path.join(self.dirpath, self.filename + self.FILE_EXTENSION)
 
-    def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
+    def setup(self, trainer: Trainer, pl_module: Any, stage: str) -> None:
         self._failed = False
 
-    def on_exception(self, trainer: Any, pl_module: Any, exception: BaseException) -> None:
+    def on_exception(self, trainer: Trainer, pl_module: Any, exception: BaseException) -> None:
         self._failed = True
         trainer.save_checkpoint(self.ckpt_path)
 
-    def teardown(self, trainer: Any, pl_module: Any, stage: str) -> None:
+    def teardown(self, trainer: Trainer, pl_module: Any, stage: str) -> None:
         if stage == "fit" and not self._failed and trainer.is_global_zero and os.path.isfile(self.ckpt_path):
             os.remove(self.ckpt_path)

@@ -2,11 +2,14 @@
 instead of keeping them in memory; subclass it and implement the `write_on_*` methods you use."""
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from torch.utils.data import RandomSampler
 
 from loops.callbacks.callback import Callback
+
+if TYPE_CHECKING:
+    from loops.trainer.trainer import Trainer
 
 _INTERVALS = ("batch", "epoch", "batch_and_epoch")
 
@@ -23,23 +26,23 @@ class BasePredictionWriter(Callback):
         self._indices: list[list[list[int]] | None] = []  # per loader: each batch's dataset indices
         self._predictions: list[list[Any]] = []
 
-    def write_on_batch_end(self, trainer: Any, pl_module: Any, prediction: Any, batch_indices: list[int] | None,
+    def write_on_batch_end(self, trainer: Trainer, pl_module: Any, prediction: Any, batch_indices: list[int] | None,
                            batch: Any, batch_idx: int, dataloader_idx: int) -> None:
         raise NotImplementedError(f"{type(self).__name__}(write_interval={self.interval!r}) must implement "
                                   "write_on_batch_end")
 
-    def write_on_epoch_end(self, trainer: Any, pl_module: Any, predictions: list[Any],
+    def write_on_epoch_end(self, trainer: Trainer, pl_module: Any, predictions: list[Any],
                            batch_indices: list[Any]) -> None:
         """`predictions`: the batch outputs (a list per loader when several); `batch_indices`: per loader, each
         batch's dataset indices."""
         raise NotImplementedError(f"{type(self).__name__}(write_interval={self.interval!r}) must implement "
                                   "write_on_epoch_end")
 
-    def on_predict_start(self, trainer: Any, pl_module: Any) -> None:
+    def on_predict_start(self, trainer: Trainer, pl_module: Any) -> None:
         self._indices = [_batch_indices(loader) for loader in trainer.predict_dataloaders]
         self._predictions = [[] for _ in trainer.predict_dataloaders]
 
-    def on_predict_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int,
+    def on_predict_batch_end(self, trainer: Trainer, pl_module: Any, outputs: Any, batch: Any, batch_idx: int,
                              dataloader_idx: int = 0) -> None:
         if self.interval != "batch":
             self._predictions[dataloader_idx].append(outputs)
@@ -47,7 +50,7 @@ class BasePredictionWriter(Callback):
             self.write_on_batch_end(trainer, pl_module, outputs, self._indices_of(dataloader_idx, batch_idx), batch,
                                     batch_idx, dataloader_idx)
 
-    def on_predict_epoch_end(self, trainer: Any, pl_module: Any) -> None:
+    def on_predict_epoch_end(self, trainer: Trainer, pl_module: Any) -> None:
         if self.interval == "batch":
             return
         predictions = self._predictions[0] if len(self._predictions) == 1 else self._predictions

@@ -4,7 +4,7 @@ and its BatchNorm statistics are recomputed for it with one pass over the traini
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 from torch import Tensor, nn
@@ -13,6 +13,9 @@ from torch.optim.swa_utils import SWALR
 from loops.callbacks.callback import Callback
 from loops.core.optimizer_config import SchedulerConfig
 from loops.logging.results import Results
+
+if TYPE_CHECKING:
+    from loops.trainer.trainer import Trainer
 
 AverageFn = Callable[[Tensor, Tensor, Tensor], Tensor]
 
@@ -83,13 +86,14 @@ class StochasticWeightAveraging(Callback):
         return any(isinstance(module, nn.modules.batchnorm._BatchNorm) for module in pl_module.modules())
 
     # -- hooks ----------------------------------------------------------------------------------------------------
-    def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
-        name = type(trainer.fabric.strategy).__name__
-        if stage == "fit" and ("FSDP" in name or "DeepSpeed" in name):
-            raise ValueError(f"StochasticWeightAveraging averages whole weights; the {name} shards them. Use "
-                             "another strategy (e.g. ddp) or remove the callback")
+    def setup(self, trainer: Trainer, pl_module: Any, stage: str) -> None:
+        strategy = trainer.fabric.strategy
+        if stage == "fit" and (strategy.shards_parameters or strategy.owns_optimizer):
+            raise ValueError(f"StochasticWeightAveraging averages whole weights, which the {type(strategy).__name__} "
+                             "shards or keeps in its engine's optimizer. Use another strategy (e.g. ddp) or remove "
+                             "the callback")
 
-    def on_fit_start(self, trainer: Any, pl_module: Any) -> None:
+    def on_fit_start(self, trainer: Trainer, pl_module: Any) -> None:
         if len(trainer.optimizers) != 1:
             raise ValueError(f"StochasticWeightAveraging works with one optimizer; configure_optimizers returned "
                              f"{len(trainer.optimizers)}")
@@ -106,11 +110,11 @@ class StochasticWeightAveraging(Callback):
             raise ValueError("StochasticWeightAveraging recomputes BatchNorm statistics by running training_step "
                              "without gradients, which manual optimization (manual_backward) cannot do")
 
-    def on_train_epoch_start(self, trainer: Any, pl_module: Any) -> None:
+    def on_train_epoch_start(self, trainer: Trainer, pl_module: Any) -> None:
         if self._swa_scheduler is None and self.swa_start <= trainer.current_epoch <= self.swa_end:
             self._start_annealing(trainer)
 
-    def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
+    def on_train_epoch_end(self, trainer: Trainer, pl_module: Any) -> None:
         epoch = trainer.current_epoch
         if self.swa_start <= epoch <= self.swa_end and epoch > self._latest_update_epoch:
             self.update_parameters(pl_module)
@@ -118,19 +122,20 @@ class StochasticWeightAveraging(Callback):
         if epoch == self.swa_end:
             self._transfer(trainer, pl_module)
 
-    def on_train_end(self, trainer: Any, pl_module: Any) -> None:
+    def on_train_end(self, trainer: Trainer, pl_module: Any) -> None:
         self._transfer(trainer, pl_module)  # training stopped before the last epoch
 
     # -- averaging ------------------------------------------------------------------------------------------------
-    def _start_annealing(self, trainer: Any) -> None:
+    def _start_annealing(self, trainer: Trainer) -> None:
         optimizer = trainer.optimizers[0]
         lrs = self._swa_lrs if isinstance(self._swa_lrs, list) else [self._swa_lrs] * len(optimizer.param_groups)
         if len(lrs) != len(optimizer.param_groups):
             raise ValueError(f"swa_lrs has {len(lrs)} values but the optimizer has {len(optimizer.param_groups)} "
                              "parameter groups")
         current = [group["lr"] for group in optimizer.param_groups]
-        self._swa_scheduler = SWALR(optimizer, swa_lr=[float(lr) for lr in lrs], anneal_epochs=self._annealing_epochs,
-                                    anneal_strategy=self._annealing_strategy)
+        swa_lrs: Any = [float(lr) for lr in lrs]  # one per parameter group (SWALR takes a list too)
+        self._swa_scheduler = SWALR(optimizer, swa_lr=swa_lrs, anneal_epochs=self._annealing_epochs,
+                                    anneal_strategy="cos" if self._annealing_strategy == "cos" else "linear")
         if self._scheduler_state is not None:  # resumed: the restored learning rates continue the annealing
             self._swa_scheduler.load_state_dict(self._scheduler_state)
             for group, lr in zip(optimizer.param_groups, current):
@@ -153,7 +158,7 @@ class StochasticWeightAveraging(Callback):
                 average.copy_(self._avg_fn(average, param.to(average.device), count.to(average.device)))
         self.n_averaged += 1
 
-    def _transfer(self, trainer: Any, pl_module: nn.Module) -> None:
+    def _transfer(self, trainer: Trainer, pl_module: nn.Module) -> None:
         if self._transferred or self._average is None:
             return
         self._transferred = True
@@ -181,14 +186,14 @@ class StochasticWeightAveraging(Callback):
         average = state_dict.get("average")
         self._average = None if average is None else [a.to(self._device or a.device) for a in average]
 
-    def on_load_checkpoint(self, trainer: Any, pl_module: Any, checkpoint: dict[str, Any]) -> None:
+    def on_load_checkpoint(self, trainer: Trainer, pl_module: Any, checkpoint: dict[str, Any]) -> None:
         if self._scheduler_state is not None:
             # The checkpoint's scheduler is the SWA one: rebuild it now, so the Trainer restores its state into it
             # (not into the scheduler configure_optimizers returned) and finishes the saved epoch with it.
             self._start_annealing(trainer)
 
 
-def recompute_batch_norm(trainer: Any, pl_module: nn.Module) -> None:
+def recompute_batch_norm(trainer: Trainer, pl_module: nn.Module) -> None:
     """One pass of `training_step` over the training data without gradients, every BatchNorm layer averaging the
     statistics of all batches (momentum None), so the statistics match the current weights. Logs are dropped."""
     momenta = {}
@@ -199,19 +204,17 @@ def recompute_batch_norm(trainer: Any, pl_module: nn.Module) -> None:
             module.momentum = None
     was_training = pl_module.training
     pl_module.train()
-    saved = trainer._results, trainer._log_defaults, trainer._batch
-    trainer._results, trainer._log_defaults = Results(trainer.fabric), (True, False)
+    state = trainer.run_state
     try:
-        with torch.no_grad():
+        with torch.no_grad(), state.logging_scope(Results(trainer.fabric), per_step=True) as scope:
             for batch_idx, batch in enumerate(trainer.train_dataloader):
                 if batch_idx >= trainer.num_training_batches:
                     break
-                if trainer._custom_transfer:
-                    batch = trainer._transfer(batch, 0)
-                trainer._batch = batch
-                trainer._fabric_module("training_step", batch, batch_idx)
+                if state.custom_transfer:
+                    batch = state.hooks.transfer(batch, 0, trainer.fabric.device)
+                scope.batch = batch
+                state.fabric_module("training_step", batch, batch_idx)
     finally:
-        trainer._results, trainer._log_defaults, trainer._batch = saved
         for module, momentum in momenta.items():
             module.momentum = momentum
         pl_module.train(was_training)

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 
 from loops.callbacks.callback import Callback
+
+if TYPE_CHECKING:
+    from loops.trainer.trainer import Trainer
 
 # Dense peak FLOP/s from the vendors' data sheets, by compute dtype ("tf32": float32 matmuls on tensor cores).
 _CUDA_PEAK_FLOPS: dict[str, dict[Any, float]] = {
@@ -49,6 +52,7 @@ class Throughput:
         if isinstance(window_size, bool) or not isinstance(window_size, int) or window_size < 2:
             raise ValueError(f"window_size={window_size!r}: pass an int >= 2 (rates need two points)")
         self.available_flops, self.world_size, self.separator = available_flops, world_size, separator
+        self._window = window_size
         self._time: deque[float] = deque(maxlen=window_size)
         self._batches: deque[int] = deque(maxlen=window_size)
         self._samples: deque[int] = deque(maxlen=window_size)
@@ -74,14 +78,14 @@ class Throughput:
                                      "samples": self._samples[-1]}
         if self._lengths:
             metrics["lengths"] = self._lengths[-1]
-        if len(self._time) < self._time.maxlen or self._time[-1] <= self._time[0]:
+        if len(self._time) < self._window or self._time[-1] <= self._time[0]:
             return metrics
         elapsed = self._time[-1] - self._time[0]
         rates = {"batches_per_sec": (self._batches[-1] - self._batches[0]) / elapsed,
                  "samples_per_sec": (self._samples[-1] - self._samples[0]) / elapsed}
-        if len(self._lengths) == self._lengths.maxlen:
+        if len(self._lengths) == self._window:
             rates["items_per_sec"] = (self._lengths[-1] - self._lengths[0]) / elapsed
-        if len(self._flops) == self._flops.maxlen:
+        if len(self._flops) == self._window:
             rates["flops_per_sec"] = sum(list(self._flops)[1:]) / elapsed  # the FLOPs done after the first time
         for name, per_device in rates.items():
             metrics[f"device{sep}{name}"] = per_device
@@ -115,7 +119,7 @@ class ThroughputMonitor(Callback):
         self._steps_before = 0
         self._world_size = 1
 
-    def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
+    def setup(self, trainer: Trainer, pl_module: Any, stage: str) -> None:
         if self.available_flops is None:
             self.available_flops = get_available_flops(trainer.fabric.device, compute_dtype(trainer.precision))
         self._world_size = trainer.world_size
@@ -127,7 +131,7 @@ class ThroughputMonitor(Callback):
         self._t0s[stage] = time.perf_counter()
 
     @torch.no_grad()
-    def _update(self, trainer: Any, pl_module: Any, stage: str, batch: Any) -> None:
+    def _update(self, trainer: Trainer, pl_module: Any, stage: str, batch: Any) -> None:
         if trainer.fabric.device.type == "cuda":
             torch.cuda.synchronize(trainer.fabric.device)  # the batch's kernels are part of its time
         counts = self._counts[stage]
@@ -139,35 +143,36 @@ class ThroughputMonitor(Callback):
                                         samples=counts[1], lengths=counts[2] if self.length_fn else None,
                                         flops=getattr(pl_module, "flops_per_batch", None))
 
-    def _log(self, trainer: Any, stage: str, step: int) -> None:
+    def _log(self, trainer: Trainer, stage: str, step: int) -> None:
         throughput = self._throughputs[stage]
         metrics = {f"{stage}{throughput.separator}{name}": value for name, value in throughput.compute().items()}
-        trainer._metrics.logged_metrics.update({name: torch.tensor(value) for name, value in metrics.items()})
+        trainer.logged_metrics.update({name: torch.tensor(value) for name, value in metrics.items()})
         for logger in trainer.loggers:
             logger.log_metrics(metrics, step=step)
 
     # -- training -------------------------------------------------------------------------------------------------
-    def on_train_start(self, trainer: Any, pl_module: Any) -> None:
+    def on_train_start(self, trainer: Trainer, pl_module: Any) -> None:
         if trainer.is_global_zero:
             self._start("train")
 
-    def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_start(self, trainer: Trainer, pl_module: Any, batch: Any, batch_idx: int) -> None:
         self._steps_before = trainer.global_step
 
-    def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_end(self, trainer: Trainer, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
         if not trainer.is_global_zero:
             return
         self._update(trainer, pl_module, "train", batch)
         stepped = trainer.global_step != self._steps_before  # measure whole accumulation windows
-        if stepped and ((trainer._logger_step + 1) % trainer.log_every_n_steps == 0 or trainer.should_stop):
-            self._log(trainer, "train", trainer._logger_step)
+        step = trainer.run_state.progress.batches_stepped  # the loggers' step
+        if stepped and ((step + 1) % trainer.log_every_n_steps == 0 or trainer.should_stop):
+            self._log(trainer, "train", step)
 
     # -- evaluation -----------------------------------------------------------------------------------------------
-    def _eval_start(self, trainer: Any, stage: str) -> None:
+    def _eval_start(self, trainer: Trainer, stage: str) -> None:
         if trainer.is_global_zero and not trainer.sanity_checking:
             self._start(stage)
 
-    def _eval_batch_end(self, trainer: Any, pl_module: Any, stage: str, batch: Any) -> None:
+    def _eval_batch_end(self, trainer: Trainer, pl_module: Any, stage: str, batch: Any) -> None:
         if not trainer.is_global_zero or trainer.sanity_checking:
             return
         self._update(trainer, pl_module, stage, batch)
@@ -175,28 +180,28 @@ class ThroughputMonitor(Callback):
         if batches % trainer.log_every_n_steps == 0:
             self._log(trainer, stage, batches)
 
-    def on_validation_start(self, trainer: Any, pl_module: Any) -> None:
+    def on_validation_start(self, trainer: Trainer, pl_module: Any) -> None:
         self._eval_start(trainer, "validate")
 
-    def on_validation_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int,
+    def on_validation_batch_end(self, trainer: Trainer, pl_module: Any, outputs: Any, batch: Any, batch_idx: int,
                                 dataloader_idx: int = 0) -> None:
         self._eval_batch_end(trainer, pl_module, "validate", batch)
 
-    def on_validation_end(self, trainer: Any, pl_module: Any) -> None:
+    def on_validation_end(self, trainer: Trainer, pl_module: Any) -> None:
         if trainer.is_global_zero and not trainer.sanity_checking and "train" in self._t0s \
                 and trainer.state.fn == "fit":
             self._t0s["train"] += time.perf_counter() - self._t0s["validate"]  # validation is not training time
 
-    def on_test_start(self, trainer: Any, pl_module: Any) -> None:
+    def on_test_start(self, trainer: Trainer, pl_module: Any) -> None:
         self._eval_start(trainer, "test")
 
-    def on_test_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int,
+    def on_test_batch_end(self, trainer: Trainer, pl_module: Any, outputs: Any, batch: Any, batch_idx: int,
                           dataloader_idx: int = 0) -> None:
         self._eval_batch_end(trainer, pl_module, "test", batch)
 
-    def on_predict_start(self, trainer: Any, pl_module: Any) -> None:
+    def on_predict_start(self, trainer: Trainer, pl_module: Any) -> None:
         self._eval_start(trainer, "predict")
 
-    def on_predict_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int,
+    def on_predict_batch_end(self, trainer: Trainer, pl_module: Any, outputs: Any, batch: Any, batch_idx: int,
                              dataloader_idx: int = 0) -> None:
         self._eval_batch_end(trainer, pl_module, "predict", batch)

@@ -4,13 +4,16 @@ model takes it when training ends."""
 from __future__ import annotations
 
 import itertools
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_avg_fn
 
 from loops.callbacks.callback import Callback
+
+if TYPE_CHECKING:
+    from loops.trainer.trainer import Trainer
 
 
 class WeightAveraging(Callback):
@@ -38,28 +41,28 @@ class WeightAveraging(Callback):
         return step_idx is not None
 
     # -- hooks ----------------------------------------------------------------------------------------------------
-    def on_fit_start(self, trainer: Any, pl_module: Any) -> None:
+    def on_fit_start(self, trainer: Trainer, pl_module: Any) -> None:
         self._ensure_average_model(pl_module)
 
-    def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_end(self, trainer: Trainer, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
         if trainer.global_step > self._latest_update_step and self.should_update(step_idx=trainer.global_step - 1):
-            self._average_model.update_parameters(pl_module)
+            self._ensure_average_model(pl_module).update_parameters(pl_module)
             self._latest_update_step = trainer.global_step
 
-    def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
+    def on_train_epoch_end(self, trainer: Trainer, pl_module: Any) -> None:
         if trainer.current_epoch > self._latest_update_epoch and self.should_update(epoch_idx=trainer.current_epoch):
-            self._average_model.update_parameters(pl_module)
+            self._ensure_average_model(pl_module).update_parameters(pl_module)
             self._latest_update_epoch = trainer.current_epoch
 
-    def on_train_end(self, trainer: Any, pl_module: Any) -> None:
+    def on_train_end(self, trainer: Trainer, pl_module: Any) -> None:
         for average, current in self._pairs(pl_module):
             current.data.copy_(average.data)
 
-    def on_validation_epoch_start(self, trainer: Any, pl_module: Any) -> None:
+    def on_validation_epoch_start(self, trainer: Trainer, pl_module: Any) -> None:
         if self._average_model is not None:
             self._swap(pl_module)
 
-    def on_validation_epoch_end(self, trainer: Any, pl_module: Any) -> None:
+    def on_validation_epoch_end(self, trainer: Trainer, pl_module: Any) -> None:
         if self._average_model is not None:
             self._swap(pl_module)
 
@@ -71,7 +74,7 @@ class WeightAveraging(Callback):
         self._latest_update_step = state_dict["latest_update_step"]
         self._latest_update_epoch = state_dict.get("latest_update_epoch", -1)
 
-    def on_save_checkpoint(self, trainer: Any, pl_module: Any, checkpoint: dict[str, Any]) -> None:
+    def on_save_checkpoint(self, trainer: Trainer, pl_module: Any, checkpoint: dict[str, Any]) -> None:
         """The average goes under "state_dict" (what load_from_checkpoint reads), the training weights under
         "current_model_state", the averaging counters under "averaging_state" (Lightning's layout)."""
         if self._average_model is None:
@@ -83,20 +86,21 @@ class WeightAveraging(Callback):
         checkpoint["averaging_state"] = {name: value for name, value in average.items()
                                          if not name.startswith("module.")}
 
-    def on_load_checkpoint(self, trainer: Any, pl_module: Any, checkpoint: dict[str, Any]) -> None:
+    def on_load_checkpoint(self, trainer: Trainer, pl_module: Any, checkpoint: dict[str, Any]) -> None:
         """Resuming fit: the average from "state_dict", the training weights from "current_model_state"; a
         checkpoint written without this callback starts the average from its weights."""
-        self._ensure_average_model(pl_module)
+        average_model = self._ensure_average_model(pl_module)
         if "current_model_state" in checkpoint and "averaging_state" in checkpoint:
             average = {f"module.{name}": value for name, value in checkpoint["state_dict"].items()}
-            self._average_model.load_state_dict({**average, **checkpoint["averaging_state"]})
+            average_model.load_state_dict({**average, **checkpoint["averaging_state"]})
             pl_module.load_state_dict(checkpoint["current_model_state"])
         else:
-            self._average_model.module.load_state_dict(checkpoint["state_dict"], strict=False)
+            average_model.module.load_state_dict(checkpoint["state_dict"], strict=False)
 
     # -- the average ----------------------------------------------------------------------------------------------
-    def _ensure_average_model(self, pl_module: Any) -> None:
-        """Copy the set-up module (after configure_model, on its device) without its Trainer."""
+    def _ensure_average_model(self, pl_module: Any) -> AveragedModel:
+        """The average; made on first use as a copy of the set-up module (after configure_model, on its device)
+        without its Trainer."""
         if self._average_model is None:
             trainer, pl_module.trainer = pl_module.trainer, None
             try:
@@ -104,9 +108,10 @@ class WeightAveraging(Callback):
                                                     use_buffers=self._use_buffers, **self._kwargs)
             finally:
                 pl_module.trainer = trainer
+        return self._average_model
 
     def _pairs(self, pl_module: nn.Module) -> Any:
-        average = self._average_model.module
+        average = self._ensure_average_model(pl_module).module
         return zip(itertools.chain(average.parameters(), average.buffers()),
                    itertools.chain(pl_module.parameters(), pl_module.buffers()))
 

@@ -265,8 +265,9 @@ class LightningCLI:
         callbacks = self.trainer.checkpoint_callbacks
         if any(getattr(cb, f"{ckpt_path}_model_path", "") for cb in callbacks):
             return
-        if any(cb.dirpath and os.path.isdir(cb.dirpath) and any(f.endswith(".ckpt") for f in os.listdir(cb.dirpath))
-               for cb in callbacks if getattr(cb, "dirpath", None)):
+        dirpaths = [getattr(cb, "dirpath", None) for cb in callbacks]
+        if any(path and os.path.isdir(path) and any(name.endswith(".ckpt") for name in os.listdir(path))
+               for path in dirpaths):
             return
         self._parser(subcommand).error(
             f"--ckpt_path {ckpt_path}: no checkpoint callback of this {subcommand} run knows a {ckpt_path} checkpoint "

@@ -50,4 +50,4 @@ def replace_configure_optimizers(model: torch.nn.Module, optimizer_init: dict[st
         scheduler = instantiate_class(optimizer, scheduler_init) if scheduler_init else None
         return build(module, optimizer, scheduler)
 
-    model.configure_optimizers = MethodType(configured, model)
+    setattr(model, "configure_optimizers", MethodType(configured, model))  # this instance's method only

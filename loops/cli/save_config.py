@@ -3,9 +3,12 @@ repeated with `--config <log_dir>/config.yaml`."""
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from loops.callbacks.callback import Callback
+
+if TYPE_CHECKING:
+    from loops.trainer.trainer import Trainer
 
 
 class SaveConfigCallback(Callback):
@@ -23,7 +26,7 @@ class SaveConfigCallback(Callback):
         self.save_to_log_dir = save_to_log_dir
         self.already_saved = False
 
-    def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
+    def setup(self, trainer: Trainer, pl_module: Any, stage: str) -> None:
         if self.already_saved:
             return
         if self.save_to_log_dir:
@@ -43,6 +46,6 @@ class SaveConfigCallback(Callback):
             self.already_saved = True
         self.already_saved = trainer.strategy.broadcast(self.already_saved)
 
-    def save_config(self, trainer: Any, pl_module: Any, stage: str) -> None:
+    def save_config(self, trainer: Trainer, pl_module: Any, stage: str) -> None:
         """Rank 0 only: save the config somewhere besides the log directory (e.g. a logger's hyperparameters,
         `self.parser.dump(self.config)`)."""

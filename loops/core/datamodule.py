@@ -1,13 +1,16 @@
 """LightningDataModule: the data side of an experiment (download, split, loaders) in one reusable class."""
 from __future__ import annotations
 
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable
 
 from torch.utils.data import DataLoader, Dataset
 
 from loops.core.hooks import DataHooks
 from loops.core.hparams import HyperparametersMixin
 from loops.core.saving import load_from_checkpoint
+
+if TYPE_CHECKING:
+    from loops.trainer.trainer import Trainer
 
 
 class LightningDataModule(HyperparametersMixin, DataHooks):
@@ -17,7 +20,7 @@ class LightningDataModule(HyperparametersMixin, DataHooks):
 
     def __init__(self) -> None:
         super().__init__()
-        self.trainer: Any = None
+        self.trainer: Trainer | None = None
 
     def state_dict(self) -> dict[str, Any]:
         """State saved in checkpoints under the class name (e.g. a split seed or a curriculum position)."""
@@ -50,4 +53,4 @@ class LightningDataModule(HyperparametersMixin, DataHooks):
                 setattr(datamodule, f"{stage}_dataloader", lambda d=dataset, s=shuffle: loaders(d, s))
         return datamodule
 
-    load_from_checkpoint = classmethod(load_from_checkpoint)
+    load_from_checkpoint: classmethod[Any, ..., Any] = classmethod(load_from_checkpoint)

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
+
+if TYPE_CHECKING:
+    from loops.core.module import LightningModule
 
 
 def _example_input(module: Any, given: Any, what: str) -> Any:
@@ -34,13 +37,13 @@ def to_onnx(module: nn.Module, file_path: str | Path | io.BytesIO | None = None,
     mode = module.training
     module.eval()
     try:
-        return torch.onnx.export(module, args, str(file_path) if isinstance(file_path, Path) else file_path,
-                                 **kwargs)
+        path = str(file_path) if isinstance(file_path, Path) else file_path
+        return torch.onnx.export(module, args, path, **kwargs)  # type: ignore[arg-type]  # a BytesIO too
     finally:
         module.train(mode)
 
 
-def to_torchscript(module: nn.Module, file_path: str | Path | None = None, method: str = "script",
+def to_torchscript(module: LightningModule, file_path: str | Path | None = None, method: str = "script",
                    example_inputs: Any = None, **kwargs: Any) -> torch.jit.ScriptModule:
     """Compile with `torch.jit.script` (method="script") or record a run with `torch.jit.trace` ("trace", which
     needs `example_inputs` or `example_input_array`), in eval mode; saved with `torch.jit.save` when `file_path`

@@ -63,8 +63,8 @@ class HyperparametersMixin:
     def _set_hparams(self, values: Mapping[str, Any]) -> None:
         hparams = self.__dict__.get("_hparams")
         if hparams is None:
-            object.__setattr__(self, "_hparams", AttributeDict())
-            hparams = self._hparams
+            hparams = AttributeDict()
+            object.__setattr__(self, "_hparams", hparams)
         hparams.update(values)
 
     @property
@@ -79,13 +79,13 @@ class HyperparametersMixin:
         return AttributeDict(copy.deepcopy(self.__dict__.get("_hparams_initial", {})))
 
 
-def _init_chain_arguments(frame: types.FrameType, obj: Any) -> dict[str, Any]:
+def _init_chain_arguments(frame: types.FrameType | None, obj: Any) -> dict[str, Any]:
     """The arguments of every `__init__` of `obj` on the stack, from the caller outwards: a subclass calling
     `super().__init__(lr)` contributes its own extra arguments, and its values win."""
     values: dict[str, Any] = {}
     while frame is not None and frame.f_code.co_name == "__init__" and frame.f_locals.get("self") is obj:
         values.update(_init_arguments(frame))
-        frame = frame.f_back  # type: ignore[assignment]
+        frame = frame.f_back
     return values
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 import torch
 from torch import Tensor, nn
@@ -14,13 +14,17 @@ from loops.core.hooks import CheckpointHooks, DataHooks, ModelHooks
 from loops.core.hparams import HyperparametersMixin
 from loops.core.saving import load_from_checkpoint
 
+if TYPE_CHECKING:
+    from fabric_kit import Fabric
+    from loops.trainer.trainer import Trainer
+
 
 class LightningModule(HyperparametersMixin, ModelHooks, DataHooks, CheckpointHooks, nn.Module):
     """Override `training_step` and `configure_optimizers` (and optionally the evaluation steps and hooks)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._trainer: Any = None
+        self._trainer: Trainer | None = None
         self._automatic_optimization = True
         self.example_input_array: Any = None
         self._param_requires_grad_state: dict[Tensor, bool] = {}
@@ -46,18 +50,18 @@ class LightningModule(HyperparametersMixin, ModelHooks, DataHooks, CheckpointHoo
     _jit_is_scripting = False  # set while torch.jit reads every attribute: `trainer` is then None, not an error
 
     @property
-    def trainer(self) -> Any:
+    def trainer(self) -> Trainer:
         if self._trainer is None and not self._jit_is_scripting:
             raise RuntimeError(f"{type(self).__name__} is not attached to a Trainer; this needs trainer.fit, "
                                "validate, test or predict to be running or to have run")
-        return self._trainer
+        return self._trainer  # type: ignore[return-value]  # None only while torch.jit reads the attributes
 
     @trainer.setter
-    def trainer(self, trainer: Any) -> None:
+    def trainer(self, trainer: Trainer | None) -> None:
         self._trainer = trainer
 
     @property
-    def fabric(self) -> Any:
+    def fabric(self) -> Fabric:
         return self.trainer.fabric
 
     @property
@@ -148,7 +152,8 @@ class LightningModule(HyperparametersMixin, ModelHooks, DataHooks, CheckpointHoo
     # -- optimization -------------------------------------------------------------------------------------------
     def optimizers(self, use_pl_optimizer: bool = True) -> Any:
         """The optimizers from `configure_optimizers`, set up by the Trainer: one, or a list when several."""
-        optimizers = self.trainer._optimizers if use_pl_optimizer else self.trainer.optimizers
+        trainer = self.trainer
+        optimizers = trainer.run_state.optimizers if use_pl_optimizer else trainer.optimizers
         return optimizers[0] if len(optimizers) == 1 else list(optimizers)
 
     def lr_schedulers(self) -> Any:
@@ -164,7 +169,8 @@ class LightningModule(HyperparametersMixin, ModelHooks, DataHooks, CheckpointHoo
 
     def backward(self, loss: Tensor, *args: Any, **kwargs: Any) -> None:
         """How a loss is backpropagated; override to customise (e.g. `retain_graph`)."""
-        self.trainer.fabric.backward(loss, *args, model=self.trainer._fabric_module, **kwargs)
+        trainer = self.trainer
+        trainer.fabric.backward(loss, *args, model=trainer.run_state.fabric_module, **kwargs)
 
     def optimizer_step(self, epoch: int, batch_idx: int, optimizer: Any,
                        optimizer_closure: Callable[[], Any] | None = None) -> None:
@@ -186,7 +192,7 @@ class LightningModule(HyperparametersMixin, ModelHooks, DataHooks, CheckpointHoo
         """Freeze every parameter that `optimizer` does not train, so only its loss reaches its parameters."""
         own = {id(p) for group in optimizer.param_groups for p in group["params"]}
         state = self._param_requires_grad_state
-        for opt in self.trainer._optimizers:
+        for opt in self.trainer.run_state.optimizers:
             for group in opt.param_groups:
                 for param in group["params"]:
                     if id(param) not in own:
@@ -209,7 +215,8 @@ class LightningModule(HyperparametersMixin, ModelHooks, DataHooks, CheckpointHoo
         if gradient_clip_val is None or gradient_clip_val == 0:
             return
         algorithm = gradient_clip_algorithm or "norm"
-        fabric, module = self.trainer.fabric, self.trainer._fabric_module
+        trainer = self.trainer
+        fabric, module = trainer.fabric, trainer.run_state.fabric_module
         optimizer = getattr(optimizer, "optimizer", optimizer)
         if algorithm == "norm":
             fabric.clip_gradients(module, optimizer, max_norm=gradient_clip_val, error_if_nonfinite=False)
@@ -250,7 +257,7 @@ class LightningModule(HyperparametersMixin, ModelHooks, DataHooks, CheckpointHoo
     def all_gather(self, data: Any, group: Any = None, sync_grads: bool = False) -> Any:
         return self.trainer.fabric.all_gather(data, group=group, sync_grads=sync_grads)
 
-    load_from_checkpoint = classmethod(load_from_checkpoint)
+    load_from_checkpoint: classmethod[Any, ..., Any] = classmethod(load_from_checkpoint)
 
 
 # torch.jit.script must not compile (or even read) the Trainer-facing properties: most need a running Trainer.

@@ -124,7 +124,7 @@ def step_schedulers(configs: list[SchedulerConfig], interval: str, count: int, m
         if not config.reduce_on_plateau:
             step(config.scheduler, None)
             continue
-        value = metrics.get(config.monitor)
+        value = metrics.get(config.monitor) if config.monitor is not None else None
         if value is None:
             message = (f"ReduceLROnPlateau conditioned on metric {config.monitor!r}, which was not logged; logged "
                        f"metrics: {sorted(metrics)}")

@@ -22,7 +22,7 @@ def read_checkpoint(path: str | Path, map_location: Any = None) -> dict[str, Any
 
 def init_kwargs(cls: type, hparams: dict[str, Any]) -> dict[str, Any]:
     """The hyperparameters `cls.__init__` accepts (all of them when it takes **kwargs)."""
-    parameters = inspect.signature(cls.__init__).parameters
+    parameters = inspect.signature(cls.__init__).parameters  # type: ignore[misc]  # the class's own __init__
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
         return hparams
     return {k: v for k, v in hparams.items() if k in parameters}

@@ -121,7 +121,7 @@ class WandbLogger(Logger):
         """A wandb.Table from `columns` + `data` or from a pandas `dataframe`."""
         import wandb
 
-        table = wandb.Table(columns=columns, data=data, dataframe=dataframe)
+        table = wandb.Table(columns=list(columns) if columns is not None else None, data=data, dataframe=dataframe)
         self.log_metrics({key: table}, step)
 
     def log_text(self, key: str, columns: list[str] | None = None, data: list[list[str]] | None = None,

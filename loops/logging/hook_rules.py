@@ -1,8 +1,6 @@
-"""Which hooks may not call `self.log` (Lightning's rules) and which function a `self.log` call came from, so a
-refused call names its hook. Costs one frame lookup per call."""
+"""Which hooks may not call `self.log` (Lightning's rules). The hook dispatcher records the running hook in the
+logging scope (`loops/trainer/hooks.py`), so a refused call names its hook."""
 from __future__ import annotations
-
-import sys
 
 # Hooks whose self.log calls Lightning refuses (it points to `self.logger.experiment` instead).
 NO_LOGGING = frozenset({
@@ -15,13 +13,3 @@ NO_LOGGING = frozenset({
     "predict_dataloader", "prepare_data", "configure_callbacks", "on_validation_model_zero_grad",
     "on_validation_model_eval", "on_test_model_eval", "on_validation_model_train", "on_test_model_train",
     "lr_scheduler_step"})
-_LOGGING_CALLS = frozenset({"log", "log_dict", "_log", "calling_hook"})
-
-
-def calling_hook() -> str:
-    """The name of the nearest function on the stack outside the `self.log` machinery: the hook that logs (or
-    the user's helper it called)."""
-    frame = sys._getframe(1)
-    while frame is not None and frame.f_code.co_name in _LOGGING_CALLS:
-        frame = frame.f_back
-    return frame.f_code.co_name if frame is not None else "<module>"

@@ -12,7 +12,7 @@ _REDUCTIONS = {"mean": "mean", "avg": "mean", "sum": "sum", "max": "max", "min":
 
 
 def reduction_name(reduce_fx: str | Callable) -> str:
-    name = _REDUCTIONS.get(reduce_fx.lower() if isinstance(reduce_fx, str) else reduce_fx)  # type: ignore[arg-type]
+    name = _REDUCTIONS.get(reduce_fx.lower() if isinstance(reduce_fx, str) else reduce_fx)
     if name is None:
         raise ValueError(f"reduce_fx={reduce_fx!r} is not supported; accepted: 'mean', 'sum', 'max', 'min' or "
                          "torch.mean / torch.sum / torch.max / torch.min")

@@ -1,5 +1,5 @@
-"""Validate and normalise Trainer arguments that interact (fast_dev_run, max_time, limits), naming the bad value
-and what is accepted."""
+"""Validate and normalise Trainer arguments that interact (fast_dev_run, max_time, limits, the default callbacks),
+naming the bad value and what is accepted."""
 from __future__ import annotations
 
 import os
@@ -8,6 +8,12 @@ from datetime import timedelta
 from typing import Any
 
 import torch
+
+from loops.callbacks.callback import Callback
+from loops.callbacks.checkpoint import Checkpoint
+from loops.callbacks.model_checkpoint import ModelCheckpoint
+from loops.callbacks.model_summary import ModelSummary
+from loops.callbacks.progress import ProgressBar, TQDMProgressBar
 
 
 def parse_max_time(max_time: str | timedelta | dict[str, int] | None) -> float | None:
@@ -75,3 +81,26 @@ def set_torch_flags(deterministic: bool | str | None, benchmark: bool | None) ->
         torch.use_deterministic_algorithms(bool(deterministic), warn_only=deterministic == "warn")
     if deterministic:
         os.environ["CUBLAS_WORKSPACE_CONFIG"] = ":4096:8"  # cuBLAS is deterministic only with a fixed workspace
+
+
+def with_default_callbacks(given: list[Any], checkpointing: bool, progress_bar: bool,
+                           model_summary: bool) -> list[Callback]:
+    """`given` plus the defaults the enable_* flags ask for: a ModelCheckpoint, a TQDMProgressBar and a
+    ModelSummary, each unless one of its kind was given (callbacks the flags turned off are an error)."""
+    bad = [type(c).__name__ for c in given if not isinstance(c, Callback)]
+    if bad:
+        raise TypeError(f"callbacks must be loops.Callback instances; got {bad}")
+    checkpoints = [type(c).__name__ for c in given if isinstance(c, Checkpoint)]
+    if not checkpointing and checkpoints:
+        raise ValueError(f"enable_checkpointing=False, but callbacks holds {checkpoints}; remove them or enable "
+                         "checkpointing")
+    bars = [type(c).__name__ for c in given if isinstance(c, ProgressBar)]
+    if len(bars) > 1:
+        raise ValueError(f"callbacks holds {len(bars)} progress bars {bars}; the Trainer shows one: keep one")
+    if bars and not progress_bar:
+        raise ValueError(f"enable_progress_bar=False, but callbacks holds {bars}; remove it or enable the progress "
+                         "bar")
+    defaults: list[Callback] = [ModelCheckpoint()] if checkpointing and not checkpoints else []
+    defaults += [TQDMProgressBar()] if progress_bar and not bars else []
+    defaults += [ModelSummary()] if model_summary and not any(isinstance(c, ModelSummary) for c in given) else []
+    return [*given, *defaults]

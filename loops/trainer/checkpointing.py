@@ -9,11 +9,16 @@ import os
 import re
 import warnings
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
+from fabric_kit import Fabric
 from fabric_kit.checkpoint import read_checkpoint
 from fabric_kit.strategies import DDPStrategy, SingleDeviceStrategy
 from loops.core.hparams import storable_hparams
+
+if TYPE_CHECKING:
+    from loops.callbacks.checkpoint import Checkpoint
+    from loops.trainer.trainer import Trainer
 
 FORMAT_VERSION = 2
 """loops' own checkpoint layout; 2: the fit loop's position and (without a sharding strategy) the optimizer states
@@ -24,8 +29,9 @@ LIGHTNING_VERSION = "2.0.0"
 2.0, so any Lightning 2.x reads the file as its own, without migrating it."""
 
 
-def dump_checkpoint(trainer: Any, weights_only: bool = False) -> dict[str, Any]:
-    module = trainer.lightning_module
+def dump_checkpoint(trainer: Trainer, weights_only: bool = False) -> dict[str, Any]:
+    hooks = trainer.run_state.hooks
+    module = hooks.pl_module
     checkpoint: dict[str, Any] = {
         "epoch": trainer.current_epoch,
         "global_step": trainer.global_step,
@@ -35,7 +41,8 @@ def dump_checkpoint(trainer: Any, weights_only: bool = False) -> dict[str, Any]:
         "loops": {"fit_loop": trainer.fit_loop.state_dict()},
     }
     if not weights_only:
-        checkpoint["callbacks"] = {cb.state_key: cb.state_dict() for cb in trainer.callbacks if cb.state_dict()}
+        states = {cb.state_key: hooks.call_on(cb, "state_dict") for cb in trainer.callbacks}
+        checkpoint["callbacks"] = {key: state for key, state in states.items() if state}
         checkpoint["optimizer_states"] = [opt.state_dict() for opt in trainer.optimizers]
         checkpoint["lr_schedulers"] = [config.scheduler.state_dict() for config in trainer.lr_scheduler_configs]
     if module.hparams:
@@ -47,17 +54,17 @@ def dump_checkpoint(trainer: Any, weights_only: bool = False) -> dict[str, Any]:
             checkpoint["datamodule_hparams_name"] = datamodule._hparams_name
             checkpoint["datamodule_hyper_parameters"] = storable_hparams(datamodule.hparams,
                                                                          type(datamodule).__name__)
-        state = datamodule.state_dict()
+        state = hooks.call_on(datamodule, "state_dict")
         if state:
             checkpoint[type(datamodule).__qualname__] = state
     if not weights_only:
         for callback in trainer.callbacks:
-            callback.on_save_checkpoint(trainer, module, checkpoint)
-    module.on_save_checkpoint(checkpoint)
+            hooks.call_on(callback, "on_save_checkpoint", trainer, module, checkpoint)
+    hooks.call_on(module, "on_save_checkpoint", checkpoint)
     return checkpoint
 
 
-def strategy_keeps_optimizers(fabric: Any) -> bool:
+def strategy_keeps_optimizers(fabric: Fabric) -> bool:
     """Whether fabric's strategy saves and loads optimizers its own way: then each optimizer is a checkpoint entry of
     its own (`optimizer_key`), handed to fabric as the object (FSDP and DeepSpeed gather or shard its state, XLA
     copies it off the device; a subclass may change how). Only under SingleDeviceStrategy and DDPStrategy itself is
@@ -66,8 +73,9 @@ def strategy_keeps_optimizers(fabric: Any) -> bool:
     return type(fabric.strategy) not in (SingleDeviceStrategy, DDPStrategy)
 
 
-def hand_optimizers_to_strategy(state: dict[str, Any], optimizers: list[Any]) -> None:
+def hand_optimizers_to_strategy(state: dict[str, Any], trainer: Trainer) -> None:
     """Replace the `optimizer_states` list of `state` by one entry per optimizer object (and their count)."""
+    optimizers = _fabric_optimizers(trainer)
     del state["optimizer_states"]
     state.update({optimizer_key(i): opt for i, opt in enumerate(optimizers)})
     state["optimizer_count"] = len(optimizers)
@@ -77,7 +85,12 @@ def optimizer_key(index: int) -> str:
     return f"optimizer_states.{index}"
 
 
-def resolve_ckpt_path(trainer: Any, ckpt_path: str | Path | None, stage: str) -> str | None:
+def _fabric_optimizers(trainer: Trainer) -> list[Any]:
+    """The optimizers as fabric set them up, which a strategy saves and restores its own way."""
+    return [optimizer.fabric_optimizer for optimizer in trainer.run_state.optimizers]
+
+
+def resolve_ckpt_path(trainer: Trainer, ckpt_path: str | Path | None, stage: str) -> str | None:
     """None, a file, "best" (the best checkpoint of the run's checkpoint callback) or "last": the newest
     `last*.ckpt` in a checkpoint callback's directory, also one an earlier (killed) process wrote — none yet is a
     warning and a fresh start, so a script can always pass it."""
@@ -104,7 +117,7 @@ def resolve_ckpt_path(trainer: Any, ckpt_path: str | Path | None, stage: str) ->
     return str(path)
 
 
-def _newest_last_checkpoint(trainer: Any, callbacks: list[Any], stage: str) -> str | None:
+def _newest_last_checkpoint(trainer: Trainer, callbacks: list[Checkpoint], stage: str) -> str | None:
     candidates = {cb.last_model_path for cb in callbacks if getattr(cb, "last_model_path", "")}
     for callback in callbacks:
         name = getattr(callback, "CHECKPOINT_NAME_LAST", None)
@@ -121,7 +134,7 @@ def _newest_last_checkpoint(trainer: Any, callbacks: list[Any], stage: str) -> s
     return newest
 
 
-def _best_recorded_on_disk(trainer: Any, callbacks: list[Any]) -> str | None:
+def _best_recorded_on_disk(trainer: Trainer, callbacks: list[Checkpoint]) -> str | None:
     """In a new process (e.g. `test --ckpt_path best` after a separate `fit`), the best checkpoint is the one the
     newest checkpoint in the callback's `dirpath` records in its saved callback state."""
     best = None
@@ -138,7 +151,7 @@ def _best_recorded_on_disk(trainer: Any, callbacks: list[Any]) -> str | None:
     return trainer.strategy.broadcast(best) if trainer.world_size > 1 else best
 
 
-def _files_in_dirpath(callback: Any, wanted: Callable[[str], Any]) -> list[str]:
+def _files_in_dirpath(callback: Checkpoint, wanted: Callable[[str], Any]) -> list[str]:
     """Paths of the files in a checkpoint callback's `dirpath` whose names `wanted` accepts (none without one)."""
     directory = getattr(callback, "dirpath", None)
     if not directory or not os.path.isdir(directory):
@@ -146,12 +159,13 @@ def _files_in_dirpath(callback: Any, wanted: Callable[[str], Any]) -> list[str]:
     return [os.path.join(directory, name) for name in os.listdir(directory) if wanted(name)]
 
 
-def restore_model(trainer: Any, path: str, stage: str) -> dict[str, Any]:
+def restore_model(trainer: Trainer, path: str, stage: str) -> dict[str, Any]:
     """Load the weights (and this rank's RNG state) into the module and the datamodule's state; when fitting,
     also the optimizers, give callbacks their state and run their `on_load_checkpoint`. Returns the rest of the
     checkpoint."""
-    module = trainer.lightning_module
-    optimizers = trainer._fabric_optimizers if stage == "fit" else []
+    hooks = trainer.run_state.hooks
+    module = hooks.pl_module
+    optimizers = _fabric_optimizers(trainer) if stage == "fit" else []
     by_strategy = bool(optimizers) and strategy_keeps_optimizers(trainer.fabric)
     state: dict[str, Any] = {"state_dict": module}
     if by_strategy:  # restored in place by fabric, so a sharding strategy gives each rank its shard
@@ -178,18 +192,18 @@ def restore_model(trainer: Any, path: str, stage: str) -> dict[str, Any]:
                              f"{len(optimizers)} optimizers")
     datamodule = trainer.datamodule
     if datamodule is not None and type(datamodule).__qualname__ in checkpoint:
-        datamodule.load_state_dict(checkpoint[type(datamodule).__qualname__])
+        hooks.call_on(datamodule, "load_state_dict", checkpoint[type(datamodule).__qualname__])
     if stage == "fit":  # evaluating a checkpoint must not rewind the callbacks of the run that wrote it
         states = checkpoint.get("callbacks", {})
         for callback in trainer.callbacks:
             if callback.state_key in states:
-                callback.load_state_dict(states[callback.state_key])
-            callback.on_load_checkpoint(trainer, module, checkpoint)
-    module.on_load_checkpoint(checkpoint)
+                hooks.call_on(callback, "load_state_dict", states[callback.state_key])
+            hooks.call_on(callback, "on_load_checkpoint", trainer, module, checkpoint)
+    hooks.call_on(module, "on_load_checkpoint", checkpoint)
     return checkpoint
 
 
-def _restore_optimizer_list(trainer: Any, checkpoint: dict[str, Any], path: str) -> int:
+def _restore_optimizer_list(trainer: Trainer, checkpoint: dict[str, Any], path: str) -> int:
     """Load the `optimizer_states` list (or the entries a sharding strategy wrote into one file: full state) into
     the optimizers; returns how many the checkpoint holds."""
     states = checkpoint.get("optimizer_states")
@@ -205,7 +219,7 @@ def _restore_optimizer_list(trainer: Any, checkpoint: dict[str, Any], path: str)
     return len(states)
 
 
-def restore_training_state(trainer: Any, checkpoint: dict[str, Any], path: str) -> None:
+def restore_training_state(trainer: Trainer, checkpoint: dict[str, Any], path: str) -> None:
     """Schedulers and loop progress, so `fit(ckpt_path=...)` continues where the run stopped. A checkpoint of
     Lightning's resumes at its epoch, batch and step; without the loader's position loops keeps, a mid-epoch one
     skips the trained batches of the epoch as the loader yields them now (a warning says so)."""
@@ -221,10 +235,11 @@ def restore_training_state(trainer: Any, checkpoint: dict[str, Any], path: str) 
         fit_loop.load_state_dict(loop_state)
     # The loop ends every epoch's pass on the loader (set_epoch), so the saved position agrees with the loop's.
     fit_loop.loader_state = checkpoint.get("train_dataloader")
-    if fit_loop.resume_skip and fit_loop.loader_state is None and "loops_format_version" not in checkpoint:
-        warnings.warn(f"checkpoint {path!r} (not written by loops) was saved after batch {fit_loop.resume_skip} of "
+    skip = trainer.run_state.progress.resume_skip
+    if skip and fit_loop.loader_state is None and "loops_format_version" not in checkpoint:
+        warnings.warn(f"checkpoint {path!r} (not written by loops) was saved after batch {skip} of "
                       f"epoch {trainer.current_epoch} and holds no position of the training loader (Lightning keeps "
                       "none for a plain DataLoader): fit skips the epoch's first "
-                      f"{fit_loop.resume_skip} batches as the loader yields them now, which are the batches the run "
+                      f"{skip} batches as the loader yields them now, which are the batches the run "
                       "trained on only if the loader does not shuffle. Lightning itself would replay the epoch's "
                       "first batches instead; resume from an end-of-epoch checkpoint to avoid both", stacklevel=2)

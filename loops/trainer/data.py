@@ -4,25 +4,30 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sized
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from torch.utils.data import DataLoader, SequentialSampler
 
 from loops.core.hooks import DataHooks
 from loops.trainer.hooks import overrides
 
+if TYPE_CHECKING:
+    from fabric_kit import Fabric
+    from loops.trainer.hooks import HookTable
+
 _HOOK = {"train": "train_dataloader", "val": "val_dataloader", "test": "test_dataloader",
          "predict": "predict_dataloader"}
 
 
-def find_loaders(stage: str, explicit: Any, datamodule: Any, module: Any) -> Any:
-    """The stage's raw loader(s), or None when nothing provides one."""
+def find_loaders(stage: str, explicit: Any, hooks: HookTable) -> Any:
+    """The stage's raw loader(s): `explicit` (given to the stage call), else the datamodule's or the module's
+    `<stage>_dataloader()`; None when nothing provides one."""
     if explicit is not None:
         return explicit
     hook = _HOOK[stage]
-    for source in (datamodule, module):
+    for source in (hooks.datamodule, hooks.pl_module):
         if source is not None and overrides(source, hook, DataHooks):
-            return getattr(source, hook)()
+            return hooks.call_on(source, hook)
     return None
 
 
@@ -66,13 +71,14 @@ def sequential(loader: Any) -> Any:
     if not isinstance(loader, DataLoader) or isinstance(loader.sampler, SequentialSampler) \
             or loader.batch_sampler is None:
         return loader
-    return DataLoader(loader.dataset, batch_size=loader.batch_size, sampler=SequentialSampler(loader.dataset),
+    dataset: Any = loader.dataset  # sized: a loader with a sampler is over a map-style dataset
+    return DataLoader(dataset, batch_size=loader.batch_size, sampler=SequentialSampler(dataset),
                       num_workers=loader.num_workers, collate_fn=loader.collate_fn, pin_memory=loader.pin_memory,
                       drop_last=loader.drop_last, worker_init_fn=loader.worker_init_fn,
                       persistent_workers=loader.persistent_workers)
 
 
-def setup_loaders(fabric: Any, loaders: list[Any], train: bool, use_distributed_sampler: bool,
+def setup_loaders(fabric: Fabric, loaders: list[Any], train: bool, use_distributed_sampler: bool,
                   move_to_device: bool) -> list[Any]:
     """Shard DataLoaders over processes (training: even shards; evaluation: every sample exactly once) and move
     batches to the device; other iterables are used as they are. An evaluation set smaller than the number of

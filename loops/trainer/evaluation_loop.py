@@ -3,68 +3,67 @@ from __future__ import annotations
 
 import shutil
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from loops.logging.metrics import to_floats
 from loops.logging.results import Results
 
+if TYPE_CHECKING:
+    from loops.trainer.trainer import Trainer
+
 _PREFIX = {"validate": "validation", "test": "test"}
 
 
-def run_evaluation(trainer: Any, stage: str, loaders: list[Any], limits: list[int | float],
+def run_evaluation(trainer: Trainer, stage: str, loaders: list[Any], limits: list[int | float],
                    sanity: bool = False) -> list[dict[str, float]]:
     """Run `validation_step` (stage "validate") or `test_step` over `loaders`; returns one metrics dict per loader
     (empty during the sanity check, whose logs are discarded)."""
     prefix = _PREFIX[stage]
-    hooks, module, fabric_module = trainer._hooks, trainer.lightning_module, trainer._fabric_module
+    state = trainer.run_state
+    hooks, fabric_module, device = state.hooks, state.fabric_module, trainer.fabric.device
+    module = hooks.pl_module
     results = Results(trainer.fabric, sync_steps=False)  # processes may run different numbers of batches
-    previous = trainer._results, trainer._log_defaults
-    trainer._results, trainer._log_defaults = results, (False, True)
     multiple = len(loaders) > 1
-    getattr(module, f"on_{prefix}_model_eval")()
-    grad_context = torch.inference_mode() if trainer.inference_mode else torch.no_grad()
     start_cbs, start_mod = hooks.cb(f"on_{prefix}_batch_start"), hooks.mod(f"on_{prefix}_batch_start")
     end_cbs, end_mod = hooks.cb(f"on_{prefix}_batch_end"), hooks.mod(f"on_{prefix}_batch_end")
     step_name = f"{prefix}_step"
-    with grad_context:
-        trainer._batch = None  # values logged outside a batch weigh the same on every process
-        hooks.call(f"on_{prefix}_start")
-        hooks.call(f"on_{prefix}_epoch_start")
-        for dataloader_idx, (loader, limit) in enumerate(zip(loaders, limits)):
-            trainer._dataloader_idx = dataloader_idx if multiple else None
-            extra = (dataloader_idx,) if multiple else ()
-            if limit <= 0:
-                continue
-            for batch_idx, batch in enumerate(loader):
-                batch = trainer._transfer(batch, dataloader_idx)
-                trainer._batch = batch
-                for hook in start_cbs:
-                    hook(trainer, module, batch, batch_idx, *extra)
-                for hook in start_mod:
-                    hook(batch, batch_idx, *extra)
-                outputs = fabric_module(step_name, batch, batch_idx, *extra)
-                for hook in end_cbs:
-                    hook(trainer, module, outputs, batch, batch_idx, *extra)
-                for hook in end_mod:
-                    hook(outputs, batch, batch_idx, *extra)
-                if batch_idx + 1 >= limit:
-                    break
-        trainer._dataloader_idx = trainer._batch = None
-        hooks.call(f"on_{prefix}_epoch_end")
-        per_loader: list[dict[str, float]] = []
-        if not sanity:
-            metrics = to_floats(trainer._metrics.epoch_end(results, trainer.loggers, trainer._logger_step,
-                                                           trainer.current_epoch))
-            per_loader = [_for_loader(metrics, i, multiple) for i in range(len(loaders))]
-        results.reset_metrics()
-        hooks.call(f"on_{prefix}_end")
-    if stage == "validate" or trainer.state.fn == "fit":
-        module.on_validation_model_train()
-    else:
-        module.on_test_model_train()
-    trainer._results, trainer._log_defaults = previous
+    # Per epoch by default; no batch outside the loop: what is logged there weighs the same on every process.
+    with state.logging_scope(results, per_step=False) as scope:
+        hooks.call_on(module, f"on_{prefix}_model_eval")
+        with torch.inference_mode() if trainer.inference_mode else torch.no_grad():
+            hooks.call(f"on_{prefix}_start")
+            hooks.call(f"on_{prefix}_epoch_start")
+            for dataloader_idx, (loader, limit) in enumerate(zip(loaders, limits)):
+                scope.dataloader_idx = dataloader_idx if multiple else None
+                extra = (dataloader_idx,) if multiple else ()
+                if limit <= 0:
+                    continue
+                for batch_idx, batch in enumerate(loader):
+                    batch = scope.batch = hooks.transfer(batch, dataloader_idx, device)
+                    for hook in start_cbs:
+                        hook(trainer, module, batch, batch_idx, *extra)
+                    for hook in start_mod:
+                        hook(batch, batch_idx, *extra)
+                    outputs = fabric_module(step_name, batch, batch_idx, *extra)
+                    for hook in end_cbs:
+                        hook(trainer, module, outputs, batch, batch_idx, *extra)
+                    for hook in end_mod:
+                        hook(outputs, batch, batch_idx, *extra)
+                    if batch_idx + 1 >= limit:
+                        break
+            scope.dataloader_idx = scope.batch = None
+            hooks.call(f"on_{prefix}_epoch_end")
+            per_loader: list[dict[str, float]] = []
+            if not sanity:
+                metrics = to_floats(state.metrics.epoch_end(results, trainer.loggers, state.progress.batches_stepped,
+                                                            state.progress.current_epoch))
+                per_loader = [_for_loader(metrics, i, multiple) for i in range(len(loaders))]
+            results.reset_metrics()
+            hooks.call(f"on_{prefix}_end")
+        fitting = stage == "validate" or trainer.state.fn == "fit"
+        hooks.call_on(module, "on_validation_model_train" if fitting else "on_test_model_train")
     return per_loader
 
 

@@ -1,38 +1,38 @@
 """Epochs of training batches with validation at `val_check_interval`, stopping at max_epochs / max_steps /
-max_time / `should_stop` (but not before min_epochs / min_steps). The per-batch path uses hook lists and bound
-methods taken once per epoch, so hooks nobody overrides cost nothing."""
+max_time / `should_stop` (but not before min_epochs / min_steps). What the per-batch path needs (hook lists, the
+step, the schedulers) is taken once per epoch (`_TrainingEpoch`), so hooks nobody overrides cost nothing. The
+counters it advances are the run state's `Progress` (run_state.py)."""
 from __future__ import annotations
 
 import math
 import time
-from typing import Any
+from functools import partial
+from typing import TYPE_CHECKING, Any, Callable
 
 from fabric_kit import is_wrapped
 from loops.core.optimizer_config import step_schedulers
 from loops.logging.results import Results
 from loops.trainer.data import CycleLoaders, as_list, find_loaders, limit_batches, sequential, setup_loaders
 from loops.trainer.evaluation_loop import run_evaluation
-from loops.trainer.loop_state import LoopPosition, decode, encode
+from loops.trainer.loop_state import decode, encode
 from loops.trainer.optimization import AutomaticStep
+
+if TYPE_CHECKING:
+    from loops.trainer.run_state import LogScope
+    from loops.trainer.trainer import Trainer
 
 
 class FitLoop:
-    def __init__(self, trainer: Any) -> None:
+    """The training loop of `fit`, and the training and validation data it runs on."""
+
+    def __init__(self, trainer: Trainer) -> None:
         self.trainer = trainer
         self.train_loader: Any = None
         self.num_training_batches: int | float = math.inf
         self.val_check_batch: int | float = math.inf
         self.val_loaders: list[Any] = []
         self.num_val_batches: list[int | float] = []
-        self.batch_idx = 0  # batches completed in the current epoch
-        self.epoch_done = False
-        self.total_batch_idx = 0  # batches completed over all epochs
-        self.batches_stepped = 0  # batches that ended with an optimizer step (the loggers' step)
-        self.step_uncounted = False  # the running batch stepped, batches_stepped does not count it yet
-        self.resume_skip = 0  # batches of the current epoch a resumed run has already trained on
-        self.resume_uncounted: bool | None = False  # the last of them is not counted (None: if validated after it)
         self.loader_state: dict[str, Any] | None = None  # the saved position of the training loader
-        self._first_results: Any = None  # what on_train_start logged, handed to the first epoch
         self._loader_resumed = False
         self._loaded_epoch = -1
         self._val_loaded_epoch = -1
@@ -40,13 +40,13 @@ class FitLoop:
 
     # -- data -----------------------------------------------------------------------------------------------------
     def setup_train_data(self) -> None:
-        trainer = self.trainer
+        trainer, state = self.trainer, self.trainer.run_state
         epoch = trainer.current_epoch
         every = trainer.reload_dataloaders_every_n_epochs
         if self.train_loader is not None and not (every and epoch != self._loaded_epoch and epoch % every == 0):
             return
         self._loaded_epoch = epoch
-        raw = find_loaders("train", trainer._loader_args["train"], trainer.datamodule, trainer.lightning_module)
+        raw = find_loaders("train", state.dataloaders["train"], state.hooks)
         if raw is None:
             raise ValueError(f"{type(trainer.lightning_module).__name__} has no training data: pass "
                              "train_dataloaders to fit(), a datamodule with train_dataloader(), or define "
@@ -57,10 +57,11 @@ class FitLoop:
             raws = [sequential(loader) for loader in raws]
         limit = trainer.overfit_batches if trainer.overfit_batches > 0 else trainer.limit_train_batches
         loaders = setup_loaders(trainer.fabric, raws, True, trainer.use_distributed_sampler,
-                                not trainer._custom_transfer)
+                                not state.custom_transfer)
         if several:
-            loaders = CycleLoaders(dict(zip(raw, loaders)) if isinstance(raw, dict) else loaders)
-        self.train_loader = loaders if several else loaders[0]
+            self.train_loader = CycleLoaders(dict(zip(raw, loaders)) if isinstance(raw, dict) else loaders)
+        else:
+            self.train_loader = loaders[0]
         # Counted on this process's shard: with several processes each sees a part of the epoch.
         self.num_training_batches = limit_batches(self.train_loader, limit, "limit_train_batches")
         if self.loader_state is not None:
@@ -70,6 +71,11 @@ class FitLoop:
             # A loader (re)created later in the run shuffles as that epoch would have, not as epoch 0 again.
             self.train_loader.set_epoch(epoch)
         self.val_check_batch = self._val_check_batch()
+
+    def reload_data(self) -> None:
+        """Build the training and validation loaders again when the loop next starts (e.g. at a new batch size)."""
+        self.train_loader = None
+        self._val_loaded_epoch = -1
 
     def _resume_loader(self, state: dict[str, Any]) -> bool:
         """Put the loader at a saved or computed position (its shuffle, its next batch); False when it cannot
@@ -94,55 +100,52 @@ class FitLoop:
         return max(1, int(batches * interval))
 
     def setup_val_data(self) -> None:
-        trainer = self.trainer
+        trainer, state = self.trainer, self.trainer.run_state
         epoch, every = trainer.current_epoch, trainer.reload_dataloaders_every_n_epochs
         if self._val_loaded_epoch >= 0 and not (every and epoch != self._val_loaded_epoch and epoch % every == 0):
             return
         self._val_loaded_epoch = epoch
-        raw = as_list(find_loaders("val", trainer._loader_args["val"], trainer.datamodule,
-                                   trainer.lightning_module))
+        raw = as_list(find_loaders("val", state.dataloaders["val"], state.hooks))
         limit = trainer.overfit_batches if trainer.overfit_batches > 0 else trainer.limit_val_batches
         self.val_loaders = setup_loaders(trainer.fabric, raw, False, trainer.use_distributed_sampler,
-                                         not trainer._custom_transfer)
+                                         not state.custom_transfer)
         self.num_val_batches = [limit_batches(loader, limit, "limit_val_batches") for loader in self.val_loaders]
 
     # -- the loop -------------------------------------------------------------------------------------------------
     def run(self) -> None:
-        trainer = self.trainer
-        hooks = trainer._hooks
+        state = self.trainer.run_state
         self._start_time = time.monotonic()
         self._sanity_check()
         self.setup_train_data()
         # on_train_start may log (epoch-level, as in Lightning): its values join the first epoch's results.
-        trainer._results = self._first_results = Results(trainer.fabric)
-        trainer._log_defaults, trainer._batch = (False, True), None
-        hooks.call("on_train_start")
-        trainer._results = None
+        state.train_results = Results(self.trainer.fabric)
+        with state.logging_scope(state.train_results, per_step=False):
+            state.hooks.call("on_train_start")
         while not self._done():
             self.setup_train_data()
-            self._run_epoch()
-            self._end_epoch()
-        hooks.call("on_train_end")
+            self._run_epoch(state.train_results)
+            self._end_epoch(state.train_results)
+        state.hooks.call("on_train_end")
 
     def _sanity_check(self) -> None:
-        trainer = self.trainer
+        trainer, state = self.trainer, self.trainer.run_state
         steps = trainer.num_sanity_val_steps
         if steps == 0 or not self._validation_possible():
             return
         trainer.sanity_checking = True
-        trainer._hooks.call_callbacks("on_sanity_check_start")
+        state.hooks.call_callbacks("on_sanity_check_start")
         self.setup_val_data()
         limits = [n if steps < 0 else min(n, steps) for n in self.num_val_batches]
         run_evaluation(trainer, "validate", self.val_loaders, limits, sanity=True)
-        trainer._hooks.call_callbacks("on_sanity_check_end")
+        state.hooks.call_callbacks("on_sanity_check_end")
         trainer.sanity_checking = False
-        trainer._metrics.reset()
+        state.metrics.reset()
 
     def _validation_possible(self) -> bool:
         """Without loading data: is there a validation_step and a non-zero limit?"""
         trainer = self.trainer
         limit = trainer.overfit_batches if trainer.overfit_batches > 0 else trainer.limit_val_batches
-        return limit != 0 and trainer._hooks_defined("validation_step")
+        return limit != 0 and bool(trainer.run_state.hooks.mod("validation_step"))
 
     def _validation_enabled(self) -> bool:
         if not self._validation_possible():
@@ -151,134 +154,74 @@ class FitLoop:
         return any(n > 0 for n in self.num_val_batches)
 
     def _done(self) -> bool:
-        trainer = self.trainer
-        if trainer.max_steps != -1 and trainer.global_step >= trainer.max_steps:
+        trainer, progress = self.trainer, self.trainer.run_state.progress
+        if trainer.max_steps != -1 and progress.global_step >= trainer.max_steps:
             return True
-        if trainer.max_epochs is not None and trainer.max_epochs != -1 and trainer.current_epoch >= trainer.max_epochs:
+        max_epochs = trainer.max_epochs
+        if max_epochs is not None and max_epochs != -1 and progress.current_epoch >= max_epochs:
             return True
         if self._time_is_up():
             return True
-        return trainer.should_stop and self._can_stop()
+        return trainer.run_state.should_stop and self._can_stop()
 
     def _can_stop(self) -> bool:
-        trainer = self.trainer
-        return trainer.current_epoch >= (trainer.min_epochs or 0) and trainer.global_step >= (trainer.min_steps or 0)
+        trainer, progress = self.trainer, self.trainer.run_state.progress
+        return progress.current_epoch >= (trainer.min_epochs or 0) and progress.global_step >= (trainer.min_steps or 0)
 
     def _time_is_up(self) -> bool:
         max_time = self.trainer._max_seconds
         return max_time is not None and time.monotonic() - self._start_time >= max_time
 
-    def _run_epoch(self) -> None:
-        trainer = self.trainer
-        hooks, module = trainer._hooks, trainer.lightning_module
-        results = trainer._train_results = self._first_results or Results(trainer.fabric)
-        self._first_results = None
-        trainer._results, trainer._log_defaults = results, (False, True)
-        self.epoch_done = False
-        trainer._batch = None  # values logged outside a batch weigh the same on every process
-        hooks.call("on_train_epoch_start")
-        trainer._log_defaults = (True, False)
-        start_cbs, start_mod = hooks.cb("on_train_batch_start"), hooks.mod("on_train_batch_start")
-        end_cbs, end_mod = hooks.cb("on_train_batch_end"), hooks.mod("on_train_batch_end")
-        automatic = trainer._automatic
-        step = AutomaticStep(trainer).run if automatic else None
-        fabric_module, metrics, loggers = trainer._fabric_module, trainer._metrics, trainer.loggers
-        accumulate, limit = trainer.accumulate_grad_batches, self.num_training_batches
-        log_every = trainer.log_every_n_steps
-        # Lightning's order: schedulers step right after the optimizer step (per-epoch ones after the epoch's last
-        # batch), before on_train_batch_end; ReduceLROnPlateau ones after the validation check, so they can watch
-        # a validation metric. With manual optimization the step calls them itself (as in Lightning).
-        step_configs = [c for c in trainer.lr_scheduler_configs if c.interval == "step"] if automatic else []
-        schedulers = [c for c in step_configs if not c.reduce_on_plateau]
-        plateaus = [c for c in step_configs if c.reduce_on_plateau]
-        scheduler_step = module.lr_scheduler_step
-        custom_transfer = trainer._custom_transfer
-        start, self.resume_skip = self.resume_skip, 0
+    def _run_epoch(self, results: Results) -> None:
+        state = self.trainer.run_state
+        with state.logging_scope(results, per_step=False):  # no batch: what is logged weighs the same everywhere
+            state.progress.start_epoch()
+            state.hooks.call("on_train_epoch_start")
+        epoch = _TrainingEpoch(self, results)  # after on_train_epoch_start, which may change accumulate_grad_batches
+        skip, first = self._resume_point(epoch.validation)
+        with state.logging_scope(results, per_step=True) as scope:
+            for batch_idx, batch in enumerate(self.train_loader, first):
+                if batch_idx < skip:
+                    continue
+                if epoch.run_batch(scope, batch, batch_idx):
+                    break
+            else:
+                epoch.loader_ran_out()
+        self._finish_epoch()
+
+    def _resume_point(self, validation: bool) -> tuple[int, int]:
+        """(batches to fetch and skip, index of the loader's first batch) for this epoch: a resumed epoch starts
+        after the batches its checkpoint trained on, skipped by the loader itself when it was put at its saved
+        position."""
+        progress = self.trainer.run_state.progress
+        start, uncounted = progress.take_resume_skip()
+        if start and self._count_on_resume(start, uncounted, validation):
+            progress.count_step()
+        progress.start_batches(start)
         skip, first = (0, start) if self._loader_resumed else (start, 0)
         self._loader_resumed = False
-        validation = self._validation_enabled()
-        if start and self._count_on_resume(start, validation):
-            self.batches_stepped += 1
-        self.batch_idx, self.step_uncounted = start, False
-        for batch_idx, batch in enumerate(self.train_loader, first):
-            if batch_idx < skip:
-                continue
-            if custom_transfer:
-                batch = trainer._transfer(batch, 0)
-            trainer._batch = batch
-            stop_epoch = False
-            for hook in start_cbs:
-                hook(trainer, module, batch, batch_idx)
-            for hook in start_mod:
-                stop_epoch = hook(batch, batch_idx) == -1
-            if stop_epoch:
-                break
-            last = batch_idx + 1 >= limit
-            steps = (batch_idx + 1) % accumulate == 0 or last
-            steps_before = trainer._global_step
-            if automatic:
-                outputs = step(batch, batch_idx, steps)
-            else:
-                outputs = fabric_module("training_step", batch, batch_idx)
-            self.batch_idx = batch_idx + 1  # complete: a checkpoint saved in on_train_batch_end resumes after it
-            self.total_batch_idx += 1
-            stepped = trainer._global_step != steps_before if not automatic else steps
-            self.step_uncounted = stepped  # until counted below: a checkpoint saved meanwhile says so
-            if schedulers and stepped:  # `frequency` counts batches that stepped (optimizers may be several)
-                step_schedulers(schedulers, "step", self.batches_stepped + 1, trainer.callback_metrics,
-                                scheduler_step)
-            if last:
-                self._step_epoch_schedulers(trainer.callback_metrics, plateau=False)
-            if results.step_logged and (end_cbs or end_mod):  # they read this step's values (e.g. a monitor)
-                metrics.callback_metrics.update(results.step_metrics(consume=False)[0])
-            for hook in end_cbs:
-                hook(trainer, module, outputs, batch, batch_idx)
-            for hook in end_mod:
-                hook(outputs, batch, batch_idx)
-            if results.step_logged:
-                metrics.step_end(results, loggers, (self.batches_stepped + 1) % log_every == 0 or trainer.should_stop,
-                                 self.batches_stepped, trainer.current_epoch)
-            if last:
-                self._finish_epoch()
-            if validation and self._should_validate(batch_idx, last):
-                self.run_validation()
-                trainer._results, trainer._log_defaults = results, (True, False)
-            if plateaus and stepped:
-                step_schedulers(plateaus, "step", self.batches_stepped + 1, trainer.callback_metrics,
-                                scheduler_step)
-            if stepped:
-                self.batches_stepped += 1
-                self.step_uncounted = False
-            if last or (trainer.max_steps != -1 and trainer.global_step >= trainer.max_steps) \
-                    or (trainer.should_stop and self._can_stop()) or (self._time_is_up()):
-                break
-        else:
-            # A loader without a length ran out: its last batch was only known now.
-            if limit == math.inf:
-                self._step_epoch_schedulers(trainer.callback_metrics, plateau=False)
-                if validation and self._should_validate(self.batch_idx - 1, True):
-                    self.run_validation()
-        self._finish_epoch()
+        return skip, first
 
     def _finish_epoch(self) -> None:
         """The epoch is over even when its pass was cut short: a checkpoint saved from now on resumes at the next
         epoch, and the loader's saved position says so too."""
-        self.epoch_done = True
+        progress = self.trainer.run_state.progress
+        progress.finish_epoch()
         if is_wrapped(self.train_loader):
-            self.train_loader.set_epoch(self.trainer.current_epoch + 1)
+            self.train_loader.set_epoch(progress.current_epoch + 1)
 
     def _should_validate(self, batch_idx: int, last: bool) -> bool:
-        trainer = self.trainer
+        trainer, progress = self.trainer, self.trainer.run_state.progress
         every = trainer.check_val_every_n_epoch
-        if every is not None and (trainer.current_epoch + 1) % every:
+        if every is not None and (progress.current_epoch + 1) % every:
             return False
-        if trainer.should_stop and self._can_stop():
+        if trainer.run_state.should_stop and self._can_stop():
             return True
         check = self.val_check_batch
         if check == math.inf:
             return last
         if every is None:
-            return self.total_batch_idx % check == 0
+            return progress.total_batch_idx % check == 0
         return (batch_idx + 1) % check == 0
 
     def run_validation(self) -> None:
@@ -287,65 +230,142 @@ class FitLoop:
         run_evaluation(trainer, "validate", self.val_loaders, self.num_val_batches)
         trainer.validating, trainer.training = False, True
 
-    def _end_epoch(self) -> None:
-        trainer = self.trainer
-        trainer._batch = None  # not the last batch's size: it differs between processes
-        hooks = trainer._hooks
-        trainer._results, trainer._log_defaults = trainer._train_results, (False, True)
-        hooks.call_callbacks("on_train_epoch_end", monitoring=False)
-        for hook in hooks.mod("on_train_epoch_end"):
-            hook()
-        # Logged at the step of the epoch's last batch, as Lightning does.
-        trainer._metrics.epoch_end(trainer._train_results, trainer.loggers, max(0, self.batches_stepped - 1),
-                                   trainer.current_epoch)
-        trainer._train_results.reset_metrics()
-        hooks.call_callbacks("on_train_epoch_end", monitoring=True)
-        trainer._results = None
-        self._step_epoch_schedulers(trainer.callback_metrics, plateau=True)
-        trainer.current_epoch += 1
-        self.epoch_done = False
-        self.batch_idx = 0
+    def _end_epoch(self, results: Results) -> None:
+        trainer, state = self.trainer, self.trainer.run_state
+        hooks, progress = state.hooks, state.progress
+        with state.logging_scope(results, per_step=False):  # no batch: the last one's size differs by process
+            hooks.call_callbacks("on_train_epoch_end", monitoring=False)
+            hooks.call_on(hooks.pl_module, "on_train_epoch_end")
+            # Logged at the step of the epoch's last batch, as Lightning does.
+            state.metrics.epoch_end(results, trainer.loggers, max(0, progress.batches_stepped - 1),
+                                    progress.current_epoch)
+            results.reset_metrics()
+            hooks.call_callbacks("on_train_epoch_end", monitoring=True)
+        self._step_epoch_schedulers(plateau=True)
+        progress.next_epoch()
+        state.train_results = Results(trainer.fabric)
 
-    def _step_epoch_schedulers(self, metrics: Any, plateau: bool) -> None:
+    def _step_epoch_schedulers(self, plateau: bool) -> None:
         """The per-epoch schedulers: ReduceLROnPlateau ones (`plateau`, after on_train_epoch_end) or the others
         (after the epoch's last batch; an epoch cut short by max_steps or should_stop does not step them)."""
-        configs = [c for c in self.trainer.lr_scheduler_configs if c.interval == "epoch" and
-                   c.reduce_on_plateau == plateau]
-        if configs and self.trainer._automatic:
-            step_schedulers(configs, "epoch", self.trainer.current_epoch + 1, metrics,
-                            self.trainer.lightning_module.lr_scheduler_step)
+        state = self.trainer.run_state
+        configs = [c for c in state.lr_scheduler_configs if c.interval == "epoch" and c.reduce_on_plateau == plateau]
+        if configs and state.automatic:
+            step_schedulers(configs, "epoch", state.progress.current_epoch + 1, self.trainer.callback_metrics,
+                            _scheduler_stepper(self.trainer))
 
     # -- checkpoints ----------------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         """The loop's position in Lightning's layout (`loop_state`), from which either Trainer resumes."""
-        trainer = self.trainer
-        return encode(LoopPosition(epoch=trainer.current_epoch, epoch_done=self.epoch_done, batches=self.batch_idx,
-                                   total_batches=self.total_batch_idx, batches_stepped=self.batches_stepped,
-                                   uncounted=self.step_uncounted, global_step=trainer.global_step,
-                                   automatic=trainer.lightning_module.automatic_optimization,
-                                   last_batch=self.batch_idx >= self.num_training_batches))
+        state = self.trainer.run_state
+        return encode(state.progress.position(automatic=state.hooks.pl_module.automatic_optimization,
+                                              last_batch=state.progress.batch_idx >= self.num_training_batches))
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        trainer = self.trainer
-        position = decode(state)
-        self.total_batch_idx = position.total_batches
-        self.batches_stepped = position.batches_stepped
-        trainer._global_step = position.global_step
-        trainer.current_epoch = position.epoch
-        if position.epoch_done:
-            # Saved at the epoch's end (on_train_epoch_end, end-of-epoch validation), its schedulers already
-            # stepped: the next epoch starts. (A ReduceLROnPlateau due after on_train_epoch_end is not stepped.)
-            trainer.current_epoch += 1
-        else:
-            self.resume_skip, self.resume_uncounted = position.batches, position.uncounted
+        self.trainer.run_state.progress.resume(decode(state))
 
-    def _count_on_resume(self, batches: int, validation: bool) -> bool:
+    def _count_on_resume(self, batches: int, uncounted: bool | None, validation: bool) -> bool:
         """Whether resuming after `batches` of the epoch must count the last one's optimizer step in
         `batches_stepped`: saved before it was counted (from its on_train_batch_end, or by Lightning in the
         validation after it, which its counters do not tell apart from a save after the count)."""
-        uncounted, self.resume_uncounted = self.resume_uncounted, False
         limit = self.num_training_batches
         stepped = batches % self.trainer.accumulate_grad_batches == 0 or batches >= limit
         if uncounted is None:
             return stepped and validation and self._should_validate(batches - 1, batches >= limit)
         return stepped and uncounted
+
+
+def _scheduler_stepper(trainer: Trainer) -> Callable[[Any, Any], Any]:
+    """The module's `lr_scheduler_step(scheduler, metric)`, called as a hook (it may not log)."""
+    hooks = trainer.run_state.hooks
+    return partial(hooks.call_on, hooks.pl_module, "lr_scheduler_step")
+
+
+class _TrainingEpoch:
+    """One epoch's batches. Built after on_train_epoch_start, it takes once what every batch uses (the hook lists,
+    the step, the schedulers due per step), so a batch costs a few attribute lookups beyond its hooks and step.
+
+    Lightning's order within a batch: schedulers step right after the optimizer step (per-epoch ones after the
+    epoch's last batch), before on_train_batch_end; ReduceLROnPlateau ones after the validation check, so they can
+    watch a validation metric. With manual optimization the step calls them itself (as in Lightning)."""
+
+    def __init__(self, loop: FitLoop, results: Results) -> None:
+        trainer = loop.trainer
+        state = trainer.run_state
+        hooks = state.hooks
+        self.loop, self.trainer, self.state, self.progress = loop, trainer, state, state.progress
+        self.results = results
+        self.hooks, self.module, self.fabric_module = hooks, hooks.pl_module, state.fabric_module
+        self.start_cbs, self.start_mod = hooks.cb("on_train_batch_start"), hooks.mod("on_train_batch_start")
+        self.end_cbs, self.end_mod = hooks.cb("on_train_batch_end"), hooks.mod("on_train_batch_end")
+        self.step = AutomaticStep(trainer).run if state.automatic else None
+        self.accumulate, self.limit = trainer.accumulate_grad_batches, loop.num_training_batches
+        self.log_every, self.timed = trainer.log_every_n_steps, trainer._max_seconds is not None
+        step_configs = [c for c in state.lr_scheduler_configs if c.interval == "step"] if state.automatic else []
+        self.schedulers = [c for c in step_configs if not c.reduce_on_plateau]
+        self.plateaus = [c for c in step_configs if c.reduce_on_plateau]
+        self.scheduler_step = _scheduler_stepper(trainer)
+        self.validation = loop._validation_enabled()
+
+    def run_batch(self, scope: LogScope, batch: Any, batch_idx: int) -> bool:
+        """Train on batch `batch_idx`; True when the epoch ends with it."""
+        trainer, module, progress = self.trainer, self.module, self.progress
+        if self.state.custom_transfer:
+            batch = self.hooks.transfer(batch, 0, trainer.fabric.device)
+        scope.batch = batch
+        stop_epoch = False
+        for hook in self.start_cbs:
+            hook(trainer, module, batch, batch_idx)
+        for hook in self.start_mod:
+            stop_epoch = hook(batch, batch_idx) == -1
+        if stop_epoch:
+            return True
+        last = batch_idx + 1 >= self.limit
+        steps = (batch_idx + 1) % self.accumulate == 0 or last
+        if self.step is not None:
+            outputs, stepped = self.step(batch, batch_idx, steps), steps
+        else:
+            steps_before = progress.global_step
+            outputs = self.fabric_module("training_step", batch, batch_idx)
+            stepped = progress.global_step != steps_before
+        progress.batch_trained(batch_idx, stepped)
+        self._end_batch(outputs, batch, batch_idx, stepped, last)
+        return last or (trainer.max_steps != -1 and progress.global_step >= trainer.max_steps) \
+            or (self.state.should_stop and self.loop._can_stop()) or (self.timed and self.loop._time_is_up())
+
+    def _end_batch(self, outputs: Any, batch: Any, batch_idx: int, stepped: bool, last: bool) -> None:
+        """The schedulers, on_train_batch_end, the step's logs, validation when due; then the step is counted."""
+        trainer, module, progress, state, loop = self.trainer, self.module, self.progress, self.state, self.loop
+        results = self.results
+        if self.schedulers and stepped:  # `frequency` counts batches that stepped (optimizers may be several)
+            step_schedulers(self.schedulers, "step", progress.batches_stepped + 1, state.metrics.callback_metrics,
+                            self.scheduler_step)
+        if last:
+            loop._step_epoch_schedulers(plateau=False)
+        if results.step_logged and (self.end_cbs or self.end_mod):
+            # the hooks read this step's values (e.g. a monitor)
+            state.metrics.callback_metrics.update(results.step_metrics(consume=False)[0])
+        for hook in self.end_cbs:
+            hook(trainer, module, outputs, batch, batch_idx)
+        for hook in self.end_mod:
+            hook(outputs, batch, batch_idx)
+        if results.step_logged:
+            log_now = (progress.batches_stepped + 1) % self.log_every == 0 or state.should_stop
+            state.metrics.step_end(results, trainer.loggers, log_now, progress.batches_stepped,
+                                   progress.current_epoch)
+        if last:
+            loop._finish_epoch()
+        if self.validation and loop._should_validate(batch_idx, last):
+            loop.run_validation()
+        if self.plateaus and stepped:
+            step_schedulers(self.plateaus, "step", progress.batches_stepped + 1, state.metrics.callback_metrics,
+                            self.scheduler_step)
+        if stepped:
+            progress.count_step()
+
+    def loader_ran_out(self) -> None:
+        """A loader without a length ran out: its last batch was only known now."""
+        if self.limit == math.inf:
+            self.loop._step_epoch_schedulers(plateau=False)
+            if self.validation and self.loop._should_validate(self.progress.batch_idx - 1, True):
+                self.loop.run_validation()

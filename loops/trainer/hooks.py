@@ -1,14 +1,25 @@
-"""Hook dispatch that costs nothing for hooks nobody overrides: once per run, each hook name maps to the bound
-methods that actually override the base class's no-op, callbacks first and then the module (Lightning's order)."""
+"""The hook dispatcher. Hooks nobody overrides cost nothing: once per run, each hook name maps to the bound methods
+that actually override the base class's no-op, callbacks first and then the module (Lightning's order).
+
+Every hook called through `call`, `call_callbacks` or `call_on` is recorded as the running hook of the logging
+scope (`LogScope.hook`) while it runs, so `self.log` knows where it was called from. The per-batch paths take the
+`cb` / `mod` lists once and call them directly: their hooks (and the steps) may all log, and record nothing."""
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from loops.callbacks.callback import Callback
+from loops.core.hooks import DataHooks
 from loops.core.module import LightningModule
 
+if TYPE_CHECKING:
+    import torch
 
-def overrides(obj: Any, name: str, base: type) -> bool:
+    from loops.core.datamodule import LightningDataModule
+    from loops.trainer.trainer import Trainer
+
+
+def overrides(obj: object, name: str, base: type) -> bool:
     """Whether `obj` (its class, or the instance itself) defines `name` differently from `base`."""
     if name in getattr(obj, "__dict__", {}):
         return True
@@ -17,18 +28,20 @@ def overrides(obj: Any, name: str, base: type) -> bool:
 
 
 class HookTable:
-    """`table.callbacks[name]` and `table.module[name]` list what to call; `call(name, *args)` calls both."""
+    """Calls the hooks of one run: the trainer's callbacks (read when a hook is first looked up, so the list the
+    run attached) and the module; `datamodule` for the data hooks."""
 
-    def __init__(self, trainer: Any, module: LightningModule, callbacks: list[Callback]) -> None:
-        self.trainer, self.pl_module = trainer, module
-        self.callback_list = callbacks
+    def __init__(self, trainer: Trainer, module: LightningModule, datamodule: LightningDataModule | None) -> None:
+        self.trainer, self.pl_module, self.datamodule = trainer, module, datamodule
+        self.state = trainer.run_state
         self.callbacks: dict[str, list[Any]] = {}
         self.module: dict[str, list[Any]] = {}
+        self.pairs: dict[str, list[tuple[Any, bool]]] = {}
 
     def cb(self, name: str) -> list[Any]:
         hooks = self.callbacks.get(name)
         if hooks is None:
-            hooks = self.callbacks[name] = [getattr(c, name) for c in self.callback_list
+            hooks = self.callbacks[name] = [getattr(c, name) for c in self.trainer.callbacks
                                             if overrides(c, name, Callback)]
         return hooks
 
@@ -39,17 +52,57 @@ class HookTable:
             hooks = self.module[name] = [getattr(module, name)] if overrides(module, name, LightningModule) else []
         return hooks
 
+    def both(self, name: str) -> list[tuple[Any, bool]]:
+        """`cb(name)` then `mod(name)` in one list of (hook, whether it is a callback's: called with the trainer
+        and module first)."""
+        hooks = self.pairs.get(name)
+        if hooks is None:
+            hooks = self.pairs[name] = [(h, True) for h in self.cb(name)] + [(h, False) for h in self.mod(name)]
+        return hooks
+
     def call(self, name: str, *args: Any) -> None:
         """Callbacks' hook (with trainer and module first), then the module's."""
-        trainer, module = self.trainer, self.pl_module
-        for hook in self.cb(name):
-            hook(trainer, module, *args)
-        for hook in self.mod(name):
-            hook(*args)
+        trainer, module, scope = self.trainer, self.pl_module, self.state.scope
+        outer, scope.hook = scope.hook, name
+        try:
+            for hook in self.cb(name):
+                hook(trainer, module, *args)
+            for hook in self.mod(name):
+                hook(*args)
+        finally:
+            scope.hook = outer
 
     def call_callbacks(self, name: str, *args: Any, monitoring: bool | None = None) -> None:
         """Only the callbacks; `monitoring` picks those that read epoch metrics (True) or the others (False)."""
-        trainer, module = self.trainer, self.pl_module
-        for hook in self.cb(name):
-            if monitoring is None or getattr(hook.__self__, "monitors_metrics", False) == monitoring:
-                hook(trainer, module, *args)
+        trainer, module, scope = self.trainer, self.pl_module, self.state.scope
+        outer, scope.hook = scope.hook, name
+        try:
+            for hook in self.cb(name):
+                if monitoring is None or getattr(hook.__self__, "monitors_metrics", False) == monitoring:
+                    hook(trainer, module, *args)
+        finally:
+            scope.hook = outer
+
+    def call_on(self, owner: object, name: str, *args: Any) -> Any:
+        """`owner.<name>(*args)` (a module, datamodule or callback method, overridden or not); returns its result."""
+        scope = self.state.scope
+        outer, scope.hook = scope.hook, name
+        try:
+            return getattr(owner, name)(*args)
+        finally:
+            scope.hook = outer
+
+    def transfer(self, batch: Any, dataloader_idx: int, device: torch.device) -> Any:
+        """The batch-transfer hooks, datamodule's then module's (used when one of them overrides one; fabric moves
+        batches otherwise): on_before_batch_transfer, transfer_batch_to_device (the datamodule's when it overrides
+        it), on_after_batch_transfer."""
+        module, datamodule = self.pl_module, self.datamodule
+        sources = (module,) if datamodule is None else (datamodule, module)
+        for source in sources:
+            batch = self.call_on(source, "on_before_batch_transfer", batch, dataloader_idx)
+        mover = datamodule if datamodule is not None and overrides(datamodule, "transfer_batch_to_device",
+                                                                   DataHooks) else module
+        batch = self.call_on(mover, "transfer_batch_to_device", batch, device, dataloader_idx)
+        for source in sources:
+            batch = self.call_on(source, "on_after_batch_transfer", batch, dataloader_idx)
+        return batch

@@ -13,34 +13,48 @@ toggle receive no gradient, so use strategy="ddp_find_unused_parameters_true".
 from __future__ import annotations
 
 import inspect
-from typing import Any, Callable
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, Callable
 
 from torch import Tensor
+from torch.optim import Optimizer
+
+if TYPE_CHECKING:
+    from loops.core.module import LightningModule
+    from loops.trainer.trainer import Trainer
 
 
 class LoopOptimizer:
     """What `self.optimizers()` returns: fabric's optimizer, with `step` counting `trainer.global_step` and calling
     the `on_before_optimizer_step` hooks (and, in automatic optimization, gradient clipping) first."""
 
-    def __init__(self, optimizer: Any, trainer: Any) -> None:
+    def __init__(self, optimizer: Any, trainer: Trainer) -> None:
         self._optimizer = optimizer
         self._trainer = trainer
 
     @property
-    def optimizer(self) -> Any:
+    def optimizer(self) -> Optimizer:
         """The user's torch optimizer."""
-        return self._optimizer.optimizer
+        optimizer: Optimizer = self._optimizer.optimizer
+        return optimizer
+
+    @property
+    def fabric_optimizer(self) -> Any:
+        """What fabric set up (a FabricOptimizer): what checkpoints save and restore."""
+        return self._optimizer
 
     @property
     def param_groups(self) -> list[dict[str, Any]]:
-        return self._optimizer.param_groups
+        groups: list[dict[str, Any]] = self._optimizer.param_groups
+        return groups
 
     @property
     def state(self) -> Any:
         return self._optimizer.state
 
     def state_dict(self) -> dict[str, Any]:
-        return self._optimizer.state_dict()
+        state: dict[str, Any] = self._optimizer.state_dict()
+        return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self._optimizer.load_state_dict(state_dict)
@@ -50,19 +64,19 @@ class LoopOptimizer:
 
     def step(self, closure: Callable[[], Any] | None = None, **kwargs: Any) -> Any:
         trainer = self._trainer
-        if closure is not None and closure() is None and trainer._automatic:
-            trainer._global_step += 1  # training_step returned None: no backward, no step (Lightning counts it)
+        state = trainer.run_state
+        if closure is not None and closure() is None and state.automatic:
+            # training_step returned None: no backward, no step (Lightning counts it)
+            state.progress.optimizer_stepped()
             return None
-        hooks = trainer._hooks
+        hooks = state.hooks
         raw = self._optimizer.optimizer
-        for hook in hooks.cb("on_before_optimizer_step"):
-            hook(trainer, trainer.lightning_module, raw)
-        for hook in hooks.mod("on_before_optimizer_step"):
-            hook(raw)
-        if trainer._clip_hook is not None:
-            trainer._clip_hook(raw, trainer.gradient_clip_val, trainer.gradient_clip_algorithm)
+        for hook, is_callback in hooks.both("on_before_optimizer_step"):
+            hook(trainer, hooks.pl_module, raw) if is_callback else hook(raw)
+        if state.clip_hook is not None:
+            state.clip_hook(raw, trainer.gradient_clip_val, trainer.gradient_clip_algorithm)
         output = self._optimizer.step(**kwargs)
-        trainer._global_step += 1
+        state.progress.optimizer_stepped()
         return output
 
     def __getattr__(self, name: str) -> Any:
@@ -73,23 +87,21 @@ class LoopOptimizer:
 
 
 class AutomaticStep:
-    """Runs one batch of automatic optimization; built once per fit so the per-batch path is a few lookups."""
+    """Runs one batch of automatic optimization; built once per epoch so the per-batch path is a few lookups."""
 
-    def __init__(self, trainer: Any) -> None:
+    def __init__(self, trainer: Trainer) -> None:
         self.trainer = trainer
-        module = trainer.lightning_module
-        hooks = trainer._hooks
-        self.fabric_module = trainer._fabric_module
-        self.module = module
-        self.optimizers = list(trainer._optimizers)
+        state = trainer.run_state
+        hooks = state.hooks
+        self.fabric_module = state.fabric_module
+        self.module = module = hooks.pl_module
+        self.progress = state.progress
+        self.optimizers = list(state.optimizers)
         self.optimizer = self.optimizers[0] if self.optimizers else None
         self.accumulate = trainer.accumulate_grad_batches
-        self.before_zero_grad = [(h, True) for h in hooks.cb("on_before_zero_grad")] + \
-                                [(h, False) for h in hooks.mod("on_before_zero_grad")]
-        self.before_backward = [(h, True) for h in hooks.cb("on_before_backward")] + \
-                               [(h, False) for h in hooks.mod("on_before_backward")]
-        self.after_backward = [(h, True) for h in hooks.cb("on_after_backward")] + \
-                              [(h, False) for h in hooks.mod("on_after_backward")]
+        self.before_zero_grad = hooks.both("on_before_zero_grad")
+        self.before_backward = hooks.both("on_before_backward")
+        self.after_backward = hooks.both("on_after_backward")
         self.optimizer_step = module.optimizer_step
         self.zero_grad = module.optimizer_zero_grad
         self.backward = module.backward
@@ -119,7 +131,7 @@ class AutomaticStep:
                        extra: tuple[int, ...]) -> Any:
         self.output = None
         if steps_optimizer:
-            self.optimizer_step(self.trainer.current_epoch, batch_idx, optimizer,
+            self.optimizer_step(self.progress.current_epoch, batch_idx, optimizer,
                                 lambda: self._closure(batch, batch_idx, optimizer, extra))
         else:
             with self.trainer.fabric.no_backward_sync(self.fabric_module):
@@ -147,7 +159,7 @@ class AutomaticStep:
         if optimizer is not None and batch_idx % self.accumulate == 0:
             for hook, is_callback in self.before_zero_grad:
                 hook(trainer, module, optimizer.optimizer) if is_callback else hook(optimizer.optimizer)
-            self.zero_grad(trainer.current_epoch, batch_idx, optimizer)
+            self.zero_grad(self.progress.current_epoch, batch_idx, optimizer)
         if self.accumulate > 1:
             loss = loss / self.accumulate
         for hook, is_callback in self.before_backward:
@@ -158,10 +170,11 @@ class AutomaticStep:
         return loss
 
 
-def check_automatic_optimizers(module: Any, count: int) -> None:
+def check_automatic_optimizers(module: LightningModule, count: int) -> None:
     """Several optimizers with automatic optimization need `training_step(batch, batch_idx, optimizer_idx)`."""
     if count <= 1:
         return
+    parameters: Mapping[str, inspect.Parameter]
     try:
         parameters = inspect.signature(module.training_step).parameters
     except (TypeError, ValueError):
@@ -173,15 +186,12 @@ def check_automatic_optimizers(module: Any, count: int) -> None:
                          "in training_step")
 
 
-def manual_backward(trainer: Any, loss: Tensor, *args: Any, **kwargs: Any) -> None:
+def manual_backward(trainer: Trainer, loss: Tensor, *args: Any, **kwargs: Any) -> None:
     """`self.manual_backward(loss)`: the backward hooks around the module's `backward` (fabric's backward)."""
-    hooks, module = trainer._hooks, trainer.lightning_module
-    for hook in hooks.cb("on_before_backward"):
-        hook(trainer, module, loss)
-    for hook in hooks.mod("on_before_backward"):
-        hook(loss)
+    hooks = trainer.run_state.hooks
+    module = hooks.pl_module
+    for hook, is_callback in hooks.both("on_before_backward"):
+        hook(trainer, module, loss) if is_callback else hook(loss)
     module.backward(loss, *args, **kwargs)
-    for hook in hooks.cb("on_after_backward"):
-        hook(trainer, module)
-    for hook in hooks.mod("on_after_backward"):
-        hook()
+    for hook, is_callback in hooks.both("on_after_backward"):
+        hook(trainer, module) if is_callback else hook()

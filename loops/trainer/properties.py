@@ -1,33 +1,71 @@
 """What the Trainer exposes about its run: counters, stage flags, ranks, metrics, loggers and callbacks, data
-sizes. Read by LightningModules, callbacks and loggers; the attributes behind them are set by trainer.py."""
+sizes. Read by LightningModules, callbacks and loggers; what changes during a run is the run state's
+(run_state.py), the rest trainer.py sets."""
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
 
+from fabric_kit import Fabric
 from fabric_kit.loggers import FolderLogger
+from loops.callbacks.callback import Callback
 from loops.callbacks.checkpoint import Checkpoint
 from loops.callbacks.early_stopping import EarlyStopping
 from loops.callbacks.progress import ProgressBar
+from loops.core.optimizer_config import SchedulerConfig
+from loops.trainer.run_state import RunState, TrainerState
+
+if TYPE_CHECKING:
+    from loops.trainer.fit_loop import FitLoop
 
 
 class TrainerProperties:
+    # Set by Trainer.__init__ (trainer.py):
+    fabric: Fabric
+    run_state: RunState
+    fit_loop: FitLoop
+    callbacks: list[Callback]
+    default_root_dir: str
+    max_epochs: int
+    max_steps: int
+    num_sanity_val_steps: int
+    accumulate_grad_batches: int
+    _loggers: list[Any]
+
     # -- counters ----------------------------------------------------------------------------------------------------
+    @property
+    def current_epoch(self) -> int:
+        """Epochs completed (the running epoch's index during training)."""
+        return self.run_state.progress.current_epoch
+
     @property
     def global_step(self) -> int:
         """Optimizer steps taken (with gradient accumulation, fewer than batches)."""
-        return self._global_step
+        return self.run_state.progress.global_step
+
+    @property
+    def should_stop(self) -> bool:
+        """Set True to stop training after the current batch (callbacks do)."""
+        return self.run_state.should_stop
+
+    @should_stop.setter
+    def should_stop(self, value: bool) -> None:
+        self.run_state.should_stop = value
+
+    @property
+    def state(self) -> TrainerState:
+        return self.run_state.state
 
     @property
     def optimizers(self) -> list[torch.optim.Optimizer]:
-        return [opt.optimizer for opt in self._optimizers]
+        return [opt.optimizer for opt in self.run_state.optimizers]
 
     @property
-    def _fabric_optimizers(self) -> list[Any]:
-        return [opt._optimizer for opt in self._optimizers]
+    def lr_scheduler_configs(self) -> list[SchedulerConfig]:
+        return self.run_state.lr_scheduler_configs
 
     @property
     def loggers(self) -> list[Any]:
@@ -79,19 +117,15 @@ class TrainerProperties:
 
     @property
     def callback_metrics(self) -> dict[str, Tensor]:
-        return self._metrics.callback_metrics
+        return self.run_state.metrics.callback_metrics
 
     @property
     def logged_metrics(self) -> dict[str, Tensor]:
-        return self._metrics.logged_metrics
+        return self.run_state.metrics.logged_metrics
 
     @property
     def progress_bar_metrics(self) -> dict[str, Tensor]:
-        return self._metrics.progress_bar_metrics
-
-    @property
-    def _logger_step(self) -> int:
-        return self.fit_loop.batches_stepped
+        return self.run_state.metrics.progress_bar_metrics
 
     @property
     def training(self) -> bool:
@@ -163,7 +197,7 @@ class TrainerProperties:
 
     @property
     def num_nodes(self) -> int:
-        return getattr(self.fabric.strategy, "num_nodes", 1)
+        return self.fabric.num_nodes
 
     @property
     def device_ids(self) -> list[int]:
@@ -171,7 +205,7 @@ class TrainerProperties:
 
     @property
     def precision(self) -> str:
-        return str(getattr(self.fabric.strategy.precision, "name", "32-true"))
+        return self.fabric.precision.name
 
     @property
     def train_dataloader(self) -> Any:

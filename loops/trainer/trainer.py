@@ -4,29 +4,25 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable
-from contextlib import nullcontext
+from contextlib import AbstractContextManager, nullcontext
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from fabric_kit import Fabric, is_wrapped
 from fabric_kit.loggers import FolderLogger, Logger, agree_on_versions
+from fabric_kit.wrappers import FabricModule
 from loops.callbacks.callback import Callback
 from loops.callbacks.checkpoint import Checkpoint
-from loops.callbacks.model_checkpoint import ModelCheckpoint
-from loops.callbacks.model_summary import ModelSummary
-from loops.callbacks.progress import ProgressBar, TQDMProgressBar
 from loops.core.datamodule import LightningDataModule
 from loops.core.hooks import DataHooks
 from loops.core.module import LightningModule
-from loops.core.optimizer_config import SchedulerConfig, parse_optimizers
-from loops.logging.hook_rules import NO_LOGGING, calling_hook
-from loops.logging.metrics import MetricsHub
+from loops.core.optimizer_config import parse_optimizers
+from loops.logging.hook_rules import NO_LOGGING
 from loops.loggers.defaults import default_loggers, hyperparameters_to_log
-from loops.logging.results import Results
 from loops.trainer import arguments as args_check
 from loops.trainer import checkpointing
 from loops.trainer.data import as_list, find_loaders, limit_batches, setup_loaders
@@ -37,7 +33,7 @@ from loops.trainer.optimization import LoopOptimizer, check_automatic_optimizers
 from loops.trainer.predict_loop import run_prediction
 from loops.trainer.properties import TrainerProperties
 from loops.trainer.router import StepRouter
-from loops.trainer.state import TrainerState
+from loops.trainer.run_state import RunState
 from loops.trainer.strategy import StrategyFacade
 from loops.tuner.exit import TunerExit
 
@@ -70,95 +66,91 @@ class Trainer(TrainerProperties):
         self.fabric = Fabric(accelerator=accelerator, strategy=strategy, devices=devices, num_nodes=num_nodes,
                              precision=precision, plugins=plugins)
         self.strategy = StrategyFacade(self.fabric)
-        self.barebones = barebones
         fast = args_check.fast_dev_run_batches(fast_dev_run)
         if barebones and (fast or logger or enable_checkpointing or enable_progress_bar or enable_model_summary):
             raise ValueError("barebones=True turns off logging, checkpointing, the progress bar, the model summary "
                              "and fast_dev_run; remove logger / enable_* / fast_dev_run or set barebones=False")
-        self.fast_dev_run = fast_dev_run
+        self.barebones, self.fast_dev_run = barebones, fast_dev_run
         self.default_root_dir = str(default_root_dir) if default_root_dir is not None else os.getcwd()
+        self._set_optimization(accumulate_grad_batches, gradient_clip_val, gradient_clip_algorithm, detect_anomaly,
+                               sync_batchnorm)
+        self._set_run_length(max_epochs, min_epochs, max_steps, min_steps, max_time, fast)
+        self._set_batches(limit_train_batches, limit_val_batches, limit_test_batches, limit_predict_batches,
+                          overfit_batches, val_check_interval, check_val_every_n_epoch, num_sanity_val_steps, fast)
+        self.inference_mode, self.use_distributed_sampler = inference_mode, use_distributed_sampler
+        self.reload_dataloaders_every_n_epochs = reload_dataloaders_every_n_epochs
+        self._set_loggers(logger, log_every_n_steps, fast)
+        self._set_callbacks(callbacks, enable_checkpointing, enable_progress_bar, enable_model_summary)
+        args_check.set_torch_flags(deterministic, benchmark)
+        self.run_state = RunState()
+        self.fit_loop = FitLoop(self)
+        self.lightning_module: LightningModule | None = None
+        self.datamodule: LightningDataModule | None = None
+        self.test_dataloaders: list[Any] = []
+        self.num_test_batches: list[int | float] = []
+        self.predict_dataloaders: list[Any] = []
+        self.num_predict_batches: list[int | float] = []
+        self._ran_here = False
+
+    def _set_optimization(self, accumulate_grad_batches: int, gradient_clip_val: int | float | None,
+                          gradient_clip_algorithm: str | None, detect_anomaly: bool, sync_batchnorm: bool) -> None:
         args_check.check_positive_int("accumulate_grad_batches", accumulate_grad_batches)
-        args_check.check_positive_int("check_val_every_n_epoch", check_val_every_n_epoch, allow_none=True)
         self.accumulate_grad_batches = accumulate_grad_batches
         self.gradient_clip_val = gradient_clip_val
         self.gradient_clip_algorithm = args_check.check_clip_algorithm(gradient_clip_algorithm)
-        self.inference_mode = inference_mode
-        self.use_distributed_sampler = use_distributed_sampler
         self.detect_anomaly = detect_anomaly
-        self.sync_batchnorm = sync_batchnorm
         if sync_batchnorm and self.fabric.world_size > 1 and self.fabric.device.type == "cpu":
             raise ValueError("sync_batchnorm=True needs GPUs: torch's SyncBatchNorm (and DDP with it) does not run "
                              "on CPU processes; remove it or use accelerator='gpu'")
-        self.reload_dataloaders_every_n_epochs = reload_dataloaders_every_n_epochs
-        self.check_val_every_n_epoch = check_val_every_n_epoch
-        self.val_check_interval = 1.0 if val_check_interval is None else val_check_interval
-        args_check.check_val_check_interval(self.val_check_interval)
+        self.sync_batchnorm = sync_batchnorm
+
+    def _set_run_length(self, max_epochs: int | None, min_epochs: int | None, max_steps: int,
+                        min_steps: int | None, max_time: str | timedelta | dict[str, int] | None, fast: int) -> None:
+        """When fit stops: 1000 epochs unless max_steps or max_time bounds it; fast_dev_run: one epoch."""
         self.max_epochs = max_epochs if max_epochs is not None else (1000 if max_steps == -1 and max_time is None
                                                                      else -1)
         self.min_epochs, self.max_steps, self.min_steps = min_epochs, max_steps, min_steps
         self._max_seconds = args_check.parse_max_time(max_time)
+        if fast:
+            self.max_steps, self.max_epochs = fast, 1
+
+    def _set_batches(self, limit_train_batches: int | float | None, limit_val_batches: int | float | None,
+                     limit_test_batches: int | float | None, limit_predict_batches: int | float | None,
+                     overfit_batches: int | float, val_check_interval: int | float | None,
+                     check_val_every_n_epoch: int | None, num_sanity_val_steps: int | None, fast: int) -> None:
+        """How many batches each stage runs, and when validation runs during fit."""
+        args_check.check_positive_int("check_val_every_n_epoch", check_val_every_n_epoch, allow_none=True)
+        self.check_val_every_n_epoch = check_val_every_n_epoch
+        self.val_check_interval = 1.0 if val_check_interval is None else val_check_interval
+        args_check.check_val_check_interval(self.val_check_interval)
         self.overfit_batches = overfit_batches
         self.limit_train_batches = 1.0 if limit_train_batches is None else limit_train_batches
         self.limit_val_batches = 1.0 if limit_val_batches is None else limit_val_batches
         self.limit_test_batches = 1.0 if limit_test_batches is None else limit_test_batches
         self.limit_predict_batches = 1.0 if limit_predict_batches is None else limit_predict_batches
         self.num_sanity_val_steps = 2 if num_sanity_val_steps is None else num_sanity_val_steps
-        self.log_every_n_steps = 50 if log_every_n_steps is None else log_every_n_steps
-        args_check.check_positive_int("log_every_n_steps", self.log_every_n_steps)
         if fast:
             self.limit_train_batches = self.limit_val_batches = fast
             self.limit_test_batches = self.limit_predict_batches = fast
-            self.max_steps, self.max_epochs, self.num_sanity_val_steps = fast, 1, 0
-            self.val_check_interval, self.check_val_every_n_epoch = 1.0, 1
-        if barebones:
+            self.num_sanity_val_steps, self.val_check_interval, self.check_val_every_n_epoch = 0, 1.0, 1
+        if self.barebones:
             self.num_sanity_val_steps = 0
-        self._logger_enabled = not (fast or barebones or logger is False)
-        self._loggers = default_loggers(logger, self.default_root_dir) if self._logger_enabled else []
-        self.enable_checkpointing = not barebones if enable_checkpointing is None else enable_checkpointing
-        self.enable_progress_bar = not barebones if enable_progress_bar is None else enable_progress_bar
-        self.enable_model_summary = not barebones if enable_model_summary is None else enable_model_summary
-        self._given_callbacks = as_list(callbacks)
-        bad = [type(c).__name__ for c in self._given_callbacks if not isinstance(c, Callback)]
-        if bad:
-            raise TypeError(f"callbacks must be loops.Callback instances; got {bad}")
-        given_checkpoints = [type(c).__name__ for c in self._given_callbacks if isinstance(c, Checkpoint)]
-        if not self.enable_checkpointing and given_checkpoints:
-            raise ValueError(f"enable_checkpointing=False, but callbacks holds {given_checkpoints}; remove them or "
-                             "enable checkpointing")
-        if self.enable_checkpointing and not given_checkpoints:
-            self._given_callbacks.append(ModelCheckpoint())
-        self._add_default_progress_bar()
-        if self.enable_model_summary and not any(isinstance(c, ModelSummary) for c in self._given_callbacks):
-            self._given_callbacks.append(ModelSummary())
-        self.callbacks: list[Callback] = list(self._given_callbacks)
-        args_check.set_torch_flags(deterministic, benchmark)
 
-        self.state = TrainerState()
-        self.fit_loop = FitLoop(self)
-        self.lightning_module: LightningModule | None = None
-        self.datamodule: LightningDataModule | None = None
-        self.current_epoch = 0
-        self._global_step = 0
-        self.should_stop = False
-        self.sanity_checking = False
-        self._metrics = MetricsHub()
-        self._results: Results | None = None
-        self._train_results: Results | None = None
-        self._log_defaults = (False, True)
-        self._batch: Any = None
-        self._dataloader_idx: int | None = None
-        self._optimizers: list[LoopOptimizer] = []
-        self.lr_scheduler_configs: list[SchedulerConfig] = []
-        self._fabric_module: Any = None
-        self._hooks: HookTable | None = None
-        self._automatic = True
-        self._clip_hook: Callable[..., Any] | None = None
-        self._custom_transfer = False
-        self._loader_args: dict[str, Any] = {"train": None, "val": None, "test": None, "predict": None}
-        self.num_test_batches: list[int | float] = []
-        self.num_predict_batches: list[int | float] = []
-        self.test_dataloaders: list[Any] = []
-        self.predict_dataloaders: list[Any] = []
+    def _set_loggers(self, logger: Logger | Iterable[Logger] | bool | None, log_every_n_steps: int | None,
+                     fast: int) -> None:
+        self.log_every_n_steps = 50 if log_every_n_steps is None else log_every_n_steps
+        args_check.check_positive_int("log_every_n_steps", self.log_every_n_steps)
+        self._logger_enabled = not (fast or self.barebones or logger is False)
+        self._loggers = default_loggers(logger, self.default_root_dir) if self._logger_enabled else []
+
+    def _set_callbacks(self, callbacks: list[Callback] | Callback | None, enable_checkpointing: bool | None,
+                       enable_progress_bar: bool | None, enable_model_summary: bool | None) -> None:
+        self.enable_checkpointing = not self.barebones if enable_checkpointing is None else enable_checkpointing
+        self.enable_progress_bar = not self.barebones if enable_progress_bar is None else enable_progress_bar
+        self.enable_model_summary = not self.barebones if enable_model_summary is None else enable_model_summary
+        self._given_callbacks = args_check.with_default_callbacks(as_list(callbacks), self.enable_checkpointing,
+                                                                  self.enable_progress_bar, self.enable_model_summary)
+        self.callbacks: list[Callback] = list(self._given_callbacks)
 
     # -- stages ---------------------------------------------------------------------------------------------------
     def fit(self, model: LightningModule, train_dataloaders: Any = None, val_dataloaders: Any = None,
@@ -167,7 +159,7 @@ class Trainer(TrainerProperties):
         if isinstance(train_dataloaders, LightningDataModule):
             datamodule, train_dataloaders = train_dataloaders, None
         self._check_sources(model, datamodule, train_dataloaders, val_dataloaders, "fit")
-        self._loader_args.update(train=train_dataloaders, val=val_dataloaders)
+        self.run_state.dataloaders.update(train=train_dataloaders, val=val_dataloaders)
         self._launch("fit", model, datamodule, ckpt_path)
 
     def validate(self, model: LightningModule | None = None, dataloaders: Any = None,
@@ -190,9 +182,10 @@ class Trainer(TrainerProperties):
             datamodule, dataloaders = dataloaders, None
         model = self._model_for("predict", model)
         self._check_sources(model, datamodule, dataloaders, None, "predict")
-        self._loader_args["predict"] = dataloaders
-        self._return_predictions = True if return_predictions is None else return_predictions
-        return self._launch("predict", model, datamodule, ckpt_path)
+        self.run_state.dataloaders["predict"] = dataloaders
+        self.run_state.return_predictions = True if return_predictions is None else return_predictions
+        predictions: list[Any] | None = self._launch("predict", model, datamodule, ckpt_path)
+        return predictions
 
     def _evaluate(self, stage: str, model: LightningModule | None, dataloaders: Any, ckpt_path: Any, verbose: bool,
                   datamodule: LightningDataModule | None) -> list[dict[str, float]]:
@@ -206,8 +199,8 @@ class Trainer(TrainerProperties):
                 and self.checkpoint_callback.best_model_path:
             ckpt_path = "best"
         self._check_sources(model, datamodule, dataloaders, None, stage)
-        self._loader_args["val" if stage == "validate" else "test"] = dataloaders
-        results = self._launch(stage, model, datamodule, ckpt_path)
+        self.run_state.dataloaders["val" if stage == "validate" else "test"] = dataloaders
+        results: list[dict[str, float]] = self._launch(stage, model, datamodule, ckpt_path)
         if verbose and self.is_global_zero:
             print_results(stage, results)
         return results
@@ -228,109 +221,127 @@ class Trainer(TrainerProperties):
             raise TypeError(f"datamodule must be a loops.LightningDataModule; got {type(datamodule).__name__}")
 
     # -- running in every process -----------------------------------------------------------------------------------
-    def _launch(self, stage: str, model: LightningModule, datamodule: Any, ckpt_path: Any) -> Any:
+    def _launch(self, stage: str, model: LightningModule, datamodule: LightningDataModule | None,
+                ckpt_path: str | Path | None) -> Any:
         self._ran_here = False
         payload = self.fabric.launch(_run_launched, self, stage, model, datamodule, ckpt_path)
         if not self._ran_here and payload is not None:  # the stage ran in spawned processes: adopt rank 0's result
             model.load_state_dict(payload["state_dict"])
-            self.current_epoch, self._global_step = payload["current_epoch"], payload["global_step"]
-            self._metrics.callback_metrics = payload["callback_metrics"]
+            progress = self.run_state.progress
+            progress.current_epoch, progress.global_step = payload["current_epoch"], payload["global_step"]
+            self.run_state.metrics.callback_metrics = payload["callback_metrics"]
             agree_on_versions(self._loggers, lambda _: payload["logger_versions"])  # log_dir as the ranks saw it
             self.lightning_module = model
         return payload["result"] if payload is not None else None
 
-    def _run(self, stage: str, model: LightningModule, datamodule: Any, ckpt_path: Any) -> dict[str, Any]:
+    def _run(self, stage: str, model: LightningModule, datamodule: LightningDataModule | None,
+             ckpt_path: str | Path | None) -> dict[str, Any]:
         self._ran_here = True
+        state = self.run_state
         self.state.fn = stage
-        self.should_stop = False
+        state.should_stop = False
         self.lightning_module, self.datamodule = model, datamodule
         model.trainer = self
         if datamodule is not None:
             datamodule.trainer = self
         self._resolve_log_dir()
+        state.hooks = hooks = HookTable(self, model, datamodule)
         self._attach_callbacks(model)
-        self._hooks = hooks = HookTable(self, model, self.callbacks)
-        self._custom_transfer = any(overrides(src, name, DataHooks) for name in _TRANSFER_HOOKS
+        state.custom_transfer = any(overrides(src, name, DataHooks) for name in _TRANSFER_HOOKS
                                     for src in (model, datamodule) if src is not None)
+        result = None
         try:
             self._prepare_and_setup(stage, model, datamodule)
-            ckpt_path = checkpointing.resolve_ckpt_path(self, ckpt_path, stage)
+            path = checkpointing.resolve_ckpt_path(self, ckpt_path, stage)
             if stage == "fit":
-                result = self._fit(model, ckpt_path)
+                self._fit(model, path)
             else:
-                self._fabric_module = self.fabric.setup(StepRouter(model))
-                if ckpt_path is not None:
-                    checkpointing.restore_model(self, ckpt_path, stage)
+                state.fabric_module = self.fabric.setup(StepRouter(model))
+                if path is not None:
+                    checkpointing.restore_model(self, path, stage)
                 self._log_hyperparams(model)
                 result = self._run_stage(stage)
         except BaseException as exception:
             self.state.status = "interrupted"
             hooks.call_callbacks("on_exception", exception)
             if datamodule is not None:
-                datamodule.on_exception(exception)
+                hooks.call_on(datamodule, "on_exception", exception)
             raise
         finally:
             self._teardown(stage)
         self.state.status = "finished"
-        # Handed back to the launching process, which adopts it when the stage ran in spawned processes.
+        return self._payload(model, result)
+
+    def _payload(self, model: LightningModule, result: Any) -> dict[str, Any]:
+        """What the stage hands back to the launching process, which adopts it when the stage ran in spawned
+        processes (`_launch`)."""
         on_device = self.fabric.device.type != "cpu"
         state_dict = {k: v.cpu() for k, v in model.state_dict().items()} if on_device else model.state_dict()
         return {"result": result, "state_dict": state_dict, "current_epoch": self.current_epoch,
-                "global_step": self._global_step, "callback_metrics": dict(self._metrics.callback_metrics),
+                "global_step": self.global_step, "callback_metrics": dict(self.callback_metrics),
                 "logger_versions": [logger.version for logger in self._loggers if isinstance(logger, FolderLogger)]}
 
-    def _prepare_and_setup(self, stage: str, model: LightningModule, datamodule: Any) -> None:
-        sources = [s for s in (datamodule, model) if s is not None]
-        for source in sources:
+    def _prepare_and_setup(self, stage: str, model: LightningModule, datamodule: LightningDataModule | None) -> None:
+        hooks = self.run_state.hooks
+        for source in [s for s in (datamodule, model) if s is not None]:
             if overrides(source, "prepare_data", DataHooks):
                 rank = self.local_rank if source.prepare_data_per_node else self.global_rank
                 if rank == 0:
-                    source.prepare_data()
+                    hooks.call_on(source, "prepare_data")
                 self.fabric.barrier()
         if datamodule is not None:
-            datamodule.setup(stage)
-        self._hooks.call_callbacks("setup", stage)
-        model.setup(stage)
-        model.configure_model()
+            hooks.call_on(datamodule, "setup", stage)
+        hooks.call_callbacks("setup", stage)
+        hooks.call_on(model, "setup", stage)
+        hooks.call_on(model, "configure_model")
 
     def _fit(self, model: LightningModule, ckpt_path: str | None) -> None:
-        if not overrides(model, "training_step", LightningModule):
-            raise NotImplementedError(f"{type(model).__name__} defines no training_step(self, batch, batch_idx); "
-                                      "Trainer.fit needs it (it returns the loss)")
-        self._automatic = model.automatic_optimization
-        if not self._automatic and self.gradient_clip_val:
-            raise ValueError(f"gradient_clip_val={self.gradient_clip_val} clips automatically, which manual "
-                             "optimization does not do; remove it and call self.clip_gradients(optimizer, ...) in "
-                             "training_step")
-        if not self._automatic and self.accumulate_grad_batches != 1:
-            raise ValueError(f"accumulate_grad_batches={self.accumulate_grad_batches} needs automatic optimization; "
-                             "with manual optimization step the optimizer every N batches yourself")
-        optimizers, self.lr_scheduler_configs = parse_optimizers(model.configure_optimizers())
-        if self._automatic:
-            check_automatic_optimizers(model, len(optimizers))
-        if self.sync_batchnorm and self.world_size > 1:
-            model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
-        self._fabric_module, fabric_optimizers = self._setup_model_and_optimizers(model, optimizers)
-        self._optimizers = [LoopOptimizer(opt, self) for opt in fabric_optimizers]
-        clip_overridden = overrides(model, "configure_gradient_clipping", LightningModule)
-        self._clip_hook = model.configure_gradient_clipping if (self.gradient_clip_val or clip_overridden) \
-            and self._automatic else None
+        self._check_optimization(model)
+        self._setup_optimization(model)
         if ckpt_path is not None:
             checkpoint = checkpointing.restore_model(self, ckpt_path, "fit")
             checkpointing.restore_training_state(self, checkpoint, ckpt_path)
         self._log_hyperparams(model)
+        hooks = self.run_state.hooks
         self.training = True
         try:
-            self._hooks.call("on_fit_start")
+            hooks.call("on_fit_start")
         except TunerExit:  # a Tuner's finder ran its search in on_fit_start: fit ends without training
             return
         with torch.autograd.set_detect_anomaly(True) if self.detect_anomaly else nullcontext():
             self.fit_loop.run()
         self.training = False
-        self._hooks.call("on_fit_end")
+        hooks.call("on_fit_end")
+
+    def _check_optimization(self, model: LightningModule) -> None:
+        """What fit needs from the module, and the flags that manual optimization cannot honour."""
+        if not overrides(model, "training_step", LightningModule):
+            raise NotImplementedError(f"{type(model).__name__} defines no training_step(self, batch, batch_idx); "
+                                      "Trainer.fit needs it (it returns the loss)")
+        if not model.automatic_optimization and self.gradient_clip_val:
+            raise ValueError(f"gradient_clip_val={self.gradient_clip_val} clips automatically, which manual "
+                             "optimization does not do; remove it and call self.clip_gradients(optimizer, ...) in "
+                             "training_step")
+        if not model.automatic_optimization and self.accumulate_grad_batches != 1:
+            raise ValueError(f"accumulate_grad_batches={self.accumulate_grad_batches} needs automatic optimization; "
+                             "with manual optimization step the optimizer every N batches yourself")
+
+    def _setup_optimization(self, model: LightningModule) -> None:
+        """The module's optimizers and schedulers, set up by fabric with the model, as the run state's handles."""
+        state = self.run_state
+        state.automatic = model.automatic_optimization
+        optimizers, state.lr_scheduler_configs = parse_optimizers(state.hooks.call_on(model, "configure_optimizers"))
+        if state.automatic:
+            check_automatic_optimizers(model, len(optimizers))
+        if self.sync_batchnorm and self.world_size > 1:
+            model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        state.fabric_module, fabric_optimizers = self._setup_model_and_optimizers(model, optimizers)
+        state.optimizers = [LoopOptimizer(opt, self) for opt in fabric_optimizers]
+        clips = self.gradient_clip_val or overrides(model, "configure_gradient_clipping", LightningModule)
+        state.clip_hook = model.configure_gradient_clipping if clips and state.automatic else None
 
     def _setup_model_and_optimizers(self, model: LightningModule, optimizers: list[torch.optim.Optimizer]
-                                    ) -> tuple[Any, tuple[Any, ...]]:
+                                    ) -> tuple[FabricModule, tuple[Any, ...]]:
         """Most strategies take the model and its optimizers together (DeepSpeed must). Sharding strategies (FSDP)
         need optimizers built from the sharded parameters: the model is set up first and configure_optimizers runs
         again on it, as Lightning does under FSDP."""
@@ -339,8 +350,9 @@ class Trainer(TrainerProperties):
         if not self.fabric.setup_module_first:
             setup = self.fabric.setup(StepRouter(model), *optimizers)
             return setup[0], setup[1:]
+        state = self.run_state
         module = self.fabric.setup_module(StepRouter(model))
-        optimizers, self.lr_scheduler_configs = parse_optimizers(model.configure_optimizers())
+        optimizers, state.lr_scheduler_configs = parse_optimizers(state.hooks.call_on(model, "configure_optimizers"))
         fabric_optimizers = self.fabric.setup_optimizers(*optimizers)
         return module, fabric_optimizers if isinstance(fabric_optimizers, tuple) else (fabric_optimizers,)
 
@@ -350,7 +362,7 @@ class Trainer(TrainerProperties):
             loaders, limits = self._eval_loaders("predict", self.limit_predict_batches)
             self.predict_dataloaders, self.num_predict_batches = loaders, limits
             self.predicting = True
-            return run_prediction(self, loaders, limits, self._return_predictions)
+            return run_prediction(self, loaders, limits, self.run_state.return_predictions)
         source = "val" if stage == "validate" else "test"
         limit = self.limit_val_batches if stage == "validate" else self.limit_test_batches
         loaders, limits = self._eval_loaders(source, limit)
@@ -364,42 +376,31 @@ class Trainer(TrainerProperties):
         if not loaders:
             raise ValueError(f"Trainer.{stage} found no {source} data: pass dataloaders, a datamodule with "
                              f"{source}_dataloader(), or define {source}_dataloader() on {type(model).__name__}")
-        self._metrics.reset()
+        self.run_state.metrics.reset()
         return run_evaluation(self, stage, loaders, limits)
 
     def _eval_loaders(self, source: str, limit: int | float) -> tuple[list[Any], list[int | float]]:
-        raw = as_list(find_loaders(source, self._loader_args[source], self.datamodule, self.lightning_module))
-        loaders = setup_loaders(self.fabric, raw, False, self.use_distributed_sampler, not self._custom_transfer)
+        state = self.run_state
+        raw = as_list(find_loaders(source, state.dataloaders[source], state.hooks))
+        loaders = setup_loaders(self.fabric, raw, False, self.use_distributed_sampler, not state.custom_transfer)
         return loaders, [limit_batches(loader, limit, f"limit_{source}_batches") for loader in loaders]
 
     def _teardown(self, stage: str) -> None:
+        hooks = self.run_state.hooks
         if self.datamodule is not None:
-            self.datamodule.teardown(stage)
-        if self._hooks is not None:
-            self._hooks.call_callbacks("teardown", stage)
-        if self.lightning_module is not None:
-            self.lightning_module.teardown(stage)
+            hooks.call_on(self.datamodule, "teardown", stage)
+        hooks.call_callbacks("teardown", stage)
+        hooks.call_on(hooks.pl_module, "teardown", stage)
         for logger in self._loggers:
             if hasattr(logger, "finalize"):
                 logger.finalize("failed" if self.state.status == "interrupted" else "success")
         self.training = self.validating = self.testing = self.predicting = self.sanity_checking = False
 
-    def _add_default_progress_bar(self) -> None:
-        """TQDMProgressBar unless one was given (at most one) or `enable_progress_bar=False`."""
-        bars = [type(c).__name__ for c in self._given_callbacks if isinstance(c, ProgressBar)]
-        if len(bars) > 1:
-            raise ValueError(f"callbacks holds {len(bars)} progress bars {bars}; the Trainer shows one: keep one")
-        if bars and not self.enable_progress_bar:
-            raise ValueError(f"enable_progress_bar=False, but callbacks holds {bars}; remove it or enable the "
-                             "progress bar")
-        if self.enable_progress_bar and not bars:
-            self._given_callbacks.append(TQDMProgressBar())
-
     def _attach_callbacks(self, model: LightningModule) -> None:
         """Trainer callbacks plus the module's `configure_callbacks` (replacing ones of the same type), with
         checkpoint callbacks last so they see what the others did."""
         callbacks = list(self._given_callbacks)
-        extra = as_list(model.configure_callbacks())
+        extra = as_list(self.run_state.hooks.call_on(model, "configure_callbacks"))
         if extra:
             types = {type(c) for c in extra}
             callbacks = [c for c in callbacks if type(c) not in types] + extra
@@ -424,44 +425,27 @@ class Trainer(TrainerProperties):
     def _log(self, name: str, value: Any, prog_bar: bool, logger: bool, on_step: bool | None, on_epoch: bool | None,
              reduce_fx: Any, enable_graph: bool, sync_dist: bool, group: Any, add_dataloader_idx: bool,
              batch_size: int | None, rank_zero_only: bool) -> None:
-        results = self._results
-        hook = calling_hook()
+        scope = self.run_state.scope
+        results, hook = scope.results, scope.hook
         if results is None or hook in NO_LOGGING:
-            raise RuntimeError(f"self.log({name!r}) was called in {hook}, outside the hooks that can log: training, "
-                               "validation and test steps, their batch / epoch hooks and on_train/validation/test_start (not "
-                               "predict, setup, on_fit_start or checkpoint hooks); write to "
-                               "self.logger.experiment directly there")
+            raise RuntimeError(f"self.log({name!r}) was called in {hook or 'no hook of the Trainer'}, outside the "
+                               "hooks that can log: training, validation and test steps, their batch / epoch hooks "
+                               "and on_train/validation/test_start (not predict, setup, on_fit_start or checkpoint "
+                               "hooks); write to self.logger.experiment directly there")
         if self.barebones:
             raise RuntimeError(f"self.log({name!r}) is turned off by Trainer(barebones=True)")
-        defaults = self._log_defaults
-        if self._dataloader_idx is not None and add_dataloader_idx:
-            name = f"{name}/dataloader_idx_{self._dataloader_idx}"
+        if scope.dataloader_idx is not None and add_dataloader_idx:
+            name = f"{name}/dataloader_idx_{scope.dataloader_idx}"
         # rank_zero_only: logged from rank 0 alone, so never synced (a collective there would wait for the others).
-        results.log(name, value, prog_bar, logger and self._logger_enabled, defaults[0] if on_step is None else on_step,
-                    defaults[1] if on_epoch is None else on_epoch, reduce_fx, enable_graph,
-                    sync_dist and not rank_zero_only, group, batch_size, self._batch)
+        results.log(name, value, prog_bar, logger and self._logger_enabled,
+                    scope.on_step if on_step is None else on_step, scope.on_epoch if on_epoch is None else on_epoch,
+                    reduce_fx, enable_graph, sync_dist and not rank_zero_only, group, batch_size, scope.batch)
 
     def _manual_backward(self, loss: Tensor, *args: Any, **kwargs: Any) -> None:
-        if self._automatic:
+        if self.run_state.automatic:
             raise RuntimeError("manual_backward is for manual optimization (self.automatic_optimization = False); "
                                "with automatic optimization return the loss from training_step")
         manual_backward(self, loss, *args, **kwargs)
-
-    def _transfer(self, batch: Any, dataloader_idx: int) -> Any:
-        """The batch-transfer hooks, when the module or datamodule overrides one (fabric moves batches otherwise)."""
-        for source in (self.datamodule, self.lightning_module):
-            if source is not None:
-                batch = source.on_before_batch_transfer(batch, dataloader_idx)
-        source = self.datamodule if self.datamodule is not None and overrides(
-            self.datamodule, "transfer_batch_to_device", DataHooks) else self.lightning_module
-        batch = source.transfer_batch_to_device(batch, self.fabric.device, dataloader_idx)
-        for source in (self.datamodule, self.lightning_module):
-            if source is not None:
-                batch = source.on_after_batch_transfer(batch, dataloader_idx)
-        return batch
-
-    def _hooks_defined(self, name: str) -> bool:
-        return overrides(self.lightning_module, name, LightningModule)
 
     def _resolve_log_dir(self) -> None:
         """Every process takes rank 0's `version_N` for each folder logger (rank 0 alone looks at the disk), so
@@ -471,7 +455,7 @@ class Trainer(TrainerProperties):
     def print(self, *args: Any, **kwargs: Any) -> None:
         self.fabric.print(*args, **kwargs)
 
-    def init_module(self, empty_init: bool | None = None) -> Any:
+    def init_module(self, empty_init: bool | None = None) -> AbstractContextManager:
         """Build the model inside this context to create it on the device in the precision's dtype."""
         return self.fabric.init_module(empty_init)
 
@@ -488,13 +472,14 @@ class Trainer(TrainerProperties):
         if "current_model_state" not in state:  # else a weight-averaging callback put the average there
             state["state_dict"] = self.lightning_module
         if "optimizer_states" in state and checkpointing.strategy_keeps_optimizers(self.fabric):
-            checkpointing.hand_optimizers_to_strategy(state, self._fabric_optimizers)
+            checkpointing.hand_optimizers_to_strategy(state, self)
         loader = self.fit_loop.train_loader
         if not weights_only and is_wrapped(loader):  # fabric saves its position: resume continues the shuffle
             state["train_dataloader"] = loader
         self.fabric.save(str(filepath), state)
 
-def _run_launched(fabric: Fabric, trainer: Trainer, stage: str, model: LightningModule, datamodule: Any,
-                  ckpt_path: Any) -> dict[str, Any]:
+
+def _run_launched(fabric: Fabric, trainer: Trainer, stage: str, model: LightningModule,
+                  datamodule: LightningDataModule | None, ckpt_path: str | Path | None) -> dict[str, Any]:
     """What every process runs (module level, so spawned processes can unpickle it)."""
     return trainer._run(stage, model, datamodule, ckpt_path)

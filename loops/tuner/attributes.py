@@ -2,10 +2,13 @@
 of its `hparams`, an attribute of the datamodule or a key of its `hparams` (Lightning's lookup order)."""
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from loops.trainer.trainer import Trainer
 
 
-def _holders(trainer: Any, name: str) -> list[tuple[Any, bool]]:
+def _holders(trainer: Trainer, name: str) -> list[tuple[Any, bool]]:
     """(object, is_mapping) pairs that hold `name`, in lookup order."""
     found = []
     for source in (trainer.lightning_module, trainer.datamodule):
@@ -19,11 +22,11 @@ def _holders(trainer: Any, name: str) -> list[tuple[Any, bool]]:
     return found
 
 
-def has_attribute(trainer: Any, name: str) -> bool:
+def has_attribute(trainer: Trainer, name: str) -> bool:
     return bool(_holders(trainer, name))
 
 
-def get_attribute(trainer: Any, name: str) -> Any:
+def get_attribute(trainer: Trainer, name: str) -> Any:
     holders = _holders(trainer, name)
     if not holders:
         raise AttributeError(f"{name!r} is neither an attribute nor an hparams key of the LightningModule or the "
@@ -32,7 +35,7 @@ def get_attribute(trainer: Any, name: str) -> Any:
     return holder[name] if is_mapping else getattr(holder, name)
 
 
-def set_attribute(trainer: Any, name: str, value: Any) -> None:
+def set_attribute(trainer: Trainer, name: str, value: Any) -> None:
     """Set `name` everywhere it is held, so the module and the datamodule agree."""
     holders = _holders(trainer, name)
     if not holders:

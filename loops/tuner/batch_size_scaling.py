@@ -6,13 +6,16 @@ from __future__ import annotations
 
 import gc
 import warnings
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from loops.callbacks.callback import Callback
 from loops.tuner.attributes import get_attribute, set_attribute
 from loops.tuner.trial import TrainerSnapshot, run_trial
+
+if TYPE_CHECKING:
+    from loops.trainer.trainer import Trainer
 
 MODES = ("power", "binsearch")
 
@@ -37,7 +40,7 @@ def check_scale_arguments(mode: str, steps_per_trial: int, init_val: int, max_tr
         raise ValueError(f"margin={margin}: pass a fraction in [0.0, 1.0)")
 
 
-def scale_batch_size(trainer: Any, mode: str = "power", steps_per_trial: int = 3, init_val: int = 2,
+def scale_batch_size(trainer: Trainer, mode: str = "power", steps_per_trial: int = 3, init_val: int = 2,
                      max_trials: int = 25, batch_arg_name: str = "batch_size", margin: float = 0.05,
                      max_val: int = 8192) -> int | None:
     """Search inside a running `fit` (after the optimizers exist), undo the trials, set `batch_arg_name` to the
@@ -57,14 +60,12 @@ def scale_batch_size(trainer: Any, mode: str = "power", steps_per_trial: int = 3
     if mode == "binsearch" and margin > 0:
         size = max(1, int(size * (1 - margin)))
     set_attribute(trainer, batch_arg_name, size)
-    loop = trainer.fit_loop  # rebuild the loaders with the new size when the loop starts
-    loop.train_loader = None
-    loop._val_loaded_epoch = -1
+    trainer.fit_loop.reload_data()
     return size
 
 
 class _Search:
-    def __init__(self, trainer: Any, snapshot: TrainerSnapshot, steps: int, name: str, max_val: int) -> None:
+    def __init__(self, trainer: Trainer, snapshot: TrainerSnapshot, steps: int, name: str, max_val: int) -> None:
         self.trainer, self.snapshot, self.steps, self.name, self.max_val = trainer, snapshot, steps, name, max_val
         self.dataset_length: int | None = None
         self.smallest_failed: int | None = None

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch.optim.lr_scheduler import LambdaLR
@@ -14,6 +14,9 @@ from loops.callbacks.callback import Callback
 from loops.core.optimizer_config import SchedulerConfig
 from loops.tuner.attributes import has_attribute, set_attribute
 from loops.tuner.trial import TrainerSnapshot, run_trial
+
+if TYPE_CHECKING:
+    from loops.trainer.trainer import Trainer
 
 MODES = ("exponential", "linear")
 
@@ -60,8 +63,8 @@ class LRFinder:
             ax.set_xscale("log")
         ax.set_xlabel("Learning rate")
         ax.set_ylabel("Loss")
-        if suggest and self.suggestion() is not None:
-            index = self._optimal_idx
+        index = self._optimal_idx if suggest and self.suggestion() is not None else None
+        if index is not None:
             ax.plot(self.results["lr"][index], self.results["loss"][index], marker="o", markersize=10, color="red")
         if show:
             plt.show()
@@ -80,7 +83,7 @@ def check_lr_find_arguments(min_lr: float, max_lr: float, num_training: int, mod
         raise ValueError(f"early_stop_threshold={early_stop_threshold}: pass a float > 1 or None")
 
 
-def lr_find(trainer: Any, model: Any, min_lr: float = 1e-8, max_lr: float = 1.0, num_training: int = 100,
+def lr_find(trainer: Trainer, model: Any, min_lr: float = 1e-8, max_lr: float = 1.0, num_training: int = 100,
             mode: str = "exponential", early_stop_threshold: float | None = 4.0, update_attr: bool = False,
             attr_name: str = "") -> LRFinder | None:
     """Run the range test inside a running `fit` (after the optimizers exist) and undo it; with `update_attr`
@@ -102,10 +105,10 @@ def lr_find(trainer: Any, model: Any, min_lr: float = 1e-8, max_lr: float = 1.0,
         for group in optimizer.param_groups:  # the sweep's base rate, also over a user scheduler's initial_lr
             group["lr"] = group["initial_lr"] = min_lr
         sweep = LambdaLR(optimizer, _sweep_factor(mode, min_lr, max_lr, num_training))
+        trainer.run_state.lr_scheduler_configs = [SchedulerConfig(sweep, interval="step")]
         # One step per learning rate; at least one step per epoch, so the epoch bound never cuts the sweep short.
-        run_trial(trainer, recorder, lr_scheduler_configs=[SchedulerConfig(sweep, interval="step")],
-                  max_steps=trainer.global_step + num_training, max_epochs=trainer.current_epoch + num_training,
-                  limit_val_batches=0)
+        run_trial(trainer, recorder, max_steps=trainer.global_step + num_training,
+                  max_epochs=trainer.current_epoch + num_training, limit_val_batches=0)
     finally:
         snapshot.restore(trainer)
     results = {"lr": recorder.lrs, "loss": recorder.losses}
@@ -126,7 +129,7 @@ def _sweep_factor(mode: str, min_lr: float, max_lr: float, steps: int) -> Any:
     return lambda step: (min_lr + (max_lr - min_lr) * min(step, steps - 1) / (steps - 1)) / min_lr
 
 
-def _lr_attribute(trainer: Any, model: Any, attr_name: str) -> str:
+def _lr_attribute(trainer: Trainer, model: Any, attr_name: str) -> str:
     if attr_name:
         if not has_attribute(trainer, attr_name):
             raise AttributeError(f"attr_name={attr_name!r} is not an attribute or hparams key of "
@@ -152,11 +155,11 @@ class _SweepRecorder(Callback):
         self._lr = 0.0
         self._steps_before = 0
 
-    def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_start(self, trainer: Trainer, pl_module: Any, batch: Any, batch_idx: int) -> None:
         self._lr = trainer.optimizers[0].param_groups[0]["lr"]
         self._steps_before = trainer.global_step
 
-    def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_end(self, trainer: Trainer, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
         if trainer.global_step == self._steps_before:
             return  # an accumulation batch: the learning rate is recorded with the batch that steps
         self.lrs.append(self._lr)

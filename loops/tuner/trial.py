@@ -6,7 +6,7 @@ written to disk, there is no file to clean up after a crash, and restoring does 
 from __future__ import annotations
 
 import random
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
@@ -15,53 +15,55 @@ from loops.callbacks.callback import Callback
 from loops.logging.metrics import MetricsHub
 from loops.trainer.fit_loop import FitLoop
 from loops.trainer.hooks import HookTable
+from loops.trainer.run_state import RunState
 
-# Trainer attributes a trial changes (settings, counters, and where hooks and logs go).
-_TRAINER_ATTRIBUTES = ("fit_loop", "callbacks", "_hooks", "_loggers", "_metrics", "current_epoch", "_global_step",
-                       "should_stop", "max_steps", "max_epochs", "min_epochs", "min_steps", "limit_train_batches",
-                       "limit_val_batches", "num_sanity_val_steps", "val_check_interval", "check_val_every_n_epoch",
-                       "lr_scheduler_configs", "_results", "_train_results", "_log_defaults", "_batch")
+if TYPE_CHECKING:
+    from loops.trainer.trainer import Trainer
 
 
 class TrainerSnapshot:
-    """A copy of everything a trial run can change; `restore` puts it back into the trainer and its module."""
+    """A copy of everything a trial run can change: the run state, the module's weights, the optimizers' and
+    schedulers' states and the random generators; `restore` puts it back."""
 
-    def __init__(self, trainer: Any) -> None:
-        self.weights = cpu_copy(trainer.lightning_module.state_dict())
+    def __init__(self, trainer: Trainer) -> None:
+        self.weights = cpu_copy(trainer.run_state.hooks.pl_module.state_dict())
         self.optimizers = [cpu_copy(optimizer.state_dict()) for optimizer in trainer.optimizers]
         self.schedulers = [cpu_copy(config.scheduler.state_dict()) for config in trainer.lr_scheduler_configs]
-        self.attributes = {name: getattr(trainer, name) for name in _TRAINER_ATTRIBUTES}
-        self.stage = trainer.state.stage
+        self.run_state: RunState = trainer.run_state.snapshot()
         self.rng = _rng_states()
 
-    def restore(self, trainer: Any) -> None:
-        module = trainer.lightning_module
+    def restore(self, trainer: Trainer) -> None:
+        trainer.run_state.restore(self.run_state)
+        module = trainer.run_state.hooks.pl_module
         module.load_state_dict(self.weights)
         module.zero_grad(set_to_none=True)
-        for name, value in self.attributes.items():
-            setattr(trainer, name, value)
         for optimizer, state in zip(trainer.optimizers, self.optimizers):
             optimizer.load_state_dict(state)
         for config, state in zip(trainer.lr_scheduler_configs, self.schedulers):
             config.scheduler.load_state_dict(state)
-        trainer.state.stage = self.stage
         _set_rng_states(self.rng)
 
 
-def run_trial(trainer: Any, callback: Callback, **settings: Any) -> FitLoop:
-    """Run a fresh fit loop with `callback` as the only callback, no loggers, no sanity check, and `settings`
-    (Trainer attribute name -> value) applied; returns the loop. Take a `TrainerSnapshot` first to undo it."""
-    trainer.fit_loop = loop = FitLoop(trainer)
-    trainer.callbacks = [callback]
-    trainer._hooks = HookTable(trainer, trainer.lightning_module, [callback])
-    trainer._loggers = []
-    trainer._metrics = MetricsHub()
-    trainer.should_stop = False
-    trainer.min_epochs = trainer.min_steps = None
-    trainer.num_sanity_val_steps = 0
-    for name, value in settings.items():
-        setattr(trainer, name, value)
-    loop.run()
+def run_trial(trainer: Trainer, callback: Callback, **settings: Any) -> FitLoop:
+    """Run a fresh fit loop with `callback` as the only callback, no loggers, no sanity check and `settings`
+    (Trainer attribute name -> value); returns the loop. The Trainer's attributes are as before when it returns;
+    take a `TrainerSnapshot` first to undo the rest."""
+    loop = FitLoop(trainer)
+    temporary = {"fit_loop": loop, "callbacks": [callback], "loggers": [], "min_epochs": None, "min_steps": None,
+                 "num_sanity_val_steps": 0, **settings}
+    saved = {name: getattr(trainer, name) for name in temporary}
+    state = trainer.run_state
+    state.progress.restart_loop()
+    state.should_stop = False
+    state.metrics = MetricsHub()
+    try:
+        for name, value in temporary.items():
+            setattr(trainer, name, value)
+        state.hooks = HookTable(trainer, state.hooks.pl_module, state.hooks.datamodule)  # only `callback`
+        loop.run()
+    finally:
+        for name, value in saved.items():
+            setattr(trainer, name, value)
     return loop
 
 

@@ -2,13 +2,16 @@
 finder callback to the Trainer, runs `fit` until the search is done, and removes the callback again."""
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from loops.trainer.trainer import Trainer
 
 
 class Tuner:
     """`Tuner(trainer).lr_find(model, ...)` and `Tuner(trainer).scale_batch_size(model, ...)`, as in Lightning."""
 
-    def __init__(self, trainer: Any) -> None:
+    def __init__(self, trainer: Trainer) -> None:
         self._trainer = trainer
 
     def scale_batch_size(self, model: Any, train_dataloaders: Any = None, val_dataloaders: Any = None,

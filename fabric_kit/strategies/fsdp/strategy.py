@@ -52,6 +52,7 @@ class FSDPStrategy(ParallelStrategy, BackwardSyncControl):
     """
 
     setup_module_first = True
+    shards_parameters = True
 
     def __init__(self, accelerator: Accelerator | None = None, parallel_devices: list[torch.device] | None = None,
                  cluster_environment: ClusterEnvironment | None = None, precision: Precision | None = None,

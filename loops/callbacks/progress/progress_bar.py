@@ -6,10 +6,13 @@ from __future__ import annotations
 
 import math
 import sys
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from loops.callbacks.callback import Callback
 from loops.callbacks.progress.line_display import Display, LineDisplay
+
+if TYPE_CHECKING:
+    from loops.trainer.trainer import Trainer
 
 _EVAL_TOTALS = {"validate": "num_val_batches", "test": "num_test_batches", "predict": "num_predict_batches"}
 
@@ -32,13 +35,13 @@ class ProgressBar(Callback):
         self.line_every_n_steps, self.line_every_seconds = line_every_n_steps, line_every_seconds
         self._enabled = True
         self._display: Display | None = None
-        self._trainer: Any = None
+        self._trainer: Trainer | None = None
         self._pl_module: Any = None
         self._counts: dict[str, int] = {}  # batches done in each display kind's current run
 
     # -- public API (Lightning's names) ----------------------------------------------------------------------------
     @property
-    def trainer(self) -> Any:
+    def trainer(self) -> Trainer:
         if self._trainer is None:
             raise RuntimeError(f"{type(self).__name__} is not attached to a Trainer yet")
         return self._trainer
@@ -87,7 +90,7 @@ class ProgressBar(Callback):
     def predict_batch_idx(self) -> int:
         return self._counts.get("predict", 0)
 
-    def get_metrics(self, trainer: Any, pl_module: Any) -> dict[str, Any]:
+    def get_metrics(self, trainer: Trainer, pl_module: Any) -> dict[str, Any]:
         """What the bar shows: `v_num` (the loggers' version) and every value logged with `prog_bar=True`."""
         return {**standard_metrics(trainer), **trainer.progress_bar_metrics}
 
@@ -106,14 +109,14 @@ class ProgressBar(Callback):
         return LineDisplay(sys.stdout, self.line_every_n_steps, self.line_every_seconds)
 
     # -- choosing the display ------------------------------------------------------------------------------------
-    def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
+    def setup(self, trainer: Trainer, pl_module: Any, stage: str) -> None:
         self._trainer, self._pl_module = trainer, pl_module
         if not trainer.is_global_zero:
             self.disable()
         if self._enabled and self._display is None:
             self._display = self._terminal_display() if _is_terminal(sys.stdout) else self._line_display()
 
-    def teardown(self, trainer: Any, pl_module: Any, stage: str) -> None:
+    def teardown(self, trainer: Trainer, pl_module: Any, stage: str) -> None:
         if self._display is not None:
             self._display.close()
             self._display = None
@@ -138,57 +141,58 @@ class ProgressBar(Callback):
 
     @property
     def _metrics_getter(self) -> Callable[[], dict[str, Any]]:
-        return lambda: self.get_metrics(self._trainer, self._pl_module)
+        return lambda: self.get_metrics(self.trainer, self._pl_module)
 
-    def on_sanity_check_end(self, trainer: Any, pl_module: Any) -> None:
+    def on_sanity_check_end(self, trainer: Trainer, pl_module: Any) -> None:
         self._finish("sanity")
 
-    def on_train_epoch_start(self, trainer: Any, pl_module: Any) -> None:
+    def on_train_epoch_start(self, trainer: Trainer, pl_module: Any) -> None:
         # A resumed epoch starts where it stopped.
-        self._start("train", f"Epoch {trainer.current_epoch}", self.total_train_batches, trainer.fit_loop.batch_idx)
+        self._start("train", f"Epoch {trainer.current_epoch}", self.total_train_batches,
+                    trainer.run_state.progress.batch_idx)
 
-    def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_end(self, trainer: Trainer, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
         self._advance("train")
 
-    def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
+    def on_train_epoch_end(self, trainer: Trainer, pl_module: Any) -> None:
         self._finish("train")
 
-    def on_validation_start(self, trainer: Any, pl_module: Any) -> None:
+    def on_validation_start(self, trainer: Trainer, pl_module: Any) -> None:
         if trainer.sanity_checking:  # the loaders are known from here on
             self._start("sanity", "Sanity Checking", sum(trainer.num_sanity_val_batches))
         else:
             self._start("validate", "Validation", _eval_total(trainer, "validate"))
 
-    def on_validation_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int,
+    def on_validation_batch_end(self, trainer: Trainer, pl_module: Any, outputs: Any, batch: Any, batch_idx: int,
                                 dataloader_idx: int = 0) -> None:
         self._advance("sanity" if trainer.sanity_checking else "validate")
 
-    def on_validation_end(self, trainer: Any, pl_module: Any) -> None:
+    def on_validation_end(self, trainer: Trainer, pl_module: Any) -> None:
         if not trainer.sanity_checking:
             self._finish("validate")
 
-    def on_test_start(self, trainer: Any, pl_module: Any) -> None:
+    def on_test_start(self, trainer: Trainer, pl_module: Any) -> None:
         self._start("test", "Testing", _eval_total(trainer, "test"))
 
-    def on_test_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int,
+    def on_test_batch_end(self, trainer: Trainer, pl_module: Any, outputs: Any, batch: Any, batch_idx: int,
                           dataloader_idx: int = 0) -> None:
         self._advance("test")
 
-    def on_test_end(self, trainer: Any, pl_module: Any) -> None:
+    def on_test_end(self, trainer: Trainer, pl_module: Any) -> None:
         self._finish("test")
 
-    def on_predict_start(self, trainer: Any, pl_module: Any) -> None:
+    def on_predict_start(self, trainer: Trainer, pl_module: Any) -> None:
         self._start("predict", "Predicting", _eval_total(trainer, "predict"))
 
-    def on_predict_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int,
+    def on_predict_batch_end(self, trainer: Trainer, pl_module: Any, outputs: Any, batch: Any, batch_idx: int,
                              dataloader_idx: int = 0) -> None:
         self._advance("predict")
 
-    def on_predict_end(self, trainer: Any, pl_module: Any) -> None:
+    def on_predict_end(self, trainer: Trainer, pl_module: Any) -> None:
         self._finish("predict")
 
 
-def standard_metrics(trainer: Any) -> dict[str, Any]:
+def standard_metrics(trainer: Trainer) -> dict[str, Any]:
     """{"v_num": version} when the run has loggers (the last 4 characters of a string version)."""
     loggers = trainer.loggers
     if not loggers:
@@ -202,7 +206,7 @@ def standard_metrics(trainer: Any) -> dict[str, Any]:
     return {"v_num": version[-4:] if isinstance(version, str) else version}
 
 
-def _eval_total(trainer: Any, stage: str) -> int | float | None:
+def _eval_total(trainer: Trainer, stage: str) -> int | float | None:
     """Batches the running evaluation will take over all its loaders, when the Trainer knows them."""
     if stage == "validate" and trainer.state.fn != "fit":
         return None  # Trainer.validate() does not publish its loader sizes

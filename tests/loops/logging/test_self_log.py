@@ -202,3 +202,62 @@ def test_results_table_is_printed(capsys):
     make_trainer().test(Regression(), loader())
     out = capsys.readouterr().out
     assert "Test metric" in out and "test_loss" in out and "DataLoader 0" in out
+
+
+class LogsInBatchTransfer(Regression):
+    def on_before_batch_transfer(self, batch, dataloader_idx):
+        self.log("x", 1.0)
+        return batch
+
+
+class LogsInSchedulerStep(Regression):
+    def configure_optimizers(self):
+        optimizer = torch.optim.SGD(self.parameters(), lr=0.1)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": torch.optim.lr_scheduler.StepLR(optimizer, 1),
+                                                         "interval": "step"}}
+
+    def lr_scheduler_step(self, scheduler, metric):
+        self.log("x", 1.0)
+
+
+@pytest.mark.parametrize(("model", "hook"), [(LogsInBatchTransfer, "on_before_batch_transfer"),
+                                             (LogsInSchedulerStep, "lr_scheduler_step")])
+def test_self_log_is_refused_in_a_hook_called_inside_the_training_batches(model, hook):
+    """The training batches log per step, but not from the hooks Lightning refuses there: the dispatcher records
+    the running hook, so the refusal names it."""
+    with pytest.raises(RuntimeError, match=rf"self.log\('x'\) was called in {hook}, outside the hooks that can log"):
+        make_trainer(max_epochs=1).fit(model(), loader())
+
+
+def test_self_log_in_predict_names_the_step_and_outside_a_run_says_so():
+    class LogsInPredict(Regression):
+        def predict_step(self, batch, batch_idx, dataloader_idx=0):
+            self.log("x", 1.0)
+
+    with pytest.raises(RuntimeError, match=r"self.log\('x'\) was called in predict_step,"):
+        make_trainer().predict(LogsInPredict(), loader())
+    model = Regression()
+    make_trainer(max_epochs=1).fit(model, loader())
+    with pytest.raises(RuntimeError, match=r"self.log\('x'\) was called in no hook of the Trainer,"):
+        model.log("x", 1.0)
+
+
+def test_helpers_and_callbacks_log_within_the_hooks_that_may():
+    """A helper the step calls logs as the step (per step); a callback's epoch hook logs per epoch."""
+    class LogsInHelper(Regression):
+        def training_step(self, batch, batch_idx):
+            self.record(batch_idx)
+            return super().training_step(batch, batch_idx)
+
+        def record(self, batch_idx):
+            self.log("helper", float(batch_idx))
+
+    class LogsAtEpochEnd(L.Callback):
+        def on_train_epoch_end(self, trainer, pl_module):
+            pl_module.log("callback", 2.0)
+
+    trainer = make_trainer(max_epochs=1, callbacks=[LogsAtEpochEnd()])
+    trainer.fit(LogsInHelper(), loader(n=8))
+    assert trainer.callback_metrics["helper"].item() == 1.0  # the last step's value: logged per step
+    assert trainer.callback_metrics["callback"].item() == 2.0
+    assert "helper_epoch" not in trainer.callback_metrics and "callback_step" not in trainer.callback_metrics

@@ -83,7 +83,8 @@ def test_resume_mid_epoch_equals_uninterrupted(tmp_path, shuffle):
     assert _read(path)["loops"]["fit_loop"]["epoch_loop.batch_progress"]["current"]["processed"] == 4  # complete
     resumed, trainer = _train(2, shuffle, ckpt_path=path)
     assert trainer.global_step == 16
-    assert trainer.fit_loop.batches_stepped == 16  # the saving batch's step counted once: loggers' steps agree
+    # the saving batch's step counted once: loggers' steps agree
+    assert trainer.run_state.progress.batches_stepped == 16
     assert torch.equal(resumed.layer.weight, reference.layer.weight)
 
 
@@ -93,7 +94,7 @@ def test_resume_from_the_last_batch_of_an_epoch(tmp_path):
     path = tmp_path / "last_batch.ckpt"
     _train(2, True, [SaveAt(path, epoch=0, batch=7)])
     resumed, trainer = _train(2, True, ckpt_path=path)
-    assert trainer.global_step == trainer.fit_loop.batches_stepped == 16
+    assert trainer.global_step == trainer.run_state.progress.batches_stepped == 16
     assert torch.equal(resumed.layer.weight, reference.layer.weight)
 
 

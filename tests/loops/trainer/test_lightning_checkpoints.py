@@ -75,7 +75,7 @@ TOP_K = dict(monitor="val_loss", save_top_k=2, save_last=True)
 def batches_stepped(trainer):
     """Batches that ended with an optimizer step: the loggers' step."""
     if isinstance(trainer, L.Trainer):
-        return trainer.fit_loop.batches_stepped
+        return trainer.run_state.progress.batches_stepped
     return trainer.fit_loop.epoch_loop._batches_that_stepped
 
 

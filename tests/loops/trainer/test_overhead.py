@@ -1,12 +1,13 @@
 """The Trainer's per-step cost over a raw loop, measured with benchmarks/overhead.py's own loops and call counter:
-at most 407 extra Python calls per step with progress bar, logger, checkpointing and summary off (0.25× the 1,628
-that Lightning's Trainer adds), and the same final weights as the raw loop."""
+the extra Python calls per step with progress bar, logger, checkpointing and summary off may grow by at most 20%
+over what was measured, and the final weights are the raw loop's."""
 import torch
 
 import loops as L
 from benchmarks.overhead import calls_per_step, raw_loop, trainer_loop
 
-BUDGET = 407
+MEASURED = 38  # extra calls per step, counted after the run state (loops/trainer/run_state.py) went in
+BUDGET = MEASURED * 1.2  # fails at +20%: a change that adds calls to every step has to say so here
 TRAINER = trainer_loop(L.Trainer, L.LightningModule)
 
 
