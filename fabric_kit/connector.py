@@ -88,9 +88,7 @@ class Connector:
             if not self.cluster_environment.creates_processes_externally:
                 self.cluster_environment.set_world_size(len(instance.parallel_devices) * self.num_nodes)
                 self.cluster_environment.set_global_rank(self.cluster_environment.node_rank() * len(devices))
-        configure = getattr(instance, "configure_launcher", None)
-        if configure is not None:
-            configure()
+        instance.configure_launcher()
         return instance
 
 

@@ -13,13 +13,12 @@ from torch.optim import Optimizer
 from torch.utils.data import DataLoader
 
 from fabric_kit.accelerators import Accelerator
-from fabric_kit.checkpoint.state import unwrap
 from fabric_kit.collections import apply_to_collection, move_to_device
 from fabric_kit.connector import Connector
 from fabric_kit.data import distributed_loader, resumable_loader
 from fabric_kit.seed import global_seed, seed_everything
 from fabric_kit.strategies.strategy import BackwardSyncControl, Strategy
-from fabric_kit.wrappers import FabricDataLoader, FabricModule, FabricOptimizer, wrap_optimizer
+from fabric_kit.wrappers import FabricDataLoader, FabricModule, FabricOptimizer, unwrap, wrap_optimizer
 
 
 class Fabric:
@@ -188,18 +187,19 @@ class Fabric:
         for loader in dataloaders:
             if not isinstance(loader, DataLoader):
                 raise TypeError(f"setup_dataloaders takes torch DataLoaders; got {type(loader).__name__}")
-            if use_distributed_sampler and self.world_size > 1:
-                loader = distributed_loader(loader, self.world_size, self.global_rank, even_shards=even_shards,
-                                            seed=global_seed())
+            shard = self._strategy.distributed_sampler_kwargs
+            if use_distributed_sampler and shard is not None and shard["num_replicas"] > 1:
+                loader = distributed_loader(loader, **shard, even_shards=even_shards, seed=global_seed())
             elif use_distributed_sampler:
                 loader = resumable_loader(loader, seed=global_seed())
-            wrapped.append(FabricDataLoader(loader, self.device if move_to_device else None))
+            wrapped.append(FabricDataLoader(loader, self.device if move_to_device else None,
+                                            self._strategy.process_dataloader(loader)))
         return wrapped[0] if len(wrapped) == 1 else tuple(wrapped)
 
     # -- the training step ----------------------------------------------------------------------------------------
     def backward(self, tensor: Tensor, *args: Any, model: FabricModule | None = None, **kwargs: Any) -> None:
         """Use instead of `loss.backward()`: the precision may scale the loss, the strategy may own backward."""
-        self._strategy.backward(tensor, model, *args, **kwargs)
+        self._strategy.backward(tensor, None if model is None else _strategy_module(model), *args, **kwargs)
 
     def clip_gradients(self, module: Module, optimizer: Optimizer, clip_val: float | None = None,
                        max_norm: float | None = None, norm_type: float = 2.0,
@@ -208,7 +208,7 @@ class Fabric:
         if (clip_val is None) == (max_norm is None):
             raise ValueError(f"clip_gradients takes exactly one of clip_val / max_norm; got clip_val={clip_val}, "
                              f"max_norm={max_norm}")
-        optimizer = unwrap(optimizer)
+        module, optimizer = _strategy_module(module), unwrap(optimizer)
         if max_norm is not None:
             return self._strategy.clip_gradients_norm(module, optimizer, max_norm, norm_type, error_if_nonfinite)
         self._strategy.clip_gradients_value(module, optimizer, clip_val)
@@ -225,12 +225,12 @@ class Fabric:
                             f"{type(module).__name__}")
         if not isinstance(self._strategy, BackwardSyncControl):
             return nullcontext()  # one process: there is no all-reduce to skip
-        return self._strategy.no_backward_sync(module._forward_module, enabled)
+        return self._strategy.no_backward_sync(_strategy_module(module), enabled)
 
     def to_device(self, obj: Any) -> Any:
         """Move a module, a tensor or any nested collection of tensors to this process's device."""
         if isinstance(obj, Module):
-            self._strategy.module_to_device(obj)
+            self._strategy.module_to_device(_strategy_module(obj))
             return obj
         return self._strategy.batch_to_device(obj)
 
@@ -332,6 +332,12 @@ def _as_list(value: Any) -> list[Any]:
     if value is None:
         return []
     return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
+def _strategy_module(module: Module) -> Module:
+    """What the strategy is handed for `module`: the module as the strategy set it up (DDP, the FSDP module,
+    DeepSpeed's engine) behind fabric_kit's wrapper; a module that was not set up, as it is."""
+    return module._forward_module if isinstance(module, FabricModule) else module
 
 
 def _check_unwrapped_optimizer(optimizer: Optimizer) -> None:

@@ -2,7 +2,7 @@
 route the few calls that depend on the strategy or precision — forward, step, iteration — through them."""
 from __future__ import annotations
 
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator, Protocol
 
 import torch
 from torch.nn import Module
@@ -10,11 +10,27 @@ from torch.nn.modules import module as _module_hooks
 from torch.optim import Optimizer
 from torch.utils.data import DataLoader
 
-from fabric_kit.accelerators.xla import GRAPH_CUTS
 from fabric_kit.collections import move_to_device
 from fabric_kit.data import DistributedShardSampler
 from fabric_kit.precision import Precision
-from fabric_kit.strategies.strategy import Strategy
+
+
+def unwrap(obj: Any) -> Any:
+    """The user's own object behind a fabric_kit wrapper (any other object as it is), e.g. so that checkpoints hold
+    plain keys."""
+    while True:
+        inner = getattr(obj, "_fabric_kit_unwrapped", None)
+        if inner is None:
+            return obj
+        obj = inner
+
+
+class OptimizerStepper(Protocol):
+    """What the optimizer wrapper needs of the strategy (a `Strategy`; named by this protocol so that the wrappers,
+    which checkpoint code unwraps, import no strategy)."""
+
+    def optimizer_step(self, optimizer: Optimizer, **kwargs: Any) -> Any: ...
+
 
 # FabricModule's short call path reads torch's global module-hook registries, which are private names: a torch
 # without them gets the ordinary nn.Module.__call__ instead of an AttributeError on every forward.
@@ -25,6 +41,8 @@ _FAST_CALL = all(hasattr(_module_hooks, name) for name in (
 class FabricModule(Module):
     """Wraps the user's module (and the strategy's wrapper around it, e.g. DDP). `state_dict` and attributes come
     from the user's module, so checkpoints and user code see plain names."""
+
+    _forward_module: Module  # the strategy's module, e.g. DDP; a submodule, so typed here for attribute reads
 
     def __init__(self, forward_module: Module, precision: Precision, original_module: Module) -> None:
         super().__init__()
@@ -79,7 +97,7 @@ class FabricOptimizer:
     schedulers keep working, while `step` goes through the strategy."""
 
     _optimizer: Optimizer
-    _strategy: Strategy
+    _strategy: OptimizerStepper
 
     @property
     def optimizer(self) -> Optimizer:
@@ -122,7 +140,7 @@ class FabricOptimizer:
 _OPTIMIZER_CLASSES: dict[type, type] = {}
 
 
-def wrap_optimizer(optimizer: Optimizer, strategy: Strategy) -> FabricOptimizer:
+def wrap_optimizer(optimizer: Optimizer, strategy: OptimizerStepper) -> FabricOptimizer:
     """A view of `optimizer` whose `step` goes through `strategy`. It shares the optimizer's param groups and state;
     `zero_grad` is the optimizer's own bound method (no extra call on the hot path)."""
     cls = _OPTIMIZER_CLASSES.get(type(optimizer))
@@ -150,8 +168,10 @@ class FabricDataLoader:
     it): a resumed run creates one where the original did not, and must still draw the same dropout masks.
     """
 
-    def __init__(self, dataloader: DataLoader, device: torch.device | None) -> None:
+    def __init__(self, dataloader: DataLoader, device: torch.device | None, batches: Iterable[Any] | None = None
+                 ) -> None:
         self._dataloader = dataloader
+        self._iterable = dataloader if batches is None else batches  # what a pass iterates (the strategy's say)
         # Batches already live on the CPU: moving them there would only cost calls.
         self._device = device if device is not None and device.type != "cpu" else None
         self._epoch = 0  # the epoch of the running pass, or of the next one when `_fresh`
@@ -181,17 +201,11 @@ class FabricDataLoader:
             elif hasattr(sampler, "set_epoch"):
                 sampler.set_epoch(self._epoch)
         with torch.random.fork_rng(devices=[]):
-            iterator = iter(self._dataloader)
+            iterator = iter(self._iterable)
         device = self._device
-        # XLA records each step lazily: run the step's graph once the loop body is done with its batch, unless a
-        # checkpoint saved in the body ran it already (see GraphCuts).
-        cuts = GRAPH_CUTS if device is not None and device.type == "xla" else None
         for batch in iterator:
             self._batches += 1
-            owed = cuts.count if cuts is not None else 0
             yield batch if device is None else move_to_device(batch, device)
-            if cuts is not None and cuts.count == owed:
-                cuts.cut()
         self._epoch, self._start, self._batches, self._fresh = self._epoch + 1, 0, 0, True
 
     def state_dict(self) -> dict[str, Any]:

@@ -25,25 +25,6 @@ def import_torch_xla() -> ModuleType:
     return torch_xla
 
 
-class GraphCuts:
-    """Cuts of the lazy graph that fabric_kit makes (`torch_xla.sync()`), counted. The dataloader wrapper cuts after
-    each batch's step, and a checkpoint cuts before it copies tensors off the device; a save after a step has then
-    run that step's graph, and the wrapper skips its cut. Each cut advances the XLA device's random generator, so a
-    second one would make a run that saved draw other dropout masks than one that resumes from the checkpoint or
-    never saved. (A save between epochs, where no cut is owed, still adds one: the saving run and a run resumed
-    from it then agree with each other, not with a run that never saved.)"""
-
-    def __init__(self) -> None:
-        self.count = 0
-
-    def cut(self) -> None:
-        import_torch_xla().sync()
-        self.count += 1
-
-
-GRAPH_CUTS = GraphCuts()
-
-
 class XLAAccelerator(Accelerator):
     """One process per XLA device. PJRT starts either one process or one per device of the host, so `devices` is
     1, a single index, or all of them."""

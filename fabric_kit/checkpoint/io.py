@@ -22,7 +22,6 @@ import torch
 
 from fabric_kit.checkpoint import integrity
 from fabric_kit.checkpoint.errors import CheckpointCorruptedError, UnsafeCheckpointError, reported_write_errors
-from fabric_kit.checkpoint.sharded import needs_sharded_strategy
 from fabric_kit.checkpoint.state import RESERVED_KEY
 
 
@@ -111,6 +110,8 @@ def _opened(path: Path) -> Iterator[tuple[int, str]]:
     if not path.exists():
         raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
     if path.is_dir():
+        from fabric_kit.checkpoint.sharded import needs_sharded_strategy  # imports torch's DCP: only when needed
+
         raise IsADirectoryError(needs_sharded_strategy(path))
     with open(path, "rb") as f:
         if os.fstat(f.fileno()).st_size == 0:

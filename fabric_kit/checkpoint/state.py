@@ -6,15 +6,7 @@ from typing import Any, Callable
 import torch
 from torch.optim import Optimizer
 
-
-def unwrap(obj: Any) -> Any:
-    """The user's own object behind a fabric_kit wrapper (or behind DDP), so checkpoints hold plain keys."""
-    while True:
-        inner = getattr(obj, "_fabric_kit_unwrapped", None)
-        if inner is None:
-            return obj
-        obj = inner
-
+from fabric_kit.wrappers import unwrap
 
 RESERVED_KEY = "__fabric_kit__"
 """The checkpoint entry where fabric_kit keeps its own state: `{"rng": {rank: states}, "precision": ...}`."""

@@ -49,11 +49,13 @@ from torch.optim import Optimizer
 
 from fabric_kit.accelerators import Accelerator
 from fabric_kit.checkpoint.directory import verify_directory
-from fabric_kit.checkpoint.state import RESERVED_KEY, Filter, unwrap
+from fabric_kit.checkpoint.state import RESERVED_KEY, Filter
 from fabric_kit.environments import ClusterEnvironment
 from fabric_kit.precision import Precision, TruePrecision
-from fabric_kit.strategies.ddp import DDPStrategy, StartMethod
+from fabric_kit.strategies.parallel import ParallelStrategy, StartMethod
+from fabric_kit.strategies.strategy import BackwardSyncControl
 from fabric_kit.strategies.deepspeed_checkpoint_engine import safe_loading
+from fabric_kit.wrappers import unwrap
 
 if TYPE_CHECKING:
     from deepspeed import DeepSpeedEngine
@@ -78,8 +80,8 @@ class DeepSpeedPrecision(TruePrecision):
         return module  # the engine casts it after building the fp32 master copy
 
 
-class DeepSpeedStrategy(DDPStrategy):
-    """One process per device, launched as for DDP; `deepspeed.initialize` replaces the DDP wrapper."""
+class DeepSpeedStrategy(ParallelStrategy, BackwardSyncControl):
+    """One process per device, launched as for DDP; the engine from `deepspeed.initialize` wraps the model."""
 
     def __init__(self, accelerator: Accelerator | None = None, parallel_devices: list[torch.device] | None = None,
                  cluster_environment: ClusterEnvironment | None = None, precision: Precision | None = None,
@@ -193,11 +195,10 @@ class DeepSpeedStrategy(DDPStrategy):
         """The engine behind `module` (as returned by `fabric.setup`), or, when no module is named, the only one
         set up with an optimizer."""
         if module is not None:
-            engine = getattr(module, "_forward_module", module)
-            if engine not in self._engines:
-                raise TypeError(f"model {type(unwrap(module)).__name__} was not set up by this DeepSpeed strategy; "
+            if module not in self._engines:
+                raise TypeError(f"model {type(module).__name__} was not set up by this DeepSpeed strategy; "
                                 "pass the model returned by `fabric.setup`")
-            return engine
+            return module
         engines = [engine for engine, trains in self._engines.items() if trains]
         if len(engines) != 1:
             raise RuntimeError(f"{len(engines)} models are set up with optimizers under DeepSpeed: name the one this "

@@ -1,10 +1,11 @@
 """What every multi-process strategy shares: ranks from the cluster environment and torch.distributed collectives."""
 from __future__ import annotations
 
+import pickle
 from contextlib import ExitStack, contextmanager
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Literal
 
 import torch
 from torch import Tensor
@@ -15,19 +16,40 @@ from fabric_kit.checkpoint.directory import atomic_directory, staging_path
 from fabric_kit.checkpoint.errors import CheckpointWriteError
 from fabric_kit.environments import ClusterEnvironment
 from fabric_kit.precision import Precision
+from fabric_kit.strategies.launchers.multiprocessing import MultiprocessingLauncher
+from fabric_kit.strategies.launchers.subprocess_script import SubprocessScriptLauncher
 from fabric_kit.strategies.strategy import Strategy
+
+StartMethod = Literal["popen", "spawn", "fork", "forkserver"]
 
 
 class ParallelStrategy(Strategy):
+    """`start_method` says how the ranks are started when no launcher (torchrun, SLURM, `fabric run`) did:
+    "popen" re-runs the script for each rank, "spawn", "fork" and "forkserver" start them with
+    torch.multiprocessing (`fabric.launch(fn)` then runs `fn` in each)."""
+
     def __init__(self, accelerator: Accelerator | None = None, parallel_devices: list[torch.device] | None = None,
                  cluster_environment: ClusterEnvironment | None = None, precision: Precision | None = None,
-                 process_group_backend: str | None = None, timeout: timedelta | None = None) -> None:
+                 process_group_backend: str | None = None, timeout: timedelta | None = None,
+                 start_method: StartMethod = "popen") -> None:
         super().__init__(accelerator, precision)
         self.parallel_devices = parallel_devices or []
         self.cluster_environment = cluster_environment
         self.num_nodes = 1
+        self.start_method = start_method
         self._process_group_backend = process_group_backend
         self._timeout = timeout
+
+    def configure_launcher(self) -> None:
+        """None where the environment started the processes; else the script re-run for each rank ("popen") or
+        torch.multiprocessing's start method."""
+        environment = self.cluster_environment
+        if environment is None or environment.creates_processes_externally:
+            self.launcher = None
+        elif self.start_method == "popen":
+            self.launcher = SubprocessScriptLauncher(environment, self.num_processes, self.num_nodes)
+        else:
+            self.launcher = MultiprocessingLauncher(environment, self.num_processes, self.start_method)
 
     @property
     def root_device(self) -> torch.device:
@@ -54,6 +76,11 @@ class ParallelStrategy(Strategy):
     @property
     def world_size(self) -> int:
         return self.cluster_environment.world_size() if self.cluster_environment else 1
+
+    @property
+    def distributed_sampler_kwargs(self) -> dict[str, int] | None:
+        """Every process is a data-parallel replica: the data-parallel rank and size are the global ones."""
+        return {"num_replicas": self.world_size, "rank": self.global_rank}
 
     @property
     def process_group_backend(self) -> str:
@@ -86,6 +113,21 @@ class ParallelStrategy(Strategy):
         if not distributed.is_initialized():
             return obj
         return distributed.broadcast_object(obj, src)
+
+    def all_gather_object(self, obj: Any) -> list[Any]:
+        """Every rank's picklable `obj` (small ones: RNG states), indexed by rank, sent as bytes through this
+        strategy's own `all_gather`, so it works for every backend (on the strategy's device, as NCCL requires) and
+        without a torch.distributed process group (XLA)."""
+        if self.world_size == 1:
+            return [obj]
+        device = self.root_device
+        data = torch.frombuffer(bytearray(pickle.dumps(obj)), dtype=torch.uint8)
+        length = torch.tensor([data.numel()], dtype=torch.long, device=device)
+        lengths = self.all_gather(length).reshape(-1).tolist()
+        padded = torch.zeros(max(lengths), dtype=torch.uint8, device=device)
+        padded[: data.numel()] = data.to(device)
+        gathered = self.all_gather(padded).cpu()
+        return [pickle.loads(gathered[rank, :size].numpy().tobytes()) for rank, size in enumerate(lengths)]
 
     def reduce_boolean_decision(self, decision: bool, all: bool = True) -> bool:
         votes = self.all_reduce(torch.tensor(int(decision), device=self.root_device), reduce_op="sum")

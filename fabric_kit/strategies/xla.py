@@ -9,16 +9,17 @@ from __future__ import annotations
 
 import os
 import pickle
-from typing import Any
+from typing import Any, Iterable, Iterator
 
 import torch
 from torch import Tensor
 from torch.nn import Module
 from torch.optim import Optimizer
+from torch.utils.data import DataLoader
 from torch.utils.weak import WeakIdKeyDictionary
 
 from fabric_kit.accelerators import Accelerator
-from fabric_kit.accelerators.xla import GRAPH_CUTS, import_torch_xla
+from fabric_kit.accelerators.xla import import_torch_xla
 from fabric_kit.checkpoint.state import Filter
 from fabric_kit.collections import apply_to_collection
 from fabric_kit.environments import ClusterEnvironment
@@ -58,14 +59,58 @@ class RelinkOptimizerParameters:
         return optimizer
 
 
-class XLACheckpoints(Strategy):
-    """The checkpoint pieces both XLA strategies share. Saving runs the pending graph once on every rank (the same
-    graph must run everywhere) and copies the state's tensors to the CPU, so the files load anywhere, without
-    torch_xla; the XLA device's random generator is saved and restored with the host's, so dropout on the device
-    resumes bit-exactly too."""
+class GraphCuts:
+    """Cuts of the lazy graph that fabric_kit makes (`torch_xla.sync()`), counted. The loader cuts after each batch's
+    step, and a checkpoint cuts before it copies tensors off the device; a save after a step has then run that
+    step's graph, and the loader skips its cut. Each cut advances the XLA device's random generator, so a second one
+    would make a run that saved draw other dropout masks than one that resumes from the checkpoint or never saved.
+    (A save between epochs, where no cut is owed, still adds one: the saving run and a run resumed from it then
+    agree with each other, not with a run that never saved.)"""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def cut(self) -> None:
+        import_torch_xla().sync()
+        self.count += 1
+
+    def after_each_batch(self, dataloader: DataLoader) -> Iterable[Any]:
+        """`dataloader`'s batches, with a cut once the loop body is done with each, unless it cut meanwhile."""
+        return _CutAfterEachBatch(dataloader, self)
+
+
+class _CutAfterEachBatch:
+    def __init__(self, dataloader: DataLoader, cuts: GraphCuts) -> None:
+        self._dataloader = dataloader
+        self._cuts = cuts
+
+    def __iter__(self) -> Iterator[Any]:
+        return self._cut_after_each(iter(self._dataloader))  # the loader's iterator now, not at the first batch
+
+    def _cut_after_each(self, batches: Iterator[Any]) -> Iterator[Any]:
+        for batch in batches:
+            owed = self._cuts.count
+            yield batch
+            if self._cuts.count == owed:
+                self._cuts.cut()
+
+
+class XLALazyGraph(Strategy):
+    """What both XLA strategies share about the lazy graph. It is cut once per step: after the loop body is done
+    with each batch (`process_dataloader`), or before, by a checkpoint saved in the body. Saving runs the pending
+    graph once on every rank (the same graph must run everywhere) and copies the state's tensors to the CPU, so the
+    files load anywhere, without torch_xla; the XLA device's random generator is saved and restored with the
+    host's, so dropout on the device resumes bit-exactly too."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.graph_cuts = GraphCuts()
+
+    def process_dataloader(self, dataloader: DataLoader) -> Iterable[Any]:
+        return self.graph_cuts.after_each_batch(dataloader)
 
     def checkpoint_entries(self, state: dict[str, Any], filter: Filter) -> dict[str, Any]:
-        GRAPH_CUTS.cut()  # one graph execution, instead of one per tensor copied; the loader then skips its own
+        self.graph_cuts.cut()  # one graph execution, instead of one per tensor copied; the loader then skips its own
         return apply_to_collection(super().checkpoint_entries(state, filter), Tensor, lambda t: t.detach().cpu())
 
     def rng_states(self) -> dict[str, Any]:
@@ -80,7 +125,7 @@ class XLACheckpoints(Strategy):
             _xm().set_rng_state(own["xla"])
 
 
-class SingleXLAStrategy(XLACheckpoints, RelinkOptimizerParameters, SingleDeviceStrategy):
+class SingleXLAStrategy(XLALazyGraph, RelinkOptimizerParameters, SingleDeviceStrategy):
     """One process on one XLA device (`xla:0`, or the index passed as `devices=[i]`)."""
 
     def setup_environment(self) -> None:
@@ -88,7 +133,7 @@ class SingleXLAStrategy(XLACheckpoints, RelinkOptimizerParameters, SingleDeviceS
         super().setup_environment()
 
 
-class XLAStrategy(XLACheckpoints, RelinkOptimizerParameters, ParallelStrategy):
+class XLAStrategy(XLALazyGraph, RelinkOptimizerParameters, ParallelStrategy):
     """One process per XLA device, replicas kept equal by broadcasting rank 0's parameters at setup and averaging
     gradients in `optimizer.step()` (`xm.optimizer_step`). Ranks come from the PJRT runtime once launched.
 

@@ -19,10 +19,11 @@ from torch.optim import Optimizer
 from fabric_kit.accelerators import Accelerator
 from fabric_kit.accelerators.xla import import_torch_xla
 from fabric_kit.checkpoint.io import load_file, save_file
-from fabric_kit.checkpoint.state import Filter, unwrap
+from fabric_kit.checkpoint.state import Filter
 from fabric_kit.environments import ClusterEnvironment
 from fabric_kit.precision import Precision
 from fabric_kit.strategies.xla import XLAStrategy
+from fabric_kit.wrappers import unwrap
 
 SHARD_METADATA = "shard_metadata"
 """The entry of each shard file with the wrappers' `get_shard_metadata()`, where torch_xla's consolidation looks."""
@@ -81,8 +82,8 @@ class XLAFSDPStrategy(XLAStrategy):
     def clip_gradients_norm(self, module: Module, optimizer: Optimizer, max_norm: float, norm_type: float = 2.0,
                             error_if_nonfinite: bool = True) -> Tensor:
         """The norm over all shards, from the wrapper: each rank sees only its shard of every gradient."""
-        wrapper = self._wrappers.get(unwrap(module))
-        if wrapper is None:
+        wrapper = self._wrappers.get(module, module)  # the wrapper itself, or the user's module it wraps
+        if wrapper not in self._wrappers.values():
             raise TypeError("clip_gradients with 'xla_fsdp' needs the module returned by fabric.setup_module()")
         return wrapper.clip_grad_norm_(max_norm, norm_type)
 
