@@ -6,7 +6,6 @@ from typing import Any, Iterable, Iterator, Protocol
 
 import torch
 from torch.nn import Module
-from torch.nn.modules import module as _module_hooks
 from torch.optim import Optimizer
 from torch.utils.data import DataLoader
 
@@ -32,15 +31,11 @@ class OptimizerStepper(Protocol):
     def optimizer_step(self, optimizer: Optimizer, **kwargs: Any) -> Any: ...
 
 
-# FabricModule's short call path reads torch's global module-hook registries, which are private names: a torch
-# without them gets the ordinary nn.Module.__call__ instead of an AttributeError on every forward.
-_FAST_CALL = all(hasattr(_module_hooks, name) for name in (
-    "_global_forward_hooks", "_global_forward_pre_hooks", "_global_backward_hooks", "_global_backward_pre_hooks"))
-
-
 class FabricModule(Module):
     """Wraps the user's module (and the strategy's wrapper around it, e.g. DDP). `state_dict` and attributes come
-    from the user's module, so checkpoints and user code see plain names."""
+    from the user's module, so checkpoints and user code see plain names. A call goes through `nn.Module.__call__`
+    (hooks on the wrapper, global module hooks and `compile()` apply) to `forward`, which converts inputs and
+    outputs for the precision around the strategy's module."""
 
     _forward_module: Module  # the strategy's module, e.g. DDP; a submodule, so typed here for attribute reads
 
@@ -57,16 +52,6 @@ class FabricModule(Module):
     @property
     def _fabric_kit_unwrapped(self) -> Module:
         return self._original_module
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        # nn.Module.__call__ spends two Python calls before `forward`. When it would go straight to `forward` anyway
-        # (the same test as its own fast path: no hooks on the wrapper or global ones, not compiled), go there now.
-        if (not _FAST_CALL or self._compiled_call_impl is not None or self._forward_hooks or self._forward_pre_hooks
-                or self._backward_hooks or self._backward_pre_hooks or _module_hooks._global_forward_hooks
-                or _module_hooks._global_forward_pre_hooks or _module_hooks._global_backward_hooks
-                or _module_hooks._global_backward_pre_hooks):
-            return super().__call__(*args, **kwargs)
-        return self.forward(*args, **kwargs)
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         precision = self._precision
