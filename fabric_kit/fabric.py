@@ -16,7 +16,7 @@ from fabric_kit.accelerators import Accelerator
 from fabric_kit.collections import apply_to_collection, move_to_device
 from fabric_kit.connector import Connector
 from fabric_kit.data import distributed_loader, resumable_loader
-from fabric_kit.seed import global_seed, seed_everything
+from fabric_kit.seed import global_seed, seed_everything, worker_init_function
 from fabric_kit.strategies.strategy import BackwardSyncControl, Strategy
 from fabric_kit.wrappers import FabricDataLoader, FabricModule, FabricOptimizer, unwrap, wrap_optimizer
 
@@ -177,7 +177,10 @@ class Fabric:
         """Give each process its shard of every loader and move batches to the device.
 
         Shuffling follows `(seed, epoch)` (the seed of `seed_everything`, else 0), also on one process, so the
-        returned loaders can be saved in a checkpoint and resumed mid-epoch (see `FabricDataLoader`).
+        returned loaders can be saved in a checkpoint and resumed mid-epoch (see `FabricDataLoader`). After
+        `seed_everything(workers=True)` a loader without a `worker_init_fn` gets one seeding each worker process
+        differently per worker and rank, reproducibly (`fabric_kit.seed.seed_worker`; set on the loader itself
+        when it is not rebuilt).
 
         `even_shards=False` (for evaluation) gives each sample to exactly one process with no padding duplicates,
         so a metric summed over processes counts every sample once; processes may then get one batch fewer.
@@ -192,6 +195,9 @@ class Fabric:
                 loader = distributed_loader(loader, **shard, even_shards=even_shards, seed=global_seed())
             elif use_distributed_sampler:
                 loader = resumable_loader(loader, seed=global_seed())
+            seed_workers = worker_init_function(self.global_rank)
+            if seed_workers is not None and loader.worker_init_fn is None:
+                loader.worker_init_fn = seed_workers
             wrapped.append(FabricDataLoader(loader, self.device if move_to_device else None,
                                             self._strategy.process_dataloader(loader)))
         return wrapped[0] if len(wrapped) == 1 else tuple(wrapped)
