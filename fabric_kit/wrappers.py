@@ -143,7 +143,8 @@ def wrap_optimizer(optimizer: Optimizer, strategy: OptimizerStepper) -> FabricOp
 
 class FabricDataLoader:
     """Iterates the (possibly re-sharded) loader, moves batches to the device and advances the sampler's epoch on
-    every new pass, so shuffling differs per epoch without the user calling `set_epoch`.
+    every new pass, so shuffling differs per epoch without the user calling `set_epoch`. `batches` is what a pass
+    iterates in the loader's place where the strategy acts around each batch (`Strategy.process_dataloader`).
 
     It is stateful: in the `state` given to `fabric.save`, its position is saved (epoch, indices of the epoch
     consumed over all ranks, shuffle seed); after `fabric.load` the next pass continues that epoch with its next
@@ -156,7 +157,7 @@ class FabricDataLoader:
     def __init__(self, dataloader: DataLoader, device: torch.device | None, batches: Iterable[Any] | None = None
                  ) -> None:
         self._dataloader = dataloader
-        self._iterable = dataloader if batches is None else batches  # what a pass iterates (the strategy's say)
+        self._iterable = dataloader if batches is None else batches
         # Batches already live on the CPU: moving them there would only cost calls.
         self._device = device if device is not None and device.type != "cpu" else None
         self._epoch = 0  # the epoch of the running pass, or of the next one when `_fresh`
