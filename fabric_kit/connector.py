@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 from typing import Any
 
-
 from fabric_kit.accelerators import Accelerator, accelerator_names, create_accelerator
 from fabric_kit.environments import ClusterEnvironment, detect_environment
 from fabric_kit.precision import Precision, create_precision, normalize_precision, precision_names

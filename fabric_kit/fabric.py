@@ -3,8 +3,9 @@ which owns distribution and delegates to precision and checkpoint I/O."""
 from __future__ import annotations
 
 import weakref
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -172,7 +173,7 @@ class Fabric:
             self._strategy.module_to_device(module)
         return module
 
-    def setup_dataloaders(self, *dataloaders: DataLoader, use_distributed_sampler: bool = True,
+    def setup_dataloaders(self, *dataloaders: DataLoader[Any], use_distributed_sampler: bool = True,
                           move_to_device: bool = True, even_shards: bool = True) -> Any:
         """Give each process its shard of every loader and move batches to the device.
 
@@ -211,20 +212,20 @@ class Fabric:
                        max_norm: float | None = None, norm_type: float = 2.0,
                        error_if_nonfinite: bool = True) -> Tensor | None:
         """Clip by value (`clip_val`) or by total norm (`max_norm`, returns the norm before clipping)."""
-        if (clip_val is None) == (max_norm is None):
-            raise ValueError(f"clip_gradients takes exactly one of clip_val / max_norm; got clip_val={clip_val}, "
-                             f"max_norm={max_norm}")
         module, optimizer = _strategy_module(module), unwrap(optimizer)
-        if max_norm is not None:
+        if max_norm is not None and clip_val is None:
             return self._strategy.clip_gradients_norm(module, optimizer, max_norm, norm_type, error_if_nonfinite)
-        self._strategy.clip_gradients_value(module, optimizer, clip_val)
-        return None
+        if clip_val is not None and max_norm is None:
+            self._strategy.clip_gradients_value(module, optimizer, clip_val)
+            return None
+        raise ValueError(f"clip_gradients takes exactly one of clip_val / max_norm; got clip_val={clip_val}, "
+                         f"max_norm={max_norm}")
 
-    def autocast(self) -> AbstractContextManager:
+    def autocast(self) -> AbstractContextManager[Any]:
         """The precision's compute context, for code outside the model's forward (e.g. the loss)."""
         return self._strategy.precision.forward_context()
 
-    def no_backward_sync(self, module: Module, enabled: bool = True) -> AbstractContextManager:
+    def no_backward_sync(self, module: Module, enabled: bool = True) -> AbstractContextManager[Any]:
         """Skip the gradient all-reduce inside this context (gradient accumulation); sync on the last micro-batch."""
         if not isinstance(module, FabricModule):
             raise TypeError(f"no_backward_sync needs the module returned by fabric.setup(); got "
@@ -240,12 +241,12 @@ class Fabric:
             return obj
         return self._strategy.batch_to_device(obj)
 
-    def init_module(self, empty_init: bool | None = None) -> AbstractContextManager:
+    def init_module(self, empty_init: bool | None = None) -> AbstractContextManager[Any]:
         """Create modules directly on the device and in the precision's dtype; `empty_init=True` skips weight
         initialisation (the weights will be loaded) — sharding strategies create them on the meta device."""
         return self._strategy.module_init_context(empty_init)
 
-    def init_tensor(self) -> AbstractContextManager:
+    def init_tensor(self) -> AbstractContextManager[Any]:
         return self._strategy.tensor_init_context()
 
     # -- collectives ----------------------------------------------------------------------------------------------

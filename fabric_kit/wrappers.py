@@ -2,7 +2,8 @@
 route the few calls that depend on the strategy or precision — forward, step, iteration — through them."""
 from __future__ import annotations
 
-from typing import Any, Iterable, Iterator, Protocol
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, Protocol, cast
 
 import torch
 from torch.nn import Module
@@ -56,7 +57,7 @@ class FabricModule(Module):
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         precision = self._precision
         # Read from `_modules` directly: attribute access to a submodule costs two Python calls (`__getattr__`s).
-        forward_module = self._modules["_forward_module"]
+        forward_module: Module = self._modules["_forward_module"]  # type: ignore[assignment]  # set in __init__
         if not precision.transforms_io:  # float32: nothing to convert, no context to enter
             return forward_module(*args, **kwargs)
         args, kwargs = precision.convert_input((args, kwargs))
@@ -64,7 +65,7 @@ class FabricModule(Module):
             output = forward_module(*args, **kwargs)
         return precision.convert_output(output)
 
-    def state_dict(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
+    def state_dict(self, *args: Any, **kwargs: Any) -> Any:
         return self._original_module.state_dict(*args, **kwargs)
 
     def load_state_dict(self, state_dict: Any, strict: bool = True, assign: bool = False) -> Any:
@@ -83,6 +84,7 @@ class FabricOptimizer:
 
     _optimizer: Optimizer
     _strategy: OptimizerStepper
+    zero_grad: Callable[..., None]  # the optimizer's own bound method, set by `wrap_optimizer`
 
     @property
     def optimizer(self) -> Optimizer:
@@ -122,7 +124,7 @@ class FabricOptimizer:
         self._optimizer.load_state_dict(state_dict)
 
 
-_OPTIMIZER_CLASSES: dict[type, type] = {}
+_OPTIMIZER_CLASSES: dict[type[Optimizer], type[FabricOptimizer]] = {}
 
 
 def wrap_optimizer(optimizer: Optimizer, strategy: OptimizerStepper) -> FabricOptimizer:
@@ -130,7 +132,8 @@ def wrap_optimizer(optimizer: Optimizer, strategy: OptimizerStepper) -> FabricOp
     `zero_grad` is the optimizer's own bound method (no extra call on the hot path)."""
     cls = _OPTIMIZER_CLASSES.get(type(optimizer))
     if cls is None:
-        cls = type(f"Fabric{type(optimizer).__name__}", (FabricOptimizer, type(optimizer)), {})
+        subclass = type(f"Fabric{type(optimizer).__name__}", (FabricOptimizer, type(optimizer)), {})
+        cls = cast(type[FabricOptimizer], subclass)  # both: a FabricOptimizer and the user's optimizer class
         _OPTIMIZER_CLASSES[type(optimizer)] = cls
     wrapped = cls.__new__(cls)
     shared = {k: v for k, v in optimizer.__dict__.items() if k not in ("step", "state_dict", "param_groups", "state")}
@@ -154,7 +157,7 @@ class FabricDataLoader:
     it): a resumed run creates one where the original did not, and must still draw the same dropout masks.
     """
 
-    def __init__(self, dataloader: DataLoader, device: torch.device | None, batches: Iterable[Any] | None = None
+    def __init__(self, dataloader: DataLoader[Any], device: torch.device | None, batches: Iterable[Any] | None = None
                  ) -> None:
         self._dataloader = dataloader
         self._iterable = dataloader if batches is None else batches
@@ -170,7 +173,7 @@ class FabricDataLoader:
         return self._device
 
     @property
-    def _fabric_kit_unwrapped(self) -> DataLoader:
+    def _fabric_kit_unwrapped(self) -> DataLoader[Any]:
         return self._dataloader
 
     def __len__(self) -> int:
@@ -182,8 +185,8 @@ class FabricDataLoader:
         self._fresh = False
         shard_sampler = self._shard_sampler()
         for sampler in self._samplers():
-            if sampler is shard_sampler:
-                sampler.set_epoch(self._epoch, start=self._start)
+            if sampler is shard_sampler and shard_sampler is not None:
+                shard_sampler.set_epoch(self._epoch, start=self._start)
             elif hasattr(sampler, "set_epoch"):
                 sampler.set_epoch(self._epoch)
         with torch.random.fork_rng(devices=[]):

@@ -4,6 +4,7 @@ torch_xla is imported inside methods only: importing fabric_kit must not pull it
 torch version, and initialising its runtime before `xmp.spawn` breaks the spawn)."""
 from __future__ import annotations
 
+import importlib
 import importlib.util
 from types import ModuleType
 
@@ -18,11 +19,10 @@ INSTALL_HINT = ("install the extra with `pip install 'fabric_kit[xla]'`; torch_x
 def import_torch_xla() -> ModuleType:
     """torch_xla, or an error that says how to get it (missing, or built for another torch)."""
     try:
-        import torch_xla
+        return importlib.import_module("torch_xla")
     except ImportError as error:
         raise ModuleNotFoundError(f"the XLA accelerator needs torch_xla, which could not be imported ({error}); "
                                   f"{INSTALL_HINT}") from error
-    return torch_xla
 
 
 class XLAAccelerator(Accelerator):
@@ -55,7 +55,7 @@ class XLAAccelerator(Accelerator):
         if xr.device_type() == "TPU":
             from torch_xla._internal import tpu
 
-            return tpu.num_available_devices()
+            return int(tpu.num_available_devices())
         return 1
 
     def device(self, index: int) -> torch.device:

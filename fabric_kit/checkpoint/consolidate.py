@@ -21,7 +21,7 @@ from fabric_kit.checkpoint.sharded import PLAIN_ENTRIES, by_index, is_sharded_ch
 from fabric_kit.checkpoint.sharded_reading import load_sharded, read_metadata, set_nested
 
 
-def consolidate(checkpoint_dir: str | os.PathLike, output_file: str | os.PathLike, weights_only: bool = True
+def consolidate(checkpoint_dir: str | os.PathLike[str], output_file: str | os.PathLike[str], weights_only: bool = True
                 ) -> None:
     """Gather every shard of `checkpoint_dir` into `output_file` (written atomically). Model entries become plain
     state dicts; optimizer entries get torch's index keys, so a plain optimizer over `model.parameters()` loads them;

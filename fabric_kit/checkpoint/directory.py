@@ -19,9 +19,9 @@ import json
 import os
 import shutil
 import zlib
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterator
 
 from fabric_kit.checkpoint.errors import CheckpointCorruptedError
 from fabric_kit.checkpoint.io import fsync_directory
@@ -33,7 +33,7 @@ _AT_FDCWD = -100
 _CHUNK = 16 * 2**20
 
 
-def staging_path(path: str | os.PathLike) -> Path:
+def staging_path(path: str | os.PathLike[str]) -> Path:
     """Where `atomic_directory(path)` stages: a deterministic sibling, so every rank of a job can write its shard
     into it while one rank holds the context."""
     path = Path(path)
@@ -45,7 +45,7 @@ def _old_path(path: Path) -> Path:
 
 
 @contextmanager
-def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
+def atomic_directory(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield an empty staging directory; write the checkpoint's files into it. On a clean exit its manifest is
     written and it replaces `path` (see the module docstring for the crash window); on an exception it is
     removed and `path` is untouched. Call it on one process; the others write into `staging_path(path)` and must
@@ -64,7 +64,7 @@ def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
     _swap_in(staging, path)
 
 
-def write_manifest(directory: str | os.PathLike) -> None:
+def write_manifest(directory: str | os.PathLike[str]) -> None:
     """Fsync every file under `directory` and record its size and CRC-32 in the manifest (written last)."""
     directory = Path(directory)
     files = {}
@@ -80,7 +80,7 @@ def write_manifest(directory: str | os.PathLike) -> None:
         fsync_directory(sub)
 
 
-def verify_directory(path: str | os.PathLike) -> None:
+def verify_directory(path: str | os.PathLike[str]) -> None:
     """Raise `CheckpointCorruptedError` naming the first missing, resized or changed file of a directory
     checkpoint (or its missing manifest)."""
     path = Path(path)
@@ -160,7 +160,7 @@ def _exchange(a: Path, b: Path) -> bool:
     raise OSError(code, f"cannot exchange {str(a)!r} with {str(b)!r}: {os.strerror(code)}")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _renameat2() -> Callable[..., int] | None:
     name = ctypes.util.find_library("c")
     function = getattr(ctypes.CDLL(name, use_errno=True), "renameat2", None) if name else None

@@ -14,9 +14,13 @@ import os
 from pathlib import Path
 from typing import Any
 
-from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
-                                                     get_optimizer_state_dict, set_model_state_dict,
-                                                     set_optimizer_state_dict)
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+    get_optimizer_state_dict,
+    set_model_state_dict,
+    set_optimizer_state_dict,
+)
 from torch.nn import Module
 from torch.optim import Optimizer
 
@@ -30,12 +34,12 @@ PLAIN_ENTRIES = "fabric_kit_plain.pt"
 DCP_METADATA = ".metadata"
 
 
-def is_sharded_checkpoint(path: str | os.PathLike) -> bool:
+def is_sharded_checkpoint(path: str | os.PathLike[str]) -> bool:
     path = Path(path)
     return path.is_dir() and (path / DCP_METADATA).is_file()
 
 
-def needs_sharded_strategy(path: str | os.PathLike) -> str:
+def needs_sharded_strategy(path: str | os.PathLike[str]) -> str:
     """What to tell a user who loads a directory where only a checkpoint file can be read."""
     if not is_sharded_checkpoint(path):
         return f"checkpoint {os.fspath(path)!r} is a directory, not a checkpoint file"
@@ -66,14 +70,15 @@ def by_name(state_dict: dict[str, Any], names: list[list[str]]) -> dict[str, Any
         raise ValueError(f"the optimizer state has param groups of sizes {[len(g['params']) for g in groups]}, but "
                          f"the optimizer has {[len(g) for g in names]}: it was saved for a different model or "
                          "optimizer")
-    name_of = {index: name for group, group_names in zip(groups, names)
-               for index, name in zip(group["params"], group_names)}
+    name_of = {index: name for group, group_names in zip(groups, names, strict=True)
+               for index, name in zip(group["params"], group_names, strict=True)}
     return {"state": {name_of[index]: value for index, value in state_dict["state"].items()},
-            "param_groups": [{**group, "params": list(group_names)} for group, group_names in zip(groups, names)]}
+            "param_groups": [{**group, "params": list(group_names)}
+                             for group, group_names in zip(groups, names, strict=True)]}
 
 
 # -- state dicts of sharded models and optimizers ---------------------------------------------------------------
-class ShardedStateDict(dict):
+class ShardedStateDict(dict[str, Any]):
     """A module's or optimizer's state dict in the sharded layout (this rank's DTensor shards, optimizer state keyed
     by parameter name): what DCP writes and reads. Restoring it needs no slicing; a plain dict holds full state."""
 

@@ -1,7 +1,8 @@
 """Turning the user's `state` dict into something storable, and pouring a loaded checkpoint back into it."""
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch.optim import Optimizer

@@ -7,8 +7,9 @@ import math
 import os
 import re
 from argparse import Namespace
+from collections.abc import Mapping
 from enum import Enum
-from typing import Any, Mapping
+from typing import Any
 
 from torch import Tensor
 
@@ -58,7 +59,7 @@ def plain(value: Any) -> Any:
     return str(value)
 
 
-def write_hparams_yaml(path: str | os.PathLike, params: Mapping[str, Any]) -> None:
+def write_hparams_yaml(path: str | os.PathLike[str], params: Mapping[str, Any]) -> None:
     """Write `params` (nested dicts kept) to `path` as YAML that `yaml.safe_load` reads back."""
     lines = [f"{_key(key)}: {json.dumps(_jsonable(value))}" for key, value in params.items()]
     with open(path, "w", encoding="utf-8") as file:

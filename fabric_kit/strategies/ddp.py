@@ -33,7 +33,7 @@ class DDPStrategy(ParallelStrategy, BackwardSyncControl):
         device_ids = [self.root_device.index] if self.root_device.type == "cuda" else None
         return DistributedDataParallel(module, device_ids=device_ids, **self.ddp_kwargs)
 
-    def no_backward_sync(self, module: Module, enabled: bool) -> AbstractContextManager:
+    def no_backward_sync(self, module: Module, enabled: bool) -> AbstractContextManager[Any]:
         if not enabled:
             return nullcontext()
         if not isinstance(module, DistributedDataParallel):

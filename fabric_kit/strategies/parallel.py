@@ -2,10 +2,11 @@
 from __future__ import annotations
 
 import pickle
+from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Iterator, Literal
+from typing import Any, Literal
 
 import torch
 from torch import Tensor
@@ -90,14 +91,19 @@ class ParallelStrategy(Strategy):
 
     def setup_environment(self) -> None:
         super().setup_environment()
+        if self.cluster_environment is None:
+            raise RuntimeError(f"{type(self).__name__} has no cluster environment: pass it to `Fabric(strategy=...)` "
+                               "or let Fabric detect one")
         distributed.init_process_group(self.cluster_environment, self.process_group_backend, self._timeout)
 
     def all_gather(self, tensor: Tensor, group: Any = None, sync_grads: bool = False) -> Tensor:
         if not distributed.is_initialized():
             return tensor
         if sync_grads:
-            return torch.stack(torch.distributed.nn.functional.all_gather(tensor.contiguous(), group=group or
-                                                                          torch.distributed.group.WORLD))
+            from torch.distributed.nn.functional import all_gather as differentiable_all_gather
+
+            return torch.stack(differentiable_all_gather(tensor.contiguous(), group=group or
+                                                         torch.distributed.group.WORLD))
         return distributed.all_gather(tensor, group)
 
     def all_reduce(self, tensor: Tensor, group: Any = None, reduce_op: str | Any = "mean") -> Tensor:

@@ -13,8 +13,9 @@ position); `fabric_kit.wrappers.unwrap` reaches the user's objects behind them.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Iterable
 from contextlib import AbstractContextManager, ExitStack
-from typing import Any, Iterable
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -96,7 +97,7 @@ class Strategy(ABC):
     def module_to_device(self, module: Module) -> None:
         module.to(self.root_device)
 
-    def module_init_context(self, empty_init: bool | None = None) -> AbstractContextManager:
+    def module_init_context(self, empty_init: bool | None = None) -> AbstractContextManager[Any]:
         """Where modules are created: on the device, in the precision's dtype; `empty_init` skips the initialisers
         (sharding strategies create on the meta device instead)."""
         stack = ExitStack()
@@ -106,7 +107,7 @@ class Strategy(ABC):
         stack.enter_context(self.precision.module_init_context())
         return stack
 
-    def tensor_init_context(self) -> AbstractContextManager:
+    def tensor_init_context(self) -> AbstractContextManager[Any]:
         stack = ExitStack()
         stack.enter_context(self.root_device)
         stack.enter_context(self.precision.tensor_init_context())
@@ -122,7 +123,7 @@ class Strategy(ABC):
         data-parallel rank}`, or None where one process sees all the data."""
         return None
 
-    def process_dataloader(self, dataloader: DataLoader) -> Iterable[Any]:
+    def process_dataloader(self, dataloader: DataLoader[Any]) -> Iterable[Any]:
         """What the loader `setup_dataloaders` returns iterates in each pass, given the user's (sharded) loader:
         the loader itself, or, for a strategy that acts around each batch, an iterable wrapping it that creates the
         loader's iterator when its own is created."""
@@ -263,4 +264,4 @@ class BackwardSyncControl(ABC):
     """A strategy that can skip the gradient all-reduce for some backward passes (gradient accumulation)."""
 
     @abstractmethod
-    def no_backward_sync(self, module: Module, enabled: bool) -> AbstractContextManager: ...
+    def no_backward_sync(self, module: Module, enabled: bool) -> AbstractContextManager[Any]: ...

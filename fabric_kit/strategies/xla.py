@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import os
 import pickle
-from typing import Any, Iterable, Iterator
+from collections.abc import Iterable, Iterator
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -25,7 +26,7 @@ from fabric_kit.collections import apply_to_collection
 from fabric_kit.environments import ClusterEnvironment
 from fabric_kit.precision import Precision
 from fabric_kit.strategies.launchers.xla import XLALauncher
-from fabric_kit.strategies.parallel import ParallelStrategy
+from fabric_kit.strategies.parallel import ParallelStrategy, StartMethod
 from fabric_kit.strategies.single_device import SingleDeviceStrategy
 from fabric_kit.strategies.strategy import Strategy
 
@@ -36,12 +37,10 @@ def check_xla_device(strategy_name: str, device: torch.device) -> None:
                          "Fabric(accelerator='xla') (alias 'tpu')")
 
 
-class RelinkOptimizerParameters:
+class RelinkOptimizerParameters(Strategy):
     """Moving a module to an XLA device creates new Parameter objects (CPU and XLA tensors cannot share one), so
     an optimizer built before `fabric.setup` would keep updating the stale CPU copies. The move records old ->
     new, and `setup_optimizer` points the optimizer's param groups at the moved parameters."""
-
-    root_device: torch.device
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -74,13 +73,13 @@ class GraphCuts:
         import_torch_xla().sync()
         self.count += 1
 
-    def after_each_batch(self, dataloader: DataLoader) -> Iterable[Any]:
+    def after_each_batch(self, dataloader: DataLoader[Any]) -> Iterable[Any]:
         """`dataloader`'s batches, with a cut once the loop body is done with each, unless it cut meanwhile."""
         return _CutAfterEachBatch(dataloader, self)
 
 
 class _CutAfterEachBatch:
-    def __init__(self, dataloader: DataLoader, cuts: GraphCuts) -> None:
+    def __init__(self, dataloader: DataLoader[Any], cuts: GraphCuts) -> None:
         self._dataloader = dataloader
         self._cuts = cuts
 
@@ -106,12 +105,14 @@ class XLALazyGraph(Strategy):
         super().__init__(*args, **kwargs)
         self.graph_cuts = GraphCuts()
 
-    def process_dataloader(self, dataloader: DataLoader) -> Iterable[Any]:
+    def process_dataloader(self, dataloader: DataLoader[Any]) -> Iterable[Any]:
         return self.graph_cuts.after_each_batch(dataloader)
 
     def checkpoint_entries(self, state: dict[str, Any], filter: Filter) -> dict[str, Any]:
         self.graph_cuts.cut()  # one graph execution, instead of one per tensor copied; the loader then skips its own
-        return apply_to_collection(super().checkpoint_entries(state, filter), Tensor, lambda t: t.detach().cpu())
+        entries: dict[str, Any] = apply_to_collection(super().checkpoint_entries(state, filter), Tensor,
+                                                      lambda t: t.detach().cpu())
+        return entries
 
     def rng_states(self) -> dict[str, Any]:
         return {**super().rng_states(), "xla": _xm().get_rng_state()}
@@ -141,10 +142,9 @@ class XLAStrategy(XLALazyGraph, RelinkOptimizerParameters, ParallelStrategy):
 
     def __init__(self, accelerator: Accelerator | None = None, parallel_devices: list[torch.device] | None = None,
                  cluster_environment: ClusterEnvironment | None = None, precision: Precision | None = None,
-                 sync_module_states: bool = True, start_method: str = "spawn") -> None:
-        super().__init__(accelerator, parallel_devices, cluster_environment, precision)
+                 sync_module_states: bool = True, start_method: StartMethod = "spawn") -> None:
+        super().__init__(accelerator, parallel_devices, cluster_environment, precision, start_method=start_method)
         self.sync_module_states = sync_module_states
-        self.start_method = start_method
         self._launched = False
 
     def configure_launcher(self) -> None:
@@ -160,7 +160,8 @@ class XLAStrategy(XLALazyGraph, RelinkOptimizerParameters, ParallelStrategy):
             # Touching the XLA runtime in the parent would make torch_xla refuse to spawn the ranks.
             raise RuntimeError(f"strategy {type(self).__name__} knows its device only inside the launched "
                                "processes: call `fabric.launch(fn)` first")
-        return import_torch_xla().device()
+        device: torch.device = import_torch_xla().device()
+        return device
 
     @property
     def global_rank(self) -> int:
@@ -209,7 +210,7 @@ class XLAStrategy(XLALazyGraph, RelinkOptimizerParameters, ParallelStrategy):
         if op not in ("sum", "mean", "avg", "max", "min"):
             raise ValueError(f"reduce_op={reduce_op!r} is not supported on XLA; accepted: sum, mean, max, min")
         xm = _xm()
-        reduced = xm.all_reduce(op if op in ("max", "min") else "sum", tensor.to(self.root_device))
+        reduced: Tensor = xm.all_reduce(op if op in ("max", "min") else "sum", tensor.to(self.root_device))
         return reduced / self.world_size if op in ("mean", "avg") else reduced
 
     def all_gather(self, tensor: Tensor, group: Any = None, sync_grads: bool = False) -> Tensor:
@@ -220,8 +221,10 @@ class XLAStrategy(XLALazyGraph, RelinkOptimizerParameters, ParallelStrategy):
         if sync_grads:
             from torch_xla.core.functions import all_gather as differentiable_all_gather
 
-            return differentiable_all_gather(stacked)
-        return _xm().all_gather(stacked)
+            gathered: Tensor = differentiable_all_gather(stacked)
+        else:
+            gathered = _xm().all_gather(stacked)
+        return gathered
 
     def barrier(self, name: str | None = None) -> None:
         if self._launched and self.world_size > 1:
