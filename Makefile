@@ -19,7 +19,12 @@ install: $(VENV)/.installed
 train: $(VENV)/.installed
 	$(VENV)/bin/fabric run --devices 2 examples/fabric/image_classifier.py
 
-test: $(VENV)/.installed
+# ruff (ruff.toml) and strict mypy (setup.cfg) over fabric_kit; `make test` runs them first.
+lint: $(VENV)/.installed
+	$(PY) -m ruff check fabric_kit
+	$(PY) -m mypy fabric_kit
+
+test: $(VENV)/.installed lint
 	$(PY) -m pytest -q tests
 
 # Every benchmark; rewrites benchmarks/README.md, benchmarks/overhead.png and the tables in README.md (about 7
@@ -28,7 +33,7 @@ bench: $(VENV)/.installed
 	$(PY) -m pip install -q -e '.[bench]'
 	$(PY) benchmarks/run_all.py
 
-.PHONY: install train test bench
+.PHONY: install train lint test bench
 
 # Optional XLA lane: torch_xla 2.9.0 pins torch==2.9.0 exactly (about 7 GB),
 # so it gets its own venv and runs the single-device tests on the CPU PJRT device.

@@ -18,7 +18,7 @@ _LEAF_TYPES = (str, bytes, int, float, complex, bool, type(None))
 
 
 def apply_to_collection(
-    data: Any, dtype: type | tuple[type, ...], function: Callable, *args: Any, **kwargs: Any
+    data: Any, dtype: type | tuple[type, ...], function: Callable[..., Any], *args: Any, **kwargs: Any
 ) -> Any:
     """Return ``data`` with every element of type ``dtype`` replaced by ``function(element, *args, **kwargs)``.
 
@@ -66,7 +66,7 @@ def convert_tensors(data: Any, dtype_from: torch.dtype, dtype_to: torch.dtype) -
     return apply_to_collection(data, torch.Tensor, _convert, dtype_from, dtype_to)
 
 
-class _Transferable(abc.ABC):
+class _Transferable(abc.ABC):  # noqa: B024 - an ABC for its __subclasshook__ alone
     """Any object with a callable ``to`` attribute (modules, custom batch classes). The ABC machinery caches the
     answer per type, so the check is cheap after the first instance of each type."""
 
@@ -97,27 +97,28 @@ def _leaf(data: Any, recurse: Callable[[Any], Any]) -> Any:
     return data
 
 
-def _rebuild_namedtuple(data: tuple, recurse: Callable[[Any], Any]) -> tuple:
+def _rebuild_namedtuple(data: tuple[Any, ...], recurse: Callable[[Any], Any]) -> tuple[Any, ...]:
     return type(data)(*(recurse(v) for v in data))
 
 
-def _rebuild_sequence(data: list | tuple, recurse: Callable[[Any], Any]) -> list | tuple:
+def _rebuild_sequence(data: list[Any] | tuple[Any, ...], recurse: Callable[[Any], Any]) -> list[Any] | tuple[Any, ...]:
     return type(data)(recurse(v) for v in data)
 
 
-def _rebuild_set(data: set | frozenset, recurse: Callable[[Any], Any]) -> set | frozenset:
+def _rebuild_set(data: set[Any] | frozenset[Any], recurse: Callable[[Any], Any]) -> set[Any] | frozenset[Any]:
     return type(data)(recurse(v) for v in data)
 
 
-def _rebuild_dict(data: dict, recurse: Callable[[Any], Any]) -> dict:
+def _rebuild_dict(data: dict[Any, Any], recurse: Callable[[Any], Any]) -> dict[Any, Any]:
     return {k: recurse(v) for k, v in data.items()}
 
 
-def _rebuild_mapping(data: Mapping, recurse: Callable[[Any], Any]) -> Mapping:
-    return type(data)((k, recurse(v)) for k, v in data.items())
+def _rebuild_mapping(data: Mapping[Any, Any], recurse: Callable[[Any], Any]) -> Mapping[Any, Any]:
+    # The mapping's own class, built from (key, value) pairs as dict is: typed Mapping takes no arguments.
+    return type(data)((k, recurse(v)) for k, v in data.items())  # type: ignore[call-arg]
 
 
-def _rebuild_defaultdict(data: defaultdict, recurse: Callable[[Any], Any]) -> defaultdict:
+def _rebuild_defaultdict(data: defaultdict[Any, Any], recurse: Callable[[Any], Any]) -> defaultdict[Any, Any]:
     return type(data)(data.default_factory, ((k, recurse(v)) for k, v in data.items()))
 
 

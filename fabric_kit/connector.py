@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 from typing import Any
 
-
 from fabric_kit.accelerators import Accelerator, accelerator_names, create_accelerator
 from fabric_kit.environments import ClusterEnvironment, detect_environment
 from fabric_kit.precision import Precision, create_precision, normalize_precision, precision_names
@@ -88,9 +87,7 @@ class Connector:
             if not self.cluster_environment.creates_processes_externally:
                 self.cluster_environment.set_world_size(len(instance.parallel_devices) * self.num_nodes)
                 self.cluster_environment.set_global_rank(self.cluster_environment.node_rank() * len(devices))
-        configure = getattr(instance, "configure_launcher", None)
-        if configure is not None:
-            configure()
+        instance.configure_launcher()
         return instance
 
 

@@ -13,7 +13,11 @@ from torch import Tensor
 
 from fabric_kit.environments import ClusterEnvironment
 
-REDUCE_OPS = {
+ReduceOp = dist.ReduceOp | dist.ReduceOp.RedOpType
+"""A torch.distributed reduction: `dist.ReduceOp.SUM` and the like are RedOpType members, `dist.ReduceOp(...)` a
+ReduceOp."""
+
+REDUCE_OPS: dict[str, ReduceOp] = {
     "sum": dist.ReduceOp.SUM,
     "mean": dist.ReduceOp.SUM,  # divided by the world size afterwards: gloo has no AVG
     "avg": dist.ReduceOp.SUM,
@@ -74,7 +78,7 @@ def leave_process_group() -> None:
         dist.destroy_process_group()
 
 
-def reduce_op(op: str | dist.ReduceOp) -> dist.ReduceOp:
+def reduce_op(op: str | ReduceOp) -> ReduceOp:
     if not isinstance(op, str):
         return op
     found = REDUCE_OPS.get(op.lower())
@@ -84,7 +88,7 @@ def reduce_op(op: str | dist.ReduceOp) -> dist.ReduceOp:
     return found
 
 
-def all_reduce(tensor: Tensor, op: str | dist.ReduceOp = "mean", group: Any = None) -> Tensor:
+def all_reduce(tensor: Tensor, op: str | ReduceOp = "mean", group: Any = None) -> Tensor:
     """Reduce a copy of `tensor` over all processes; "mean" divides the sum by the group size."""
     mean = isinstance(op, str) and op.lower() in ("mean", "avg")
     result = tensor.to(torch.get_default_dtype()) if mean and not tensor.is_floating_point() else tensor.clone()

@@ -10,7 +10,8 @@ from torch.overrides import TorchFunctionMode
 class SkipInit(TorchFunctionMode):
     """Turns every `torch.nn.init` function into a no-op that returns its tensor untouched."""
 
-    def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
+    def __torch_function__(self, func: Any, types: Any, args: tuple[Any, ...] = (),
+                           kwargs: dict[str, Any] | None = None) -> Any:
         if getattr(func, "__module__", None) == "torch.nn.init":
             return args[0] if args else (kwargs or {}).get("tensor")
         return func(*args, **(kwargs or {}))

@@ -3,8 +3,9 @@ which owns distribution and delegates to precision and checkpoint I/O."""
 from __future__ import annotations
 
 import weakref
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -13,14 +14,13 @@ from torch.optim import Optimizer
 from torch.utils.data import DataLoader
 
 from fabric_kit.accelerators import Accelerator
-from fabric_kit.checkpoint.state import unwrap
 from fabric_kit.collections import apply_to_collection, move_to_device
 from fabric_kit.connector import Connector
 from fabric_kit.data import distributed_loader, resumable_loader
 from fabric_kit.precision import Precision
-from fabric_kit.seed import global_seed, seed_everything
+from fabric_kit.seed import global_seed, seed_everything, worker_init_function
 from fabric_kit.strategies.strategy import BackwardSyncControl, Strategy
-from fabric_kit.wrappers import FabricDataLoader, FabricModule, FabricOptimizer, wrap_optimizer
+from fabric_kit.wrappers import FabricDataLoader, FabricModule, FabricOptimizer, unwrap, wrap_optimizer
 
 
 class Fabric:
@@ -185,12 +185,15 @@ class Fabric:
             self._strategy.module_to_device(module)
         return module
 
-    def setup_dataloaders(self, *dataloaders: DataLoader, use_distributed_sampler: bool = True,
+    def setup_dataloaders(self, *dataloaders: DataLoader[Any], use_distributed_sampler: bool = True,
                           move_to_device: bool = True, even_shards: bool = True) -> Any:
         """Give each process its shard of every loader and move batches to the device.
 
         Shuffling follows `(seed, epoch)` (the seed of `seed_everything`, else 0), also on one process, so the
-        returned loaders can be saved in a checkpoint and resumed mid-epoch (see `FabricDataLoader`).
+        returned loaders can be saved in a checkpoint and resumed mid-epoch (see `FabricDataLoader`). After
+        `seed_everything(workers=True)` a loader without a `worker_init_fn` gets one seeding each worker process
+        differently per worker and rank, reproducibly (`fabric_kit.seed.seed_worker`; set on the loader itself
+        when it is not rebuilt).
 
         `even_shards=False` (for evaluation) gives each sample to exactly one process with no padding duplicates,
         so a metric summed over processes counts every sample once; processes may then get one batch fewer.
@@ -200,58 +203,62 @@ class Fabric:
         for loader in dataloaders:
             if not isinstance(loader, DataLoader):
                 raise TypeError(f"setup_dataloaders takes torch DataLoaders; got {type(loader).__name__}")
-            if use_distributed_sampler and self.world_size > 1:
-                loader = distributed_loader(loader, self.world_size, self.global_rank, even_shards=even_shards,
-                                            seed=global_seed())
+            shard = self._strategy.distributed_sampler_kwargs
+            if use_distributed_sampler and shard is not None and shard["num_replicas"] > 1:
+                loader = distributed_loader(loader, **shard, even_shards=even_shards, seed=global_seed())
             elif use_distributed_sampler:
                 loader = resumable_loader(loader, seed=global_seed())
-            wrapped.append(FabricDataLoader(loader, self.device if move_to_device else None))
+            seed_workers = worker_init_function(self.global_rank)
+            if seed_workers is not None and loader.worker_init_fn is None:
+                loader.worker_init_fn = seed_workers
+            wrapped.append(FabricDataLoader(loader, self.device if move_to_device else None,
+                                            self._strategy.process_dataloader(loader)))
         return wrapped[0] if len(wrapped) == 1 else tuple(wrapped)
 
     # -- the training step ----------------------------------------------------------------------------------------
     def backward(self, tensor: Tensor, *args: Any, model: FabricModule | None = None, **kwargs: Any) -> None:
         """Use instead of `loss.backward()`: the precision may scale the loss, the strategy may own backward."""
-        self._strategy.backward(tensor, model, *args, **kwargs)
+        self._strategy.backward(tensor, None if model is None else _strategy_module(model), *args, **kwargs)
 
     def clip_gradients(self, module: Module, optimizer: Optimizer, clip_val: float | None = None,
                        max_norm: float | None = None, norm_type: float = 2.0,
                        error_if_nonfinite: bool = True) -> Tensor | None:
         """Clip by value (`clip_val`) or by total norm (`max_norm`, returns the norm before clipping)."""
-        if (clip_val is None) == (max_norm is None):
-            raise ValueError(f"clip_gradients takes exactly one of clip_val / max_norm; got clip_val={clip_val}, "
-                             f"max_norm={max_norm}")
-        optimizer = unwrap(optimizer)
-        if max_norm is not None:
+        module, optimizer = _strategy_module(module), unwrap(optimizer)
+        if max_norm is not None and clip_val is None:
             return self._strategy.clip_gradients_norm(module, optimizer, max_norm, norm_type, error_if_nonfinite)
-        self._strategy.clip_gradients_value(module, optimizer, clip_val)
-        return None
+        if clip_val is not None and max_norm is None:
+            self._strategy.clip_gradients_value(module, optimizer, clip_val)
+            return None
+        raise ValueError(f"clip_gradients takes exactly one of clip_val / max_norm; got clip_val={clip_val}, "
+                         f"max_norm={max_norm}")
 
-    def autocast(self) -> AbstractContextManager:
+    def autocast(self) -> AbstractContextManager[Any]:
         """The precision's compute context, for code outside the model's forward (e.g. the loss)."""
         return self._strategy.precision.forward_context()
 
-    def no_backward_sync(self, module: Module, enabled: bool = True) -> AbstractContextManager:
+    def no_backward_sync(self, module: Module, enabled: bool = True) -> AbstractContextManager[Any]:
         """Skip the gradient all-reduce inside this context (gradient accumulation); sync on the last micro-batch."""
         if not isinstance(module, FabricModule):
             raise TypeError(f"no_backward_sync needs the module returned by fabric.setup(); got "
                             f"{type(module).__name__}")
         if not isinstance(self._strategy, BackwardSyncControl):
             return nullcontext()  # one process: there is no all-reduce to skip
-        return self._strategy.no_backward_sync(module._forward_module, enabled)
+        return self._strategy.no_backward_sync(_strategy_module(module), enabled)
 
     def to_device(self, obj: Any) -> Any:
         """Move a module, a tensor or any nested collection of tensors to this process's device."""
         if isinstance(obj, Module):
-            self._strategy.module_to_device(obj)
+            self._strategy.module_to_device(_strategy_module(obj))
             return obj
         return self._strategy.batch_to_device(obj)
 
-    def init_module(self, empty_init: bool | None = None) -> AbstractContextManager:
+    def init_module(self, empty_init: bool | None = None) -> AbstractContextManager[Any]:
         """Create modules directly on the device and in the precision's dtype; `empty_init=True` skips weight
         initialisation (the weights will be loaded) — sharding strategies create them on the meta device."""
         return self._strategy.module_init_context(empty_init)
 
-    def init_tensor(self) -> AbstractContextManager:
+    def init_tensor(self) -> AbstractContextManager[Any]:
         return self._strategy.tensor_init_context()
 
     # -- collectives ----------------------------------------------------------------------------------------------
@@ -344,6 +351,15 @@ def _as_list(value: Any) -> list[Any]:
     if value is None:
         return []
     return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
+def _strategy_module(module: Module) -> Module:
+    """What the strategy is handed for `module`: the module as the strategy set it up (DDP, the FSDP module,
+    DeepSpeed's engine) behind fabric_kit's wrapper; a module that was not set up, as it is. Read from `_modules`:
+    on `backward(loss, model=...)` every step, attribute access would cost two Python calls."""
+    if isinstance(module, FabricModule):
+        return module._modules["_forward_module"]  # type: ignore[return-value]  # set in FabricModule.__init__
+    return module
 
 
 def _check_unwrapped_optimizer(optimizer: Optimizer) -> None:

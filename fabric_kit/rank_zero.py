@@ -3,8 +3,9 @@ from __future__ import annotations
 
 import os
 import warnings
+from collections.abc import Callable
 from functools import wraps
-from typing import Any, Callable, TypeVar
+from typing import Any, TypeVar
 
 __all__ = ["global_rank", "rank_zero_info", "rank_zero_only", "rank_zero_warn"]
 

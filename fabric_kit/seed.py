@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import random
+from collections.abc import Callable
+from functools import partial
 
 import numpy as np
 import torch
@@ -15,8 +17,8 @@ WORKERS_VARIABLE = "FABRIC_KIT_SEED_WORKERS"
 def seed_everything(seed: int | None = None, workers: bool = False) -> int:
     """Seed every random generator with `seed` (or the exported one, or 0) and return it.
 
-    `workers=True` makes dataloader workers seed themselves from the global seed, the worker id and the rank, so
-    augmentations differ across workers yet repeat across runs.
+    `workers=True` makes the loaders that `Fabric.setup_dataloaders` returns seed each worker process
+    (`seed_worker`), so random augmentations differ across workers and ranks yet repeat across runs.
     """
     if seed is None:
         seed = int(os.environ.get(SEED_VARIABLE, 0))
@@ -37,10 +39,21 @@ def global_seed() -> int:
 
 
 def seed_worker(worker_id: int, rank: int = 0) -> None:
-    """A `worker_init_fn` deriving distinct, reproducible seeds for each (rank, worker)."""
-    base = int(os.environ.get(SEED_VARIABLE, 0))
-    sequence = np.random.SeedSequence([base, worker_id, rank])
-    torch_seed, numpy_seed, python_seed = sequence.generate_state(3, dtype=np.uint64)
+    """A `worker_init_fn` seeding torch, numpy and python in dataloader worker `worker_id` of global rank `rank`
+    from the loader's base seed (which the loader draws from the global torch generator for each pass, so it
+    repeats across runs and differs between passes), the worker id and the rank. Lightning's
+    `pl_worker_init_function` semantics: without it, every worker starts numpy from the parent's state, and every
+    rank seeded alike gives its workers the same torch seeds."""
+    base_seed = torch.initial_seed() - worker_id  # torch seeds each worker with the loader's base seed + its id
+    torch_seed, python_seed, numpy_seed = np.random.SeedSequence([base_seed, worker_id, rank]).generate_state(3)
     torch.manual_seed(int(torch_seed))
-    np.random.seed(int(numpy_seed) % 2**32)
     random.seed(int(python_seed))
+    np.random.seed(int(numpy_seed))
+
+
+def worker_init_function(rank: int) -> Callable[[int], None] | None:
+    """`seed_worker` for global rank `rank` once `seed_everything(workers=True)` ran (here or in a parent process),
+    else None: what `Fabric.setup_dataloaders` gives a loader that has no `worker_init_fn` of its own."""
+    if os.environ.get(WORKERS_VARIABLE) != "1":
+        return None
+    return partial(seed_worker, rank=rank)

@@ -2,29 +2,43 @@
 route the few calls that depend on the strategy or precision — forward, step, iteration — through them."""
 from __future__ import annotations
 
-from typing import Any, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, Protocol, cast
 
 import torch
 from torch.nn import Module
-from torch.nn.modules import module as _module_hooks
 from torch.optim import Optimizer
 from torch.utils.data import DataLoader
 
-from fabric_kit.accelerators.xla import GRAPH_CUTS
 from fabric_kit.collections import move_to_device
 from fabric_kit.data import DistributedShardSampler
 from fabric_kit.precision import Precision
-from fabric_kit.strategies.strategy import Strategy
 
-# FabricModule's short call path reads torch's global module-hook registries, which are private names: a torch
-# without them gets the ordinary nn.Module.__call__ instead of an AttributeError on every forward.
-_FAST_CALL = all(hasattr(_module_hooks, name) for name in (
-    "_global_forward_hooks", "_global_forward_pre_hooks", "_global_backward_hooks", "_global_backward_pre_hooks"))
+
+def unwrap(obj: Any) -> Any:
+    """The user's own object behind a fabric_kit wrapper (any other object as it is), e.g. so that checkpoints hold
+    plain keys."""
+    while True:
+        inner = getattr(obj, "_fabric_kit_unwrapped", None)
+        if inner is None:
+            return obj
+        obj = inner
+
+
+class OptimizerStepper(Protocol):
+    """What the optimizer wrapper needs of the strategy (a `Strategy`; named by this protocol so that the wrappers,
+    which checkpoint code unwraps, import no strategy)."""
+
+    def optimizer_step(self, optimizer: Optimizer, **kwargs: Any) -> Any: ...
 
 
 class FabricModule(Module):
     """Wraps the user's module (and the strategy's wrapper around it, e.g. DDP). `state_dict` and attributes come
-    from the user's module, so checkpoints and user code see plain names."""
+    from the user's module, so checkpoints and user code see plain names. A call goes through `nn.Module.__call__`
+    (hooks on the wrapper, global module hooks and `compile()` apply) to `forward`, which converts inputs and
+    outputs for the precision around the strategy's module."""
+
+    _forward_module: Module  # the strategy's module, e.g. DDP; a submodule, so typed here for attribute reads
 
     def __init__(self, forward_module: Module, precision: Precision, original_module: Module) -> None:
         super().__init__()
@@ -40,20 +54,10 @@ class FabricModule(Module):
     def _fabric_kit_unwrapped(self) -> Module:
         return self._original_module
 
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        # nn.Module.__call__ spends two Python calls before `forward`. When it would go straight to `forward` anyway
-        # (the same test as its own fast path: no hooks on the wrapper or global ones, not compiled), go there now.
-        if (not _FAST_CALL or self._compiled_call_impl is not None or self._forward_hooks or self._forward_pre_hooks
-                or self._backward_hooks or self._backward_pre_hooks or _module_hooks._global_forward_hooks
-                or _module_hooks._global_forward_pre_hooks or _module_hooks._global_backward_hooks
-                or _module_hooks._global_backward_pre_hooks):
-            return super().__call__(*args, **kwargs)
-        return self.forward(*args, **kwargs)
-
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         precision = self._precision
         # Read from `_modules` directly: attribute access to a submodule costs two Python calls (`__getattr__`s).
-        forward_module = self._modules["_forward_module"]
+        forward_module: Module = self._modules["_forward_module"]  # type: ignore[assignment]  # set in __init__
         if not precision.transforms_io:  # float32: nothing to convert, no context to enter
             return forward_module(*args, **kwargs)
         args, kwargs = precision.convert_input((args, kwargs))
@@ -61,7 +65,7 @@ class FabricModule(Module):
             output = forward_module(*args, **kwargs)
         return precision.convert_output(output)
 
-    def state_dict(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
+    def state_dict(self, *args: Any, **kwargs: Any) -> Any:
         return self._original_module.state_dict(*args, **kwargs)
 
     def load_state_dict(self, state_dict: Any, strict: bool = True, assign: bool = False) -> Any:
@@ -79,7 +83,8 @@ class FabricOptimizer:
     schedulers keep working, while `step` goes through the strategy."""
 
     _optimizer: Optimizer
-    _strategy: Strategy
+    _strategy: OptimizerStepper
+    zero_grad: Callable[..., None]  # the optimizer's own bound method, set by `wrap_optimizer`
 
     @property
     def optimizer(self) -> Optimizer:
@@ -119,15 +124,16 @@ class FabricOptimizer:
         self._optimizer.load_state_dict(state_dict)
 
 
-_OPTIMIZER_CLASSES: dict[type, type] = {}
+_OPTIMIZER_CLASSES: dict[type[Optimizer], type[FabricOptimizer]] = {}
 
 
-def wrap_optimizer(optimizer: Optimizer, strategy: Strategy) -> FabricOptimizer:
+def wrap_optimizer(optimizer: Optimizer, strategy: OptimizerStepper) -> FabricOptimizer:
     """A view of `optimizer` whose `step` goes through `strategy`. It shares the optimizer's param groups and state;
     `zero_grad` is the optimizer's own bound method (no extra call on the hot path)."""
     cls = _OPTIMIZER_CLASSES.get(type(optimizer))
     if cls is None:
-        cls = type(f"Fabric{type(optimizer).__name__}", (FabricOptimizer, type(optimizer)), {})
+        subclass = type(f"Fabric{type(optimizer).__name__}", (FabricOptimizer, type(optimizer)), {})
+        cls = cast(type[FabricOptimizer], subclass)  # both: a FabricOptimizer and the user's optimizer class
         _OPTIMIZER_CLASSES[type(optimizer)] = cls
     wrapped = cls.__new__(cls)
     shared = {k: v for k, v in optimizer.__dict__.items() if k not in ("step", "state_dict", "param_groups", "state")}
@@ -140,7 +146,8 @@ def wrap_optimizer(optimizer: Optimizer, strategy: Strategy) -> FabricOptimizer:
 
 class FabricDataLoader:
     """Iterates the (possibly re-sharded) loader, moves batches to the device and advances the sampler's epoch on
-    every new pass, so shuffling differs per epoch without the user calling `set_epoch`.
+    every new pass, so shuffling differs per epoch without the user calling `set_epoch`. `batches` is what a pass
+    iterates in the loader's place where the strategy acts around each batch (`Strategy.process_dataloader`).
 
     It is stateful: in the `state` given to `fabric.save`, its position is saved (epoch, indices of the epoch
     consumed over all ranks, shuffle seed); after `fabric.load` the next pass continues that epoch with its next
@@ -150,8 +157,10 @@ class FabricDataLoader:
     it): a resumed run creates one where the original did not, and must still draw the same dropout masks.
     """
 
-    def __init__(self, dataloader: DataLoader, device: torch.device | None) -> None:
+    def __init__(self, dataloader: DataLoader[Any], device: torch.device | None, batches: Iterable[Any] | None = None
+                 ) -> None:
         self._dataloader = dataloader
+        self._iterable = dataloader if batches is None else batches
         # Batches already live on the CPU: moving them there would only cost calls.
         self._device = device if device is not None and device.type != "cpu" else None
         self._epoch = 0  # the epoch of the running pass, or of the next one when `_fresh`
@@ -164,7 +173,7 @@ class FabricDataLoader:
         return self._device
 
     @property
-    def _fabric_kit_unwrapped(self) -> DataLoader:
+    def _fabric_kit_unwrapped(self) -> DataLoader[Any]:
         return self._dataloader
 
     def __len__(self) -> int:
@@ -176,22 +185,16 @@ class FabricDataLoader:
         self._fresh = False
         shard_sampler = self._shard_sampler()
         for sampler in self._samplers():
-            if sampler is shard_sampler:
-                sampler.set_epoch(self._epoch, start=self._start)
+            if sampler is shard_sampler and shard_sampler is not None:
+                shard_sampler.set_epoch(self._epoch, start=self._start)
             elif hasattr(sampler, "set_epoch"):
                 sampler.set_epoch(self._epoch)
         with torch.random.fork_rng(devices=[]):
-            iterator = iter(self._dataloader)
+            iterator = iter(self._iterable)
         device = self._device
-        # XLA records each step lazily: run the step's graph once the loop body is done with its batch, unless a
-        # checkpoint saved in the body ran it already (see GraphCuts).
-        cuts = GRAPH_CUTS if device is not None and device.type == "xla" else None
         for batch in iterator:
             self._batches += 1
-            owed = cuts.count if cuts is not None else 0
             yield batch if device is None else move_to_device(batch, device)
-            if cuts is not None and cuts.count == owed:
-                cuts.cut()
         self._epoch, self._start, self._batches, self._fresh = self._epoch + 1, 0, 0, True
 
     def state_dict(self) -> dict[str, Any]:

@@ -43,6 +43,7 @@ def test_ddp_presets(strategy, launcher, start_method, ddp_kwargs):
     assert fabric.world_size == 2 and fabric.global_rank == 0
     assert fabric.strategy.process_group_backend == "gloo"
     assert isinstance(fabric.strategy.cluster_environment, LocalEnvironment)
+    assert fabric.strategy.distributed_sampler_kwargs == {"num_replicas": 2, "rank": 0}
 
 
 def test_strategy_instance_gets_the_missing_components():

@@ -1,10 +1,15 @@
 """The Fabric facade on one CPU process: setup, the training-step helpers, utilities and checkpoints. Multi-process
 behaviour is in tests/strategies/test_ddp.py."""
+import random
+
+import numpy as np
 import pytest
 import torch
 from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
 
 from fabric_kit import Fabric, seed_everything
+from fabric_kit.seed import WORKERS_VARIABLE, seed_worker
 from fabric_kit.strategies import SingleDeviceStrategy
 from fabric_kit.wrappers import FabricModule, FabricOptimizer
 
@@ -292,6 +297,31 @@ def test_seed_everything(fabric):
     a = torch.rand(3)
     seed_everything(7)
     assert torch.equal(torch.rand(3), a)
+
+
+def test_seed_everything_workers_gives_loaders_a_seeding_worker_init_fn(fabric, monkeypatch):
+    monkeypatch.setenv(WORKERS_VARIABLE, "0")  # undone after the test, whatever seed_everything exports meanwhile
+    data = TensorDataset(torch.arange(4.0))
+    assert fabric.setup_dataloaders(DataLoader(data)).worker_init_fn is None
+    fabric.seed_everything(7, workers=True)
+    for loader in (fabric.setup_dataloaders(DataLoader(data)),  # rebuilt around the shard sampler
+                   fabric.setup_dataloaders(DataLoader(data), use_distributed_sampler=False)):  # the user's own
+        assert loader.worker_init_fn.func is seed_worker and loader.worker_init_fn.keywords == {"rank": 0}
+
+    def own(worker_id):
+        pass
+    assert fabric.setup_dataloaders(DataLoader(data, worker_init_fn=own)).worker_init_fn is own
+
+
+def test_seed_worker_seeds_from_the_base_seed_the_worker_and_the_rank():
+    def draws(base_seed, worker_id, rank):
+        torch.manual_seed(base_seed + worker_id)  # what DataLoader does in a worker before its worker_init_fn
+        seed_worker(worker_id, rank)
+        return torch.randint(2**31, ()).item(), np.random.randint(2**31), random.randrange(2**31)
+
+    assert draws(5, 0, 0) == draws(5, 0, 0)
+    seen = [draws(base_seed, worker_id, rank) for base_seed in (5, 6) for worker_id in (0, 1) for rank in (0, 1)]
+    assert all(len({d[generator] for d in seen}) == len(seen) for generator in range(3))
 
 
 def test_collectives_on_one_process(fabric):

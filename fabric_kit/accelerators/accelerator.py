@@ -43,7 +43,8 @@ class Accelerator(ABC):
                                  "a comma-separated string such as '0,1', or 'auto'")
             devices = int(devices)
         if isinstance(devices, bool) or not isinstance(devices, (int, list, tuple)):
-            raise ValueError(f"devices={devices!r} is not understood: pass a positive int, a list of indices, or 'auto'")
+            raise ValueError(f"devices={devices!r} is not understood: pass a positive int, a list of indices, or "
+                             "'auto'")
         if isinstance(devices, int):
             if devices <= 0:
                 raise ValueError(f"devices={devices} is not valid: pass a positive number of devices, a list of "

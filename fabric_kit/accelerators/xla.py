@@ -4,6 +4,7 @@ torch_xla is imported inside methods only: importing fabric_kit must not pull it
 torch version, and initialising its runtime before `xmp.spawn` breaks the spawn)."""
 from __future__ import annotations
 
+import importlib
 import importlib.util
 from types import ModuleType
 
@@ -18,30 +19,10 @@ INSTALL_HINT = ("install the extra with `pip install 'fabric_kit[xla]'`; torch_x
 def import_torch_xla() -> ModuleType:
     """torch_xla, or an error that says how to get it (missing, or built for another torch)."""
     try:
-        import torch_xla
+        return importlib.import_module("torch_xla")
     except ImportError as error:
         raise ModuleNotFoundError(f"the XLA accelerator needs torch_xla, which could not be imported ({error}); "
                                   f"{INSTALL_HINT}") from error
-    return torch_xla
-
-
-class GraphCuts:
-    """Cuts of the lazy graph that fabric_kit makes (`torch_xla.sync()`), counted. The dataloader wrapper cuts after
-    each batch's step, and a checkpoint cuts before it copies tensors off the device; a save after a step has then
-    run that step's graph, and the wrapper skips its cut. Each cut advances the XLA device's random generator, so a
-    second one would make a run that saved draw other dropout masks than one that resumes from the checkpoint or
-    never saved. (A save between epochs, where no cut is owed, still adds one: the saving run and a run resumed
-    from it then agree with each other, not with a run that never saved.)"""
-
-    def __init__(self) -> None:
-        self.count = 0
-
-    def cut(self) -> None:
-        import_torch_xla().sync()
-        self.count += 1
-
-
-GRAPH_CUTS = GraphCuts()
 
 
 class XLAAccelerator(Accelerator):
@@ -74,7 +55,7 @@ class XLAAccelerator(Accelerator):
         if xr.device_type() == "TPU":
             from torch_xla._internal import tpu
 
-            return tpu.num_available_devices()
+            return int(tpu.num_available_devices())
         return 1
 
     def device(self, index: int) -> torch.device:

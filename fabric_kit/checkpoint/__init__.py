@@ -2,8 +2,12 @@
 atomic directories with a manifest, RNG and dataloader state for bit-exact resume, and finding the newest intact
 checkpoint."""
 from fabric_kit.checkpoint.directory import atomic_directory, staging_path, verify_directory
-from fabric_kit.checkpoint.errors import (CheckpointCorruptedError, CheckpointError, CheckpointWriteError,
-                                         UnsafeCheckpointError)
+from fabric_kit.checkpoint.errors import (
+    CheckpointCorruptedError,
+    CheckpointError,
+    CheckpointWriteError,
+    UnsafeCheckpointError,
+)
 from fabric_kit.checkpoint.io import load_file, read_checkpoint, save_file, verify_file
 from fabric_kit.checkpoint.latest import latest_checkpoint
 

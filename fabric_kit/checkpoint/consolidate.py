@@ -15,14 +15,13 @@ from typing import Any
 import torch
 from torch.distributed.checkpoint import Metadata, TensorStorageMetadata
 
-from fabric_kit.checkpoint import optimizer_keys
 from fabric_kit.checkpoint.directory import MANIFEST, verify_directory
 from fabric_kit.checkpoint.io import load_file, save_file
-from fabric_kit.checkpoint.sharded import PLAIN_ENTRIES, is_sharded_checkpoint
+from fabric_kit.checkpoint.sharded import PLAIN_ENTRIES, by_index, is_sharded_checkpoint
 from fabric_kit.checkpoint.sharded_reading import load_sharded, read_metadata, set_nested
 
 
-def consolidate(checkpoint_dir: str | os.PathLike, output_file: str | os.PathLike, weights_only: bool = True
+def consolidate(checkpoint_dir: str | os.PathLike[str], output_file: str | os.PathLike[str], weights_only: bool = True
                 ) -> None:
     """Gather every shard of `checkpoint_dir` into `output_file` (written atomically). Model entries become plain
     state dicts; optimizer entries get torch's index keys, so a plain optimizer over `model.parameters()` loads them;
@@ -64,5 +63,5 @@ def _allocate(metadata: Metadata) -> dict[str, Any]:
 def _index_keyed(value: Any) -> Any:
     """An optimizer state dict keyed by parameter names (as sharded checkpoints store it) gets index keys."""
     if isinstance(value, dict) and set(value) == {"state", "param_groups"}:
-        return optimizer_keys.by_index(value)
+        return by_index(value)
     return value

@@ -23,9 +23,9 @@ import functools
 import json
 import os
 import shutil
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterator
 
 from zlib_ng.zlib_ng import crc32
 
@@ -42,7 +42,7 @@ Records = dict[str, dict[str, int]]
 """A manifest's entries: each file's path relative to the directory -> {"size": bytes, "crc32": checksum}."""
 
 
-def staging_path(path: str | os.PathLike) -> Path:
+def staging_path(path: str | os.PathLike[str]) -> Path:
     """Where `atomic_directory(path)` stages: a deterministic sibling, so every rank of a job can write its shard
     into it while one rank holds the context."""
     path = Path(path)
@@ -54,7 +54,7 @@ def _old_path(path: Path) -> Path:
 
 
 @contextmanager
-def atomic_directory(path: str | os.PathLike,
+def atomic_directory(path: str | os.PathLike[str],
                      records: Callable[[Path], Records] | None = None) -> Iterator[Path]:
     """Yield an empty staging directory; write the checkpoint's files into it. On a clean exit its manifest is
     written and it replaces `path` (see the module docstring for the crash window); on an exception it is
@@ -75,7 +75,7 @@ def atomic_directory(path: str | os.PathLike,
     _swap_in(staging, path)
 
 
-def file_sizes(directory: str | os.PathLike) -> dict[str, int]:
+def file_sizes(directory: str | os.PathLike[str]) -> dict[str, int]:
     """Every file under `directory` but the manifest: its relative path -> its size in bytes."""
     directory = Path(directory)
     return {file.relative_to(directory).as_posix(): file.stat().st_size
@@ -96,13 +96,17 @@ def share(sizes: dict[str, int], rank: int, world_size: int) -> list[str]:
     return mine
 
 
-def checksum(directory: str | os.PathLike, names: list[str], fsync: bool) -> Records:
+def checksum(directory: str | os.PathLike[str], names: list[str], fsync: bool) -> Records:
     """The manifest records of the files `names` under `directory`, each fsynced first when `fsync`."""
     directory = Path(directory)
-    return {name: dict(zip(("size", "crc32"), _size_and_crc(directory / name, fsync))) for name in names}
+    records = {}
+    for name in names:
+        size, crc = _size_and_crc(directory / name, fsync)
+        records[name] = {"size": size, "crc32": crc}
+    return records
 
 
-def write_manifest(directory: str | os.PathLike, records: Records | None = None) -> None:
+def write_manifest(directory: str | os.PathLike[str], records: Records | None = None) -> None:
     """Record every file's size and CRC-32 in the manifest, written last, and fsync the directories. Without
     `records`, every file under `directory` is fsynced and checksummed here."""
     directory = Path(directory)
@@ -117,7 +121,7 @@ def write_manifest(directory: str | os.PathLike, records: Records | None = None)
         fsync_directory(sub)
 
 
-def verify_directory(path: str | os.PathLike, rank: int = 0, world_size: int = 1) -> None:
+def verify_directory(path: str | os.PathLike[str], rank: int = 0, world_size: int = 1) -> None:
     """Raise `CheckpointCorruptedError` naming the first missing, resized or changed file of a directory
     checkpoint (or its missing manifest). Every file's presence and size are checked; the contents only of the
     files in `rank`'s `share` of `world_size` (all of them on one process), so a job's ranks split the reading."""
@@ -206,7 +210,7 @@ def _exchange(a: Path, b: Path) -> bool:
     raise OSError(code, f"cannot exchange {str(a)!r} with {str(b)!r}: {os.strerror(code)}")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _renameat2() -> Callable[..., int] | None:
     name = ctypes.util.find_library("c")
     function = getattr(ctypes.CDLL(name, use_errno=True), "renameat2", None) if name else None

@@ -3,14 +3,14 @@ decode an unpickling or zip error to learn that a file is damaged or needs an ex
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 
 class CheckpointError(RuntimeError):
     """Base of every checkpoint problem fabric_kit reports; `path` is the offending file or directory."""
 
-    def __init__(self, path: str | os.PathLike, reason: str) -> None:
+    def __init__(self, path: str | os.PathLike[str], reason: str) -> None:
         self.path = os.fspath(path)
         self.reason = reason
         super().__init__(f"checkpoint {self.path!r}: {reason}")
@@ -49,7 +49,7 @@ class CheckpointWriteError(CheckpointError, OSError):
 
 
 @contextmanager
-def reported_write_errors(path: str | os.PathLike) -> Iterator[None]:
+def reported_write_errors(path: str | os.PathLike[str]) -> Iterator[None]:
     """Turn an operating-system failure inside the block, however deep torch buried it (torch's zip writer reports
     a full disk as `unexpected pos 5120 vs 5014`; torch.distributed.checkpoint wraps every rank's failure in a
     `CheckpointException`), into a `CheckpointWriteError` naming `path` and the system's own words, e.g.
@@ -60,7 +60,7 @@ def reported_write_errors(path: str | os.PathLike) -> Iterator[None]:
         raise
     except BaseException as error:
         cause = os_error_behind(error)
-        if cause is None:
+        if cause is None or cause.errno is None:
             raise
         raise CheckpointWriteError(path, f"writing it failed: {os.strerror(cause.errno)} (errno {cause.errno}"
                                          f"{_filename(cause)}); the previous checkpoint there, if any, is "

@@ -24,6 +24,7 @@ from __future__ import annotations
 import os
 import struct
 from dataclasses import dataclass
+from typing import NoReturn
 
 from zlib_ng.zlib_ng import crc32
 
@@ -70,7 +71,7 @@ class Record:
     crc: int
 
 
-def records(data: memoryview, path: str | os.PathLike) -> list[Record]:
+def records(data: memoryview, path: str | os.PathLike[str]) -> list[Record]:
     """The archive's records, after checking everything but their CRCs (see the module docstring); raise
     `CheckpointCorruptedError` naming `path` unless `data` (the whole file) is a zip archive as torch.save writes
     them."""
@@ -85,7 +86,7 @@ def records(data: memoryview, path: str | os.PathLike) -> list[Record]:
             for entry, start in _records(data, entries, directory_offset, damaged)]
 
 
-def check_crcs(fd: int, records: list[Record], path: str | os.PathLike) -> None:
+def check_crcs(fd: int, records: list[Record], path: str | os.PathLike[str]) -> None:
     """Read each record of the open file `fd` through one small buffer and compare its CRC-32; raise
     `CheckpointCorruptedError` naming `path` and the record on a mismatch. Reading with `pread` into a reused
     buffer keeps the check out of the process's memory (no mapping grows its resident size), and both `pread` and
@@ -109,10 +110,10 @@ def check_crcs(fd: int, records: list[Record], path: str | os.PathLike) -> None:
 
 
 class _Reporter:
-    def __init__(self, path: str | os.PathLike) -> None:
+    def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = path
 
-    def __call__(self, what: str) -> None:
+    def __call__(self, what: str) -> NoReturn:
         raise CheckpointCorruptedError(self.path, f"damaged: {what}")
 
 
@@ -237,7 +238,7 @@ def _widened(zip64: bytes | None, damaged: _Reporter, *values: int) -> tuple[int
     """The central directory's sizes, offset and disk, with saturated 32/16-bit fields read from its zip64 extra."""
     widths, saturated = (8, 8, 8, 4), (0xFFFFFFFF, 0xFFFFFFFF, 0xFFFFFFFF, 0xFFFF)
     result, position = [], 0
-    for value, width, limit in zip(values, widths, saturated):
+    for value, width, limit in zip(values, widths, saturated, strict=True):
         if value == limit:
             if zip64 is None or position + width > len(zip64):
                 damaged("a zip directory entry lacks the zip64 field its sizes need")

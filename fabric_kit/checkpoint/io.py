@@ -13,20 +13,20 @@ import os
 import pickle
 import sys
 import tempfile
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 
 from fabric_kit.checkpoint import integrity
 from fabric_kit.checkpoint.errors import CheckpointCorruptedError, UnsafeCheckpointError, reported_write_errors
-from fabric_kit.checkpoint.sharded import needs_sharded_strategy
 from fabric_kit.checkpoint.state import RESERVED_KEY
 
 
-def save_file(obj: Any, path: str | os.PathLike) -> None:
+def save_file(obj: Any, path: str | os.PathLike[str]) -> None:
     """Atomically write `obj` to `path` with torch.save (parents are created). A full disk raises
     `CheckpointWriteError` naming `path`; the previous file stays as it was.
 
@@ -50,7 +50,7 @@ def save_file(obj: Any, path: str | os.PathLike) -> None:
     fsync_directory(path.parent)
 
 
-def load_file(path: str | os.PathLike, map_location: Any = "cpu", weights_only: bool = True) -> Any:
+def load_file(path: str | os.PathLike[str], map_location: Any = "cpu", weights_only: bool = True) -> Any:
     """Verify and read a torch.save file (one fabric_kit wrote, or any other). Damage raises
     `CheckpointCorruptedError`, a refusal of the safe loader `UnsafeCheckpointError`; both name the file.
 
@@ -70,7 +70,7 @@ def load_file(path: str | os.PathLike, map_location: Any = "cpu", weights_only: 
         return loaded
 
 
-def read_checkpoint(path: str | os.PathLike, map_location: Any = "cpu", weights_only: bool = True
+def read_checkpoint(path: str | os.PathLike[str], map_location: Any = "cpu", weights_only: bool = True
                     ) -> dict[str, Any]:
     """The entries of a file written by `Fabric.save`, read without a Fabric (to inspect it, or to rebuild a model
     in another program); fabric_kit's own RNG and precision state is left out. Verified like `Fabric.load`, and
@@ -84,7 +84,7 @@ def read_checkpoint(path: str | os.PathLike, map_location: Any = "cpu", weights_
     return checkpoint
 
 
-def verify_file(path: str | os.PathLike) -> None:
+def verify_file(path: str | os.PathLike[str]) -> None:
     """Raise `CheckpointCorruptedError` unless `path` is an intact torch.save file: its archive complete and every
     record matching its recorded CRC-32."""
     path = Path(path)
@@ -92,7 +92,7 @@ def verify_file(path: str | os.PathLike) -> None:
         integrity.check_crcs(fd, _records(fd, path), path)
 
 
-def fsync_directory(directory: str | os.PathLike) -> None:
+def fsync_directory(directory: str | os.PathLike[str]) -> None:
     """Make a rename inside `directory` durable; without it a crash can resurrect the old entry."""
     try:
         fd = os.open(directory, os.O_RDONLY)
@@ -111,6 +111,8 @@ def _opened(path: Path) -> Iterator[tuple[int, str]]:
     if not path.exists():
         raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
     if path.is_dir():
+        from fabric_kit.checkpoint.sharded import needs_sharded_strategy  # imports torch's DCP: only when needed
+
         raise IsADirectoryError(needs_sharded_strategy(path))
     with open(path, "rb") as f:
         if os.fstat(f.fileno()).st_size == 0:

@@ -11,7 +11,7 @@ from fabric_kit.checkpoint.errors import CheckpointCorruptedError
 from fabric_kit.checkpoint.io import verify_file
 
 
-def latest_checkpoint(directory: str | os.PathLike, pattern: str = "*.ckpt") -> Path | None:
+def latest_checkpoint(directory: str | os.PathLike[str], pattern: str = "*.ckpt") -> Path | None:
     """The newest (by modification time, then name) intact checkpoint matching `pattern` in `directory`, or None.
 
     Damaged candidates are skipped with a warning naming them; hidden names (fabric_kit's temporary files and

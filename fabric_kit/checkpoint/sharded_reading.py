@@ -16,8 +16,9 @@ from __future__ import annotations
 import io
 import os
 import pickle
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, BinaryIO, Sequence
+from typing import Any, BinaryIO
 
 import torch
 import torch.distributed.checkpoint as dcp
@@ -25,8 +26,13 @@ from torch.distributed.checkpoint import CheckpointException, DefaultLoadPlanner
 from torch.distributed.checkpoint.metadata import StorageMeta
 from torch.distributed.checkpoint.planner import ReadItem
 
-from fabric_kit.checkpoint.errors import (OPT_IN, CheckpointCorruptedError, CheckpointError, UnsafeCheckpointError,
-                                         weights_only_refusal)
+from fabric_kit.checkpoint.errors import (
+    OPT_IN,
+    CheckpointCorruptedError,
+    CheckpointError,
+    UnsafeCheckpointError,
+    weights_only_refusal,
+)
 from fabric_kit.checkpoint.sharded import DCP_METADATA
 
 # What a `.metadata` written by DCP (torch 2.4 and later, from plain tensors or DTensors, models and optimizers)
@@ -63,7 +69,7 @@ class MetadataUnpickler(pickle.Unpickler):
                             "metadata")
 
 
-def read_metadata(path: str | os.PathLike, weights_only: bool = True) -> Metadata:
+def read_metadata(path: str | os.PathLike[str], weights_only: bool = True) -> Metadata:
     """The DCP metadata of the checkpoint directory `path`, read with `MetadataUnpickler` (or, with
     `weights_only=False`, the full unpickler). A refused object raises `UnsafeCheckpointError`; a file that is
     missing, unreadable or not DCP metadata `CheckpointCorruptedError`."""
@@ -95,7 +101,8 @@ class SafeFileSystemReader(FileSystemReader):
     `weights_only=False`), or the `metadata` given (already read that way). Shards' tensors DCP itself already
     reads with `torch.load(weights_only=True)`."""
 
-    def __init__(self, path: str | os.PathLike, weights_only: bool = True, metadata: Metadata | None = None) -> None:
+    def __init__(self, path: str | os.PathLike[str], weights_only: bool = True,
+                 metadata: Metadata | None = None) -> None:
         super().__init__(path)
         self.weights_only = weights_only
         self.known_metadata = metadata
@@ -113,7 +120,7 @@ class SafeLoadPlanner(DefaultLoadPlanner):
     """DCP's default load planner, reading the shards' non-tensor entries with `torch.load(weights_only=True)`
     unless `weights_only=False`. `directory` names the checkpoint in errors."""
 
-    def __init__(self, directory: str | os.PathLike, weights_only: bool = True, **options: Any) -> None:
+    def __init__(self, directory: str | os.PathLike[str], weights_only: bool = True, **options: Any) -> None:
         super().__init__(**options)
         self.directory = Path(directory)
         self.weights_only = weights_only
@@ -147,30 +154,33 @@ def set_nested(root: dict[str, Any], path: Sequence[str | int], value: Any) -> N
     string, a list (padded with None) where it is an index. DCP names every flattened entry by such a path (its
     metadata's `planner_data`), e.g. ("optimizer", "param_groups", 0, "lr")."""
     container: Any = root
-    for key, following in zip(path, path[1:]):
+    for key, following in zip(path, path[1:], strict=False):
         empty: Any = [] if isinstance(following, int) else {}
         if isinstance(container, list):
-            container.extend([None] * (key + 1 - len(container)))
-            if container[key] is None:
-                container[key] = empty
-            container = container[key]
+            index = int(key)  # a list was made because this key is an index
+            container.extend([None] * (index + 1 - len(container)))
+            if container[index] is None:
+                container[index] = empty
+            container = container[index]
         else:
             container = container.setdefault(key, empty)
     last = path[-1]
     if isinstance(container, list):
+        last = int(last)
         container.extend([None] * (last + 1 - len(container)))
     container[last] = value
 
 
-def load_sharded(state_dict: dict[str, Any], path: str | os.PathLike, strict: bool = True,
+def load_sharded(state_dict: dict[str, Any], path: str | os.PathLike[str], strict: bool = True,
                  weights_only: bool = True, no_dist: bool = False) -> None:
     """`dcp.load(state_dict, ...)` from the directory `path`, in place, running no code stored in it unless
     `weights_only=False`. `strict=False` leaves entries the checkpoint lacks as they are. Collective over the
     process group unless `no_dist`.
 
     The metadata is read up front and handed to DCP's reader, so a refused or damaged `.metadata` raises its own
-    error on every rank: inside `dcp.load` DCP would log it as a missing file and raise an AssertionError. A refusal inside the shards comes back out of DCP's per-rank
-    `CheckpointException` as the `CheckpointError` it was."""
+    error on every rank: inside `dcp.load` DCP would log it as a missing file and raise an AssertionError. A
+    refusal inside the shards comes back out of DCP's per-rank `CheckpointException` as the `CheckpointError` it
+    was."""
     metadata = read_metadata(path, weights_only)
     try:
         dcp.load(state_dict, storage_reader=SafeFileSystemReader(path, weights_only, metadata),

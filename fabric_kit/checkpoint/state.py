@@ -1,20 +1,13 @@
 """Turning the user's `state` dict into something storable, and pouring a loaded checkpoint back into it."""
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch.optim import Optimizer
 
-
-def unwrap(obj: Any) -> Any:
-    """The user's own object behind a fabric_kit wrapper (or behind DDP), so checkpoints hold plain keys."""
-    while True:
-        inner = getattr(obj, "_fabric_kit_unwrapped", None)
-        if inner is None:
-            return obj
-        obj = inner
-
+from fabric_kit.wrappers import unwrap
 
 RESERVED_KEY = "__fabric_kit__"
 """The checkpoint entry where fabric_kit keeps its own state: `{"rng": {rank: states}, "precision": ...}`."""

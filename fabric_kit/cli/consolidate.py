@@ -23,8 +23,9 @@ from fabric_kit.cli.parser import UsageError
 
 
 def add_parser(subcommands: Any) -> argparse.ArgumentParser:
-    parser = subcommands.add_parser("consolidate", help="turn a sharded checkpoint directory into one file",
-                                    description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser: argparse.ArgumentParser = subcommands.add_parser(
+        "consolidate", help="turn a sharded checkpoint directory into one file", description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("checkpoint_dir", metavar="CHECKPOINT_DIR", help="a directory saved by strategy='fsdp'")
     parser.add_argument("--output", required=True, metavar="FILE", help="the single checkpoint file to write")
     parser.add_argument("--weights-only", action=argparse.BooleanOptionalAction, default=True,

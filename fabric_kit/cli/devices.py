@@ -5,8 +5,9 @@ Parsing needs no torch (so flag errors are instant); counting needs it only to a
 from __future__ import annotations
 
 import argparse
+from typing import Literal
 
-DevicesSpec = int | list[int] | str
+DevicesSpec = int | list[int] | Literal["auto"]
 
 ACCEPTED = "a positive count like 2, a comma list of device indices like 0,1 (one index: 1,), or auto"
 
@@ -15,7 +16,7 @@ def parse_devices(text: str) -> DevicesSpec:
     """argparse ``type`` for ``--devices``: ``"2"`` -> 2, ``"0,1"`` -> [0, 1], ``"1,"`` -> [1], ``"auto"`` -> "auto"."""
     value = text.strip()
     if value == "auto":
-        return value
+        return "auto"
     try:
         if "," in value:
             indices = [int(item) for item in value.split(",") if item.strip()]

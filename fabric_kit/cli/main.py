@@ -35,7 +35,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     args = build_parser().parse_args(argv)
     try:
-        status = args.handler(args)
+        status: int = args.handler(args)
     except UsageError as error:
         args.parser.error(str(error))
     if argv is None:

@@ -80,7 +80,7 @@ def add_parser(subcommands: Any) -> argparse.ArgumentParser:
     the launcher never accepts what ``Fabric(...)`` would reject."""
     from fabric_kit.connector import accelerator_names, precision_names, strategy_names
 
-    parser = subcommands.add_parser(
+    parser: argparse.ArgumentParser = subcommands.add_parser(
         "run", help="launch a script on every device of one or more machines", description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False,
     )
@@ -156,7 +156,7 @@ def free_port() -> int:
     with "address already in use" naming the port, and nothing runs: never two jobs on one store."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
         probe.bind(("", 0))  # every interface, as the store will listen
-        return probe.getsockname()[1]
+        return int(probe.getsockname()[1])
 
 
 def script_environment(args: argparse.Namespace, processes: int) -> dict[str, str]:

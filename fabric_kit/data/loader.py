@@ -45,7 +45,7 @@ _STORED_ARGS = tuple(
 _ADVICE = "or pass `use_distributed_sampler=False` to `setup_dataloaders` and shard the data yourself."
 
 
-def _index_sampler(dataloader: DataLoader) -> Sampler | Any:
+def _index_sampler(dataloader: DataLoader[Any]) -> Sampler[Any] | Any:
     """The sampler yielding single indices that the loader batches, or an error for a custom batch sampler."""
     batch_sampler = dataloader.batch_sampler
     if batch_sampler is None:
@@ -59,17 +59,17 @@ def _index_sampler(dataloader: DataLoader) -> Sampler | Any:
     )
 
 
-def _constructor_args(dataloader: DataLoader, sampler: Sampler) -> dict[str, Any]:
+def _constructor_args(dataloader: DataLoader[Any], sampler: Sampler[Any]) -> dict[str, Any]:
     """DataLoader arguments reproducing ``dataloader`` with ``sampler`` as its source of indices."""
-    batch_sampler = dataloader.batch_sampler
+    batching = dataloader.batch_sampler  # torch's BatchSampler, or None (`_index_sampler` refused the others)
     args = {name: getattr(dataloader, name) for name in _STORED_ARGS}
     args.update(
         shuffle=None,
         sampler=sampler,
         batch_sampler=None,
         # Without auto-batching (batch_sampler None) DataLoader needs batch_size=None and ignores drop_last.
-        batch_size=None if batch_sampler is None else batch_sampler.batch_size,
-        drop_last=False if batch_sampler is None else batch_sampler.drop_last,
+        batch_size=batching.batch_size if isinstance(batching, BatchSampler) else None,
+        drop_last=batching.drop_last if isinstance(batching, BatchSampler) else False,
     )
     return args
 
@@ -82,7 +82,7 @@ def _is_default(name: str, value: Any) -> bool:
     return type(value) is type(default) and isinstance(value, (int, float, str)) and value == default
 
 
-def _rebuild_subclass(cls: type[DataLoader], dataloader: DataLoader, args: dict[str, Any]) -> DataLoader:
+def _rebuild_subclass(cls: type[DataLoader[Any]], dataloader: DataLoader[Any], args: dict[str, Any]) -> DataLoader[Any]:
     """Call ``cls.__init__`` with standard arguments from ``args`` and the others from same-named attributes.
 
     Through a ``**kwargs`` parameter only ``sampler`` and non-default standard arguments are forwarded (never the
@@ -122,7 +122,7 @@ def _rebuild_subclass(cls: type[DataLoader], dataloader: DataLoader, args: dict[
         ) from error
 
 
-def with_sampler(dataloader: DataLoader, sampler: Sampler) -> DataLoader:
+def with_sampler(dataloader: DataLoader[Any], sampler: Sampler[Any]) -> DataLoader[Any]:
     """A new DataLoader like ``dataloader`` (same class and arguments) that draws its indices from ``sampler``.
 
     The loader's batching is kept: its ``batch_size``/``drop_last`` (also when given through a plain
@@ -148,8 +148,8 @@ def _is_plain_permutation(sampler: RandomSampler) -> bool:
 
 
 def distributed_loader(
-    dataloader: DataLoader, num_replicas: int, rank: int, even_shards: bool = True, seed: int = 0
-) -> DataLoader:
+    dataloader: DataLoader[Any], num_replicas: int, rank: int, even_shards: bool = True, seed: int = 0
+) -> DataLoader[Any]:
     """This rank's loader: ``dataloader`` rebuilt to draw a :class:`DistributedShardSampler` shard.
 
     - ``SequentialSampler`` -> the dataset's indices in order, sharded.
@@ -179,7 +179,7 @@ def distributed_loader(
     return with_sampler(dataloader, shard)
 
 
-def resumable_loader(dataloader: DataLoader, seed: int = 0) -> DataLoader:
+def resumable_loader(dataloader: DataLoader[Any], seed: int = 0) -> DataLoader[Any]:
     """On one process: ``dataloader`` rebuilt on a single-shard :class:`DistributedShardSampler`, so its order is a
     function of ``(seed, epoch)`` and a position inside an epoch can be restored (a ``RandomSampler`` draws from the
     global RNG, which cannot be rewound to an epoch's start).

@@ -8,9 +8,10 @@ even on a different number of ranks.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sized
+from typing import Any
 
 import torch
-from torch.utils.data import Sampler
+from torch.utils.data import Dataset, Sampler
 
 
 class DistributedShardSampler(Sampler[int]):
@@ -41,7 +42,7 @@ class DistributedShardSampler(Sampler[int]):
 
     def __init__(
         self,
-        source: Sized | Iterable[int],
+        source: Dataset[Any] | Sampler[Any] | Iterable[int],
         num_replicas: int,
         rank: int,
         *,
@@ -61,7 +62,7 @@ class DistributedShardSampler(Sampler[int]):
                 f"source of type {type(source).__name__} has no len(); expected a map-style dataset, or a sampler "
                 "(pass wrap=True for a plain iterable of indices)."
             )
-        self.source = source
+        self.source: Any = source  # a Sized dataset (checked above), or a sampler or iterable of indices
         self.num_replicas = num_replicas
         self.rank = rank
         self.shuffle = shuffle

@@ -29,7 +29,3 @@ def to_int(name: str, value: str) -> int:
     except ValueError:
         raise ValueError(f"Environment variable {name}={value!r} is not an integer; expected a whole number.") from None
 
-
-def is_auto(num_devices: object) -> bool:
-    """``devices=None``/``"auto"`` means "whatever the launcher gave us", so there is nothing to validate."""
-    return num_devices is None or num_devices == "auto"

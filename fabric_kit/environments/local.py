@@ -12,7 +12,7 @@ def find_free_port() -> int:
     """A port the OS reports as unused right now. Racy by nature, so it is picked once per job and shared."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("", 0))
-        return sock.getsockname()[1]
+        return int(sock.getsockname()[1])
 
 
 class LocalEnvironment(ClusterEnvironment):

@@ -31,11 +31,11 @@ class MPIEnvironment(ClusterEnvironment):
 
     @property
     def main_address(self) -> str:
-        return self._gathered()["main_address"]
+        return str(self._gathered()["main_address"])
 
     @property
     def main_port(self) -> int:
-        return self._gathered()["main_port"]
+        return int(self._gathered()["main_port"])
 
     @staticmethod
     def detect() -> bool:
@@ -43,16 +43,16 @@ class MPIEnvironment(ClusterEnvironment):
         return launched and importlib.util.find_spec("mpi4py") is not None
 
     def world_size(self) -> int:
-        return self._gathered()["world_size"]
+        return int(self._gathered()["world_size"])
 
     def global_rank(self) -> int:
-        return self._gathered()["global_rank"]
+        return int(self._gathered()["global_rank"])
 
     def local_rank(self) -> int:
-        return self._gathered()["local_rank"]
+        return int(self._gathered()["local_rank"])
 
     def node_rank(self) -> int:
-        return self._gathered()["node_rank"]
+        return int(self._gathered()["node_rank"])
 
     def _gathered(self) -> dict[str, Any]:
         """A collective call: every rank must reach its first property access (any property) exactly once."""

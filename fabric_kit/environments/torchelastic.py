@@ -18,7 +18,7 @@ class TorchElasticEnvironment(TorchVariablesEnvironment):
 
     def validate_settings(self, num_devices: int | str | None, num_nodes: int) -> None:
         """The process count is torchrun's decision; an explicit devices/nodes request must agree with it."""
-        if _variables.is_auto(num_devices):
+        if not isinstance(num_devices, int):  # None or "auto": whatever torchrun started, nothing to validate
             return
         world_size = self.world_size()
         if num_devices * num_nodes != world_size:

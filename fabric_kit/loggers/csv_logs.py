@@ -6,7 +6,8 @@ import csv
 import os
 import warnings
 from argparse import Namespace
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from torch import Tensor
 
@@ -30,7 +31,7 @@ class CSVWriter:
         self.hparams: dict[str, Any] = {}
         if os.path.isfile(self.metrics_file_path):
             warnings.warn(f"{self.metrics_file_path} exists from an earlier run with the same version; it is "
-                          "replaced by this run's metrics")
+                          "replaced by this run's metrics", stacklevel=2)
             os.remove(self.metrics_file_path)
         os.makedirs(log_dir, exist_ok=True)
 
@@ -74,14 +75,16 @@ class CSVLogger(FolderLogger):
             `save()` / `finalize()`).
     """
 
-    def __init__(self, save_dir: str | os.PathLike | None = None, name: str | None = "lightning_logs",
+    def __init__(self, save_dir: str | os.PathLike[str] | None = None, name: str | None = "lightning_logs",
                  version: int | str | None = None, prefix: str = "", flush_logs_every_n_steps: int = 100, *,
-                 root_dir: str | os.PathLike | None = None) -> None:
+                 root_dir: str | os.PathLike[str] | None = None) -> None:
         if isinstance(flush_logs_every_n_steps, bool) or not isinstance(flush_logs_every_n_steps, int) \
                 or flush_logs_every_n_steps < 1:
             raise ValueError(f"flush_logs_every_n_steps={flush_logs_every_n_steps!r} is not valid; pass an int >= 1")
         super().__init__(save_dir, name, version, prefix, root_dir=root_dir)
         self._flush_logs_every_n_steps = flush_logs_every_n_steps
+
+    _experiment: CSVWriter | None
 
     @property
     @rank_zero_experiment

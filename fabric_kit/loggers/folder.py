@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
 from fabric_kit.loggers.logger import Logger
 from fabric_kit.rank_zero import global_rank
@@ -18,15 +19,16 @@ class FolderLogger(Logger):
     holding every experiment. `name=""` or None puts the versions directly under it.
     """
 
-    def __init__(self, save_dir: str | os.PathLike | None = None, name: str | None = "lightning_logs",
-                 version: int | str | None = None, prefix: str = "", sub_dir: str | os.PathLike | None = None,
-                 *, root_dir: str | os.PathLike | None = None) -> None:
-        if (save_dir is None) == (root_dir is None):
+    def __init__(self, save_dir: str | os.PathLike[str] | None = None, name: str | None = "lightning_logs",
+                 version: int | str | None = None, prefix: str = "", sub_dir: str | os.PathLike[str] | None = None,
+                 *, root_dir: str | os.PathLike[str] | None = None) -> None:
+        folder = save_dir if root_dir is None else root_dir
+        if folder is None or (save_dir is not None and root_dir is not None):
             raise ValueError(f"{type(self).__name__} needs the folder to write under: pass save_dir (or root_dir), "
                              f"not both; got save_dir={save_dir!r}, root_dir={root_dir!r}")
         if version is not None and (isinstance(version, bool) or not isinstance(version, (int, str))):
             raise ValueError(f"version={version!r} is not valid; pass None (next free number), an int or a string")
-        self._save_dir = os.fspath(save_dir if save_dir is not None else root_dir)
+        self._save_dir = os.fspath(folder)
         self._name = name or ""
         self._version = version
         self._prefix = prefix
@@ -75,7 +77,7 @@ class FolderLogger(Logger):
 _VERSION = re.compile(r"version_(\d+)")
 
 
-def next_version(root_dir: str | os.PathLike) -> int:
+def next_version(root_dir: str | os.PathLike[str]) -> int:
     """One more than the highest `version_N` folder in `root_dir`; 0 when there is none (or no `root_dir`)."""
     root = Path(root_dir)
     if not root.is_dir():
@@ -92,5 +94,5 @@ def agree_on_versions(loggers: Iterable[Any], broadcast: Callable[[Any], Any]) -
     if not folders:
         return
     versions = [logger.version for logger in folders] if global_rank() == 0 else None
-    for logger, version in zip(folders, broadcast(versions)):
+    for logger, version in zip(folders, broadcast(versions), strict=True):
         logger._version = version

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from argparse import Namespace
+from collections.abc import Callable, Mapping
 from functools import wraps
-from typing import Any, Callable, Mapping
+from typing import Any
 
 from torch.nn import Module
 

@@ -3,8 +3,9 @@ from __future__ import annotations
 
 import os
 from argparse import Namespace
+from collections.abc import Mapping
 from enum import Enum
-from typing import Any, Mapping
+from typing import Any
 
 from torch import Tensor
 
@@ -52,7 +53,7 @@ def plain(value: Any) -> Any:
     return str(value)
 
 
-def write_hparams_yaml(path: str | os.PathLike, params: Mapping[str, Any]) -> None:
+def write_hparams_yaml(path: str | os.PathLike[str], params: Mapping[str, Any]) -> None:
     """Write `params` to `path` with `yaml.safe_dump`, in their order, nested dicts kept and every value made plain
     (see `plain`): `yaml.safe_load` and Lightning's `load_hparams_from_yaml` read it back."""
     import yaml  # here rather than at the top, so that `import fabric_kit` stays light

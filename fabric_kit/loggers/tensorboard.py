@@ -7,7 +7,8 @@ import importlib.util
 import os
 import warnings
 from argparse import Namespace
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from torch import Tensor
 from torch.nn import Module
@@ -44,15 +45,15 @@ class TensorBoardLogger(FolderLogger):
 
     NAME_HPARAMS_FILE = "hparams.yaml"
 
-    def __init__(self, save_dir: str | os.PathLike | None = None, name: str | None = "lightning_logs",
+    def __init__(self, save_dir: str | os.PathLike[str] | None = None, name: str | None = "lightning_logs",
                  version: int | str | None = None, log_graph: bool = False, default_hp_metric: bool = True,
-                 prefix: str = "", sub_dir: str | os.PathLike | None = None, *,
-                 root_dir: str | os.PathLike | None = None, **kwargs: Any) -> None:
+                 prefix: str = "", sub_dir: str | os.PathLike[str] | None = None, *,
+                 root_dir: str | os.PathLike[str] | None = None, **kwargs: Any) -> None:
         require_tensorboardx()  # reported where the logger is built, imported at the first write
         super().__init__(save_dir, name, version, prefix, sub_dir, root_dir=root_dir)
         if log_graph and importlib.util.find_spec("tensorboard") is None:
             warnings.warn("TensorBoardLogger(log_graph=True) writes no graph: tracing the model for TensorBoard "
-                          "needs the tensorboard package (pip install tensorboard)")
+                          "needs the tensorboard package (pip install tensorboard)", stacklevel=2)
         self._log_graph = log_graph and importlib.util.find_spec("tensorboard") is not None
         self._default_hp_metric = default_hp_metric
         self._writer_kwargs = kwargs
@@ -113,7 +114,8 @@ class TensorBoardLogger(FolderLogger):
             input_array = getattr(model, "example_input_array", None)
         if not isinstance(input_array, (Tensor, tuple)):
             warnings.warn("TensorBoardLogger(log_graph=True) has no graph to write: set model.example_input_array "
-                          f"(a tensor or a tuple of forward's arguments); got {type(input_array).__name__}")
+                          f"(a tensor or a tuple of forward's arguments); got {type(input_array).__name__}",
+                          stacklevel=2)
             return
         parameter = next(model.parameters(), None)
         if parameter is not None:

@@ -25,7 +25,7 @@ class MixedPrecision(Precision):
         self.scaler = torch.amp.GradScaler(device_type) if dtype == torch.float16 else None
         self._backward_seen = False
 
-    def forward_context(self) -> AbstractContextManager:
+    def forward_context(self) -> AbstractContextManager[Any]:
         return torch.autocast(self.device_type, dtype=self.dtype)
 
     def convert_output(self, data: Any) -> Any:

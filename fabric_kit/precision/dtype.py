@@ -1,8 +1,9 @@
 """Precisions that run the whole model in one dtype: `64-true`, `16-true`, `bf16-true`."""
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 
@@ -33,10 +34,10 @@ class TruePrecision(Precision):
     def convert_module(self, module: torch.nn.Module) -> torch.nn.Module:
         return module.to(dtype=self.dtype)
 
-    def tensor_init_context(self) -> AbstractContextManager:
+    def tensor_init_context(self) -> AbstractContextManager[Any]:
         return default_dtype(self.dtype)
 
-    def forward_context(self) -> AbstractContextManager:
+    def forward_context(self) -> AbstractContextManager[Any]:
         return default_dtype(self.dtype)
 
     def convert_input(self, data: Any) -> Any:

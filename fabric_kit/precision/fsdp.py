@@ -4,6 +4,7 @@ whether any rank's gradient shard overflowed."""
 from __future__ import annotations
 
 from contextlib import AbstractContextManager, nullcontext
+from typing import Any
 
 import torch
 from torch.distributed.fsdp import MixedPrecisionPolicy
@@ -26,7 +27,7 @@ class FSDPMixedPrecision(MixedPrecision):
     def mixed_precision_policy(self) -> MixedPrecisionPolicy:
         return MixedPrecisionPolicy(param_dtype=self.dtype, reduce_dtype=torch.float32)
 
-    def forward_context(self) -> AbstractContextManager:
+    def forward_context(self) -> AbstractContextManager[Any]:
         return nullcontext()
 
 

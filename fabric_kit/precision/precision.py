@@ -22,14 +22,14 @@ class Precision:
     def convert_module(self, module: torch.nn.Module) -> torch.nn.Module:
         return module
 
-    def module_init_context(self) -> AbstractContextManager:
+    def module_init_context(self) -> AbstractContextManager[Any]:
         """Context under which modules are created (e.g. with a default dtype)."""
         return self.tensor_init_context()
 
-    def tensor_init_context(self) -> AbstractContextManager:
+    def tensor_init_context(self) -> AbstractContextManager[Any]:
         return nullcontext()
 
-    def forward_context(self) -> AbstractContextManager:
+    def forward_context(self) -> AbstractContextManager[Any]:
         return nullcontext()
 
     def convert_input(self, data: Any) -> Any:

@@ -34,10 +34,10 @@ class XLAPrecision(Precision):
     def convert_module(self, module: torch.nn.Module) -> torch.nn.Module:
         return module.to(dtype=torch.bfloat16) if self._true_bf16 else module
 
-    def tensor_init_context(self) -> AbstractContextManager:
+    def tensor_init_context(self) -> AbstractContextManager[Any]:
         return default_dtype(torch.bfloat16) if self._true_bf16 else nullcontext()
 
-    def forward_context(self) -> AbstractContextManager:
+    def forward_context(self) -> AbstractContextManager[Any]:
         if self._true_bf16:
             return default_dtype(torch.bfloat16)
         if self.name == "bf16-mixed":

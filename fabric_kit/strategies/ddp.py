@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from contextlib import AbstractContextManager, nullcontext
 from datetime import timedelta
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from torch.nn import Module
@@ -12,12 +12,8 @@ from torch.nn.parallel import DistributedDataParallel
 from fabric_kit.accelerators import Accelerator
 from fabric_kit.environments import ClusterEnvironment
 from fabric_kit.precision import Precision
-from fabric_kit.strategies.launchers.multiprocessing import MultiprocessingLauncher
-from fabric_kit.strategies.launchers.subprocess_script import SubprocessScriptLauncher
-from fabric_kit.strategies.parallel import ParallelStrategy
+from fabric_kit.strategies.parallel import ParallelStrategy, StartMethod
 from fabric_kit.strategies.strategy import BackwardSyncControl
-
-StartMethod = Literal["popen", "spawn", "fork", "forkserver"]
 
 
 class DDPStrategy(ParallelStrategy, BackwardSyncControl):
@@ -30,25 +26,14 @@ class DDPStrategy(ParallelStrategy, BackwardSyncControl):
                  process_group_backend: str | None = None, timeout: timedelta | None = None,
                  start_method: StartMethod = "popen", **ddp_kwargs: Any) -> None:
         super().__init__(accelerator, parallel_devices, cluster_environment, precision, process_group_backend,
-                         timeout)
-        self.start_method = start_method
+                         timeout, start_method)
         self.ddp_kwargs = ddp_kwargs
-
-    def configure_launcher(self) -> None:
-        """Called by the connector once devices and environment are known."""
-        environment = self.cluster_environment
-        if environment is None or environment.creates_processes_externally:
-            self.launcher = None
-        elif self.start_method == "popen":
-            self.launcher = SubprocessScriptLauncher(environment, self.num_processes, self.num_nodes)
-        else:
-            self.launcher = MultiprocessingLauncher(environment, self.num_processes, self.start_method)
 
     def setup_module(self, module: Module) -> DistributedDataParallel:
         device_ids = [self.root_device.index] if self.root_device.type == "cuda" else None
         return DistributedDataParallel(module, device_ids=device_ids, **self.ddp_kwargs)
 
-    def no_backward_sync(self, module: Module, enabled: bool) -> AbstractContextManager:
+    def no_backward_sync(self, module: Module, enabled: bool) -> AbstractContextManager[Any]:
         if not enabled:
             return nullcontext()
         if not isinstance(module, DistributedDataParallel):

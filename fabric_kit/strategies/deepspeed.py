@@ -48,11 +48,13 @@ from torch.nn import Module
 from torch.optim import Optimizer
 
 from fabric_kit.accelerators import Accelerator
-from fabric_kit.checkpoint.state import RESERVED_KEY, Filter, unwrap
+from fabric_kit.checkpoint.state import RESERVED_KEY, Filter
 from fabric_kit.environments import ClusterEnvironment
 from fabric_kit.precision import Precision, TruePrecision
-from fabric_kit.strategies.ddp import DDPStrategy, StartMethod
 from fabric_kit.strategies.deepspeed_checkpoint_engine import safe_loading
+from fabric_kit.strategies.parallel import ParallelStrategy, StartMethod
+from fabric_kit.strategies.strategy import BackwardSyncControl
+from fabric_kit.wrappers import unwrap
 
 if TYPE_CHECKING:
     from deepspeed import DeepSpeedEngine
@@ -77,15 +79,15 @@ class DeepSpeedPrecision(TruePrecision):
         return module  # the engine casts it after building the fp32 master copy
 
 
-class DeepSpeedStrategy(DDPStrategy):
-    """One process per device, launched as for DDP; `deepspeed.initialize` replaces the DDP wrapper."""
+class DeepSpeedStrategy(ParallelStrategy, BackwardSyncControl):
+    """One process per device, launched as for DDP; the engine from `deepspeed.initialize` wraps the model."""
 
     owns_optimizer = True
 
     def __init__(self, accelerator: Accelerator | None = None, parallel_devices: list[torch.device] | None = None,
                  cluster_environment: ClusterEnvironment | None = None, precision: Precision | None = None,
                  process_group_backend: str | None = None, timeout: timedelta | None = None,
-                 start_method: StartMethod = "popen", config: dict[str, Any] | str | os.PathLike | None = None,
+                 start_method: StartMethod = "popen", config: dict[str, Any] | str | os.PathLike[str] | None = None,
                  stage: int | None = None, offload_optimizer: bool = False, offload_parameters: bool = False,
                  gradient_clipping: float | None = None, gradient_accumulation_steps: int | None = None,
                  micro_batch_size: int | None = None) -> None:
@@ -110,8 +112,8 @@ class DeepSpeedStrategy(DDPStrategy):
     def zero_stage(self) -> int:
         return int(self.config.get("zero_optimization", {}).get("stage", 0))
 
-    @property  # type: ignore[override]
-    def shards_parameters(self) -> bool:
+    @property
+    def shards_parameters(self) -> bool:  # type: ignore[override]  # a class attribute on Strategy
         return self.zero_stage == 3
 
     def setup_environment(self) -> None:
@@ -133,7 +135,8 @@ class DeepSpeedStrategy(DDPStrategy):
 
     def setup_module(self, module: Module) -> Module:
         """A model without optimizer (inference): the engine still shards it under stage 3."""
-        return self._initialize(module, None)
+        engine: Module = self._initialize(module, None)
+        return engine
 
     def setup_optimizer(self, optimizer: Optimizer) -> Optimizer:
         raise RuntimeError("DeepSpeed builds its engine from the model and its optimizer together: use "
@@ -182,7 +185,7 @@ class DeepSpeedStrategy(DDPStrategy):
                            "clips only by total norm inside optimizer.step(): set DeepSpeedStrategy("
                            "gradient_clipping=MAX_NORM) or \"gradient_clipping\" in the DeepSpeed config")
 
-    def no_backward_sync(self, module: Module, enabled: bool) -> AbstractContextManager:
+    def no_backward_sync(self, module: Module, enabled: bool) -> AbstractContextManager[Any]:
         if not enabled:
             return nullcontext()
         engine = self._engine_for(module)
@@ -192,17 +195,17 @@ class DeepSpeedStrategy(DDPStrategy):
                 "stages 2 and 3 reduce and partition gradients inside every backward. Let DeepSpeed accumulate: "
                 "DeepSpeedStrategy(gradient_accumulation_steps=N) (or the config's key), then call "
                 "fabric.backward(loss) and optimizer.step() on every micro-batch; the engine steps once every N")
-        return engine.no_sync()
+        no_sync: AbstractContextManager[Any] = engine.no_sync()
+        return no_sync
 
     def _engine_for(self, module: Module | None) -> DeepSpeedEngine:
         """The engine behind `module` (as returned by `fabric.setup`), or, when no module is named, the only one
         set up with an optimizer."""
         if module is not None:
-            engine = getattr(module, "_forward_module", module)
-            if engine not in self._engines:
-                raise TypeError(f"model {type(unwrap(module)).__name__} was not set up by this DeepSpeed strategy; "
+            if module not in self._engines:
+                raise TypeError(f"model {type(module).__name__} was not set up by this DeepSpeed strategy; "
                                 "pass the model returned by `fabric.setup`")
-            return engine
+            return module
         engines = [engine for engine, trains in self._engines.items() if trains]
         if len(engines) != 1:
             raise RuntimeError(f"{len(engines)} models are set up with optimizers under DeepSpeed: name the one this "
@@ -277,7 +280,7 @@ class DeepSpeedStrategy(DDPStrategy):
         return found[0], rest
 
 
-def _release_engines(engines: weakref.WeakKeyDictionary) -> None:
+def _release_engines(engines: weakref.WeakKeyDictionary[DeepSpeedEngine, bool]) -> None:
     """Engines still alive at exit (ZeRO-3's hooks and partitioned parameters hold process groups) were otherwise
     freed by C++ static destruction, where gloo aborted finished ranks ("terminate called without an active
     exception", about one stage-3 run in three on CPU): release them while Python still runs."""
@@ -294,7 +297,7 @@ def _import_deepspeed() -> Any:
     return deepspeed
 
 
-def _read_config(config: dict[str, Any] | str | os.PathLike | None) -> dict[str, Any] | None:
+def _read_config(config: dict[str, Any] | str | os.PathLike[str] | None) -> dict[str, Any] | None:
     if config is None or isinstance(config, dict):
         return copy.deepcopy(config)
     if not isinstance(config, (str, os.PathLike)):
@@ -303,7 +306,8 @@ def _read_config(config: dict[str, Any] | str | os.PathLike | None) -> dict[str,
     if not path.is_file():
         raise FileNotFoundError(f"DeepSpeed config {str(path)!r} does not exist")
     with open(path) as f:
-        return json.load(f)
+        loaded: dict[str, Any] = json.load(f)
+    return loaded
 
 
 def _build_config(config: dict[str, Any] | None, stage: int | None, offload_optimizer: bool,

@@ -23,8 +23,9 @@ from __future__ import annotations
 
 import os
 import pickle
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -34,7 +35,7 @@ if TYPE_CHECKING:
     from deepspeed import DeepSpeedEngine
 
 
-def deepspeed_globals() -> list[type]:
+def deepspeed_globals() -> list[Any]:
     """The DeepSpeed types a checkpoint file holds (see the module docstring for each)."""
     from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
     from deepspeed.runtime.zero.config import ZeroStageEnum
@@ -75,7 +76,7 @@ def install(engine: DeepSpeedEngine) -> None:
 
 
 @contextmanager
-def safe_loading(engine: DeepSpeedEngine, path: str | os.PathLike, weights_only: bool,
+def safe_loading(engine: DeepSpeedEngine, path: str | os.PathLike[str], weights_only: bool,
                  loads_optimizer: bool) -> Iterator[None]:
     """Around `engine.load_checkpoint(path, ...)`: the installed engine reads with the safe loader unless
     `weights_only=False`; with the safe loader, the loads DeepSpeed does not route through its checkpoint engine

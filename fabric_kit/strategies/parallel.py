@@ -1,35 +1,64 @@
 """What every multi-process strategy shares: ranks from the cluster environment and torch.distributed collectives."""
 from __future__ import annotations
 
+import pickle
+from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Literal
 
 import torch
 from torch import Tensor
 
 from fabric_kit import distributed
 from fabric_kit.accelerators import Accelerator
-from fabric_kit.checkpoint.collective import all_gather_object
-from fabric_kit.checkpoint.directory import (Records, atomic_directory, checksum, file_sizes, share, staging_path,
-                                             verify_directory)
+from fabric_kit.checkpoint.directory import (
+    Records,
+    atomic_directory,
+    checksum,
+    file_sizes,
+    share,
+    staging_path,
+    verify_directory,
+)
 from fabric_kit.checkpoint.errors import CheckpointWriteError
 from fabric_kit.environments import ClusterEnvironment
 from fabric_kit.precision import Precision
+from fabric_kit.strategies.launchers.multiprocessing import MultiprocessingLauncher
+from fabric_kit.strategies.launchers.subprocess_script import SubprocessScriptLauncher
 from fabric_kit.strategies.strategy import Strategy
+
+StartMethod = Literal["popen", "spawn", "fork", "forkserver"]
 
 
 class ParallelStrategy(Strategy):
+    """`start_method` says how the ranks are started when no launcher (torchrun, SLURM, `fabric run`) did:
+    "popen" re-runs the script for each rank, "spawn", "fork" and "forkserver" start them with
+    torch.multiprocessing (`fabric.launch(fn)` then runs `fn` in each)."""
+
     def __init__(self, accelerator: Accelerator | None = None, parallel_devices: list[torch.device] | None = None,
                  cluster_environment: ClusterEnvironment | None = None, precision: Precision | None = None,
-                 process_group_backend: str | None = None, timeout: timedelta | None = None) -> None:
+                 process_group_backend: str | None = None, timeout: timedelta | None = None,
+                 start_method: StartMethod = "popen") -> None:
         super().__init__(accelerator, precision)
         self.parallel_devices = parallel_devices or []
         self.cluster_environment = cluster_environment
         self.num_nodes = 1
+        self.start_method = start_method
         self._process_group_backend = process_group_backend
         self._timeout = timeout
+
+    def configure_launcher(self) -> None:
+        """None where the environment started the processes; else the script re-run for each rank ("popen") or
+        torch.multiprocessing's start method."""
+        environment = self.cluster_environment
+        if environment is None or environment.creates_processes_externally:
+            self.launcher = None
+        elif self.start_method == "popen":
+            self.launcher = SubprocessScriptLauncher(environment, self.num_processes, self.num_nodes)
+        else:
+            self.launcher = MultiprocessingLauncher(environment, self.num_processes, self.start_method)
 
     @property
     def root_device(self) -> torch.device:
@@ -58,6 +87,11 @@ class ParallelStrategy(Strategy):
         return self.cluster_environment.world_size() if self.cluster_environment else 1
 
     @property
+    def distributed_sampler_kwargs(self) -> dict[str, int] | None:
+        """Every process is a data-parallel replica: the data-parallel rank and size are the global ones."""
+        return {"num_replicas": self.world_size, "rank": self.global_rank}
+
+    @property
     def process_group_backend(self) -> str:
         if self._process_group_backend:
             return self._process_group_backend
@@ -65,14 +99,19 @@ class ParallelStrategy(Strategy):
 
     def setup_environment(self) -> None:
         super().setup_environment()
+        if self.cluster_environment is None:
+            raise RuntimeError(f"{type(self).__name__} has no cluster environment: pass it to `Fabric(strategy=...)` "
+                               "or let Fabric detect one")
         distributed.init_process_group(self.cluster_environment, self.process_group_backend, self._timeout)
 
     def all_gather(self, tensor: Tensor, group: Any = None, sync_grads: bool = False) -> Tensor:
         if not distributed.is_initialized():
             return tensor
         if sync_grads:
-            return torch.stack(torch.distributed.nn.functional.all_gather(tensor.contiguous(), group=group or
-                                                                          torch.distributed.group.WORLD))
+            from torch.distributed.nn.functional import all_gather as differentiable_all_gather
+
+            return torch.stack(differentiable_all_gather(tensor.contiguous(), group=group or
+                                                         torch.distributed.group.WORLD))
         return distributed.all_gather(tensor, group)
 
     def all_reduce(self, tensor: Tensor, group: Any = None, reduce_op: str | Any = "mean") -> Tensor:
@@ -88,6 +127,21 @@ class ParallelStrategy(Strategy):
         if not distributed.is_initialized():
             return obj
         return distributed.broadcast_object(obj, src)
+
+    def all_gather_object(self, obj: Any) -> list[Any]:
+        """Every rank's picklable `obj` (small ones: RNG states), indexed by rank, sent as bytes through this
+        strategy's own `all_gather`, so it works for every backend (on the strategy's device, as NCCL requires) and
+        without a torch.distributed process group (XLA)."""
+        if self.world_size == 1:
+            return [obj]
+        device = self.root_device
+        data = torch.frombuffer(bytearray(pickle.dumps(obj)), dtype=torch.uint8)
+        length = torch.tensor([data.numel()], dtype=torch.long, device=device)
+        lengths = self.all_gather(length).reshape(-1).tolist()
+        padded = torch.zeros(max(lengths), dtype=torch.uint8, device=device)
+        padded[: data.numel()] = data.to(device)
+        gathered = self.all_gather(padded).cpu()
+        return [pickle.loads(gathered[rank, :size].numpy().tobytes()) for rank, size in enumerate(lengths)]
 
     def reduce_boolean_decision(self, decision: bool, all: bool = True) -> bool:
         votes = self.all_reduce(torch.tensor(int(decision), device=self.root_device), reduce_op="sum")
@@ -119,7 +173,7 @@ class ParallelStrategy(Strategy):
             sizes = self.broadcast(sizes)
             with self._on_every_rank(path, "checksumming its share of the files"):
                 mine = checksum(staging, share(sizes, self.global_rank, self.world_size), fsync=True)
-            for part in all_gather_object(self, mine):
+            for part in self.all_gather_object(mine):
                 records.update(part)
 
     def verify_checkpoint_directory(self, path: str) -> None:
@@ -130,7 +184,7 @@ class ParallelStrategy(Strategy):
             verify_directory(path, self.global_rank, self.world_size)
         except Exception as error:
             failure = error
-        failures = [f for f in all_gather_object(self, failure) if f is not None]
+        failures = [f for f in self.all_gather_object(failure) if f is not None]
         if failures:
             raise failure or failures[0]
 

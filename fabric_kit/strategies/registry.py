@@ -3,7 +3,10 @@ preset. Classes are named by import path so that listing names (the CLI's `--hel
 from __future__ import annotations
 
 import importlib
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+if TYPE_CHECKING:
+    from fabric_kit.strategies.strategy import Strategy
 
 
 class Entry(NamedTuple):
@@ -25,7 +28,7 @@ def strategy_names() -> list[str]:
     return ["auto", *STRATEGIES]
 
 
-def strategy_class(name: str) -> tuple[type, dict[str, Any]]:
+def strategy_class(name: str) -> tuple[type[Strategy], dict[str, Any]]:
     """The class and preset arguments registered as `name`."""
     entry = STRATEGIES.get(name)
     if entry is None:

@@ -1,29 +1,37 @@
 """The one seam between a training loop and parallelism.
 
 `Fabric` asks the strategy for everything that depends on how the job is distributed: where modules live, how
-they are wrapped, how backward and optimizer steps run, the collectives, and checkpoint I/O. Precision-specific
-work is delegated to the strategy's `precision`.
+they are wrapped, how backward and optimizer steps run, how data is sharded and iterated, the collectives, and
+checkpoint I/O. Precision-specific work is delegated to the strategy's `precision`.
+
+What a strategy is handed back is what it made: the module its `setup_module` returned (DDP, the FSDP module,
+DeepSpeed's engine; the facade takes it out of fabric_kit's wrapper, and passes a module that was never set up as
+it is) and the optimizer its `setup_optimizer` returned. Checkpoint calls are the exception: their `state` (and
+`load_raw`'s object) arrive as the user holds them, since a wrapper can have state of its own (the dataloader's
+position); `fabric_kit.wrappers.unwrap` reaches the user's objects behind them.
 """
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Iterable
 from contextlib import AbstractContextManager, ExitStack
-from typing import Any, Iterable
+from typing import Any
 
 import torch
 from torch import Tensor
 from torch.nn import Module
 from torch.optim import Optimizer
+from torch.utils.data import DataLoader
 
 from fabric_kit.accelerators import Accelerator
 from fabric_kit.checkpoint import rng
-from fabric_kit.checkpoint.collective import all_gather_object
 from fabric_kit.checkpoint.io import load_file, save_file
-from fabric_kit.checkpoint.state import RESERVED_KEY, Filter, check_state, restore_into, to_storable, unwrap
+from fabric_kit.checkpoint.state import RESERVED_KEY, Filter, check_state, restore_into, to_storable
 from fabric_kit.collections import move_to_device
 from fabric_kit.empty_init import SkipInit
 from fabric_kit.precision import Precision
 from fabric_kit.strategies.launchers.launcher import Launcher
+from fabric_kit.wrappers import unwrap
 
 
 class Strategy(ABC):
@@ -68,6 +76,10 @@ class Strategy(ABC):
     def is_global_zero(self) -> bool:
         return self.global_rank == 0
 
+    def configure_launcher(self) -> None:
+        """Choose `launcher`, called by the connector once devices and environment are known; one process needs
+        none."""
+
     def setup_environment(self) -> None:
         """Run once in every process before any model is set up (process groups, current device)."""
         if self.accelerator is not None:
@@ -89,7 +101,7 @@ class Strategy(ABC):
     def module_to_device(self, module: Module) -> None:
         module.to(self.root_device)
 
-    def module_init_context(self, empty_init: bool | None = None) -> AbstractContextManager:
+    def module_init_context(self, empty_init: bool | None = None) -> AbstractContextManager[Any]:
         """Where modules are created: on the device, in the precision's dtype; `empty_init` skips the initialisers
         (sharding strategies create on the meta device instead)."""
         stack = ExitStack()
@@ -99,7 +111,7 @@ class Strategy(ABC):
         stack.enter_context(self.precision.module_init_context())
         return stack
 
-    def tensor_init_context(self) -> AbstractContextManager:
+    def tensor_init_context(self) -> AbstractContextManager[Any]:
         stack = ExitStack()
         stack.enter_context(self.root_device)
         stack.enter_context(self.precision.tensor_init_context())
@@ -107,6 +119,19 @@ class Strategy(ABC):
 
     def batch_to_device(self, batch: Any, device: torch.device | None = None) -> Any:
         return move_to_device(batch, device or self.root_device)
+
+    # -- data ---------------------------------------------------------------------------------------------------
+    @property
+    def distributed_sampler_kwargs(self) -> dict[str, int] | None:
+        """How `setup_dataloaders` shards data: `{"num_replicas": data-parallel size, "rank": this process's
+        data-parallel rank}`, or None where one process sees all the data."""
+        return None
+
+    def process_dataloader(self, dataloader: DataLoader[Any]) -> Iterable[Any]:
+        """What the loader `setup_dataloaders` returns iterates in each pass, given the user's (sharded) loader:
+        the loader itself, or, for a strategy that acts around each batch, an iterable wrapping it that creates the
+        loader's iterator when its own is created."""
+        return dataloader
 
     # -- the training step --------------------------------------------------------------------------------------
     def backward(self, tensor: Tensor, module: Module | None, *args: Any, **kwargs: Any) -> None:
@@ -139,6 +164,10 @@ class Strategy(ABC):
     def broadcast(self, obj: Any, src: int = 0) -> Any:
         return obj
 
+    def all_gather_object(self, obj: Any) -> list[Any]:
+        """Every rank's picklable `obj`, indexed by rank."""
+        return [obj]
+
     def reduce_boolean_decision(self, decision: bool, all: bool = True) -> bool:
         return decision
 
@@ -151,7 +180,7 @@ class Strategy(ABC):
         are added under `RESERVED_KEY`, and the format's writer stores the result (`write_entries`)."""
         check_state(state, filter)
         entries = self.checkpoint_entries(state, filter or {})
-        entries[RESERVED_KEY] = {"rng": dict(enumerate(all_gather_object(self, self.rng_states()))),
+        entries[RESERVED_KEY] = {"rng": dict(enumerate(self.all_gather_object(self.rng_states()))),
                                  "precision": self.precision.state_dict()}
         self.write_entries(path, entries, state)
 
@@ -239,4 +268,4 @@ class BackwardSyncControl(ABC):
     """A strategy that can skip the gradient all-reduce for some backward passes (gradient accumulation)."""
 
     @abstractmethod
-    def no_backward_sync(self, module: Module, enabled: bool) -> AbstractContextManager: ...
+    def no_backward_sync(self, module: Module, enabled: bool) -> AbstractContextManager[Any]: ...

@@ -9,22 +9,24 @@ from __future__ import annotations
 
 import os
 import pickle
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import torch
 from torch import Tensor
 from torch.nn import Module
 from torch.optim import Optimizer
+from torch.utils.data import DataLoader
 from torch.utils.weak import WeakIdKeyDictionary
 
 from fabric_kit.accelerators import Accelerator
-from fabric_kit.accelerators.xla import GRAPH_CUTS, import_torch_xla
+from fabric_kit.accelerators.xla import import_torch_xla
 from fabric_kit.checkpoint.state import Filter
 from fabric_kit.collections import apply_to_collection
 from fabric_kit.environments import ClusterEnvironment
 from fabric_kit.precision import Precision
 from fabric_kit.strategies.launchers.xla import XLALauncher
-from fabric_kit.strategies.parallel import ParallelStrategy
+from fabric_kit.strategies.parallel import ParallelStrategy, StartMethod
 from fabric_kit.strategies.single_device import SingleDeviceStrategy
 from fabric_kit.strategies.strategy import Strategy
 
@@ -35,12 +37,10 @@ def check_xla_device(strategy_name: str, device: torch.device) -> None:
                          "Fabric(accelerator='xla') (alias 'tpu')")
 
 
-class RelinkOptimizerParameters:
+class RelinkOptimizerParameters(Strategy):
     """Moving a module to an XLA device creates new Parameter objects (CPU and XLA tensors cannot share one), so
     an optimizer built before `fabric.setup` would keep updating the stale CPU copies. The move records old ->
     new, and `setup_optimizer` points the optimizer's param groups at the moved parameters."""
-
-    root_device: torch.device
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -58,15 +58,61 @@ class RelinkOptimizerParameters:
         return optimizer
 
 
-class XLACheckpoints(Strategy):
-    """The checkpoint pieces both XLA strategies share. Saving runs the pending graph once on every rank (the same
-    graph must run everywhere) and copies the state's tensors to the CPU, so the files load anywhere, without
-    torch_xla; the XLA device's random generator is saved and restored with the host's, so dropout on the device
-    resumes bit-exactly too."""
+class GraphCuts:
+    """Cuts of the lazy graph that fabric_kit makes (`torch_xla.sync()`), counted. The loader cuts after each batch's
+    step, and a checkpoint cuts before it copies tensors off the device; a save after a step has then run that
+    step's graph, and the loader skips its cut. Each cut advances the XLA device's random generator, so a second one
+    would make a run that saved draw other dropout masks than one that resumes from the checkpoint or never saved.
+    (A save between epochs, where no cut is owed, still adds one: the saving run and a run resumed from it then
+    agree with each other, not with a run that never saved.)"""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def cut(self) -> None:
+        import_torch_xla().sync()
+        self.count += 1
+
+    def after_each_batch(self, dataloader: DataLoader[Any]) -> Iterable[Any]:
+        """`dataloader`'s batches, with a cut once the loop body is done with each, unless it cut meanwhile."""
+        return _CutAfterEachBatch(dataloader, self)
+
+
+class _CutAfterEachBatch:
+    def __init__(self, dataloader: DataLoader[Any], cuts: GraphCuts) -> None:
+        self._dataloader = dataloader
+        self._cuts = cuts
+
+    def __iter__(self) -> Iterator[Any]:
+        return self._cut_after_each(iter(self._dataloader))  # the loader's iterator now, not at the first batch
+
+    def _cut_after_each(self, batches: Iterator[Any]) -> Iterator[Any]:
+        for batch in batches:
+            owed = self._cuts.count
+            yield batch
+            if self._cuts.count == owed:
+                self._cuts.cut()
+
+
+class XLALazyGraph(Strategy):
+    """What both XLA strategies share about the lazy graph. It is cut once per step: after the loop body is done
+    with each batch (`process_dataloader`), or before, by a checkpoint saved in the body. Saving runs the pending
+    graph once on every rank (the same graph must run everywhere) and copies the state's tensors to the CPU, so the
+    files load anywhere, without torch_xla; the XLA device's random generator is saved and restored with the
+    host's, so dropout on the device resumes bit-exactly too."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.graph_cuts = GraphCuts()
+
+    def process_dataloader(self, dataloader: DataLoader[Any]) -> Iterable[Any]:
+        return self.graph_cuts.after_each_batch(dataloader)
 
     def checkpoint_entries(self, state: dict[str, Any], filter: Filter) -> dict[str, Any]:
-        GRAPH_CUTS.cut()  # one graph execution, instead of one per tensor copied; the loader then skips its own
-        return apply_to_collection(super().checkpoint_entries(state, filter), Tensor, lambda t: t.detach().cpu())
+        self.graph_cuts.cut()  # one graph execution, instead of one per tensor copied; the loader then skips its own
+        entries: dict[str, Any] = apply_to_collection(super().checkpoint_entries(state, filter), Tensor,
+                                                      lambda t: t.detach().cpu())
+        return entries
 
     def rng_states(self) -> dict[str, Any]:
         return {**super().rng_states(), "xla": _xm().get_rng_state()}
@@ -80,7 +126,7 @@ class XLACheckpoints(Strategy):
             _xm().set_rng_state(own["xla"])
 
 
-class SingleXLAStrategy(XLACheckpoints, RelinkOptimizerParameters, SingleDeviceStrategy):
+class SingleXLAStrategy(XLALazyGraph, RelinkOptimizerParameters, SingleDeviceStrategy):
     """One process on one XLA device (`xla:0`, or the index passed as `devices=[i]`)."""
 
     def setup_environment(self) -> None:
@@ -88,7 +134,7 @@ class SingleXLAStrategy(XLACheckpoints, RelinkOptimizerParameters, SingleDeviceS
         super().setup_environment()
 
 
-class XLAStrategy(XLACheckpoints, RelinkOptimizerParameters, ParallelStrategy):
+class XLAStrategy(XLALazyGraph, RelinkOptimizerParameters, ParallelStrategy):
     """One process per XLA device, replicas kept equal by broadcasting rank 0's parameters at setup and averaging
     gradients in `optimizer.step()` (`xm.optimizer_step`). Ranks come from the PJRT runtime once launched.
 
@@ -96,10 +142,9 @@ class XLAStrategy(XLACheckpoints, RelinkOptimizerParameters, ParallelStrategy):
 
     def __init__(self, accelerator: Accelerator | None = None, parallel_devices: list[torch.device] | None = None,
                  cluster_environment: ClusterEnvironment | None = None, precision: Precision | None = None,
-                 sync_module_states: bool = True, start_method: str = "spawn") -> None:
-        super().__init__(accelerator, parallel_devices, cluster_environment, precision)
+                 sync_module_states: bool = True, start_method: StartMethod = "spawn") -> None:
+        super().__init__(accelerator, parallel_devices, cluster_environment, precision, start_method=start_method)
         self.sync_module_states = sync_module_states
-        self.start_method = start_method
         self._launched = False
 
     def configure_launcher(self) -> None:
@@ -115,7 +160,8 @@ class XLAStrategy(XLACheckpoints, RelinkOptimizerParameters, ParallelStrategy):
             # Touching the XLA runtime in the parent would make torch_xla refuse to spawn the ranks.
             raise RuntimeError(f"strategy {type(self).__name__} knows its device only inside the launched "
                                "processes: call `fabric.launch(fn)` first")
-        return import_torch_xla().device()
+        device: torch.device = import_torch_xla().device()
+        return device
 
     @property
     def global_rank(self) -> int:
@@ -164,7 +210,7 @@ class XLAStrategy(XLACheckpoints, RelinkOptimizerParameters, ParallelStrategy):
         if op not in ("sum", "mean", "avg", "max", "min"):
             raise ValueError(f"reduce_op={reduce_op!r} is not supported on XLA; accepted: sum, mean, max, min")
         xm = _xm()
-        reduced = xm.all_reduce(op if op in ("max", "min") else "sum", tensor.to(self.root_device))
+        reduced: Tensor = xm.all_reduce(op if op in ("max", "min") else "sum", tensor.to(self.root_device))
         return reduced / self.world_size if op in ("mean", "avg") else reduced
 
     def all_gather(self, tensor: Tensor, group: Any = None, sync_grads: bool = False) -> Tensor:
@@ -175,8 +221,10 @@ class XLAStrategy(XLACheckpoints, RelinkOptimizerParameters, ParallelStrategy):
         if sync_grads:
             from torch_xla.core.functions import all_gather as differentiable_all_gather
 
-            return differentiable_all_gather(stacked)
-        return _xm().all_gather(stacked)
+            gathered: Tensor = differentiable_all_gather(stacked)
+        else:
+            gathered = _xm().all_gather(stacked)
+        return gathered
 
     def barrier(self, name: str | None = None) -> None:
         if self._launched and self.world_size > 1:

@@ -19,10 +19,12 @@ from torch.optim import Optimizer
 from fabric_kit.accelerators import Accelerator
 from fabric_kit.accelerators.xla import import_torch_xla
 from fabric_kit.checkpoint.io import load_file, save_file
-from fabric_kit.checkpoint.state import Filter, unwrap
+from fabric_kit.checkpoint.state import Filter
 from fabric_kit.environments import ClusterEnvironment
 from fabric_kit.precision import Precision
+from fabric_kit.strategies.parallel import StartMethod
 from fabric_kit.strategies.xla import XLAStrategy
+from fabric_kit.wrappers import unwrap
 
 SHARD_METADATA = "shard_metadata"
 """The entry of each shard file with the wrappers' `get_shard_metadata()`, where torch_xla's consolidation looks."""
@@ -36,7 +38,7 @@ class XLAFSDPStrategy(XLAStrategy):
 
     def __init__(self, accelerator: Accelerator | None = None, parallel_devices: list[torch.device] | None = None,
                  cluster_environment: ClusterEnvironment | None = None, precision: Precision | None = None,
-                 start_method: str = "spawn", **fsdp_kwargs: Any) -> None:
+                 start_method: StartMethod = "spawn", **fsdp_kwargs: Any) -> None:
         # No broadcast of rank 0's parameters: each rank keeps only its shard.
         super().__init__(accelerator, parallel_devices, cluster_environment, precision, sync_module_states=False,
                          start_method=start_method)
@@ -82,10 +84,11 @@ class XLAFSDPStrategy(XLAStrategy):
     def clip_gradients_norm(self, module: Module, optimizer: Optimizer, max_norm: float, norm_type: float = 2.0,
                             error_if_nonfinite: bool = True) -> Tensor:
         """The norm over all shards, from the wrapper: each rank sees only its shard of every gradient."""
-        wrapper = self._wrappers.get(unwrap(module))
-        if wrapper is None:
+        wrapper: Any = self._wrappers.get(module, module)  # the wrapper itself, or the user's module it wraps
+        if wrapper not in self._wrappers.values():
             raise TypeError("clip_gradients with 'xla_fsdp' needs the module returned by fabric.setup_module()")
-        return wrapper.clip_grad_norm_(max_norm, norm_type)
+        norm: Tensor = wrapper.clip_grad_norm_(max_norm, norm_type)
+        return norm
 
     # -- checkpoints: a directory with one file per rank ---------------------------------------------------------
     def checkpoint_entries(self, state: dict[str, Any], filter: Filter) -> dict[str, Any]:

@@ -8,7 +8,7 @@ import struct
 from pathlib import Path
 
 
-def read_scalars(log_dir: str | os.PathLike) -> dict[str, list[tuple[int, float]]]:
+def read_scalars(log_dir: str | os.PathLike[str]) -> dict[str, list[tuple[int, float]]]:
     """`{tag: [(step, value), ...]}` from every `events.out.tfevents.*` file in `log_dir` (not its subfolders),
     in file then write order. A damaged record raises ValueError naming the file."""
     from tensorboardX.proto.event_pb2 import Event

@@ -8,12 +8,14 @@ rank 1; under torchrun it runs unchanged with every rank started by torchrun; "d
 ranks with torch.multiprocessing and run `main` in each.
 """
 import os
+import random
 import sys
 import time
 
+import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader, Dataset, TensorDataset, get_worker_info
 
 from fabric_kit import Fabric
 
@@ -35,6 +37,17 @@ class UnrebuildableLoader(DataLoader):
 
     def __init__(self, dataset, flag):
         super().__init__(dataset, batch_size=2)
+
+
+class WorkerDraws(Dataset):
+    """Sample i: [i, the id of the worker that loaded it, what torch, numpy and python drew there]."""
+
+    def __len__(self):
+        return 8
+
+    def __getitem__(self, index):
+        return torch.tensor([index, get_worker_info().id, torch.randint(2**31, ()).item(), np.random.randint(2**31),
+                             random.randrange(2**31)])
 
 
 def conv_net():
@@ -164,7 +177,18 @@ def _dataloaders(fabric):
     return out
 
 
-SCENARIOS = {"train": train, "unused": unused, "parity": parity, "collectives": collectives}
+def worker_seeds(fabric, out_dir):
+    """What 2 dataloader workers per rank draw after `seed_everything(workers=True)`, twice from the same seed."""
+    runs = []
+    for _ in range(2):
+        fabric.seed_everything(7, workers=True)
+        loader = fabric.setup_dataloaders(DataLoader(WorkerDraws(), batch_size=2, num_workers=2))
+        runs.append(torch.cat(list(loader)))
+    return {"worker_draws": runs}
+
+
+SCENARIOS = {"train": train, "unused": unused, "parity": parity, "collectives": collectives,
+             "worker_seeds": worker_seeds}
 
 
 def main(fabric, scenario, out_dir):

@@ -142,6 +142,21 @@ def test_setup_dataloaders_refuses_an_unrebuildable_subclass(collectives):
         assert "use_distributed_sampler=False" in message
 
 
+def test_seed_everything_workers_seeds_each_worker_of_each_rank(run_ranks, tmp_path):
+    """seed_everything(workers=True): 2 workers on each of 2 ranks draw from torch, numpy and python differently
+    (without a worker_init_fn numpy repeats the parent's state in every worker, and equally seeded ranks give their
+    workers the same torch seeds), and the same again from the same seed."""
+    _, ranks = run_ranks([WORKER, "worker_seeds", "ddp", tmp_path], tmp_path)
+    for result in ranks:
+        first, again = result["worker_draws"]
+        assert torch.equal(first, again)
+        assert sorted(first[:, 1].tolist()) == [0, 0, 1, 1]  # each rank's 4 samples, loaded by its 2 workers
+    draws = torch.cat([result["worker_draws"][0] for result in ranks])
+    assert sorted(draws[:, 0].tolist()) == list(range(8))
+    for generator in (2, 3, 4):  # torch, numpy, python: 8 different draws
+        assert len(set(draws[:, generator].tolist())) == 8, draws
+
+
 def test_print_on_rank_zero_only(collectives):
     _, proc, _, _ = collectives
     assert "fabric.print on rank 0" in proc.stdout

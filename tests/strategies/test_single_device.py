@@ -16,8 +16,10 @@ def test_one_process_on_one_device():
     assert strategy.is_global_zero
     tensor = torch.ones(2)
     assert strategy.all_reduce(tensor) is tensor and strategy.all_gather(tensor) is tensor
-    assert strategy.broadcast("object") == "object"
+    assert strategy.broadcast("object") == "object" and strategy.all_gather_object("object") == ["object"]
     assert strategy.reduce_boolean_decision(False) is False
+    loader = torch.utils.data.DataLoader(range(4))
+    assert strategy.distributed_sampler_kwargs is None and strategy.process_dataloader(loader) is loader
 
 
 def test_instance_passed_to_fabric_gets_accelerator_and_precision():

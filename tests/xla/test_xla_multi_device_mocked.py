@@ -9,6 +9,7 @@ import sys
 
 import pytest
 import torch
+from torch.utils.data import DataLoader
 
 from fabric_kit.fabric import Fabric
 from fabric_kit.strategies.launchers.xla import XLALauncher
@@ -103,6 +104,20 @@ def test_rank_zero_alone_writes_the_checkpoint(fake_xla, operands_on_cpu, tmp_pa
     assert fake_xla.named("sync")  # the lazy graph runs on every rank before rank 0 copies to the CPU
 
 
+def test_the_loader_cuts_the_graph_once_per_batch_also_when_the_body_saved(fake_xla, operands_on_cpu, tmp_path):
+    """After each batch's body the loader cuts the lazy graph, unless a checkpoint saved in the body cut it."""
+    fabric = Fabric(accelerator="xla", strategy="xla", devices=fake_xla.devices)
+    fabric.launch(lambda f: None)
+    operands_on_cpu()
+    loader = fabric.setup_dataloaders(DataLoader(range(12)), move_to_device=False)  # rank 0's 3 of 12 batches
+    cuts_before_each_body = []
+    for index, _ in enumerate(loader):
+        cuts_before_each_body.append(len(fake_xla.named("sync")))
+        if index == 1:
+            fabric.save(str(tmp_path / "ckpt"), {"step": index})
+    assert cuts_before_each_body == [0, 1, 2] and len(fake_xla.named("sync")) == 3
+
+
 def test_fsdp_wraps_with_the_xla_fsdp_class_and_passes_kwargs(fake_xla):
     strategy = XLAFSDPStrategy(compute_dtype=torch.bfloat16)
     fabric = Fabric(accelerator="xla", strategy=strategy, devices=4)
@@ -144,8 +159,13 @@ def test_fsdp_step_does_not_reduce_again_and_cuts_the_graph(fake_xla):
 def test_fsdp_clips_with_the_norm_over_all_shards(fake_xla):
     strategy = _launched_strategy(fake_xla, "xla_fsdp")
     module = torch.nn.Linear(2, 2)
-    strategy.setup_module(module)
-    assert strategy.clip_gradients_norm(module, torch.optim.SGD(module.parameters(), lr=1), 1.0).item() == 123.0
+    wrapper = strategy.setup_module(module)
+    optimizer = torch.optim.SGD(module.parameters(), lr=1)
+    # The facade hands the strategy its wrapper; a caller holding the module inside gets the same.
+    assert strategy.clip_gradients_norm(wrapper, optimizer, 1.0).item() == 123.0
+    assert strategy.clip_gradients_norm(module, optimizer, 1.0).item() == 123.0
+    with pytest.raises(TypeError, match="fabric.setup_module"):
+        strategy.clip_gradients_norm(torch.nn.Linear(2, 2), optimizer, 1.0)
 
 
 def test_fsdp_checkpoint_is_one_shard_file_per_rank_and_loads_back(fake_xla, operands_on_cpu, tmp_path):

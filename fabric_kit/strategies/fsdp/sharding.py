@@ -3,20 +3,22 @@ activations in backward, over which device mesh, and how a model created on the 
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable, Iterable, Union
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import torch
 from torch.nn import Module
 
 try:
     from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
-    from torch.distributed.fsdp import CPUOffloadPolicy, FSDPModule, MixedPrecisionPolicy, OffloadPolicy, fully_shard
+    from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, OffloadPolicy, fully_shard
+    from torch.distributed.fsdp import FSDPModule as FSDPModule  # for the strategy, behind this import's error
 except ImportError as error:  # FSDP2 is public from torch 2.6
     raise ImportError(f"strategy 'fsdp' needs torch>=2.6 (FSDP2 `fully_shard`); this is torch {torch.__version__}"
                       ) from error
 from torch.utils.checkpoint import checkpoint
 
-ModulePolicy = Union[Iterable[type], Callable[[Module], bool], None]
+ModulePolicy = Iterable[type] | Callable[[Module], bool] | None
 """A set of module classes, or a function `module -> bool`; None selects nothing."""
 
 SHARDING_STRATEGIES = ("FULL_SHARD", "SHARD_GRAD_OP", "HYBRID_SHARD", "NO_SHARD")
@@ -35,7 +37,7 @@ def as_predicate(policy: ModulePolicy, name: str) -> Callable[[Module], bool]:
             raise TypeError(f"{name}={policy!r} holds {bad}, which are not nn.Module classes; accepted: a set of "
                             "nn.Module classes, or a function `module -> bool`")
         return lambda module: isinstance(module, classes)
-    if callable(policy):
+    if callable(policy) and not isinstance(policy, type):  # a class other than a module's is no predicate
         return policy
     raise TypeError(f"{name}={policy!r} is not supported; accepted: a set of nn.Module classes, or a function "
                     "`module -> bool`")
@@ -65,11 +67,11 @@ def apply_activation_checkpointing(module: Module, selects: Callable[[Module], b
     for submodule in module.modules():
         if selects(submodule) and not getattr(submodule, "_fabric_kit_checkpointed", False):
             submodule.forward = functools.partial(checkpoint, submodule.forward, use_reentrant=False)
-            submodule._fabric_kit_checkpointed = True
+            submodule._fabric_kit_checkpointed = True  # type: ignore[assignment]  # a plain flag, not a tensor
 
 
 def shard(module: Module, selects: Callable[[Module], bool], mesh: DeviceMesh, reshard_after_forward: bool,
-          mp_policy: MixedPrecisionPolicy, cpu_offload: bool) -> FSDPModule:
+          mp_policy: MixedPrecisionPolicy, cpu_offload: bool) -> Module:
     """`fully_shard` every selected submodule, innermost first, then the root (which takes every parameter left)."""
     offload: OffloadPolicy = (CPUOffloadPolicy(pin_memory=torch.cuda.is_available()) if cpu_offload
                               else OffloadPolicy())
@@ -79,7 +81,8 @@ def shard(module: Module, selects: Callable[[Module], bool], mesh: DeviceMesh, r
     for _, submodule in reversed(list(module.named_modules())):
         if submodule is not module and selects(submodule) and not isinstance(submodule, FSDPModule):
             fully_shard(submodule, **options)
-    return fully_shard(module, **options)
+    fully_shard(module, **options)
+    return module  # an FSDPModule now: fully_shard changes the module's class in place
 
 
 def has_meta_tensors(module: Module) -> bool:
@@ -112,7 +115,7 @@ def materialize(module: Module, device: torch.device, mesh: DeviceMesh) -> None:
         if device.type == "cpu":
             torch.manual_seed(seed + mesh.get_local_rank("shard"))
         for owner in owners:
-            owner.reset_parameters()
+            owner.reset_parameters()  # type: ignore[operator]  # checked by check_materializable
 
 
 def _owns_meta_tensors(module: Module) -> bool:

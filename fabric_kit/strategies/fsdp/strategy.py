@@ -3,10 +3,11 @@ parameter, gradient and optimizer state; parameters are gathered per shard group
 backward. Models larger than one process's memory can be created on the meta device and materialise sharded."""
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import AbstractContextManager, ExitStack, contextmanager, nullcontext
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Iterator, Literal
+from typing import Any, Literal
 
 import torch
 import torch.distributed.checkpoint as dcp
@@ -16,21 +17,28 @@ from torch.nn import Module
 from torch.optim import Optimizer
 
 from fabric_kit.accelerators import Accelerator
+from fabric_kit.checkpoint import sharded as checkpoint
 from fabric_kit.checkpoint.errors import reported_write_errors
-from fabric_kit.checkpoint.sharded import PLAIN_ENTRIES, is_sharded_checkpoint
+from fabric_kit.checkpoint.sharded import PLAIN_ENTRIES, ShardedStateDict, is_sharded_checkpoint
 from fabric_kit.checkpoint.sharded_reading import load_sharded
 from fabric_kit.checkpoint.state import Filter
 from fabric_kit.environments import ClusterEnvironment
 from fabric_kit.precision import Precision
 from fabric_kit.precision.fsdp import fsdp_precision, mixed_precision_policy
-from fabric_kit.strategies.ddp import DDPStrategy, StartMethod
-from fabric_kit.strategies.fsdp import checkpoint
-from fabric_kit.strategies.fsdp.checkpoint import ShardedStateDict
-from fabric_kit.strategies.fsdp.sharding import (FSDPModule, ModulePolicy, apply_activation_checkpointing,
-                                                 as_predicate, build_mesh, check_materializable,
-                                                 check_sharding_strategy, has_meta_tensors, materialize, shard)
+from fabric_kit.strategies.fsdp.sharding import (
+    FSDPModule,
+    ModulePolicy,
+    apply_activation_checkpointing,
+    as_predicate,
+    build_mesh,
+    check_materializable,
+    check_sharding_strategy,
+    has_meta_tensors,
+    materialize,
+    shard,
+)
 from fabric_kit.strategies.fsdp.writer import ReportingFileSystemWriter
-from fabric_kit.strategies.parallel import ParallelStrategy
+from fabric_kit.strategies.parallel import ParallelStrategy, StartMethod
 from fabric_kit.strategies.strategy import BackwardSyncControl
 
 StateDictType = Literal["sharded", "full"]
@@ -61,7 +69,7 @@ class FSDPStrategy(ParallelStrategy, BackwardSyncControl):
                  cpu_offload: bool = False, sharding_strategy: str = "FULL_SHARD",
                  state_dict_type: StateDictType = "sharded", start_method: StartMethod = "popen") -> None:
         super().__init__(accelerator, parallel_devices, cluster_environment, precision, process_group_backend,
-                         timeout)
+                         timeout, start_method)
         if state_dict_type not in ("sharded", "full"):
             raise ValueError(f"state_dict_type={state_dict_type!r} is not supported; accepted: 'sharded', 'full'")
         self.auto_wrap_policy = as_predicate(auto_wrap_policy, "auto_wrap_policy")
@@ -70,12 +78,8 @@ class FSDPStrategy(ParallelStrategy, BackwardSyncControl):
         self.cpu_offload = cpu_offload
         self.sharding_strategy = check_sharding_strategy(sharding_strategy)
         self.state_dict_type = state_dict_type
-        self.start_method = start_method
         self._mesh: Any = None
         self._modules_sharded = 0
-
-    # The same launch modes as DDP: the launcher depends only on the environment and the start method.
-    configure_launcher = DDPStrategy.configure_launcher
 
     @property
     def precision(self) -> Precision:
@@ -91,7 +95,7 @@ class FSDPStrategy(ParallelStrategy, BackwardSyncControl):
         self._mesh = build_mesh(self.sharding_strategy, self.root_device.type, self.world_size, self.num_nodes)
 
     # -- modules and optimizers -----------------------------------------------------------------------------------
-    def module_init_context(self, empty_init: bool | None = None) -> AbstractContextManager:
+    def module_init_context(self, empty_init: bool | None = None) -> AbstractContextManager[Any]:
         """`empty_init=True` creates the model on the meta device (no memory); it materialises shard by shard in
         `setup_module`, each rank allocating only its shards."""
         if not empty_init:
@@ -147,7 +151,7 @@ class FSDPStrategy(ParallelStrategy, BackwardSyncControl):
         norm = super().clip_gradients_norm(module, optimizer, max_norm, norm_type, error_if_nonfinite)
         return norm.full_tensor() if isinstance(norm, DTensor) else norm
 
-    def no_backward_sync(self, module: Module, enabled: bool) -> AbstractContextManager:
+    def no_backward_sync(self, module: Module, enabled: bool) -> AbstractContextManager[Any]:
         """Gradients accumulate unsharded and unreduced inside; the first backward outside reduces them all."""
         if not enabled:
             return nullcontext()

@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 
 class Launcher(ABC):
@@ -16,5 +17,5 @@ class Launcher(ABC):
         """Whether it works from a notebook / REPL, where there is no script to re-run."""
 
     @abstractmethod
-    def launch(self, function: Callable, *args: Any, **kwargs: Any) -> Any:
+    def launch(self, function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """Run `function(*args, **kwargs)` in every process and return rank 0's result."""

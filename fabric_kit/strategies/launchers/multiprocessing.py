@@ -5,7 +5,8 @@ from __future__ import annotations
 import os
 import pickle
 import sys
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch.multiprocessing as mp
 from torch.nn import Module
@@ -29,7 +30,7 @@ class MultiprocessingLauncher(Launcher):
     def is_interactive_compatible(self) -> bool:
         return self.start_method == "fork"
 
-    def launch(self, function: Callable, *args: Any, **kwargs: Any) -> Any:
+    def launch(self, function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         # Pick the address before forking so every rank agrees on it.
         os.environ["MASTER_ADDR"] = self.environment.main_address
         os.environ["MASTER_PORT"] = str(self.environment.main_port)
@@ -39,7 +40,7 @@ class MultiprocessingLauncher(Launcher):
                                      nprocs=self.num_processes, start_method=self.start_method, join=False)
         # Read rank 0's result while the ranks run: one larger than the pipe's buffer blocks rank 0 in `put` until
         # it is read. `join` raises as soon as a rank fails.
-        received = []
+        received: list[bytes] = []
         while not context.join(timeout=0.05):
             if not received and not results.empty():
                 received.append(results.get())
@@ -48,8 +49,8 @@ class MultiprocessingLauncher(Launcher):
         return pickle.loads(received[0])
 
 
-def _run_rank(local_rank: int, environment: ClusterEnvironment, num_processes: int, function: Callable,
-              args: tuple, kwargs: dict, results: Any, pickled: bool) -> None:
+def _run_rank(local_rank: int, environment: ClusterEnvironment, num_processes: int, function: Callable[..., Any],
+              args: tuple[Any, ...], kwargs: dict[str, Any], results: Any, pickled: bool) -> None:
     os.environ["LOCAL_RANK"] = os.environ["RANK"] = str(local_rank)
     os.environ["WORLD_SIZE"] = os.environ["LOCAL_WORLD_SIZE"] = str(num_processes)
     os.environ["NODE_RANK"] = "0"

@@ -10,7 +10,8 @@ import subprocess
 import sys
 import threading
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from fabric_kit.environments import ClusterEnvironment
 from fabric_kit.strategies.launchers.launcher import Launcher
@@ -23,13 +24,13 @@ class SubprocessScriptLauncher(Launcher):
         self.environment = environment
         self.num_processes = num_processes
         self.num_nodes = num_nodes
-        self.children: list[subprocess.Popen] = []
+        self.children: list[subprocess.Popen[bytes]] = []
 
     @property
     def is_interactive_compatible(self) -> bool:
         return False
 
-    def launch(self, function: Callable, *args: Any, **kwargs: Any) -> Any:
+    def launch(self, function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         if self.environment.creates_processes_externally:
             return function(*args, **kwargs)
         self._start_children()
@@ -70,7 +71,7 @@ def _rerun_command() -> list[str]:
     return [sys.executable, os.path.abspath(sys.argv[0]), *sys.argv[1:]]
 
 
-def _watch_children(children: list[subprocess.Popen]) -> None:
+def _watch_children(children: list[subprocess.Popen[bytes]]) -> None:
     """When a child fails, stop the others and this process: peers would otherwise wait forever in a collective."""
     while True:
         for child in children:
@@ -87,7 +88,7 @@ def _watch_children(children: list[subprocess.Popen]) -> None:
         time.sleep(0.5)
 
 
-def _wait_for_children(children: list[subprocess.Popen]) -> None:
+def _wait_for_children(children: list[subprocess.Popen[bytes]]) -> None:
     """Rank 0 outlives its children, so the job's exit status (and a shell waiting on it) covers every rank."""
     codes = [child.wait() for child in children]
     failed = next((code for code in codes if code != 0), 0)

@@ -2,7 +2,8 @@
 `torch_xla.launch` calls) and return the result of this host's first process."""
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch.multiprocessing as mp
 
@@ -24,7 +25,7 @@ class XLALauncher(Launcher):
         """PJRT accepts 1 (run in this process) or None (one process per device of the host), nothing between."""
         return 1 if self.num_processes == 1 else None
 
-    def launch(self, function: Callable, *args: Any, **kwargs: Any) -> Any:
+    def launch(self, function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         import_torch_xla()
         import torch_xla.distributed.xla_multiprocessing as xmp
 
@@ -37,7 +38,8 @@ class XLALauncher(Launcher):
             return results.get()
 
 
-def _run_rank(global_ordinal: int, function: Callable, args: tuple, kwargs: dict, results: Any) -> None:
+def _run_rank(global_ordinal: int, function: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any],
+              results: Any) -> None:
     import torch_xla.runtime as xr
 
     result = function(*args, **kwargs)
