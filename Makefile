@@ -21,8 +21,8 @@ train: $(VENV)/.installed
 
 # ruff (ruff.toml) and strict mypy (setup.cfg) over fabric_kit; `make test` runs them first.
 lint: $(VENV)/.installed
-	$(PY) -m ruff check fabric_kit
-	$(PY) -m mypy fabric_kit
+	$(PY) -m ruff check fabric_kit loops tests benchmarks examples
+	$(PY) -m mypy fabric_kit loops
 
 test: $(VENV)/.installed lint
 	$(PY) -m pytest -q tests

@@ -334,7 +334,7 @@ def fsdp_worker(mb: float, rounds: int, directory: str) -> None:
 
     # Warm-up as in `one`: each operation once on a tiny sharded state, untimed.
     tiny = sharded_state(0.1)
-    for (op, kind), run in ops.items():
+    for (_, kind), run in ops.items():
         run(os.path.join(directory, f"warmup-{kind}"), *tiny)
     del tiny
     gc.collect()
@@ -427,7 +427,7 @@ def summarize(results: dict) -> dict:
         if kind == "raw":
             continue
         raw, ours = summary[(op, "raw")], summary[(op, kind)]
-        per_round = [r["seconds"] / b["seconds"] for r, b in zip(rounds, results[(op, "raw")])]
+        per_round = [r["seconds"] / b["seconds"] for r, b in zip(rounds, results[(op, "raw")], strict=False)]
         ours.update(time_ratio=ours["seconds"] / raw["seconds"], per_round=per_round,
                     median_ratio=statistics.median(per_round),
                     # a state of a few MB (the smoke test) can leave raw's measured peak at 0

@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -107,8 +107,9 @@ def fabric_loop(batch: tuple[torch.Tensor, torch.Tensor]) -> Callable[[int], flo
 def trainer_loop(batch: tuple[torch.Tensor, torch.Tensor]) -> Callable[[int], float]:
     """Each measurement fits a fresh module for `steps + 1` batches of the same data; a callback times the steps
     after the first (warm-up) one, so the Trainer's set-up is not counted."""
-    import loops
     from torch.utils.data import DataLoader, TensorDataset
+
+    import loops
 
     class Module(loops.LightningModule):
         def __init__(self) -> None:

@@ -19,9 +19,8 @@ import sys
 import time
 from pathlib import Path
 
-import torch
-
 import overhead
+import torch
 
 HERE = Path(__file__).resolve().parent
 TOP_README = HERE.parent / "README.md"

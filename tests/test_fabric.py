@@ -68,7 +68,8 @@ def test_ddp_needs_launch_before_setup():
 
 
 def test_spawn_launch_needs_a_function():
-    with pytest.raises(TypeError, match=r"starts fresh processes with MultiprocessingLauncher: pass the function to run, `fabric.launch\(train\)`"):
+    with pytest.raises(TypeError, match=r"starts fresh processes with MultiprocessingLauncher: pass the function to "
+                                        r"run, `fabric.launch\(train\)`"):
         Fabric(accelerator="cpu", devices=2, strategy="ddp_spawn").launch()
 
 
@@ -167,7 +168,7 @@ def test_clip_gradients_by_norm(fabric):
     torch.testing.assert_close(returned, total)  # the norm before clipping
     clipped = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad) for p in net.parameters()]))
     torch.testing.assert_close(clipped, torch.tensor(1.0), rtol=1e-4, atol=1e-4)
-    for before, p in zip(grads, net.parameters()):  # scaled, not changed in direction
+    for before, p in zip(grads, net.parameters(), strict=False):  # scaled, not changed in direction
         torch.testing.assert_close(p.grad, before / total, rtol=1e-4, atol=1e-6)
 
 
@@ -177,7 +178,7 @@ def test_clip_gradients_by_value(fabric):
     grads = [p.grad.clone() for p in net.parameters()]
     assert max(g.abs().max() for g in grads) > 0.1
     assert fabric.clip_gradients(model, optimizer, clip_val=0.1) is None
-    for before, p in zip(grads, net.parameters()):
+    for before, p in zip(grads, net.parameters(), strict=False):
         assert torch.equal(p.grad, before.clamp(-0.1, 0.1))
 
 

@@ -43,7 +43,8 @@ def main() -> None:
     fabric.seed_everything(7 + fabric.global_rank)  # each rank draws its own real and generated points
 
     generator, discriminator = mlp(NOISE, 2), mlp(2, 1)
-    generator, g_optimizer = fabric.setup(generator, torch.optim.Adam(generator.parameters(), args.lr, betas=(0.5, 0.9)))
+    generator, g_optimizer = fabric.setup(generator,
+                                          torch.optim.Adam(generator.parameters(), args.lr, betas=(0.5, 0.9)))
     discriminator, d_optimizer = fabric.setup(discriminator,
                                               torch.optim.Adam(discriminator.parameters(), args.lr, betas=(0.5, 0.9)))
     bce = nn.functional.binary_cross_entropy_with_logits

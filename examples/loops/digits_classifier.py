@@ -6,7 +6,8 @@ and loggers, written exactly as for Lightning except the imports.
 
 The data is scikit-learn's 8x8 digits (shipped with the package). The learning rate follows a cosine schedule
 (logged each epoch by LearningRateMonitor); training stops early when the validation loss stops improving. After
-`fit`, the best checkpoint (highest validation accuracy) is tested. Logs go to TensorBoard and CSV under `--root`, checkpoints to the Lightning layout
+`fit`, the best checkpoint (highest validation accuracy) is tested. Logs go to TensorBoard and CSV under `--root`,
+checkpoints to the Lightning layout
 `<root>/lightning_logs/version_N/checkpoints/`.
 """
 from __future__ import annotations

@@ -1,5 +1,5 @@
-from loops.callbacks.callback import Callback
 from loops.callbacks.batch_size_finder import BatchSizeFinder
+from loops.callbacks.callback import Callback
 from loops.callbacks.checkpoint import Checkpoint
 from loops.callbacks.device_stats_monitor import DeviceStatsMonitor
 from loops.callbacks.early_stopping import EarlyStopping

@@ -4,7 +4,8 @@ is the ready-made schedule for a module with a `backbone`."""
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Union
+from collections.abc import Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Any
 
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
@@ -17,7 +18,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-Modules = Union[nn.Module, Iterable[Union[nn.Module, Iterable[Any]]]]
+Modules = nn.Module | Iterable[nn.Module | Iterable[Any]]
 
 
 def multiplicative(epoch: int) -> float:

@@ -2,7 +2,8 @@
 pl_module: ...)`; each function takes the hook's arguments."""
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from loops.callbacks.callback import Callback
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from loops.callbacks.callback import Callback
-from loops.tuner.lr_finder import LRFinder, check_lr_find_arguments, lr_find
 from loops.tuner.exit import TunerExit
+from loops.tuner.lr_finder import LRFinder, check_lr_find_arguments, lr_find
 
 if TYPE_CHECKING:
     from loops.trainer.trainer import Trainer

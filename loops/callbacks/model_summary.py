@@ -39,8 +39,9 @@ def summarize(module: nn.Module, max_depth: int = 1) -> str:
     ]
     widths = [max([len(header)] + [len(cell) for cell in cells]) for header, cells in columns]
     rule = "-" * (sum(widths) + 3 * len(columns))
-    lines = [" | ".join(f"{header:<{w}}" for (header, _), w in zip(columns, widths)), rule]
-    lines += [" | ".join(f"{cells[i]:<{w}}" for (_, cells), w in zip(columns, widths)) for i in range(len(rows))]
+    lines = [" | ".join(f"{header:<{w}}" for (header, _), w in zip(columns, widths, strict=False)), rule]
+    lines += [" | ".join(f"{cells[i]:<{w}}" for (_, cells), w in zip(columns, widths, strict=False))
+              for i in range(len(rows))]
     lines.append(rule)
 
     parameters = list(module.parameters())

@@ -55,7 +55,7 @@ class BasePredictionWriter(Callback):
             return
         predictions = self._predictions[0] if len(self._predictions) == 1 else self._predictions
         done = [len(p) for p in self._predictions]
-        indices = [None if loader is None else loader[:n] for loader, n in zip(self._indices, done)]
+        indices = [None if loader is None else loader[:n] for loader, n in zip(self._indices, done, strict=False)]
         self.write_on_epoch_end(trainer, pl_module, predictions, indices)
         self._predictions = []
 

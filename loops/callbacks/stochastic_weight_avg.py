@@ -4,7 +4,8 @@ and its BatchNorm statistics are recomputed for it with one pass over the traini
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
@@ -18,6 +19,7 @@ if TYPE_CHECKING:
     from loops.trainer.trainer import Trainer
 
 AverageFn = Callable[[Tensor, Tensor, Tensor], Tensor]
+_CPU = torch.device("cpu")
 
 
 class StochasticWeightAveraging(Callback):
@@ -37,7 +39,7 @@ class StochasticWeightAveraging(Callback):
 
     def __init__(self, swa_lrs: float | list[float], swa_epoch_start: int | float = 0.8, annealing_epochs: int = 10,
                  annealing_strategy: str = "cos", avg_fn: AverageFn | None = None,
-                 device: torch.device | str | None = torch.device("cpu")) -> None:
+                 device: torch.device | str | None = _CPU) -> None:
         lrs = swa_lrs if isinstance(swa_lrs, list) else [swa_lrs]
         if not lrs or not all(isinstance(lr, (int, float)) and not isinstance(lr, bool) and lr > 0 for lr in lrs):
             raise ValueError(f"swa_lrs={swa_lrs!r}: pass a positive float, or a list of positive floats (one per "
@@ -138,7 +140,7 @@ class StochasticWeightAveraging(Callback):
                                     anneal_strategy="cos" if self._annealing_strategy == "cos" else "linear")
         if self._scheduler_state is not None:  # resumed: the restored learning rates continue the annealing
             self._swa_scheduler.load_state_dict(self._scheduler_state)
-            for group, lr in zip(optimizer.param_groups, current):
+            for group, lr in zip(optimizer.param_groups, current, strict=False):
                 group["lr"] = lr
         config = SchedulerConfig(self._swa_scheduler, interval="epoch")
         if trainer.lr_scheduler_configs:
@@ -154,7 +156,7 @@ class StochasticWeightAveraging(Callback):
             self._average = [p.to(device, copy=True) for p in params]
         else:
             count = torch.tensor(self.n_averaged)
-            for average, param in zip(self._average, params):
+            for average, param in zip(self._average, params, strict=False):
                 average.copy_(self._avg_fn(average, param.to(average.device), count.to(average.device)))
         self.n_averaged += 1
 
@@ -163,7 +165,7 @@ class StochasticWeightAveraging(Callback):
             return
         self._transferred = True
         with torch.no_grad():
-            for average, param in zip(self._average, pl_module.parameters()):
+            for average, param in zip(self._average, pl_module.parameters(), strict=False):
                 param.copy_(average.to(param.device))
         if self.pl_module_contains_batch_norm(pl_module):
             recompute_batch_norm(trainer, pl_module)

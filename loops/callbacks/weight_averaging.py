@@ -113,7 +113,7 @@ class WeightAveraging(Callback):
     def _pairs(self, pl_module: nn.Module) -> Any:
         average = self._ensure_average_model(pl_module).module
         return zip(itertools.chain(average.parameters(), average.buffers()),
-                   itertools.chain(pl_module.parameters(), pl_module.buffers()))
+                   itertools.chain(pl_module.parameters(), pl_module.buffers()), strict=False)
 
     def _swap(self, pl_module: nn.Module) -> None:
         for average, current in self._pairs(pl_module):

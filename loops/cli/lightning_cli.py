@@ -5,8 +5,9 @@ from __future__ import annotations
 import os
 import random
 import warnings
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any, Callable, Iterator, Optional, Union
+from typing import Any
 
 from jsonargparse import Namespace, class_from_function
 from torch.optim import Optimizer
@@ -19,7 +20,7 @@ from loops.core.datamodule import LightningDataModule
 from loops.core.module import LightningModule
 from loops.trainer.trainer import Trainer
 
-ArgsType = Optional[Union[list[str], dict[str, Any], Namespace]]
+ArgsType = list[str] | dict[str, Any] | Namespace | None
 """What `LightningCLI(args=...)` takes instead of `sys.argv[1:]`: a list of command-line strings, or a config as
 a dict or Namespace."""
 
@@ -119,7 +120,7 @@ class LightningCLI:
                 parser.add_lr_scheduler_args(SCHEDULER_BASES)
 
     def add_default_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
-        parser.add_argument("--seed_everything", type=Union[bool, int], default=self.seed_everything_default,
+        parser.add_argument("--seed_everything", type=bool | int, default=self.seed_everything_default,
                             help="Seed every random generator with this int before building anything; true picks "
                                  "a random seed (written to the saved config), false does not seed.")
 

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable, Iterable
 from types import MethodType
-from typing import Any, Callable, Iterable, Union
+from typing import Any
 
 import torch
 from torch.optim import Optimizer
@@ -26,7 +27,7 @@ SCHEDULER_BASES = (LRScheduler, ReduceLROnPlateau)
 
 OptimizerCallable = Callable[[Iterable], Optimizer]
 """Type hint for a model argument that builds its optimizer from parameters: `optimizer: OptimizerCallable`."""
-LRSchedulerCallable = Callable[[Optimizer], Union[LRScheduler, ReduceLROnPlateau]]
+LRSchedulerCallable = Callable[[Optimizer], LRScheduler | ReduceLROnPlateau]
 """Type hint for a model argument that builds its scheduler from an optimizer."""
 
 
@@ -50,4 +51,5 @@ def replace_configure_optimizers(model: torch.nn.Module, optimizer_init: dict[st
         scheduler = instantiate_class(optimizer, scheduler_init) if scheduler_init else None
         return build(module, optimizer, scheduler)
 
-    setattr(model, "configure_optimizers", MethodType(configured, model))  # this instance's method only
+    # setattr: nn.Module types its attributes as tensors or modules, and this is a bound method
+    setattr(model, "configure_optimizers", MethodType(configured, model))  # noqa: B010  (this instance only)

@@ -3,7 +3,8 @@ datamodule, callbacks, optimizer, LR scheduler), each remembered so the CLI know
 from __future__ import annotations
 
 import os
-from typing import Any, Callable, Union
+from collections.abc import Callable
+from typing import Any
 
 import yaml
 from jsonargparse import ActionConfigFile, ArgumentParser, class_from_function
@@ -19,7 +20,7 @@ AUTOMATIC = "AUTOMATIC"
 """`link_to` value meaning: the CLI replaces the model's `configure_optimizers` with the configured one."""
 
 _LIGHTNING_CLASSES = (Trainer, LightningModule, LightningDataModule, Callback)
-ClassOrClasses = Union[type, tuple[type, ...]]
+ClassOrClasses = type | tuple[type, ...]
 
 
 class LightningArgumentParser(ArgumentParser):

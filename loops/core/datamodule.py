@@ -1,7 +1,8 @@
 """LightningDataModule: the data side of an experiment (download, split, loaders) in one reusable class."""
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Iterable
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
 
 from torch.utils.data import DataLoader, Dataset
 

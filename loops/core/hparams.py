@@ -7,7 +7,8 @@ import inspect
 import types
 import warnings
 from argparse import Namespace
-from typing import Any, Iterable, Mapping
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 import torch
 

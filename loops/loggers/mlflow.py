@@ -8,8 +8,9 @@ import tempfile
 import time
 import warnings
 from argparse import Namespace
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal, Mapping
+from typing import Any, Literal
 
 from fabric_kit.loggers import Logger, rank_zero_experiment
 from fabric_kit.loggers.params import as_dict, flatten, write_hparams_yaml
@@ -147,13 +148,14 @@ class MLFlowLogger(Logger):
         entries = []
         for key, value in metrics.items():
             if isinstance(value, str):
-                warnings.warn(f"MLFlowLogger skips {key!r}: its value {value!r} is a string, not a number")
+                warnings.warn(f"MLFlowLogger skips {key!r}: its value {value!r} is a string, not a number",
+                              stacklevel=2)
                 continue
             key = f"{self._prefix}{self.LOGGER_JOIN_CHAR}{key}" if self._prefix else key
             clean = _BAD_METRIC_CHARACTERS.sub("", key)
             if clean != key:
                 warnings.warn(f"MLflow metric names allow letters, digits and '_', '/', '.', ' ', '-': {key!r} is "
-                              f"logged as {clean!r}", RuntimeWarning)
+                              f"logged as {clean!r}", RuntimeWarning, stacklevel=2)
             entries.append(Metric(clean, float(value), timestamp_ms, step or 0))
         self.experiment.log_batch(self.run_id, metrics=entries, **self._batch_kwargs)
 

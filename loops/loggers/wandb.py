@@ -5,7 +5,8 @@ from __future__ import annotations
 import importlib.util
 import os
 from argparse import Namespace
-from typing import Any, Literal, Mapping
+from collections.abc import Mapping
+from typing import Any, Literal
 
 from torch import nn
 
@@ -172,7 +173,7 @@ class WandbLogger(Logger):
     def _upload(self, callback: Any) -> None:
         import wandb
 
-        for mtime, path, score, tag in checkpoints_to_upload(callback, self._uploaded):
+        for mtime, path, score, _tag in checkpoints_to_upload(callback, self._uploaded):
             name = self._checkpoint_name or f"model-{self.experiment.id}"
             artifact = wandb.Artifact(name=name, type="model", metadata=checkpoint_metadata(callback, path, score))
             artifact.add_file(path, name="model.ckpt")

@@ -2,7 +2,8 @@
 reduction (batch-size weighted mean, sum, max or min), synced over processes on request."""
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import Tensor

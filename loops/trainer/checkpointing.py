@@ -8,8 +8,9 @@ from __future__ import annotations
 import os
 import re
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 from fabric_kit import Fabric
 from fabric_kit.checkpoint import read_checkpoint
@@ -214,7 +215,7 @@ def _restore_optimizer_list(trainer: Trainer, checkpoint: dict[str, Any], path: 
                        "ModelCheckpoint(save_weights_only=True)); fit cannot resume the optimizers from it. Load "
                        "the weights with Model.load_from_checkpoint and start fit without ckpt_path")
     if len(states) == len(trainer.optimizers):
-        for optimizer, state in zip(trainer.optimizers, states):
+        for optimizer, state in zip(trainer.optimizers, states, strict=False):
             optimizer.load_state_dict(state)
     return len(states)
 
@@ -227,7 +228,7 @@ def restore_training_state(trainer: Trainer, checkpoint: dict[str, Any], path: s
         raise KeyError(f"checkpoint {path!r} has no scheduler states (saved with weights_only=True); fit cannot "
                        "resume from it. Load the weights with Model.load_from_checkpoint and start fit without "
                        "ckpt_path")
-    for config, state in zip(trainer.lr_scheduler_configs, checkpoint["lr_schedulers"]):
+    for config, state in zip(trainer.lr_scheduler_configs, checkpoint["lr_schedulers"], strict=False):
         config.scheduler.load_state_dict(state)
     fit_loop = trainer.fit_loop
     loop_state = checkpoint.get("loops", {}).get("fit_loop")

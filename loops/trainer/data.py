@@ -117,4 +117,4 @@ class CycleLoaders:
                 except StopIteration:
                     iterators[index] = iter(loader)
                     batches.append(next(iterators[index]))
-            yield dict(zip(self._keys, batches)) if self._keys is not None else batches
+            yield dict(zip(self._keys, batches, strict=False)) if self._keys is not None else batches

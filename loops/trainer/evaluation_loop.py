@@ -35,7 +35,7 @@ def run_evaluation(trainer: Trainer, stage: str, loaders: list[Any], limits: lis
         with torch.inference_mode() if trainer.inference_mode else torch.no_grad():
             hooks.call(f"on_{prefix}_start")
             hooks.call(f"on_{prefix}_epoch_start")
-            for dataloader_idx, (loader, limit) in enumerate(zip(loaders, limits)):
+            for dataloader_idx, (loader, limit) in enumerate(zip(loaders, limits, strict=False)):
                 scope.dataloader_idx = dataloader_idx if multiple else None
                 extra = (dataloader_idx,) if multiple else ()
                 if limit <= 0:

@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from functools import partial
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 from fabric_kit import is_wrapped
 from loops.core.optimizer_config import step_schedulers
@@ -59,7 +60,8 @@ class FitLoop:
         loaders = setup_loaders(trainer.fabric, raws, True, trainer.use_distributed_sampler,
                                 not state.custom_transfer)
         if several:
-            self.train_loader = CycleLoaders(dict(zip(raw, loaders)) if isinstance(raw, dict) else loaders)
+            named = dict(zip(raw, loaders, strict=True)) if isinstance(raw, dict) else loaders
+            self.train_loader = CycleLoaders(named)
         else:
             self.train_loader = loaders[0]
         # Counted on this process's shard: with several processes each sees a part of the epoch.

@@ -29,7 +29,7 @@ def run_prediction(trainer: Trainer, loaders: list[Any], limits: list[int | floa
         with torch.inference_mode() if trainer.inference_mode else torch.no_grad():
             hooks.call("on_predict_start")
             hooks.call("on_predict_epoch_start")
-            for dataloader_idx, (loader, limit) in enumerate(zip(loaders, limits)):
+            for dataloader_idx, (loader, limit) in enumerate(zip(loaders, limits, strict=False)):
                 extra = (dataloader_idx,) if multiple else ()
                 predictions: list[Any] = []
                 all_predictions.append(predictions)

@@ -11,10 +11,10 @@ Trainer holds and its loops, optimization and checkpointing share. The Trainer's
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 from loops.logging.metrics import MetricsHub
 from loops.logging.results import Results

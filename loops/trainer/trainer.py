@@ -21,8 +21,8 @@ from loops.core.datamodule import LightningDataModule
 from loops.core.hooks import DataHooks
 from loops.core.module import LightningModule
 from loops.core.optimizer_config import parse_optimizers
-from loops.logging.hook_rules import NO_LOGGING
 from loops.loggers.defaults import default_loggers, hyperparameters_to_log
+from loops.logging.hook_rules import NO_LOGGING
 from loops.trainer import arguments as args_check
 from loops.trainer import checkpointing
 from loops.trainer.data import as_list, find_loaders, limit_batches, setup_loaders

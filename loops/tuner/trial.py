@@ -37,9 +37,9 @@ class TrainerSnapshot:
         module = trainer.run_state.hooks.pl_module
         module.load_state_dict(self.weights)
         module.zero_grad(set_to_none=True)
-        for optimizer, state in zip(trainer.optimizers, self.optimizers):
+        for optimizer, state in zip(trainer.optimizers, self.optimizers, strict=False):
             optimizer.load_state_dict(state)
-        for config, state in zip(trainer.lr_scheduler_configs, self.schedulers):
+        for config, state in zip(trainer.lr_scheduler_configs, self.schedulers, strict=False):
             config.scheduler.load_state_dict(state)
         _set_rng_states(self.rng)
 

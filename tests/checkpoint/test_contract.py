@@ -4,8 +4,8 @@ checked the same way under every registered strategy that runs on this machine's
 tests/checkpoint/contract_worker.py runs the scenario (see its docstring) in real processes, several cases per
 start-up: single_device with ddp_fork and ddp_spawn (one process that starts their ranks), ddp with the FSDP cases
 (2 processes), DeepSpeed's stages 1-3 and its two offload presets (2 processes). The XLA strategies need torch_xla:
-their variant is tests/xla/test_xla_contract.py (`make test-xla`). A strategy registered later must be added to COVERS, SAME_AS or
-NOT_RUNNABLE below, or test_every_registered_strategy_is_accounted_for fails.
+their variant is tests/xla/test_xla_contract.py (`make test-xla`). A strategy registered later must be added to
+COVERS, SAME_AS or NOT_RUNNABLE below, or test_every_registered_strategy_is_accounted_for fails.
 """
 import importlib.util
 from fractions import Fraction

@@ -4,8 +4,7 @@ import os
 
 import pytest
 
-from fabric_kit.checkpoint import CheckpointCorruptedError, atomic_directory, staging_path, verify_directory
-from fabric_kit.checkpoint import directory
+from fabric_kit.checkpoint import CheckpointCorruptedError, atomic_directory, directory, staging_path, verify_directory
 
 
 def _save(path, content):

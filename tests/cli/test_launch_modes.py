@@ -5,8 +5,16 @@ import sys
 import pytest
 
 from fabric_kit.cli.main import main
-from tests.helpers.cli_processes import (FABRIC, SCRIPT, assert_one_world_of_two, clean_environment, finish, results,
-                                        run, start)
+from tests.helpers.cli_processes import (
+    FABRIC,
+    SCRIPT,
+    assert_one_world_of_two,
+    clean_environment,
+    finish,
+    results,
+    run,
+    start,
+)
 from tests.helpers.processes import free_port
 
 
@@ -48,7 +56,8 @@ def test_slurm_tasks(tmp_path):
 def test_two_nodes_on_one_machine(tmp_path):
     port = str(free_port())
     nodes = [start([*FABRIC, "run", "--num-nodes", "2", "--node-rank", str(rank), "--devices", "1",
-                    "--main-address", "127.0.0.1", "--main-port", port, SCRIPT, tmp_path, "--devices", "1", "--num-nodes", "2"])
+                    "--main-address", "127.0.0.1", "--main-port", port, SCRIPT, tmp_path, "--devices", "1",
+                    "--num-nodes", "2"])
              for rank in range(2)]
     for node in nodes:
         status, output = finish(node)

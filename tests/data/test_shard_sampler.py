@@ -35,7 +35,7 @@ def interleave(per_rank):
 def test_shards_cover_dataset(n, world_size, drop_last, shuffle, even_shards, epoch):
     options = dict(shuffle=shuffle, drop_last=drop_last, even_shards=even_shards, seed=7)
     samplers, per_rank = shards(range(n), world_size, epoch, **options)
-    for sampler, indices in zip(samplers, per_rank):
+    for sampler, indices in zip(samplers, per_rank, strict=False):
         assert len(sampler) == len(indices)
     counts = Counter(i for indices in per_rank for i in indices)
     assert set(counts) <= set(range(n))

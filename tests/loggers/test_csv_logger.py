@@ -48,7 +48,7 @@ def test_every_logged_value_is_read_back(tmp_path_factory, rows, flush_every):
     logger.finalize("success")
     read = _rows(logger)
     assert [int(row["step"]) for row in read] == list(range(len(rows)))
-    for written, row in zip(rows, read):
+    for written, row in zip(rows, read, strict=False):
         assert {k: float(v) for k, v in row.items() if v and k != "step"} == pytest.approx(written)
 
 

@@ -119,7 +119,7 @@ def test_datamodule_tutorial_flow(tmp_path):
 
 class LitSimpleNN(LightningModule):
     def __init__(self):
-        super(LitSimpleNN, self).__init__()
+        super().__init__()
         self.fc1 = nn.Linear(8 * 8, 32)
         self.fc2 = nn.Linear(32, 3)
 
@@ -211,7 +211,7 @@ def test_classifier_seed_best_checkpoint_reproduces_its_score(tmp_path):
     assert trainer.global_step == trainer.current_epoch * 32 // 4  # optimizer steps, not batches
     assert len(list(Path(checkpoint.dirpath).glob("*.ckpt"))) == 2  # top-2
     lrs = lr_monitor.lrs["lr-AdamW"]
-    assert lrs[0] == pytest.approx(3e-2) and all(a > b for a, b in zip(lrs, lrs[1:]))  # cosine, per epoch
+    assert lrs[0] == pytest.approx(3e-2) and all(a > b for a, b in zip(lrs, lrs[1:], strict=False))  # cosine, per epoch
     best = LitClassifier.load_from_checkpoint(checkpoint.best_model_path)
     assert best.hparams.max_epochs == 6 and not best.training
     result = trainer.validate(best, val, verbose=False)

@@ -185,7 +185,7 @@ def no_backward_sync(fabric):
             if i == 0:
                 reduced_after_first.append(all(p.grad is not None for p in model.parameters()))
         grads.append([p.grad.full_tensor() for p in model.parameters()])
-    return {"max_difference": max((a - b).abs().max().item() for a, b in zip(*grads)),
+    return {"max_difference": max((a - b).abs().max().item() for a, b in zip(*grads, strict=False)),
             "reduced_after_first": reduced_after_first}
 
 

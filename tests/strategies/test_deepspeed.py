@@ -52,7 +52,7 @@ def test_resumed_run_continues_the_uninterrupted_one(runs, strategy):
         assert rank["resumed"] == pytest.approx(uninterrupted[SPLIT:], abs=1e-6)
         assert rank["loaded_step"] == SPLIT and rank["remainder"] == {"note": "kept"}
         assert uninterrupted[-1] < uninterrupted[0] - 0.5  # it learns
-        assert all(b < a for a, b in zip(uninterrupted, uninterrupted[1:]))
+        assert all(b < a for a, b in zip(uninterrupted, uninterrupted[1:], strict=False))
 
 
 @needs_deepspeed
@@ -86,7 +86,7 @@ def test_crafted_checkpoint_file_is_refused_and_runs_nothing(runs, strategy, kin
 def test_losses_match_ddp(runs, strategy):
     """Plain steps, and steps of two micro-batches: under stage 1 the first inside `no_backward_sync` (gradients
     summed locally, reduced once), under stages 2 and 3 DeepSpeed's gradient_accumulation_steps."""
-    for rank, ddp in zip(runs(strategy), runs("ddp")):
+    for rank, ddp in zip(runs(strategy), runs("ddp"), strict=False):
         assert rank["uninterrupted"] == pytest.approx(ddp["uninterrupted"], abs=DDP_TOLERANCE)
         assert rank["accumulated"] == pytest.approx(ddp["accumulated"], abs=DDP_TOLERANCE)
 

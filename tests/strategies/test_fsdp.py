@@ -49,7 +49,7 @@ def test_trains_and_shards(fsdp):
 
 def test_matches_ddp(fsdp, ddp):
     ranks, _ = fsdp
-    for sharded, replicated in zip(ranks, ddp):
+    for sharded, replicated in zip(ranks, ddp, strict=False):
         assert sharded["losses"] == pytest.approx(replicated["losses"], abs=1e-5)
 
 

@@ -3,7 +3,8 @@ never carriage-return frames, so CI logs and SLURM output files stay readable.""
 from __future__ import annotations
 
 import time
-from typing import Any, Callable, TextIO
+from collections.abc import Callable
+from typing import Any, TextIO
 
 Metrics = Callable[[], dict[str, Any]]
 

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import math
 import sys
-from typing import TYPE_CHECKING, Any, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from loops.callbacks.callback import Callback
 from loops.callbacks.progress.line_display import Display, LineDisplay

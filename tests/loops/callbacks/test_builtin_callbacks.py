@@ -5,8 +5,8 @@ import os
 import pytest
 import torch
 
-from fabric_kit.checkpoint import read_checkpoint
 import loops as L
+from fabric_kit.checkpoint import read_checkpoint
 from loops.callbacks import EarlyStopping, ModelCheckpoint
 from tests.helpers.loops import Regression, loader, make_trainer
 from tests.helpers.loops import ScriptedLoss as Scripted

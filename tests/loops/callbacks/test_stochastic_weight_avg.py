@@ -42,8 +42,8 @@ def test_final_weights_are_the_average_of_the_swa_epochs_and_batch_norm_matches_
     model = WithBatchNorm()
     recorder, _ = _fit(model, StochasticWeightAveraging(swa_lrs=0.02, swa_epoch_start=2, annealing_epochs=1))
     # Epochs 2..4 (0-based 1..3) are averaged, computed here independently of the callback.
-    expected = [torch.stack(epoch_params).mean(0) for epoch_params in zip(*recorder.weights[1:])]
-    for param, average in zip(model.parameters(), expected):
+    expected = [torch.stack(epoch_params).mean(0) for epoch_params in zip(*recorder.weights[1:], strict=False)]
+    for param, average in zip(model.parameters(), expected, strict=False):
         torch.testing.assert_close(param.detach(), average)
     assert recorder.lrs == pytest.approx([0.1, 0.1, 0.02, 0.02])  # annealed to swa_lrs in one epoch
 
@@ -67,8 +67,8 @@ def test_fractional_start_and_a_user_scheduler_is_replaced():
     # SWA from epoch 2 of 4 (1-based); without annealing its learning rate applies at once, StepLR no longer steps.
     assert recorder.lrs == pytest.approx([0.1, 0.3, 0.3, 0.3])
     assert [type(c.scheduler).__name__ for c in trainer.lr_scheduler_configs] == ["SWALR"]
-    expected = [torch.stack(epoch_params).mean(0) for epoch_params in zip(*recorder.weights[1:])]
-    for param, average in zip(model.parameters(), expected):
+    expected = [torch.stack(epoch_params).mean(0) for epoch_params in zip(*recorder.weights[1:], strict=False)]
+    for param, average in zip(model.parameters(), expected, strict=False):
         torch.testing.assert_close(param.detach(), average)
 
 
@@ -79,8 +79,8 @@ def test_stopping_before_the_last_epoch_still_takes_the_average():
     trainer = make_trainer(max_epochs=10, max_steps=12, callbacks=[recorder, StochasticWeightAveraging(0.05, 2)])
     trainer.fit(model, loader(32, batch_size=8))
     assert trainer.current_epoch == 3
-    expected = [torch.stack(epoch_params).mean(0) for epoch_params in zip(*recorder.weights[1:])]
-    for param, average in zip(model.parameters(), expected):
+    expected = [torch.stack(epoch_params).mean(0) for epoch_params in zip(*recorder.weights[1:], strict=False)]
+    for param, average in zip(model.parameters(), expected, strict=False):
         torch.testing.assert_close(param.detach(), average)
 
 

@@ -13,7 +13,8 @@ from tests.helpers.loops import Regression, dataset, loader, make_trainer
 
 def test_lambda_callback_runs_its_functions():
     seen = []
-    callback = LambdaCallback(on_train_epoch_start=lambda trainer, module: seen.append(("epoch", trainer.current_epoch)),
+    callback = LambdaCallback(on_train_epoch_start=lambda trainer, module: seen.append(("epoch",
+                                                                                       trainer.current_epoch)),
                               on_validation_end=lambda trainer, module: seen.append(("val", trainer.sanity_checking)))
     make_trainer(max_epochs=2, callbacks=[callback], num_sanity_val_steps=1).fit(Regression(), loader(), loader(n=8))
     assert seen == [("val", True), ("epoch", 0), ("val", False), ("epoch", 1), ("val", False)]
@@ -42,7 +43,8 @@ def test_prediction_writer_per_batch_and_per_epoch():
     assert writer.batches == [(0, 0, [0, 1, 2, 3], 4), (0, 1, [4, 5], 2), (1, 0, [0, 1], 2), (1, 1, [2], 1)]
     (predictions, indices), = writer.epochs
     assert indices == [[[0, 1, 2, 3], [4, 5]], [[0, 1], [2]]]
-    assert all(torch.equal(a, b) for mine, theirs in zip(predictions, returned) for a, b in zip(mine, theirs))
+    assert all(torch.equal(a, b) for mine, theirs in zip(predictions, returned, strict=True)
+               for a, b in zip(mine, theirs, strict=True))
     expected = model(dataset(6)[:][0])
     assert torch.allclose(torch.cat(predictions[0]), expected)
 

@@ -48,7 +48,8 @@ class AutoGAN(L.LightningModule):
 
     def configure_optimizers(self):
         opts, scheds = optimizers(self.generator, self.discriminator)
-        return [{"optimizer": o, "lr_scheduler": {"scheduler": s, "interval": "step"}} for o, s in zip(opts, scheds)]
+        return [{"optimizer": o, "lr_scheduler": {"scheduler": s, "interval": "step"}}
+                for o, s in zip(opts, scheds, strict=True)]
 
 
 def manual_loop(batches, accumulate, clip):
@@ -57,7 +58,7 @@ def manual_loop(batches, accumulate, clip):
     owners = [generator, discriminator]
     for batch_idx, (real, _) in enumerate(batches):
         steps = (batch_idx + 1) % accumulate == 0 or batch_idx + 1 == len(batches)
-        for index, (opt, owner) in enumerate(zip(opts, owners)):
+        for index, (opt, owner) in enumerate(zip(opts, owners, strict=False)):
             for p in owners[1 - index].parameters():
                 p.requires_grad = False
             if batch_idx % accumulate == 0:

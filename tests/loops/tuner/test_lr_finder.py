@@ -41,7 +41,7 @@ def test_linear_mode_and_early_stop_on_divergence():
                                     mode="linear", update_attr=False)
     lrs = finder.results["lr"]
     assert 2 < len(lrs) < 40  # the loss blew up before the sweep's end
-    steps = [b - a for a, b in zip(lrs, lrs[1:])]
+    steps = [b - a for a, b in zip(lrs, lrs[1:], strict=False)]
     assert steps == pytest.approx([(50.0 - 1e-3) / 39] * len(steps), rel=1e-6)
 
 

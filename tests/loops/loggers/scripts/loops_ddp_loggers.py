@@ -1,7 +1,7 @@
-"""Run by test_trainer_loggers_ddp.py as `python loops_ddp_loggers.py OUT_DIR [VAL_ROWS]`: a 2-process DDP fit with the default
-logger under OUT_DIR (which already holds version_0) whose module logs with sync_dist=True from training_step,
-validation_step (per step too, over uneven validation shards), on_train_epoch_end and on_validation_epoch_end.
-Each rank saves what it saw to OUT_DIR/rank{r}.pt."""
+"""Run by test_trainer_loggers_ddp.py as `python loops_ddp_loggers.py OUT_DIR [VAL_ROWS]`: a 2-process DDP fit with
+the default logger under OUT_DIR (which already holds version_0) whose module logs with sync_dist=True from
+training_step, validation_step (per step too, over uneven validation shards), on_train_epoch_end and
+on_validation_epoch_end. Each rank saves what it saw to OUT_DIR/rank{r}.pt."""
 import sys
 from pathlib import Path
 

@@ -124,7 +124,8 @@ def main(out_dir: str) -> None:
                    trainer.strategy.reduce_boolean_decision(trainer.global_rank == 1, all=False))
     tested = trainer.test(datamodule=dm, verbose=False)
     predictions = trainer.predict(model, datamodule=dm)
-    torch.save({"rank": trainer.global_rank, "prepared": dm.prepared_here, "fit_metrics": fit_metrics, "collectives": collectives,
+    torch.save({"rank": trainer.global_rank, "prepared": dm.prepared_here, "fit_metrics": fit_metrics,
+                "collectives": collectives,
                 "train_batches": recorder.train_batches, "val_acc": recorder.val_acc, "tested": tested,
                 "predictions": [p.tolist() for p in predictions], "written": writer.written,
                 "global_step": trainer.global_step, "weight": model.net[0].weight.detach().clone()},

@@ -1,5 +1,6 @@
-"""Run by test_trainer_ddp.py as `python loops_ddp_fit.py OUT_DIR ACCUMULATE`: Trainer(strategy="ddp", devices=2) re-runs this
-script for rank 1, exactly as a user's script would be. Each rank saves what it saw to OUT_DIR/rank{r}.pt."""
+"""Run by test_trainer_ddp.py as `python loops_ddp_fit.py OUT_DIR ACCUMULATE`: Trainer(strategy="ddp", devices=2)
+re-runs this script for rank 1, exactly as a user's script would be. Each rank saves what it saw to
+OUT_DIR/rank{r}.pt."""
 import sys
 from pathlib import Path
 
