@@ -8,7 +8,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from loops.core.hooks import DataHooks
 from loops.core.hparams import HyperparametersMixin
-from loops.core.saving import load_from_checkpoint
+from loops.core.saving import load_datamodule_from_checkpoint
 
 if TYPE_CHECKING:
     from loops.trainer.trainer import Trainer
@@ -54,4 +54,4 @@ class LightningDataModule(HyperparametersMixin, DataHooks):
                 setattr(datamodule, f"{stage}_dataloader", lambda d=dataset, s=shuffle: loaders(d, s))
         return datamodule
 
-    load_from_checkpoint: classmethod[Any, ..., Any] = classmethod(load_from_checkpoint)
+    load_from_checkpoint: classmethod[Any, ..., Any] = classmethod(load_datamodule_from_checkpoint)

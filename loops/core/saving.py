@@ -30,25 +30,10 @@ def init_kwargs(cls: type, hparams: dict[str, Any]) -> dict[str, Any]:
 
 def load_from_checkpoint(cls: type, checkpoint_path: str | Path, map_location: Any = None,
                          hparams_file: str | Path | None = None, strict: bool | None = None, **kwargs: Any) -> Any:
-    """`Model.load_from_checkpoint(path, **overrides)`: a new instance with the checkpoint's weights (or, for a
-    datamodule, its state)."""
-    from loops.core.datamodule import LightningDataModule
-
-    if hparams_file is not None:
-        raise ValueError(f"hparams_file={str(hparams_file)!r} is not supported: the checkpoint carries the "
-                         "hyperparameters; pass overrides as keyword arguments")
-    checkpoint = read_checkpoint(checkpoint_path, map_location)
-    is_datamodule = issubclass(cls, LightningDataModule)
-    prefix = "datamodule_" if is_datamodule else ""
-    hparams = {**checkpoint.get(f"{prefix}hyper_parameters", {}), **kwargs}
-    name = checkpoint.get(f"{prefix}hparams_name")
-    if name not in (None, "kwargs"):  # saved as one dict: `save_hyperparameters(hparams)` in `__init__(hparams)`
-        hparams = {name: hparams, **kwargs}
-    obj = cls(**init_kwargs(cls, hparams))
-    if is_datamodule:
-        if cls.__qualname__ in checkpoint:
-            obj.load_state_dict(checkpoint[cls.__qualname__])
-        return obj
+    """`Model.load_from_checkpoint(path, **overrides)`: a new LightningModule with the checkpoint's weights, in eval
+    mode."""
+    checkpoint = _read(checkpoint_path, map_location, hparams_file)
+    obj = _from_hyperparameters(cls, checkpoint, "", kwargs)
     obj.on_load_checkpoint(checkpoint)
     if "state_dict" not in checkpoint:
         raise KeyError(f"checkpoint {str(checkpoint_path)!r} has no 'state_dict' (model weights); its keys: "
@@ -58,3 +43,30 @@ def load_from_checkpoint(cls: type, checkpoint_path: str | Path, map_location: A
         obj.to(torch.device(map_location))
     obj.eval()
     return obj
+
+
+def load_datamodule_from_checkpoint(cls: type, checkpoint_path: str | Path, map_location: Any = None,
+                                    hparams_file: str | Path | None = None, **kwargs: Any) -> Any:
+    """`DataModule.load_from_checkpoint(path, **overrides)`: a new LightningDataModule with the checkpoint's state
+    (what its `state_dict` returned) when the checkpoint holds one."""
+    checkpoint = _read(checkpoint_path, map_location, hparams_file)
+    obj = _from_hyperparameters(cls, checkpoint, "datamodule_", kwargs)
+    if cls.__qualname__ in checkpoint:
+        obj.load_state_dict(checkpoint[cls.__qualname__])
+    return obj
+
+
+def _read(checkpoint_path: str | Path, map_location: Any, hparams_file: str | Path | None) -> dict[str, Any]:
+    if hparams_file is not None:
+        raise ValueError(f"hparams_file={str(hparams_file)!r} is not supported: the checkpoint carries the "
+                         "hyperparameters; pass overrides as keyword arguments")
+    return read_checkpoint(checkpoint_path, map_location)
+
+
+def _from_hyperparameters(cls: type, checkpoint: dict[str, Any], prefix: str, overrides: dict[str, Any]) -> Any:
+    """`cls` built from the checkpoint's saved hyperparameters (under `prefix`), overridden by `overrides`."""
+    hparams = {**checkpoint.get(f"{prefix}hyper_parameters", {}), **overrides}
+    name = checkpoint.get(f"{prefix}hparams_name")
+    if name not in (None, "kwargs"):  # saved as one dict: `save_hyperparameters(hparams)` in `__init__(hparams)`
+        hparams = {name: hparams, **overrides}
+    return cls(**init_kwargs(cls, hparams))
