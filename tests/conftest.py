@@ -32,6 +32,21 @@ def free_port():
         return sock.getsockname()[1]
 
 
+def outside_launchers(**extra):
+    """This process's environment minus every launcher's variables, on a free port with one thread per process and
+    this checkout importable, plus `extra`: where a test starts a job of its own."""
+    env = {name: value for name, value in os.environ.items() if not _launcher_variable(name)}
+    env.update(MASTER_PORT=str(free_port()), OMP_NUM_THREADS="1",
+               PYTHONPATH=os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p))
+    return {**env, **extra}
+
+
+@pytest.fixture(scope="session")
+def job_environment():
+    """`outside_launchers`, for tests that start and watch a job themselves."""
+    return outside_launchers
+
+
 @pytest.fixture(scope="session")
 def run_ranks():
     """`run(args, out_dir)` runs `python *args` from the repository root, outside any launcher and on a free port,
@@ -39,10 +54,8 @@ def run_ranks():
     alone, whatever its exit status. An argument "{port}" is replaced by that port."""
 
     def run(args, out_dir=None, check=True, timeout=120):
-        env = {name: value for name, value in os.environ.items() if not _launcher_variable(name)}
-        port = str(free_port())
-        env.update(MASTER_PORT=port, OMP_NUM_THREADS="1",
-                   PYTHONPATH=os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p))
+        env = outside_launchers()
+        port = env["MASTER_PORT"]
         args = [port if arg == "{port}" else str(arg) for arg in args]
         proc = subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True,
                               timeout=timeout)
