@@ -8,6 +8,7 @@ from typing import Any, Iterator
 
 import torch
 from torch import Tensor
+from torch.nn import Module
 
 from fabric_kit import distributed
 from fabric_kit.accelerators import Accelerator
@@ -15,19 +16,28 @@ from fabric_kit.checkpoint.collective import all_gather_object
 from fabric_kit.checkpoint.directory import (Records, atomic_directory, checksum, file_sizes, share, staging_path,
                                              verify_directory)
 from fabric_kit.checkpoint.errors import CheckpointWriteError
+from fabric_kit.collective_log import LOG
 from fabric_kit.environments import ClusterEnvironment
 from fabric_kit.precision import Precision
 from fabric_kit.strategies.strategy import Strategy
+from fabric_kit.watchdog import collective_timeout_seconds
 
 
 class ParallelStrategy(Strategy):
+    """`timeout` is the process group's own (torch's default when None); `collective_timeout` the seconds (or
+    timedelta) after which the collective watchdog turns a wait in a collective into an error naming the ranks
+    and operations (None: Fabric's setting, else 10 minutes; 0: no watchdog)."""
+
     def __init__(self, accelerator: Accelerator | None = None, parallel_devices: list[torch.device] | None = None,
                  cluster_environment: ClusterEnvironment | None = None, precision: Precision | None = None,
-                 process_group_backend: str | None = None, timeout: timedelta | None = None) -> None:
+                 process_group_backend: str | None = None, timeout: timedelta | None = None, *,
+                 collective_timeout: float | timedelta | None = None) -> None:
         super().__init__(accelerator, precision)
         self.parallel_devices = parallel_devices or []
         self.cluster_environment = cluster_environment
         self.num_nodes = 1
+        collective_timeout_seconds(collective_timeout)  # a bad value fails here, naming the argument
+        self.collective_timeout = collective_timeout
         self._process_group_backend = process_group_backend
         self._timeout = timeout
 
@@ -65,15 +75,22 @@ class ParallelStrategy(Strategy):
 
     def setup_environment(self) -> None:
         super().setup_environment()
-        distributed.init_process_group(self.cluster_environment, self.process_group_backend, self._timeout)
+        distributed.init_process_group(self.cluster_environment, self.process_group_backend, self._timeout,
+                                       collective_timeout_seconds(self.collective_timeout))
+
+    def backward(self, tensor: Tensor, module: Module | None, *args: Any, **kwargs: Any) -> None:
+        """Recorded as collective "backward" for the watchdog: the gradient all-reduce of DDP (and FSDP's
+        reduce-scatter) runs inside it."""
+        seq = LOG.enter("backward")
+        try:
+            super().backward(tensor, module, *args, **kwargs)
+        finally:
+            LOG.left = seq
 
     def all_gather(self, tensor: Tensor, group: Any = None, sync_grads: bool = False) -> Tensor:
         if not distributed.is_initialized():
             return tensor
-        if sync_grads:
-            return torch.stack(torch.distributed.nn.functional.all_gather(tensor.contiguous(), group=group or
-                                                                          torch.distributed.group.WORLD))
-        return distributed.all_gather(tensor, group)
+        return distributed.all_gather(tensor, group, sync_grads)
 
     def all_reduce(self, tensor: Tensor, group: Any = None, reduce_op: str | Any = "mean") -> Tensor:
         if not distributed.is_initialized():
