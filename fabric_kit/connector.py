@@ -132,6 +132,8 @@ def _set_collective_timeout(strategy: Strategy, value: float | timedelta | str |
     same setting given to both with different values is an error."""
     if value is None or not isinstance(strategy, ParallelStrategy):
         return
+    if isinstance(value, str):  # exported by `fabric run`, checked by `_merge_cli`
+        value = float(value)
     if strategy.collective_timeout is None:
         strategy.collective_timeout = value
     elif collective_timeout_seconds(strategy.collective_timeout) != collective_timeout_seconds(value):

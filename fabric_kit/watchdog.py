@@ -8,10 +8,10 @@ instead of the backend's own timeout (30 minutes for gloo) and a message naming 
 
 One thread per rank talks to the job's c10d store (a connection of its own, keys under this restart round's
 prefix). Every poll (a fifth of the timeout, at most a second) it reads `collective_log.LOG`, which the main thread
-writes at each collective, and:
+writes at each collective; a rank that has moved on since the last poll is part of no hang and sends nothing. Once
+the position has stayed the same for a whole poll, the thread:
 - publishes the rank's position (`rank/<r>`: the newest collective entered, whether the rank is still inside it,
-  whether it has ended) once the position has stayed the same for a whole poll: a rank that keeps moving writes
-  nothing;
+  whether it has ended);
 - when the rank has waited inside one collective for `collective_timeout`, or for a rank that has ended without
   entering it, reads every rank's position and writes the report (the first one written wins);
 - once a report exists, prints it with its main thread's stack, as an uncaught `CollectiveTimeoutError` prints,
@@ -29,6 +29,7 @@ import sys
 import threading
 import time
 import traceback
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -141,13 +142,14 @@ class Watchdog:
                     self._end()
                     return
                 position, now = Position.of(self.log, ended=False), time.monotonic()
-                if position != seen:
+                if position != seen:  # the rank moves on: it is part of no hang, and talks to no store
                     seen, since, published = position, now, False
-                elif not published:
+                    continue
+                if not published:
                     self._publish(position)
                     published = True
                 report = self._report()
-                if report is None and position.inside and now - since >= self.period:
+                if report is None and position.inside:
                     report = self._detect(position, now - since)
                 if report is not None:
                     self._end_process(report)
@@ -164,7 +166,7 @@ class Watchdog:
             self.store.add(_ENDED, 1)
 
     def _report(self) -> str | None:
-        return self.store.get(_REPORT).decode() if self.store.check([_REPORT]) else None
+        return bytes(self.store.get(_REPORT)).decode() if self.store.check([_REPORT]) else None
 
     def _detect(self, position: Position, waited: float) -> str | None:
         """The report when this rank's wait (`waited` seconds inside the collective of `position`) is a hang,
@@ -178,7 +180,7 @@ class Watchdog:
         if report is None:
             return None
         self.store.compare_set(_REPORT, "", report)
-        return self.store.get(_REPORT).decode()
+        return bytes(self.store.get(_REPORT)).decode()
 
     def _positions(self) -> dict[int, Position | None]:
         keys = [f"rank/{rank}" for rank in range(self.world_size)]
@@ -250,7 +252,7 @@ def describe_hang(rank: int, waited: float, positions: dict[int, Position | None
             f"differ between ranks, or the network); {HOW_TO_RAISE}")
 
 
-def _lasts(positions: dict[int, Position | None]) -> str:
+def _lasts(positions: Mapping[int, Position | None]) -> str:
     """The latest collective of each rank that the waiting ranks do not meet."""
     one = len(positions) == 1
     parts = []
@@ -267,7 +269,7 @@ def _lasts(positions: dict[int, Position | None]) -> str:
     return "; ".join(parts)
 
 
-def _waiting(positions: dict[int, Position | None]) -> str:
+def _waiting(positions: Mapping[int, Position | None]) -> str:
     inside: dict[Collective, list[int]] = {}
     for r, p in positions.items():
         if p is not None and p.inside and p.entered is not None:
@@ -276,12 +278,12 @@ def _waiting(positions: dict[int, Position | None]) -> str:
                         for collective, ranks in inside.items())
 
 
-def _ranks(ranks: dict[int, object] | list[int]) -> str:
+def _ranks(ranks: Collection[int]) -> str:
     numbers = sorted(ranks)
     return f"rank {numbers[0]}" if len(numbers) == 1 else f"ranks {', '.join(map(str, numbers))}"
 
 
-def _verb(ranks: dict[int, object] | list[int], one: str, several: str) -> str:
+def _verb(ranks: Collection[int], one: str, several: str) -> str:
     return one if len(ranks) == 1 else several
 
 

@@ -66,7 +66,7 @@ def test_fabric_hands_its_timeout_to_the_strategy(monkeypatch):
     fabric = Fabric(accelerator="cpu", devices=2, collective_timeout=5)
     assert fabric.strategy.collective_timeout == 5
     monkeypatch.setenv("FABRIC_KIT_COLLECTIVE_TIMEOUT", "7")
-    assert Fabric(accelerator="cpu", devices=2).strategy.collective_timeout == "7"
+    assert Fabric(accelerator="cpu", devices=2).strategy.collective_timeout == 7.0
     with pytest.raises(ValueError, match=r"`fabric run --collective-timeout=7` disagrees with "
                                          r"`Fabric\(collective_timeout=5\)`"):
         Fabric(accelerator="cpu", devices=2, collective_timeout=5)

@@ -83,7 +83,7 @@ def _supervise(processes: list[Any], results: Any) -> Any:
     few seconds, SIGKILL). Each rank has printed its own traceback."""
     # Read rank 0's result while the ranks run: one larger than the pipe's buffer blocks rank 0 in `put` until it
     # is read.
-    received = []
+    received: list[bytes] = []
     while True:
         if not received and not results.empty():
             received.append(results.get())

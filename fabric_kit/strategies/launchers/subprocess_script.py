@@ -164,12 +164,11 @@ class SubprocessScriptLauncher(Launcher):
             return
         # The script ended: rank 0's status stands, unless another rank fails by itself (not ended by the
         # watchdog because it waited for rank 0 in a collective rank 0 will never join).
-        codes = [child.wait() for child in self.children]
-        failed = next((code for code in codes if code not in (0, TIMEOUT_STATUS)), 0)
+        for child in self.children:
+            child.wait()
+        failed = {rank: code for rank, code in self._failed_children().items() if code != TIMEOUT_STATUS}
         if failed:
-            sys.stdout.flush()
-            sys.stderr.flush()
-            os._exit(exit_status(failed))
+            self._end_job(failed)
 
     def _stop_children(self) -> None:
         """SIGTERM to every child still running, a few seconds for them to end, then SIGKILL."""
