@@ -36,7 +36,8 @@ def test_the_record_names_the_kind_the_entry_point_and_the_users_line():
     fabric.launch()
     try:
         before = LOG.entered[0] if LOG.entered else 0
-        fabric.all_reduce(torch.tensor(1.0)); line = inspect.currentframe().f_lineno  # noqa: E702
+        line = inspect.currentframe().f_lineno + 1
+        fabric.all_reduce(torch.tensor(1.0))
         assert Collective.of(LOG.entered) == (before + 1, "all_reduce", f"Fabric.all_reduce at {THIS_FILE}:{line}")
         assert LOG.left == before + 1  # it returned
         fabric.barrier()

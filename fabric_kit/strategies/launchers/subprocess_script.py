@@ -125,7 +125,8 @@ class SubprocessScriptLauncher(Launcher):
         os._exit(exit_status(failed[rank]))
 
     def _forward(self, number: int) -> None:
-        """Signal handler step: pass the signal on to every child; SIGKILL them when the grace period ends."""
+        """On the signal forwarding thread: pass the signal on to every child; SIGKILL them when the grace period
+        ends."""
         if self._signal is None:
             self._ending = True
             self._signal = number
@@ -157,18 +158,22 @@ class SubprocessScriptLauncher(Launcher):
         if self._rank_zero_raised:
             # A child that fails (it may still be on its way out, having closed its connections) likely caused rank
             # 0's error: rank 0's collective lost that peer.
-            failed = self._failed_children(within=FAILURE_GRACE_PERIOD)
+            failed = self._failed_by_themselves(within=FAILURE_GRACE_PERIOD)
             if failed:
                 self._end_job(failed)
             self._stop_children()
             return
-        # The script ended: rank 0's status stands, unless another rank fails by itself (not ended by the
-        # watchdog because it waited for rank 0 in a collective rank 0 will never join).
+        # The script ended: rank 0's status stands, unless another rank fails by itself.
         for child in self.children:
             child.wait()
-        failed = {rank: code for rank, code in self._failed_children().items() if code != TIMEOUT_STATUS}
+        failed = self._failed_by_themselves()
         if failed:
             self._end_job(failed)
+
+    def _failed_by_themselves(self, within: float = 0.0) -> dict[int, int]:
+        """`_failed_children` once rank 0 is ending, less those the watchdog ended because they waited for rank 0
+        in a collective it will never join: a consequence of rank 0's end, whose status is the job's."""
+        return {rank: code for rank, code in self._failed_children(within).items() if code != TIMEOUT_STATUS}
 
     def _stop_children(self) -> None:
         """SIGTERM to every child still running, a few seconds for them to end, then SIGKILL."""
