@@ -4,6 +4,7 @@ what is accepted."""
 from __future__ import annotations
 
 import os
+from datetime import timedelta
 from typing import Any
 
 from fabric_kit.accelerators import Accelerator, accelerator_names, create_accelerator
@@ -13,15 +14,16 @@ from fabric_kit.strategies.parallel import ParallelStrategy
 from fabric_kit.strategies.registry import strategy_class, strategy_names
 from fabric_kit.strategies.single_device import SingleDeviceStrategy
 from fabric_kit.strategies.strategy import Strategy
+from fabric_kit.watchdog import collective_timeout_seconds
 
 __all__ = ["Connector", "accelerator_names", "precision_names", "strategy_names"]
 
 # `fabric run --flag` exports FABRIC_KIT_<NAME>; the script's own explicit argument must agree with it.
 CLI_FLAGS = {"accelerator": "--accelerator", "strategy": "--strategy", "devices": "--devices",
-             "num_nodes": "--num-nodes", "precision": "--precision"}
+             "num_nodes": "--num-nodes", "precision": "--precision", "collective_timeout": "--collective-timeout"}
 XLA_STRATEGIES = ("single_xla", "xla", "xla_fsdp")  # they imply accelerator="xla" when it is left to "auto"
 DEFAULTS: dict[str, Any] = {"accelerator": "auto", "strategy": "auto", "devices": "auto", "num_nodes": 1,
-                            "precision": None}
+                            "precision": None, "collective_timeout": None}
 
 
 class Connector:
@@ -29,12 +31,14 @@ class Connector:
 
     def __init__(self, accelerator: str | Accelerator = "auto", strategy: str | Strategy = "auto",
                  devices: int | str | list[int] = "auto", num_nodes: int = 1, precision: str | int | None = None,
-                 plugins: Any = None) -> None:
+                 plugins: Any = None, collective_timeout: float | timedelta | None = None) -> None:
         accelerator = _merge_cli("accelerator", accelerator)
         strategy = _merge_cli("strategy", strategy)
         devices = _merge_cli("devices", devices)
         num_nodes = _merge_cli("num_nodes", num_nodes)
         precision = _merge_cli("precision", precision)
+        collective_timeout = _merge_cli("collective_timeout", collective_timeout)
+        collective_timeout_seconds(collective_timeout)  # a bad value fails here, naming the argument
 
         precision_plugin, environment = _split_plugins(plugins)
         self.accelerator = _resolve_accelerator(accelerator, strategy)
@@ -44,6 +48,7 @@ class Connector:
         self.num_nodes = _check_num_nodes(num_nodes)
         device_ids = self._device_ids(devices)
         self.strategy = self._resolve_strategy(strategy, device_ids)
+        _set_collective_timeout(self.strategy, collective_timeout)
 
     def _device_ids(self, devices: int | str | list[int]) -> list[int]:
         environment = self.cluster_environment
@@ -109,6 +114,8 @@ def _merge_cli(name: str, value: Any) -> Any:
 def _agrees(name: str, value: Any, exported: str) -> bool:
     if name == "precision":
         return normalize_precision(value) == normalize_precision(exported)
+    if name == "collective_timeout":
+        return collective_timeout_seconds(value) == collective_timeout_seconds(exported)
     if name == "strategy" and isinstance(value, Strategy):
         return isinstance(value, strategy_class(exported)[0])
     if name == "accelerator" and isinstance(value, Accelerator):
@@ -116,6 +123,20 @@ def _agrees(name: str, value: Any, exported: str) -> bool:
     if isinstance(value, (list, tuple)):
         value = ",".join(str(v) for v in value)
     return str(value) == exported
+
+
+def _set_collective_timeout(strategy: Strategy, value: float | timedelta | str | None) -> None:
+    """Hand Fabric's `collective_timeout` (or `fabric run --collective-timeout`) to a multi-process strategy; the
+    same setting given to both with different values is an error."""
+    if value is None or not isinstance(strategy, ParallelStrategy):
+        return
+    if isinstance(value, str):  # exported by `fabric run`, checked by `_merge_cli`
+        value = float(value)
+    if strategy.collective_timeout is None:
+        strategy.collective_timeout = value
+    elif collective_timeout_seconds(strategy.collective_timeout) != collective_timeout_seconds(value):
+        raise ValueError(f"collective_timeout={value!r} disagrees with {type(strategy).__name__}("
+                         f"collective_timeout={strategy.collective_timeout!r}); set it in one place")
 
 
 def _split_plugins(plugins: Any) -> tuple[Precision | None, ClusterEnvironment | None]:

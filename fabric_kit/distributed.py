@@ -4,6 +4,8 @@ from __future__ import annotations
 import atexit
 import gc
 import os
+import signal
+import threading
 from datetime import timedelta
 from typing import Any
 
@@ -11,6 +13,8 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
+from fabric_kit import watchdog
+from fabric_kit.collective_log import LOG
 from fabric_kit.environments import ClusterEnvironment
 
 ReduceOp = dist.ReduceOp | dist.ReduceOp.RedOpType
@@ -32,8 +36,10 @@ def is_initialized() -> bool:
     return dist.is_available() and dist.is_initialized()
 
 
-def init_process_group(environment: ClusterEnvironment, backend: str, timeout: timedelta | None = None) -> None:
-    """Join the job's process group once; a second call is a no-op.
+def init_process_group(environment: ClusterEnvironment, backend: str, timeout: timedelta | None = None,
+                       collective_timeout: float | None = None) -> None:
+    """Join the job's process group once; a second call is a no-op. With `collective_timeout` (seconds), start the
+    collective watchdog (`fabric_kit.watchdog`) of this rank.
 
     Under torchrun with restarts the group is built on a store prefixed by the restart round: a plain env://
     init on round two would try to reach the dead peers' old addresses through keys left from round one.
@@ -46,25 +52,44 @@ def init_process_group(environment: ClusterEnvironment, backend: str, timeout: t
     kwargs: dict[str, Any] = {"backend": backend, "world_size": world_size, "rank": rank}
     if timeout is not None:
         kwargs["timeout"] = timeout
-    restart = os.environ.get("TORCHELASTIC_RESTART_COUNT")
-    if restart is not None and "TORCHELASTIC_RUN_ID" in os.environ:
-        agent_store = dist.TCPStore(environment.main_address, environment.main_port, is_master=False,
-                                    timeout=timeout or timedelta(minutes=5))
-        kwargs["store"] = dist.PrefixStore(f"fabric_kit/restart_{restart}/", agent_store)
+    if _restart_round() is not None:
+        kwargs["store"] = store_client(environment, timeout or timedelta(minutes=5))
     else:
         kwargs["init_method"] = "env://"
     dist.init_process_group(**kwargs)
     # A process that exits with its gloo group still open can abort in the group's destructor (SIGABRT,
     # "terminate called without an active exception"), turning a finished run into a failed one.
     atexit.register(_close_at_exit)
+    if collective_timeout is not None and world_size > 1:
+        watchdog.start(dist.PrefixStore("watchdog/", store_client(environment, timedelta(seconds=30))), rank,
+                       world_size, collective_timeout)
+
+
+def store_client(environment: ClusterEnvironment, timeout: timedelta) -> dist.Store:
+    """A new connection to the c10d store the job's processes meet on (the launcher's: torchrun's agent, or rank
+    0's), under a prefix of its own for each torchrun restart round."""
+    client = dist.TCPStore(environment.main_address, environment.main_port, is_master=False, timeout=timeout)
+    return dist.PrefixStore(f"fabric_kit/restart_{_restart_round() or 0}/", client)
+
+
+def _restart_round() -> str | None:
+    """torchrun's restart round (0 for the first run), None outside torchrun."""
+    restart = os.environ.get("TORCHELASTIC_RESTART_COUNT")
+    return restart if restart is not None and "TORCHELASTIC_RUN_ID" in os.environ else None
 
 
 def destroy_process_group() -> None:
+    watchdog.stop()
     if is_initialized():
         dist.destroy_process_group()
 
 
 def _close_at_exit() -> None:
+    # Closing the group tells the peers this rank is gone; one of them then fails at once, and its launcher stops
+    # the others with SIGTERM. A rank already on its way out finishes with its own exit status instead (a launcher
+    # reports the first failure by status, and SIGKILL still comes after its grace period).
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
     destroy_process_group()
     # Groups still referenced from cycles (a device mesh held by sharded parameters) would otherwise be freed only
     # by C++ static destruction, after Python is gone, where a joinable gloo thread aborts the process.
@@ -74,8 +99,8 @@ def _close_at_exit() -> None:
 def leave_process_group() -> None:
     """Wait until every rank is here, then close the group: no rank tears down while a peer still talks to it."""
     if is_initialized():
-        dist.barrier()
-        dist.destroy_process_group()
+        barrier()
+        destroy_process_group()
 
 
 def reduce_op(op: str | ReduceOp) -> ReduceOp:
@@ -92,26 +117,47 @@ def all_reduce(tensor: Tensor, op: str | ReduceOp = "mean", group: Any = None) -
     """Reduce a copy of `tensor` over all processes; "mean" divides the sum by the group size."""
     mean = isinstance(op, str) and op.lower() in ("mean", "avg")
     result = tensor.to(torch.get_default_dtype()) if mean and not tensor.is_floating_point() else tensor.clone()
-    dist.all_reduce(result, op=reduce_op(op), group=group)
+    seq = LOG.enter("all_reduce")
+    try:
+        dist.all_reduce(result, op=reduce_op(op), group=group)
+    finally:
+        LOG.left = seq
     if mean:
         result = result / dist.get_world_size(group)
     return result
 
 
-def all_gather(tensor: Tensor, group: Any = None) -> Tensor:
-    """Stack every process's tensor along a new first dimension (shapes must match across processes)."""
+def all_gather(tensor: Tensor, group: Any = None, sync_grads: bool = False) -> Tensor:
+    """Stack every process's tensor along a new first dimension (shapes must match across processes);
+    `sync_grads=True` lets gradients flow back to every process's tensor."""
     tensor = tensor.contiguous()
-    gathered = [torch.empty_like(tensor) for _ in range(dist.get_world_size(group))]
-    dist.all_gather(gathered, tensor, group=group)
+    seq = LOG.enter("all_gather")
+    try:
+        if sync_grads:
+            from torch.distributed.nn.functional import all_gather as all_gather_with_grads
+
+            return torch.stack(all_gather_with_grads(tensor, group=group or dist.group.WORLD))
+        gathered = [torch.empty_like(tensor) for _ in range(dist.get_world_size(group))]
+        dist.all_gather(gathered, tensor, group=group)
+    finally:
+        LOG.left = seq
     return torch.stack(gathered)
 
 
 def broadcast_object(obj: Any, src: int = 0, group: Any = None) -> Any:
     """Send any picklable object from `src` to every process."""
     box = [obj]
-    dist.broadcast_object_list(box, src=src, group=group)
+    seq = LOG.enter("broadcast")
+    try:
+        dist.broadcast_object_list(box, src=src, group=group)
+    finally:
+        LOG.left = seq
     return box[0]
 
 
 def barrier(group: Any = None) -> None:
-    dist.barrier(group=group)
+    seq = LOG.enter("barrier")
+    try:
+        dist.barrier(group=group)
+    finally:
+        LOG.left = seq

@@ -5,6 +5,7 @@ from __future__ import annotations
 import weakref
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
+from datetime import timedelta
 from typing import Any
 
 import torch
@@ -18,6 +19,7 @@ from fabric_kit.collections import apply_to_collection, move_to_device
 from fabric_kit.connector import Connector
 from fabric_kit.data import distributed_loader, resumable_loader
 from fabric_kit.precision import Precision
+from fabric_kit.preemption import Preemption
 from fabric_kit.seed import global_seed, seed_everything, worker_init_function
 from fabric_kit.strategies.strategy import BackwardSyncControl, Strategy
 from fabric_kit.wrappers import FabricDataLoader, FabricModule, FabricOptimizer, unwrap, wrap_optimizer
@@ -37,17 +39,24 @@ class Fabric:
         plugins: a Precision or ClusterEnvironment instance (or a list of them) overriding the automatic choice.
         callbacks: objects whose methods `fabric.call(hook_name, ...)` invokes.
         loggers: objects with `log_metrics(metrics, step)` used by `fabric.log` / `log_dict`.
+        collective_timeout: seconds (or a timedelta) a process may wait inside one collective before the job ends
+            with an error naming the ranks, operations and source lines (`fabric_kit.watchdog`); None: `fabric run
+            --collective-timeout`, FABRIC_KIT_COLLECTIVE_TIMEOUT or 10 minutes; 0: no watchdog.
+        preemption: which signals set `fabric.preempted` and how often the ranks agree on it
+            (`fabric_kit.preemption.Preemption`); default SIGTERM (and SIGUSR1 under SLURM), every 10 reads.
     """
 
     def __init__(self, *, accelerator: str | Accelerator = "auto", strategy: str | Strategy = "auto",
                  devices: int | str | list[int] = "auto", num_nodes: int = 1, precision: str | int | None = None,
-                 plugins: Any = None, callbacks: Any = None, loggers: Any = None) -> None:
-        connector = Connector(accelerator, strategy, devices, num_nodes, precision, plugins)
+                 plugins: Any = None, callbacks: Any = None, loggers: Any = None,
+                 collective_timeout: float | timedelta | None = None, preemption: Preemption | None = None) -> None:
+        connector = Connector(accelerator, strategy, devices, num_nodes, precision, plugins, collective_timeout)
         self._strategy: Strategy = connector.strategy
         self._accelerator: Accelerator = connector.accelerator
         self._num_nodes = connector.num_nodes
         self._callbacks = _as_list(callbacks)
         self._loggers = _as_list(loggers)
+        self._preemption = preemption or Preemption()
         self._launched = False
         self._setup_modules: weakref.WeakSet[Module] = weakref.WeakSet()
 
@@ -106,6 +115,13 @@ class Fabric:
     @property
     def is_global_zero(self) -> bool:
         return self._strategy.is_global_zero
+
+    @property
+    def preempted(self) -> bool:
+        """Whether a preemption signal (SIGTERM by default) reached any rank, agreed by all ranks; read it on every
+        rank at the same point of each step, save there and stop (see `fabric_kit.preemption`). The first read
+        makes the signals set this flag instead of ending the process."""
+        return self._preemption.preempted(self._strategy)
 
     @property
     def loggers(self) -> list[Any]:

@@ -17,6 +17,18 @@ def clean_env(monkeypatch):
             monkeypatch.delenv(name)
 
 
+def outside_launchers(**extra):
+    """`process_environment` on a free port with one thread per process, plus `extra`: where a test starts a job of
+    its own."""
+    return process_environment(MASTER_PORT=str(free_port()), OMP_NUM_THREADS="1", **extra)
+
+
+@pytest.fixture(scope="session")
+def job_environment():
+    """`outside_launchers`, for tests that start and watch a job themselves."""
+    return outside_launchers
+
+
 @pytest.fixture(scope="session")
 def run_ranks():
     """`run(args, out_dir)` runs `python *args` from the repository root, outside any launcher and on a free port,
@@ -24,8 +36,8 @@ def run_ranks():
     alone, whatever its exit status. An argument "{port}" is replaced by that port."""
 
     def run(args, out_dir=None, check=True, timeout=120):
-        port = str(free_port())
-        env = process_environment(MASTER_PORT=port, OMP_NUM_THREADS="1")
+        env = outside_launchers()
+        port = env["MASTER_PORT"]
         args = [port if arg == "{port}" else str(arg) for arg in args]
         proc = subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True,
                               timeout=timeout)

@@ -24,6 +24,16 @@ def non_negative_int(text: str) -> int:
     return _bounded_int(text, 0, "an integer >= 0")
 
 
+def non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"invalid value {text!r}: expected a number >= 0")
+    return value
+
+
 def port(text: str) -> int:
     value = _bounded_int(text, 1, "a port number 1..65535")
     if value > 65535:

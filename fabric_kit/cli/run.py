@@ -47,14 +47,25 @@ What the script receives
   FABRIC_KIT_DEVICES       --devices: the list as given, otherwise the number of processes started per machine
   FABRIC_KIT_NUM_NODES     --num-nodes
   FABRIC_KIT_PRECISION     --precision, when given
+  FABRIC_KIT_COLLECTIVE_TIMEOUT  --collective-timeout, when given
   OMP_NUM_THREADS          CPU count // processes per machine (at least 1), unless already set
   plus torchrun's RANK, LOCAL_RANK, WORLD_SIZE, LOCAL_WORLD_SIZE, MASTER_ADDR, MASTER_PORT, ...
   Fabric(...) takes these as its defaults; an explicit argument in the script that contradicts a flag is an
   error naming both.
 
+Signals and hangs
+  SIGTERM, SIGINT, SIGHUP, SIGQUIT and SIGUSR1 are passed on to every process, which then get --grace-period
+  seconds (default 30) to end, e.g. after saving a checkpoint at the step where `fabric.preempted` turned True,
+  before SIGKILL; the same grace applies to the others when one process fails. A process that waits in one
+  collective longer than --collective-timeout (default 600 s) ends the job with an error naming the ranks, the
+  operations and their source lines (exit status 124).
+      fabric run --devices 8 --collective-timeout 120 --grace-period 90 train.py
+
 Exit status
   0 when every process succeeds. When one fails, its traceback is shown (the process's own stderr, then
-  torchrun's error record), the other processes are stopped, and the exit status is the failed process's.
+  torchrun's error record), the other processes are stopped, and the exit status is the failed process's:
+  its own, or 128 + the signal that killed it (137 for SIGKILL). 124 when the collective watchdog ended a hang.
+  128 + the signal when this command received one (143 for SIGTERM, 130 for SIGINT).
   1 when the machines could not meet (e.g. --main-port already in use). 2 for a bad flag. Both with a one-line
   message.
 """
@@ -69,10 +80,15 @@ from contextlib import contextmanager
 from typing import Any
 
 from fabric_kit.cli.devices import ACCEPTED, format_devices, parse_devices, processes_per_node
-from fabric_kit.cli.parser import UsageError, non_negative_int, port, positive_int
+from fabric_kit.cli.parser import UsageError, non_negative_float, non_negative_int, port, positive_int
+from fabric_kit.strategies.launchers.processes import DEFAULT_GRACE_PERIOD, exit_status, root_cause
+from fabric_kit.watchdog import DEFAULT_COLLECTIVE_TIMEOUT
 
 # Machines must agree on the rendezvous port without talking first; a single machine picks a free one instead.
 MULTI_NODE_PORT = 29400
+# torchrun's own list, plus SIGUSR1: SLURM's warning before the time limit (`--signal=USR1@<seconds>`), which the
+# script's `fabric.preempted` listens to under SLURM. torchrun passes each on to every process.
+FORWARDED_SIGNALS = "SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1"
 
 
 def add_parser(subcommands: Any) -> argparse.ArgumentParser:
@@ -105,6 +121,14 @@ def add_parser(subcommands: Any) -> argparse.ArgumentParser:
                         help=f"numeric precision, one of: {', '.join(precisions)}. Default: the script's choice")
     parser.add_argument("--max-restarts", type=non_negative_int, default=0, metavar="N",
                         help="times to restart all processes after a failure, an integer >= 0. Default: 0")
+    parser.add_argument("--collective-timeout", type=non_negative_float, metavar="SECONDS",
+                        help="seconds a process may wait inside one collective before the job ends with an error "
+                             "naming the ranks and operations; 0 turns the watchdog off. Default: the script's "
+                             f"choice, else {DEFAULT_COLLECTIVE_TIMEOUT:.0f}")
+    parser.add_argument("--grace-period", type=non_negative_int, default=int(DEFAULT_GRACE_PERIOD), metavar="SECONDS",
+                        help="seconds the processes get to end after a forwarded signal (SIGTERM, SIGINT, SIGHUP, "
+                             "SIGQUIT, SIGUSR1) or another process's failure, before SIGKILL. "
+                             f"Default: {DEFAULT_GRACE_PERIOD:.0f}")
     parser.add_argument("-m", "--module", action="store_true",
                         help="SCRIPT is a module name, run as with python -m")
     parser.add_argument("script", nargs="?", metavar="SCRIPT", help="path of the script (or module name with -m)")
@@ -145,7 +169,8 @@ def torchrun_arguments(args: argparse.Namespace, processes: int) -> list[str]:
     arguments = ["--nnodes", str(args.num_nodes), "--nproc-per-node", str(processes),
                  "--max-restarts", str(args.max_restarts), "--rdzv-backend", "static",
                  "--node-rank", str(args.node_rank), "--master-addr", args.main_address,
-                 "--master-port", str(main_port)]
+                 "--master-port", str(main_port), "--shutdown-timeout", str(args.grace_period),
+                 "--signals-to-handle", FORWARDED_SIGNALS]
     if args.module:
         arguments.append("--module")
     return [*arguments, args.script, *args.script_args]
@@ -162,6 +187,8 @@ def free_port() -> int:
 def script_environment(args: argparse.Namespace, processes: int) -> dict[str, str]:
     """The variables through which the flags reach ``Fabric(...)`` in every process."""
     environment = {"FABRIC_KIT_NUM_NODES": str(args.num_nodes)}
+    if args.collective_timeout is not None:
+        environment["FABRIC_KIT_COLLECTIVE_TIMEOUT"] = f"{args.collective_timeout:g}"
     # A list names GPUs, and XLA strategies count cores themselves; otherwise tell the script what was started.
     exact = isinstance(args.devices, list) or args.accelerator in ("tpu", "xla")
     environment["FABRIC_KIT_DEVICES"] = format_devices(args.devices) if exact else str(processes)
@@ -200,10 +227,12 @@ def _launch(arguments: list[str]) -> int:
         torchrun.run(torchrun.parse_args(arguments))
     except ChildFailedError as failure:
         print(failure.format_msg(), file=sys.stderr)
-        _, first = failure.get_first_failure()
-        return first.exitcode if first.exitcode > 0 else 1
+        # torchrun's timestamps are whole seconds: a rank whose peer vanished often fails in the same one.
+        first = min(failed.timestamp for failed in failure.failures.values())
+        codes = {rank: failed.exitcode for rank, failed in failure.failures.items() if failed.timestamp == first}
+        return exit_status(codes[root_cause(codes)]) or 1
     except SignalException as stop:
-        return 128 + int(stop.sigval)
+        return exit_status(-int(stop.sigval))
     except (DistError, RendezvousError) as error:
         # Before any process started: the store could not listen, or the nodes never met.
         address = arguments[arguments.index("--master-addr") + 1], arguments[arguments.index("--master-port") + 1]

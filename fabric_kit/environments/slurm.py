@@ -4,6 +4,8 @@ from __future__ import annotations
 import itertools
 import os
 import re
+import shutil
+import subprocess
 
 from fabric_kit.environments import _variables
 from fabric_kit.environments.environment import ClusterEnvironment
@@ -119,3 +121,27 @@ class SLURMEnvironment(ClusterEnvironment):
                     f"num_nodes={num_nodes} but the SLURM allocation has SLURM_NNODES={nodes} nodes. "
                     f"Set num_nodes={nodes} or submit with --nodes={num_nodes}."
                 )
+
+
+def slurm_job_id() -> str:
+    """This job's id as `scontrol` expects it: `<array job id>_<task id>` for a task of a job array, else
+    SLURM_JOB_ID."""
+    array_job = os.environ.get("SLURM_ARRAY_JOB_ID")
+    if array_job is not None:
+        return f"{array_job}_{_variables.require('SLURM_ARRAY_TASK_ID')}"
+    return _variables.require("SLURM_JOB_ID")
+
+
+def requeue_job(job_id: str | None = None) -> None:
+    """Put this SLURM job back in the queue (`scontrol requeue <job id>`), e.g. once a preempted run has saved its
+    checkpoint; call it from one process (global rank 0). The job then restarts from its batch script, which
+    resumes from the latest checkpoint."""
+    job_id = job_id or slurm_job_id()
+    scontrol = shutil.which("scontrol")
+    if scontrol is None:
+        raise RuntimeError(f"cannot requeue SLURM job {job_id}: `scontrol` is not on PATH (this process runs outside "
+                           "SLURM, or SLURM's commands are not installed on this node)")
+    done = subprocess.run([scontrol, "requeue", job_id], capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"`scontrol requeue {job_id}` failed with exit status {done.returncode}: "
+                           f"{(done.stderr or done.stdout).strip() or 'no message'}")

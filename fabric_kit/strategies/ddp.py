@@ -18,15 +18,16 @@ from fabric_kit.strategies.strategy import BackwardSyncControl
 
 class DDPStrategy(ParallelStrategy, BackwardSyncControl):
     """`start_method="popen"` re-runs the script for each rank (the default, `ddp`); "spawn"/"fork" start ranks
-    with torch.multiprocessing (`ddp_spawn`, `ddp_fork`, `ddp_notebook`). Extra keyword arguments go to
-    `DistributedDataParallel` (e.g. `find_unused_parameters=True`)."""
+    with torch.multiprocessing (`ddp_spawn`, `ddp_fork`, `ddp_notebook`). `collective_timeout`: see
+    `ParallelStrategy`. Extra keyword arguments go to `DistributedDataParallel` (e.g. `find_unused_parameters=True`)."""
 
     def __init__(self, accelerator: Accelerator | None = None, parallel_devices: list[torch.device] | None = None,
                  cluster_environment: ClusterEnvironment | None = None, precision: Precision | None = None,
                  process_group_backend: str | None = None, timeout: timedelta | None = None,
-                 start_method: StartMethod = "popen", **ddp_kwargs: Any) -> None:
+                 start_method: StartMethod = "popen", collective_timeout: float | timedelta | None = None,
+                 **ddp_kwargs: Any) -> None:
         super().__init__(accelerator, parallel_devices, cluster_environment, precision, process_group_backend,
-                         timeout, start_method)
+                         timeout, start_method, collective_timeout=collective_timeout)
         self.ddp_kwargs = ddp_kwargs
 
     def setup_module(self, module: Module) -> DistributedDataParallel:

@@ -90,11 +90,11 @@ class DeepSpeedStrategy(ParallelStrategy, BackwardSyncControl):
                  start_method: StartMethod = "popen", config: dict[str, Any] | str | os.PathLike[str] | None = None,
                  stage: int | None = None, offload_optimizer: bool = False, offload_parameters: bool = False,
                  gradient_clipping: float | None = None, gradient_accumulation_steps: int | None = None,
-                 micro_batch_size: int | None = None) -> None:
+                 micro_batch_size: int | None = None, collective_timeout: float | timedelta | None = None) -> None:
         if importlib.util.find_spec("deepspeed") is None:
             raise ImportError(f"{_NEEDS_DEEPSPEED}, which is not installed: {INSTALL_HINT}")
         super().__init__(accelerator, parallel_devices, cluster_environment, precision, process_group_backend,
-                         timeout, start_method)
+                         timeout, start_method, collective_timeout=collective_timeout)
         self.config = _build_config(_read_config(config), stage, offload_optimizer, offload_parameters,
                                     gradient_clipping, gradient_accumulation_steps, micro_batch_size)
         # Every engine this strategy built, and whether it was given an optimizer (can train).

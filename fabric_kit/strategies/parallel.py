@@ -10,6 +10,7 @@ from typing import Any, Literal
 
 import torch
 from torch import Tensor
+from torch.nn import Module
 
 from fabric_kit import distributed
 from fabric_kit.accelerators import Accelerator
@@ -23,11 +24,13 @@ from fabric_kit.checkpoint.directory import (
     verify_directory,
 )
 from fabric_kit.checkpoint.errors import CheckpointWriteError
+from fabric_kit.collective_log import LOG
 from fabric_kit.environments import ClusterEnvironment
 from fabric_kit.precision import Precision
 from fabric_kit.strategies.launchers.multiprocessing import MultiprocessingLauncher
 from fabric_kit.strategies.launchers.subprocess_script import SubprocessScriptLauncher
 from fabric_kit.strategies.strategy import Strategy
+from fabric_kit.watchdog import collective_timeout_seconds
 
 StartMethod = Literal["popen", "spawn", "fork", "forkserver"]
 
@@ -35,17 +38,22 @@ StartMethod = Literal["popen", "spawn", "fork", "forkserver"]
 class ParallelStrategy(Strategy):
     """`start_method` says how the ranks are started when no launcher (torchrun, SLURM, `fabric run`) did:
     "popen" re-runs the script for each rank, "spawn", "fork" and "forkserver" start them with
-    torch.multiprocessing (`fabric.launch(fn)` then runs `fn` in each)."""
+    torch.multiprocessing (`fabric.launch(fn)` then runs `fn` in each). `timeout` is the process group's own
+    (torch's default when None); `collective_timeout` the seconds (or timedelta) after which the collective
+    watchdog turns a wait in a collective into an error naming the ranks and operations (None: Fabric's setting,
+    else 10 minutes; 0: no watchdog)."""
 
     def __init__(self, accelerator: Accelerator | None = None, parallel_devices: list[torch.device] | None = None,
                  cluster_environment: ClusterEnvironment | None = None, precision: Precision | None = None,
                  process_group_backend: str | None = None, timeout: timedelta | None = None,
-                 start_method: StartMethod = "popen") -> None:
+                 start_method: StartMethod = "popen", *, collective_timeout: float | timedelta | None = None) -> None:
         super().__init__(accelerator, precision)
         self.parallel_devices = parallel_devices or []
         self.cluster_environment = cluster_environment
         self.num_nodes = 1
         self.start_method = start_method
+        collective_timeout_seconds(collective_timeout)  # a bad value fails here, naming the argument
+        self.collective_timeout = collective_timeout
         self._process_group_backend = process_group_backend
         self._timeout = timeout
 
@@ -102,17 +110,22 @@ class ParallelStrategy(Strategy):
         if self.cluster_environment is None:
             raise RuntimeError(f"{type(self).__name__} has no cluster environment: pass it to `Fabric(strategy=...)` "
                                "or let Fabric detect one")
-        distributed.init_process_group(self.cluster_environment, self.process_group_backend, self._timeout)
+        distributed.init_process_group(self.cluster_environment, self.process_group_backend, self._timeout,
+                                       collective_timeout_seconds(self.collective_timeout))
+
+    def backward(self, tensor: Tensor, module: Module | None, *args: Any, **kwargs: Any) -> None:
+        """Recorded as collective "backward" for the watchdog: the gradient all-reduce of DDP (and FSDP's
+        reduce-scatter) runs inside it."""
+        seq = LOG.enter("backward")
+        try:
+            super().backward(tensor, module, *args, **kwargs)
+        finally:
+            LOG.left = seq
 
     def all_gather(self, tensor: Tensor, group: Any = None, sync_grads: bool = False) -> Tensor:
         if not distributed.is_initialized():
             return tensor
-        if sync_grads:
-            from torch.distributed.nn.functional import all_gather as differentiable_all_gather
-
-            return torch.stack(differentiable_all_gather(tensor.contiguous(), group=group or
-                                                         torch.distributed.group.WORLD))
-        return distributed.all_gather(tensor, group)
+        return distributed.all_gather(tensor, group, sync_grads)
 
     def all_reduce(self, tensor: Tensor, group: Any = None, reduce_op: str | Any = "mean") -> Tensor:
         if not distributed.is_initialized():

@@ -16,7 +16,7 @@ from fabric_kit.connector import accelerator_names, precision_names, strategy_na
 from tests.helpers.cli_processes import CLI_TESTS, SCRIPT, clean_environment
 
 FLAGS = ("--accelerator", "--strategy", "--devices", "--num-nodes", "--node-rank", "--main-address", "--main-port",
-         "--precision", "--max-restarts", "--module")
+         "--precision", "--max-restarts", "--collective-timeout", "--grace-period", "--module")
 
 
 def parse(*argv):
@@ -45,6 +45,9 @@ def test_help_documents_every_flag_and_its_accepted_values(capsys):
     (["run", "--num-nodes", "2", "--node-rank", "2", SCRIPT], "--node-rank 2"),
     (["run", "--main-port", "70000", SCRIPT], "'70000'"),
     (["run", "--max-restarts", "-1", SCRIPT], "'-1'"),
+    (["run", "--collective-timeout", "-5", SCRIPT], "'-5'"),
+    (["run", "--collective-timeout", "soon", SCRIPT], "'soon'"),
+    (["run", "--grace-period", "1.5", SCRIPT], "'1.5'"),
     (["run", "no_such_script.py"], "'no_such_script.py'"),
     (["run", "--devices", "0,1", "--accelerator", "cpu", SCRIPT], "--devices 0,1"),
     (["launch", SCRIPT], "'launch'"),
@@ -103,8 +106,9 @@ def test_one_machine_hosts_the_rendezvous_on_a_free_port():
     arguments = torchrun_arguments(parse("--devices", "2", "--max-restarts", "1", "-m", "pkg.train", "a"), 2)
     port = int(arguments[arguments.index("--master-port") + 1])
     assert arguments == ["--nnodes", "1", "--nproc-per-node", "2", "--max-restarts", "1", "--rdzv-backend", "static",
-                         "--node-rank", "0", "--master-addr", "127.0.0.1", "--master-port", str(port), "--module",
-                         "pkg.train", "a"]
+                         "--node-rank", "0", "--master-addr", "127.0.0.1", "--master-port", str(port),
+                         "--shutdown-timeout", "30", "--signals-to-handle", "SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1",
+                         "--module", "pkg.train", "a"]
     with socket.socket() as probe:
         probe.bind(("", port))  # nobody listens there
 
@@ -126,6 +130,12 @@ def test_variables_for_the_script(monkeypatch):
         == "1,3"
     monkeypatch.setenv("OMP_NUM_THREADS", "7")
     assert "OMP_NUM_THREADS" not in script_environment(parse(SCRIPT), 1)
+    assert script_environment(parse("--collective-timeout", "90", SCRIPT), 1)["FABRIC_KIT_COLLECTIVE_TIMEOUT"] == "90"
+
+
+def test_grace_period_is_torchruns_shutdown_timeout():
+    arguments = torchrun_arguments(parse("--grace-period", "90", SCRIPT), 1)
+    assert arguments[arguments.index("--shutdown-timeout") + 1] == "90"
 
 
 @given(st.integers(min_value=1, max_value=10**6))

@@ -1,9 +1,11 @@
+import os
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from fabric_kit.environments import SLURMEnvironment
-from fabric_kit.environments.slurm import expand_hostlist
+from fabric_kit.environments.slurm import expand_hostlist, requeue_job, slurm_job_id
 
 SRUN = dict(
     SLURM_NTASKS=8,
@@ -116,3 +118,47 @@ _groups = st.one_of(
 def test_expand_hostlist_round_trip(groups):
     hostlist = ",".join(text for text, _ in groups)
     assert expand_hostlist(hostlist) == [host for _, hosts in groups for host in hosts]
+
+
+@pytest.fixture
+def scontrol(tmp_path, monkeypatch):
+    """A stub `scontrol` first on PATH: it records its arguments and exits with the status in `./status`."""
+    calls, status = tmp_path / "calls", tmp_path / "status"
+    status.write_text("0")
+    stub = tmp_path / "scontrol"
+    stub.write_text(f'#!/bin/sh\necho "$@" >> {calls}\necho "job not requeueable" >&2\nexit $(cat {status})\n')
+    stub.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
+    return calls, status
+
+
+def test_requeue_calls_scontrol_once_with_the_job_id(setenv, scontrol):
+    setenv(**SRUN)
+    requeue_job()
+    assert scontrol[0].read_text() == "requeue 1234567\n"
+
+
+def test_a_task_of_a_job_array_requeues_itself(setenv, scontrol):
+    setenv(**SRUN, SLURM_ARRAY_JOB_ID=99, SLURM_ARRAY_TASK_ID=3)
+    assert slurm_job_id() == "99_3"
+    requeue_job()
+    assert scontrol[0].read_text() == "requeue 99_3\n"
+
+
+def test_requeue_without_scontrol_says_so(setenv, monkeypatch, tmp_path):
+    setenv(**SRUN)
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(RuntimeError, match="cannot requeue SLURM job 1234567: `scontrol` is not on PATH"):
+        requeue_job()
+
+
+def test_a_failed_requeue_shows_scontrols_message(setenv, scontrol):
+    setenv(**SRUN)
+    scontrol[1].write_text("1")
+    with pytest.raises(RuntimeError, match="`scontrol requeue 1234567` failed with exit status 1: job not requeueable"):
+        requeue_job()
+
+
+def test_outside_slurm_there_is_no_job_to_requeue():
+    with pytest.raises(ValueError, match="SLURM_JOB_ID is not set"):
+        requeue_job()

@@ -57,6 +57,7 @@ class FSDPStrategy(ParallelStrategy, BackwardSyncControl):
         state_dict_type: "sharded" saves a directory in which every rank writes its shards; "full" gathers one
             file on rank 0 that a single-process run can load.
         start_method: how ranks are started, as for DDP: "popen" (re-run the script), "spawn", "fork".
+        collective_timeout: seconds before the collective watchdog ends a hang (see `ParallelStrategy`).
     """
 
     setup_module_first = True
@@ -67,9 +68,10 @@ class FSDPStrategy(ParallelStrategy, BackwardSyncControl):
                  process_group_backend: str | None = None, timeout: timedelta | None = None,
                  auto_wrap_policy: ModulePolicy = None, activation_checkpointing_policy: ModulePolicy = None,
                  cpu_offload: bool = False, sharding_strategy: str = "FULL_SHARD",
-                 state_dict_type: StateDictType = "sharded", start_method: StartMethod = "popen") -> None:
+                 state_dict_type: StateDictType = "sharded", start_method: StartMethod = "popen",
+                 collective_timeout: float | timedelta | None = None) -> None:
         super().__init__(accelerator, parallel_devices, cluster_environment, precision, process_group_backend,
-                         timeout, start_method)
+                         timeout, start_method, collective_timeout=collective_timeout)
         if state_dict_type not in ("sharded", "full"):
             raise ValueError(f"state_dict_type={state_dict_type!r} is not supported; accepted: 'sharded', 'full'")
         self.auto_wrap_policy = as_predicate(auto_wrap_policy, "auto_wrap_policy")
