@@ -6,7 +6,7 @@ import torch
 import loops as L
 from benchmarks.overhead import calls_per_step, raw_loop, trainer_loop
 
-MEASURED = 38  # extra calls per step, counted after the run state (loops/trainer/run_state.py) went in
+MEASURED = 42  # extra calls per step, counted once the run state and FabricModule via nn.Module.__call__ were in
 BUDGET = MEASURED * 1.2  # fails at +20%: a change that adds calls to every step has to say so here
 TRAINER = trainer_loop(L.Trainer, L.LightningModule)
 
