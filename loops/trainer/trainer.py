@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from fabric_kit import Fabric, is_wrapped
-from fabric_kit.environments.slurm import SLURMEnvironment, requeue_job
+from fabric_kit.environments import SLURMEnvironment, requeue_job
 from fabric_kit.loggers import FolderLogger, Logger, agree_on_versions
 from fabric_kit.wrappers import FabricModule
 from loops.callbacks.callback import Callback
