@@ -322,9 +322,10 @@ class Trainer(TrainerProperties):
             hooks.call("on_fit_end")
 
     def _end_preempted(self) -> NoReturn:
-        """After a preempted fit's teardown: under SLURM rank 0 puts the job back in the queue (its rerun resumes
-        with `ckpt_path="last"`), then every process exits with PREEMPTED_EXIT_STATUS."""
-        if self.is_global_zero and SLURMEnvironment.detect():
+        """After a preempted fit's teardown: under SLURM, when rank 0 received SIGUSR1 (the warning SLURM sends
+        before the time limit), rank 0 puts the job back in the queue (its rerun resumes with `ckpt_path="last"`);
+        a SIGTERM (`scancel`) stops it for good. Then every process exits with PREEMPTED_EXIT_STATUS."""
+        if self.is_global_zero and SLURMEnvironment.detect() and self.fabric.preemption_signal == signal.SIGUSR1:
             requeue_job()
         raise SystemExit(PREEMPTED_EXIT_STATUS)
 
