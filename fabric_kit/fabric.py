@@ -2,6 +2,7 @@
 which owns distribution and delegates to precision and checkpoint I/O."""
 from __future__ import annotations
 
+import signal
 import weakref
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
@@ -122,6 +123,12 @@ class Fabric:
         rank at the same point of each step, save there and stop (see `fabric_kit.preemption`). The first read
         makes the signals set this flag instead of ending the process."""
         return self._preemption.preempted(self._strategy)
+
+    @property
+    def preemption_signal(self) -> signal.Signals | None:
+        """The preemption signal this process received (None: none, or another rank's made `preempted` True): lets a
+        script tell SLURM's warning before the time limit (SIGUSR1, worth a requeue) from a cancellation (SIGTERM)."""
+        return self._preemption.received
 
     @property
     def loggers(self) -> list[Any]:

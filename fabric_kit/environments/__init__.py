@@ -6,7 +6,7 @@ from fabric_kit.environments.kubeflow import KubeflowEnvironment
 from fabric_kit.environments.local import LocalEnvironment
 from fabric_kit.environments.lsf import LSFEnvironment
 from fabric_kit.environments.mpi import MPIEnvironment
-from fabric_kit.environments.slurm import SLURMEnvironment
+from fabric_kit.environments.slurm import SLURMEnvironment, requeue_job
 from fabric_kit.environments.torchelastic import TorchElasticEnvironment
 
 __all__ = [
@@ -18,6 +18,7 @@ __all__ = [
     "SLURMEnvironment",
     "TorchElasticEnvironment",
     "detect_environment",
+    "requeue_job",
 ]
 
 # Most specific launcher first: torchrun may run inside a SLURM allocation, and its variables then describe the

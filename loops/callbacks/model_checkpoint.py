@@ -167,6 +167,11 @@ class ModelCheckpoint(Checkpoint):
         if trainer.is_global_zero:
             print(f"{type(exception).__name__} raised ({exception}); saved checkpoint {path}")
 
+    def on_preempt(self, trainer: Trainer, pl_module: Any) -> None:
+        """Preempted: `last.ckpt` gets the state at this step boundary, whatever `save_last` says, so that
+        `fit(ckpt_path="last")` continues the run from it."""
+        self._save_last(trainer, self._candidates(trainer))
+
     def _saves_on_train_epoch_end(self, trainer: Trainer) -> bool:
         """At the training epoch's end (which sees that epoch's validation too) unless validation runs several
         times an epoch or not every epoch: then after each validation."""

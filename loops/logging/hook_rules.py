@@ -12,4 +12,4 @@ NO_LOGGING = frozenset({
     "predict_step", "configure_optimizers", "train_dataloader", "val_dataloader", "test_dataloader",
     "predict_dataloader", "prepare_data", "configure_callbacks", "on_validation_model_zero_grad",
     "on_validation_model_eval", "on_test_model_eval", "on_validation_model_train", "on_test_model_train",
-    "lr_scheduler_step"})
+    "lr_scheduler_step", "on_preempt"})

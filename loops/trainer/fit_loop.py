@@ -1,11 +1,13 @@
 """Epochs of training batches with validation at `val_check_interval`, stopping at max_epochs / max_steps /
-max_time / `should_stop` (but not before min_epochs / min_steps). What the per-batch path needs (hook lists, the
-step, the schedulers) is taken once per epoch (`_TrainingEpoch`), so hooks nobody overrides cost nothing. The
-counters it advances are the run state's `Progress` (run_state.py)."""
+max_time / `should_stop` (but not before min_epochs / min_steps), or at the step boundary where a preemption signal
+is agreed (`FitLoop.preempt`). What the per-batch path needs (hook lists, the step, the schedulers) is taken once per
+epoch (`_TrainingEpoch`), so hooks nobody overrides cost nothing. The counters it advances are the run state's
+`Progress` (run_state.py)."""
 from __future__ import annotations
 
 import math
 import time
+import warnings
 from collections.abc import Callable
 from functools import partial
 from typing import TYPE_CHECKING, Any
@@ -38,6 +40,7 @@ class FitLoop:
         self._loaded_epoch = -1
         self._val_loaded_epoch = -1
         self._start_time = 0.0
+        self.preempted = False  # the run stopped at a step boundary after a preemption signal (`preempt`)
 
     # -- data -----------------------------------------------------------------------------------------------------
     def setup_train_data(self) -> None:
@@ -117,6 +120,7 @@ class FitLoop:
     def run(self) -> None:
         state = self.trainer.run_state
         self._start_time = time.monotonic()
+        self.preempted = False
         self._sanity_check()
         self.setup_train_data()
         # on_train_start may log (epoch-level, as in Lightning): its values join the first epoch's results.
@@ -126,8 +130,28 @@ class FitLoop:
         while not self._done():
             self.setup_train_data()
             self._run_epoch(state.train_results)
+            if self.preempted:
+                return
             self._end_epoch(state.train_results)
+            # An epoch's last step boundary is here, after its end, which a resumed run does not repeat.
+            if self.trainer.fabric.preempted:
+                self.preempt()
+                return
         state.hooks.call("on_train_end")
+
+    def preempt(self) -> bool:
+        """A preemption signal reached some rank (`fabric.preempted`, read at every step boundary on every rank
+        alike): the callbacks' `on_preempt` save the state here (ModelCheckpoint: last.ckpt) and fit stops; the
+        Trainer then ends the process (`Trainer._end_preempted`). Returns True: the epoch ends."""
+        trainer = self.trainer
+        self.preempted = True
+        trainer.state.status = "interrupted"
+        if not trainer.checkpoint_callbacks:
+            warnings.warn("fit was preempted and stops without saving: no checkpoint callback is in "
+                          "Trainer(callbacks=[...]) (add ModelCheckpoint to resume with ckpt_path=\"last\")",
+                          stacklevel=2)
+        trainer.run_state.hooks.call_callbacks("on_preempt")
+        return True
 
     def _sanity_check(self) -> None:
         trainer, state = self.trainer, self.trainer.run_state
@@ -298,6 +322,7 @@ class _TrainingEpoch:
         self.loop, self.trainer, self.state, self.progress = loop, trainer, state, state.progress
         self.results = results
         self.hooks, self.module, self.fabric_module = hooks, hooks.pl_module, state.fabric_module
+        self.fabric = trainer.fabric
         self.start_cbs, self.start_mod = hooks.cb("on_train_batch_start"), hooks.mod("on_train_batch_start")
         self.end_cbs, self.end_mod = hooks.cb("on_train_batch_end"), hooks.mod("on_train_batch_end")
         self.step = AutomaticStep(trainer).run if state.automatic else None
@@ -332,8 +357,10 @@ class _TrainingEpoch:
             stepped = progress.global_step != steps_before
         progress.batch_trained(batch_idx, stepped)
         self._end_batch(outputs, batch, batch_idx, stepped, last)
+        # An epoch's last batch reads `preempted` after the epoch's end (`FitLoop.run`).
         return last or (trainer.max_steps != -1 and progress.global_step >= trainer.max_steps) \
-            or (self.state.should_stop and self.loop._can_stop()) or (self.timed and self.loop._time_is_up())
+            or (self.state.should_stop and self.loop._can_stop()) or (self.timed and self.loop._time_is_up()) \
+            or (self.fabric.preempted and self.loop.preempt())
 
     def _end_batch(self, outputs: Any, batch: Any, batch_idx: int, stepped: bool, last: bool) -> None:
         """The schedulers, on_train_batch_end, the step's logs, validation when due; then the step is counted."""

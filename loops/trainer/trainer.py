@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import os
+import signal
 from collections.abc import Iterable
 from contextlib import AbstractContextManager, nullcontext
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import torch
 from torch import Tensor
 
 from fabric_kit import Fabric, is_wrapped
+from fabric_kit.environments import SLURMEnvironment, requeue_job
 from fabric_kit.loggers import FolderLogger, Logger, agree_on_versions
 from fabric_kit.wrappers import FabricModule
 from loops.callbacks.callback import Callback
@@ -38,6 +40,9 @@ from loops.trainer.strategy import StrategyFacade
 from loops.tuner.exit import TunerExit
 
 _TRANSFER_HOOKS = ("on_before_batch_transfer", "transfer_batch_to_device", "on_after_batch_transfer")
+PREEMPTED_EXIT_STATUS = 128 + int(signal.SIGTERM)
+"""How every process of a preempted fit ends (`SystemExit`), whichever signal preempted it: as SIGTERM ends a
+process."""
 
 
 class Trainer(TrainerProperties):
@@ -269,6 +274,8 @@ class Trainer(TrainerProperties):
             raise
         finally:
             self._teardown(stage)
+        if stage == "fit" and self.fit_loop.preempted:
+            self._end_preempted()
         self.state.status = "finished"
         return self._payload(model, result)
 
@@ -311,7 +318,16 @@ class Trainer(TrainerProperties):
         with torch.autograd.set_detect_anomaly(True) if self.detect_anomaly else nullcontext():
             self.fit_loop.run()
         self.training = False
-        hooks.call("on_fit_end")
+        if not self.fit_loop.preempted:
+            hooks.call("on_fit_end")
+
+    def _end_preempted(self) -> NoReturn:
+        """After a preempted fit's teardown: under SLURM, when rank 0 received SIGUSR1 (the warning SLURM sends
+        before the time limit), rank 0 puts the job back in the queue (its rerun resumes with `ckpt_path="last"`);
+        a SIGTERM (`scancel`) stops it for good. Then every process exits with PREEMPTED_EXIT_STATUS."""
+        if self.is_global_zero and SLURMEnvironment.detect() and self.fabric.preemption_signal == signal.SIGUSR1:
+            requeue_job()
+        raise SystemExit(PREEMPTED_EXIT_STATUS)
 
     def _check_optimization(self, model: LightningModule) -> None:
         """What fit needs from the module, and the flags that manual optimization cannot honour."""
