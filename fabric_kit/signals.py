@@ -58,12 +58,7 @@ def stop_forwarding(forward: Action) -> None:
         return
     for number in [number for number in _previous if number not in _flags]:
         signal.signal(number, _previous.pop(number))
-    if _wakeup:
-        reader, writer, previous_fd = _wakeup
-        _wakeup.clear()
-        signal.set_wakeup_fd(previous_fd)
-        writer.close()
-        reader.close()
+    _close_wakeup()
 
 
 def as_flag(signals: Iterable[int], set_flag: Action) -> bool:
@@ -87,6 +82,11 @@ def reset() -> None:
     _flags.clear()
     _forwarded.clear()
     _stopping.clear()
+    _close_wakeup()
+
+
+def _close_wakeup() -> None:
+    """Give the main thread its previous wake-up fd back and close the pipe the forwarding thread read."""
     if _wakeup:
         reader, writer, previous_fd = _wakeup
         _wakeup.clear()

@@ -15,6 +15,7 @@ import torch
 
 from fabric_kit.strategies.launchers.processes import GRACE_PERIOD_VARIABLE, exit_status
 from tests.helpers.processes import ROOT
+from tests.helpers.slurm import fake_slurm_job
 from tests.strategies.launchers.launcher_jobs import finish, survivors, wait_for
 
 SCRIPT = Path(__file__).parent / "scripts" / "loops_preempt.py"
@@ -84,15 +85,7 @@ def test_under_slurm_sigusr1_saves_and_requeues_once_and_sigterm_only_saves(stop
                                                                            job_environment):
     """Two tasks as `srun --ntasks 2` starts them; SLURM sends SIGUSR1 to every task before the time limit, and
     SIGTERM when the job is cancelled (`scancel`), which must not put it back in the queue."""
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    calls = tmp_path / "scontrol_calls"
-    scontrol = bin_dir / "scontrol"
-    scontrol.write_text(f"#!/bin/sh\necho \"$@\" >> {calls}\n")
-    scontrol.chmod(0o755)
-    env = job_environment(SLURM_NTASKS="2", SLURM_NODEID="0", SLURM_NODELIST="localhost", SLURM_JOB_ID="4242",
-                          SLURM_JOB_NAME="train", SLURM_NTASKS_PER_NODE="2",
-                          PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    env, calls = fake_slurm_job(tmp_path, job_environment())
     tasks = [start(tmp_path, "preempt", {**env, "SLURM_PROCID": str(rank), "SLURM_LOCALID": str(rank)})
              for rank in range(2)]
     for status, output, _ in signal_when_ready(tasks, tmp_path, stop):

@@ -11,6 +11,7 @@ import pytest
 from launcher_jobs import finish, start, survivors, wait_for
 
 from fabric_kit.strategies.launchers.processes import GRACE_PERIOD_VARIABLE, exit_status
+from tests.helpers.slurm import fake_slurm_job
 
 GRACE = 20  # seconds; the jobs below end well within it
 
@@ -67,15 +68,7 @@ def test_sigterm_reaches_the_ranks_while_rank_zero_waits_in_a_collective(tmp_pat
 
 def test_sigusr1_under_slurm_saves_and_requeues_once(tmp_path, job_environment):
     """Two tasks as `srun --ntasks 2` starts them; SLURM sends SIGUSR1 to every task before the time limit."""
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    calls = tmp_path / "scontrol_calls"
-    scontrol = bin_dir / "scontrol"
-    scontrol.write_text(f"#!/bin/sh\necho \"$@\" >> {calls}\n")
-    scontrol.chmod(0o755)
-    environment = job_environment(SLURM_NTASKS="2", SLURM_NODEID="0", SLURM_NODELIST="localhost", SLURM_JOB_ID="4242",
-                                  SLURM_JOB_NAME="train", SLURM_NTASKS_PER_NODE="2",
-                                  PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    environment, calls = fake_slurm_job(tmp_path, job_environment())
     tasks = [start("task", tmp_path, "preempt", 0, "--requeue", env={**environment, "SLURM_PROCID": str(rank),
                                                                          "SLURM_LOCALID": str(rank)})
              for rank in range(2)]
