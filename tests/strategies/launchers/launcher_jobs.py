@@ -1,12 +1,12 @@
 """Start the 2-rank job of scripts/job.py under each launcher, and find what it left behind, by process id."""
-import os
-import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
+
+from tests.helpers.cli_processes import finish as finish_process
 
 ROOT = Path(__file__).resolve().parents[3]
 JOB = Path(__file__).resolve().parent / "scripts" / "job.py"
@@ -40,13 +40,8 @@ def start(launcher: str, out: Path, behaviour: str, rank: int, *options: str, en
 
 def finish(process: subprocess.Popen, timeout: float = 60) -> tuple[int, str, float]:
     """Wait for the job; (its return code, its output, when it ended). On timeout kill it and fail."""
-    try:
-        output, _ = process.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        output, _ = process.communicate()
-        pytest.fail(f"{process.args} still ran after {timeout} s:\n{output}")
-    return process.returncode, output, time.time()
+    status, output = finish_process(process, timeout)
+    return status, output, time.time()
 
 
 def failed_at(out: Path) -> float:
