@@ -138,10 +138,17 @@ class SubprocessScriptLauncher(Launcher):
 
     def _end_grace_period(self) -> None:
         time.sleep(max(0.0, self._deadline - time.monotonic()))
+        # Said before any rank is killed: rank 0, waiting in a collective with a killed rank, fails at once.
+        running = [self._rank_of(local_rank) for local_rank, child in enumerate(self.children, 1)
+                   if child.poll() is None]
+        if threading.main_thread().is_alive():
+            running.insert(0, self._rank_of(0))
+        if running:
+            print(f"fabric_kit: rank {', '.join(map(str, running))} did not end within the grace period after "
+                  f"{signal.Signals(self._signal or signal.SIGTERM).name}; stopping the job",
+                  file=sys.stderr, flush=True)
         _wait_or_kill(self.children, self._deadline)
         if threading.main_thread().is_alive():
-            print(f"fabric_kit: rank {self._rank_of(0)} did not end within the grace period after "
-                  f"{signal.Signals(self._signal or signal.SIGTERM).name}; stopping it", file=sys.stderr, flush=True)
             os._exit(exit_status(-(self._signal or signal.SIGTERM)))
 
     def _note_exception(self) -> None:
