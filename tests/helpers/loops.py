@@ -61,6 +61,23 @@ class Regression(L.LightningModule):
         return torch.optim.SGD(self.parameters(), lr=self.hparams.lr)
 
 
+class DropoutRegression(L.LightningModule):
+    """Dropout and a per-epoch StepLR: a run's result depends on the restored RNG and scheduler, for the tests that
+    kill, preempt and resume a fit."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(4, 16), nn.Dropout(0.3), nn.ReLU(), nn.Linear(16, 1))
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        return nn.functional.mse_loss(self.net(x), y)
+
+    def configure_optimizers(self):
+        optimizer = torch.optim.AdamW(self.parameters(), lr=1e-2)
+        return [optimizer], [torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=0.7)]
+
+
 class MomentumRegression(Regression):
     """SGD with momentum: a resumed run matches an uninterrupted one only if the optimizer state came back."""
 

@@ -13,23 +13,12 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import loops as L
 from loops.callbacks import ModelCheckpoint
+from tests.helpers.loops import DropoutRegression
 
 
-class Noisy(L.LightningModule):
-    def __init__(self):
-        super().__init__()
-        self.net = nn.Sequential(nn.Linear(4, 16), nn.Dropout(0.3), nn.ReLU(), nn.Linear(16, 1))
-
-    def training_step(self, batch, batch_idx):
-        x, y = batch
-        return nn.functional.mse_loss(self.net(x), y)
-
+class Noisy(DropoutRegression):
     def validation_step(self, batch, batch_idx):
         self.log("val_loss", nn.functional.mse_loss(self.net(batch[0]), batch[1]))
-
-    def configure_optimizers(self):
-        optimizer = torch.optim.AdamW(self.parameters(), lr=1e-2)
-        return [optimizer], [torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=0.7)]
 
 
 class KillAt(L.Callback):

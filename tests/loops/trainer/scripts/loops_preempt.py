@@ -11,27 +11,13 @@ import time
 from pathlib import Path
 
 import torch
-from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import loops as L
 from loops.callbacks import ModelCheckpoint
+from tests.helpers.loops import DropoutRegression
 
 PAUSE_STEP = 3
-
-
-class Noisy(L.LightningModule):
-    def __init__(self):
-        super().__init__()
-        self.net = nn.Sequential(nn.Linear(4, 16), nn.Dropout(0.3), nn.ReLU(), nn.Linear(16, 1))
-
-    def training_step(self, batch, batch_idx):
-        x, y = batch
-        return nn.functional.mse_loss(self.net(x), y)
-
-    def configure_optimizers(self):
-        optimizer = torch.optim.AdamW(self.parameters(), lr=1e-2)
-        return [optimizer], [torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=0.7)]
 
 
 class PauseForSignal(L.Callback):
@@ -63,7 +49,7 @@ def main(out: Path, mode: str) -> None:
         callbacks.append(PauseForSignal(out))
     trainer = L.Trainer(accelerator="cpu", devices=2, strategy="ddp", max_epochs=3, callbacks=callbacks,
                         logger=False, enable_progress_bar=False, enable_model_summary=False)
-    model = Noisy()
+    model = DropoutRegression()
     trainer.fit(model, DataLoader(data, batch_size=4, shuffle=True), ckpt_path="last" if mode == "resume" else None)
     if trainer.is_global_zero:
         torch.save({"weights": model.state_dict(), "global_step": trainer.global_step}, out / f"{mode}.pt")
