@@ -352,14 +352,15 @@ class Fabric:
         self._strategy.barrier()
 
     def load(self, path: str, state: dict[str, Any] | None = None, strict: bool = True, *,
-             weights_only: bool = True) -> dict[str, Any]:
+             weights_only: bool | None = True) -> dict[str, Any]:
         """Restore the objects of `state` in place from `path`, with every rank's RNG states and the precision's
         state; return what the checkpoint held beyond `state` (everything, restoring nothing, when `state` is
         None; a `state` of another type is a TypeError). The file's checksum is verified first. Loading is safe by
-        default (tensors and plain containers only); `weights_only=False` unpickles arbitrary objects: only for
-        checkpoints from a trusted source. Every strategy takes the same arguments."""
+        default (tensors and plain containers only; None is the same safe default, as in torch.load);
+        `weights_only=False` unpickles arbitrary objects: only for checkpoints from a trusted source. Every
+        strategy takes the same arguments."""
         self._ensure_launched()
-        remainder = self._strategy.load_checkpoint(path, state, strict, weights_only=weights_only)
+        remainder = self._strategy.load_checkpoint(path, state, strict, weights_only=weights_only is not False)
         self._strategy.barrier()
         return remainder
 
