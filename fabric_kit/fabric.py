@@ -269,6 +269,12 @@ class Fabric:
             return nullcontext()  # one process: there is no all-reduce to skip
         return self._strategy.no_backward_sync(_strategy_module(module), enabled)
 
+    def backward_inside_forward(self, module: Module) -> AbstractContextManager[Any]:
+        """Wrap a call of the model inside which `fabric.backward` runs, e.g. `model.training_step(batch)` of a
+        LightningModule with manual optimization: under DDP each such backward then syncs the gradients (DDP's
+        own sync is armed for one backward after the forward, and would fail or silently skip them)."""
+        return self._strategy.backward_inside_forward(_strategy_module(module))
+
     def to_device(self, obj: Any) -> Any:
         """Move a module, a tensor or any nested collection of tensors to this process's device."""
         if isinstance(obj, Module):
