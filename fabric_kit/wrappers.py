@@ -11,6 +11,7 @@ from torch.nn import Module
 from torch.optim import Optimizer
 from torch.utils.data import DataLoader
 
+from fabric_kit.callbacks import call_hooks
 from fabric_kit.collections import move_to_device
 from fabric_kit.data import DistributedShardSampler
 from fabric_kit.precision import Precision
@@ -181,6 +182,7 @@ class FabricOptimizer:
 
     _optimizer: Optimizer
     _strategy: OptimizerStepper
+    _callbacks: list[Any]  # Fabric's callbacks, shared with it (a module set up later may join them)
     zero_grad: Callable[..., None]  # the optimizer's own bound method, set by `wrap_optimizer`
 
     @property
@@ -211,8 +213,13 @@ class FabricOptimizer:
 
     def step(self, closure: Any = None) -> Any:
         if closure is None:
-            return self._strategy.optimizer_step(self._optimizer)
-        return self._strategy.optimizer_step(self._optimizer, closure=closure)
+            output = self._strategy.optimizer_step(self._optimizer)
+        else:
+            output = self._strategy.optimizer_step(self._optimizer, closure=closure)
+        if self._callbacks:  # Fabric's callbacks: `on_after_optimizer_step(strategy, optimizer)`
+            call_hooks(self._callbacks, "on_after_optimizer_step", (),
+                       {"strategy": self._strategy, "optimizer": self._optimizer})
+        return output
 
     def state_dict(self) -> dict[str, Any]:
         return self._optimizer.state_dict()
@@ -224,7 +231,8 @@ class FabricOptimizer:
 _OPTIMIZER_CLASSES: dict[type[Optimizer], type[FabricOptimizer]] = {}
 
 
-def wrap_optimizer(optimizer: Optimizer, strategy: OptimizerStepper) -> FabricOptimizer:
+def wrap_optimizer(optimizer: Optimizer, strategy: OptimizerStepper, callbacks: list[Any] | None = None
+                   ) -> FabricOptimizer:
     """A view of `optimizer` whose `step` goes through `strategy`. It shares the optimizer's param groups and state;
     `zero_grad` is the optimizer's own bound method (no extra call on the hot path)."""
     cls = _OPTIMIZER_CLASSES.get(type(optimizer))
@@ -237,6 +245,7 @@ def wrap_optimizer(optimizer: Optimizer, strategy: OptimizerStepper) -> FabricOp
     wrapped.__dict__.update(shared)
     wrapped._optimizer = optimizer
     wrapped._strategy = strategy
+    wrapped._callbacks = [] if callbacks is None else callbacks
     wrapped.zero_grad = optimizer.zero_grad
     return wrapped
 
