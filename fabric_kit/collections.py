@@ -80,13 +80,14 @@ _TRANSFERABLE = (torch.Tensor, _Transferable)
 
 
 def _to_device(obj: Any, device: torch.device) -> Any:
-    return obj.to(device)
+    moved = obj.to(device)
+    return obj if moved is None else moved  # a `to` that moves the object in place and returns None
 
 
 def _to_device_non_blocking(obj: Any, device: torch.device) -> Any:
     if isinstance(obj, torch.Tensor):
         return obj.to(device, non_blocking=True)
-    return obj.to(device)
+    return _to_device(obj, device)
 
 
 def _convert(tensor: torch.Tensor, dtype_from: torch.dtype, dtype_to: torch.dtype) -> torch.Tensor:

@@ -16,6 +16,7 @@ from torch.optim import Optimizer
 from torch.utils.data import DataLoader
 
 from fabric_kit.accelerators import Accelerator
+from fabric_kit.callbacks import call_hooks
 from fabric_kit.collections import apply_to_collection, move_to_device
 from fabric_kit.connector import Connector
 from fabric_kit.data import distributed_loader, resumable_loader
@@ -178,7 +179,8 @@ class Fabric:
         forward_module, raw_optimizers, scheduler = self._strategy.setup_module_and_optimizers(
             module, list(optimizers), scheduler)
         wrapped = FabricModule(forward_module, self._strategy.precision, module)
-        fabric_optimizers = [wrap_optimizer(opt, self._strategy) for opt in raw_optimizers]
+        fabric_optimizers = [wrap_optimizer(opt, self._strategy, self._callbacks) for opt in raw_optimizers]
+        self._after_setup(module, wrapped, fabric_optimizers)
         result = [wrapped, *fabric_optimizers]
         if scheduler is not None:
             result.append(scheduler)
@@ -188,15 +190,28 @@ class Fabric:
         """Prepare only the model (sharding strategies want the model first, then `setup_optimizers`)."""
         self._ensure_launched()
         module = self._prepare_module(module, move_to_device)
-        return FabricModule(self._strategy.setup_module(module), self._strategy.precision, module)
+        wrapped = FabricModule(self._strategy.setup_module(module), self._strategy.precision, module)
+        self._after_setup(module, wrapped, None)
+        return wrapped
 
     def setup_optimizers(self, *optimizers: Optimizer) -> FabricOptimizer | tuple[FabricOptimizer, ...]:
         self._ensure_launched()
         wrapped = []
         for optimizer in optimizers:
             _check_unwrapped_optimizer(optimizer)
-            wrapped.append(wrap_optimizer(self._strategy.setup_optimizer(optimizer), self._strategy))
+            wrapped.append(wrap_optimizer(self._strategy.setup_optimizer(optimizer), self._strategy, self._callbacks))
         return wrapped[0] if len(wrapped) == 1 else tuple(wrapped)
+
+    def _after_setup(self, module: Module, wrapped: FabricModule, optimizers: list[FabricOptimizer] | None) -> None:
+        """A module with `attach_fabric(fabric, optimizers)` (a loops LightningModule) is told it was set up, so its
+        `self.log`, `self.optimizers()`, ... work in a plain Fabric loop, and becomes a callback, as in Lightning;
+        `optimizers` is None from `setup_module`. Then the callbacks' `on_after_setup(fabric, module)` run."""
+        attach = getattr(module, "attach_fabric", None)
+        if callable(attach):
+            attach(self, optimizers)
+            if module not in self._callbacks:
+                self._callbacks.append(module)
+        call_hooks(self._callbacks, "on_after_setup", (), {"fabric": self, "module": wrapped})
 
     def _prepare_module(self, module: Module, move_to_device: bool) -> Module:
         if isinstance(module, FabricModule) or module in self._setup_modules:
@@ -269,6 +284,12 @@ class Fabric:
             return nullcontext()  # one process: there is no all-reduce to skip
         return self._strategy.no_backward_sync(_strategy_module(module), enabled)
 
+    def backward_inside_forward(self, module: Module) -> AbstractContextManager[Any]:
+        """Wrap a call of the model inside which `fabric.backward` runs, e.g. `model.training_step(batch)` of a
+        LightningModule with manual optimization: under DDP each such backward then syncs the gradients (DDP's
+        own sync is armed for one backward after the forward, and would fail or silently skip them)."""
+        return self._strategy.backward_inside_forward(_strategy_module(module))
+
     def to_device(self, obj: Any) -> Any:
         """Move a module, a tensor or any nested collection of tensors to this process's device."""
         if isinstance(obj, Module):
@@ -326,11 +347,9 @@ class Fabric:
         return seed_everything(seed, workers)
 
     def call(self, hook_name: str, *args: Any, **kwargs: Any) -> None:
-        """Call `hook_name(*args, **kwargs)` on every callback that defines it."""
-        for callback in self._callbacks:
-            method = getattr(callback, hook_name, None)
-            if callable(method):
-                method(*args, **kwargs)
+        """Call `hook_name(*args, **kwargs)` on every callback that defines it, with only the keyword arguments its
+        signature takes (`fabric_kit.callbacks`)."""
+        call_hooks(self._callbacks, hook_name, args, kwargs)
 
     def log(self, name: str, value: Any, step: int | None = None) -> None:
         self.log_dict({name: value}, step=step)
@@ -352,14 +371,15 @@ class Fabric:
         self._strategy.barrier()
 
     def load(self, path: str, state: dict[str, Any] | None = None, strict: bool = True, *,
-             weights_only: bool = True) -> dict[str, Any]:
+             weights_only: bool | None = True) -> dict[str, Any]:
         """Restore the objects of `state` in place from `path`, with every rank's RNG states and the precision's
         state; return what the checkpoint held beyond `state` (everything, restoring nothing, when `state` is
         None; a `state` of another type is a TypeError). The file's checksum is verified first. Loading is safe by
-        default (tensors and plain containers only); `weights_only=False` unpickles arbitrary objects: only for
-        checkpoints from a trusted source. Every strategy takes the same arguments."""
+        default (tensors and plain containers only; None is the same safe default, as in torch.load);
+        `weights_only=False` unpickles arbitrary objects: only for checkpoints from a trusted source. Every
+        strategy takes the same arguments."""
         self._ensure_launched()
-        remainder = self._strategy.load_checkpoint(path, state, strict, weights_only=weights_only)
+        remainder = self._strategy.load_checkpoint(path, state, strict, weights_only=weights_only is not False)
         self._strategy.barrier()
         return remainder
 

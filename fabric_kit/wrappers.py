@@ -3,6 +3,7 @@ route the few calls that depend on the strategy or precision — forward, step, 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
+from types import MethodType
 from typing import Any, Protocol, cast
 
 import torch
@@ -10,6 +11,7 @@ from torch.nn import Module
 from torch.optim import Optimizer
 from torch.utils.data import DataLoader
 
+from fabric_kit.callbacks import call_hooks
 from fabric_kit.collections import move_to_device
 from fabric_kit.data import DistributedShardSampler
 from fabric_kit.precision import Precision
@@ -32,11 +34,21 @@ class OptimizerStepper(Protocol):
     def optimizer_step(self, optimizer: Optimizer, **kwargs: Any) -> Any: ...
 
 
+STEP_METHODS = ("training_step", "validation_step", "test_step", "predict_step")
+"""The LightningModule methods that run the forward pass: called on the wrapper, they go through the strategy's
+module as `forward` does (see `FabricModule.mark_forward_method`)."""
+
+
 class FabricModule(Module):
     """Wraps the user's module (and the strategy's wrapper around it, e.g. DDP). `state_dict` and attributes come
-    from the user's module, so checkpoints and user code see plain names. A call goes through `nn.Module.__call__`
-    (hooks on the wrapper, global module hooks and `compile()` apply) to `forward`, which converts inputs and
-    outputs for the precision around the strategy's module."""
+    from the user's module, and attributes set on the wrapper are set on it, so checkpoints and user code see plain
+    names. A call goes through `nn.Module.__call__` (hooks on the wrapper, global module hooks and `compile()` apply)
+    to `forward`, which converts inputs and outputs for the precision around the strategy's module.
+
+    `model.training_step(batch)` (and the other step methods, and any method marked with `mark_forward_method`)
+    runs through the strategy's module too, as if it were `forward`: DDP then all-reduces its gradients, as
+    Lightning does. Any other method of the user's module that calls a submodule while the strategy wraps it raises
+    an error naming `mark_forward_method`, since it would silently bypass the wrapper."""
 
     _forward_module: Module  # the strategy's module, e.g. DDP; a submodule, so typed here for attribute reads
 
@@ -45,6 +57,8 @@ class FabricModule(Module):
         self._forward_module = forward_module
         self._original_module = original_module
         self._precision = precision
+        self._forward_methods = set(STEP_METHODS)
+        self._fabric_kit_initialized = True  # from here on attributes set on the wrapper go to the user's module
 
     @property
     def module(self) -> Module:
@@ -53,6 +67,13 @@ class FabricModule(Module):
     @property
     def _fabric_kit_unwrapped(self) -> Module:
         return self._original_module
+
+    @property
+    def device(self) -> torch.device:
+        """Where the module's parameters (else buffers) live; the CPU for a module with neither."""
+        for tensor in (*self._original_module.parameters(), *self._original_module.buffers()):
+            return tensor.device
+        return torch.device("cpu")
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         precision = self._precision
@@ -65,6 +86,65 @@ class FabricModule(Module):
             output = forward_module(*args, **kwargs)
         return precision.convert_output(output)
 
+    def mark_forward_method(self, method: str | Callable[..., Any]) -> None:
+        """Make `model.<method>(...)` run through the strategy's module like `forward` (e.g. a `generate` or a
+        second loss method under DDP). Accepts the method's name or the bound method."""
+        if not isinstance(method, (str, MethodType)):
+            raise TypeError(f"mark_forward_method takes a method or its name; got {type(method).__name__}")
+        name = method if isinstance(method, str) else method.__name__
+        if name == "forward":
+            raise ValueError("mark_forward_method('forward'): forward already runs through the strategy's module")
+        if not isinstance(getattr(self._original_module, name, None), MethodType):
+            raise AttributeError(f"mark_forward_method({name!r}): {type(self._original_module).__name__}.{name} "
+                                 "does not exist or is not a method")
+        self._forward_methods.add(name)
+
+    def _through_forward(self, name: str) -> Callable[..., Any]:
+        """`original.<name>` called as the forward of the strategy's module: for one call `original.forward` is a
+        function that puts the real forward back and runs the method; then the wrapper's forward is called."""
+        original = self._original_module
+        own_forward = original.__dict__.get("forward")  # an instance attribute the user set, if any
+
+        def restore() -> None:
+            if own_forward is None:
+                original.__dict__.pop("forward", None)
+            else:
+                original.__dict__["forward"] = own_forward
+
+        def redirected(*args: Any, **kwargs: Any) -> Any:
+            restore()  # the method itself may call the real forward
+            return getattr(original, name)(*args, **kwargs)
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            original.__dict__["forward"] = redirected
+            try:
+                return self.forward(*args, **kwargs)
+            finally:
+                restore()  # also when the strategy's module failed before calling it
+
+        return call
+
+    def _refuse_bypass(self, method: Callable[..., Any], name: str) -> Callable[..., Any]:
+        """`method` of the user's module, raising when it calls a submodule: that call bypasses the strategy's
+        module (no gradient sync, no unsharding)."""
+        original = self._original_module
+
+        def guarded(*args: Any, **kwargs: Any) -> Any:
+            called = []
+            handles = [m.register_forward_pre_hook(lambda *_: called.append(True)) for m in original.modules()]
+            try:
+                output = method(*args, **kwargs)
+            finally:
+                for handle in handles:
+                    handle.remove()
+            if called:
+                raise RuntimeError(f"{type(original).__name__}.{name}() ran the model outside the strategy's "
+                                   f"module ({type(self._forward_module).__name__}), so it bypassed it: call "
+                                   f"`model.mark_forward_method({name!r})` after `fabric.setup()`")
+            return output
+
+        return guarded
+
     def state_dict(self, *args: Any, **kwargs: Any) -> Any:
         return self._original_module.state_dict(*args, **kwargs)
 
@@ -75,7 +155,25 @@ class FabricModule(Module):
         try:
             return super().__getattr__(name)
         except AttributeError:
-            return getattr(self._original_module, name)
+            pass
+        original = self._original_module
+        attribute = getattr(original, name)
+        if self._modules["_forward_module"] is original or not isinstance(attribute, MethodType):
+            return attribute
+        if name in self.__dict__["_forward_methods"]:
+            return self._through_forward(name)
+        return self._refuse_bypass(attribute, name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if not self.__dict__.get("_fabric_kit_initialized"):
+            super().__setattr__(name, value)
+            return
+        original = self._original_module
+        on_wrapper = name in dir(self)
+        if hasattr(original, name) or not on_wrapper:
+            setattr(original, name, value)
+        if on_wrapper:
+            super().__setattr__(name, value)
 
 
 class FabricOptimizer:
@@ -84,6 +182,7 @@ class FabricOptimizer:
 
     _optimizer: Optimizer
     _strategy: OptimizerStepper
+    _callbacks: list[Any]  # Fabric's callbacks, shared with it (a module set up later may join them)
     zero_grad: Callable[..., None]  # the optimizer's own bound method, set by `wrap_optimizer`
 
     @property
@@ -114,8 +213,13 @@ class FabricOptimizer:
 
     def step(self, closure: Any = None) -> Any:
         if closure is None:
-            return self._strategy.optimizer_step(self._optimizer)
-        return self._strategy.optimizer_step(self._optimizer, closure=closure)
+            output = self._strategy.optimizer_step(self._optimizer)
+        else:
+            output = self._strategy.optimizer_step(self._optimizer, closure=closure)
+        if self._callbacks:  # Fabric's callbacks: `on_after_optimizer_step(strategy, optimizer)`
+            call_hooks(self._callbacks, "on_after_optimizer_step", (),
+                       {"strategy": self._strategy, "optimizer": self._optimizer})
+        return output
 
     def state_dict(self) -> dict[str, Any]:
         return self._optimizer.state_dict()
@@ -127,7 +231,8 @@ class FabricOptimizer:
 _OPTIMIZER_CLASSES: dict[type[Optimizer], type[FabricOptimizer]] = {}
 
 
-def wrap_optimizer(optimizer: Optimizer, strategy: OptimizerStepper) -> FabricOptimizer:
+def wrap_optimizer(optimizer: Optimizer, strategy: OptimizerStepper, callbacks: list[Any] | None = None
+                   ) -> FabricOptimizer:
     """A view of `optimizer` whose `step` goes through `strategy`. It shares the optimizer's param groups and state;
     `zero_grad` is the optimizer's own bound method (no extra call on the hot path)."""
     cls = _OPTIMIZER_CLASSES.get(type(optimizer))
@@ -140,6 +245,7 @@ def wrap_optimizer(optimizer: Optimizer, strategy: OptimizerStepper) -> FabricOp
     wrapped.__dict__.update(shared)
     wrapped._optimizer = optimizer
     wrapped._strategy = strategy
+    wrapped._callbacks = [] if callbacks is None else callbacks
     wrapped.zero_grad = optimizer.zero_grad
     return wrapped
 

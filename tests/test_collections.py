@@ -182,3 +182,15 @@ def test_cpu_copies_are_blocking(monkeypatch):
 def test_bad_device_is_rejected_by_torch():
     with pytest.raises(RuntimeError, match="banana"):
         move_to_device(torch.ones(1), "banana")
+
+
+def test_move_to_device_keeps_an_object_moved_in_place():
+    class InPlace:
+        """Its `to` moves it in place and returns None, as some batch classes do."""
+
+        def to(self, device):
+            self.device = device
+
+    batch = InPlace()
+    assert move_to_device({"batch": batch}, "cpu") == {"batch": batch}
+    assert batch.device == torch.device("cpu")

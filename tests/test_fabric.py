@@ -1,6 +1,7 @@
 """The Fabric facade on one CPU process: setup, the training-step helpers, utilities and checkpoints. Multi-process
 behaviour is in tests/strategies/test_ddp.py."""
 import random
+from dataclasses import dataclass
 
 import numpy as np
 import pytest
@@ -9,6 +10,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from fabric_kit import Fabric, seed_everything
+from fabric_kit.checkpoint import UnsafeCheckpointError
 from fabric_kit.seed import WORKERS_VARIABLE, seed_worker
 from fabric_kit.strategies import SingleDeviceStrategy
 from fabric_kit.wrappers import FabricModule, FabricOptimizer
@@ -379,6 +381,26 @@ def test_save_with_filter(fabric, tmp_path):
     path = tmp_path / "weights_only.pt"
     fabric.save(path, {"model": model}, filter={"model": lambda name, value: name.endswith("weight")})
     assert list(fabric.load(path)["model"]) == ["layer.weight"]
+
+
+def test_a_filter_on_an_entry_that_is_not_a_dict_keeps_it_whole(fabric, tmp_path):
+    _, model, _ = make(fabric)
+    fabric.save(tmp_path / "c.pt", {"model": model, "step": 3}, filter={"step": lambda name, value: False})
+    assert fabric.load(tmp_path / "c.pt")["step"] == 3
+
+
+@dataclass
+class Settings:
+    """Not a tensor nor a plain container: the safe loader refuses it."""
+
+    lr: float
+
+
+def test_load_with_weights_only_none_is_safe(fabric, tmp_path):
+    fabric.save(tmp_path / "c.pt", {"settings": Settings(0.1)})
+    with pytest.raises(UnsafeCheckpointError, match="weights_only=False"):
+        fabric.load(tmp_path / "c.pt", weights_only=None)
+    assert fabric.load(tmp_path / "c.pt", weights_only=False)["settings"] == Settings(0.1)
 
 
 def test_load_missing_file(fabric, tmp_path):

@@ -42,6 +42,34 @@ def test_module_looks_like_the_users_module(fabric):
     assert torch.equal(net.layer.weight, torch.zeros(2, 3))
 
 
+def test_attributes_set_on_the_wrapper_are_set_on_the_users_module(fabric):
+    net = Net()
+    model = fabric.setup(net)
+    model.custom_attribute = "changed"
+    model.new_attribute = 3
+    assert net.custom_attribute == "changed" and net.new_attribute == 3
+    model.eval()  # an attribute both have: set on both
+    assert not model.training and not net.training
+
+
+def test_module_device_is_where_its_parameters_are(fabric):
+    assert fabric.setup(Net()).device == torch.device("cpu")
+    assert fabric.setup(nn.ReLU()).device == torch.device("cpu")
+
+
+def test_mark_forward_method_takes_a_method_or_its_name(fabric):
+    model = fabric.setup(Net())
+    model.mark_forward_method("custom_method")
+    model.mark_forward_method(model.module.custom_method)
+    assert model.custom_method() == "called"  # one process: nothing wraps the module, the method runs as is
+    with pytest.raises(ValueError, match="forward already runs"):
+        model.mark_forward_method("forward")
+    with pytest.raises(AttributeError, match="'custom_attribute'.*not a method"):
+        model.mark_forward_method("custom_attribute")
+    with pytest.raises(TypeError, match="takes a method or its name; got int"):
+        model.mark_forward_method(3)
+
+
 def test_module_converts_inputs_and_outputs_under_64_true(fabric):
     model = Fabric(accelerator="cpu", devices=1, precision="64-true").setup(Net())
     assert model.module.layer.weight.dtype == torch.float64

@@ -39,14 +39,15 @@ def check_state(state: Any, filter: Filter | None = None) -> None:
 
 
 def to_storable(state: dict[str, Any], filter: Filter | None = None) -> dict[str, Any]:
-    """Replace every object that has a `state_dict()` by that state dict; `filter` picks entries per key."""
+    """Replace every object that has a `state_dict()` by that state dict; `filter` picks entries per key of the
+    dicts this gives (a filter on an entry that is not a dict, e.g. a number, keeps it whole, as in Lightning)."""
     filter = filter or {}
     converted = {}
     for key, obj in state.items():
         value = stateful(obj)
         if hasattr(value, "state_dict") and callable(value.state_dict):
             value = value.state_dict()
-        if key in filter:
+        if key in filter and isinstance(value, dict):
             keep = filter[key]
             value = {k: v for k, v in value.items() if keep(k, v)}
         converted[key] = value

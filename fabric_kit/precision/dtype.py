@@ -22,6 +22,14 @@ def default_dtype(dtype: torch.dtype) -> Iterator[None]:
         torch.set_default_dtype(previous)
 
 
+def to_floating_dtype(module: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
+    """`module` with its floating-point parameters and buffers in `dtype`; complex ones are left as they are
+    (`module.to(dtype=...)` would cast them to real, dropping the imaginary part), integer ones too."""
+    converters = {torch.float64: module.double, torch.float32: module.float, torch.float16: module.half,
+                  torch.bfloat16: module.bfloat16}
+    return converters[dtype]()
+
+
 class TruePrecision(Precision):
     """Parameters, inputs and computation all in `dtype`; outputs come back in float32 for the loss code."""
 
@@ -32,7 +40,7 @@ class TruePrecision(Precision):
         self.name = name
 
     def convert_module(self, module: torch.nn.Module) -> torch.nn.Module:
-        return module.to(dtype=self.dtype)
+        return to_floating_dtype(module, self.dtype)
 
     def tensor_init_context(self) -> AbstractContextManager[Any]:
         return default_dtype(self.dtype)

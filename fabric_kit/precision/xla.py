@@ -32,7 +32,7 @@ class XLAPrecision(Precision):
         self._true_bf16 = name == "bf16-true"
 
     def convert_module(self, module: torch.nn.Module) -> torch.nn.Module:
-        return module.to(dtype=torch.bfloat16) if self._true_bf16 else module
+        return module.bfloat16() if self._true_bf16 else module  # complex tensors are left alone
 
     def tensor_init_context(self) -> AbstractContextManager[Any]:
         return default_dtype(torch.bfloat16) if self._true_bf16 else nullcontext()

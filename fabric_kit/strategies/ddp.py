@@ -1,11 +1,13 @@
 """Distributed data parallel: a full replica per process, gradients all-reduced during backward."""
 from __future__ import annotations
 
-from contextlib import AbstractContextManager, nullcontext
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from datetime import timedelta
 from typing import Any
 
 import torch
+from torch import Tensor, distributed
 from torch.nn import Module
 from torch.nn.parallel import DistributedDataParallel
 
@@ -29,10 +31,32 @@ class DDPStrategy(ParallelStrategy, BackwardSyncControl):
         super().__init__(accelerator, parallel_devices, cluster_environment, precision, process_group_backend,
                          timeout, start_method, collective_timeout=collective_timeout)
         self.ddp_kwargs = ddp_kwargs
+        self._syncing_each_backward: DistributedDataParallel | None = None
 
     def setup_module(self, module: Module) -> DistributedDataParallel:
         device_ids = [self.root_device.index] if self.root_device.type == "cuda" else None
         return DistributedDataParallel(module, device_ids=device_ids, **self.ddp_kwargs)
+
+    def backward(self, tensor: Tensor, module: Module | None, *args: Any, **kwargs: Any) -> None:
+        super().backward(tensor, module, *args, **kwargs)
+        if self._syncing_each_backward is not None:
+            all_reduce_gradients(self._syncing_each_backward)
+
+    @contextmanager
+    def backward_inside_forward(self, module: Module) -> Iterator[None]:
+        """DDP's forward prepares its reducer for one backward that follows the forward; backward passes inside the
+        forward (several per step in manual optimization) would find it unprepared: DDP's own sync fails, or
+        skips the second one and the replicas diverge. Inside this context the forward arms nothing (`no_sync`)
+        and each backward averages the gradients over the ranks itself, which gives what DDP would."""
+        if not isinstance(module, DistributedDataParallel):
+            raise TypeError(f"backward_inside_forward needs the module returned by fabric.setup(); got "
+                            f"{type(module).__name__}")
+        self._syncing_each_backward = module
+        try:
+            with module.no_sync():
+                yield
+        finally:
+            self._syncing_each_backward = None
 
     def no_backward_sync(self, module: Module, enabled: bool) -> AbstractContextManager[Any]:
         if not enabled:
@@ -41,3 +65,27 @@ class DDPStrategy(ParallelStrategy, BackwardSyncControl):
             raise TypeError(f"no_backward_sync needs the module returned by fabric.setup(); got "
                             f"{type(module).__name__}")
         return module.no_sync()
+
+
+def all_reduce_gradients(module: DistributedDataParallel) -> None:
+    """Average the gradients of `module`'s parameters over its process group in one collective, as DDP's reducer
+    would: a parameter with a gradient on any rank gets the mean (zeros from the ranks without); one without a
+    gradient anywhere keeps None. Gradients that were already equal on every rank stay what they were."""
+    parameters = [p for p in module.module.parameters() if p.requires_grad]
+    if not parameters:
+        return
+    group = module.process_group
+    has_grad = torch.tensor([p.grad is not None for p in parameters], dtype=torch.uint8,
+                            device=parameters[0].device)
+    distributed.all_reduce(has_grad, distributed.ReduceOp.MAX, group=group)
+    synced = [p for p, any_rank in zip(parameters, has_grad.tolist(), strict=True) if any_rank]
+    if not synced:
+        return
+    for param in synced:
+        if param.grad is None:
+            param.grad = torch.zeros_like(param)
+    flat = torch.cat([p.grad.reshape(-1) for p in synced])
+    distributed.all_reduce(flat, group=group)
+    flat /= distributed.get_world_size(group)
+    for param, mean in zip(synced, flat.split([p.numel() for p in synced]), strict=True):
+        param.grad.copy_(mean.view_as(param))

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Iterable
-from contextlib import AbstractContextManager, ExitStack
+from contextlib import AbstractContextManager, ExitStack, nullcontext
 from typing import Any
 
 import torch
@@ -136,6 +136,12 @@ class Strategy(ABC):
     # -- the training step --------------------------------------------------------------------------------------
     def backward(self, tensor: Tensor, module: Module | None, *args: Any, **kwargs: Any) -> None:
         self.precision.backward(tensor, module, *args, **kwargs)
+
+    def backward_inside_forward(self, module: Module) -> AbstractContextManager[Any]:
+        """A forward of `module` (as this strategy set it up) inside which the loop calls backward itself, e.g. a
+        LightningModule's `training_step` calling `manual_backward`. Strategies whose forward arms the gradient
+        sync for one backward after it (DDP) make each backward inside sync instead. Default: nothing to do."""
+        return nullcontext()
 
     def optimizer_step(self, optimizer: Optimizer, **kwargs: Any) -> Any:
         return self.precision.optimizer_step(optimizer, **kwargs)

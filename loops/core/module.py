@@ -3,6 +3,7 @@ it; the methods here are what a step may call back (log, optimizers, manual_back
 from __future__ import annotations
 
 import io
+import weakref
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -29,6 +30,30 @@ class LightningModule(HyperparametersMixin, ModelHooks, DataHooks, CheckpointHoo
         self._automatic_optimization = True
         self.example_input_array: Any = None
         self._param_requires_grad_state: dict[Tensor, bool] = {}
+        self._fabric_ref: weakref.ref[Fabric] | None = None  # set by a plain Fabric's setup (`attach_fabric`)
+        self._fabric_optimizers: list[Any] = []
+
+    def __getstate__(self) -> dict[str, Any]:
+        # A weak reference cannot be pickled (spawned ranks, deepcopy): the copy is not attached to a Fabric.
+        return {**self.__dict__, "_fabric_ref": None, "_fabric_optimizers": []}
+
+    # -- driven by a plain Fabric loop --------------------------------------------------------------------------
+    def attach_fabric(self, fabric: Fabric, optimizers: list[Any] | None) -> None:
+        """Called by `fabric.setup(self, *optimizers)` (fabric_kit's seam): `self.log`, `self.logger(s)`,
+        `self.optimizers()`, `self.manual_backward`, `self.clip_gradients`, `self.print` and `self.all_gather`
+        then go through that Fabric in a hand-written loop, as in Lightning. `optimizers` None (`setup_module`)
+        keeps the optimizers already known."""
+        self._fabric_ref = weakref.ref(fabric)
+        if optimizers is not None:
+            self._fabric_optimizers = list(optimizers)
+        for child in self.children():
+            if isinstance(child, LightningModule):
+                child.attach_fabric(fabric, None)
+
+    @property
+    def _fabric(self) -> Fabric | None:
+        reference = self._fabric_ref
+        return None if reference is None else reference()
 
     # -- steps the user writes ----------------------------------------------------------------------------------
     def training_step(self, *args: Any, **kwargs: Any) -> Any:
@@ -63,7 +88,9 @@ class LightningModule(HyperparametersMixin, ModelHooks, DataHooks, CheckpointHoo
 
     @property
     def fabric(self) -> Fabric:
-        return self.trainer.fabric
+        """The Fabric that set this module up in a plain loop, else the Trainer's."""
+        fabric = self._fabric
+        return fabric if fabric is not None else self.trainer.fabric
 
     @property
     def device(self) -> torch.device:
@@ -97,11 +124,17 @@ class LightningModule(HyperparametersMixin, ModelHooks, DataHooks, CheckpointHoo
 
     @property
     def global_rank(self) -> int:
-        return self._trainer.global_rank if self._trainer is not None else 0
+        if self._trainer is None:
+            fabric = self._fabric
+            return fabric.global_rank if fabric is not None else 0
+        return self._trainer.global_rank
 
     @property
     def local_rank(self) -> int:
-        return self._trainer.local_rank if self._trainer is not None else 0
+        if self._trainer is None:
+            fabric = self._fabric
+            return fabric.local_rank if fabric is not None else 0
+        return self._trainer.local_rank
 
     @property
     def on_gpu(self) -> bool:
@@ -109,11 +142,17 @@ class LightningModule(HyperparametersMixin, ModelHooks, DataHooks, CheckpointHoo
 
     @property
     def logger(self) -> Any:
-        return self._trainer.logger if self._trainer is not None else None
+        if self._trainer is None:
+            fabric = self._fabric
+            return fabric.logger if fabric is not None else None
+        return self._trainer.logger
 
     @property
     def loggers(self) -> list[Any]:
-        return self._trainer.loggers if self._trainer is not None else []
+        if self._trainer is None:
+            fabric = self._fabric
+            return fabric.loggers if fabric is not None else []
+        return self._trainer.loggers
 
     # -- logging ------------------------------------------------------------------------------------------------
     def log(self, name: str, value: Any, prog_bar: bool = False, logger: bool | None = None,
@@ -125,8 +164,12 @@ class LightningModule(HyperparametersMixin, ModelHooks, DataHooks, CheckpointHoo
         training steps, per epoch elsewhere). The Trainer hands the values to callbacks, loggers and the bar."""
         trainer = self._trainer
         if trainer is None:
-            raise RuntimeError(f"self.log({name!r}, ...) needs a running Trainer; {type(self).__name__} is not "
-                               "attached to one")
+            if self._fabric is not None:  # a plain Fabric loop: straight to its loggers (none with logger=False)
+                if logger is not False:
+                    self._fabric.log(name, value)
+                return
+            raise RuntimeError(f"self.log({name!r}, ...) needs a running Trainer or a Fabric that set "
+                               f"{type(self).__name__} up; it is attached to neither")
         trainer._log(name, value, prog_bar, True if logger is None else logger, on_step, on_epoch, reduce_fx,
                      enable_graph, sync_dist, sync_dist_group, add_dataloader_idx, batch_size, rank_zero_only)
 
@@ -145,7 +188,8 @@ class LightningModule(HyperparametersMixin, ModelHooks, DataHooks, CheckpointHoo
         """`print` on global rank 0 only, through the progress bar when one is showing (so it stays intact)."""
         trainer = self._trainer
         if trainer is None:
-            print(*args, **kwargs)
+            fabric = self._fabric
+            (fabric.print if fabric is not None else print)(*args, **kwargs)
         elif trainer.is_global_zero:
             bar = trainer.progress_bar_callback
             (bar.print if bar is not None else print)(*args, **kwargs)
@@ -153,6 +197,9 @@ class LightningModule(HyperparametersMixin, ModelHooks, DataHooks, CheckpointHoo
     # -- optimization -------------------------------------------------------------------------------------------
     def optimizers(self, use_pl_optimizer: bool = True) -> Any:
         """The optimizers from `configure_optimizers`, set up by the Trainer: one, or a list when several."""
+        if self._trainer is None and self._fabric is not None:
+            optimizers = self._fabric_optimizers
+            return optimizers[0] if len(optimizers) == 1 else list(optimizers)
         trainer = self.trainer
         optimizers = trainer.run_state.optimizers if use_pl_optimizer else trainer.optimizers
         return optimizers[0] if len(optimizers) == 1 else list(optimizers)
@@ -166,6 +213,9 @@ class LightningModule(HyperparametersMixin, ModelHooks, DataHooks, CheckpointHoo
 
     def manual_backward(self, loss: Tensor, *args: Any, **kwargs: Any) -> None:
         """Use instead of `loss.backward()` with manual optimization: precision scaling and DDP sync apply."""
+        if self._trainer is None and self._fabric is not None:
+            self._fabric.backward(loss, *args, **kwargs)
+            return
         self.trainer._manual_backward(loss, *args, **kwargs)
 
     def backward(self, loss: Tensor, *args: Any, **kwargs: Any) -> None:
@@ -216,8 +266,11 @@ class LightningModule(HyperparametersMixin, ModelHooks, DataHooks, CheckpointHoo
         if gradient_clip_val is None or gradient_clip_val == 0:
             return
         algorithm = gradient_clip_algorithm or "norm"
-        trainer = self.trainer
-        fabric, module = trainer.fabric, trainer.run_state.fabric_module
+        module: nn.Module
+        if self._trainer is None and self._fabric is not None:
+            fabric, module = self._fabric, self
+        else:
+            fabric, module = self.trainer.fabric, self.trainer.run_state.fabric_module
         optimizer = getattr(optimizer, "optimizer", optimizer)
         if algorithm == "norm":
             fabric.clip_gradients(module, optimizer, max_norm=gradient_clip_val, error_if_nonfinite=False)
@@ -256,7 +309,7 @@ class LightningModule(HyperparametersMixin, ModelHooks, DataHooks, CheckpointHoo
         self.train()
 
     def all_gather(self, data: Any, group: Any = None, sync_grads: bool = False) -> Any:
-        return self.trainer.fabric.all_gather(data, group=group, sync_grads=sync_grads)
+        return self.fabric.all_gather(data, group=group, sync_grads=sync_grads)
 
     load_from_checkpoint: classmethod[Any, ..., Any] = classmethod(load_from_checkpoint)
 

@@ -353,7 +353,9 @@ class _TrainingEpoch:
             outputs, stepped = self.step(batch, batch_idx, steps), steps
         else:
             steps_before = progress.global_step
-            outputs = self.fabric_module("training_step", batch, batch_idx)
+            # manual_backward runs inside the step: under DDP each backward then syncs the gradients itself
+            with self.fabric.backward_inside_forward(self.fabric_module):
+                outputs = self.fabric_module("training_step", batch, batch_idx)
             stepped = progress.global_step != steps_before
         progress.batch_trained(batch_idx, stepped)
         self._end_batch(outputs, batch, batch_idx, stepped, last)

@@ -153,3 +153,21 @@ def test_true_precision_converts_every_floating_input(precision):
     labels = {"labels": y, "images": x.double()}
     converted = fabric.strategy.precision.convert_input(labels)
     assert converted["labels"] is y and converted["images"].dtype == net.head.weight.dtype
+
+
+class Complex(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.weight = nn.Parameter(torch.tensor([1.0 + 2.0j]))
+        self.register_buffer("phase", torch.tensor([3.0 - 4.0j]))
+        self.scale = nn.Parameter(torch.tensor([1.0]))
+
+
+@pytest.mark.parametrize(("precision", "dtype"), [("64-true", torch.float64), ("16-true", torch.float16),
+                                                  ("bf16-true", torch.bfloat16)])
+def test_true_precisions_leave_complex_tensors_alone(precision, dtype):
+    net = Complex()
+    Fabric(accelerator="cpu", devices=1, precision=precision).setup(net)
+    assert torch.equal(net.weight.detach(), torch.tensor([1.0 + 2.0j]))  # the imaginary part survives
+    assert torch.equal(net.phase, torch.tensor([3.0 - 4.0j]))
+    assert net.scale.dtype == dtype  # real floating tensors take the precision's dtype
