@@ -29,6 +29,29 @@ ABSENT_CALLBACK_MODULES = {"pruning": "ModelPruning is not provided", "spike": "
                            "rich_model_summary": "RichModelSummary is not provided"}
 
 
+# Names Lightning exports from these modules that loops does not have, and why.
+ABSENT = {
+    "utilities": {"CombinedLoader": "being written (Trainer behaviours)", "measure_flops": "issue 18",
+                  "GradClipAlgorithmType": "gradient_clip_algorithm takes the strings", "grad_norm": "not provided",
+                  "disable_possible_user_warnings": "loops gives no 'possible user warnings' to disable",
+                  "find_shared_parameters": "not provided", "set_shared_parameters": "not provided",
+                  "is_picklable": "not provided", "is_shared_filesystem": "not provided",
+                  "LightningEnum": "Lightning's internal enum base", "rank_zero_deprecation": "nothing is deprecated"},
+    "demos": {"LightningLSTM": "the LSTM demo is not provided", "SimpleLSTM": "the LSTM demo is not provided",
+              "SequenceSampler": "the LSTM demo is not provided"},
+}
+
+
+@pytest.mark.parametrize("name", sorted(ABSENT))
+def test_every_lightning_name_there_exists_or_is_declared_absent(name):
+    theirs = set(importlib.import_module(f"lightning.pytorch.{name}").__all__)
+    ours = importlib.import_module(f"loops.{name}")
+    missing = sorted(n for n in theirs - set(ABSENT[name]) if not hasattr(ours, n))
+    assert not missing, f"loops.{name} lacks Lightning's {missing}: add them, or list them in ABSENT"
+    present = sorted(n for n in ABSENT[name] if hasattr(ours, n))
+    assert not present, f"{present} exist now: take them out of ABSENT"
+
+
 @pytest.mark.parametrize(("module", "name", "implementation"), PATHS, ids=[f"{m}.{n}" for m, n, _ in PATHS])
 def test_each_name_is_the_one_implementation(module, name, implementation):
     assert getattr(importlib.import_module(module), name) is implementation
