@@ -95,3 +95,9 @@ def test_launch_gives_lightning_utilities_the_strategys_rank(clean_env, monkeypa
     monkeypatch.setattr(utilities.rank_zero_only, "rank", 7, raising=False)
     Fabric(accelerator="cpu", devices=1).launch()
     assert utilities.rank_zero_only.rank == 0
+
+
+def test_spawned_ranks_share_their_rank_with_lightning_utilities(run_ranks, tmp_path):
+    """Each rank of `ddp_spawn` imported lightning_utilities before it learnt its rank; launching tells it."""
+    _, ranks = run_ranks(["tests/strategies/launchers/scripts/spawned_rank_zero.py", tmp_path], tmp_path, timeout=600)
+    assert ranks == [{"theirs": 0, "ours": 0, "ran": ["theirs", "ours"]}, {"theirs": 1, "ours": 1, "ran": []}]
