@@ -37,8 +37,11 @@ class Registry(dict[str, Entry]):
 
     def register(self, name: str, cls: type | str | None = None, description: str | None = None,
                  override: bool = False, **init_params: Any) -> Any:
-        """Bind `name` to `cls` (a class or `"module:Class"`) and `init_params`; returns `cls`. Without `cls`, a
-        decorator that registers the class it decorates. A taken name needs `override=True`."""
+        """Bind `name` to `cls` (a class or `"module:Class"`; also accepted by Lightning's keyword, `strategy=` or
+        `accelerator=`) and `init_params`; returns `cls`. Without `cls`, a decorator that registers the class it
+        decorates. A taken name needs `override=True`."""
+        if cls is None:
+            cls = init_params.pop(self.kind, None)
         if cls is None:
             def decorator(decorated: T) -> T:
                 self.register(name, decorated, description, override, **init_params)

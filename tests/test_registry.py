@@ -39,6 +39,19 @@ def test_register_get_and_remove():
     assert registry.get("loud", "fallback") == "fallback"
 
 
+def test_lightnings_keyword_for_the_class():
+    STRATEGY_REGISTRY.register("by_keyword", strategy=LoudSingleDevice, description="keyword", volume=4)
+    try:
+        assert STRATEGY_REGISTRY.resolve("by_keyword") == (LoudSingleDevice, {"volume": 4})
+    finally:
+        STRATEGY_REGISTRY.remove("by_keyword")
+    ACCELERATOR_REGISTRY.register("cpu_by_keyword", accelerator=CPUAccelerator, description="keyword")
+    try:
+        assert isinstance(ACCELERATOR_REGISTRY.get("cpu_by_keyword"), CPUAccelerator)
+    finally:
+        ACCELERATOR_REGISTRY.remove("cpu_by_keyword")
+
+
 def test_register_as_a_decorator():
     registry = Registry()
 

@@ -14,7 +14,7 @@ LAZY = {
     "SingleXLAStrategy": "fabric_kit.strategies.xla:SingleXLAStrategy",
     "XLAFSDPStrategy": "fabric_kit.strategies.xla_fsdp:XLAFSDPStrategy",
     "XLAStrategy": "fabric_kit.strategies.xla:XLAStrategy",
-    # "ModelParallelStrategy": "fabric_kit.strategies.model_parallel:ModelParallelStrategy", with that module
+    # ModelParallelStrategy joins this table with its module, fabric_kit/strategies/model_parallel.py.
 }
 __getattr__, __dir__ = lazy_attributes(__name__, LAZY)
 
