@@ -155,3 +155,16 @@ def _rebuilder_for(cls: type) -> Callable[[Any, Callable[[Any], Any]], Any]:
 
 
 _REBUILDERS: dict[type, Callable[[Any, Callable[[Any], Any]], Any]] = {}
+
+
+def convert_tensors_to_scalars(data: Any) -> Any:
+    """`data` with every one-element tensor replaced by its Python number (`.item()`), e.g. metrics for a logger;
+    a tensor of any other size is a `ValueError`."""
+
+    def to_scalar(tensor: torch.Tensor) -> int | float | bool | complex:
+        if tensor.numel() != 1:
+            raise ValueError(f"a tensor of shape {tuple(tensor.shape)} is not one number: only one-element tensors "
+                             "convert to scalars")
+        return tensor.item()
+
+    return apply_to_collection(data, torch.Tensor, to_scalar)

@@ -1,5 +1,6 @@
 """docs/api.md lists every public constructor argument, method and property of Fabric and the loops Trainer, each
 with a meaning, and nothing that no longer exists."""
+import importlib
 import inspect
 import re
 from pathlib import Path
@@ -48,3 +49,19 @@ def test_every_documented_name_exists_and_has_a_meaning(section, instances):
     stale = sorted(set(entries) - public_names(cls, instance))
     assert not stale, f"docs/api.md ({section}) documents names the code no longer has: {stale}"
     assert all(entries.values()), f"entries without a meaning: {[n for n, m in entries.items() if not m]}"
+
+
+def import_paths():
+    """{module: names} of the rows under `## Import paths`: every backticked name in the names column."""
+    text = DOC.read_text().split("\n## Import paths\n", 1)[1].split("\n## ", 1)[0]
+    rows = (re.match(r"^\| `([\w.]+)` \| (.*) \|$", line) for line in text.splitlines())
+    return {m.group(1): set(re.findall(r"`(\w+)`", re.sub(r"\([^)]*\)", "", m.group(2)))) for m in rows if m}
+
+
+def test_every_import_path_module_lists_what_it_exports():
+    paths = import_paths()
+    assert len(paths) >= 20
+    for module, names in paths.items():
+        exported = set(importlib.import_module(module).__all__)
+        assert names == exported, f"docs/api.md ({module}): missing {sorted(exported - names)}, " \
+                                  f"stale {sorted(names - exported)}"

@@ -117,3 +117,19 @@ class DistributedShardSampler(Sampler[int]):
     def __len__(self) -> int:
         total = self._total(max(0, len(self.source) - self.start))
         return len(range(self.rank, total, self.num_replicas))
+
+
+class DistributedSamplerWrapper(DistributedShardSampler):
+    """Lightning's name, with the arguments of torch's `DistributedSampler`, for giving each rank its shard of
+    another sampler's indices: `num_replicas` and `rank` default to the initialized process group's, `shuffle` to
+    True. It is `DistributedShardSampler(sampler, ..., wrap=True)`; call `set_epoch` before each epoch."""
+
+    def __init__(self, sampler: Sampler[Any] | Iterable[int], num_replicas: int | None = None,
+                 rank: int | None = None, shuffle: bool = True, seed: int = 0, drop_last: bool = False) -> None:
+        if num_replicas is None or rank is None:
+            if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+                raise RuntimeError("DistributedSamplerWrapper: pass num_replicas and rank, or initialize the process "
+                                   "group first (fabric.launch())")
+            num_replicas = torch.distributed.get_world_size() if num_replicas is None else num_replicas
+            rank = torch.distributed.get_rank() if rank is None else rank
+        super().__init__(sampler, num_replicas, rank, shuffle=shuffle, seed=seed, drop_last=drop_last, wrap=True)

@@ -1,40 +1,40 @@
 """Strategy names. A preset is a name bound to a strategy class and default keyword arguments — no subclass per
-preset. Classes are named by import path so that listing names (the CLI's `--help`) imports no optional package."""
+preset. Classes are named by import path so that listing names (the CLI's `--help`) imports no optional package.
+`STRATEGY_REGISTRY` is Lightning's: `STRATEGY_REGISTRY.register("mine", MyStrategy, "what it does", **defaults)`
+makes `Fabric(strategy="mine")` build `MyStrategy(**defaults)`."""
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any
+
+from fabric_kit.registry import Entry, Registry
 
 if TYPE_CHECKING:
     from fabric_kit.strategies.strategy import Strategy
 
-
-class Entry(NamedTuple):
-    class_path: str
-    kwargs: dict[str, Any]
-    description: str
+__all__ = ["STRATEGY_REGISTRY", "Entry", "StrategyRegistry", "register", "strategy_class", "strategy_names"]
 
 
-STRATEGIES: dict[str, Entry] = {}
+class StrategyRegistry(Registry):
+    kind = "strategy"
+
+    def available_strategies(self) -> list[str]:
+        return list(self)
 
 
-def register(name: str, class_path: str, description: str, **kwargs: Any) -> None:
-    if name in STRATEGIES:
-        raise ValueError(f"strategy {name!r} is already registered")
-    STRATEGIES[name] = Entry(class_path, kwargs, description)
+STRATEGY_REGISTRY = StrategyRegistry()
+
+
+def register(name: str, class_path: type | str, description: str, **kwargs: Any) -> None:
+    STRATEGY_REGISTRY.register(name, class_path, description, **kwargs)
 
 
 def strategy_names() -> list[str]:
-    return ["auto", *STRATEGIES]
+    return ["auto", *STRATEGY_REGISTRY]
 
 
 def strategy_class(name: str) -> tuple[type[Strategy], dict[str, Any]]:
     """The class and preset arguments registered as `name`."""
-    entry = STRATEGIES.get(name)
-    if entry is None:
-        raise ValueError(f"strategy={name!r} is not known; accepted: {', '.join(strategy_names())}")
-    module_name, class_name = entry.class_path.split(":")
-    return getattr(importlib.import_module(module_name), class_name), dict(entry.kwargs)
+    return STRATEGY_REGISTRY.resolve(name)
 
 
 register("single_device", "fabric_kit.strategies.single_device:SingleDeviceStrategy", "one process, one device")

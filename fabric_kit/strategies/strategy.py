@@ -30,6 +30,7 @@ from fabric_kit.checkpoint.state import RESERVED_KEY, Filter, check_state, resto
 from fabric_kit.collections import move_to_device
 from fabric_kit.empty_init import SkipInit
 from fabric_kit.precision import Precision
+from fabric_kit.rank_zero import share_rank
 from fabric_kit.strategies.launchers.launcher import Launcher
 from fabric_kit.wrappers import unwrap
 
@@ -82,6 +83,7 @@ class Strategy(ABC):
 
     def setup_environment(self) -> None:
         """Run once in every process before any model is set up (process groups, current device)."""
+        share_rank(self.global_rank, load=True)  # a spawned rank may have imported it before it learnt its rank
         if self.accelerator is not None:
             self.accelerator.setup_device(self.root_device)
 

@@ -12,18 +12,7 @@ from typing import Any
 
 import torch
 
-
-class AttributeDict(dict):
-    """A dict whose keys read and write as attributes too: `self.hparams.lr`."""
-
-    def __getattr__(self, key: str) -> Any:
-        try:
-            return self[key]
-        except KeyError as err:
-            raise AttributeError(f"no hyperparameter {key!r}; saved: {sorted(self)}") from err
-
-    def __setattr__(self, key: str, value: Any) -> None:
-        self[key] = value
+from fabric_kit.utilities import AttributeDict
 
 
 class HyperparametersMixin:

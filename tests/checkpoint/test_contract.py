@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from fabric_kit import Fabric
-from fabric_kit.strategies.registry import STRATEGIES
+from fabric_kit.strategies.registry import STRATEGY_REGISTRY as STRATEGIES
 from tests.checkpoint.contract_worker import CASES, PRECISION_MARKER, SCALE_AT_SAVE
 
 WORKER = Path(__file__).with_name("contract_worker.py")

@@ -1,0 +1,10 @@
+"""Plugins under Lightning's import paths (`lightning.fabric.plugins`): precision settings (`plugins.precision`) and
+cluster environments (`plugins.environments`), each the one class that `fabric_kit.precision` and
+`fabric_kit.environments` define. Pass one to `Fabric(plugins=...)` to override the automatic choice."""
+from fabric_kit.lazy import lazy_attributes
+from fabric_kit.plugins.environments import ClusterEnvironment
+from fabric_kit.plugins.precision import LAZY, MixedPrecision, Precision, TruePrecision, XLAPrecision
+
+__getattr__, __dir__ = lazy_attributes(__name__, LAZY)
+
+__all__ = ["ClusterEnvironment", "MixedPrecision", "Precision", "TruePrecision", "XLAPrecision", *LAZY]

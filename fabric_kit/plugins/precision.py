@@ -1,0 +1,9 @@
+"""Precision plugins at Lightning's `lightning.fabric.plugins.precision`; `fabric_kit.precision` defines them. The
+DeepSpeed one is imported when first named."""
+from fabric_kit.lazy import lazy_attributes
+from fabric_kit.precision import MixedPrecision, Precision, TruePrecision, XLAPrecision
+
+LAZY = {"DeepSpeedPrecision": "fabric_kit.strategies.deepspeed:DeepSpeedPrecision"}
+__getattr__, __dir__ = lazy_attributes(__name__, LAZY)
+
+__all__ = ["MixedPrecision", "Precision", "TruePrecision", "XLAPrecision", *LAZY]

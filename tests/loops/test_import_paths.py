@@ -1,0 +1,105 @@
+"""Lightning's pytorch import paths on loops: `loops.utilities`, the logger and callback modules Hydra configs name
+in `_target_`, the logo, and `import loops as L` giving both `L.Fabric` and `L.LightningModule`."""
+import importlib
+from pathlib import Path
+
+import lightning.pytorch.callbacks
+import pytest
+
+import fabric_kit
+import loops
+import loops.callbacks
+from fabric_kit.loggers import CSVLogger, Logger, TensorBoardLogger
+from fabric_kit.rank_zero import rank_zero_info, rank_zero_only, rank_zero_warn
+from loops.trainer.hooks import overrides
+
+PATHS = [
+    ("loops.utilities", "rank_zero_only", rank_zero_only), ("loops.utilities", "rank_zero_info", rank_zero_info),
+    ("loops.utilities", "rank_zero_warn", rank_zero_warn),
+    ("loops.utilities.rank_zero", "rank_zero_only", rank_zero_only),
+    ("loops.utilities", "AttributeDict", fabric_kit.utilities.AttributeDict),
+    ("loops.loggers.csv_logs", "CSVLogger", CSVLogger),
+    ("loops.loggers.tensorboard", "TensorBoardLogger", TensorBoardLogger),
+    ("loops.loggers.logger", "Logger", Logger),
+    ("loops", "Fabric", fabric_kit.Fabric),
+    ("loops", "seed_everything", fabric_kit.seed_everything),
+]
+# Callback modules Lightning has that loops does not, and why.
+ABSENT_CALLBACK_MODULES = {"pruning": "ModelPruning is not provided", "spike": "SpikeDetection is not provided",
+                           "rich_model_summary": "RichModelSummary is not provided"}
+
+
+# Names Lightning exports from these modules that loops does not have, and why.
+ABSENT = {
+    "utilities": {"CombinedLoader": "being written (Trainer behaviours)", "measure_flops": "issue 18",
+                  "GradClipAlgorithmType": "gradient_clip_algorithm takes the strings", "grad_norm": "not provided",
+                  "disable_possible_user_warnings": "loops gives no 'possible user warnings' to disable",
+                  "find_shared_parameters": "not provided", "set_shared_parameters": "not provided",
+                  "is_picklable": "not provided", "is_shared_filesystem": "not provided",
+                  "LightningEnum": "Lightning's internal enum base", "rank_zero_deprecation": "nothing is deprecated"},
+    "demos": {"LightningLSTM": "the LSTM demo is not provided", "SimpleLSTM": "the LSTM demo is not provided",
+              "SequenceSampler": "the LSTM demo is not provided"},
+}
+
+
+@pytest.mark.parametrize("name", sorted(ABSENT))
+def test_every_lightning_name_there_exists_or_is_declared_absent(name):
+    theirs = set(importlib.import_module(f"lightning.pytorch.{name}").__all__)
+    ours = importlib.import_module(f"loops.{name}")
+    missing = sorted(n for n in theirs - set(ABSENT[name]) if not hasattr(ours, n))
+    assert not missing, f"loops.{name} lacks Lightning's {missing}: add them, or list them in ABSENT"
+    present = sorted(n for n in ABSENT[name] if hasattr(ours, n))
+    assert not present, f"{present} exist now: take them out of ABSENT"
+
+
+@pytest.mark.parametrize(("module", "name", "implementation"), PATHS, ids=[f"{m}.{n}" for m, n, _ in PATHS])
+def test_each_name_is_the_one_implementation(module, name, implementation):
+    assert getattr(importlib.import_module(module), name) is implementation
+
+
+def test_every_lightning_callback_module_exists_with_the_classes_loops_has():
+    """`loops.callbacks.model_checkpoint.ModelCheckpoint` & co., as Hydra configs name them."""
+    theirs = Path(lightning.pytorch.callbacks.__file__).parent
+    names = sorted(p.stem for p in theirs.glob("*.py") if p.stem != "__init__") + ["progress"]
+    for name in names:
+        if name in ABSENT_CALLBACK_MODULES:
+            assert importlib.util.find_spec(f"loops.callbacks.{name}") is None, f"{name} exists now: list it"
+            continue
+        ours = importlib.import_module(f"loops.callbacks.{name}")
+        lightning_module = importlib.import_module(f"lightning.pytorch.callbacks.{name}")
+        shared = {n for n in vars(lightning_module) if n in loops.callbacks.__all__
+                  and getattr(lightning_module, n).__module__ == lightning_module.__name__}
+        for class_name in shared:
+            assert getattr(ours, class_name) is getattr(loops.callbacks, class_name), f"{name}.{class_name}"
+
+
+def test_one_namespace_gives_fabric_and_the_trainer():
+    import loops as L
+    assert {"Fabric", "LightningModule", "Trainer", "LightningDataModule", "Callback"} <= set(L.__all__)
+
+
+def test_the_logo_is_our_own(capsys):
+    loops.cli_lightning_logo()
+    printed = capsys.readouterr().out
+    assert "fabric_kit" in printed and printed.startswith("\n") and printed.endswith("\n\n")
+
+
+class Hooks(loops.LightningModule):
+    def training_step(self, batch, batch_idx):
+        return None
+
+
+class Watcher(loops.Callback):
+    def on_train_start(self, trainer, pl_module):
+        pass
+
+
+def test_is_overridden():
+    from loops.utilities.model_helpers import is_overridden
+    assert is_overridden("training_step", Hooks()) and not is_overridden("configure_optimizers", Hooks())
+    assert is_overridden("on_train_start", Watcher()) and not is_overridden("on_train_end", Watcher())
+    assert not is_overridden("training_step", None)
+    assert is_overridden("forward", Hooks(), parent=loops.LightningModule) == overrides(Hooks(), "forward",
+                                                                                        loops.LightningModule)
+    with pytest.raises(ValueError, match="pass parent=, the class that defines the method"):
+        is_overridden("forward", object())
