@@ -122,6 +122,8 @@ class FitLoop:
         self._start_time = time.monotonic()
         self.preempted = False
         self._sanity_check()
+        if self.trainer.limit_train_batches == 0:  # Lightning's rule: no training at all, not even its hooks
+            return
         self.setup_train_data()
         # on_train_start may log (epoch-level, as in Lightning): its values join the first epoch's results.
         state.train_results = Results(self.trainer.fabric)
