@@ -39,8 +39,9 @@ class BasePredictionWriter(Callback):
                                   "write_on_epoch_end")
 
     def on_predict_start(self, trainer: Trainer, pl_module: Any) -> None:
-        self._indices = [_batch_indices(loader) for loader in trainer.predict_dataloaders]
-        self._predictions = [[] for _ in trainer.predict_dataloaders]
+        loaders = trainer.run_state.set_up_loaders["predict"]  # this process's shard of each loader
+        self._indices = [_batch_indices(loader) for loader in loaders]
+        self._predictions = [[] for _ in loaders]
 
     def on_predict_batch_end(self, trainer: Trainer, pl_module: Any, outputs: Any, batch: Any, batch_idx: int,
                              dataloader_idx: int = 0) -> None:
