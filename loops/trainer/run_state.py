@@ -142,6 +142,7 @@ class RunState:
     user_loaders: dict[str, Any] = field(default_factory=lambda: dict.fromkeys(STAGES))
     set_up_loaders: dict[str, list[Any]] = field(default_factory=lambda: {stage: [] for stage in STAGES})
     ckpt_path: str | None = None  # the checkpoint the last stage call loaded (`trainer.ckpt_path`)
+    weights_only: bool | None = None  # the stage call's: how its checkpoint is read (None: safely)
     return_predictions: bool = True
     automatic: bool = True  # the module's automatic_optimization
     clip_hook: Callable[[Optimizer, float | None, str], None] | None = None  # clipping in automatic optimization

@@ -13,7 +13,7 @@ from typing import Any, NoReturn
 import torch
 from torch import Tensor
 
-from fabric_kit import Fabric, is_wrapped
+from fabric_kit import Fabric
 from fabric_kit.environments import SLURMEnvironment, requeue_job
 from fabric_kit.loggers import FolderLogger, Logger, agree_on_versions
 from fabric_kit.wrappers import FabricModule
@@ -156,28 +156,32 @@ class Trainer(TrainerProperties):
 
     # -- stages ---------------------------------------------------------------------------------------------------
     def fit(self, model: LightningModule, train_dataloaders: Any = None, val_dataloaders: Any = None,
-            datamodule: LightningDataModule | None = None, ckpt_path: str | Path | None = None) -> None:
-        """Train `model`; `ckpt_path` ("last", "best" or a file) resumes a previous run."""
+            datamodule: LightningDataModule | None = None, ckpt_path: str | Path | None = None,
+            weights_only: bool | None = None) -> None:
+        """Train `model`; `ckpt_path` ("last", "best" or a file) resumes a previous run, read with torch's
+        `weights_only` (None: its safe default; False unpickles anything: trusted files only)."""
         if isinstance(train_dataloaders, LightningDataModule):
             datamodule, train_dataloaders = train_dataloaders, None
         self._check_sources(model, datamodule, train_dataloaders, val_dataloaders, "fit")
         self.run_state.dataloaders.update(train=train_dataloaders, val=val_dataloaders)
-        self._launch("fit", model, datamodule, ckpt_path)
+        self._launch("fit", model, datamodule, ckpt_path, weights_only)
 
     def validate(self, model: LightningModule | None = None, dataloaders: Any = None,
                  ckpt_path: str | Path | None = None, verbose: bool = True,
-                 datamodule: LightningDataModule | None = None) -> list[dict[str, float]]:
+                 datamodule: LightningDataModule | None = None,
+                 weights_only: bool | None = None) -> list[dict[str, float]]:
         """Run validation once; returns one dict of epoch metrics per dataloader."""
-        return self._evaluate("validate", model, dataloaders, ckpt_path, verbose, datamodule)
+        return self._evaluate("validate", model, dataloaders, ckpt_path, verbose, datamodule, weights_only)
 
     def test(self, model: LightningModule | None = None, dataloaders: Any = None, ckpt_path: str | Path | None = None,
-             verbose: bool = True, datamodule: LightningDataModule | None = None) -> list[dict[str, float]]:
+             verbose: bool = True, datamodule: LightningDataModule | None = None,
+             weights_only: bool | None = None) -> list[dict[str, float]]:
         """Run the test set once; returns one dict of epoch metrics per dataloader."""
-        return self._evaluate("test", model, dataloaders, ckpt_path, verbose, datamodule)
+        return self._evaluate("test", model, dataloaders, ckpt_path, verbose, datamodule, weights_only)
 
     def predict(self, model: LightningModule | None = None, dataloaders: Any = None,
                 datamodule: LightningDataModule | None = None, return_predictions: bool | None = None,
-                ckpt_path: str | Path | None = None) -> list[Any] | None:
+                ckpt_path: str | Path | None = None, weights_only: bool | None = None) -> list[Any] | None:
         """Run `predict_step` over the data; returns the predictions (a list per dataloader when several). Under
         DDP each process returns its own share (see loops/trainer/predict_loop.py)."""
         if isinstance(dataloaders, LightningDataModule):
@@ -186,11 +190,11 @@ class Trainer(TrainerProperties):
         self._check_sources(model, datamodule, dataloaders, None, "predict")
         self.run_state.dataloaders["predict"] = dataloaders
         self.run_state.return_predictions = True if return_predictions is None else return_predictions
-        predictions: list[Any] | None = self._launch("predict", model, datamodule, ckpt_path)
+        predictions: list[Any] | None = self._launch("predict", model, datamodule, ckpt_path, weights_only)
         return predictions
 
     def _evaluate(self, stage: str, model: LightningModule | None, dataloaders: Any, ckpt_path: Any, verbose: bool,
-                  datamodule: LightningDataModule | None) -> list[dict[str, float]]:
+                  datamodule: LightningDataModule | None, weights_only: bool | None) -> list[dict[str, float]]:
         if isinstance(dataloaders, LightningDataModule):
             datamodule, dataloaders = dataloaders, None
         model = self._model_for(stage, model)
@@ -202,7 +206,7 @@ class Trainer(TrainerProperties):
             ckpt_path = "best"
         self._check_sources(model, datamodule, dataloaders, None, stage)
         self.run_state.dataloaders["val" if stage == "validate" else "test"] = dataloaders
-        results: list[dict[str, float]] = self._launch(stage, model, datamodule, ckpt_path)
+        results: list[dict[str, float]] = self._launch(stage, model, datamodule, ckpt_path, weights_only)
         if verbose and self.is_global_zero:
             print_results(stage, results)
         return results
@@ -224,8 +228,9 @@ class Trainer(TrainerProperties):
 
     # -- running in every process -----------------------------------------------------------------------------------
     def _launch(self, stage: str, model: LightningModule, datamodule: LightningDataModule | None,
-                ckpt_path: str | Path | None) -> Any:
+                ckpt_path: str | Path | None, weights_only: bool | None = None) -> Any:
         self._ran_here = False
+        self.run_state.weights_only = weights_only
         payload = self.fabric.launch(_run_launched, self, stage, model, datamodule, ckpt_path)
         if not self._ran_here and payload is not None:  # the stage ran in spawned processes: adopt rank 0's result
             model.load_state_dict(payload["state_dict"])
@@ -484,17 +489,7 @@ class Trainer(TrainerProperties):
             raise RuntimeError("save_checkpoint needs a model: call it during or after fit/validate/test")
         if storage_options is not None:
             raise ValueError(f"storage_options={storage_options!r} is not supported; pass None")
-        state = checkpointing.dump_checkpoint(self, weights_only)
-        # The module itself, not its state dict, and so the optimizers where the strategy saves them its own way:
-        # a sharding strategy gathers (or shards) them.
-        if "current_model_state" not in state:  # else a weight-averaging callback put the average there
-            state["state_dict"] = self.lightning_module
-        if "optimizer_states" in state and checkpointing.strategy_keeps_optimizers(self.fabric):
-            checkpointing.hand_optimizers_to_strategy(state, self)
-        loader = self.fit_loop.train_loader
-        if not weights_only and is_wrapped(loader):  # fabric saves its position: resume continues the shuffle
-            state["train_dataloader"] = loader
-        self.fabric.save(str(filepath), state)
+        checkpointing.save(self, str(filepath), weights_only)
 
 
 def _run_launched(fabric: Fabric, trainer: Trainer, stage: str, model: LightningModule,
