@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from torch.utils.data import RandomSampler
+from torch.utils.data import IterableDataset, RandomSampler
 
 from loops.callbacks.callback import Callback
 
@@ -39,8 +39,9 @@ class BasePredictionWriter(Callback):
                                   "write_on_epoch_end")
 
     def on_predict_start(self, trainer: Trainer, pl_module: Any) -> None:
-        self._indices = [_batch_indices(loader) for loader in trainer.predict_dataloaders]
-        self._predictions = [[] for _ in trainer.predict_dataloaders]
+        loaders = trainer.run_state.set_up_loaders["predict"]  # this process's shard of each loader
+        self._indices = [_batch_indices(loader) for loader in loaders]
+        self._predictions = [[] for _ in loaders]
 
     def on_predict_batch_end(self, trainer: Trainer, pl_module: Any, outputs: Any, batch: Any, batch_idx: int,
                              dataloader_idx: int = 0) -> None:
@@ -65,9 +66,11 @@ class BasePredictionWriter(Callback):
 
 
 def _batch_indices(loader: Any) -> list[list[int]] | None:
-    """The dataset indices of each batch, read from the loader's batch sampler when its order is fixed."""
+    """The dataset indices of each batch, read from the loader's batch sampler when its order is fixed. An
+    IterableDataset has none (its loader's batch sampler counts forever)."""
     batch_sampler = getattr(loader, "batch_sampler", None)
     sampler = getattr(batch_sampler, "sampler", None)
-    if batch_sampler is None or getattr(sampler, "shuffle", False) or isinstance(sampler, RandomSampler):
+    if batch_sampler is None or getattr(sampler, "shuffle", False) or isinstance(sampler, RandomSampler) \
+            or isinstance(getattr(loader, "dataset", None), IterableDataset):
         return None
     return [list(batch) for batch in batch_sampler]

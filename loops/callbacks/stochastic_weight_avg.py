@@ -102,12 +102,12 @@ class StochasticWeightAveraging(Callback):
         if len(trainer.lr_scheduler_configs) > 1:
             raise ValueError(f"StochasticWeightAveraging replaces one learning-rate scheduler; configure_optimizers "
                              f"returned {len(trainer.lr_scheduler_configs)}")
-        self._max_epochs = trainer.max_epochs
+        self._max_epochs = trainer.fit_loop.epoch_limit
         if isinstance(self._swa_epoch_start, float):
-            if trainer.max_epochs == -1:
+            if self._max_epochs == -1:
                 raise ValueError(f"swa_epoch_start={self._swa_epoch_start} is a fraction of max_epochs, which is -1 "
                                  "(unlimited); pass an int epoch instead")
-            self._swa_epoch_start = int(trainer.max_epochs * self._swa_epoch_start)
+            self._swa_epoch_start = int(self._max_epochs * self._swa_epoch_start)
         if self.pl_module_contains_batch_norm(pl_module) and not pl_module.automatic_optimization:
             raise ValueError("StochasticWeightAveraging recomputes BatchNorm statistics by running training_step "
                              "without gradients, which manual optimization (manual_backward) cannot do")
@@ -209,7 +209,7 @@ def recompute_batch_norm(trainer: Trainer, pl_module: nn.Module) -> None:
     state = trainer.run_state
     try:
         with torch.no_grad(), state.logging_scope(Results(trainer.fabric), per_step=True) as scope:
-            for batch_idx, batch in enumerate(trainer.train_dataloader):
+            for batch_idx, batch in enumerate(trainer.fit_loop.train_loader):
                 if batch_idx >= trainer.num_training_batches:
                     break
                 if state.custom_transfer:

@@ -28,6 +28,7 @@ class LightningModule(HyperparametersMixin, ModelHooks, DataHooks, CheckpointHoo
         super().__init__(*args, **kwargs)
         self._trainer: Trainer | None = None
         self._automatic_optimization = True
+        self._strict_loading: bool | None = None
         self.example_input_array: Any = None
         self._param_requires_grad_state: dict[Tensor, bool] = {}
         self._fabric_ref: weakref.ref[Fabric] | None = None  # set by a plain Fabric's setup (`attach_fabric`)
@@ -113,6 +114,16 @@ class LightningModule(HyperparametersMixin, ModelHooks, DataHooks, CheckpointHoo
     @automatic_optimization.setter
     def automatic_optimization(self, value: bool) -> None:
         self._automatic_optimization = value
+
+    @property
+    def strict_loading(self) -> bool:
+        """Whether a Trainer's `ckpt_path` must hold exactly this module's keys (set False for a checkpoint that
+        left out, e.g., frozen weights)."""
+        return self._strict_loading in (None, True)
+
+    @strict_loading.setter
+    def strict_loading(self, value: bool) -> None:
+        self._strict_loading = value
 
     @property
     def current_epoch(self) -> int:

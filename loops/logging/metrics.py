@@ -13,7 +13,7 @@ class MetricsHub:
     def __init__(self) -> None:
         self.callback_metrics: dict[str, Tensor] = {}
         self.logged_metrics: dict[str, Tensor] = {}
-        self.progress_bar_metrics: dict[str, Tensor] = {}
+        self.progress_bar_metrics: dict[str, float] = {}  # plain numbers, as Lightning's
 
     def reset(self) -> None:
         self.callback_metrics, self.logged_metrics, self.progress_bar_metrics = {}, {}, {}
@@ -22,7 +22,7 @@ class MetricsHub:
         """Publish the step values of the batch that just ended; loggers get them every `log_every_n_steps`."""
         callback, logged, bar = results.step_metrics()
         self.callback_metrics.update(callback)
-        self.progress_bar_metrics.update(bar)
+        self.progress_bar_metrics.update(to_floats(bar))
         self.logged_metrics.update(logged)
         if log_now and logged:
             self._send(loggers, logged, step, epoch)
@@ -31,7 +31,7 @@ class MetricsHub:
         """Publish the epoch reductions of `results`; returns this stage's callback metrics."""
         callback, logged, bar = results.epoch_metrics()
         self.callback_metrics.update(callback)
-        self.progress_bar_metrics.update(bar)
+        self.progress_bar_metrics.update(to_floats(bar))
         self.logged_metrics.update(logged)
         if logged:
             self._send(loggers, logged, step, epoch)

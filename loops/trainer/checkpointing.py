@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from fabric_kit import Fabric
+from fabric_kit import Fabric, is_wrapped
 from fabric_kit.checkpoint import read_checkpoint
 from fabric_kit.strategies import DDPStrategy, SingleDeviceStrategy
 from loops.core.hparams import storable_hparams
@@ -160,10 +160,25 @@ def _files_in_dirpath(callback: Checkpoint, wanted: Callable[[str], Any]) -> lis
     return [os.path.join(directory, name) for name in os.listdir(directory) if wanted(name)]
 
 
+def save(trainer: Trainer, path: str, weights_only: bool) -> None:
+    """`trainer.save_checkpoint`: the checkpoint's entries with the module itself, not its state dict, and so the
+    optimizers where the strategy saves them its own way (a sharding strategy gathers, or shards, them)."""
+    state = dump_checkpoint(trainer, weights_only)
+    if "current_model_state" not in state:  # else a weight-averaging callback put the average there
+        state["state_dict"] = trainer.lightning_module
+    if "optimizer_states" in state and strategy_keeps_optimizers(trainer.fabric):
+        hand_optimizers_to_strategy(state, trainer)
+    loader = trainer.fit_loop.train_loader
+    if not weights_only and is_wrapped(loader):  # fabric saves its position: resume continues the shuffle
+        state["train_dataloader"] = loader
+    trainer.fabric.save(path, state)
+
+
 def restore_model(trainer: Trainer, path: str, stage: str) -> dict[str, Any]:
     """Load the weights (and this rank's RNG state) into the module and the datamodule's state; when fitting,
     also the optimizers, give callbacks their state and run their `on_load_checkpoint`. Returns the rest of the
-    checkpoint."""
+    checkpoint. The module's `strict_loading` decides whether its keys must match; the stage call's `weights_only`
+    (None: torch's safe default, True) whether the file may unpickle arbitrary objects."""
     hooks = trainer.run_state.hooks
     module = hooks.pl_module
     optimizers = _fabric_optimizers(trainer) if stage == "fit" else []
@@ -172,7 +187,8 @@ def restore_model(trainer: Trainer, path: str, stage: str) -> dict[str, Any]:
     if by_strategy:  # restored in place by fabric, so a sharding strategy gives each rank its shard
         state.update({optimizer_key(i): opt for i, opt in enumerate(optimizers)})
     try:
-        checkpoint = trainer.fabric.load(path, state)
+        checkpoint = trainer.fabric.load(path, state, strict=module.strict_loading,
+                                         weights_only=trainer.run_state.weights_only is not False)
     except KeyError as missing:
         if not by_strategy or optimizer_key(0) not in str(missing):
             raise

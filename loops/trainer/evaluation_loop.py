@@ -31,6 +31,7 @@ def run_evaluation(trainer: Trainer, stage: str, loaders: list[Any], limits: lis
     step_name = f"{prefix}_step"
     # Per epoch by default; no batch outside the loop: what is logged there weighs the same on every process.
     with state.logging_scope(results, per_step=False) as scope:
+        modes = [(m, m.training) for m in module.modules()]  # each submodule's own mode, put back after
         hooks.call_on(module, f"on_{prefix}_model_eval")
         with torch.inference_mode() if trainer.inference_mode else torch.no_grad():
             hooks.call(f"on_{prefix}_start")
@@ -62,9 +63,20 @@ def run_evaluation(trainer: Trainer, stage: str, loaders: list[Any], limits: lis
                 per_loader = [_for_loader(metrics, i, multiple) for i in range(len(loaders))]
             results.reset_metrics()
             hooks.call(f"on_{prefix}_end")
-        fitting = stage == "validate" or trainer.state.fn == "fit"
-        hooks.call_on(module, "on_validation_model_train" if fitting else "on_test_model_train")
+        _back_to_train(trainer, stage, modes)
     return per_loader
+
+
+def _back_to_train(trainer: Trainer, stage: str, modes: list[tuple[torch.nn.Module, bool]]) -> None:
+    """The module's `on_<stage>_model_train` when it overrides it, else every submodule back in the mode it had
+    before evaluation (a frozen BatchNorm stays in eval mode), as Lightning does."""
+    hooks = trainer.run_state.hooks
+    hook = "on_validation_model_train" if stage == "validate" else "on_test_model_train"
+    if hooks.mod(hook):
+        hooks.call_on(hooks.pl_module, hook)
+        return
+    for submodule, training in modes:
+        submodule.training = training
 
 
 def _for_loader(metrics: dict[str, float], index: int, multiple: bool) -> dict[str, float]:

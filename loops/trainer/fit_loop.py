@@ -19,6 +19,7 @@ from loops.trainer.data import CycleLoaders, as_list, find_loaders, limit_batche
 from loops.trainer.evaluation_loop import run_evaluation
 from loops.trainer.loop_state import decode, encode
 from loops.trainer.optimization import AutomaticStep
+from loops.trainer.states import TrainerStatus
 
 if TYPE_CHECKING:
     from loops.trainer.run_state import LogScope
@@ -30,6 +31,7 @@ class FitLoop:
 
     def __init__(self, trainer: Trainer) -> None:
         self.trainer = trainer
+        self.max_epochs: int | None = None  # `trainer.max_epochs`; assignable, e.g. to extend a resumed run
         self.train_loader: Any = None
         self.num_training_batches: int | float = math.inf
         self.val_check_batch: int | float = math.inf
@@ -42,6 +44,19 @@ class FitLoop:
         self._start_time = 0.0
         self.preempted = False  # the run stopped at a step boundary after a preemption signal (`preempt`)
 
+    @property
+    def epoch_limit(self) -> int:
+        """max_epochs as fit runs it (-1: none). Lightning's rule when none was given: 1000 epochs unless
+        max_steps or max_time bounds the run, then none."""
+        if self.max_epochs is not None:
+            return self.max_epochs
+        trainer = self.trainer
+        return 1000 if trainer.max_steps == -1 and trainer._max_seconds is None else -1
+
+    def decide_max_epochs(self) -> None:
+        """As fit starts, `trainer.max_epochs` becomes the `epoch_limit`."""
+        self.max_epochs = self.epoch_limit
+
     # -- data -----------------------------------------------------------------------------------------------------
     def setup_train_data(self) -> None:
         trainer, state = self.trainer, self.trainer.run_state
@@ -50,7 +65,7 @@ class FitLoop:
         if self.train_loader is not None and not (every and epoch != self._loaded_epoch and epoch % every == 0):
             return
         self._loaded_epoch = epoch
-        raw = find_loaders("train", state.dataloaders["train"], state.hooks)
+        raw = state.user_loaders["train"] = find_loaders("train", state.dataloaders["train"], state.hooks)
         if raw is None:
             raise ValueError(f"{type(trainer.lightning_module).__name__} has no training data: pass "
                              "train_dataloaders to fit(), a datamodule with train_dataloader(), or define "
@@ -110,9 +125,9 @@ class FitLoop:
         if self._val_loaded_epoch >= 0 and not (every and epoch != self._val_loaded_epoch and epoch % every == 0):
             return
         self._val_loaded_epoch = epoch
-        raw = as_list(find_loaders("val", state.dataloaders["val"], state.hooks))
+        found = state.user_loaders["val"] = find_loaders("val", state.dataloaders["val"], state.hooks)
         limit = trainer.overfit_batches if trainer.overfit_batches > 0 else trainer.limit_val_batches
-        self.val_loaders = setup_loaders(trainer.fabric, raw, False, trainer.use_distributed_sampler,
+        self.val_loaders = setup_loaders(trainer.fabric, as_list(found), False, trainer.use_distributed_sampler,
                                          not state.custom_transfer)
         self.num_val_batches = [limit_batches(loader, limit, "limit_val_batches") for loader in self.val_loaders]
 
@@ -122,6 +137,8 @@ class FitLoop:
         self._start_time = time.monotonic()
         self.preempted = False
         self._sanity_check()
+        if self.trainer.limit_train_batches == 0:  # Lightning's rule: no training at all, not even its hooks
+            return
         self.setup_train_data()
         # on_train_start may log (epoch-level, as in Lightning): its values join the first epoch's results.
         state.train_results = Results(self.trainer.fabric)
@@ -145,7 +162,7 @@ class FitLoop:
         Trainer then ends the process (`Trainer._end_preempted`). Returns True: the epoch ends."""
         trainer = self.trainer
         self.preempted = True
-        trainer.state.status = "interrupted"
+        trainer.state.status = TrainerStatus.INTERRUPTED
         if not trainer.checkpoint_callbacks:
             warnings.warn("fit was preempted and stops without saving: no checkpoint callback is in "
                           "Trainer(callbacks=[...]) (add ModelCheckpoint to resume with ckpt_path=\"last\")",
@@ -183,7 +200,7 @@ class FitLoop:
         trainer, progress = self.trainer, self.trainer.run_state.progress
         if trainer.max_steps != -1 and progress.global_step >= trainer.max_steps:
             return True
-        max_epochs = trainer.max_epochs
+        max_epochs = self.max_epochs
         if max_epochs is not None and max_epochs != -1 and progress.current_epoch >= max_epochs:
             return True
         if self._time_is_up():

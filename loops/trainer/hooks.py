@@ -20,8 +20,12 @@ if TYPE_CHECKING:
 
 
 def overrides(obj: object, name: str, base: type) -> bool:
-    """Whether `obj` (its class, or the instance itself) defines `name` differently from `base`."""
-    if name in getattr(obj, "__dict__", {}):
+    """Whether `obj` (its class, or the instance itself) defines `name` differently from `base`. An object that
+    only poses as its class (a `Mock(spec=Callback)`) has every hook."""
+    own_attributes = getattr(obj, "__dict__", {})
+    if name in own_attributes:  # set on the instance; None switches it off (`model.validation_step = None`)
+        return own_attributes[name] is not None
+    if type(obj) is not obj.__class__:
         return True
     own = getattr(type(obj), name, None)
     return own is not None and own is not getattr(base, name, None)
@@ -35,14 +39,15 @@ class HookTable:
         self.trainer, self.pl_module, self.datamodule = trainer, module, datamodule
         self.state = trainer.run_state
         self.callbacks: dict[str, list[Any]] = {}
+        self.owners: dict[str, list[Callback]] = {}  # the callback of each hook in `callbacks`
         self.module: dict[str, list[Any]] = {}
         self.pairs: dict[str, list[tuple[Any, bool]]] = {}
 
     def cb(self, name: str) -> list[Any]:
         hooks = self.callbacks.get(name)
         if hooks is None:
-            hooks = self.callbacks[name] = [getattr(c, name) for c in self.trainer.callbacks
-                                            if overrides(c, name, Callback)]
+            owners = self.owners[name] = [c for c in self.trainer.callbacks if overrides(c, name, Callback)]
+            hooks = self.callbacks[name] = [getattr(c, name) for c in owners]
         return hooks
 
     def mod(self, name: str) -> list[Any]:
@@ -77,8 +82,9 @@ class HookTable:
         trainer, module, scope = self.trainer, self.pl_module, self.state.scope
         outer, scope.hook = scope.hook, name
         try:
-            for hook in self.cb(name):
-                if monitoring is None or getattr(hook.__self__, "monitors_metrics", False) == monitoring:
+            hooks = self.cb(name)
+            for owner, hook in zip(self.owners[name], hooks, strict=True):
+                if monitoring is None or bool(getattr(owner, "monitors_metrics", False)) == monitoring:
                     hook(trainer, module, *args)
         finally:
             scope.hook = outer

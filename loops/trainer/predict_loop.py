@@ -38,7 +38,7 @@ def run_prediction(trainer: Trainer, loaders: list[Any], limits: list[int | floa
                 for batch_idx, batch in enumerate(loader):
                     batch = hooks.transfer(batch, dataloader_idx, device)
                     hooks.call("on_predict_batch_start", batch, batch_idx, *extra)
-                    output = fabric_module("predict_step", batch, batch_idx, *extra)
+                    output = fabric_module("predict_step", batch, batch_idx, *extra).value
                     hooks.call("on_predict_batch_end", output, batch, batch_idx, *extra)
                     if return_predictions:
                         predictions.append(output)

@@ -16,9 +16,12 @@ from loops.callbacks.checkpoint import Checkpoint
 from loops.callbacks.early_stopping import EarlyStopping
 from loops.callbacks.progress import ProgressBar
 from loops.core.optimizer_config import SchedulerConfig
-from loops.trainer.run_state import RunState, TrainerState
+from loops.trainer.run_state import RunState
+from loops.trainer.states import TrainerState
 
 if TYPE_CHECKING:
+    from fabric_kit.strategies import Strategy
+    from loops.core.module import LightningModule
     from loops.trainer.fit_loop import FitLoop
 
 
@@ -29,7 +32,7 @@ class TrainerProperties:
     fit_loop: FitLoop
     callbacks: list[Callback]
     default_root_dir: str
-    max_epochs: int
+    lightning_module: LightningModule | None
     max_steps: int
     num_sanity_val_steps: int
     accumulate_grad_batches: int
@@ -56,8 +59,34 @@ class TrainerProperties:
         self.run_state.should_stop = value
 
     @property
+    def max_epochs(self) -> int | None:
+        """None until fit starts without one given, then Lightning's default (`FitLoop.decide_max_epochs`)."""
+        return self.fit_loop.max_epochs
+
+    @max_epochs.setter
+    def max_epochs(self, value: int | None) -> None:
+        self.fit_loop.max_epochs = value
+
+    @property
     def state(self) -> TrainerState:
         return self.run_state.state
+
+    @property
+    def ckpt_path(self) -> str | None:
+        """The checkpoint the last fit / validate / test / predict loaded (the file "best" / "last" named); None
+        when it loaded none."""
+        return self.run_state.ckpt_path
+
+    @property
+    def strategy(self) -> Strategy:
+        """fabric's strategy instance (e.g. a `fabric_kit.strategies.DDPStrategy`): its collectives (`barrier`,
+        `broadcast`, `all_gather`, `all_reduce`, `reduce_boolean_decision`) and ranks."""
+        return self.fabric.strategy
+
+    @property
+    def model(self) -> LightningModule | None:
+        """The module being run (Lightning gives its strategy-wrapped form, e.g. DDP's, where there is one)."""
+        return self.lightning_module
 
     @property
     def optimizers(self) -> list[torch.optim.Optimizer]:
@@ -124,7 +153,7 @@ class TrainerProperties:
         return self.run_state.metrics.logged_metrics
 
     @property
-    def progress_bar_metrics(self) -> dict[str, Tensor]:
+    def progress_bar_metrics(self) -> dict[str, float]:
         return self.run_state.metrics.progress_bar_metrics
 
     @property
@@ -209,12 +238,21 @@ class TrainerProperties:
 
     @property
     def train_dataloader(self) -> Any:
-        return self.fit_loop.train_loader
+        """The training loader(s) of the running (or last) fit as the user gave them: one loader, a list or a
+        dict; None before fit found them. The same for the other stages' properties below."""
+        return self.run_state.user_loaders["train"]
 
     @property
     def val_dataloaders(self) -> Any:
-        loaders = self.fit_loop.val_loaders
-        return loaders[0] if len(loaders) == 1 else loaders
+        return self.run_state.user_loaders["val"]
+
+    @property
+    def test_dataloaders(self) -> Any:
+        return self.run_state.user_loaders["test"]
+
+    @property
+    def predict_dataloaders(self) -> Any:
+        return self.run_state.user_loaders["predict"]
 
     @property
     def num_training_batches(self) -> int | float:
@@ -232,12 +270,13 @@ class TrainerProperties:
     @property
     def estimated_stepping_batches(self) -> int | float:
         """Optimizer steps fit will take (e.g. for OneCycleLR's total_steps); loads the training data if needed."""
-        if self.max_epochs == -1:
+        epochs = self.fit_loop.epoch_limit
+        if epochs == -1:
             return math.inf if self.max_steps == -1 else self.max_steps
         if self.fit_loop.train_loader is None:
             self.fit_loop.setup_train_data()
         batches = self.num_training_batches
         if batches == math.inf:
             return self.max_steps if self.max_steps != -1 else math.inf
-        steps = math.ceil(batches / self.accumulate_grad_batches) * max(self.max_epochs, 1)
+        steps = math.ceil(batches / self.accumulate_grad_batches) * max(epochs, 1)
         return min(steps, self.max_steps) if self.max_steps != -1 else steps

@@ -2,7 +2,8 @@
 Trainer holds and its loops, optimization and checkpointing share. The Trainer's arguments are not part of it.
 
 - `Progress`, the counters. Only its methods advance them: how a counter advances is read (and changed) here.
-- `TrainerState`, the stage flags: which stage function runs, which loop is active, how the run ended.
+- `TrainerState` (states.py, with Lightning's enums), the stage flags: which stage function runs, which loop is
+  active, how the run ended.
 - `LogScope`, where `self.log` writes now: the results, the `on_step` / `on_epoch` defaults, the batch and the
   dataloader index, and the hook that is running (recorded by the hook dispatcher, `loops/trainer/hooks.py`).
   `RunState.logging_scope(...)` opens one for a block of code and puts the outer one back after it.
@@ -19,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from loops.logging.metrics import MetricsHub
 from loops.logging.results import Results
 from loops.trainer.loop_state import LoopPosition
+from loops.trainer.states import TrainerState
 
 if TYPE_CHECKING:
     from torch.optim import Optimizer
@@ -110,22 +112,6 @@ class Progress:
 
 
 @dataclass
-class TrainerState:
-    """Which stage function runs (`fn`: fit, validate, test, predict), which loop is active (`stage`: train,
-    validate, sanity_check, test, predict) and how the run ended (`status`)."""
-
-    fn: str | None = None
-    stage: str | None = None
-    status: str = "initializing"
-
-    def set_stage(self, stage: str, active: bool) -> None:
-        if active:
-            self.stage = stage
-        elif self.stage == stage:
-            self.stage = "train" if stage in ("validate", "sanity_check") and self.fn == "fit" else None
-
-
-@dataclass
 class LogScope:
     """Where `self.log` writes now. Outside every scope `results` is None and logging is refused."""
 
@@ -151,6 +137,12 @@ class RunState:
     lr_scheduler_configs: list[SchedulerConfig] = field(default_factory=list)
     # The stage's wiring, set as it starts (trainer.py):
     dataloaders: dict[str, Any] = field(default_factory=lambda: dict.fromkeys(STAGES))  # given to the stage call
+    # What each source's stage found (one loader, a list or a dict, as the user's hook or call gave it), and, for
+    # validate / test / predict, the list of them fabric set up (fit's are the fit loop's):
+    user_loaders: dict[str, Any] = field(default_factory=lambda: dict.fromkeys(STAGES))
+    set_up_loaders: dict[str, list[Any]] = field(default_factory=lambda: {stage: [] for stage in STAGES})
+    ckpt_path: str | None = None  # the checkpoint the last stage call loaded (`trainer.ckpt_path`)
+    weights_only: bool | None = None  # the stage call's: how its checkpoint is read (None: safely)
     return_predictions: bool = True
     automatic: bool = True  # the module's automatic_optimization
     clip_hook: Callable[[Optimizer, float | None, str], None] | None = None  # clipping in automatic optimization

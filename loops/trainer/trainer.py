@@ -13,7 +13,7 @@ from typing import Any, NoReturn
 import torch
 from torch import Tensor
 
-from fabric_kit import Fabric, is_wrapped
+from fabric_kit import Fabric
 from fabric_kit.environments import SLURMEnvironment, requeue_job
 from fabric_kit.loggers import FolderLogger, Logger, agree_on_versions
 from fabric_kit.wrappers import FabricModule
@@ -36,7 +36,7 @@ from loops.trainer.predict_loop import run_prediction
 from loops.trainer.properties import TrainerProperties
 from loops.trainer.router import StepRouter
 from loops.trainer.run_state import RunState
-from loops.trainer.strategy import StrategyFacade
+from loops.trainer.states import TrainerFn, TrainerStatus
 from loops.tuner.exit import TunerExit
 
 _TRANSFER_HOOKS = ("on_before_batch_transfer", "transfer_batch_to_device", "on_after_batch_transfer")
@@ -70,13 +70,14 @@ class Trainer(TrainerProperties):
             raise ValueError(f"profiler={profiler!r} is not supported by loops; pass profiler=None")
         self.fabric = Fabric(accelerator=accelerator, strategy=strategy, devices=devices, num_nodes=num_nodes,
                              precision=precision, plugins=plugins)
-        self.strategy = StrategyFacade(self.fabric)
         fast = args_check.fast_dev_run_batches(fast_dev_run)
         if barebones and (fast or logger or enable_checkpointing or enable_progress_bar or enable_model_summary):
             raise ValueError("barebones=True turns off logging, checkpointing, the progress bar, the model summary "
                              "and fast_dev_run; remove logger / enable_* / fast_dev_run or set barebones=False")
         self.barebones, self.fast_dev_run = barebones, fast_dev_run
         self.default_root_dir = str(default_root_dir) if default_root_dir is not None else os.getcwd()
+        self.run_state = RunState()
+        self.fit_loop = FitLoop(self)
         self._set_optimization(accumulate_grad_batches, gradient_clip_val, gradient_clip_algorithm, detect_anomaly,
                                sync_batchnorm)
         self._set_run_length(max_epochs, min_epochs, max_steps, min_steps, max_time, fast)
@@ -87,13 +88,9 @@ class Trainer(TrainerProperties):
         self._set_loggers(logger, log_every_n_steps, fast)
         self._set_callbacks(callbacks, enable_checkpointing, enable_progress_bar, enable_model_summary)
         args_check.set_torch_flags(deterministic, benchmark)
-        self.run_state = RunState()
-        self.fit_loop = FitLoop(self)
         self.lightning_module: LightningModule | None = None
         self.datamodule: LightningDataModule | None = None
-        self.test_dataloaders: list[Any] = []
         self.num_test_batches: list[int | float] = []
-        self.predict_dataloaders: list[Any] = []
         self.num_predict_batches: list[int | float] = []
         self._ran_here = False
 
@@ -111,9 +108,9 @@ class Trainer(TrainerProperties):
 
     def _set_run_length(self, max_epochs: int | None, min_epochs: int | None, max_steps: int,
                         min_steps: int | None, max_time: str | timedelta | dict[str, int] | None, fast: int) -> None:
-        """When fit stops: 1000 epochs unless max_steps or max_time bounds it; fast_dev_run: one epoch."""
-        self.max_epochs = max_epochs if max_epochs is not None else (1000 if max_steps == -1 and max_time is None
-                                                                     else -1)
+        """When fit stops (`trainer.max_epochs` is None until fit decides: `FitLoop.decide_max_epochs`);
+        fast_dev_run: one epoch."""
+        self.max_epochs = max_epochs
         self.min_epochs, self.max_steps, self.min_steps = min_epochs, max_steps, min_steps
         self._max_seconds = args_check.parse_max_time(max_time)
         if fast:
@@ -159,28 +156,32 @@ class Trainer(TrainerProperties):
 
     # -- stages ---------------------------------------------------------------------------------------------------
     def fit(self, model: LightningModule, train_dataloaders: Any = None, val_dataloaders: Any = None,
-            datamodule: LightningDataModule | None = None, ckpt_path: str | Path | None = None) -> None:
-        """Train `model`; `ckpt_path` ("last", "best" or a file) resumes a previous run."""
+            datamodule: LightningDataModule | None = None, ckpt_path: str | Path | None = None,
+            weights_only: bool | None = None) -> None:
+        """Train `model`; `ckpt_path` ("last", "best" or a file) resumes a previous run, read with torch's
+        `weights_only` (None: its safe default; False unpickles anything: trusted files only)."""
         if isinstance(train_dataloaders, LightningDataModule):
             datamodule, train_dataloaders = train_dataloaders, None
         self._check_sources(model, datamodule, train_dataloaders, val_dataloaders, "fit")
         self.run_state.dataloaders.update(train=train_dataloaders, val=val_dataloaders)
-        self._launch("fit", model, datamodule, ckpt_path)
+        self._launch("fit", model, datamodule, ckpt_path, weights_only)
 
     def validate(self, model: LightningModule | None = None, dataloaders: Any = None,
                  ckpt_path: str | Path | None = None, verbose: bool = True,
-                 datamodule: LightningDataModule | None = None) -> list[dict[str, float]]:
+                 datamodule: LightningDataModule | None = None,
+                 weights_only: bool | None = None) -> list[dict[str, float]]:
         """Run validation once; returns one dict of epoch metrics per dataloader."""
-        return self._evaluate("validate", model, dataloaders, ckpt_path, verbose, datamodule)
+        return self._evaluate("validate", model, dataloaders, ckpt_path, verbose, datamodule, weights_only)
 
     def test(self, model: LightningModule | None = None, dataloaders: Any = None, ckpt_path: str | Path | None = None,
-             verbose: bool = True, datamodule: LightningDataModule | None = None) -> list[dict[str, float]]:
+             verbose: bool = True, datamodule: LightningDataModule | None = None,
+             weights_only: bool | None = None) -> list[dict[str, float]]:
         """Run the test set once; returns one dict of epoch metrics per dataloader."""
-        return self._evaluate("test", model, dataloaders, ckpt_path, verbose, datamodule)
+        return self._evaluate("test", model, dataloaders, ckpt_path, verbose, datamodule, weights_only)
 
     def predict(self, model: LightningModule | None = None, dataloaders: Any = None,
                 datamodule: LightningDataModule | None = None, return_predictions: bool | None = None,
-                ckpt_path: str | Path | None = None) -> list[Any] | None:
+                ckpt_path: str | Path | None = None, weights_only: bool | None = None) -> list[Any] | None:
         """Run `predict_step` over the data; returns the predictions (a list per dataloader when several). Under
         DDP each process returns its own share (see loops/trainer/predict_loop.py)."""
         if isinstance(dataloaders, LightningDataModule):
@@ -189,11 +190,11 @@ class Trainer(TrainerProperties):
         self._check_sources(model, datamodule, dataloaders, None, "predict")
         self.run_state.dataloaders["predict"] = dataloaders
         self.run_state.return_predictions = True if return_predictions is None else return_predictions
-        predictions: list[Any] | None = self._launch("predict", model, datamodule, ckpt_path)
+        predictions: list[Any] | None = self._launch("predict", model, datamodule, ckpt_path, weights_only)
         return predictions
 
     def _evaluate(self, stage: str, model: LightningModule | None, dataloaders: Any, ckpt_path: Any, verbose: bool,
-                  datamodule: LightningDataModule | None) -> list[dict[str, float]]:
+                  datamodule: LightningDataModule | None, weights_only: bool | None) -> list[dict[str, float]]:
         if isinstance(dataloaders, LightningDataModule):
             datamodule, dataloaders = dataloaders, None
         model = self._model_for(stage, model)
@@ -205,7 +206,7 @@ class Trainer(TrainerProperties):
             ckpt_path = "best"
         self._check_sources(model, datamodule, dataloaders, None, stage)
         self.run_state.dataloaders["val" if stage == "validate" else "test"] = dataloaders
-        results: list[dict[str, float]] = self._launch(stage, model, datamodule, ckpt_path)
+        results: list[dict[str, float]] = self._launch(stage, model, datamodule, ckpt_path, weights_only)
         if verbose and self.is_global_zero:
             print_results(stage, results)
         return results
@@ -227,8 +228,9 @@ class Trainer(TrainerProperties):
 
     # -- running in every process -----------------------------------------------------------------------------------
     def _launch(self, stage: str, model: LightningModule, datamodule: LightningDataModule | None,
-                ckpt_path: str | Path | None) -> Any:
+                ckpt_path: str | Path | None, weights_only: bool | None = None) -> Any:
         self._ran_here = False
+        self.run_state.weights_only = weights_only
         payload = self.fabric.launch(_run_launched, self, stage, model, datamodule, ckpt_path)
         if not self._ran_here and payload is not None:  # the stage ran in spawned processes: adopt rank 0's result
             model.load_state_dict(payload["state_dict"])
@@ -243,8 +245,11 @@ class Trainer(TrainerProperties):
              ckpt_path: str | Path | None) -> dict[str, Any]:
         self._ran_here = True
         state = self.run_state
-        self.state.fn = stage
+        self.state.fn, self.state.status = TrainerFn(stage), TrainerStatus.RUNNING
         state.should_stop = False
+        state.metrics.reset()  # each stage call publishes its own metrics, as in Lightning
+        if stage == "fit":
+            self.fit_loop.decide_max_epochs()
         self.lightning_module, self.datamodule = model, datamodule
         model.trainer = self
         if datamodule is not None:
@@ -257,7 +262,7 @@ class Trainer(TrainerProperties):
         result = None
         try:
             self._prepare_and_setup(stage, model, datamodule)
-            path = checkpointing.resolve_ckpt_path(self, ckpt_path, stage)
+            path = state.ckpt_path = checkpointing.resolve_ckpt_path(self, ckpt_path, stage)
             if stage == "fit":
                 self._fit(model, path)
             else:
@@ -267,7 +272,7 @@ class Trainer(TrainerProperties):
                 self._log_hyperparams(model)
                 result = self._run_stage(stage)
         except BaseException as exception:
-            self.state.status = "interrupted"
+            self.state.status = TrainerStatus.INTERRUPTED
             hooks.call_callbacks("on_exception", exception)
             if datamodule is not None:
                 hooks.call_on(datamodule, "on_exception", exception)
@@ -276,7 +281,7 @@ class Trainer(TrainerProperties):
             self._teardown(stage)
         if stage == "fit" and self.fit_loop.preempted:
             self._end_preempted()
-        self.state.status = "finished"
+        self.state.status = TrainerStatus.FINISHED
         return self._payload(model, result)
 
     def _payload(self, model: LightningModule, result: Any) -> dict[str, Any]:
@@ -376,14 +381,14 @@ class Trainer(TrainerProperties):
         model = self.lightning_module
         if stage == "predict":
             loaders, limits = self._eval_loaders("predict", self.limit_predict_batches)
-            self.predict_dataloaders, self.num_predict_batches = loaders, limits
+            self.num_predict_batches = limits
             self.predicting = True
             return run_prediction(self, loaders, limits, self.run_state.return_predictions)
         source = "val" if stage == "validate" else "test"
         limit = self.limit_val_batches if stage == "validate" else self.limit_test_batches
         loaders, limits = self._eval_loaders(source, limit)
         if stage == "test":
-            self.test_dataloaders, self.num_test_batches = loaders, limits
+            self.num_test_batches = limits
         if stage == "validate":
             self.fit_loop.val_loaders, self.fit_loop.num_val_batches = loaders, limits
             self.validating = True
@@ -397,8 +402,10 @@ class Trainer(TrainerProperties):
 
     def _eval_loaders(self, source: str, limit: int | float) -> tuple[list[Any], list[int | float]]:
         state = self.run_state
-        raw = as_list(find_loaders(source, state.dataloaders[source], state.hooks))
-        loaders = setup_loaders(self.fabric, raw, False, self.use_distributed_sampler, not state.custom_transfer)
+        found = state.user_loaders[source] = find_loaders(source, state.dataloaders[source], state.hooks)
+        loaders = setup_loaders(self.fabric, as_list(found), False, self.use_distributed_sampler,
+                                not state.custom_transfer)
+        state.set_up_loaders[source] = loaders
         return loaders, [limit_batches(loader, limit, f"limit_{source}_batches") for loader in loaders]
 
     def _teardown(self, stage: str) -> None:
@@ -409,7 +416,7 @@ class Trainer(TrainerProperties):
         hooks.call_on(hooks.pl_module, "teardown", stage)
         for logger in self._loggers:
             if hasattr(logger, "finalize"):
-                logger.finalize("failed" if self.state.status == "interrupted" else "success")
+                logger.finalize("failed" if self.interrupted else "success")
         self.training = self.validating = self.testing = self.predicting = self.sanity_checking = False
 
     def _attach_callbacks(self, model: LightningModule) -> None:
@@ -482,17 +489,7 @@ class Trainer(TrainerProperties):
             raise RuntimeError("save_checkpoint needs a model: call it during or after fit/validate/test")
         if storage_options is not None:
             raise ValueError(f"storage_options={storage_options!r} is not supported; pass None")
-        state = checkpointing.dump_checkpoint(self, weights_only)
-        # The module itself, not its state dict, and so the optimizers where the strategy saves them its own way:
-        # a sharding strategy gathers (or shards) them.
-        if "current_model_state" not in state:  # else a weight-averaging callback put the average there
-            state["state_dict"] = self.lightning_module
-        if "optimizer_states" in state and checkpointing.strategy_keeps_optimizers(self.fabric):
-            checkpointing.hand_optimizers_to_strategy(state, self)
-        loader = self.fit_loop.train_loader
-        if not weights_only and is_wrapped(loader):  # fabric saves its position: resume continues the shuffle
-            state["train_dataloader"] = loader
-        self.fabric.save(str(filepath), state)
+        checkpointing.save(self, str(filepath), weights_only)
 
 
 def _run_launched(fabric: Fabric, trainer: Trainer, stage: str, model: LightningModule,

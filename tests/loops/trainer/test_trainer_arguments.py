@@ -109,8 +109,9 @@ def test_use_distributed_sampler(use_distributed_sampler):
     trainer = make_trainer(max_epochs=1, limit_val_batches=0, use_distributed_sampler=use_distributed_sampler)
     trainer.fit(Model(), DataLoader(dataset(8), batch_size=4, sampler=sampler))
     assert firsts == [dataset(8)[7][1].item(), dataset(8)[3][1].item()]  # the user's order either way
-    # False: the loader is used as given; True: fabric's resumable sampler wraps the user's
-    assert (trainer.train_dataloader.sampler is sampler) is not use_distributed_sampler
+    # False: the loader is used as given; True: fabric's resumable sampler wraps the user's (in the loader the fit
+    # loop iterates; `trainer.train_dataloader` is the user's own, as in Lightning)
+    assert (trainer.fit_loop.train_loader.sampler is sampler) is not use_distributed_sampler
 
 
 def test_min_steps_keeps_training_after_should_stop():
