@@ -115,7 +115,8 @@ def materialize(module: Module, device: torch.device, stream: int, sync_replicas
     rank 0), once, so replicas start equal.
     """
     owners = [m for m in module.modules() if _owns_meta_tensors(m)]
-    module.to_empty(device=device)
+    for owner in owners:  # only these: layers created with storage keep their values
+        owner.to_empty(device=device, recurse=False)
     seed = int(torch.randint(0, 2**62, ()))  # drawn alike on every rank, advancing every rank's generator alike
     with torch.no_grad(), torch.random.fork_rng(devices=[]):
         if device.type == "cpu":
