@@ -15,6 +15,7 @@ import torch
 from fabric_kit import Fabric
 from fabric_kit.strategies import ModelParallelStrategy
 from tests.conftest import outside_launchers
+from tests.helpers.examples import number_after, run_example
 from tests.strategies.model_parallel_model import GLOBAL_BATCH, SPLIT, parallelize
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -155,3 +156,11 @@ def test_same_script_under_lightning_ends_with_equal_weights(tmp_path):
         out.mkdir()
         weights[api] = run_processes([PARITY, api, out], 2, out)[0]
     close(weights["fabric_kit"], weights["lightning"], 1e-6)
+
+
+def test_tensor_parallel_example_trains_under_fabric_run_on_four_processes(clean_env, tmp_path):
+    out = run_example("-m", "fabric_kit", "run", "--devices", "4", "examples/fabric/tensor_parallel.py", "--tp", "2",
+                      "--steps", "40", "--empty-init", "--checkpoint", tmp_path / "checkpoint", timeout=400)
+    assert "mesh {'data_parallel': 2, 'tensor_parallel': 2} on 4 processes" in out
+    assert number_after("step 40  loss", out) < 0.9 * number_after("(chance", out)
+    assert (tmp_path / "checkpoint" / ".metadata").is_file()
