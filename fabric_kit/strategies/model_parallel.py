@@ -37,7 +37,8 @@ class ModelParallelStrategy(ShardedStrategy, BackwardSyncControl):
     `fully_shard` over `device_mesh["data_parallel"]`; the model it returns must hold DTensor parameters.
 
     Args:
-        parallelize_fn: `(model, device_mesh) -> model`, called by `fabric.setup_module(model)`.
+        parallelize_fn: `(model, device_mesh) -> model`, called by `fabric.setup_module(model)`; None: the model
+            arrives parallelized (`LightningModule.configure_model` under the Trainer, using `self.device_mesh`).
         data_parallel_size: ranks that hold different batches: an int, or "auto" (the number of nodes, or the world
             size divided by an int `tensor_parallel_size`).
         tensor_parallel_size: ranks that split each layer and see the same batches: an int, or "auto" (the
@@ -48,7 +49,8 @@ class ModelParallelStrategy(ShardedStrategy, BackwardSyncControl):
         timeout: the process group's timeout (torch's default when None).
     """
 
-    def __init__(self, parallelize_fn: Callable[[Any, DeviceMesh], Module], data_parallel_size: Size = "auto",
+    def __init__(self, parallelize_fn: Callable[[Any, DeviceMesh], Module] | None = None,
+                 data_parallel_size: Size = "auto",
                  tensor_parallel_size: Size = "auto", save_distributed_checkpoint: bool = True,
                  process_group_backend: str | None = None, timeout: timedelta | None = None, *,
                  accelerator: Accelerator | None = None, parallel_devices: list[torch.device] | None = None,
@@ -56,9 +58,10 @@ class ModelParallelStrategy(ShardedStrategy, BackwardSyncControl):
                  start_method: StartMethod = "popen", collective_timeout: float | timedelta | None = None) -> None:
         super().__init__(accelerator, parallel_devices, cluster_environment, precision, process_group_backend,
                          timeout, start_method, collective_timeout=collective_timeout)
-        if not callable(parallelize_fn):
+        if parallelize_fn is not None and not callable(parallelize_fn):
             raise TypeError(f"parallelize_fn={parallelize_fn!r} is not callable; accepted: a function "
-                            "`(model, device_mesh) -> model` that applies the parallelism")
+                            "`(model, device_mesh) -> model` that applies the parallelism, or None for a model "
+                            "parallelized before `setup_module` (the Trainer's `configure_model`)")
         for name, value in (("data_parallel_size", data_parallel_size),
                             ("tensor_parallel_size", tensor_parallel_size)):
             if value != "auto" and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
@@ -112,21 +115,22 @@ class ModelParallelStrategy(ShardedStrategy, BackwardSyncControl):
         first would need room for all of it)."""
 
     def setup_module(self, module: Module) -> Module:
-        """`parallelize_fn(module, device_mesh)`; a model created on the meta device then gets storage for this
-        rank's shards only and is initialised by its `reset_parameters()`."""
+        """`parallelize_fn(module, device_mesh)` (or the module as it came, with `parallelize_fn=None`); a model
+        created on the meta device then gets storage for this rank's shards only and is initialised by its
+        `reset_parameters()`."""
         on_meta = has_meta_tensors(module)
         if on_meta:
             check_materializable(module)
-        parallel = self.parallelize_fn(module, self.device_mesh)
-        name = getattr(self.parallelize_fn, "__name__", repr(self.parallelize_fn))
+        fn = self.parallelize_fn
+        parallel = module if fn is None else fn(module, self.device_mesh)
+        source = "the model given to setup_module" if fn is None else f"parallelize_fn {getattr(fn, '__name__', fn)}"
         if not isinstance(parallel, Module):
-            raise TypeError(f"parallelize_fn {name} returned a {type(parallel).__name__}; accepted: the "
-                            "nn.Module it parallelized")
+            raise TypeError(f"{source} returned a {type(parallel).__name__}; accepted: the nn.Module it parallelized")
         if not any(isinstance(p, DTensor) for p in parallel.parameters()):
-            raise TypeError(f"parallelize_fn {name} returned a {type(parallel).__name__} without DTensor "
-                            "parameters, so nothing is parallelized; accepted: a model whose parameters it turned "
-                            "into DTensors, with `parallelize_module(model, device_mesh['tensor_parallel'], plan)` "
-                            "and/or `fully_shard(model, mesh=device_mesh['data_parallel'])`")
+            raise TypeError(f"{source} {'is' if fn is None else 'returned'} a {type(parallel).__name__} without "
+                            "DTensor parameters, so nothing is parallelized; accepted: a model whose parameters "
+                            "were turned into DTensors, with `parallelize_module(model, device_mesh["
+                            "'tensor_parallel'], plan)` and/or `fully_shard(model, mesh=device_mesh['data_parallel'])`")
         if on_meta:
             materialize(parallel, self.root_device, stream=self.global_rank, sync_replicas=True)
         return self._set_up(parallel)

@@ -33,6 +33,7 @@ class ShardedStrategy(ParallelStrategy):
 
     setup_module_first = True
     shards_parameters = True
+    materializes_meta_modules = True
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
