@@ -43,8 +43,9 @@ def needs_sharded_strategy(path: str | os.PathLike[str]) -> str:
     """What to tell a user who loads a directory where only a checkpoint file can be read."""
     if not is_sharded_checkpoint(path):
         return f"checkpoint {os.fspath(path)!r} is a directory, not a checkpoint file"
-    return (f"checkpoint {os.fspath(path)!r} is a directory of shards written by a sharded strategy (FSDP); load it "
-            "with strategy='fsdp', or turn it into one file that any strategy and plain torch.load can read: "
+    return (f"checkpoint {os.fspath(path)!r} is a directory of shards written by a sharded strategy (FSDP, "
+            "ModelParallelStrategy); load it with either, in any layout, or turn it into one file that any strategy "
+            "and plain torch.load can read: "
             f"`fabric consolidate {os.fspath(path)} --output model.pt`")
 
 

@@ -10,11 +10,11 @@ from fabric_kit.strategies.strategy import BackwardSyncControl, Strategy
 LAZY = {
     "DeepSpeedStrategy": "fabric_kit.strategies.deepspeed:DeepSpeedStrategy",
     "FSDPStrategy": "fabric_kit.strategies.fsdp:FSDPStrategy",
+    "ModelParallelStrategy": "fabric_kit.strategies.model_parallel:ModelParallelStrategy",
     "SingleDeviceXLAStrategy": "fabric_kit.strategies.xla:SingleXLAStrategy",  # Lightning's name for it
     "SingleXLAStrategy": "fabric_kit.strategies.xla:SingleXLAStrategy",
     "XLAFSDPStrategy": "fabric_kit.strategies.xla_fsdp:XLAFSDPStrategy",
     "XLAStrategy": "fabric_kit.strategies.xla:XLAStrategy",
-    # ModelParallelStrategy joins this table with its module, fabric_kit/strategies/model_parallel.py.
 }
 __getattr__, __dir__ = lazy_attributes(__name__, LAZY)
 

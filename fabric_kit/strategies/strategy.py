@@ -47,6 +47,10 @@ class Strategy(ABC):
     """True when each process holds only a shard of the parameters (FSDP, XLA FSDP, DeepSpeed ZeRO stage 3)."""
     owns_optimizer: bool = False
     """True when the strategy's engine wraps the optimizer (DeepSpeed): param groups cannot be added in training."""
+    materializes_meta_modules: bool = False
+    """True when `setup_module` gives a model created on the meta device (`init_module(empty_init=True)`) storage
+    for this rank's part only and initialises it with `reset_parameters()` (FSDP, ModelParallel): the Trainer then
+    runs `configure_model` on the meta device, so that no rank ever holds the whole model."""
 
     def __init__(self, accelerator: Accelerator | None = None, precision: Precision | None = None) -> None:
         self.accelerator = accelerator

@@ -165,6 +165,12 @@ class LightningModule(HyperparametersMixin, ModelHooks, DataHooks, CheckpointHoo
             return fabric.loggers if fabric is not None else []
         return self._trainer.loggers
 
+    @property
+    def device_mesh(self) -> Any:
+        """The strategy's device mesh, for `configure_model` to parallelize the model with (ModelParallelStrategy:
+        dimensions "data_parallel" and "tensor_parallel"); None without a Trainer or under a strategy that has none."""
+        return getattr(self._trainer.fabric.strategy, "device_mesh", None) if self._trainer is not None else None
+
     # -- logging ------------------------------------------------------------------------------------------------
     def log(self, name: str, value: Any, prog_bar: bool = False, logger: bool | None = None,
             on_step: bool | None = None, on_epoch: bool | None = None, reduce_fx: str | Callable = "mean",

@@ -305,7 +305,11 @@ class Trainer(TrainerProperties):
             hooks.call_on(datamodule, "setup", stage)
         hooks.call_callbacks("setup", stage)
         hooks.call_on(model, "setup", stage)
-        hooks.call_on(model, "configure_model")
+        # Where set-up materialises a meta-device model shard by shard, the layers configure_model creates start
+        # on the meta device: no rank ever holds the whole model.
+        meta = self.fabric.strategy.materializes_meta_modules
+        with self.fabric.init_module(empty_init=True) if meta else nullcontext():
+            hooks.call_on(model, "configure_model")
 
     def _fit(self, model: LightningModule, ckpt_path: str | None) -> None:
         self._check_optimization(model)

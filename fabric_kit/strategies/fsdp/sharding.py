@@ -3,10 +3,13 @@ activations in backward, over which device mesh, and how a model created on the 
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
+import torch.distributed as dist
+from torch.distributed.tensor import DTensor
 from torch.nn import Module
 
 try:
@@ -97,25 +100,58 @@ def check_materializable(module: Module) -> None:
     if lacking:
         raise TypeError(f"module classes {lacking} were created on the meta device (`fabric.init_module("
                         "empty_init=True)`) and hold parameters or buffers but have no `reset_parameters()`, so "
-                        "FSDP cannot initialise them after sharding; add `reset_parameters()` to them or create the "
-                        "model without empty_init")
+                        "the strategy cannot initialise them after sharding; add `reset_parameters()` to them or "
+                        "create the model without empty_init")
 
 
-def materialize(module: Module, device: torch.device, mesh: DeviceMesh) -> None:
+def materialize(module: Module, device: torch.device, stream: int, sync_replicas: bool = False) -> None:
     """Give the sharded meta tensors storage on `device` (each rank only its shards) and initialise them.
 
     On CPU, DTensor draws each shard from the process's own generator: ranks seeded alike would fill every shard
-    with the same numbers (rows repeated across shards). Each shard index gets its own stream instead; replicas of
-    one shard (HYBRID_SHARD, NO_SHARD) share the index and so stay identical.
+    with the same numbers (rows repeated across shards). Each rank draws from random stream `stream` instead: ranks
+    holding the same shards may share one (FSDP's replicas of one shard index). Where they cannot (tensor parallel:
+    a row-wise layer's bias is replicated over the ranks that split its weight), `sync_replicas` copies every
+    initialised tensor from the first rank of each mesh dimension it is replicated over (plain tensors: from global
+    rank 0), once, so replicas start equal.
     """
     owners = [m for m in module.modules() if _owns_meta_tensors(m)]
-    module.to_empty(device=device)
+    for owner in owners:  # only these: layers created with storage keep their values
+        owner.to_empty(device=device, recurse=False)
     seed = int(torch.randint(0, 2**62, ()))  # drawn alike on every rank, advancing every rank's generator alike
     with torch.no_grad(), torch.random.fork_rng(devices=[]):
         if device.type == "cpu":
-            torch.manual_seed(seed + mesh.get_local_rank("shard"))
+            torch.manual_seed(seed + stream)
         for owner in owners:
             owner.reset_parameters()  # type: ignore[operator]  # checked by check_materializable
+    if sync_replicas:
+        with torch.no_grad():
+            for owner in owners:
+                for tensor in (*owner.parameters(recurse=False), *owner.buffers(recurse=False)):
+                    _copy_from_first_replica(tensor)
+
+
+def _copy_from_first_replica(tensor: torch.Tensor) -> None:
+    if not isinstance(tensor, DTensor):
+        dist.broadcast(tensor, src=0)
+        return
+    local = tensor.to_local()
+    for dim, placement in enumerate(tensor.placements):
+        if placement.is_replicate():
+            dist.broadcast(local, group=tensor.device_mesh.get_group(dim), group_src=0)
+
+
+@contextmanager
+def without_gradient_sync(module: Module) -> Iterator[None]:
+    """Backward inside leaves gradients unsharded and unreduced in every FSDP-sharded submodule of `module`; the
+    first backward outside reduces them all."""
+    sharded = [m for m in module.modules() if isinstance(m, FSDPModule)]
+    for submodule in sharded:
+        submodule.set_requires_gradient_sync(False, recurse=False)
+    try:
+        yield
+    finally:
+        for submodule in sharded:
+            submodule.set_requires_gradient_sync(True, recurse=False)
 
 
 def _owns_meta_tensors(module: Module) -> bool:
