@@ -7,7 +7,7 @@ import os
 import signal
 import threading
 from datetime import timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.distributed as dist
@@ -17,19 +17,22 @@ from fabric_kit import watchdog
 from fabric_kit.collective_log import LOG
 from fabric_kit.environments import ClusterEnvironment
 
-ReduceOp = dist.ReduceOp | dist.ReduceOp.RedOpType
-"""A torch.distributed reduction: `dist.ReduceOp.SUM` and the like are RedOpType members, `dist.ReduceOp(...)` a
-ReduceOp."""
-
-REDUCE_OPS: dict[str, ReduceOp] = {
-    "sum": dist.ReduceOp.SUM,
-    "mean": dist.ReduceOp.SUM,  # divided by the world size afterwards: gloo has no AVG
-    "avg": dist.ReduceOp.SUM,
-    "max": dist.ReduceOp.MAX,
-    "min": dist.ReduceOp.MIN,
-    "product": dist.ReduceOp.PRODUCT,
-    "prod": dist.ReduceOp.PRODUCT,
-}
+if TYPE_CHECKING or dist.is_available():
+    ReduceOp = dist.ReduceOp | dist.ReduceOp.RedOpType
+    """A torch.distributed reduction: `dist.ReduceOp.SUM` and the like are RedOpType members, `dist.ReduceOp(...)`
+    a ReduceOp."""
+    REDUCE_OPS: dict[str, ReduceOp] = {
+        "sum": dist.ReduceOp.SUM,
+        "mean": dist.ReduceOp.SUM,  # divided by the world size afterwards: gloo has no AVG
+        "avg": dist.ReduceOp.SUM,
+        "max": dist.ReduceOp.MAX,
+        "min": dist.ReduceOp.MIN,
+        "product": dist.ReduceOp.PRODUCT,
+        "prod": dist.ReduceOp.PRODUCT,
+    }
+else:  # a torch built without torch.distributed: one process, nothing to reduce, and `import fabric_kit` works
+    ReduceOp = Any
+    REDUCE_OPS = {}
 
 
 def is_initialized() -> bool:

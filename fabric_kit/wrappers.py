@@ -307,13 +307,21 @@ class FabricDataLoader:
         """The position of the next batch: `samples` counts the epoch's indices consumed over all ranks."""
         sampler = self._shard_sampler()
         per_batch = (self._dataloader.batch_size or 1) * (sampler.num_replicas if sampler is not None else 1)
-        return {"epoch": self._epoch, "samples": self._start + self._batches * per_batch,
-                "batches": self._batches, "seed": sampler.seed if sampler is not None else None}
+        state = {"epoch": self._epoch, "samples": self._start + self._batches * per_batch,
+                 "batches": self._batches, "seed": sampler.seed if sampler is not None else None}
+        if _has_own_state(self._dataloader):  # e.g. torchdata's StatefulDataLoader: its workers' state too
+            state["loader"] = self._dataloader.state_dict()  # type: ignore[attr-defined]  # checked just above
+        return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Make the next pass continue at the saved position (with the saved shuffle seed)."""
+        """Make the next pass continue at the saved position (with the saved shuffle seed). A loader with a state
+        of its own is resumed through its `load_state_dict`: the pass then begins the epoch's order and the loader
+        skips what it had yielded."""
         sampler = self._shard_sampler()
-        if state_dict["samples"] and sampler is None:
+        resumes_itself = "loader" in state_dict and _has_own_state(self._dataloader)
+        if resumes_itself:
+            self._dataloader.load_state_dict(state_dict["loader"])  # type: ignore[attr-defined]  # checked above
+        elif state_dict["samples"] and sampler is None:
             raise ValueError(
                 f"cannot resume this dataloader in the middle of epoch {state_dict['epoch']}: its sampler "
                 f"({type(self._dataloader.sampler).__name__}) cannot skip the {state_dict['samples']} consumed "
@@ -321,7 +329,8 @@ class FabricDataLoader:
                 "map-style dataset without a custom batch_sampler; or leave the loader out of the state.")
         if sampler is not None and state_dict["seed"] is not None:
             sampler.seed = state_dict["seed"]
-        self._epoch, self._start, self._batches, self._fresh = state_dict["epoch"], state_dict["samples"], 0, True
+        start = 0 if resumes_itself else state_dict["samples"]
+        self._epoch, self._start, self._batches, self._fresh = state_dict["epoch"], start, 0, True
 
     def set_epoch(self, epoch: int) -> None:
         """Make the next pass epoch `epoch` from its first batch, shuffled as that epoch of an uninterrupted run.
@@ -343,6 +352,11 @@ class FabricDataLoader:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._dataloader, name)
+
+
+def _has_own_state(dataloader: DataLoader[Any]) -> bool:
+    """Whether the loader saves and restores its own position (`state_dict` / `load_state_dict`)."""
+    return all(callable(getattr(type(dataloader), name, None)) for name in ("state_dict", "load_state_dict"))
 
 
 def is_wrapped(obj: object) -> bool:

@@ -8,6 +8,7 @@ A DataLoader subclass is rebuilt through its own ``__init__``, which only works 
 from __future__ import annotations
 
 import inspect
+import sys
 from typing import Any
 
 from torch.utils.data import (
@@ -45,12 +46,21 @@ _STORED_ARGS = tuple(
 _ADVICE = "or pass `use_distributed_sampler=False` to `setup_dataloaders` and shard the data yourself."
 
 
+def _torchdata_twins(torch_class: type) -> tuple[type, ...]:
+    """`torch_class` and, once torchdata is imported, the class its StatefulDataLoader puts in its place
+    (`torchdata.stateful_dataloader.sampler.BatchSampler` / `RandomSampler`): the same order, plus a state of their
+    own that the shard sampler makes unnecessary. Read from `sys.modules`, so fabric_kit imports no torchdata."""
+    module = sys.modules.get("torchdata.stateful_dataloader.sampler")
+    twin = getattr(module, torch_class.__name__, None)
+    return (torch_class,) if twin is None else (torch_class, twin)
+
+
 def _index_sampler(dataloader: DataLoader[Any]) -> Sampler[Any] | Any:
     """The sampler yielding single indices that the loader batches, or an error for a custom batch sampler."""
     batch_sampler = dataloader.batch_sampler
     if batch_sampler is None:
         return dataloader.sampler
-    if type(batch_sampler) is BatchSampler:
+    if isinstance(batch_sampler, BatchSampler) and type(batch_sampler) in _torchdata_twins(BatchSampler):
         return batch_sampler.sampler
     raise ValueError(
         f"The DataLoader uses a custom batch_sampler of type {type(batch_sampler).__name__}, which cannot be "
@@ -142,7 +152,7 @@ def with_sampler(dataloader: DataLoader[Any], sampler: Sampler[Any]) -> DataLoad
     return _rebuild_subclass(cls, dataloader, args)
 
 
-def _is_plain_permutation(sampler: RandomSampler) -> bool:
+def _is_plain_permutation(sampler: Any) -> bool:
     """Whether the RandomSampler draws each index once (a permutation), which sharding can reproduce by seed."""
     return not sampler.replacement and sampler.num_samples == len(sampler.data_source)
 
@@ -168,9 +178,12 @@ def distributed_loader(
     if isinstance(sampler, (DistributedSampler, DistributedShardSampler)):
         return dataloader
     options: dict[str, Any] = dict(num_replicas=num_replicas, rank=rank, even_shards=even_shards, seed=seed)
-    if type(sampler) is RandomSampler and _is_plain_permutation(sampler):
-        if sampler.generator is not None:
-            options["seed"] = sampler.generator.initial_seed()
+    if type(sampler) in _torchdata_twins(RandomSampler) and _is_plain_permutation(sampler):
+        # torchdata's twin always holds a generator, one it seeds from the global RNG unless the loader was given
+        # one: only the loader's tells whether the user chose a seed.
+        generator = sampler.generator if type(sampler) is RandomSampler else dataloader.generator
+        if generator is not None:
+            options["seed"] = generator.initial_seed()
         shard = DistributedShardSampler(dataloader.dataset, shuffle=True, **options)
     elif type(sampler) is SequentialSampler:
         shard = DistributedShardSampler(dataloader.dataset, shuffle=False, **options)

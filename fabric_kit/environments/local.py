@@ -62,7 +62,8 @@ class LocalEnvironment(ClusterEnvironment):
         return _variables.read_int("LOCAL_RANK", 0)
 
     def node_rank(self) -> int:
-        return _variables.read_int("NODE_RANK", 0)
+        """``NODE_RANK``, else torch.distributed.elastic's ``GROUP_RANK`` (as Lightning reads it), else 0."""
+        return _variables.read_int("NODE_RANK", _variables.read_int("GROUP_RANK", 0))
 
     def teardown(self) -> None:
         """Forget the port we exported, so a later job in this interpreter picks a fresh one."""

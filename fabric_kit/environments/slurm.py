@@ -5,6 +5,7 @@ import itertools
 import os
 import re
 import shutil
+import signal
 import subprocess
 
 from fabric_kit.environments import _variables
@@ -24,16 +25,23 @@ def expand_hostlist(hostlist: str) -> list[str]:
     """Expand SLURM's compressed host list, e.g. ``"node[001-003,7],gpu5"`` -> node001 node002 node003 node7 gpu5.
 
     A range keeps the zero padding of its start (``[08-10]`` -> 08 09 10); several bracket groups in one name
-    combine as a product (``r[1-2]n[1-2]`` -> r1n1 r1n2 r2n1 r2n2).
+    combine as a product (``r[1-2]n[1-2]`` -> r1n1 r1n2 r2n1 r2n2). Spaces separate hosts as commas do
+    (``"alpha beta"``) and are ignored inside brackets (``"1.2.3.[089, 100-110]"``).
     """
     hosts: list[str] = []
-    for pattern in _split_top_level(hostlist):
+    for pattern in _split_top_level(_spaces_as_commas(hostlist)):
         literals = _BRACKET.split(pattern)  # alternates literal text and bracket contents
         if any(c in literal for literal in literals[::2] for c in "[]"):
             raise ValueError(f"Malformed SLURM host list {hostlist!r}: unbalanced brackets in {pattern!r}.")
         choices = [[text] if i % 2 == 0 else _expand_ranges(text, hostlist) for i, text in enumerate(literals)]
         hosts.extend("".join(parts) for parts in itertools.product(*choices))
     return hosts
+
+
+def _spaces_as_commas(hostlist: str) -> str:
+    """Drop spaces inside brackets; outside, a run of spaces (with a comma or not) separates two hosts."""
+    inside = _BRACKET.sub(lambda match: match.group(0).replace(" ", ""), hostlist.strip())
+    return re.sub(r"\s*,\s*|\s+", ",", inside)
 
 
 def _split_top_level(hostlist: str) -> list[str]:
@@ -64,11 +72,25 @@ def _expand_ranges(ranges: str, hostlist: str) -> list[str]:
 
 
 class SLURMEnvironment(ClusterEnvironment):
-    """Ranks come from srun's per-task variables; rank 0 runs on the first host of the allocation.
+    """Ranks come from srun's per-task variables; rank 0 runs on the first host of the allocation (or at
+    ``MASTER_ADDR`` when set).
 
     The port is ``MASTER_PORT`` when set, else ``15000 + SLURM_JOB_ID % 10000`` so every task of the job derives the
     same port without talking to each other, and concurrent jobs on one node rarely collide.
+
+    Args:
+        auto_requeue: whether the job should be put back in the queue when SLURM warns of its time limit; read by
+            the code that decides (as in Lightning, Fabric itself requeues nothing: see `requeue_job`).
+        requeue_signal: the signal SLURM sends as that warning (`#SBATCH --signal=USR1@90`); default SIGUSR1.
     """
+
+    def __init__(self, auto_requeue: bool = True, requeue_signal: signal.Signals | None = None) -> None:
+        if requeue_signal is not None and not isinstance(requeue_signal, signal.Signals):
+            raise TypeError(f"requeue_signal={requeue_signal!r} is not supported; accepted: a signal.Signals member "
+                            "such as signal.SIGUSR1, or None for SIGUSR1")
+        self.auto_requeue = bool(auto_requeue)
+        self.requeue_signal: signal.Signals = requeue_signal or signal.SIGUSR1
+        _check_task_variables()
 
     @property
     def creates_processes_externally(self) -> bool:
@@ -76,6 +98,8 @@ class SLURMEnvironment(ClusterEnvironment):
 
     @property
     def main_address(self) -> str:
+        if "MASTER_ADDR" in os.environ:  # the user's choice, e.g. a node's fast interconnect address
+            return os.environ["MASTER_ADDR"]
         nodelist = os.environ.get("SLURM_NODELIST") or os.environ.get("SLURM_JOB_NODELIST")
         if nodelist is None:
             return "127.0.0.1"
@@ -121,6 +145,16 @@ class SLURMEnvironment(ClusterEnvironment):
                     f"num_nodes={num_nodes} but the SLURM allocation has SLURM_NNODES={nodes} nodes. "
                     f"Set num_nodes={nodes} or submit with --nodes={num_nodes}."
                 )
+
+
+def _check_task_variables() -> None:
+    """`--ntasks=N` (N > 1) without `--ntasks-per-node` leaves SLURM free to place the tasks on nodes unevenly, which
+    the one device count per node cannot describe; Lightning refuses it with the same hint."""
+    tasks = _variables.read_int("SLURM_NTASKS", 1)
+    if tasks > 1 and "SLURM_NTASKS_PER_NODE" not in os.environ:
+        raise RuntimeError(f"the SLURM job sets --ntasks={tasks} without --ntasks-per-node, which is not supported "
+                           f"(tasks may be spread unevenly over nodes): submit with --ntasks-per-node={tasks} (per "
+                           "node) instead")
 
 
 def slurm_job_id() -> str:

@@ -13,7 +13,9 @@ batch size but uses it only for its own dataloader and throughput logging; unles
 config's `fp16` / `bf16` section; with precision 32 the config's own sections stand.
 
 Loop differences from DDP:
-- gradient clipping happens inside the engine's step: set `gradient_clipping`; `fabric.clip_gradients` raises.
+- gradient clipping happens inside the engine's step: `fabric.clip_gradients(model, optimizer, max_norm=...)` sets
+  it for the next step and returns the norm (an error if the config's `gradient_clipping` says otherwise); or set
+  `gradient_clipping` once. DeepSpeed clips by norm only: `clip_val` raises.
 - gradient accumulation: with `gradient_accumulation_steps=N` call `fabric.backward(loss)` and `optimizer.step()`
   on every micro-batch; the engine divides the loss by N and steps once every N calls. `fabric.no_backward_sync`
   works for stages 0 and 1 (the engine's `no_sync`); stages 2 and 3 reduce gradients inside every backward, so it
@@ -99,14 +101,16 @@ class DeepSpeedStrategy(ParallelStrategy, BackwardSyncControl):
                                     gradient_clipping, gradient_accumulation_steps, micro_batch_size)
         # Every engine this strategy built, and whether it was given an optimizer (can train).
         self._engines: weakref.WeakKeyDictionary[DeepSpeedEngine, bool] = weakref.WeakKeyDictionary()
+        # Engines whose next step clips by what `clip_gradients` asked (then back to the config's value).
+        self._clipping_once: weakref.WeakSet[DeepSpeedEngine] = weakref.WeakSet()
         self._release_at_exit = False
 
     def __getstate__(self) -> dict[str, Any]:
         # Spawned ranks get a pickled copy before any engine exists; a weak mapping cannot be pickled.
-        return {**self.__dict__, "_engines": None}
+        return {**self.__dict__, "_engines": None, "_clipping_once": None}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state, _engines=weakref.WeakKeyDictionary())
+        self.__dict__.update(state, _engines=weakref.WeakKeyDictionary(), _clipping_once=weakref.WeakSet())
 
     @property
     def zero_stage(self) -> int:
@@ -171,19 +175,40 @@ class DeepSpeedStrategy(ParallelStrategy, BackwardSyncControl):
         if engine is None:
             raise RuntimeError(f"optimizer {type(optimizer).__name__} belongs to no DeepSpeed engine of this "
                                "strategy; step the optimizer returned by `fabric.setup(model, optimizer)`")
-        return engine.step()
+        output = engine.step()
+        if engine in self._clipping_once:  # clip_gradients asked for this step only, as torch's clipping acts
+            _set_clipping(engine, self.config.get("gradient_clipping") or 0.0)
+            self._clipping_once.discard(engine)
+        return output
 
     def clip_gradients_norm(self, module: Module, optimizer: Optimizer, max_norm: float, norm_type: float = 2.0,
                             error_if_nonfinite: bool = True) -> Tensor:
-        raise RuntimeError(f"fabric.clip_gradients(max_norm={max_norm}) cannot clip under DeepSpeed: the engine "
-                           "clips inside optimizer.step(). Set it once instead: DeepSpeedStrategy("
-                           f"gradient_clipping={max_norm}) or \"gradient_clipping\": {max_norm} in the DeepSpeed "
-                           "config, and drop the clip_gradients call")
+        """Clip through the engine: its next `optimizer.step()` clips to `max_norm` (DeepSpeed's
+        `gradient_clipping`, set for that step only), and the total 2-norm of the gradients over all ranks is
+        returned now, as `torch.nn.utils.clip_grad_norm_` returns it. A config that sets gradient_clipping to
+        another value is an error: the engine clips by it at every step anyway."""
+        configured = self.config.get("gradient_clipping") or 0.0
+        if configured and configured != max_norm:
+            raise ValueError(f"fabric.clip_gradients(max_norm={max_norm}) contradicts the DeepSpeed config's "
+                             f"gradient_clipping={configured}, by which the engine clips every step: set it in one "
+                             "place")
+        if norm_type != 2.0:
+            raise ValueError(f"fabric.clip_gradients(norm_type={norm_type}) is not supported under DeepSpeed, which "
+                             "clips by the total 2-norm only; accepted: norm_type=2.0")
+        engine = self._engine_for(module)
+        norm = _gradient_norm(engine)
+        if error_if_nonfinite and not torch.isfinite(norm):
+            raise RuntimeError(f"the total norm of the gradients is {norm.item()}, so they cannot be clipped; pass "
+                               "error_if_nonfinite=False to clip anyway (DeepSpeed then skips a step that overflowed "
+                               "under fp16)")
+        _set_clipping(engine, max_norm)
+        self._clipping_once.add(engine)
+        return norm
 
     def clip_gradients_value(self, module: Module, optimizer: Optimizer, clip_val: float) -> None:
         raise RuntimeError(f"fabric.clip_gradients(clip_val={clip_val}) is not supported under DeepSpeed, which "
-                           "clips only by total norm inside optimizer.step(): set DeepSpeedStrategy("
-                           "gradient_clipping=MAX_NORM) or \"gradient_clipping\" in the DeepSpeed config")
+                           "clips only by total norm inside optimizer.step(): call fabric.clip_gradients(model, "
+                           "optimizer, max_norm=...), or set DeepSpeedStrategy(gradient_clipping=MAX_NORM)")
 
     def no_backward_sync(self, module: Module, enabled: bool) -> AbstractContextManager[Any]:
         if not enabled:
@@ -278,6 +303,25 @@ class DeepSpeedStrategy(ParallelStrategy, BackwardSyncControl):
             raise ValueError(f"under DeepSpeed a checkpoint's state must hold exactly one model set up with "
                              f"fabric.setup; found {len(found)} among {sorted(state)}")
         return found[0], rest
+
+
+def _gradient_norm(engine: DeepSpeedEngine) -> Tensor:
+    """The total 2-norm of the engine's gradients over all ranks, unscaled, between backward and step: each
+    parameter's full gradient is assembled from its partitions (`safe_get_full_grad`, the same on every rank)."""
+    from deepspeed.utils import safe_get_full_grad
+    squares = [grad.float().pow(2).sum() for parameter in engine.module.parameters() if parameter.requires_grad
+               for grad in (safe_get_full_grad(parameter),) if grad is not None]
+    norm = torch.stack(squares).sum().sqrt() if squares else torch.zeros((), device=engine.device)
+    scale = getattr(engine.optimizer, "loss_scale", 1.0) if engine.fp16_enabled() else 1.0
+    return norm / scale
+
+
+def _set_clipping(engine: DeepSpeedEngine, max_norm: float) -> None:
+    """The norm the engine clips to at its next step (0: none). DeepSpeed reads it from its config when it steps a
+    plain optimizer and from its ZeRO / fp16 / bf16 optimizer's `clip_grad` otherwise; it offers no setter."""
+    engine._config.gradient_clipping = max_norm
+    if hasattr(engine.optimizer, "clip_grad"):
+        engine.optimizer.clip_grad = max_norm
 
 
 def _release_engines(engines: weakref.WeakKeyDictionary[DeepSpeedEngine, bool]) -> None:

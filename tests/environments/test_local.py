@@ -54,3 +54,11 @@ def test_malformed_variable_names_itself(setenv):
     setenv(WORLD_SIZE="two")
     with pytest.raises(ValueError, match=r"WORLD_SIZE='two'.*whole number"):
         LocalEnvironment()
+
+
+def test_node_rank_from_node_rank_then_group_rank(setenv, monkeypatch):
+    assert LocalEnvironment().node_rank() == 0
+    setenv(GROUP_RANK=2)
+    assert LocalEnvironment().node_rank() == 2
+    setenv(NODE_RANK=1)
+    assert LocalEnvironment().node_rank() == 1

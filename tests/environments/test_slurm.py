@@ -1,4 +1,5 @@
 import os
+import signal
 
 import pytest
 from hypothesis import given
@@ -65,8 +66,34 @@ def test_validate_settings(setenv):
 
 def test_validate_settings_without_per_node_request(setenv, monkeypatch):
     setenv(**SRUN)
+    env = SLURMEnvironment()
     monkeypatch.delenv("SLURM_NTASKS_PER_NODE")
-    SLURMEnvironment().validate_settings(num_devices=3, num_nodes=2)
+    env.validate_settings(num_devices=3, num_nodes=2)
+
+
+def test_several_tasks_without_a_per_node_count_are_refused(setenv, monkeypatch):
+    # As Lightning: `--ntasks=8` alone lets SLURM spread the tasks unevenly over the nodes.
+    setenv(**SRUN)
+    monkeypatch.delenv("SLURM_NTASKS_PER_NODE")
+    with pytest.raises(RuntimeError, match="--ntasks=8 without --ntasks-per-node.*--ntasks-per-node=8"):
+        SLURMEnvironment()
+    setenv(SLURM_NTASKS=1)
+    SLURMEnvironment()  # one task: nothing to place
+
+
+def test_requeue_settings(setenv):
+    setenv(**SRUN)
+    env = SLURMEnvironment()
+    assert (env.auto_requeue, env.requeue_signal) == (True, signal.SIGUSR1)
+    env = SLURMEnvironment(auto_requeue=False, requeue_signal=signal.SIGHUP)
+    assert (env.auto_requeue, env.requeue_signal) == (False, signal.SIGHUP)
+    with pytest.raises(TypeError, match="requeue_signal='USR1' is not supported; accepted: a signal.Signals"):
+        SLURMEnvironment(requeue_signal="USR1")
+
+
+def test_users_master_addr_is_the_main_address(setenv):
+    setenv(**SRUN, MASTER_ADDR="10.0.0.7")
+    assert SLURMEnvironment().main_address == "10.0.0.7"
 
 
 @pytest.mark.parametrize(
@@ -78,6 +105,9 @@ def test_validate_settings_without_per_node_request(setenv, monkeypatch):
         ("r[1-2]n[1-2]", ["r1n1", "r1n2", "r2n1", "r2n2"]),
         ("[1-2]x", ["1x", "2x"]),
         ("a-b[1],c.d", ["a-b1", "c.d"]),
+        ("alpha beta", ["alpha", "beta"]),
+        (" alpha,  beta gamma ", ["alpha", "beta", "gamma"]),
+        ("1.2.3.[089, 100-101]", ["1.2.3.089", "1.2.3.100", "1.2.3.101"]),
     ],
 )
 def test_expand_hostlist_examples(hostlist, hosts):

@@ -1,3 +1,5 @@
+import os
+
 import pytest
 
 from fabric_kit.environments import TorchElasticEnvironment
@@ -20,11 +22,11 @@ def test_reads_torchrun_variables(setenv):
     assert (env.world_size(), env.global_rank()) == (8, 5)  # torchrun decides
 
 
-@pytest.mark.parametrize("missing", sorted(set(TORCHRUN) - {"GROUP_RANK"}))
-def test_not_detected_without_any_required_variable(setenv, monkeypatch, missing):
-    setenv(**TORCHRUN)
-    monkeypatch.delenv(missing)
+def test_detected_from_the_run_id_alone(setenv):
+    # As Lightning (torch.distributed.is_torchelastic_launched): TORCHELASTIC_RUN_ID is torchrun's mark.
     assert not TorchElasticEnvironment.detect()
+    setenv(TORCHELASTIC_RUN_ID="abc")
+    assert TorchElasticEnvironment.detect()
 
 
 def test_validate_settings(setenv):
@@ -37,8 +39,20 @@ def test_validate_settings(setenv):
         env.validate_settings(num_devices=3, num_nodes=2)
 
 
-def test_missing_variable_is_named(setenv, monkeypatch):
+def test_missing_endpoint_defaults_with_a_warning(setenv, monkeypatch):
     setenv(**TORCHRUN)
     monkeypatch.delenv("MASTER_ADDR")
-    with pytest.raises(ValueError, match="MASTER_ADDR is not set"):
-        TorchElasticEnvironment().main_address
+    monkeypatch.delenv("MASTER_PORT")
+    env = TorchElasticEnvironment()
+    with pytest.warns(UserWarning, match="without MASTER_ADDR; using MASTER_ADDR=127.0.0.1"):
+        assert env.main_address == "127.0.0.1"
+    with pytest.warns(UserWarning, match="without MASTER_PORT; using MASTER_PORT=12910"):
+        assert env.main_port == 12910
+    assert (os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"]) == ("127.0.0.1", "12910")  # for libraries too
+
+
+def test_missing_rank_is_named(setenv, monkeypatch):
+    setenv(**TORCHRUN)
+    monkeypatch.delenv("RANK")
+    with pytest.raises(ValueError, match="RANK is not set"):
+        TorchElasticEnvironment().global_rank()

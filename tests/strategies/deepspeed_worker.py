@@ -7,6 +7,7 @@ records, for STRATEGY (a deepspeed_stage_* preset or ddp):
 - "uninterrupted": the losses of STEPS steps;
 - "before_save" / "resumed": the same run cut at SPLIT, saved, loaded into a freshly set-up model built from other
   initial weights and continued;
+- "clipped": losses and the norms clip_gradients returned, of steps clipped by it and then of steps not clipped;
 - "accumulated": losses of steps of two micro-batches each. Under ddp and stage 1 the first micro-batch runs inside
   `no_backward_sync`; under stages 2 and 3, which refuse that (recorded as "no_sync_error"), DeepSpeed accumulates
   with gradient_accumulation_steps=2 and the loop steps every micro-batch.
@@ -31,6 +32,7 @@ from fabric_kit import Fabric  # noqa: E402
 from tests.helpers.crafted import crafted_files  # noqa: E402
 
 STEPS, SPLIT, MICRO = 8, 4, 2
+CLIPPED, MAX_NORM = 3, 0.1
 CRAFTED = {"model_states": "checkpoint/*model_states.pt", "optim_states": "checkpoint/*optim_states.pt"}
 
 
@@ -82,6 +84,24 @@ def accumulate(fabric, result):
     result["accumulated"] = losses
 
 
+def clipped(fabric, result):
+    """SGD (whose update, unlike Adam's, scales with the gradient): CLIPPED steps clipped by fabric.clip_gradients,
+    then two without, which DeepSpeed must not clip any more."""
+    torch.manual_seed(0)
+    model = TinyLM(width=16, layers=2, heads=2)
+    model, optimizer = fabric.setup(model, torch.optim.SGD(model.parameters(), lr=0.5))
+    losses, norms = [], []
+    for step in range(CLIPPED + 2):
+        loss = next_token_loss(model, batch(step, fabric.global_rank, size=4))
+        fabric.backward(loss, model=model)
+        if step < CLIPPED:
+            norms.append(fabric.clip_gradients(model, optimizer, max_norm=MAX_NORM).item())
+        optimizer.step()
+        optimizer.zero_grad()
+        losses.append(loss.item())
+    result["clipped"] = {"losses": losses, "norms": norms}
+
+
 def loading_safely(fabric, checkpoint, out_dir, result):
     model, optimizer = fresh(fabric, 1)
     state = {"model": model, "optimizer": optimizer, "step": 0}
@@ -123,6 +143,7 @@ def main(strategy, out_dir):
 
     if strategy != "ddp":
         loading_safely(fabric, checkpoint, out_dir, result)
+    clipped(fabric, result)
     accumulate(fabric, result)
     result["checkpoint_files"] = sorted(str(p.relative_to(checkpoint)) for p in Path(checkpoint).rglob("*")
                                         if p.is_file())

@@ -135,6 +135,14 @@ def bad_inputs(fabric):
         fabric.setup_optimizers(torch.optim.SGD(TinyTransformer().parameters(), lr=0.1))
     except ValueError as error:
         errors["unsharded_optimizer"] = str(error)
+    stepped = TinyTransformer()
+    optimizer = torch.optim.AdamW(stepped.parameters())
+    stepped(torch.zeros(1, SEQ, dtype=torch.long)).sum().backward()
+    optimizer.step()
+    try:
+        fabric.setup(stepped, optimizer)
+    except ValueError as error:
+        errors["stepped_optimizer"] = str(error)
     return errors
 
 
@@ -157,6 +165,12 @@ def fsdp_scenarios(fabric, out):
     result["final_weights"] = full_weights(model)
 
     result["damaged"] = damaged_shards(fabric, out, model, optimizer)
+
+    # Joint setup, the converted loop's idiom: the optimizer built from the unsharded model is re-pointed.
+    torch.manual_seed(0)
+    plain = TinyTransformer()
+    model, optimizer = fabric.setup(plain, torch.optim.AdamW(plain.parameters(), lr=1e-2))
+    result["joint_losses"], _ = train(fabric, model, optimizer, batches(STEPS))
 
     for kind in ("sharded", "full"):
         result[kind] = resumed(fabric, out, kind)
@@ -189,13 +203,35 @@ def no_backward_sync(fabric):
             "reduced_after_first": reduced_after_first}
 
 
+def lightning_style_arguments(fabric):
+    """Train with the strategy built from Lightning-style arguments (FSDP1 objects, enums): what FSDP applied."""
+    torch.manual_seed(0)
+    plain = TinyTransformer()
+    model, optimizer = fabric.setup(plain, torch.optim.AdamW(plain.parameters(), lr=1e-2))
+    dtypes = []
+    model.module.head.register_forward_pre_hook(lambda module, args: dtypes.append(module.weight.dtype))
+    losses, _ = train(fabric, model, optimizer, batches(4))
+    mesh = fabric.strategy._mesh
+    return {"losses": losses, "compute_dtypes": sorted({str(d) for d in dtypes}), "mesh_shape": tuple(mesh.shape),
+            "mesh_dims": mesh.mesh_dim_names, "checkpointed": getattr(plain.blocks[0], "_fabric_kit_checkpointed",
+                                                                      False)}
+
+
 def main():
     strategy, out = sys.argv[1:3]
     if strategy == "fsdp":
         strategy = FSDPStrategy(auto_wrap_policy={Block}, activation_checkpointing_policy={Block})
+    elif strategy == "fsdp_lightning_arguments":
+        from torch.distributed.fsdp import CPUOffload, MixedPrecision, ShardingStrategy
+        strategy = FSDPStrategy(auto_wrap_policy={Block}, activation_checkpointing=Block, device_mesh=(1, 2),
+                                sharding_strategy=ShardingStrategy.SHARD_GRAD_OP,
+                                cpu_offload=CPUOffload(offload_params=True),
+                                mixed_precision=MixedPrecision(param_dtype=torch.bfloat16, reduce_dtype=torch.float32))
     fabric = Fabric(accelerator="cpu", devices=2, strategy=strategy)
     fabric.launch()
-    if isinstance(strategy, FSDPStrategy):
+    if isinstance(strategy, FSDPStrategy) and strategy.mixed_precision is not None:
+        result = lightning_style_arguments(fabric)
+    elif isinstance(strategy, FSDPStrategy):
         result = fsdp_scenarios(fabric, out)
     else:
         torch.manual_seed(0)

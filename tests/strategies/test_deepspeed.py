@@ -248,12 +248,28 @@ def test_precision_conflicts_are_named(precision, config, words):
 
 
 @needs_deepspeed
-@pytest.mark.parametrize(("kwargs", "words"), [({"max_norm": 1.0}, ["gradient_clipping=1.0", "config"]),
-                                               ({"clip_val": 0.5}, ["clip_val=0.5", "gradient_clipping"])])
-def test_clip_gradients_points_to_the_config(clean_env, kwargs, words):
+@pytest.mark.parametrize("strategy", STAGES)
+def test_clip_gradients_clips_through_the_engine_and_returns_the_norm(runs, strategy):
+    """The norms are those torch's clipping returns under DDP, and the clipped steps (then the unclipped ones) train
+    as DDP's do: the engine clipped exactly the steps clip_gradients was called for."""
+    from tests.strategies.deepspeed_worker import MAX_NORM
+    for rank, ddp in zip(runs(strategy), runs("ddp"), strict=False):
+        assert min(ddp["clipped"]["norms"]) > 2 * MAX_NORM  # so clipping changes every clipped step
+        assert rank["clipped"]["norms"] == pytest.approx(ddp["clipped"]["norms"], abs=DDP_TOLERANCE)
+        assert rank["clipped"]["losses"] == pytest.approx(ddp["clipped"]["losses"], abs=DDP_TOLERANCE)
+
+
+@needs_deepspeed
+@pytest.mark.parametrize(("strategy", "kwargs", "error", "words"), [
+    ({"gradient_clipping": 1.0}, {"max_norm": 0.5}, ValueError, ["max_norm=0.5", "gradient_clipping=1.0"]),
+    ({}, {"max_norm": 0.5, "norm_type": 1.0}, ValueError, ["norm_type=1.0", "2-norm only"]),
+    ({}, {"clip_val": 0.5}, RuntimeError, ["clip_val=0.5", "max_norm=..."]),
+])
+def test_clip_gradients_refuses_what_deepspeed_cannot_do(clean_env, strategy, kwargs, error, words):
     from fabric_kit import Fabric
-    fabric = Fabric(accelerator="cpu", devices=1, strategy="deepspeed")
+    from fabric_kit.strategies.deepspeed import DeepSpeedStrategy
+    fabric = Fabric(accelerator="cpu", devices=1, strategy=DeepSpeedStrategy(**strategy))
     model = torch.nn.Linear(2, 2)
-    with pytest.raises(RuntimeError) as error:
+    with pytest.raises(error) as raised:
         fabric.clip_gradients(model, torch.optim.SGD(model.parameters(), lr=0.1), **kwargs)
-    assert all(word in str(error.value) for word in words)
+    assert all(word in str(raised.value) for word in words)

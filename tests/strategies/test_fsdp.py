@@ -111,14 +111,25 @@ def test_no_backward_sync_defers_the_reduction(fsdp):
         assert result["no_backward_sync"]["max_difference"] < 1e-6
 
 
+def test_joint_setup_repoints_the_optimizer_to_the_shards(fsdp):
+    # `model, optimizer = fabric.setup(model, optimizer)` with the optimizer built from the unsharded model trains
+    # exactly as the optimizer built from the sharded one.
+    ranks, _ = fsdp
+    for result in ranks:
+        assert result["joint_losses"] == result["losses"]
+
+
 def test_bad_setup_order_errors(fsdp):
     ranks, _ = fsdp
     errors = ranks[0]["errors"]
     assert "before any model was set up" in errors["optimizers_first"]
-    assert "fabric.setup(model, optimizer)" in errors["setup_together"]
+    # An optimizer of another model: its parameters are not the set-up model's, so nothing re-points them.
+    assert "27 of its 27 parameters" in errors["setup_together"]
     assert "27 of its 27 parameters" in errors["unsharded_optimizer"]
+    assert "AdamW already holds state for 27 parameters" in errors.pop("stepped_optimizer")
     for message in errors.values():
-        assert "created afterwards: `model = fabric.setup_module(model)`" in message
+        assert "`model, optimizer = fabric.setup(model, optimizer)` with the optimizer built from" in message
+        assert "create it afterwards: `model = fabric.setup_module(model)`" in message
 
 
 def test_consolidate(fsdp, tmp_path):
@@ -153,13 +164,69 @@ def test_sharded_directory_without_sharded_strategy(fsdp):
         fabric.load(out / "final", {"model": TinyTransformer()})
 
 
+def test_lightning_style_arguments_take_effect(run_ranks, tmp_path):
+    # FSDP1-style objects and enums, as Lightning takes them, mapped to what FSDP2 applies: bf16 compute, the
+    # (replicate, shard) mesh asked for, the deprecated activation_checkpointing name.
+    _, ranks = run_ranks([WORKER, "fsdp_lightning_arguments", tmp_path], tmp_path)
+    for result in ranks:
+        assert result["compute_dtypes"] == ["torch.bfloat16"]
+        assert (result["mesh_shape"], result["mesh_dims"]) == ((1, 2), ("replicate", "shard"))
+        assert result["checkpointed"]
+        assert len(result["losses"]) == 4 and result["losses"][-1] < result["losses"][0]
+
+
+def test_arguments_in_every_form():
+    from torch.distributed.fsdp import (
+        CPUOffload,
+        CPUOffloadPolicy,
+        MixedPrecision,
+        MixedPrecisionPolicy,
+        ShardingStrategy,
+    )
+    assert FSDPStrategy(sharding_strategy="hybrid_shard").sharding_strategy == "HYBRID_SHARD"
+    assert FSDPStrategy(sharding_strategy=ShardingStrategy.NO_SHARD).sharding_strategy == "NO_SHARD"
+    for offload, expected in ((True, True), (False, False), (None, False), (CPUOffload(offload_params=True), True),
+                              (CPUOffload(), False), (CPUOffloadPolicy(), True)):
+        assert FSDPStrategy(cpu_offload=offload).cpu_offload is expected, offload
+    policy = FSDPStrategy(mixed_precision=MixedPrecision(param_dtype=torch.float16)).mixed_precision
+    assert (policy.param_dtype, policy.reduce_dtype, policy.cast_forward_inputs) == (torch.float16, None, True)
+    own = MixedPrecisionPolicy(param_dtype=torch.bfloat16)
+    assert FSDPStrategy(mixed_precision=own).mixed_precision is own
+    assert FSDPStrategy().mixed_precision is None  # from Fabric's precision
+    assert FSDPStrategy(device_mesh=(2, 4)).device_mesh == (2, 4)
+
+
+def test_deprecated_activation_checkpointing_name():
+    class Layer(torch.nn.Linear):
+        pass
+
+    with pytest.warns(DeprecationWarning, match=r"activation_checkpointing=.*deprecated; use FSDPStrategy\("
+                                                 r"activation_checkpointing_policy=\{"):
+        strategy = FSDPStrategy(activation_checkpointing=[Layer])
+    assert strategy.activation_checkpointing_policy(Layer(1, 1))
+    assert not strategy.activation_checkpointing_policy(torch.nn.Linear(1, 1))
+    with pytest.raises(ValueError, match="both activation_checkpointing and activation_checkpointing_policy"):
+        FSDPStrategy(activation_checkpointing=Layer, activation_checkpointing_policy={Layer})
+
+
 def test_bad_arguments():
+    from torch.distributed.fsdp import MixedPrecision
     with pytest.raises(ValueError, match="sharding_strategy='ZERO3' is not supported; accepted: FULL_SHARD"):
         FSDPStrategy(sharding_strategy="ZERO3")
     with pytest.raises(ValueError, match="state_dict_type='local' is not supported"):
         FSDPStrategy(state_dict_type="local")
     with pytest.raises(TypeError, match="auto_wrap_policy=.*accepted: a set of nn.Module classes"):
         FSDPStrategy(auto_wrap_policy={"Block"})
+    with pytest.raises(TypeError, match="cpu_offload='yes' is not supported; accepted: True, False"):
+        FSDPStrategy(cpu_offload="yes")
+    with pytest.raises(ValueError, match="sets buffer_dtype, keep_low_precision_grads, which FSDP2"):
+        FSDPStrategy(mixed_precision=MixedPrecision(buffer_dtype=torch.float16, keep_low_precision_grads=True))
+    with pytest.raises(TypeError, match="mixed_precision='bf16' is not supported; accepted: "):
+        FSDPStrategy(mixed_precision="bf16")
+    with pytest.raises(TypeError, match=r"device_mesh=\(2, 0\) is not supported; accepted: a torch DeviceMesh"):
+        FSDPStrategy(device_mesh=(2, 0))
+    with pytest.raises(ValueError, match="sharding_strategy='NO_SHARD' contradict each other"):
+        FSDPStrategy(device_mesh=(1, 2), sharding_strategy="no_shard")
 
 
 @pytest.mark.parametrize(("name", "offload"), [("fsdp", False), ("fsdp_cpu_offload", True)])

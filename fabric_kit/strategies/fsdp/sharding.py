@@ -11,11 +11,12 @@ import torch
 import torch.distributed as dist
 from torch.distributed.tensor import DTensor
 from torch.nn import Module
+from torch.optim import Optimizer
 
 try:
-    from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
-    from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, OffloadPolicy, fully_shard
+    from torch.distributed.device_mesh import DeviceMesh
     from torch.distributed.fsdp import FSDPModule as FSDPModule  # for the strategy, behind this import's error
+    from torch.distributed.fsdp import MixedPrecisionPolicy, OffloadPolicy, fully_shard
 except ImportError as error:  # FSDP2 is public from torch 2.6
     raise ImportError(f"strategy 'fsdp' needs torch>=2.6 (FSDP2 `fully_shard`); this is torch {torch.__version__}"
                       ) from error
@@ -23,9 +24,6 @@ from torch.utils.checkpoint import checkpoint
 
 ModulePolicy = Iterable[type] | Callable[[Module], bool] | None
 """A set of module classes, or a function `module -> bool`; None selects nothing."""
-
-SHARDING_STRATEGIES = ("FULL_SHARD", "SHARD_GRAD_OP", "HYBRID_SHARD", "NO_SHARD")
-
 
 def as_predicate(policy: ModulePolicy, name: str) -> Callable[[Module], bool]:
     """Turn a policy argument into `module -> bool`, rejecting anything else with what is accepted."""
@@ -46,24 +44,6 @@ def as_predicate(policy: ModulePolicy, name: str) -> Callable[[Module], bool]:
                     "`module -> bool`")
 
 
-def check_sharding_strategy(value: str) -> str:
-    name = str(value).upper()
-    if name not in SHARDING_STRATEGIES:
-        raise ValueError(f"sharding_strategy={value!r} is not supported; accepted: {', '.join(SHARDING_STRATEGIES)}")
-    return name
-
-
-def build_mesh(sharding_strategy: str, device_type: str, world_size: int, num_nodes: int) -> DeviceMesh:
-    """1-D mesh for FULL_SHARD / SHARD_GRAD_OP. HYBRID_SHARD shards within a node and replicates across nodes;
-    NO_SHARD replicates everywhere (a shard dimension of 1), i.e. DDP through FSDP's machinery."""
-    if sharding_strategy == "HYBRID_SHARD":
-        return init_device_mesh(device_type, (num_nodes, world_size // num_nodes),
-                                mesh_dim_names=("replicate", "shard"))
-    if sharding_strategy == "NO_SHARD":
-        return init_device_mesh(device_type, (world_size, 1), mesh_dim_names=("replicate", "shard"))
-    return init_device_mesh(device_type, (world_size,), mesh_dim_names=("shard",))
-
-
 def apply_activation_checkpointing(module: Module, selects: Callable[[Module], bool]) -> None:
     """Selected submodules keep no activations from forward; backward recomputes them. The forward is wrapped in
     place (no wrapper module), so parameter names and checkpoints keep their plain keys."""
@@ -74,18 +54,39 @@ def apply_activation_checkpointing(module: Module, selects: Callable[[Module], b
 
 
 def shard(module: Module, selects: Callable[[Module], bool], mesh: DeviceMesh, reshard_after_forward: bool,
-          mp_policy: MixedPrecisionPolicy, cpu_offload: bool) -> Module:
+          mp_policy: MixedPrecisionPolicy, offload: OffloadPolicy | None) -> Module:
     """`fully_shard` every selected submodule, innermost first, then the root (which takes every parameter left)."""
-    offload: OffloadPolicy = (CPUOffloadPolicy(pin_memory=torch.cuda.is_available()) if cpu_offload
-                              else OffloadPolicy())
     options: dict[str, Any] = {"mesh": mesh, "reshard_after_forward": reshard_after_forward,
-                               "mp_policy": mp_policy, "offload_policy": offload}
+                               "mp_policy": mp_policy, "offload_policy": offload or OffloadPolicy()}
     # named_modules lists parents before their children: reversed, every child comes before its parent.
     for _, submodule in reversed(list(module.named_modules())):
         if submodule is not module and selects(submodule) and not isinstance(submodule, FSDPModule):
             fully_shard(submodule, **options)
     fully_shard(module, **options)
     return module  # an FSDPModule now: fully_shard changes the module's class in place
+
+
+def parameter_names(module: Module) -> dict[int, str]:
+    """Each parameter's name, by the parameter's id: what `repoint_optimizer` finds the sharded one by."""
+    return {id(parameter): name for name, parameter in module.named_parameters()}
+
+
+def check_stateless(optimizer: Optimizer) -> None:
+    """An optimizer to re-point must have no state yet: its state would belong to the replaced parameters."""
+    if optimizer.state:
+        raise ValueError(f"the {type(optimizer).__name__} already holds state for {len(optimizer.state)} parameters "
+                         "(it has stepped, or its state was loaded), which FSDP cannot carry over to the sharded "
+                         "parameters: set the model and optimizer up before the first step and load their "
+                         "checkpoint afterwards with `fabric.load`")
+
+
+def repoint_optimizer(optimizer: Optimizer, names: dict[int, str], module: Module) -> None:
+    """Replace, in place, each parameter of `optimizer` that `module` held before sharding (`names`, taken then)
+    by the sharded parameter of the same name, so an optimizer built from the unsharded model updates the shards."""
+    sharded = dict(module.named_parameters())
+    for group in optimizer.param_groups:
+        # In place: an optimizer may keep a reference to the list itself (LBFGS does).
+        group["params"][:] = [sharded[names[id(p)]] if id(p) in names else p for p in group["params"]]
 
 
 def has_meta_tensors(module: Module) -> bool:

@@ -8,22 +8,27 @@ from datetime import timedelta
 from typing import Any, Literal
 
 import torch
+from torch.distributed.fsdp import ShardingStrategy
 from torch.nn import Module
+from torch.optim import Optimizer
 
 from fabric_kit.accelerators import Accelerator
 from fabric_kit.environments import ClusterEnvironment
 from fabric_kit.precision import Precision
 from fabric_kit.precision.fsdp import fsdp_precision, mixed_precision_policy
+from fabric_kit.strategies.fsdp import options
+from fabric_kit.strategies.fsdp.options import CPUOffloadArgument, DeviceMeshArgument, MixedPrecisionArgument
 from fabric_kit.strategies.fsdp.sharding import (
     FSDPModule,
     ModulePolicy,
     apply_activation_checkpointing,
     as_predicate,
-    build_mesh,
     check_materializable,
-    check_sharding_strategy,
+    check_stateless,
     has_meta_tensors,
     materialize,
+    parameter_names,
+    repoint_optimizer,
     shard,
     without_gradient_sync,
 )
@@ -41,9 +46,17 @@ class FSDPStrategy(ShardedStrategy, BackwardSyncControl):
         auto_wrap_policy: which submodules become their own shard group (gathered and freed one at a time): a set
             of module classes, e.g. `{Block}`, or a function `module -> bool`. The root takes what is left.
         activation_checkpointing_policy: which submodules recompute their activations in backward (same forms).
-        cpu_offload: keep sharded parameters, gradients and optimizer state in CPU memory.
+        activation_checkpointing: Lightning's older name (a module class or a list of them); deprecated.
+        cpu_offload: keep sharded parameters, gradients and optimizer state in CPU memory: True / False, or
+            torch's `CPUOffload(offload_params=...)` / `CPUOffloadPolicy()`.
+        mixed_precision: the dtypes FSDP casts to, overriding those of Fabric's precision: FSDP2's
+            `MixedPrecisionPolicy`, or FSDP1's `MixedPrecision` (param_dtype, reduce_dtype and the forward input
+            casts map; buffer_dtype and keep_low_precision_grads have no FSDP2 counterpart and are refused).
         sharding_strategy: "FULL_SHARD" (free gathered parameters after forward), "SHARD_GRAD_OP" (keep them until
-            backward), "HYBRID_SHARD" (shard within a node, replicate across nodes), "NO_SHARD" (replicate).
+            backward), "HYBRID_SHARD" (shard within a node, replicate across nodes), "NO_SHARD" (replicate); in
+            any case, or a `torch.distributed.fsdp.ShardingStrategy` member.
+        device_mesh: the mesh to shard over instead of the one sharding_strategy implies: a `DeviceMesh` (1-D:
+            shard; 2-D: replicate x shard) or a tuple `(replicas, shard size)`.
         state_dict_type: "sharded" saves a directory in which every rank writes its shards; "full" gathers one
             file on rank 0 that a single-process run can load.
         start_method: how ranks are started, as for DDP: "popen" (re-run the script), "spawn", "fork".
@@ -54,18 +67,25 @@ class FSDPStrategy(ShardedStrategy, BackwardSyncControl):
                  cluster_environment: ClusterEnvironment | None = None, precision: Precision | None = None,
                  process_group_backend: str | None = None, timeout: timedelta | None = None,
                  auto_wrap_policy: ModulePolicy = None, activation_checkpointing_policy: ModulePolicy = None,
-                 cpu_offload: bool = False, sharding_strategy: str = "FULL_SHARD",
-                 state_dict_type: StateDictType = "sharded", start_method: StartMethod = "popen",
-                 collective_timeout: float | timedelta | None = None) -> None:
+                 cpu_offload: CPUOffloadArgument = False, mixed_precision: MixedPrecisionArgument = None,
+                 sharding_strategy: str | ShardingStrategy = "FULL_SHARD", state_dict_type: StateDictType = "sharded",
+                 device_mesh: DeviceMeshArgument = None, start_method: StartMethod = "popen",
+                 collective_timeout: float | timedelta | None = None,
+                 activation_checkpointing: type[Module] | list[type[Module]] | None = None) -> None:
         super().__init__(accelerator, parallel_devices, cluster_environment, precision, process_group_backend,
                          timeout, start_method, collective_timeout=collective_timeout)
         if state_dict_type not in ("sharded", "full"):
             raise ValueError(f"state_dict_type={state_dict_type!r} is not supported; accepted: 'sharded', 'full'")
         self.auto_wrap_policy = as_predicate(auto_wrap_policy, "auto_wrap_policy")
-        self.activation_checkpointing_policy = as_predicate(activation_checkpointing_policy,
-                                                            "activation_checkpointing_policy")
-        self.cpu_offload = cpu_offload
-        self.sharding_strategy = check_sharding_strategy(sharding_strategy)
+        self.activation_checkpointing_policy = as_predicate(
+            options.activation_checkpointing_policy(activation_checkpointing, activation_checkpointing_policy),
+            "activation_checkpointing_policy")
+        self._offload_policy = options.offload_policy(cpu_offload)
+        self.cpu_offload = self._offload_policy is not None
+        self.mixed_precision = options.mixed_precision_policy(mixed_precision)
+        self.sharding_strategy = options.sharding_strategy_name(sharding_strategy)
+        options.check_device_mesh(device_mesh, self.sharding_strategy)
+        self.device_mesh = device_mesh
         self.state_dict_type = state_dict_type
         self._mesh: Any = None
 
@@ -84,9 +104,23 @@ class FSDPStrategy(ShardedStrategy, BackwardSyncControl):
 
     def setup_environment(self) -> None:
         super().setup_environment()
-        self._mesh = build_mesh(self.sharding_strategy, self.root_device.type, self.world_size, self.num_nodes)
+        self._mesh = options.build_mesh(self.device_mesh, self.sharding_strategy, self.root_device.type,
+                                        self.world_size, self.num_nodes)
 
     # -- modules and optimizers -----------------------------------------------------------------------------------
+    def setup_module_and_optimizers(self, module: Module, optimizers: list[Optimizer],
+                                    scheduler: Any = None) -> tuple[Module, list[Optimizer], Any]:
+        """`fabric.setup(model, optimizer)`, as in every other strategy: the optimizers were built from the
+        unsharded model, so their parameter groups are re-pointed to the sharded parameters (while they have no
+        state; a scheduler holds the optimizer, not the parameters, and needs nothing)."""
+        names = parameter_names(module)
+        for optimizer in optimizers:
+            check_stateless(optimizer)
+        module = self.setup_module(module)
+        for optimizer in optimizers:
+            repoint_optimizer(optimizer, names, module)
+        return module, [self.setup_optimizer(opt) for opt in optimizers], scheduler
+
     def setup_module(self, module: Module) -> Module:
         if self._mesh is None:
             raise RuntimeError("FSDPStrategy has no device mesh yet: call `fabric.launch()` before setting up models")
@@ -96,10 +130,11 @@ class FSDPStrategy(ShardedStrategy, BackwardSyncControl):
         apply_activation_checkpointing(module, self.activation_checkpointing_policy)
         sharded = shard(module, self.auto_wrap_policy, self._mesh,
                         reshard_after_forward=self.sharding_strategy != "SHARD_GRAD_OP",
-                        mp_policy=mixed_precision_policy(self.precision), cpu_offload=self.cpu_offload)
+                        mp_policy=self.mixed_precision or mixed_precision_policy(self.precision),
+                        offload=self._offload_policy)
         if on_meta:
             materialize(sharded, torch.device("cpu") if self.cpu_offload else self.root_device,
-                        stream=self._mesh.get_local_rank("shard"))
+                        stream=self._mesh.get_local_rank(self._mesh.ndim - 1))  # the shard dimension is the last
         return self._set_up(sharded)
 
     # -- the training step ----------------------------------------------------------------------------------------
