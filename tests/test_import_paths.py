@@ -59,7 +59,6 @@ PATHS = [
 # Names Lightning exports at these paths that fabric_kit does not have (yet), and why.
 ABSENT = {
     "lightning.fabric.strategies": {
-        "ModelParallelStrategy": "being written (fabric_kit/strategies/model_parallel.py)",
         "DataParallelStrategy": "strategy='dp' is not provided",
         "SingleTPUStrategy": "Lightning's deprecated alias of SingleDeviceXLAStrategy",
     },
