@@ -47,11 +47,15 @@ class ModelParallelStrategy(ShardedStrategy, BackwardSyncControl):
             any other layout); False: one full file gathered on rank 0.
         process_group_backend: "gloo", "nccl", ...; None picks by device.
         timeout: the process group's timeout (torch's default when None).
+        start_method, collective_timeout: as for `ParallelStrategy`.
+
+    Precision `bf16-mixed` / `16-mixed` is autocast, as in Lightning: half-precision matmuls, float32 parameters
+    and gradients, so FSDP reduces gradients in float32.
     """
 
     def __init__(self, parallelize_fn: Callable[[Any, DeviceMesh], Module] | None = None,
-                 data_parallel_size: Size = "auto",
-                 tensor_parallel_size: Size = "auto", save_distributed_checkpoint: bool = True,
+                 data_parallel_size: Size = "auto", tensor_parallel_size: Size = "auto",
+                 save_distributed_checkpoint: bool = True,
                  process_group_backend: str | None = None, timeout: timedelta | None = None, *,
                  accelerator: Accelerator | None = None, parallel_devices: list[torch.device] | None = None,
                  cluster_environment: ClusterEnvironment | None = None, precision: Precision | None = None,

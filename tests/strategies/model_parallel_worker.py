@@ -3,9 +3,10 @@
     python model_parallel_worker.py LAYOUT OUT_DIR
 
 LAYOUT is "tp2" (2 processes, TP = 2), "dp2tp2" (4 processes, FSDP2 x TP = 2 x 2), "fsdp2" (2 processes, plain
-FSDP) or "single" (1 process). Each trains the same global batches from the same initial weights and runs its
-scenarios in the same processes (start-up dominates the cost); "tp2" also saves the checkpoints at step SPLIT
-that the other layouts resume from (so it runs first). Each rank saves what it observed to OUT_DIR/rank<r>.pt.
+FSDP), "single" (1 process), or "tp2_bf16" (TP = 2 under bf16-mixed, the precision scenario only). Each trains
+the same global batches from the same initial weights and runs its scenarios in the same processes (start-up
+dominates the cost); "tp2" also saves the checkpoints at step SPLIT that the other layouts resume from (so it runs
+first). Each rank saves what it observed to OUT_DIR/rank<r>.pt.
 """
 import os
 import sys
@@ -28,11 +29,11 @@ from tests.strategies.model_parallel_model import (
     parallelize,
 )
 
-LAYOUTS = {"tp2": 2, "dp2tp2": 4, "fsdp2": 2, "single": 1}
+LAYOUTS = {"tp2": 2, "dp2tp2": 4, "fsdp2": 2, "single": 1, "tp2_bf16": 2}
 
 
 def strategy_for(layout):
-    if layout == "tp2":
+    if layout in ("tp2", "tp2_bf16"):
         return ModelParallelStrategy(parallelize, data_parallel_size=1, tensor_parallel_size=2)
     if layout == "dp2tp2":
         return ModelParallelStrategy(parallelize, tensor_parallel_size=2)  # data_parallel_size "auto": 2
@@ -145,11 +146,28 @@ def bad_inputs(fabric):
     return errors
 
 
+def mixed_precision(fabric):
+    """bf16 compute (a tensor-parallel layer's output), float32 parameters and gradients, and it trains."""
+    raw, model, optimizer, loader = setup(fabric, seed=0)
+    (tokens,) = next(iter(loader))
+    computed = []
+    hook = raw.blocks[0].mlp.w1.register_forward_hook(lambda module, args, output: computed.append(output.dtype))
+    model(tokens)
+    hook.remove()
+    losses, _ = train(fabric, model, optimizer, iter(loader), STEPS)
+    return {"computed": computed[0], "params": {p.dtype for p in raw.parameters()},
+            "grads": {p.grad.dtype for p in raw.parameters()}, "losses": losses}
+
+
 def main():
     layout, out = sys.argv[1:3]
-    fabric = Fabric(accelerator="cpu", devices=LAYOUTS[layout], strategy=strategy_for(layout))
+    precision = "bf16-mixed" if layout == "tp2_bf16" else None
+    fabric = Fabric(accelerator="cpu", devices=LAYOUTS[layout], strategy=strategy_for(layout), precision=precision)
     fabric.launch()
     result = {}
+    if layout == "tp2_bf16":
+        torch.save({"bf16": mixed_precision(fabric)}, os.path.join(out, f"rank{fabric.global_rank}.pt"))
+        return
     if layout == "tp2":
         result["errors"] = bad_inputs(fabric)
     result["run"] = uninterrupted(fabric, out, save_split=layout == "tp2")

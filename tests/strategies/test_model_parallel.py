@@ -35,7 +35,7 @@ def runs(tmp_path_factory):
     """{layout: [what each rank saved]}, for the layouts in the order their checkpoints need."""
     out = tmp_path_factory.mktemp("model_parallel")
     results = {}
-    for layout, processes in (("tp2", 2), ("dp2tp2", 4), ("fsdp2", 2), ("single", 1)):
+    for layout, processes in (("tp2", 2), ("dp2tp2", 4), ("fsdp2", 2), ("single", 1), ("tp2_bf16", 2)):
         folder = out / layout
         folder.mkdir()
         if layout != "tp2":
@@ -104,6 +104,15 @@ def test_meta_device_init_materialises_own_shards_and_equal_replicas(runs, layou
     assert torch.equal(*(r["local"]["blocks.0.mlp.w2.bias"] for r in tp_peers))  # replicated over tp: equal
     if layout == "tp2":
         assert torch.equal(*(r["local"]["embed.weight"] for r in tp_peers))  # a plain tensor on every rank
+
+
+def test_bf16_mixed_computes_in_bf16_and_keeps_float32_parameters_and_gradients(runs):
+    reference = runs["single"][0]["run"]["losses"]
+    for rank in runs["tp2_bf16"]:
+        result = rank["bf16"]
+        assert result["computed"] == torch.bfloat16
+        assert result["params"] == {torch.float32} and result["grads"] == {torch.float32}
+        assert result["losses"] == pytest.approx(reference, abs=0.05)  # the float32 run, within bf16's rounding
 
 
 def test_no_backward_sync_defers_the_data_parallel_reduction(runs):
