@@ -34,6 +34,7 @@ class Connector:
                  plugins: Any = None, collective_timeout: float | timedelta | None = None) -> None:
         accelerator = _merge_cli("accelerator", accelerator)
         strategy = _merge_cli("strategy", strategy)
+        strategy = strategy.lower() if isinstance(strategy, str) else strategy  # names are case-insensitive
         devices = _merge_cli("devices", devices)
         num_nodes = _merge_cli("num_nodes", num_nodes)
         precision = _merge_cli("precision", precision)

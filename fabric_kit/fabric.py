@@ -236,6 +236,8 @@ class Fabric:
         `even_shards=False` (for evaluation) gives each sample to exactly one process with no padding duplicates,
         so a metric summed over processes counts every sample once; processes may then get one batch fewer.
         """
+        if not dataloaders:
+            raise ValueError("setup_dataloaders needs at least one DataLoader; got none")
         self._ensure_launched()
         wrapped = []
         for loader in dataloaders:
@@ -343,8 +345,10 @@ class Fabric:
         if self.is_global_zero:
             print(*args, **kwargs)
 
-    def seed_everything(self, seed: int | None = None, workers: bool = False) -> int:
-        return seed_everything(seed, workers)
+    @staticmethod
+    def seed_everything(seed: int | None = None, workers: bool | None = None, verbose: bool = True) -> int:
+        """`fabric_kit.seed_everything`, with `workers` on unless False, as Lightning's Fabric does."""
+        return seed_everything(seed, workers is not False, verbose)
 
     def call(self, hook_name: str, *args: Any, **kwargs: Any) -> None:
         """Call `hook_name(*args, **kwargs)` on every callback that defines it, with only the keyword arguments its

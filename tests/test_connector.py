@@ -78,6 +78,11 @@ def test_unavailable_accelerator():
         Fabric(accelerator="cuda")
 
 
+def test_strategy_names_are_case_insensitive():
+    fabric = Fabric(accelerator="cpu", devices=2, strategy="DDP_Spawn")
+    assert isinstance(fabric.strategy, DDPStrategy) and fabric.strategy.start_method == "spawn"
+
+
 def test_unknown_strategy():
     with pytest.raises(ValueError) as error:
         Fabric(accelerator="cpu", strategy="dpp")
