@@ -80,9 +80,10 @@ def _exported(*names: str) -> str | None:
 
 def _as_int(seed: object) -> int:
     try:
-        return int(seed)  # type: ignore[call-overload]  # anything int() takes, as Lightning casts it
+        value: int = int(seed)  # type: ignore[call-overload]  # anything int() takes, as Lightning casts it
     except (TypeError, ValueError):
         raise ValueError(f"seed={seed!r} is not an integer between 0 and {MAX_SEED}") from None
+    return value
 
 
 def seed_worker(worker_id: int, rank: int = 0) -> None:
