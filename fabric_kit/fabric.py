@@ -203,9 +203,8 @@ class Fabric:
         return wrapped[0] if len(wrapped) == 1 else tuple(wrapped)
 
     def _after_setup(self, module: Module, wrapped: FabricModule, optimizers: list[FabricOptimizer] | None) -> None:
-        """A module with `attach_fabric(fabric, optimizers)` (a loops LightningModule) is told it was set up, so its
-        `self.log`, `self.optimizers()`, ... work in a plain Fabric loop, and becomes a callback, as in Lightning;
-        `optimizers` is None from `setup_module`. Then the callbacks' `on_after_setup(fabric, module)` run."""
+        """A module with `attach_fabric(fabric, optimizers)` (a loops LightningModule; None from `setup_module`) is
+        told, and becomes a callback, as in Lightning; then the callbacks' `on_after_setup(fabric, module)` run."""
         attach = getattr(module, "attach_fabric", None)
         if callable(attach):
             attach(self, optimizers)
@@ -287,9 +286,8 @@ class Fabric:
         return self._strategy.no_backward_sync(_strategy_module(module), enabled)
 
     def backward_inside_forward(self, module: Module) -> AbstractContextManager[Any]:
-        """Wrap a call of the model inside which `fabric.backward` runs, e.g. `model.training_step(batch)` of a
-        LightningModule with manual optimization: under DDP each such backward then syncs the gradients (DDP's
-        own sync is armed for one backward after the forward, and would fail or silently skip them)."""
+        """Wrap a model call inside which `fabric.backward` runs (manual optimization's `training_step`): under DDP
+        each such backward syncs the gradients itself; DDP's own sync would fail or silently skip them."""
         return self._strategy.backward_inside_forward(_strategy_module(module))
 
     def to_device(self, obj: Any) -> Any:
@@ -351,8 +349,7 @@ class Fabric:
         return seed_everything(seed, workers is not False, verbose)
 
     def call(self, hook_name: str, *args: Any, **kwargs: Any) -> None:
-        """Call `hook_name(*args, **kwargs)` on every callback that defines it, with only the keyword arguments its
-        signature takes (`fabric_kit.callbacks`)."""
+        """Call `hook_name(*args, **kwargs)` on every callback defining it, with the keywords it takes."""
         call_hooks(self._callbacks, hook_name, args, kwargs)
 
     def log(self, name: str, value: Any, step: int | None = None) -> None:
