@@ -3,7 +3,6 @@ which owns distribution and delegates to precision and checkpoint I/O."""
 from __future__ import annotations
 
 import signal
-import weakref
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from datetime import timedelta
@@ -60,14 +59,6 @@ class Fabric:
         self._loggers = _as_list(loggers)
         self._preemption = preemption or Preemption()
         self._launched = False
-        self._setup_modules: weakref.WeakSet[Module] = weakref.WeakSet()
-
-    def __getstate__(self) -> dict[str, Any]:
-        # Spawned ranks receive a pickled copy; the weak set of set-up modules cannot travel (and is empty then).
-        return {**self.__dict__, "_setup_modules": None}
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state, _setup_modules=weakref.WeakSet())
 
     # -- where this process sits ----------------------------------------------------------------------------------
     @property
@@ -213,10 +204,10 @@ class Fabric:
         call_hooks(self._callbacks, "on_after_setup", (), {"fabric": self, "module": wrapped})
 
     def _prepare_module(self, module: Module, move_to_device: bool) -> Module:
-        if isinstance(module, FabricModule) or module in self._setup_modules:
-            raise ValueError(f"module {type(unwrap(module)).__name__} was already set up by this Fabric; "
-                             "pass each model to `setup` once")
-        self._setup_modules.add(module)
+        # The user's module may be set up again (`setup(model)`, then `setup(model, optimizer)`), as in Lightning.
+        if isinstance(module, FabricModule):
+            raise ValueError(f"module {type(unwrap(module)).__name__} is already the one `setup` returned; pass "
+                             "the model itself to `setup`")
         module = self._strategy.precision.convert_module(module)
         if move_to_device:
             self._strategy.module_to_device(module)

@@ -125,19 +125,25 @@ def test_strategies_say_whether_they_shard_parameters_or_own_the_optimizer():
         assert (strategy.shards_parameters, strategy.owns_optimizer) == (stage == 3, True)
 
 
+def test_the_users_module_can_be_set_up_again_with_its_optimizer(fabric):
+    net = Net()
+    model = fabric.setup(net)
+    model, optimizer = fabric.setup(net, torch.optim.SGD(net.parameters(), lr=0.1))  # as in Lightning
+    assert model.module is net and optimizer.param_groups[0]["params"][0] is net.layer.weight
+
+
 def test_num_nodes_and_precision_as_resolved():
     fabric = Fabric(accelerator="cpu", devices=1, num_nodes=2, strategy="ddp", precision="bf16")
     assert (fabric.num_nodes, fabric.world_size) == (2, 2)
     assert fabric.precision is fabric.strategy.precision and fabric.precision.name == "bf16-mixed"
 
 
-def test_setup_twice_is_an_error(fabric):
+def test_setting_up_a_set_up_module_or_optimizer_again_is_an_error(fabric):
     net, model, optimizer = make(fabric)
-    for again in (net, model):
-        with pytest.raises(ValueError, match="module Net was already set up by this Fabric; pass each model to"):
-            fabric.setup(again)
-    with pytest.raises(ValueError, match="module Net was already set up"):
-        fabric.setup_module(net)
+    with pytest.raises(ValueError, match="module Net is already the one `setup` returned; pass the model itself"):
+        fabric.setup(model)
+    with pytest.raises(ValueError, match="module Net is already the one `setup` returned"):
+        fabric.setup_module(model)
     with pytest.raises(ValueError, match="optimizer SGD was already set up; pass each optimizer"):
         fabric.setup(Net(), optimizer)
     with pytest.raises(ValueError, match="optimizer SGD was already set up"):
