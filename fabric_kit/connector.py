@@ -10,6 +10,7 @@ from typing import Any
 from fabric_kit.accelerators import Accelerator, accelerator_names, create_accelerator
 from fabric_kit.environments import ClusterEnvironment, detect_environment
 from fabric_kit.precision import Precision, create_precision, normalize_precision, precision_names
+from fabric_kit.rank_zero import rank_zero_warn
 from fabric_kit.strategies.parallel import ParallelStrategy
 from fabric_kit.strategies.registry import strategy_class, strategy_names
 from fabric_kit.strategies.single_device import SingleDeviceStrategy
@@ -34,6 +35,7 @@ class Connector:
                  plugins: Any = None, collective_timeout: float | timedelta | None = None) -> None:
         accelerator = _merge_cli("accelerator", accelerator)
         strategy = _merge_cli("strategy", strategy)
+        strategy = strategy.lower() if isinstance(strategy, str) else strategy  # names are case-insensitive
         devices = _merge_cli("devices", devices)
         num_nodes = _merge_cli("num_nodes", num_nodes)
         precision = _merge_cli("precision", precision)
@@ -42,6 +44,9 @@ class Connector:
 
         precision_plugin, environment = _split_plugins(plugins)
         self.accelerator = _resolve_accelerator(accelerator, strategy)
+        if strategy == "dp" and self.accelerator.name == "cpu":  # Lightning's fallback: DataParallel needs GPUs
+            rank_zero_warn("strategy='dp' (DataParallel) does not run on CPUs: using strategy='ddp' instead")
+            strategy = "ddp"
         self.precision = precision_plugin or create_precision(normalize_precision(precision),
                                                               _device_type(self.accelerator))
         self.cluster_environment = environment or detect_environment()

@@ -3,7 +3,6 @@ which owns distribution and delegates to precision and checkpoint I/O."""
 from __future__ import annotations
 
 import signal
-import weakref
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from datetime import timedelta
@@ -60,14 +59,6 @@ class Fabric:
         self._loggers = _as_list(loggers)
         self._preemption = preemption or Preemption()
         self._launched = False
-        self._setup_modules: weakref.WeakSet[Module] = weakref.WeakSet()
-
-    def __getstate__(self) -> dict[str, Any]:
-        # Spawned ranks receive a pickled copy; the weak set of set-up modules cannot travel (and is empty then).
-        return {**self.__dict__, "_setup_modules": None}
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state, _setup_modules=weakref.WeakSet())
 
     # -- where this process sits ----------------------------------------------------------------------------------
     @property
@@ -203,9 +194,8 @@ class Fabric:
         return wrapped[0] if len(wrapped) == 1 else tuple(wrapped)
 
     def _after_setup(self, module: Module, wrapped: FabricModule, optimizers: list[FabricOptimizer] | None) -> None:
-        """A module with `attach_fabric(fabric, optimizers)` (a loops LightningModule) is told it was set up, so its
-        `self.log`, `self.optimizers()`, ... work in a plain Fabric loop, and becomes a callback, as in Lightning;
-        `optimizers` is None from `setup_module`. Then the callbacks' `on_after_setup(fabric, module)` run."""
+        """A module with `attach_fabric(fabric, optimizers)` (a loops LightningModule; None from `setup_module`) is
+        told, and becomes a callback, as in Lightning; then the callbacks' `on_after_setup(fabric, module)` run."""
         attach = getattr(module, "attach_fabric", None)
         if callable(attach):
             attach(self, optimizers)
@@ -214,10 +204,10 @@ class Fabric:
         call_hooks(self._callbacks, "on_after_setup", (), {"fabric": self, "module": wrapped})
 
     def _prepare_module(self, module: Module, move_to_device: bool) -> Module:
-        if isinstance(module, FabricModule) or module in self._setup_modules:
-            raise ValueError(f"module {type(unwrap(module)).__name__} was already set up by this Fabric; "
-                             "pass each model to `setup` once")
-        self._setup_modules.add(module)
+        # The user's module may be set up again (`setup(model)`, then `setup(model, optimizer)`), as in Lightning.
+        if isinstance(module, FabricModule):
+            raise ValueError(f"module {type(unwrap(module)).__name__} is already the one `setup` returned; pass "
+                             "the model itself to `setup`")
         module = self._strategy.precision.convert_module(module)
         if move_to_device:
             self._strategy.module_to_device(module)
@@ -236,6 +226,8 @@ class Fabric:
         `even_shards=False` (for evaluation) gives each sample to exactly one process with no padding duplicates,
         so a metric summed over processes counts every sample once; processes may then get one batch fewer.
         """
+        if not dataloaders:
+            raise ValueError("setup_dataloaders needs at least one DataLoader; got none")
         self._ensure_launched()
         wrapped = []
         for loader in dataloaders:
@@ -285,9 +277,8 @@ class Fabric:
         return self._strategy.no_backward_sync(_strategy_module(module), enabled)
 
     def backward_inside_forward(self, module: Module) -> AbstractContextManager[Any]:
-        """Wrap a call of the model inside which `fabric.backward` runs, e.g. `model.training_step(batch)` of a
-        LightningModule with manual optimization: under DDP each such backward then syncs the gradients (DDP's
-        own sync is armed for one backward after the forward, and would fail or silently skip them)."""
+        """Wrap a model call inside which `fabric.backward` runs (manual optimization's `training_step`): under DDP
+        each such backward syncs the gradients itself; DDP's own sync would fail or silently skip them."""
         return self._strategy.backward_inside_forward(_strategy_module(module))
 
     def to_device(self, obj: Any) -> Any:
@@ -343,12 +334,13 @@ class Fabric:
         if self.is_global_zero:
             print(*args, **kwargs)
 
-    def seed_everything(self, seed: int | None = None, workers: bool = False) -> int:
-        return seed_everything(seed, workers)
+    @staticmethod
+    def seed_everything(seed: int | None = None, workers: bool | None = None, verbose: bool = True) -> int:
+        """`fabric_kit.seed_everything`, with `workers` on unless False, as Lightning's Fabric does."""
+        return seed_everything(seed, workers is not False, verbose)
 
     def call(self, hook_name: str, *args: Any, **kwargs: Any) -> None:
-        """Call `hook_name(*args, **kwargs)` on every callback that defines it, with only the keyword arguments its
-        signature takes (`fabric_kit.callbacks`)."""
+        """Call `hook_name(*args, **kwargs)` on every callback defining it, with the keywords it takes."""
         call_hooks(self._callbacks, hook_name, args, kwargs)
 
     def log(self, name: str, value: Any, step: int | None = None) -> None:

@@ -78,6 +78,17 @@ def test_unavailable_accelerator():
         Fabric(accelerator="cuda")
 
 
+def test_strategy_names_are_case_insensitive():
+    fabric = Fabric(accelerator="cpu", devices=2, strategy="DDP_Spawn")
+    assert isinstance(fabric.strategy, DDPStrategy) and fabric.strategy.start_method == "spawn"
+
+
+def test_dp_on_cpu_falls_back_to_ddp_with_a_warning():
+    with pytest.warns(UserWarning, match="strategy='dp' .* does not run on CPUs: using strategy='ddp'"):
+        fabric = Fabric(accelerator="cpu", devices=2, strategy="dp")
+    assert isinstance(fabric.strategy, DDPStrategy) and fabric.world_size == 2
+
+
 def test_unknown_strategy():
     with pytest.raises(ValueError) as error:
         Fabric(accelerator="cpu", strategy="dpp")

@@ -1,5 +1,6 @@
 """The Fabric facade on one CPU process: setup, the training-step helpers, utilities and checkpoints. Multi-process
 behaviour is in tests/strategies/test_ddp.py."""
+import os
 import random
 from dataclasses import dataclass
 
@@ -11,7 +12,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from fabric_kit import Fabric, seed_everything
 from fabric_kit.checkpoint import UnsafeCheckpointError
-from fabric_kit.seed import WORKERS_VARIABLE, seed_worker
+from fabric_kit.seed import WORKERS_VARIABLE, reset_seed, seed_worker
 from fabric_kit.strategies import SingleDeviceStrategy
 from fabric_kit.wrappers import FabricModule, FabricOptimizer
 
@@ -124,19 +125,25 @@ def test_strategies_say_whether_they_shard_parameters_or_own_the_optimizer():
         assert (strategy.shards_parameters, strategy.owns_optimizer) == (stage == 3, True)
 
 
+def test_the_users_module_can_be_set_up_again_with_its_optimizer(fabric):
+    net = Net()
+    model = fabric.setup(net)
+    model, optimizer = fabric.setup(net, torch.optim.SGD(net.parameters(), lr=0.1))  # as in Lightning
+    assert model.module is net and optimizer.param_groups[0]["params"][0] is net.layer.weight
+
+
 def test_num_nodes_and_precision_as_resolved():
     fabric = Fabric(accelerator="cpu", devices=1, num_nodes=2, strategy="ddp", precision="bf16")
     assert (fabric.num_nodes, fabric.world_size) == (2, 2)
     assert fabric.precision is fabric.strategy.precision and fabric.precision.name == "bf16-mixed"
 
 
-def test_setup_twice_is_an_error(fabric):
+def test_setting_up_a_set_up_module_or_optimizer_again_is_an_error(fabric):
     net, model, optimizer = make(fabric)
-    for again in (net, model):
-        with pytest.raises(ValueError, match="module Net was already set up by this Fabric; pass each model to"):
-            fabric.setup(again)
-    with pytest.raises(ValueError, match="module Net was already set up"):
-        fabric.setup_module(net)
+    with pytest.raises(ValueError, match="module Net is already the one `setup` returned; pass the model itself"):
+        fabric.setup(model)
+    with pytest.raises(ValueError, match="module Net is already the one `setup` returned"):
+        fabric.setup_module(model)
     with pytest.raises(ValueError, match="optimizer SGD was already set up; pass each optimizer"):
         fabric.setup(Net(), optimizer)
     with pytest.raises(ValueError, match="optimizer SGD was already set up"):
@@ -300,6 +307,42 @@ def test_seed_everything(fabric):
     a = torch.rand(3)
     seed_everything(7)
     assert torch.equal(torch.rand(3), a)
+
+
+def test_setup_dataloaders_without_a_loader_is_an_error(fabric):
+    with pytest.raises(ValueError, match="needs at least one DataLoader"):
+        fabric.setup_dataloaders()
+
+
+def test_seed_everything_is_a_staticmethod_seeding_workers_by_default():
+    assert Fabric.seed_everything(3) == 3
+    assert os.environ["PL_GLOBAL_SEED"] == os.environ["FABRIC_KIT_GLOBAL_SEED"] == "3"
+    assert os.environ["PL_SEED_WORKERS"] == "1"  # Fabric's default, as in Lightning
+    a = torch.rand(3)
+    seed_everything(3)
+    assert torch.equal(torch.rand(3), a)
+
+
+def test_seed_everything_without_a_seed_reads_the_exported_one_else_warns_and_uses_0(monkeypatch):
+    monkeypatch.setenv("PL_GLOBAL_SEED", "11")  # what a Lightning-style launcher exports
+    assert seed_everything() == 11
+    for name in ("PL_GLOBAL_SEED", "FABRIC_KIT_GLOBAL_SEED"):
+        monkeypatch.delenv(name)
+    with pytest.warns(UserWarning, match="no seed given nor exported.*seed set to 0"):
+        assert seed_everything() == 0
+    assert os.environ["PL_GLOBAL_SEED"] == "0"
+    assert seed_everything(5.0, verbose=False) == 5  # cast to int, as Lightning does
+    with pytest.raises(ValueError, match="seed='x' is not an integer"):
+        seed_everything("x")
+    with pytest.raises(ValueError, match="out of range"):
+        seed_everything(-1)
+
+
+def test_reset_seed_seeds_again_with_the_exported_seed():
+    seed_everything(4, workers=True, verbose=False)
+    a = torch.rand(3)
+    reset_seed()
+    assert torch.equal(torch.rand(3), a) and os.environ["PL_SEED_WORKERS"] == "1"
 
 
 def test_seed_everything_workers_gives_loaders_a_seeding_worker_init_fn(fabric, monkeypatch):

@@ -1,11 +1,13 @@
 """The objects `Fabric.setup*` returns behave like the user's own module, optimizer and dataloader."""
+from unittest.mock import Mock
+
 import pytest
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Sampler, TensorDataset
 
 from fabric_kit import Fabric, is_wrapped
-from fabric_kit.wrappers import FabricDataLoader, FabricModule, FabricOptimizer
+from fabric_kit.wrappers import FabricDataLoader, FabricModule, FabricOptimizer, unwrap
 
 pytestmark = pytest.mark.usefixtures("clean_env")
 
@@ -187,3 +189,14 @@ def test_is_wrapped(fabric):
     model, wrapped_optimizer = fabric.setup(net, optimizer)
     wrapped_loader = fabric.setup_dataloaders(loader)
     assert all(is_wrapped(obj) for obj in (model, wrapped_optimizer, wrapped_loader))
+
+
+def test_unwrap_returns_an_object_that_answers_every_attribute():
+    mock = Mock()
+    assert unwrap(mock) is mock
+
+
+def test_unwrap_reaches_the_users_objects(fabric):
+    net = Net()
+    model, optimizer = fabric.setup(net, torch.optim.SGD(net.parameters(), lr=0.1))
+    assert unwrap(model) is net and unwrap(optimizer) is optimizer.optimizer

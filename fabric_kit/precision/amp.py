@@ -8,7 +8,8 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
-from fabric_kit.collections import convert_tensors
+from fabric_kit.collections import apply_to_collection, convert_tensors
+from fabric_kit.precision.dtype import to_floating_dtype_tensor
 from fabric_kit.precision.precision import Precision
 
 
@@ -27,6 +28,10 @@ class MixedPrecision(Precision):
 
     def forward_context(self) -> AbstractContextManager[Any]:
         return torch.autocast(self.device_type, dtype=self.dtype)
+
+    def convert_input(self, data: Any) -> Any:
+        # Floating-point inputs take the autocast dtype, as in Lightning; integer labels and masks are left alone.
+        return apply_to_collection(data, Tensor, to_floating_dtype_tensor, self.dtype)
 
     def convert_output(self, data: Any) -> Any:
         return convert_tensors(data, self.dtype, torch.get_default_dtype())

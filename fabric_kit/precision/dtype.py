@@ -51,11 +51,12 @@ class TruePrecision(Precision):
     def convert_input(self, data: Any) -> Any:
         # Every floating-point input (float64 from numpy too) takes the model's dtype, as in Lightning; integer
         # labels and masks are left alone.
-        return apply_to_collection(data, torch.Tensor, _to_floating_dtype, self.dtype)
+        return apply_to_collection(data, torch.Tensor, to_floating_dtype_tensor, self.dtype)
 
     def convert_output(self, data: Any) -> Any:
         return convert_tensors(data, self.dtype, torch.float32)
 
 
-def _to_floating_dtype(tensor: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+def to_floating_dtype_tensor(tensor: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """`tensor` in `dtype` if it is floating-point (complex and integer tensors are left alone)."""
     return tensor.to(dtype) if tensor.is_floating_point() else tensor

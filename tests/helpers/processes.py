@@ -7,7 +7,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 LAUNCHER_PREFIXES = ("SLURM_", "LSB_", "JSM_", "OMPI_", "PMI_", "PET_", "TORCHELASTIC_", "FABRIC_KIT_")
 LAUNCHER_NAMES = ("MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE", "RANK", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "NODE_RANK",
-                  "GROUP_RANK")
+                  "GROUP_RANK",
+                  "PL_GLOBAL_SEED", "PL_SEED_WORKERS")  # Lightning-style launchers export the seed (as does ours)
 
 
 def is_launcher_variable(name: str) -> bool:

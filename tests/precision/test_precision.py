@@ -171,3 +171,17 @@ def test_true_precisions_leave_complex_tensors_alone(precision, dtype):
     assert torch.equal(net.weight.detach(), torch.tensor([1.0 + 2.0j]))  # the imaginary part survives
     assert torch.equal(net.phase, torch.tensor([3.0 - 4.0j]))
     assert net.scale.dtype == dtype  # real floating tensors take the precision's dtype
+
+
+@pytest.mark.parametrize(("precision", "dtype"), [("16-mixed", torch.float16), ("bf16-mixed", torch.bfloat16)])
+def test_mixed_precision_casts_floating_inputs_to_the_autocast_dtype(precision, dtype):
+    seen = []
+
+    class Probe(nn.Module):
+        def forward(self, x, labels):
+            seen.append((x.dtype, labels.dtype))
+            return x
+
+    model = Fabric(accelerator="cpu", devices=1, precision=precision).setup(Probe())
+    model(torch.ones(2, dtype=torch.float64), torch.ones(2, dtype=torch.long))
+    assert seen == [(dtype, torch.long)]

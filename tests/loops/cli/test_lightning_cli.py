@@ -179,7 +179,7 @@ def test_unparsable_yaml_exits_2_naming_the_file_without_traceback(cli, tmp_path
 @pytest.fixture(autouse=True)
 def keep_seed_variables():
     """A CLI built in this process seeds and exports its seed; later tests here must not inherit it."""
-    names = ("FABRIC_KIT_GLOBAL_SEED", "FABRIC_KIT_SEED_WORKERS")
+    names = ("FABRIC_KIT_GLOBAL_SEED", "FABRIC_KIT_SEED_WORKERS", "PL_GLOBAL_SEED", "PL_SEED_WORKERS")
     saved = {name: os.environ.get(name) for name in names}
     yield
     for name, value in saved.items():
