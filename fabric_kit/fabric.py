@@ -23,7 +23,14 @@ from fabric_kit.precision import Precision
 from fabric_kit.preemption import Preemption
 from fabric_kit.seed import global_seed, seed_everything, worker_init_function
 from fabric_kit.strategies.strategy import BackwardSyncControl, Strategy
-from fabric_kit.wrappers import FabricDataLoader, FabricModule, FabricOptimizer, unwrap, wrap_optimizer
+from fabric_kit.wrappers import (
+    FabricDataLoader,
+    FabricModule,
+    FabricOptimizer,
+    split_compiled,
+    unwrap,
+    wrap_optimizer,
+)
 
 
 class Fabric:
@@ -164,12 +171,13 @@ class Fabric:
         """Prepare a model and its optimizers for the strategy; returns `model`, or `(model, *optimizers)`
         (with the scheduler last when one is passed)."""
         self._ensure_launched()
+        module, recompile = split_compiled(module)  # compiled again around the strategy's module
         module = self._prepare_module(module, move_to_device)
         for optimizer in optimizers:
             _check_unwrapped_optimizer(optimizer)
         forward_module, raw_optimizers, scheduler = self._strategy.setup_module_and_optimizers(
             module, list(optimizers), scheduler)
-        wrapped = FabricModule(forward_module, self._strategy.precision, module)
+        wrapped = FabricModule(forward_module, self._strategy.precision, module, recompile)
         fabric_optimizers = [wrap_optimizer(opt, self._strategy, self._callbacks) for opt in raw_optimizers]
         self._after_setup(module, wrapped, fabric_optimizers)
         result = [wrapped, *fabric_optimizers]
@@ -180,8 +188,9 @@ class Fabric:
     def setup_module(self, module: Module, move_to_device: bool = True) -> FabricModule:
         """Prepare only the model (sharding strategies want the model first, then `setup_optimizers`)."""
         self._ensure_launched()
+        module, recompile = split_compiled(module)
         module = self._prepare_module(module, move_to_device)
-        wrapped = FabricModule(self._strategy.setup_module(module), self._strategy.precision, module)
+        wrapped = FabricModule(self._strategy.setup_module(module), self._strategy.precision, module, recompile)
         self._after_setup(module, wrapped, None)
         return wrapped
 
@@ -390,10 +399,11 @@ def _as_list(value: Any) -> list[Any]:
 
 def _strategy_module(module: Module) -> Module:
     """What the strategy is handed for `module`: the module as the strategy set it up (DDP, the FSDP module,
-    DeepSpeed's engine) behind fabric_kit's wrapper; a module that was not set up, as it is. Read from `_modules`:
-    on `backward(loss, model=...)` every step, attribute access would cost two Python calls."""
+    DeepSpeed's engine) behind fabric_kit's wrapper (and behind torch.compile's); a module that was not set up, as it
+    is. Read from the instance dict: on `backward(loss, model=...)` every step, attribute access through
+    `nn.Module.__getattr__` would cost Python calls."""
     if isinstance(module, FabricModule):
-        return module._modules["_forward_module"]  # type: ignore[return-value]  # set in FabricModule.__init__
+        return module.__dict__["_strategy_module"]  # type: ignore[no-any-return]  # set in FabricModule.__init__
     return module
 
 

@@ -26,6 +26,17 @@ def unwrap(obj: Any) -> Any:
     return obj
 
 
+def split_compiled(module: Module) -> tuple[Module, Callable[[Module], Module] | None]:
+    """The user's module inside a `torch.compile`d one, and the function compiling another module with the same
+    settings: the compiled module's `dynamo_ctx`, which compiles any module it is called with (so the arguments
+    need not be captured by patching `torch.compile`, and the import order does not matter). A module that is not
+    compiled comes back as it is, with None."""
+    inner, recompile = getattr(module, "_orig_mod", None), getattr(module, "dynamo_ctx", None)
+    if isinstance(inner, Module) and callable(recompile):
+        return inner, recompile
+    return module, None
+
+
 class OptimizerStepper(Protocol):
     """What the optimizer wrapper needs of the strategy (a `Strategy`; named by this protocol so that the wrappers,
     which checkpoint code unwraps, import no strategy)."""
@@ -49,11 +60,15 @@ class FabricModule(Module):
     Lightning does. Any other method of the user's module that calls a submodule while the strategy wraps it raises
     an error naming `mark_forward_method`, since it would silently bypass the wrapper."""
 
-    _forward_module: Module  # the strategy's module, e.g. DDP; a submodule, so typed here for attribute reads
+    _forward_module: Module  # the strategy's module (e.g. DDP), compiled when the user's was; typed for reads
 
-    def __init__(self, forward_module: Module, precision: Precision, original_module: Module) -> None:
+    def __init__(self, forward_module: Module, precision: Precision, original_module: Module,
+                 recompile: Callable[[Module], Module] | None = None) -> None:
+        """`recompile` (from `split_compiled`): compile the strategy's module as the user's was, outside DDP / FSDP,
+        so the strategy wraps the plain module and checkpoints hold its plain keys."""
         super().__init__()
-        self._forward_module = forward_module
+        self._forward_module = forward_module if recompile is None else recompile(forward_module)
+        self.__dict__["_strategy_module"] = forward_module  # not a submodule: reached through _forward_module
         self._original_module = original_module
         self._precision = precision
         self._forward_methods = set(STEP_METHODS)

@@ -12,12 +12,15 @@ from tests.helpers.loops import Regression, loader, make_trainer
 SCRIPT = Path(__file__).parent / "scripts" / "loops_kill_resume.py"
 
 
-def test_killed_run_resumed_from_last_is_bit_identical(run_ranks, tmp_path):
-    killed = run_ranks([SCRIPT, tmp_path, "kill"], check=False)
+@pytest.mark.parametrize("kind", ["torch", "stateful"])
+def test_killed_run_resumed_from_last_is_bit_identical(run_ranks, tmp_path, kind):
+    if kind == "stateful":  # torchdata's StatefulDataLoader, 2 workers: resumed through its own state
+        pytest.importorskip("torchdata.stateful_dataloader")
+    killed = run_ranks([SCRIPT, tmp_path, "kill", kind], check=False)
     assert killed.returncode == -signal.SIGKILL, killed.stderr
     assert sorted(p.name for p in (tmp_path / "run").iterdir() if p.name.startswith("last")) == ["last.ckpt"]
     for mode in ("resume", "full"):
-        proc = run_ranks([SCRIPT, tmp_path, mode], check=False)
+        proc = run_ranks([SCRIPT, tmp_path, mode, kind], check=False)
         assert proc.returncode == 0, proc.stderr
     resumed, full = torch.load(tmp_path / "resume.pt"), torch.load(tmp_path / "full.pt")
     assert resumed["global_step"] == full["global_step"] == 24

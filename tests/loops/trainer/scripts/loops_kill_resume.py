@@ -1,7 +1,9 @@
-"""Run by test_kill_resume.py as `python loops_kill_resume.py OUT_DIR MODE`, the way a user reruns a crashed
-job: the same script with ckpt_path="last". MODE "kill" dies by SIGKILL in the middle of epoch 1 (3 optimizer
-steps after the latest checkpoint); "resume" is the rerun; "full" trains uninterrupted. Dropout and shuffling make
-the result depend on the restored RNG and dataloader position. Writes OUT_DIR/<MODE>.pt with the final weights."""
+"""Run by test_kill_resume.py as `python loops_kill_resume.py OUT_DIR MODE [LOADER]`, the way a user reruns a
+crashed job: the same script with ckpt_path="last". MODE "kill" dies by SIGKILL in the middle of epoch 1 (3
+optimizer steps after the latest checkpoint); "resume" is the rerun; "full" trains uninterrupted. Dropout and
+shuffling make the result depend on the restored RNG and dataloader position. LOADER "stateful" trains from
+torchdata's StatefulDataLoader (2 workers), which the checkpoint saves through its own state; default a DataLoader.
+Writes OUT_DIR/<MODE>.pt with the final weights."""
 import os
 import signal
 import sys
@@ -30,7 +32,14 @@ class KillAt(L.Callback):
             os.kill(os.getpid(), signal.SIGKILL)
 
 
-def main(out_dir: str, mode: str) -> None:
+def train_loader(data, kind):
+    if kind == "stateful":
+        from torchdata.stateful_dataloader import StatefulDataLoader
+        return StatefulDataLoader(data, batch_size=8, shuffle=True, num_workers=2)
+    return DataLoader(data, batch_size=8, shuffle=True)
+
+
+def main(out_dir: str, mode: str, kind: str = "torch") -> None:
     L.seed_everything(0)
     generator = torch.Generator().manual_seed(0)
     data = TensorDataset(torch.randn(64, 4, generator=generator), torch.randn(64, 1, generator=generator))
@@ -41,11 +50,11 @@ def main(out_dir: str, mode: str) -> None:
     trainer = L.Trainer(accelerator="cpu", devices=1, max_epochs=3, callbacks=callbacks, logger=False,
                         enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0)
     model = Noisy()
-    trainer.fit(model, DataLoader(data, batch_size=8, shuffle=True), DataLoader(data, batch_size=16),
+    trainer.fit(model, train_loader(data, kind), DataLoader(data, batch_size=16),
                 ckpt_path="last" if mode != "full" else None)
     torch.save({"weights": model.state_dict(), "global_step": trainer.global_step},
                Path(out_dir) / f"{mode}.pt")
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2])
+    main(*sys.argv[1:4])

@@ -1,0 +1,38 @@
+"""`fabric.setup(torch.compile(model), optimizer)` under DDP and FSDP on 2 CPU processes (backend "aot_eager"):
+compiled again outside the strategy's wrapper, as Lightning re-applies compile; trains to the weights of the
+uncompiled run; checkpoints hold the plain keys (no `_orig_mod.`), which an uncompiled model loads strictly."""
+from pathlib import Path
+
+import pytest
+import torch
+
+from fabric_kit import Fabric
+from tests.strategies.compile_worker import Net
+
+WORKER = Path(__file__).with_name("compile_worker.py")
+
+
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_compiled_model_is_compiled_outside_the_wrapper_and_trains_alike(run_ranks, tmp_path, strategy):
+    _, ranks = run_ranks([WORKER, strategy, tmp_path], tmp_path, timeout=600)
+    for result in ranks:
+        assert result["compiled"]["outer"] == "OptimizedModule" and result["compiled"]["compiled_around_wrapper"]
+        assert result["plain"]["outer"] != "OptimizedModule"
+        assert result["compiled"]["losses"] == pytest.approx(result["plain"]["losses"], abs=1e-5)
+    fabric = Fabric(accelerator="cpu", devices=1)
+    plain, compiled = (fabric.load(tmp_path / f"{kind}.ckpt")["model"] for kind in ("plain", "compiled"))
+    assert sorted(compiled) == sorted(plain) == sorted(Net().state_dict())  # no "_orig_mod." prefix
+    model = Net()
+    model.load_state_dict(compiled, strict=True)
+    for name, tensor in plain.items():
+        assert torch.allclose(compiled[name], tensor, atol=1e-5), name
+    torch.manual_seed(0)
+    assert not torch.equal(compiled["layers.0.weight"], Net().state_dict()["layers.0.weight"])  # it trained
+
+
+def test_compiled_module_on_one_process_keeps_plain_keys(clean_env):
+    fabric = Fabric(accelerator="cpu", devices=1)
+    model = fabric.setup(torch.compile(Net(), backend="aot_eager"))
+    assert type(model._forward_module).__name__ == "OptimizedModule"
+    assert sorted(model.state_dict()) == sorted(Net().state_dict())
+    assert model(torch.ones(2, 8)).shape == (2, 4)
