@@ -9,6 +9,7 @@ import torch
 from torch.utils.data import DataLoader, SequentialSampler
 
 import loops
+import loops.callbacks
 from loops.callbacks import Timer
 
 pl = pytest.importorskip("lightning.pytorch")
@@ -125,3 +126,13 @@ def test_a_keyboard_interrupt_shuts_down_gracefully(L):
         trainer.fit(Interrupted(), data())
     assert exit_info.value.code == 1 and isinstance(seen.exception, KeyboardInterrupt)
     assert trainer.interrupted and trainer.state.status == "interrupted"
+
+
+@both
+def test_a_monitored_metric_never_logged_warns_instead_of_failing(L, tmp_path):
+    checkpoint_class = loops.callbacks.ModelCheckpoint if L is loops else pl.callbacks.ModelCheckpoint
+    checkpoint = checkpoint_class(tmp_path, monitor="val_loss")
+    trainer = L.Trainer(max_epochs=2, callbacks=[checkpoint], **{**QUIET, "enable_checkpointing": True})
+    with pytest.warns(UserWarning, match="val_loss"):
+        trainer.fit(module_class(L)(), data())  # no validation data: val_loss never comes
+    assert (trainer.current_epoch, checkpoint.best_model_path, list(tmp_path.iterdir())) == (2, "", [])
