@@ -136,3 +136,14 @@ def test_a_monitored_metric_never_logged_warns_instead_of_failing(L, tmp_path):
     with pytest.warns(UserWarning, match="val_loss"):
         trainer.fit(module_class(L)(), data())  # no validation data: val_loss never comes
     assert (trainer.current_epoch, checkpoint.best_model_path, list(tmp_path.iterdir())) == (2, "", [])
+
+
+@both
+def test_optimizer_step_returns_the_closures_loss(L):
+    class Stepping(module_class(L)):
+        def optimizer_step(self, epoch, batch_idx, optimizer, optimizer_closure=None):
+            self.returned = optimizer.step(closure=optimizer_closure)
+
+    model = Stepping()
+    L.Trainer(max_steps=1, **QUIET).fit(model, data())
+    assert isinstance(model.returned, torch.Tensor) and model.returned.ndim == 0
