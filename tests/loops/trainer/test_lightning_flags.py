@@ -147,3 +147,11 @@ def test_optimizer_step_returns_the_closures_loss(L):
     model = Stepping()
     L.Trainer(max_steps=1, **QUIET).fit(model, data())
     assert isinstance(model.returned, torch.Tensor) and model.returned.ndim == 0
+
+
+@both
+def test_learning_rates_reach_callback_metrics(L, tmp_path):
+    monitor = (loops.callbacks if L is loops else pl.callbacks).LearningRateMonitor()
+    trainer = L.Trainer(max_epochs=1, callbacks=[monitor], **{**QUIET, "logger": True, "default_root_dir": tmp_path})
+    trainer.fit(module_class(L)(), data())
+    assert float(trainer.callback_metrics["lr-SGD"]) == pytest.approx(0.1)
