@@ -7,6 +7,7 @@ import warnings
 from collections import Counter
 from typing import TYPE_CHECKING, Any, NamedTuple
 
+import torch
 from torch.optim import Optimizer
 
 from loops.callbacks.callback import Callback
@@ -48,6 +49,9 @@ class LearningRateMonitor(Callback):
             self._log(trainer, "epoch" if self.logging_interval is None else "any")
 
     def _log(self, trainer: Trainer, interval: str) -> None:
+        # Every current value is monitorable, as in Lightning (e.g. by EarlyStopping(monitor="lr-SGD", ...)).
+        trainer.callback_metrics.update({name: torch.tensor(value, device=trainer.strategy.root_device)
+                                         for name, value in self._stats(trainer, "any").items()})
         stats = self._stats(trainer, interval)
         if not stats:
             return

@@ -91,6 +91,7 @@ class ModelCheckpoint(Checkpoint):
         self._last_global_step_saved = -1  # the step of the latest save (or top-k check)
         self._last_step_in_last = -1  # the step whose state last.ckpt holds
         self._last_time_checked: float | None = None
+        self._validated = True  # False from fit's start until its first validation ends
         self._save_at_validation = False  # a step/time save waiting for the monitored metric
 
     @property
@@ -119,6 +120,7 @@ class ModelCheckpoint(Checkpoint):
 
     def on_train_start(self, trainer: Trainer, pl_module: Any) -> None:
         self._last_time_checked = time.monotonic()
+        self._validated = False  # a monitored metric missing until then is awaited, not an error
 
     # -- when ---------------------------------------------------------------------------------------------------
     def on_train_batch_end(self, trainer: Trainer, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
@@ -144,6 +146,7 @@ class ModelCheckpoint(Checkpoint):
             self._save(trainer)
 
     def on_validation_end(self, trainer: Trainer, pl_module: Any) -> None:
+        self._validated = self._validated or not trainer.sanity_checking
         if self._saves_on_train_epoch_end(trainer) or self._skip(trainer):
             return
         if self._save_at_validation or self._epoch_due(trainer):
@@ -196,16 +199,21 @@ class ModelCheckpoint(Checkpoint):
         return metrics
 
     def _save(self, trainer: Trainer) -> None:
-        """Top-k (or the latest) first, then last.ckpt, then remove what fell out: never fewer files than before."""
-        self._last_global_step_saved = trainer.global_step
+        """Top-k (or the latest) first, then last.ckpt, then remove what fell out: never fewer files than before.
+        A monitored metric not logged yet is an error once validation has run; before, a warning, and no save."""
         metrics = self._candidates(trainer)
+        if self.monitor is not None and self.monitor not in metrics:
+            logged = sorted(k for k in metrics if k not in ("epoch", "step"))
+            message = (f"ModelCheckpoint(monitor={self.monitor!r}) found no such metric; logged metrics: {logged}. "
+                       f"Log it with self.log({self.monitor!r}, value)")
+            if self._validated:
+                raise KeyError(message)
+            warnings.warn(f"{message}; no checkpoint is saved until it is logged", stacklevel=2)
+            return
+        self._last_global_step_saved = trainer.global_step
         fallen: list[str] = []
         saved = ""
         if self.monitor is not None:
-            if self.monitor not in metrics:
-                logged = sorted(k for k in metrics if k not in ("epoch", "step"))
-                raise KeyError(f"ModelCheckpoint(monitor={self.monitor!r}) found no such metric; logged metrics: "
-                               f"{logged}. Log it with self.log({self.monitor!r}, value)")
             saved, fallen = self._save_top_k(trainer, metrics, self.monitor)
         elif self.save_top_k != 0:
             saved = self._path(trainer, metrics, replacing=self.best_model_path if self.save_top_k == 1 else "")

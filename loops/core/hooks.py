@@ -43,6 +43,10 @@ class ModelHooks:
     def configure_model(self) -> None:
         """Create layers here to build them directly on the device (called once per stage, before optimizers)."""
 
+    def on_validation_model_zero_grad(self) -> None:
+        """Before validation inside fit, unless gradients are being accumulated: frees them."""
+        self.zero_grad()  # type: ignore[attr-defined]
+
     def on_validation_model_eval(self) -> None:
         self.trainer.lightning_module.eval()  # type: ignore[attr-defined]
 

@@ -50,3 +50,18 @@ def _same(first: Any, second: Any) -> bool:
     if isinstance(first, Tensor) or isinstance(second, Tensor):
         return first is second
     return type(first) is type(second) and first == second
+
+
+def log_stage_start(loggers: list[Any], model: Any, datamodule: Any) -> None:
+    """The module's and datamodule's initial hyperparameters (those `save_hyperparameters(logger=True)` recorded)
+    and the model's graph to every logger, as each stage starts."""
+    if not loggers:
+        return
+    params = hyperparameters_to_log(model, datamodule)
+    for logger in loggers:
+        if params is not None and hasattr(logger, "log_hyperparams"):
+            logger.log_hyperparams(params)
+        if hasattr(logger, "log_graph"):
+            logger.log_graph(model)
+        if hasattr(logger, "save"):
+            logger.save()

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from torch.utils.data import DataLoader, SequentialSampler
 
+from fabric_kit import is_wrapped
 from loops.core.hooks import DataHooks
 from loops.trainer.hooks import overrides
 
@@ -64,6 +65,18 @@ def _length(loader: Any) -> int | None:
         return len(loader)
     except (TypeError, NotImplementedError):
         return None
+
+
+def set_sampler_epoch(loader: Any, epoch: int) -> None:
+    """The next pass of `loader` calls its samplers' `set_epoch(epoch)` (the loader's sampler and its batch
+    sampler's), as Lightning does for evaluation loaders during fit, so they can shuffle by the training epoch."""
+    if is_wrapped(loader):
+        loader.set_epoch(epoch)
+        return
+    found = (getattr(loader, "sampler", None), getattr(getattr(loader, "batch_sampler", None), "sampler", None))
+    for sampler in {id(s): s for s in found if s is not None}.values():
+        if callable(getattr(sampler, "set_epoch", None)):
+            sampler.set_epoch(epoch)
 
 
 def sequential(loader: Any) -> Any:

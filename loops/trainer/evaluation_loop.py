@@ -9,6 +9,7 @@ import torch
 
 from loops.logging.metrics import to_floats
 from loops.logging.results import Results
+from loops.trainer.data import set_sampler_epoch
 
 if TYPE_CHECKING:
     from loops.trainer.trainer import Trainer
@@ -19,7 +20,13 @@ _PREFIX = {"validate": "validation", "test": "test"}
 def run_evaluation(trainer: Trainer, stage: str, loaders: list[Any], limits: list[int | float],
                    sanity: bool = False) -> list[dict[str, float]]:
     """Run `validation_step` (stage "validate") or `test_step` over `loaders`; returns one metrics dict per loader
-    (empty during the sanity check, whose logs are discarded)."""
+    (empty during the sanity check, whose logs are discarded). Without a batch to run nothing runs, no hook either
+    (Lightning's rule)."""
+    if sum(limits) == 0:
+        return []
+    if trainer.state.fn == "fit":
+        for loader in loaders:
+            set_sampler_epoch(loader, trainer.current_epoch)
     prefix = _PREFIX[stage]
     state = trainer.run_state
     hooks, fabric_module, device = state.hooks, state.fabric_module, trainer.fabric.device

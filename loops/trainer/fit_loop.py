@@ -1,12 +1,11 @@
 """Epochs of training batches with validation at `val_check_interval`, stopping at max_epochs / max_steps /
-max_time / `should_stop` (but not before min_epochs / min_steps), or at the step boundary where a preemption signal
-is agreed (`FitLoop.preempt`). What the per-batch path needs (hook lists, the step, the schedulers) is taken once per
-epoch (`_TrainingEpoch`), so hooks nobody overrides cost nothing. The counters it advances are the run state's
-`Progress` (run_state.py)."""
+`should_stop` (set by callbacks, e.g. the Timer that max_time adds; not before min_epochs / min_steps), or at the
+step boundary where a preemption signal is agreed (`FitLoop.preempt`). What the per-batch path needs (hook lists,
+the step, the schedulers) is taken once per epoch (`_TrainingEpoch`), so hooks nobody overrides cost nothing. The
+counters it advances are the run state's `Progress` (run_state.py)."""
 from __future__ import annotations
 
 import math
-import time
 import warnings
 from collections.abc import Callable
 from functools import partial
@@ -19,6 +18,7 @@ from loops.trainer.data import CycleLoaders, as_list, find_loaders, limit_batche
 from loops.trainer.evaluation_loop import run_evaluation
 from loops.trainer.loop_state import decode, encode
 from loops.trainer.optimization import AutomaticStep
+from loops.trainer.rng import isolated_rng
 from loops.trainer.states import TrainerStatus
 
 if TYPE_CHECKING:
@@ -41,7 +41,6 @@ class FitLoop:
         self._loader_resumed = False
         self._loaded_epoch = -1
         self._val_loaded_epoch = -1
-        self._start_time = 0.0
         self.preempted = False  # the run stopped at a step boundary after a preemption signal (`preempt`)
 
     @property
@@ -134,7 +133,6 @@ class FitLoop:
     # -- the loop -------------------------------------------------------------------------------------------------
     def run(self) -> None:
         state = self.trainer.run_state
-        self._start_time = time.monotonic()
         self.preempted = False
         self._sanity_check()
         if self.trainer.limit_train_batches == 0:  # Lightning's rule: no training at all, not even its hooks
@@ -179,7 +177,8 @@ class FitLoop:
         state.hooks.call_callbacks("on_sanity_check_start")
         self.setup_val_data()
         limits = [n if steps < 0 else min(n, steps) for n in self.num_val_batches]
-        run_evaluation(trainer, "validate", self.val_loaders, limits, sanity=True)
+        with isolated_rng(trainer.fabric.device):
+            run_evaluation(trainer, "validate", self.val_loaders, limits, sanity=True)
         state.hooks.call_callbacks("on_sanity_check_end")
         trainer.sanity_checking = False
         state.metrics.reset()
@@ -203,17 +202,11 @@ class FitLoop:
         max_epochs = self.max_epochs
         if max_epochs is not None and max_epochs != -1 and progress.current_epoch >= max_epochs:
             return True
-        if self._time_is_up():
-            return True
         return trainer.run_state.should_stop and self._can_stop()
 
     def _can_stop(self) -> bool:
         trainer, progress = self.trainer, self.trainer.run_state.progress
         return progress.current_epoch >= (trainer.min_epochs or 0) and progress.global_step >= (trainer.min_steps or 0)
-
-    def _time_is_up(self) -> bool:
-        max_time = self.trainer._max_seconds
-        return max_time is not None and time.monotonic() - self._start_time >= max_time
 
     def _run_epoch(self, results: Results) -> None:
         state = self.trainer.run_state
@@ -267,8 +260,13 @@ class FitLoop:
             return progress.total_batch_idx % check == 0
         return (batch_idx + 1) % check == 0
 
-    def run_validation(self) -> None:
+    def run_validation(self, free_gradients: bool = True) -> None:
+        """Validation inside fit; unless gradients are being accumulated (`free_gradients` False), they are freed
+        first (`on_validation_model_zero_grad`)."""
         trainer = self.trainer
+        if free_gradients:
+            hooks = trainer.run_state.hooks
+            hooks.call_on(hooks.pl_module, "on_validation_model_zero_grad")
         trainer.validating, trainer.training = True, False
         run_evaluation(trainer, "validate", self.val_loaders, self.num_val_batches)
         trainer.validating, trainer.training = False, True
@@ -344,7 +342,7 @@ class _TrainingEpoch:
         self.end_cbs, self.end_mod = hooks.cb("on_train_batch_end"), hooks.mod("on_train_batch_end")
         self.step = AutomaticStep(trainer).run if state.automatic else None
         self.accumulate, self.limit = trainer.accumulate_grad_batches, loop.num_training_batches
-        self.log_every, self.timed = trainer.log_every_n_steps, trainer._max_seconds is not None
+        self.log_every = trainer.log_every_n_steps
         step_configs = [c for c in state.lr_scheduler_configs if c.interval == "step"] if state.automatic else []
         self.schedulers = [c for c in step_configs if not c.reduce_on_plateau]
         self.plateaus = [c for c in step_configs if c.reduce_on_plateau]
@@ -378,7 +376,7 @@ class _TrainingEpoch:
         self._end_batch(outputs, batch, batch_idx, stepped, last)
         # An epoch's last batch reads `preempted` after the epoch's end (`FitLoop.run`).
         return last or (trainer.max_steps != -1 and progress.global_step >= trainer.max_steps) \
-            or (self.state.should_stop and self.loop._can_stop()) or (self.timed and self.loop._time_is_up()) \
+            or (self.state.should_stop and self.loop._can_stop()) \
             or (self.fabric.preempted and self.loop.preempt())
 
     def _end_batch(self, outputs: Any, batch: Any, batch_idx: int, stepped: bool, last: bool) -> None:
@@ -404,7 +402,7 @@ class _TrainingEpoch:
         if last:
             loop._finish_epoch()
         if self.validation and loop._should_validate(batch_idx, last):
-            loop.run_validation()
+            loop.run_validation((batch_idx + 1) % self.accumulate == 0 or last)  # not amid an accumulation
         if self.plateaus and stepped:
             step_schedulers(self.plateaus, "step", progress.batches_stepped + 1, state.metrics.callback_metrics,
                             self.scheduler_step)

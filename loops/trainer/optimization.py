@@ -65,7 +65,8 @@ class LoopOptimizer:
     def step(self, closure: Callable[[], Any] | None = None, **kwargs: Any) -> Any:
         trainer = self._trainer
         state = trainer.run_state
-        if closure is not None and closure() is None and state.automatic:
+        loss = None if closure is None else closure()
+        if loss is None and closure is not None and state.automatic:
             # training_step returned None: no backward, no step (Lightning counts it)
             state.progress.optimizer_stepped()
             return None
@@ -77,7 +78,7 @@ class LoopOptimizer:
             state.clip_hook(raw, trainer.gradient_clip_val, trainer.gradient_clip_algorithm)
         output = self._optimizer.step(**kwargs)
         state.progress.optimizer_stepped()
-        return output
+        return loss if output is None else output  # a torch optimizer given the closure returns its loss
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._optimizer, name)

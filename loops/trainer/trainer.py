@@ -19,11 +19,12 @@ from fabric_kit.loggers import FolderLogger, Logger, agree_on_versions
 from fabric_kit.wrappers import FabricModule
 from loops.callbacks.callback import Callback
 from loops.callbacks.checkpoint import Checkpoint
+from loops.callbacks.timer import Timer
 from loops.core.datamodule import LightningDataModule
 from loops.core.hooks import DataHooks
 from loops.core.module import LightningModule
 from loops.core.optimizer_config import parse_optimizers
-from loops.loggers.defaults import default_loggers, hyperparameters_to_log
+from loops.loggers.defaults import default_loggers, log_stage_start
 from loops.logging.hook_rules import NO_LOGGING
 from loops.trainer import arguments as args_check
 from loops.trainer import checkpointing
@@ -152,6 +153,8 @@ class Trainer(TrainerProperties):
         self.enable_model_summary = not self.barebones if enable_model_summary is None else enable_model_summary
         self._given_callbacks = args_check.with_default_callbacks(as_list(callbacks), self.enable_checkpointing,
                                                                   self.enable_progress_bar, self.enable_model_summary)
+        if self._max_seconds is not None and not any(isinstance(c, Timer) for c in self._given_callbacks):
+            self._given_callbacks.append(Timer(timedelta(seconds=self._max_seconds), interval="step", verbose=False))
         self.callbacks: list[Callback] = list(self._given_callbacks)
 
     # -- stages ---------------------------------------------------------------------------------------------------
@@ -263,22 +266,28 @@ class Trainer(TrainerProperties):
         try:
             self._prepare_and_setup(stage, model, datamodule)
             path = state.ckpt_path = checkpointing.resolve_ckpt_path(self, ckpt_path, stage)
+            model.zero_grad()  # no gradient of an earlier call reaches this one, as in Lightning
             if stage == "fit":
                 self._fit(model, path)
             else:
                 state.fabric_module = self.fabric.setup(StepRouter(model))
                 if path is not None:
                     checkpointing.restore_model(self, path, stage)
-                self._log_hyperparams(model)
+                log_stage_start(self._loggers, model, self.datamodule)
                 result = self._run_stage(stage)
         except BaseException as exception:
             self.state.status = TrainerStatus.INTERRUPTED
             hooks.call_callbacks("on_exception", exception)
             if datamodule is not None:
                 hooks.call_on(datamodule, "on_exception", exception)
-            raise
+            if not isinstance(exception, KeyboardInterrupt):
+                raise
+            self.print("\nDetected KeyboardInterrupt, attempting graceful shutdown ...")
+            result = KeyboardInterrupt
         finally:
             self._teardown(stage)
+        if result is KeyboardInterrupt:  # after the callbacks' on_exception and teardown, exit as Lightning does
+            raise SystemExit(1)
         if stage == "fit" and self.fit_loop.preempted:
             self._end_preempted()
         self.state.status = TrainerStatus.FINISHED
@@ -317,7 +326,7 @@ class Trainer(TrainerProperties):
         if ckpt_path is not None:
             checkpoint = checkpointing.restore_model(self, ckpt_path, "fit")
             checkpointing.restore_training_state(self, checkpoint, ckpt_path)
-        self._log_hyperparams(model)
+        log_stage_start(self._loggers, model, self.datamodule)
         hooks = self.run_state.hooks
         self.training = True
         try:
@@ -433,20 +442,6 @@ class Trainer(TrainerProperties):
             callbacks = [c for c in callbacks if type(c) not in types] + extra
         self.callbacks = [c for c in callbacks if not isinstance(c, Checkpoint)] + \
                          [c for c in callbacks if isinstance(c, Checkpoint)]
-
-    def _log_hyperparams(self, model: LightningModule) -> None:
-        """The module's and datamodule's initial hyperparameters (those `save_hyperparameters(logger=True)`
-        recorded) and the model's graph to every logger, as each stage starts."""
-        if not self._loggers:
-            return
-        params = hyperparameters_to_log(model, self.datamodule)
-        for logger in self._loggers:
-            if params is not None and hasattr(logger, "log_hyperparams"):
-                logger.log_hyperparams(params)
-            if hasattr(logger, "log_graph"):
-                logger.log_graph(model)
-            if hasattr(logger, "save"):
-                logger.save()
 
     # -- called by the module ---------------------------------------------------------------------------------------
     def _log(self, name: str, value: Any, prog_bar: bool, logger: bool, on_step: bool | None, on_epoch: bool | None,

@@ -1,0 +1,157 @@
+"""Trainer flags and loop rules as Lightning 2.6 has them, each run on Lightning and on loops (`both`): max_time's
+Timer, a sanity check that leaves the random generators alone, evaluation loaders' `set_epoch`, gradients freed
+before evaluation, no evaluation hooks without batches, and the graceful KeyboardInterrupt."""
+import logging
+import warnings
+
+import pytest
+import torch
+from torch.utils.data import DataLoader, SequentialSampler
+
+import loops
+import loops.callbacks
+from loops.callbacks import Timer
+
+pl = pytest.importorskip("lightning.pytorch")
+both = pytest.mark.parametrize("L", [pl, loops], ids=["lightning", "loops"])
+
+QUIET = dict(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+             enable_model_summary=False)
+
+
+@pytest.fixture(autouse=True)
+def _quiet():
+    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        yield
+
+
+def module_class(L):
+    class Model(L.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.layer = torch.nn.Linear(2, 1)
+            self.grads_at_evaluation = []
+
+        def training_step(self, batch, batch_idx):
+            return torch.nn.functional.dropout(self.layer(batch), 0.5).pow(2).mean()
+
+        def validation_step(self, batch, batch_idx):
+            torch.rand(3)  # the sanity check draws from the global generator too
+
+        def on_validation_start(self):
+            self.grads_at_evaluation.append([p.grad for p in self.parameters()])
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    return Model
+
+
+def data(n=8, **kwargs):
+    return DataLoader(torch.randn(n, 2, generator=torch.Generator().manual_seed(n)), batch_size=2, **kwargs)
+
+
+@both
+def test_max_time_adds_a_timer(L):
+    timer_class = Timer if L is loops else pl.callbacks.Timer
+    assert any(isinstance(c, timer_class) for c in L.Trainer(max_time={"hours": 1}, **QUIET).callbacks)
+    assert not any(isinstance(c, timer_class) for c in L.Trainer(**QUIET).callbacks)
+
+
+@both
+def test_the_sanity_check_leaves_the_random_generators_alone(L):
+    def trained(sanity_steps):
+        torch.manual_seed(0)
+        model = module_class(L)()
+        L.Trainer(max_epochs=1, num_sanity_val_steps=sanity_steps, **QUIET).fit(model, data(), data(4))
+        return model.layer.weight.detach().clone()
+
+    assert torch.equal(trained(0), trained(2))
+
+
+class EpochSampler(SequentialSampler):
+    def __init__(self, data_source):
+        super().__init__(data_source)
+        self.epochs = []
+
+    def set_epoch(self, epoch):
+        self.epochs.append(epoch)
+
+
+@both
+def test_evaluation_loaders_get_the_training_epoch(L):
+    val = DataLoader(torch.randn(4, 2), batch_size=2, sampler=EpochSampler(range(4)))
+    L.Trainer(max_epochs=3, **QUIET).fit(module_class(L)(), data(), val)
+    assert val.sampler.epochs == [0, 0, 1, 2]  # the sanity check, then each epoch's validation
+
+
+@both
+def test_gradients_are_freed_before_evaluation(L):
+    model = module_class(L)()
+    trainer = L.Trainer(max_epochs=1, num_sanity_val_steps=0, **QUIET)
+    trainer.fit(model, data(), data(4))  # validation after the epoch's last step frees them
+    trainer.fit_loop.max_epochs = 2
+    trainer.limit_val_batches = 0
+    trainer.fit(model, data())
+    assert all(p.grad is not None for p in model.parameters())  # the last step's, left after fit
+    trainer.limit_val_batches = 1.0
+    trainer.validate(model, data(4), verbose=False)
+    assert model.grads_at_evaluation == [[None, None], [None, None]]
+
+
+@both
+def test_no_evaluation_hook_runs_without_batches(L):
+    model = module_class(L)()
+    assert L.Trainer(limit_val_batches=0, **QUIET).validate(model, data(4), verbose=False) == []
+    assert model.grads_at_evaluation == []
+
+
+@both
+def test_a_keyboard_interrupt_shuts_down_gracefully(L):
+    class Interrupted(module_class(L)):
+        def training_step(self, batch, batch_idx):
+            if batch_idx == 1:
+                raise KeyboardInterrupt
+            return super().training_step(batch, batch_idx)
+
+    class Seen(L.Callback):
+        def on_exception(self, trainer, pl_module, exception):
+            self.exception = exception
+
+    seen = Seen()
+    trainer = L.Trainer(max_epochs=1, callbacks=[seen], **QUIET)
+    with pytest.raises(SystemExit) as exit_info:
+        trainer.fit(Interrupted(), data())
+    assert exit_info.value.code == 1 and isinstance(seen.exception, KeyboardInterrupt)
+    assert trainer.interrupted and trainer.state.status == "interrupted"
+
+
+@both
+def test_a_monitored_metric_never_logged_warns_instead_of_failing(L, tmp_path):
+    checkpoint_class = loops.callbacks.ModelCheckpoint if L is loops else pl.callbacks.ModelCheckpoint
+    checkpoint = checkpoint_class(tmp_path, monitor="val_loss")
+    trainer = L.Trainer(max_epochs=2, callbacks=[checkpoint], **{**QUIET, "enable_checkpointing": True})
+    with pytest.warns(UserWarning, match="val_loss"):
+        trainer.fit(module_class(L)(), data())  # no validation data: val_loss never comes
+    assert (trainer.current_epoch, checkpoint.best_model_path, list(tmp_path.iterdir())) == (2, "", [])
+
+
+@both
+def test_optimizer_step_returns_the_closures_loss(L):
+    class Stepping(module_class(L)):
+        def optimizer_step(self, epoch, batch_idx, optimizer, optimizer_closure=None):
+            self.returned = optimizer.step(closure=optimizer_closure)
+
+    model = Stepping()
+    L.Trainer(max_steps=1, **QUIET).fit(model, data())
+    assert isinstance(model.returned, torch.Tensor) and model.returned.ndim == 0
+
+
+@both
+def test_learning_rates_reach_callback_metrics(L, tmp_path):
+    monitor = (loops.callbacks if L is loops else pl.callbacks).LearningRateMonitor()
+    trainer = L.Trainer(max_epochs=1, callbacks=[monitor], **{**QUIET, "logger": True, "default_root_dir": tmp_path})
+    trainer.fit(module_class(L)(), data())
+    assert float(trainer.callback_metrics["lr-SGD"]) == pytest.approx(0.1)
