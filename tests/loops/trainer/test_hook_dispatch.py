@@ -2,9 +2,7 @@
 LambdaCallback's plain functions, steps switched off with None, steps without `batch_idx`; and how `ckpt_path`
 is read (`weights_only`, `strict_loading`). Each runs on Lightning 2.6 and on loops (`both`)."""
 import functools
-import logging
 import pickle
-import warnings
 from unittest.mock import Mock
 
 import pytest
@@ -14,20 +12,9 @@ from torch.utils.data import DataLoader
 import loops
 from fabric_kit.checkpoint import UnsafeCheckpointError
 from loops import callbacks as loops_callbacks
+from tests.helpers.both_trainers import QUIET, both, pl, quiet  # noqa: F401  (quiet: a fixture used below)
 
-pl = pytest.importorskip("lightning.pytorch")
-both = pytest.mark.parametrize("L", [pl, loops], ids=["lightning", "loops"])
-
-QUIET = dict(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-             enable_model_summary=False)
-
-
-@pytest.fixture(autouse=True)
-def _quiet():
-    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        yield
+pytestmark = pytest.mark.usefixtures("quiet")
 
 
 def callbacks_of(L):

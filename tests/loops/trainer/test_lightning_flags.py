@@ -1,8 +1,6 @@
 """Trainer flags and loop rules as Lightning 2.6 has them, each run on Lightning and on loops (`both`): max_time's
 Timer, a sanity check that leaves the random generators alone, evaluation loaders' `set_epoch`, gradients freed
 before evaluation, no evaluation hooks without batches, and the graceful KeyboardInterrupt."""
-import logging
-import warnings
 
 import pytest
 import torch
@@ -11,20 +9,9 @@ from torch.utils.data import DataLoader, SequentialSampler
 import loops
 import loops.callbacks
 from loops.callbacks import Timer
+from tests.helpers.both_trainers import QUIET, both, pl, quiet  # noqa: F401  (quiet: a fixture used below)
 
-pl = pytest.importorskip("lightning.pytorch")
-both = pytest.mark.parametrize("L", [pl, loops], ids=["lightning", "loops"])
-
-QUIET = dict(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-             enable_model_summary=False)
-
-
-@pytest.fixture(autouse=True)
-def _quiet():
-    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        yield
+pytestmark = pytest.mark.usefixtures("quiet")
 
 
 def module_class(L):

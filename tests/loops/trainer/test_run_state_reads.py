@@ -1,7 +1,5 @@
 """What users read off a Trainer while and after it runs, checked on Lightning 2.6 and on loops alike (`both`):
 the checkpoint path, the state and its enums, max_epochs, the dataloaders, the strategy, the metrics."""
-import logging
-import warnings
 
 import pytest
 import torch
@@ -10,20 +8,9 @@ from torch.utils.data import DataLoader
 import loops
 from fabric_kit.strategies import SingleDeviceStrategy
 from loops.trainer import states
+from tests.helpers.both_trainers import QUIET, both, pl, quiet  # noqa: F401  (quiet: a fixture used below)
 
-pl = pytest.importorskip("lightning.pytorch")
-both = pytest.mark.parametrize("L", [pl, loops], ids=["lightning", "loops"])
-
-QUIET = dict(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-             enable_model_summary=False)
-
-
-@pytest.fixture(autouse=True)
-def _quiet():
-    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        yield
+pytestmark = pytest.mark.usefixtures("quiet")
 
 
 def module_class(L):

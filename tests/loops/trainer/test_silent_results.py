@@ -1,7 +1,5 @@
 """Results that used to come out wrong without an error, each run the same way on Lightning 2.6 and on loops
 (`both`): the two must agree, and the expected value is written out too, so the test fails if both change."""
-import logging
-import warnings
 
 import pytest
 import torch
@@ -9,20 +7,9 @@ from torch.utils.data import DataLoader, IterableDataset
 
 import loops
 from loops.callbacks import BasePredictionWriter
+from tests.helpers.both_trainers import QUIET, both, pl, quiet  # noqa: F401  (quiet: a fixture used below)
 
-pl = pytest.importorskip("lightning.pytorch")
-both = pytest.mark.parametrize("L", [pl, loops], ids=["lightning", "loops"])
-
-QUIET = dict(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-             enable_model_summary=False)
-
-
-@pytest.fixture(autouse=True)
-def _quiet():
-    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        yield
+pytestmark = pytest.mark.usefixtures("quiet")
 
 
 def module_class(L):
