@@ -38,6 +38,7 @@ and the allocator kept is reused without showing).
 Targets (issue 13): fabric_kit at most 1.15x raw's time and 1.1x raw's peak memory, for save and load.
 
     python benchmarks/checkpoint_io.py [--mb 600] [--rounds 5] [--fsdp-mb 200] [--fsdp-rounds 3] [--markdown]
+    python benchmarks/checkpoint_io.py --fsdp-only --fsdp-rounds 7   # the sharded comparison alone
 """
 from __future__ import annotations
 
@@ -491,6 +492,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--fsdp-mb", type=float, default=200, help="sharded state in MB, both ranks (default 200)")
     parser.add_argument("--fsdp-rounds", type=int, default=3, help="interleaved sharded rounds (default 3)")
     parser.add_argument("--no-fsdp", action="store_true", help="leave the sharded FSDP comparison out")
+    parser.add_argument("--fsdp-only", action="store_true", help="run only the sharded FSDP comparison")
     parser.add_argument("--no-lightning", action="store_true", help="leave Lightning Fabric out")
     parser.add_argument("--cold", action="store_true", help="drop each file's cached pages before loading it")
     parser.add_argument("--dir", type=Path, default=Path(tempfile.gettempdir()),
@@ -499,6 +501,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--one", nargs=3, metavar=("OP", "KIND", "PATH"), help=argparse.SUPPRESS)
     parser.add_argument("--fsdp-worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.no_fsdp and args.fsdp_only:
+        parser.error("--no-fsdp and --fsdp-only leave nothing to run; pass at most one of them")
     if args.one:
         print(json.dumps(one(*args.one, args.mb)))
         return
@@ -518,24 +522,14 @@ def main(argv: list[str] | None = None) -> None:
     args.dir.mkdir(parents=True, exist_ok=True)
     directory = Path(tempfile.mkdtemp(prefix="checkpoint_io-", dir=args.dir))
     try:
-        results = single_process(kinds, args.mb, args.rounds, directory, args.cold)
-        state_mb = results[("save", "raw")][0]["state_mb"]
-        file_mb = results[("save", "raw")][0]["file_mb"]
+        results = {} if args.fsdp_only else single_process(kinds, args.mb, args.rounds, directory, args.cold)
         fsdp_mb = None
         if not args.no_fsdp:
             sharded_results, fsdp_mb = sharded(args.fsdp_mb, args.fsdp_rounds, directory)
             results.update(sharded_results)
     finally:
         shutil.rmtree(directory, ignore_errors=True)
-    reset = all(r.get("peak_reset", True) for rounds in results.values() for r in rounds)
-    width = width_for(args.mb)
-    header = [f"MLP of {LAYERS} {width}×{width} layers + Adam state after one step: {state_mb:.0f} MB in memory, "
-              f"{file_mb:.0f} MB on disk; written to {file_system(args.dir)}, "
-              f"{'cold' if args.cold else 'warm'} page cache for loads. Single-process figures: fastest of "
-              f"{args.rounds} interleaved round(s), one fresh process per operation, peak RSS "
-              f"{'(high-water mark reset before the operation)' if reset else '(ru_maxrss, not reset)'} counted "
-              f"from the RSS before the state was built (state + operation); added = peak − RSS just before the "
-              f"operation."]
+    header = [] if args.fsdp_only else [single_process_header(results, args)]
     if fsdp_mb is not None:
         header.append(f"Sharded: {fsdp_mb:.0f} MB of state over 2 CPU processes (gloo), fastest of "
                       f"{args.fsdp_rounds} interleaved round(s) in the same two processes, timed between barriers; "
@@ -545,6 +539,21 @@ def main(argv: list[str] | None = None) -> None:
     if not args.markdown:
         header = [line.replace("×", "x").replace("−", "-") for line in header]
     print(report(summarize(results), args.markdown, header))
+
+
+def single_process_header(results: dict, args: argparse.Namespace) -> str:
+    """The paragraph above the table describing the single-process state and how it was measured."""
+    state_mb = results[("save", "raw")][0]["state_mb"]
+    file_mb = results[("save", "raw")][0]["file_mb"]
+    reset = all(r.get("peak_reset", True) for rounds in results.values() for r in rounds)
+    width = width_for(args.mb)
+    return (f"MLP of {LAYERS} {width}×{width} layers + Adam state after one step: {state_mb:.0f} MB in memory, "
+            f"{file_mb:.0f} MB on disk; written to {file_system(args.dir)}, "
+            f"{'cold' if args.cold else 'warm'} page cache for loads. Single-process figures: fastest of "
+            f"{args.rounds} interleaved round(s), one fresh process per operation, peak RSS "
+            f"{'(high-water mark reset before the operation)' if reset else '(ru_maxrss, not reset)'} counted "
+            f"from the RSS before the state was built (state + operation); added = peak − RSS just before the "
+            f"operation.")
 
 
 if __name__ == "__main__":

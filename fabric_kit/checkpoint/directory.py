@@ -11,8 +11,9 @@ file systems) the swap is two renames, `path` -> `.<name>.old` then staging -> `
 
 Checksumming is split by file: `share` gives each of a job's ranks a part of the files (balanced by size), so the
 ranks of a sharded save each checksum a part of the directory and one rank writes the manifest, and on load each
-rank verifies its part (`verify_directory(path, rank, world_size)`); the caller makes the ranks agree. CRC-32s are
-computed by zlib-ng (the same checksum as the standard library's zlib, several times faster).
+rank verifies its part (`verify_directory(path, rank, world_size)`); the caller makes the ranks agree. A writer that
+checksummed its files as it wrote them (`crc.ChecksummedFile`) hands their records over instead, and those files
+are not read again.
 """
 from __future__ import annotations
 
@@ -27,8 +28,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from zlib_ng.zlib_ng import crc32
-
+from fabric_kit.checkpoint.crc import file_crc32
 from fabric_kit.checkpoint.errors import CheckpointCorruptedError
 from fabric_kit.checkpoint.io import fsync_directory
 
@@ -36,7 +36,6 @@ MANIFEST = "fabric_kit_manifest.json"
 _FORMAT = "fabric_kit-directory/1"
 _RENAME_EXCHANGE = 2
 _AT_FDCWD = -100
-_CHUNK = 4 * 2**20
 
 Records = dict[str, dict[str, int]]
 """A manifest's entries: each file's path relative to the directory -> {"size": bytes, "crc32": checksum}."""
@@ -101,9 +100,17 @@ def checksum(directory: str | os.PathLike[str], names: list[str], fsync: bool) -
     directory = Path(directory)
     records = {}
     for name in names:
-        size, crc = _size_and_crc(directory / name, fsync)
+        size, crc = file_crc32(directory / name, fsync)
         records[name] = {"size": size, "crc32": crc}
     return records
+
+
+def completed(directory: str | os.PathLike[str], known: Records) -> Records:
+    """The manifest records of every file under `directory`: `known`'s for the files it holds at their recorded
+    size (those a writer checksummed as it wrote them), the others fsynced and checksummed here."""
+    sizes = file_sizes(directory)
+    records = {name: known[name] for name, size in sizes.items() if known.get(name, {}).get("size") == size}
+    return {**records, **checksum(directory, [name for name in sizes if name not in records], fsync=True)}
 
 
 def write_manifest(directory: str | os.PathLike[str], records: Records | None = None) -> None:
@@ -147,7 +154,7 @@ def verify_directory(path: str | os.PathLike[str], rank: int = 0, world_size: in
         _check_size(file, file.stat().st_size, expected)
     for name in share({name: expected["size"] for name, expected in files.items()}, rank, world_size):
         file, expected = path / name, files[name]
-        size, crc = _size_and_crc(file, fsync=False)
+        size, crc = file_crc32(file)
         _check_size(file, size, expected)
         if crc != expected["crc32"]:
             raise CheckpointCorruptedError(file, f"damaged: the contents do not match the manifest's checksum (crc32 "
@@ -157,18 +164,6 @@ def verify_directory(path: str | os.PathLike[str], rank: int = 0, world_size: in
 def _check_size(file: Path, size: int, expected: dict[str, int]) -> None:
     if size != expected["size"]:
         raise CheckpointCorruptedError(file, f"damaged: {size} bytes, the manifest records {expected['size']}")
-
-
-def _size_and_crc(file: Path, fsync: bool) -> tuple[int, int]:
-    size, crc = 0, 0
-    buffer = memoryview(bytearray(_CHUNK))
-    with open(file, "rb", buffering=0) as f:
-        while read := f.readinto(buffer):
-            crc = crc32(buffer[:read], crc)
-            size += read
-        if fsync:
-            os.fsync(f.fileno())
-    return size, crc
 
 
 def _swap_in(staging: Path, path: Path) -> None:

@@ -18,6 +18,7 @@ from fabric_kit.checkpoint.directory import (
     Records,
     atomic_directory,
     checksum,
+    completed,
     file_sizes,
     share,
     staging_path,
@@ -161,10 +162,14 @@ class ParallelStrategy(Strategy):
         return bool(votes == self.world_size) if all else bool(votes > 0)
 
     @contextmanager
-    def checkpoint_directory(self, path: str) -> Iterator[Path]:
+    def checkpoint_directory(self, path: str, known: Records | None = None) -> Iterator[Path]:
         """A directory checkpoint every rank writes into: rank 0 stages it atomically, all ranks write into the
-        staging path, each rank fsyncs and checksums its share of the files, and rank 0 writes the manifest of
-        them all and swaps the directory in.
+        staging path, and rank 0 writes the manifest of every file and swaps the directory in.
+
+        The manifest's records: with `known`, a dict that the block fills on rank 0 with the records of the files
+        it wrote, checksummed while they were written (DCP's writer here gathers every rank's), those files are
+        not read again and rank 0 checksums any others; without it, each rank fsyncs and checksums its `share` of
+        the files, and rank 0 gathers the records.
 
         Each step ends with the ranks agreeing that it succeeded everywhere (a collective, in place of a barrier):
         when any rank's step failed, every rank raises (that rank its own error, the others a
@@ -179,6 +184,10 @@ class ParallelStrategy(Strategy):
         with self._on_every_rank(path, "swapping the directory in"), stack:
             with self._on_every_rank(path, "writing its part"):
                 yield staging
+            if known is not None:
+                if self.is_global_zero:
+                    records.update(completed(staging, known))
+                return
             sizes: dict[str, int] = {}
             with self._on_every_rank(path, "listing the files"):
                 if self.is_global_zero:

@@ -18,6 +18,7 @@ from torch.nn import Module
 from torch.optim import Optimizer
 
 from fabric_kit.checkpoint import sharded as checkpoint
+from fabric_kit.checkpoint.directory import Records
 from fabric_kit.checkpoint.errors import reported_write_errors
 from fabric_kit.checkpoint.sharded import PLAIN_ENTRIES, ShardedStateDict, is_sharded_checkpoint
 from fabric_kit.checkpoint.sharded_reading import load_sharded
@@ -135,9 +136,10 @@ class ShardedStrategy(ParallelStrategy):
             super().write_entries(path, entries, state)
             return
         shards = {key: value for key, value in entries.items() if isinstance(value, ShardedStateDict)}
-        with self.checkpoint_directory(path) as staging:
+        written: Records = {}  # DCP's files, checksummed as they are written: the manifest needs no second read
+        with self.checkpoint_directory(path, known=written) as staging:
             with reported_write_errors(path):
-                dcp.save(shards, storage_writer=ReportingFileSystemWriter(staging))
+                dcp.save(shards, storage_writer=ReportingFileSystemWriter(staging, written))
             super().write_entries(str(staging / PLAIN_ENTRIES),
                                   {key: value for key, value in entries.items() if key not in shards}, state)
 

@@ -14,6 +14,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from fabric_kit import Fabric
+from fabric_kit.collective_log import LOG
 from fabric_kit.strategies.fsdp import FSDPStrategy
 
 VOCAB, DIM, SEQ, STEPS, SPLIT = 8, 16, 6, 12, 6
@@ -95,6 +96,17 @@ def resumed(fabric, out, kind):
     return {"losses": first + rest, "step": state["step"], "is_dir": os.path.isdir(path)}
 
 
+def collectives(fabric, out, model, optimizer):
+    """How many collectives fabric_kit itself runs in one sharded save and one load of it (the collective log's
+    count; torch.distributed.checkpoint's own are not in it)."""
+    counts, path = {}, os.path.join(out, "counted")
+    for op, run in (("save", fabric.save), ("load", fabric.load)):
+        before = LOG.entered[0]
+        run(path, {"model": model, "optimizer": optimizer, "step": STEPS})
+        counts[op] = LOG.entered[0] - before
+    return counts
+
+
 def damaged_shards(fabric, out, model, optimizer):
     """Load copies of the final checkpoint with one byte flipped in one rank's shard file. The ranks split the
     checksumming (each verifies one of the two shard files), so for either file both ranks must raise; per file, the
@@ -165,6 +177,7 @@ def fsdp_scenarios(fabric, out):
     result["final_weights"] = full_weights(model)
 
     result["damaged"] = damaged_shards(fabric, out, model, optimizer)
+    result["collectives"] = collectives(fabric, out, model, optimizer)
 
     # Joint setup, the converted loop's idiom: the optimizer built from the unsharded model is re-pointed.
     torch.manual_seed(0)

@@ -85,6 +85,16 @@ def test_a_damaged_shard_fails_the_load_on_every_rank(fsdp, shard):
         assert str(out / f"damaged{shard}" / shard) in message and "checksum" in message
 
 
+def test_a_sharded_save_and_its_load_run_a_fixed_number_of_collectives(fsdp):
+    # Save: every rank's RNG states gathered (2 all_gathers: sizes, bytes), the ranks agree that the staging
+    # directory exists, that every rank wrote its part, and that rank 0 swapped it in (3 all_reduces), and
+    # fabric.save's closing barrier. The manifest's records travel with DCP's own gathering of the write results.
+    # Load: the ranks agree that their shares of the files verified (1 all_reduce), and fabric.load's barrier.
+    ranks, _ = fsdp
+    for result in ranks:
+        assert result["collectives"] == {"save": 6, "load": 2}
+
+
 def test_sharded_directory_is_read_by_torch_distributed_checkpoint_alone(fsdp, tmp_path):
     from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
 
