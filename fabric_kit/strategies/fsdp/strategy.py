@@ -121,6 +121,14 @@ class FSDPStrategy(ShardedStrategy, BackwardSyncControl):
             repoint_optimizer(optimizer, names, module)
         return module, [self.setup_optimizer(opt) for opt in optimizers], scheduler
 
+    def _create_optimizer_after(self, problem: str) -> str:
+        """FSDP also takes the optimizer at joint setup (re-pointed to the shards), so its advice offers both."""
+        return (f"{problem}. FSDP replaces every parameter with a sharded one when it sets up the model, so the "
+                "optimizer must update that model's parameters: set both up together, `model, optimizer = "
+                "fabric.setup(model, optimizer)` with the optimizer built from that model, or create it afterwards: "
+                "`model = fabric.setup_module(model)`, then `optimizer = torch.optim.AdamW(model.parameters())` and "
+                "`optimizer = fabric.setup_optimizers(optimizer)`")
+
     def setup_module(self, module: Module) -> Module:
         if self._mesh is None:
             raise RuntimeError("FSDPStrategy has no device mesh yet: call `fabric.launch()` before setting up models")
