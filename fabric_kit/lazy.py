@@ -9,6 +9,12 @@ from collections.abc import Callable
 from typing import Any
 
 
+def resolve(target: str) -> Any:
+    """The object a `"module:attribute"` path names, importing its module."""
+    path, attribute = target.split(":")
+    return getattr(importlib.import_module(path), attribute)
+
+
 def lazy_attributes(module_name: str, targets: dict[str, str]) -> tuple[Callable[[str], Any], Callable[[], list[str]]]:
     """`(__getattr__, __dir__)` for module `module_name`, resolving each name of `targets` from its
     `"module:attribute"` on first access and keeping it in the module, so the import happens once."""
@@ -17,8 +23,7 @@ def lazy_attributes(module_name: str, targets: dict[str, str]) -> tuple[Callable
         target = targets.get(name)
         if target is None:
             raise AttributeError(f"module {module_name!r} has no attribute {name!r}")
-        path, _, attribute = target.partition(":")
-        value = getattr(importlib.import_module(path), attribute)
+        value = resolve(target)
         setattr(sys.modules[module_name], name, value)
         return value
 

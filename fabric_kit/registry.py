@@ -3,8 +3,9 @@
 given as `"module:Class"`, imported when first used, so that listing names imports no optional package."""
 from __future__ import annotations
 
-import importlib
 from typing import Any, NamedTuple, TypeVar
+
+from fabric_kit.lazy import resolve
 
 T = TypeVar("T", bound=type)
 
@@ -24,8 +25,7 @@ class Entry(NamedTuple):
     def resolve(self) -> type:
         if isinstance(self.target, type):
             return self.target
-        module_name, class_name = self.target.split(":")
-        cls: type = getattr(importlib.import_module(module_name), class_name)
+        cls: type = resolve(self.target)
         return cls
 
 
