@@ -27,6 +27,11 @@ from fabric_kit.strategies.fsdp.sharding import has_meta_tensors
 from fabric_kit.strategies.fsdp.writer import ReportingFileSystemWriter
 from fabric_kit.strategies.parallel import ParallelStrategy
 
+OPTIMIZER_AFTER_SETUP = ("`model = fabric.setup_module(model)`, then "
+                         "`optimizer = torch.optim.AdamW(model.parameters())` and "
+                         "`optimizer = fabric.setup_optimizers(optimizer)`")
+"""How to build an optimizer over a sharded model's parameters, for the errors that refuse one built before."""
+
 
 class ShardedStrategy(ParallelStrategy):
     """A parallel strategy whose `setup_module` replaces parameters by DTensors. Subclasses answer
@@ -91,9 +96,7 @@ class ShardedStrategy(ParallelStrategy):
 
     def _create_optimizer_after(self, problem: str) -> str:
         return (f"{problem}. {type(self).__name__} replaces every parameter with a sharded one (a DTensor) when it "
-                "sets up the model, so the optimizer must be created afterwards: `model = fabric.setup_module("
-                "model)`, then `optimizer = torch.optim.AdamW(model.parameters())` and `optimizer = "
-                "fabric.setup_optimizers(optimizer)`")
+                f"sets up the model, so the optimizer must be created afterwards: {OPTIMIZER_AFTER_SETUP}")
 
     # -- the training step ----------------------------------------------------------------------------------------
     def clip_gradients_norm(self, module: Module, optimizer: Optimizer, max_norm: float, norm_type: float = 2.0,

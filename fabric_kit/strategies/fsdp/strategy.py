@@ -33,7 +33,7 @@ from fabric_kit.strategies.fsdp.sharding import (
     without_gradient_sync,
 )
 from fabric_kit.strategies.parallel import StartMethod
-from fabric_kit.strategies.sharded import ShardedStrategy
+from fabric_kit.strategies.sharded import OPTIMIZER_AFTER_SETUP, ShardedStrategy
 from fabric_kit.strategies.strategy import BackwardSyncControl
 
 StateDictType = Literal["sharded", "full"]
@@ -126,8 +126,7 @@ class FSDPStrategy(ShardedStrategy, BackwardSyncControl):
         return (f"{problem}. FSDP replaces every parameter with a sharded one when it sets up the model, so the "
                 "optimizer must update that model's parameters: set both up together, `model, optimizer = "
                 "fabric.setup(model, optimizer)` with the optimizer built from that model, or create it afterwards: "
-                "`model = fabric.setup_module(model)`, then `optimizer = torch.optim.AdamW(model.parameters())` and "
-                "`optimizer = fabric.setup_optimizers(optimizer)`")
+                f"{OPTIMIZER_AFTER_SETUP}")
 
     def setup_module(self, module: Module) -> Module:
         if self._mesh is None:
