@@ -28,6 +28,8 @@ PATHS = [
     ("fabric_kit.plugins", "XLAPrecision", "fabric_kit.precision:XLAPrecision"),
     ("fabric_kit.plugins", "DeepSpeedPrecision", "fabric_kit.strategies.deepspeed:DeepSpeedPrecision"),
     ("fabric_kit.plugins", "ClusterEnvironment", "fabric_kit.environments:ClusterEnvironment"),
+    ("fabric_kit.plugins", "BitsandbytesPrecision", "fabric_kit.precision.bitsandbytes:BitsandbytesPrecision"),
+    ("fabric_kit.plugins.precision", "Float8Precision", "fabric_kit.precision.fp8:Float8Precision"),
     ("fabric_kit.plugins.precision", "DeepSpeedPrecision", "fabric_kit.strategies.deepspeed:DeepSpeedPrecision"),
     ("fabric_kit.plugins.environments", "LightningEnvironment", "fabric_kit.environments:LocalEnvironment"),
     ("fabric_kit.plugins.environments", "SLURMEnvironment", "fabric_kit.environments:SLURMEnvironment"),
@@ -66,7 +68,6 @@ ABSENT = {
         "CheckpointIO": "no CheckpointIO plugin yet", "TorchCheckpointIO": "no CheckpointIO plugin yet",
         "XLACheckpointIO": "no CheckpointIO plugin yet", "DoublePrecision": "being written (precision plugins)",
         "HalfPrecision": "being written (precision plugins)", "FSDPPrecision": "being written (precision plugins)",
-        "BitsandbytesPrecision": "bitsandbytes is not supported",
         "TransformerEnginePrecision": "Transformer Engine is not supported",
     },
     "lightning.fabric.utilities": {
@@ -124,7 +125,8 @@ def test_an_unknown_lazy_name_is_an_attribute_error():
 def test_the_public_modules_import_nothing_heavy():
     modules = ("fabric_kit.strategies", "fabric_kit.plugins", "fabric_kit.plugins.precision",
                "fabric_kit.plugins.environments", "fabric_kit.utilities", "fabric_kit.accelerators")
-    heavy = ("deepspeed", "torch_xla", "tensorboardX", "loops", "lightning", "lightning_utilities", "fsspec",
+    heavy = ("deepspeed", "torch_xla", "bitsandbytes", "torchao", "tensorboardX", "loops", "lightning",
+             "lightning_utilities", "fsspec",
              "torch.distributed.fsdp", "fabric_kit.strategies.fsdp", "fabric_kit.strategies.deepspeed",
              "fabric_kit.strategies.xla")
     code = (f"import sys, importlib\nfor m in {modules!r}: importlib.import_module(m)\n"
