@@ -9,30 +9,26 @@ optional dependency (`pip install 'fabric_kit[bitsandbytes]'`), imported when th
 from __future__ import annotations
 
 from collections.abc import Iterable
-from contextlib import AbstractContextManager
 from typing import Any
 
 import torch
 
-from fabric_kit.collections import apply_to_collection
-from fabric_kit.precision.dtype import default_dtype, to_floating_dtype_tensor
-from fabric_kit.precision.precision import Precision
+from fabric_kit.precision.dtype import TruePrecision
 
 INSTALL_HINT = "pip install 'fabric_kit[bitsandbytes]'"
 MODES = ("nf4", "nf4-dq", "fp4", "fp4-dq", "int8", "int8-training")
 
 
-class BitsandbytesPrecision(Precision):
+class BitsandbytesPrecision(TruePrecision):
     """Lightning's `BitsandbytesPrecision(mode, dtype, ignore_modules)`.
 
     `mode`: "nf4" / "fp4" (4-bit weights, `-dq` adds double quantization of the scales), "int8" (frozen 8-bit
     weights) or "int8-training" (8-bit matmuls with trainable 16/32-bit weights). `dtype` is the compute dtype of the
     quantized layers and of the rest of the model (default float32). `ignore_modules` names the submodules (by
     qualified name, or a prefix of one) whose Linear layers stay unquantized. Only layers of type `nn.Linear` itself are
-    quantized (not subclasses, e.g. `nn.MultiheadAttention`'s output projection).
+    quantized (not subclasses, e.g. `nn.MultiheadAttention`'s output projection). Parameters, inputs and
+    initialization take `dtype` as under the `-true` precisions.
     """
-
-    transforms_io = True
 
     def __init__(self, mode: str, dtype: torch.dtype | None = None, ignore_modules: Iterable[str] = ()) -> None:
         if mode not in MODES:
@@ -41,13 +37,12 @@ class BitsandbytesPrecision(Precision):
             import bitsandbytes  # noqa: F401
         except ImportError as error:
             raise ImportError(f"BitsandbytesPrecision needs bitsandbytes: {INSTALL_HINT}") from error
+        super().__init__(dtype or torch.float32, f"bitsandbytes-{mode}")
         self.mode = mode
-        self.name = f"bitsandbytes-{mode}"
-        self.dtype = dtype or torch.float32
         self.ignore_modules = tuple(ignore_modules)
 
     def convert_module(self, module: torch.nn.Module) -> torch.nn.Module:
-        module = module.to(self.dtype)
+        module = super().convert_module(module)
         for name, child in list(module.named_modules()):
             # Exactly nn.Linear: subclasses such as MultiheadAttention's out_proj are used through their weight
             # tensor, which a quantized layer does not hold in a usable dtype.
@@ -61,14 +56,8 @@ class BitsandbytesPrecision(Precision):
             setattr(parent, attribute, self._quantized(child))
         return module
 
-    def tensor_init_context(self) -> AbstractContextManager[Any]:
-        return default_dtype(self.dtype)
-
-    def forward_context(self) -> AbstractContextManager[Any]:
-        return default_dtype(self.dtype)
-
-    def convert_input(self, data: Any) -> Any:
-        return apply_to_collection(data, torch.Tensor, to_floating_dtype_tensor, self.dtype)
+    def convert_output(self, data: Any) -> Any:
+        return data  # outputs stay in the compute dtype (the `-true` precisions return float32)
 
     def _ignored(self, name: str) -> bool:
         return any(name == ignored or name.startswith(f"{ignored}.") for ignored in self.ignore_modules)
