@@ -215,11 +215,12 @@ def test_print_config_is_valid_input_for_every_subcommand(capsys, tmp_path):
 
 
 def test_run_false_builds_without_running(tmp_path):
+    # Full class paths: once any test has imported bitsandbytes, its own SGD makes the short name ambiguous.
     with pytest.warns(UserWarning, match="Net.configure_optimizers is replaced"):
         cli = LightningCLI(script.Net, script.RegressionData, run=False, seed_everything_default=3,
                            trainer_defaults={"default_root_dir": str(tmp_path), "accelerator": "cpu"},
-                           args=["--model.hidden", "2", "--optimizer", "SGD", "--optimizer.lr", "0.3", "--lr_scheduler",
-                                 "loops.cli.ReduceLROnPlateau", "--lr_scheduler.monitor", "val_loss"])
+                           args=["--model.hidden", "2", "--optimizer", "torch.optim.SGD", "--optimizer.lr", "0.3",
+                                 "--lr_scheduler", "loops.cli.ReduceLROnPlateau", "--lr_scheduler.monitor", "val_loss"])
     assert cli.subcommand is None and cli.config["seed_everything"] == 3
     assert cli.model.hparams == {"hidden": 2, "lr": 0.1} and cli.trainer.default_root_dir == str(tmp_path)
     configured = cli.model.configure_optimizers()
@@ -279,7 +280,7 @@ def test_optimizers_injected_into_the_model_or_linked_to_an_argument(tmp_path):
             return self.optimizer(self.parameters())
 
     cli = LightningCLI(Injected, script.RegressionData, run=False, seed_everything_default=False,
-                       args=["--model.optimizer", "SGD", "--model.optimizer.momentum", "0.5"])
+                       args=["--model.optimizer", "torch.optim.SGD", "--model.optimizer.momentum", "0.5"])
     optimizer = cli.model.configure_optimizers()
     assert isinstance(optimizer, torch.optim.SGD) and optimizer.param_groups[0]["momentum"] == 0.5
 
