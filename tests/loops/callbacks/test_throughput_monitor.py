@@ -1,11 +1,15 @@
 """ThroughputMonitor on real CPU fits: rates per device and their consistency (samples = 4 x batches for batches of
 4), items with a length function, FLOPs and MFU when the peak is known, validation and test stages; the rolling
 window arithmetic on fixed times."""
+import importlib
+
 import pytest
 import torch
+from torch.utils.data import DataLoader
 
+import loops
 from loops.callbacks import ThroughputMonitor
-from loops.callbacks.throughput_monitor import Throughput, compute_dtype, get_available_flops
+from tests.helpers.both_trainers import QUIET, pl, quiet  # noqa: F401 (quiet is a fixture)
 from tests.helpers.loops import Regression, loader, make_trainer
 
 
@@ -70,6 +74,8 @@ def test_accumulation_logs_whole_windows_and_test_stage_has_its_own_prefix():
 
 
 def test_rolling_window_arithmetic_and_global_rates():
+    from fabric_kit.throughput import Throughput
+
     throughput = Throughput(available_flops=100.0, world_size=2, window_size=3)
     for i, t in enumerate([1.0, 2.0, 3.0, 5.0], start=1):
         throughput.update(time=t, batches=i, samples=8 * i, lengths=80 * i, flops=50)
@@ -85,7 +91,45 @@ def test_rolling_window_arithmetic_and_global_rates():
         ThroughputMonitor(batch_size_fn=len, window_size=1)
 
 
-def test_peak_flops_lookup():
-    assert get_available_flops(torch.device("cpu"), torch.float32) is None
-    assert compute_dtype("bf16-mixed") is torch.bfloat16 and compute_dtype("16-true") is torch.float16
-    assert compute_dtype("32-true") is torch.float32
+
+def _logged_keys(L):
+    """(step, stage keys) of every log call of Lightning's or loops' ThroughputMonitor: a 2-epoch fit with
+    validation, then two test calls."""
+    boring_classes = importlib.import_module(f"{L.__name__}.demos.boring_classes")
+
+    class Keeping(L.loggers.Logger):
+        name, version = "keeping", 0
+
+        def __init__(self):
+            super().__init__()
+            self.calls = []
+
+        def log_metrics(self, metrics, step=None):
+            self.calls.append((step, sorted(metrics)))
+
+        def log_hyperparams(self, *args, **kwargs):
+            pass
+
+    class Model(boring_classes.BoringModel):
+        def val_dataloader(self):
+            return DataLoader(torch.randn(8, 32), batch_size=2)
+
+        def test_dataloader(self):
+            return DataLoader(torch.randn(6, 32), batch_size=2)
+
+    logger = Keeping()
+    trainer = L.Trainer(**{**QUIET, "logger": logger}, max_epochs=2, limit_train_batches=4, log_every_n_steps=1,
+                        num_sanity_val_steps=0,
+                        callbacks=[L.callbacks.ThroughputMonitor(lambda batch: batch.shape[0], window_size=2)])
+    trainer.fit(Model())
+    trainer.test(Model(), verbose=False)
+    trainer.test(Model(), verbose=False)
+    return logger.calls
+
+
+@pytest.mark.usefixtures("quiet")
+def test_logged_keys_and_steps_are_lightnings():
+    ours, theirs = _logged_keys(loops), _logged_keys(pl)
+    assert ours == theirs
+    assert [step for step, keys in ours if "test/batches" in keys] == [1, 2, 3, 4, 5, 6]  # test() carries on
+    assert all("epoch" in keys for _, keys in ours if "train/batches" in keys)
