@@ -165,16 +165,15 @@ class ThroughputMonitor(Throughput):
             available_flops = get_available_flops(fabric.device, compute_dtype(fabric.precision))
         super().__init__(available_flops=available_flops, world_size=fabric.world_size, **kwargs)
         self._fabric = fabric
-        self._is_global_zero = fabric.is_global_zero
         self.step = -1
 
     def update(self, *, time: float, batches: int, samples: int, lengths: int | None = None,
                flops: float | None = None) -> None:
-        if self._is_global_zero:
+        if self._fabric.is_global_zero:
             super().update(time=time, batches=batches, samples=samples, lengths=lengths, flops=flops)
 
     def compute(self) -> dict[str, float]:
-        return super().compute() if self._is_global_zero else {}
+        return super().compute() if self._fabric.is_global_zero else {}
 
     def compute_and_log(self, step: int | None = None) -> dict[str, float]:
         self.step = self.step + 1 if step is None else step
