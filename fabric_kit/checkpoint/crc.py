@@ -1,7 +1,8 @@
-"""CRC-32s of checkpoint files: of a file on disk (`file_crc32`), or of a file while it is being written
-(`ChecksummedFile`), so that a save never reads its own files back.
+"""CRC-32s of checkpoint files: of a file on disk (`file_crc32`), of a file while it is being written
+(`ChecksummedFile`), so that a save never reads its own files back, and of any byte range (`crc32_of_range`, which
+both use, as does the check of a torch.save archive's records in `integrity.py`).
 
-Both read the file's bytes through read-only mappings of one `WINDOW` at a time: the checksum reads the page cache
+They read the bytes through read-only mappings of at most one `WINDOW` at a time: the checksum reads the page cache
 directly, with no copy into a buffer (a copy through a buffer larger than the CPU's cache cost more than the
 checksum itself), and the process's resident size grows by one window at most. The checksum is zlib-ng's CRC-32
 (the standard library's zlib.crc32, several times faster), which releases the GIL while it runs.
@@ -19,7 +20,7 @@ from typing import Any
 from zlib_ng.zlib_ng import crc32
 
 WINDOW = 4 * 2**20
-"""Bytes mapped and checksummed at a time: a multiple of every system's mmap.ALLOCATIONGRANULARITY."""
+"""Bytes mapped and checksummed at a time at most: a multiple of every system's mmap.ALLOCATIONGRANULARITY."""
 _SMALL = 2**16  # the write buffer: shorter writes are gathered into one system call
 _MAP_POPULATE = getattr(mmap, "MAP_POPULATE", 0)
 
@@ -35,10 +36,17 @@ def file_crc32(file: str | os.PathLike[str], fsync: bool = False) -> tuple[int, 
 
 
 def crc32_of_range(fd: int, start: int, end: int, crc: int = 0) -> int:
-    """`crc` continued over the bytes `start` (a multiple of `WINDOW`) to `end` of the open file `fd`."""
-    for offset in range(start, end, WINDOW):
-        with _mapped(fd, min(WINDOW, end - offset), offset) as window:
-            crc = crc32(window, crc)
+    """`crc` continued over the bytes `start` to `end` of the open file `fd`: the one loop over file bytes that
+    every checksum here runs (whole files, files being written, the records of a torch.save archive). Each mapping
+    starts at the page that holds its first byte and spans at most `WINDOW`, so a small record maps a page or two.
+    Raise ValueError if the file ends before `end`."""
+    position = start
+    while position < end:
+        base = position - position % mmap.ALLOCATIONGRANULARITY
+        length = min(base + WINDOW, end) - base
+        with _mapped(fd, length, base) as window, memoryview(window)[position - base:] as view:
+            crc = crc32(view, crc)
+        position = base + length
     return crc
 
 

@@ -11,7 +11,8 @@ file systems) the swap is two renames, `path` -> `.<name>.old` then staging -> `
 
 Checksumming is split by file: `share` gives each of a job's ranks a part of the files (balanced by size), so the
 ranks of a sharded save each checksum a part of the directory and one rank writes the manifest, and on load each
-rank verifies its part (`verify_directory(path, rank, world_size)`); the caller makes the ranks agree. A writer that
+rank verifies its part (`verify_directory(path, rank, world_size)`, or `verifying_directory`, which checks the large
+files on a thread while the load reads the small ones and plans); the caller makes the ranks agree. A writer that
 checksummed its files as it wrote them (`crc.ChecksummedFile`) hands their records over instead, and those files
 are not read again.
 """
@@ -24,7 +25,8 @@ import functools
 import json
 import os
 import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -133,6 +135,46 @@ def verify_directory(path: str | os.PathLike[str], rank: int = 0, world_size: in
     checkpoint (or its missing manifest). Every file's presence and size are checked; the contents only of the
     files in `rank`'s `share` of `world_size` (all of them on one process), so a job's ranks split the reading."""
     path = Path(path)
+    files = _listed_files(path)
+    _check_contents(path, files, share(_sizes(files), rank, world_size))
+
+
+def verifying_directory(path: str | os.PathLike[str], rank: int, world_size: int,
+                        read_first: Collection[str] = ()) -> Future[None]:
+    """`verify_directory(path, rank, world_size)`, begun: the manifest, every file's presence and size, and the
+    contents of the files `read_first` (those a reader opens before the others, which every rank checks) are
+    checked before this returns; the contents of `rank`'s share of the other files on a thread, whose outcome
+    the returned future holds. A load reads the small files and plans while that thread runs, and waits for it
+    only before it reads the large files."""
+    path = Path(path)
+    files = _listed_files(path)
+    _check_contents(path, files, [name for name in read_first if name in files])
+    rest = share(_sizes({name: files[name] for name in files if name not in read_first}), rank, world_size)
+    pool = ThreadPoolExecutor(1, thread_name_prefix="verifying a checkpoint")
+    try:
+        return pool.submit(_check_contents, path, files, rest)
+    finally:
+        pool.shutdown(wait=False)  # the thread ends once it checked its files
+
+
+def _listed_files(path: Path) -> Records:
+    """The manifest's records of the directory checkpoint `path`, after checking that every file is there with its
+    recorded size."""
+    files = _manifest_files(path)
+    for name, expected in files.items():
+        file = path / name
+        if not file.is_file():
+            raise CheckpointCorruptedError(file, "missing: the manifest lists this shard but it does not exist")
+        _check_size(file, file.stat().st_size, expected)
+    return files
+
+
+def _sizes(files: Records) -> dict[str, int]:
+    return {name: expected["size"] for name, expected in files.items()}
+
+
+def _manifest_files(path: Path) -> Records:
+    """The records of the manifest of the directory checkpoint `path`."""
     if not path.is_dir():
         old = _old_path(path)
         hint = (f"; a save was interrupted while swapping directories and the previous checkpoint is complete at "
@@ -147,12 +189,11 @@ def verify_directory(path: str | os.PathLike[str], rank: int = 0, world_size: in
                                                  f"unreadable ({error})") from error
     if not isinstance(files, dict):
         raise CheckpointCorruptedError(manifest, f"damaged: not a manifest of format {_FORMAT!r}")
-    for name, expected in files.items():
-        file = path / name
-        if not file.is_file():
-            raise CheckpointCorruptedError(file, "missing: the manifest lists this shard but it does not exist")
-        _check_size(file, file.stat().st_size, expected)
-    for name in share({name: expected["size"] for name, expected in files.items()}, rank, world_size):
+    return files
+
+
+def _check_contents(path: Path, files: Records, names: list[str]) -> None:
+    for name in names:
         file, expected = path / name, files[name]
         size, crc = file_crc32(file)
         _check_size(file, size, expected)

@@ -26,8 +26,7 @@ import struct
 from dataclasses import dataclass
 from typing import NoReturn
 
-from zlib_ng.zlib_ng import crc32
-
+from fabric_kit.checkpoint.crc import crc32_of_range
 from fabric_kit.checkpoint.errors import CheckpointCorruptedError
 
 ZIP_MAGIC = b"PK\x03\x04"  # what a torch.save file starts with
@@ -40,7 +39,6 @@ _DESCRIPTOR_SIGNATURE = 0x08074B50
 _ZIP64_EXTRA = 0x0001
 _PADDING_EXTRA = 0x4246  # b"FB": torch's alignment padding, filled with b"Z"
 _DATA_DESCRIPTOR_FLAG = 0x0008
-_BUFFER = 2**20
 
 
 @dataclass(frozen=True)
@@ -87,22 +85,16 @@ def records(data: memoryview, path: str | os.PathLike[str]) -> list[Record]:
 
 
 def check_crcs(fd: int, records: list[Record], path: str | os.PathLike[str]) -> None:
-    """Read each record of the open file `fd` through one small buffer and compare its CRC-32; raise
-    `CheckpointCorruptedError` naming `path` and the record on a mismatch. Reading with `pread` into a reused
-    buffer keeps the check out of the process's memory (no mapping grows its resident size), and both `pread` and
-    zlib-ng's CRC-32 (the zip format's checksum, several times faster than the standard library's) release the
-    GIL, so the check runs beside `torch.load` on another core."""
-    buffer = bytearray(_BUFFER)
-    view = memoryview(buffer)
+    """Compare each record of the open file `fd` with its CRC-32; raise `CheckpointCorruptedError` naming `path`
+    and the record on a mismatch. The bytes are read through `crc.crc32_of_range`'s mappings of at most one window
+    (the process's resident size grows by that much at most), and the checksum releases the GIL, so the check
+    runs beside `torch.load` on another core."""
     for record in records:
-        crc, position, end = 0, record.start, record.start + record.size
-        while position < end:
-            read = os.preadv(fd, [view[:min(_BUFFER, end - position)]], position)
-            if read == 0:
-                raise CheckpointCorruptedError(path, f"damaged: the file shrank while record {record.name!r} was "
-                                                     "read")
-            crc = crc32(view[:read], crc)
-            position += read
+        try:
+            crc = crc32_of_range(fd, record.start, record.start + record.size)
+        except ValueError as error:  # the mapping found the file shorter than the directory said
+            raise CheckpointCorruptedError(path, f"damaged: the file shrank while record {record.name!r} was "
+                                                 "read") from error
         if crc != record.crc:
             raise CheckpointCorruptedError(path, f"damaged: record {record.name!r} does not match its checksum "
                                                  f"(crc32 {crc:08x}, recorded {record.crc:08x}): bytes were changed "

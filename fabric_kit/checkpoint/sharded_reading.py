@@ -17,6 +17,7 @@ import io
 import os
 import pickle
 from collections.abc import Sequence
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -24,7 +25,7 @@ import torch
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint import CheckpointException, DefaultLoadPlanner, FileSystemReader, Metadata
 from torch.distributed.checkpoint.metadata import StorageMeta
-from torch.distributed.checkpoint.planner import ReadItem
+from torch.distributed.checkpoint.planner import LoadPlan, ReadItem
 
 from fabric_kit.checkpoint.errors import (
     OPT_IN,
@@ -99,13 +100,24 @@ def _unpickle_metadata(f: BinaryIO, file: Path, weights_only: bool) -> Metadata:
 class SafeFileSystemReader(FileSystemReader):
     """DCP's reader of a local directory, with its `.metadata` read by `read_metadata` (restricted unless
     `weights_only=False`), or the `metadata` given (already read that way). Shards' tensors DCP itself already
-    reads with `torch.load(weights_only=True)`."""
+    reads with `torch.load(weights_only=True)`.
+
+    `verified`, when given, is the verification of the shards (`directory.verifying_directory`): it is waited for
+    as this rank's load plan is made, before anything is read into the state dict. A failure there is one of DCP's
+    planning step, which DCP's own collective hands to every rank, so no rank reads a shard unless every rank's
+    share of the files verified, and the ranks agree on it without a collective of their own."""
 
     def __init__(self, path: str | os.PathLike[str], weights_only: bool = True,
-                 metadata: Metadata | None = None) -> None:
+                 metadata: Metadata | None = None, verified: Future[None] | None = None) -> None:
         super().__init__(path)
         self.weights_only = weights_only
         self.known_metadata = metadata
+        self.verified = verified
+
+    def prepare_local_plan(self, plan: LoadPlan) -> LoadPlan:
+        if self.verified is not None:
+            self.verified.result()
+        return super().prepare_local_plan(plan)
 
     def read_metadata(self) -> Metadata:
         # No `rank` keyword: fabric_kit writes one global `.metadata`, so DCP never falls back to per-rank files.
@@ -172,10 +184,11 @@ def set_nested(root: dict[str, Any], path: Sequence[str | int], value: Any) -> N
 
 
 def load_sharded(state_dict: dict[str, Any], path: str | os.PathLike[str], strict: bool = True,
-                 weights_only: bool = True, no_dist: bool = False) -> None:
+                 weights_only: bool = True, no_dist: bool = False, verified: Future[None] | None = None) -> None:
     """`dcp.load(state_dict, ...)` from the directory `path`, in place, running no code stored in it unless
     `weights_only=False`. `strict=False` leaves entries the checkpoint lacks as they are. Collective over the
-    process group unless `no_dist`.
+    process group unless `no_dist`. Nothing is read into `state_dict` before `verified` (the shards'
+    verification, see `SafeFileSystemReader`) succeeded on every rank.
 
     The metadata is read up front and handed to DCP's reader, so a refused or damaged `.metadata` raises its own
     error on every rank: inside `dcp.load` DCP would log it as a missing file and raise an AssertionError. A
@@ -183,7 +196,7 @@ def load_sharded(state_dict: dict[str, Any], path: str | os.PathLike[str], stric
     was."""
     metadata = read_metadata(path, weights_only)
     try:
-        dcp.load(state_dict, storage_reader=SafeFileSystemReader(path, weights_only, metadata),
+        dcp.load(state_dict, storage_reader=SafeFileSystemReader(path, weights_only, metadata, verified),
                  planner=SafeLoadPlanner(path, weights_only, allow_partial_load=not strict), no_dist=no_dist)
     except CheckpointException as error:
         failures = [failure[0] if isinstance(failure, tuple) else failure for failure in error.failures.values()]

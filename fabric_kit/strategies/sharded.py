@@ -18,9 +18,9 @@ from torch.nn import Module
 from torch.optim import Optimizer
 
 from fabric_kit.checkpoint import sharded as checkpoint
-from fabric_kit.checkpoint.directory import Records
+from fabric_kit.checkpoint.directory import Records, verifying_directory
 from fabric_kit.checkpoint.errors import reported_write_errors
-from fabric_kit.checkpoint.sharded import PLAIN_ENTRIES, ShardedStateDict, is_sharded_checkpoint
+from fabric_kit.checkpoint.sharded import DCP_METADATA, PLAIN_ENTRIES, ShardedStateDict, is_sharded_checkpoint
 from fabric_kit.checkpoint.sharded_reading import load_sharded
 from fabric_kit.checkpoint.state import Filter
 from fabric_kit.strategies.fsdp.sharding import has_meta_tensors
@@ -155,12 +155,16 @@ class ShardedStrategy(ParallelStrategy):
             raise ValueError(f"loading the sharded checkpoint {path!r} needs the objects to restore, e.g. "
                              "`fabric.load(path, {'model': model, 'optimizer': optimizer})`; to read it as plain "
                              f"tensors, run `fabric consolidate {path} --output FILE` and load FILE")
-        self.verify_checkpoint_directory(path)
-        # The other entries first: a refused or damaged file stops the load before any shard is overwritten.
+        # Every rank checks the manifest, the files' sizes and the small files read first (the same outcome on
+        # every rank), and its share of the shards on a thread while it reads the other entries and DCP plans; DCP
+        # reads no shard unless every rank's share verified. A refused or damaged file stops the load before any
+        # shard is overwritten.
+        verified = verifying_directory(path, self.global_rank, self.world_size,
+                                       read_first=(PLAIN_ENTRIES, DCP_METADATA))
         entries = super().read_entries(str(Path(path) / PLAIN_ENTRIES), state, strict, weights_only)
         modules, optimizers, _ = checkpoint.split_state(state)
         shards = checkpoint.state_dicts(modules, optimizers, full=False)
-        load_sharded(shards, path, strict=strict, weights_only=weights_only)
+        load_sharded(shards, path, strict=strict, weights_only=weights_only, verified=verified)
         return {**entries, **shards}
 
     def restore_entries(self, state: dict[str, Any], entries: dict[str, Any], strict: bool) -> dict[str, Any]:

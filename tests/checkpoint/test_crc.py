@@ -1,5 +1,5 @@
-"""CRC-32s of checkpoint files: `file_crc32` through windows of mappings, and `ChecksummedFile`, which knows its
-file's size and CRC-32 when closed without reading it back (a thread checksums what was written)."""
+"""CRC-32s of checkpoint files: `file_crc32` and `crc32_of_range` through windows of mappings, and `ChecksummedFile`,
+which knows its file's size and CRC-32 when closed without reading it back (a thread checksums what was written)."""
 import zlib
 
 import pytest
@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fabric_kit.checkpoint import crc
-from fabric_kit.checkpoint.crc import WINDOW, ChecksummedFile, file_crc32
+from fabric_kit.checkpoint.crc import WINDOW, ChecksummedFile, crc32_of_range, file_crc32
 
 # Pieces from one byte to past a window, so writes are buffered, written through, and cross window boundaries.
 pieces = st.lists(st.sampled_from([1, 7, 2**16 - 1, 2**16, 2**16 + 3, WINDOW - 5, WINDOW + 9]), max_size=8)
@@ -68,3 +68,21 @@ def test_file_crc32_over_several_windows_and_a_part(tmp_path):
     content = bytes(range(256)) * (2 * WINDOW // 256) + b"tail"
     (tmp_path / "file").write_bytes(content)
     assert file_crc32(tmp_path / "file", fsync=True) == (len(content), zlib.crc32(content))
+
+
+# Ranges that start and end anywhere, mid-page and across window boundaries, as a torch.save archive's records do.
+offsets = st.sampled_from([0, 1, 4095, 4096, 4097, WINDOW - 1, WINDOW, WINDOW + 4097, 2 * WINDOW + 3])
+
+
+@settings(max_examples=25, deadline=None)
+@given(offsets, offsets, st.integers(0, 2**32 - 1))
+def test_the_crc_of_any_range_continues_a_crc(tmp_path_factory, a, b, seed):
+    content = torch.randint(0, 256, (2 * WINDOW + 4, ), generator=torch.Generator().manual_seed(seed),
+                            dtype=torch.uint8).numpy().tobytes()
+    path = tmp_path_factory.mktemp("range") / "file"
+    path.write_bytes(content)
+    start, end = min(a, b), max(a, b)
+    with open(path, "rb") as f:
+        assert crc32_of_range(f.fileno(), start, end, 12345) == zlib.crc32(content[start:end], 12345)
+        with pytest.raises(ValueError):  # a range past the end of the file
+            crc32_of_range(f.fileno(), start, len(content) + 1)

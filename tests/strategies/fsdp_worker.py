@@ -107,26 +107,58 @@ def collectives(fabric, out, model, optimizer):
     return counts
 
 
+def _flip_middle_byte(file):
+    with open(file, "r+b") as f:
+        f.seek(os.path.getsize(file) // 2)
+        byte = f.read(1)
+        f.seek(-1, os.SEEK_CUR)
+        f.write(bytes([byte[0] ^ 0xFF]))
+
+
+def _truncate(file):
+    os.truncate(file, os.path.getsize(file) // 2)
+
+
+DAMAGE = {  # name: (the file damaged, how)
+    "__0_0.distcp": ("__0_0.distcp", _flip_middle_byte),
+    "__1_0.distcp": ("__1_0.distcp", _flip_middle_byte),
+    "truncated shard": ("__1_0.distcp", _truncate),
+    "missing shard": ("__0_0.distcp", os.remove),
+    "flipped byte in .metadata": (".metadata", _flip_middle_byte),
+    "missing manifest": ("fabric_kit_manifest.json", os.remove),
+}
+
+
+def local_state(model, optimizer):
+    """Copies of this rank's shards of the weights and of the optimizer's state."""
+    tensors = [p.to_local() for p in model.parameters()]
+    tensors += [v.to_local() if hasattr(v, "to_local") else v for s in optimizer.state.values() for v in s.values()]
+    return [t.detach().clone() for t in tensors]
+
+
 def damaged_shards(fabric, out, model, optimizer):
-    """Load copies of the final checkpoint with one byte flipped in one rank's shard file. The ranks split the
-    checksumming (each verifies one of the two shard files), so for either file both ranks must raise; per file, the
-    error each rank raised."""
+    """Load copies of the final checkpoint, each damaged in one way (`DAMAGE`), into the trained objects moved
+    away from the checkpoint's values. The ranks split the checksumming (each verifies one of the two shard files),
+    so for either file both ranks must raise; per case, the error each rank raised and whether the objects kept
+    every value they had (nothing was half-loaded)."""
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)
+    before = local_state(model, optimizer)
     errors = {}
-    for shard in ("__0_0.distcp", "__1_0.distcp"):
-        path = os.path.join(out, f"damaged{shard}")
+    for case, (name, damage) in DAMAGE.items():
+        path = os.path.join(out, f"damaged{case}")
         if fabric.is_global_zero:
             shutil.copytree(os.path.join(out, "final"), path)
-            with open(os.path.join(path, shard), "r+b") as f:
-                f.seek(os.path.getsize(os.path.join(path, shard)) // 2)
-                byte = f.read(1)
-                f.seek(-1, os.SEEK_CUR)
-                f.write(bytes([byte[0] ^ 0xFF]))
+            damage(os.path.join(path, name))
         fabric.barrier()
         try:
             fabric.load(path, {"model": model, "optimizer": optimizer})
-            errors[shard] = None
+            errors[case] = None
         except Exception as error:
-            errors[shard] = (type(error).__name__, str(error))
+            unchanged = all(torch.equal(a, b) for a, b in zip(before, local_state(model, optimizer), strict=True))
+            errors[case] = (type(error).__name__, str(error), os.path.join(path, name), unchanged)
+    fabric.load(os.path.join(out, "final"), {"model": model, "optimizer": optimizer})
     return errors
 
 

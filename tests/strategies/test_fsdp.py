@@ -75,24 +75,30 @@ def test_every_file_of_a_two_rank_save_is_in_its_manifest(fsdp):
     verify_directory(out / "final")
 
 
-@pytest.mark.parametrize("shard", ["__0_0.distcp", "__1_0.distcp"])
-def test_a_damaged_shard_fails_the_load_on_every_rank(fsdp, shard):
-    # Each rank verifies its share of the files only; the one that finds the damage tells the other.
-    ranks, out = fsdp
+@pytest.mark.parametrize(("case", "words"), [
+    ("__0_0.distcp", ["damaged", "checksum"]), ("__1_0.distcp", ["damaged", "checksum"]),
+    ("truncated shard", ["damaged", "bytes, the manifest records"]), ("missing shard", ["missing"]),
+    ("flipped byte in .metadata", ["damaged", "checksum"]), ("missing manifest", ["manifest is missing"]),
+])
+def test_a_damaged_checkpoint_fails_the_load_on_every_rank_and_loads_nothing(fsdp, case, words):
+    # Each rank verifies its share of the shard files only; the one that finds the damage tells the other through
+    # DCP's planning step, before either rank reads a shard into its objects.
+    ranks, _ = fsdp
     for result in ranks:
-        kind, message = result["damaged"][shard]
+        kind, message, file, unchanged = result["damaged"][case]
         assert kind == "CheckpointCorruptedError"
-        assert str(out / f"damaged{shard}" / shard) in message and "checksum" in message
+        assert file in message and all(word in message for word in words), message
+        assert unchanged
 
 
 def test_a_sharded_save_and_its_load_run_a_fixed_number_of_collectives(fsdp):
     # Save: every rank's RNG states gathered (2 all_gathers: sizes, bytes), the ranks agree that the staging
     # directory exists, that every rank wrote its part, and that rank 0 swapped it in (3 all_reduces), and
     # fabric.save's closing barrier. The manifest's records travel with DCP's own gathering of the write results.
-    # Load: the ranks agree that their shares of the files verified (1 all_reduce), and fabric.load's barrier.
+    # Load: fabric.load's barrier; the ranks agree that their shares of the files verified in DCP's own planning.
     ranks, _ = fsdp
     for result in ranks:
-        assert result["collectives"] == {"save": 6, "load": 2}
+        assert result["collectives"] == {"save": 6, "load": 1}
 
 
 def test_sharded_directory_is_read_by_torch_distributed_checkpoint_alone(fsdp, tmp_path):
