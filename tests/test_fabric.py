@@ -135,7 +135,7 @@ def test_the_users_module_can_be_set_up_again_with_its_optimizer(fabric):
 def test_num_nodes_and_precision_as_resolved():
     fabric = Fabric(accelerator="cpu", devices=1, num_nodes=2, strategy="ddp", precision="bf16")
     assert (fabric.num_nodes, fabric.world_size) == (2, 2)
-    assert fabric.precision is fabric.strategy.precision and fabric.precision.name == "bf16-mixed"
+    assert fabric.precision is fabric.strategy.precision and fabric.precision.precision == "bf16-mixed"
 
 
 def test_setting_up_a_set_up_module_or_optimizer_again_is_an_error(fabric):
