@@ -4,6 +4,7 @@ what is accepted."""
 from __future__ import annotations
 
 import os
+import sys
 from datetime import timedelta
 from typing import Any
 
@@ -75,6 +76,8 @@ class Connector:
             instance = strategy
         else:
             single, multiple = ("single_xla", "xla") if self.accelerator.name == "xla" else ("single_device", "ddp")
+            if multiple == "ddp" and is_interactive():
+                multiple = "ddp_fork"  # a notebook has no script for `ddp` to run again in each rank
             name = strategy if strategy != "auto" else (multiple if many else single)
             cls, preset = strategy_class(name)
             if issubclass(cls, SingleDeviceStrategy):
@@ -98,7 +101,18 @@ class Connector:
                 self.cluster_environment.set_world_size(len(instance.parallel_devices) * self.num_nodes)
                 self.cluster_environment.set_global_rank(self.cluster_environment.node_rank() * len(devices))
         instance.configure_launcher()
+        if instance.launcher is not None and not instance.launcher.is_interactive_compatible and is_interactive():
+            shown = strategy if isinstance(strategy, str) else type(strategy).__name__
+            raise RuntimeError(f"strategy={shown!r} starts its ranks by running the script again, which an "
+                               "interactive session (a notebook, `python -i`) does not have: use strategy='ddp_fork' "
+                               "(or 'ddp_notebook'), or run the code as a script")
         return instance
+
+
+def is_interactive() -> bool:
+    """Whether this is an interactive session, as Lightning detects one: a Jupyter/IPython kernel or the Python
+    prompt sets `sys.ps1`, `python -i` sets the interactive flag."""
+    return hasattr(sys, "ps1") or bool(sys.flags.interactive)
 
 
 def _merge_cli(name: str, value: Any) -> Any:

@@ -65,6 +65,19 @@ def test_plugins():
 
 
 # -- bad input ---------------------------------------------------------------------------------------------------
+def test_auto_in_a_notebook_forks(monkeypatch):
+    """An IPython kernel (Jupyter) sets `sys.ps1`, as the Python prompt does: `strategy="auto"` then forks the ranks
+    (`ddp_fork`, as in Lightning), and a strategy that would run the script again is refused."""
+    monkeypatch.setattr(sys, "ps1", "In : ", raising=False)
+    strategy = Fabric(accelerator="cpu", devices=2).strategy
+    assert isinstance(strategy.launcher, MultiprocessingLauncher) and strategy.launcher.start_method == "fork"
+    assert isinstance(Fabric(accelerator="cpu", devices=1).strategy, SingleDeviceStrategy)
+    with pytest.raises(RuntimeError, match="strategy='ddp' starts its ranks by running the script again.*ddp_fork"):
+        Fabric(accelerator="cpu", devices=2, strategy="ddp")
+    monkeypatch.delattr(sys, "ps1")
+    assert isinstance(Fabric(accelerator="cpu", devices=2).strategy.launcher, SubprocessScriptLauncher)
+
+
 def test_unknown_accelerator():
     with pytest.raises(ValueError) as error:
         Fabric(accelerator="tpu9")
