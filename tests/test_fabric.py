@@ -158,6 +158,20 @@ def test_setup_dataloaders_on_one_process(fabric):
         fabric.setup_dataloaders([1, 2, 3])
 
 
+class _NoLength(torch.utils.data.Dataset):
+    """A map-style dataset without `__len__`: a loader can be built over it only with a sampler of its own."""
+
+    def __getitem__(self, index):
+        return torch.tensor([float(index)])
+
+
+def test_setup_dataloaders_on_one_process_takes_a_dataset_without_length(fabric):
+    """On one process the loader is rebuilt only around its own sampler (to make it resumable mid-epoch), so a
+    map-style dataset without `__len__` works, as in Lightning."""
+    loader = fabric.setup_dataloaders(torch.utils.data.DataLoader(_NoLength(), batch_size=2, sampler=range(4)))
+    assert [batch.flatten().tolist() for batch in loader] == [[0.0, 1.0], [2.0, 3.0]]
+
+
 # -- the training step -------------------------------------------------------------------------------------------
 def test_clip_gradients_needs_exactly_one_of_value_and_norm(fabric):
     _, model, optimizer = make(fabric)
