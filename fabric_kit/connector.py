@@ -4,6 +4,7 @@ what is accepted."""
 from __future__ import annotations
 
 import os
+import sys
 from datetime import timedelta
 from typing import Any
 
@@ -31,7 +32,8 @@ class Connector:
     """Turns user arguments into components; `strategy` is the result everything else asks."""
 
     def __init__(self, accelerator: str | Accelerator = "auto", strategy: str | Strategy = "auto",
-                 devices: int | str | list[int] = "auto", num_nodes: int = 1, precision: str | int | None = None,
+                 devices: int | str | list[int] = "auto", num_nodes: int = 1,
+                 precision: str | int | Precision | None = None,
                  plugins: Any = None, collective_timeout: float | timedelta | None = None) -> None:
         accelerator = _merge_cli("accelerator", accelerator)
         strategy = _merge_cli("strategy", strategy)
@@ -47,8 +49,7 @@ class Connector:
         if strategy == "dp" and self.accelerator.name == "cpu":  # Lightning's fallback: DataParallel needs GPUs
             rank_zero_warn("strategy='dp' (DataParallel) does not run on CPUs: using strategy='ddp' instead")
             strategy = "ddp"
-        self.precision = precision_plugin or create_precision(normalize_precision(precision),
-                                                              _device_type(self.accelerator))
+        self.precision = _resolve_precision(precision, precision_plugin, _device_type(self.accelerator))
         self.cluster_environment = environment or detect_environment()
         self.num_nodes = _check_num_nodes(num_nodes)
         device_ids = self._device_ids(devices)
@@ -75,6 +76,8 @@ class Connector:
             instance = strategy
         else:
             single, multiple = ("single_xla", "xla") if self.accelerator.name == "xla" else ("single_device", "ddp")
+            if multiple == "ddp" and is_interactive():
+                multiple = "ddp_fork"  # a notebook has no script for `ddp` to run again in each rank
             name = strategy if strategy != "auto" else (multiple if many else single)
             cls, preset = strategy_class(name)
             if issubclass(cls, SingleDeviceStrategy):
@@ -86,7 +89,7 @@ class Connector:
                 instance = cls(**preset)
         if instance.accelerator is None:
             instance.accelerator = self.accelerator
-        if type(instance.precision) is Precision:
+        if instance.precision_is_default:
             instance.precision = self.precision
         if isinstance(instance, ParallelStrategy):
             if not instance.parallel_devices:
@@ -98,7 +101,18 @@ class Connector:
                 self.cluster_environment.set_world_size(len(instance.parallel_devices) * self.num_nodes)
                 self.cluster_environment.set_global_rank(self.cluster_environment.node_rank() * len(devices))
         instance.configure_launcher()
+        if instance.launcher is not None and not instance.launcher.is_interactive_compatible and is_interactive():
+            shown = strategy if isinstance(strategy, str) else type(strategy).__name__
+            raise RuntimeError(f"strategy={shown!r} starts its ranks by running the script again, which an "
+                               "interactive session (a notebook, `python -i`) does not have: use strategy='ddp_fork' "
+                               "(or 'ddp_notebook'), or run the code as a script")
         return instance
+
+
+def is_interactive() -> bool:
+    """Whether this is an interactive session, as Lightning detects one: a Jupyter/IPython kernel or the Python
+    prompt sets `sys.ps1`, `python -i` sets the interactive flag."""
+    return hasattr(sys, "ps1") or bool(sys.flags.interactive)
 
 
 def _merge_cli(name: str, value: Any) -> Any:
@@ -118,7 +132,8 @@ def _merge_cli(name: str, value: Any) -> Any:
 
 def _agrees(name: str, value: Any, exported: str) -> bool:
     if name == "precision":
-        return normalize_precision(value) == normalize_precision(exported)
+        setting = value.precision if isinstance(value, Precision) else normalize_precision(value)
+        return setting == normalize_precision(exported)
     if name == "collective_timeout":
         return collective_timeout_seconds(value) == collective_timeout_seconds(exported)
     if name == "strategy" and isinstance(value, Strategy):
@@ -145,16 +160,35 @@ def _set_collective_timeout(strategy: Strategy, value: float | timedelta | str |
 
 
 def _split_plugins(plugins: Any) -> tuple[Precision | None, ClusterEnvironment | None]:
-    precision, environment = None, None
+    """The precision and cluster environment among `plugins` (one plugin or a list), at most one of each kind."""
+    found: dict[type, Any] = {}
     for plugin in plugins if isinstance(plugins, (list, tuple)) else ([plugins] if plugins is not None else []):
-        if isinstance(plugin, Precision):
-            precision = plugin
-        elif isinstance(plugin, ClusterEnvironment):
-            environment = plugin
-        else:
+        kind = next((k for k in (Precision, ClusterEnvironment) if isinstance(plugin, k)), None)
+        if kind is None:
             raise TypeError(f"plugin {plugin!r} is not supported; accepted: a Precision or a ClusterEnvironment "
                             "instance")
-    return precision, environment
+        if kind in found:
+            raise ValueError(f"plugins= holds two {kind.__name__} plugins, {type(found[kind]).__name__} and "
+                             f"{type(plugin).__name__}; pass at most one of each kind")
+        found[kind] = plugin
+    return found.get(Precision), found.get(ClusterEnvironment)
+
+
+def _resolve_precision(precision: str | int | Precision | None, plugin: Precision | None,
+                       device_type: str) -> Precision:
+    """The precision plugin: one given as `precision=` or in `plugins=`, else the one the setting names."""
+    if isinstance(precision, Precision):
+        if plugin is not None:
+            raise ValueError(f"precision={type(precision).__name__}(...) and the plugin {type(plugin).__name__} in "
+                             "plugins= both set the precision; pass one of the two")
+        return precision
+    if plugin is not None:
+        if precision is not None:
+            raise ValueError(f"precision={precision!r} and the plugin {type(plugin).__name__}"
+                             f"(precision={plugin.precision!r}) in plugins= both set the precision; pass one of the "
+                             "two")
+        return plugin
+    return create_precision(normalize_precision(precision), device_type)
 
 
 def _resolve_accelerator(accelerator: str | Accelerator, strategy: str | Strategy) -> Accelerator:

@@ -43,8 +43,9 @@ class Fabric:
         devices: number of devices (processes on CPU), a list of device indices, "0,1", or "auto".
         num_nodes: number of machines.
         precision: "32-true", "64-true", "16-mixed", "bf16-mixed", "16-true", "bf16-true" (aliases 32, 64, 16,
-            "bf16").
-        plugins: a Precision or ClusterEnvironment instance (or a list of them) overriding the automatic choice.
+            "bf16"), or a Precision plugin instance (`fabric_kit.plugins.precision`).
+        plugins: a Precision or ClusterEnvironment instance (or a list of them, at most one of each kind) overriding
+            the automatic choice; a Precision plugin together with `precision=` is an error.
         callbacks: objects whose methods `fabric.call(hook_name, ...)` invokes.
         loggers: objects with `log_metrics(metrics, step)` used by `fabric.log` / `log_dict`.
         collective_timeout: seconds (or a timedelta) a process may wait inside one collective before the job ends
@@ -55,7 +56,8 @@ class Fabric:
     """
 
     def __init__(self, *, accelerator: str | Accelerator = "auto", strategy: str | Strategy = "auto",
-                 devices: int | str | list[int] = "auto", num_nodes: int = 1, precision: str | int | None = None,
+                 devices: int | str | list[int] = "auto", num_nodes: int = 1,
+                 precision: str | int | Precision | None = None,
                  plugins: Any = None, callbacks: Any = None, loggers: Any = None,
                  collective_timeout: float | timedelta | None = None, preemption: Preemption | None = None) -> None:
         connector = Connector(accelerator, strategy, devices, num_nodes, precision, plugins, collective_timeout)

@@ -54,7 +54,7 @@ def get_available_flops(device: torch.device, dtype: torch.dtype) -> float | Non
 def compute_dtype(precision: Precision) -> torch.dtype:
     """The dtype matmuls run in under a precision: float8 for "fp8", the autocast or parameter dtype of the mixed
     and -true precisions, float32 otherwise."""
-    if precision.name == "fp8":
+    if precision.precision == "fp8":
         return FLOAT8
     dtype = getattr(precision, "dtype", torch.float32)
     return dtype if isinstance(dtype, torch.dtype) else torch.float32

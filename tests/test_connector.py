@@ -9,7 +9,7 @@ import torch
 from fabric_kit import Fabric
 from fabric_kit.accelerators import CPUAccelerator
 from fabric_kit.environments import LocalEnvironment
-from fabric_kit.precision import MixedPrecision, Precision, TruePrecision
+from fabric_kit.precision import DoublePrecision, MixedPrecision, Precision
 from fabric_kit.strategies import DDPStrategy, SingleDeviceStrategy
 from fabric_kit.strategies.launchers.multiprocessing import MultiprocessingLauncher
 from fabric_kit.strategies.launchers.subprocess_script import SubprocessScriptLauncher
@@ -56,7 +56,7 @@ def test_strategy_instance_gets_the_missing_components():
 
 
 def test_plugins():
-    precision = TruePrecision(torch.float64, "64-true")
+    precision = DoublePrecision()
     environment = LocalEnvironment()
     fabric = Fabric(accelerator="cpu", devices=2, plugins=[precision, environment])
     assert fabric.strategy.precision is precision and fabric.strategy.cluster_environment is environment
@@ -65,6 +65,19 @@ def test_plugins():
 
 
 # -- bad input ---------------------------------------------------------------------------------------------------
+def test_auto_in_a_notebook_forks(monkeypatch):
+    """An IPython kernel (Jupyter) sets `sys.ps1`, as the Python prompt does: `strategy="auto"` then forks the ranks
+    (`ddp_fork`, as in Lightning), and a strategy that would run the script again is refused."""
+    monkeypatch.setattr(sys, "ps1", "In : ", raising=False)
+    strategy = Fabric(accelerator="cpu", devices=2).strategy
+    assert isinstance(strategy.launcher, MultiprocessingLauncher) and strategy.launcher.start_method == "fork"
+    assert isinstance(Fabric(accelerator="cpu", devices=1).strategy, SingleDeviceStrategy)
+    with pytest.raises(RuntimeError, match="strategy='ddp' starts its ranks by running the script again.*ddp_fork"):
+        Fabric(accelerator="cpu", devices=2, strategy="ddp")
+    monkeypatch.delattr(sys, "ps1")
+    assert isinstance(Fabric(accelerator="cpu", devices=2).strategy.launcher, SubprocessScriptLauncher)
+
+
 def test_unknown_accelerator():
     with pytest.raises(ValueError) as error:
         Fabric(accelerator="tpu9")
@@ -157,14 +170,14 @@ def test_cli_values_fill_in_defaults(monkeypatch):
     assert isinstance(fabric.accelerator, CPUAccelerator)
     assert isinstance(fabric.strategy, DDPStrategy) and fabric.strategy.start_method == "spawn"
     assert fabric.world_size == 2
-    assert fabric.strategy.precision.name == "bf16-mixed"
+    assert fabric.strategy.precision.precision == "bf16-mixed"
 
 
 def test_cli_values_agreeing_with_the_script(monkeypatch):
     monkeypatch.setenv("FABRIC_KIT_PRECISION", "16-mixed")
     monkeypatch.setenv("FABRIC_KIT_DEVICES", "2")
     fabric = Fabric(accelerator="cpu", precision=16, devices=2)  # an alias of the same precision agrees
-    assert fabric.strategy.precision.name == "16-mixed" and fabric.world_size == 2
+    assert fabric.strategy.precision.precision == "16-mixed" and fabric.world_size == 2
 
 
 @pytest.mark.parametrize(("variable", "exported", "argument", "flag"), [

@@ -135,7 +135,7 @@ def test_the_users_module_can_be_set_up_again_with_its_optimizer(fabric):
 def test_num_nodes_and_precision_as_resolved():
     fabric = Fabric(accelerator="cpu", devices=1, num_nodes=2, strategy="ddp", precision="bf16")
     assert (fabric.num_nodes, fabric.world_size) == (2, 2)
-    assert fabric.precision is fabric.strategy.precision and fabric.precision.name == "bf16-mixed"
+    assert fabric.precision is fabric.strategy.precision and fabric.precision.precision == "bf16-mixed"
 
 
 def test_setting_up_a_set_up_module_or_optimizer_again_is_an_error(fabric):
@@ -156,6 +156,20 @@ def test_setup_dataloaders_on_one_process(fabric):
     assert [batch.tolist() for (batch,) in loader] == [[0, 1, 2, 3], [4, 5]]
     with pytest.raises(TypeError, match="setup_dataloaders takes torch DataLoaders; got list"):
         fabric.setup_dataloaders([1, 2, 3])
+
+
+class _NoLength(torch.utils.data.Dataset):
+    """A map-style dataset without `__len__`: a loader can be built over it only with a sampler of its own."""
+
+    def __getitem__(self, index):
+        return torch.tensor([float(index)])
+
+
+def test_setup_dataloaders_on_one_process_takes_a_dataset_without_length(fabric):
+    """On one process the loader is rebuilt only around its own sampler (to make it resumable mid-epoch), so a
+    map-style dataset without `__len__` works, as in Lightning."""
+    loader = fabric.setup_dataloaders(torch.utils.data.DataLoader(_NoLength(), batch_size=2, sampler=range(4)))
+    assert [batch.flatten().tolist() for batch in loader] == [[0.0, 1.0], [2.0, 3.0]]
 
 
 # -- the training step -------------------------------------------------------------------------------------------

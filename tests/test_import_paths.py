@@ -26,6 +26,10 @@ PATHS = [
     ("fabric_kit.plugins", "Precision", "fabric_kit.precision:Precision"),
     ("fabric_kit.plugins", "MixedPrecision", "fabric_kit.precision:MixedPrecision"),
     ("fabric_kit.plugins", "XLAPrecision", "fabric_kit.precision:XLAPrecision"),
+    ("fabric_kit.plugins", "DoublePrecision", "fabric_kit.precision.dtype:DoublePrecision"),
+    ("fabric_kit.plugins", "HalfPrecision", "fabric_kit.precision.dtype:HalfPrecision"),
+    ("fabric_kit.plugins", "FSDPPrecision", "fabric_kit.precision.fsdp:FSDPPrecision"),
+    ("fabric_kit.plugins.precision", "FSDPPrecision", "fabric_kit.precision.fsdp:FSDPPrecision"),
     ("fabric_kit.plugins", "DeepSpeedPrecision", "fabric_kit.strategies.deepspeed:DeepSpeedPrecision"),
     ("fabric_kit.plugins", "ClusterEnvironment", "fabric_kit.environments:ClusterEnvironment"),
     ("fabric_kit.plugins", "BitsandbytesPrecision", "fabric_kit.precision.bitsandbytes:BitsandbytesPrecision"),
@@ -73,8 +77,7 @@ ABSENT = {
     },
     "lightning.fabric.plugins": {
         "CheckpointIO": "no CheckpointIO plugin yet", "TorchCheckpointIO": "no CheckpointIO plugin yet",
-        "XLACheckpointIO": "no CheckpointIO plugin yet", "DoublePrecision": "being written (precision plugins)",
-        "HalfPrecision": "being written (precision plugins)", "FSDPPrecision": "being written (precision plugins)",
+        "XLACheckpointIO": "no CheckpointIO plugin yet",
         "TransformerEnginePrecision": "Transformer Engine is not supported",
     },
     "lightning.fabric.utilities": {

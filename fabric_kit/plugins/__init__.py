@@ -3,8 +3,17 @@ cluster environments (`plugins.environments`), each the one class that `fabric_k
 `fabric_kit.environments` define. Pass one to `Fabric(plugins=...)` to override the automatic choice."""
 from fabric_kit.lazy import lazy_attributes
 from fabric_kit.plugins.environments import ClusterEnvironment
-from fabric_kit.plugins.precision import LAZY, MixedPrecision, Precision, TruePrecision, XLAPrecision
+from fabric_kit.plugins.precision import (
+    LAZY,
+    DoublePrecision,
+    HalfPrecision,
+    MixedPrecision,
+    Precision,
+    TruePrecision,
+    XLAPrecision,
+)
 
 __getattr__, __dir__ = lazy_attributes(__name__, LAZY)
 
-__all__ = ["ClusterEnvironment", "MixedPrecision", "Precision", "TruePrecision", "XLAPrecision", *LAZY]
+__all__ = ["ClusterEnvironment", "DoublePrecision", "HalfPrecision", "MixedPrecision", "Precision", "TruePrecision",
+           "XLAPrecision", *LAZY]

@@ -1,10 +1,11 @@
-"""Precision settings by name, with Lightning's aliases (`16` means `16-mixed`, `bf16` means `bf16-mixed`)."""
+"""Precision settings by name, with Lightning's aliases (`16` means `16-mixed`, `bf16` means `bf16-mixed`), and the
+precision plugin classes (Lightning's `lightning.fabric.plugins.precision`) that implement them. `FSDPPrecision`
+lives in `fabric_kit.precision.fsdp` (it needs torch.distributed.fsdp) and `DeepSpeedPrecision` in
+`fabric_kit.strategies.deepspeed`; `fabric_kit.plugins` names both lazily."""
 from __future__ import annotations
 
-import torch
-
 from fabric_kit.precision.amp import MixedPrecision
-from fabric_kit.precision.dtype import TruePrecision
+from fabric_kit.precision.dtype import DoublePrecision, HalfPrecision, TruePrecision
 from fabric_kit.precision.precision import Precision
 from fabric_kit.precision.xla import XLAPrecision
 
@@ -34,14 +35,11 @@ def create_precision(name: str, device_type: str) -> Precision:
     if name == "32-true":
         return Precision()
     if name == "64-true":
-        return TruePrecision(torch.float64, name)
-    if name == "16-true":
-        return TruePrecision(torch.float16, name)
-    if name == "bf16-true":
-        return TruePrecision(torch.bfloat16, name)
-    dtype = torch.float16 if name == "16-mixed" else torch.bfloat16
-    return MixedPrecision(dtype, device_type, name)
+        return DoublePrecision()
+    if name in ("16-true", "bf16-true"):
+        return HalfPrecision(name)
+    return MixedPrecision(name, device_type)
 
 
-__all__ = ["MixedPrecision", "Precision", "TruePrecision", "XLAPrecision", "create_precision", "normalize_precision",
-           "precision_names"]
+__all__ = ["DoublePrecision", "HalfPrecision", "MixedPrecision", "Precision", "TruePrecision", "XLAPrecision",
+           "create_precision", "normalize_precision", "precision_names"]

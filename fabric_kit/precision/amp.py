@@ -8,33 +8,20 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
-from fabric_kit.collections import apply_to_collection, convert_tensors
-from fabric_kit.precision.dtype import to_floating_dtype_tensor
+from fabric_kit.collections import convert_tensors
+from fabric_kit.precision.dtype import floating_inputs_to
 from fabric_kit.precision.precision import Precision
 
+MIXED_PRECISIONS = {"16-mixed": torch.float16, "bf16-mixed": torch.bfloat16}
 
-class MixedPrecision(Precision):
-    """Runs forward under `torch.autocast`. With fp16 the loss is scaled, so `fabric.backward(loss)` is required:
-    a plain `loss.backward()` would leave unscaled gradients that the scaler then divides again."""
 
-    transforms_io = True
+class LossScaling(Precision):
+    """The fp16 loss scaler's part of a precision, shared by `MixedPrecision` and `FSDPPrecision`: with a `scaler`
+    the loss is scaled, so `fabric.backward(loss)` is required (a plain `loss.backward()` would leave unscaled
+    gradients that the scaler then divides again); without one every method is the base class's."""
 
-    def __init__(self, dtype: torch.dtype, device_type: str, name: str) -> None:
-        self.dtype = dtype
-        self.device_type = device_type
-        self.name = name
-        self.scaler = torch.amp.GradScaler(device_type) if dtype == torch.float16 else None
-        self._backward_seen = False
-
-    def forward_context(self) -> AbstractContextManager[Any]:
-        return torch.autocast(self.device_type, dtype=self.dtype)
-
-    def convert_input(self, data: Any) -> Any:
-        # Floating-point inputs take the autocast dtype, as in Lightning; integer labels and masks are left alone.
-        return apply_to_collection(data, Tensor, to_floating_dtype_tensor, self.dtype)
-
-    def convert_output(self, data: Any) -> Any:
-        return convert_tensors(data, self.dtype, torch.get_default_dtype())
+    scaler: torch.amp.GradScaler | None = None
+    _backward_seen = False
 
     def backward(self, tensor: Tensor, module: torch.nn.Module | None, *args: Any, **kwargs: Any) -> None:
         if self.scaler is not None:
@@ -50,8 +37,8 @@ class MixedPrecision(Precision):
             # The scaler cannot step with a closure: run it first so gradients exist, then step.
             closure()
         if not self._backward_seen:
-            raise RuntimeError(f"precision={self.name!r} scales the loss: call `fabric.backward(loss)` instead of "
-                               "`loss.backward()` before `optimizer.step()`")
+            raise RuntimeError(f"precision={self.precision!r} scales the loss: call `fabric.backward(loss)` instead "
+                               "of `loss.backward()` before `optimizer.step()`")
         self._backward_seen = False
         result = self.scaler.step(optimizer, **kwargs)
         self.scaler.update()
@@ -67,3 +54,39 @@ class MixedPrecision(Precision):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         if self.scaler is not None and "scaler" in state_dict:
             self.scaler.load_state_dict(state_dict["scaler"])
+
+
+def check_scaler(owner: str, precision: str, scaler: object) -> None:
+    """Only fp16 needs a loss scaler: one given with another precision is a mistake, not something to ignore."""
+    if scaler is not None and precision != "16-mixed":
+        raise ValueError(f"{owner}(precision={precision!r}) takes no scaler (only '16-mixed' scales the loss), "
+                         f"got {scaler!r}")
+
+
+class MixedPrecision(LossScaling):
+    """Lightning's `MixedPrecision(precision, device, scaler=None)`: forward under `torch.autocast(device)` in
+    float16 (`"16-mixed"`, with a `torch.amp.GradScaler(device)` unless `scaler` is given) or bfloat16
+    (`"bf16-mixed"`, no scaler). Floating-point inputs take the autocast dtype; outputs come back in float32."""
+
+    transforms_io = True
+
+    def __init__(self, precision: str, device: str, scaler: torch.amp.GradScaler | None = None) -> None:
+        if precision not in MIXED_PRECISIONS:
+            raise ValueError(f"MixedPrecision(precision={precision!r}) is not supported; accepted: "
+                             f"{', '.join(MIXED_PRECISIONS)}")
+        check_scaler("MixedPrecision", precision, scaler)
+        self.precision = precision
+        self.device = device
+        self.dtype = MIXED_PRECISIONS[precision]
+        if scaler is None and precision == "16-mixed":
+            scaler = torch.amp.GradScaler(device)
+        self.scaler = scaler
+
+    def forward_context(self) -> AbstractContextManager[Any]:
+        return torch.autocast(self.device, dtype=self.dtype)
+
+    def convert_input(self, data: Any) -> Any:
+        return floating_inputs_to(data, self.dtype)
+
+    def convert_output(self, data: Any) -> Any:
+        return convert_tensors(data, self.dtype, torch.get_default_dtype())

@@ -23,7 +23,7 @@ class Float8Precision(Precision):
     `torch.compile`, which fuses the casts. Pass it as `Fabric(plugins=Float8Precision())`.
     """
 
-    name = "fp8"
+    precision = "fp8"
 
     def __init__(self, module_filter_fn: Callable[[torch.nn.Module, str], bool] | None = None,
                  enable_fsdp_float8_all_gather: bool = False) -> None:

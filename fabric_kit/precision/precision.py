@@ -16,7 +16,7 @@ class Precision:
     checks that one flag instead of calling three no-op methods per forward.
     """
 
-    name = "32-true"
+    precision = "32-true"  # the setting, as Lightning's plugins name it
     transforms_io = False
 
     def convert_module(self, module: torch.nn.Module) -> torch.nn.Module:

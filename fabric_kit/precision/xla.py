@@ -23,13 +23,13 @@ class XLAPrecision(Precision):
     parameters, forward under `torch.autocast("xla", bfloat16)`. Outputs come back in float32 for the loss code.
     No loss scaling: bfloat16 has float32's exponent range."""
 
-    def __init__(self, name: str = "32-true") -> None:
-        if name not in XLA_PRECISIONS:
-            raise ValueError(f"precision={name!r} is not supported on XLA; accepted there: "
+    def __init__(self, precision: str = "32-true") -> None:
+        if precision not in XLA_PRECISIONS:
+            raise ValueError(f"XLAPrecision(precision={precision!r}) is not supported; accepted: "
                              f"{', '.join(XLA_PRECISIONS)}")
-        self.name = name
-        self.transforms_io = name != "32-true"
-        self._true_bf16 = name == "bf16-true"
+        self.precision = precision
+        self.transforms_io = precision != "32-true"
+        self._true_bf16 = precision == "bf16-true"
 
     def convert_module(self, module: torch.nn.Module) -> torch.nn.Module:
         return module.bfloat16() if self._true_bf16 else module  # complex tensors are left alone
@@ -40,7 +40,7 @@ class XLAPrecision(Precision):
     def forward_context(self) -> AbstractContextManager[Any]:
         if self._true_bf16:
             return default_dtype(torch.bfloat16)
-        if self.name == "bf16-mixed":
+        if self.precision == "bf16-mixed":
             return torch.autocast("xla", dtype=torch.bfloat16)
         return nullcontext()
 

@@ -74,8 +74,17 @@ _HALF = {"16-mixed": ("fp16", torch.float16), "16-true": ("fp16", torch.float16)
 
 
 class DeepSpeedPrecision(TruePrecision):
-    """fp16/bf16 under DeepSpeed: the engine casts the model and keeps fp32 master weights (and the fp16 loss
-    scale), so Fabric only converts inputs to the model's dtype and outputs back to float32."""
+    """Lightning's `DeepSpeedPrecision(precision)`: `"32-true"`, or fp16/bf16 (`"16-mixed"`, `"16-true"`,
+    `"bf16-mixed"`, `"bf16-true"`, each the config's `fp16` / `bf16` section). The engine casts the model and keeps
+    fp32 master weights (and the fp16 loss scale), so Fabric only converts inputs to the model's dtype and outputs
+    back to float32."""
+
+    def __init__(self, precision: str) -> None:
+        if precision != "32-true" and precision not in _HALF:
+            raise ValueError(f"DeepSpeedPrecision(precision={precision!r}) is not supported; accepted: 32-true, "
+                             f"{', '.join(_HALF)}")
+        super().__init__(_HALF[precision][1] if precision in _HALF else torch.float32, precision)
+        self.transforms_io = precision != "32-true"
 
     def convert_module(self, module: Module) -> Module:
         return module  # the engine casts it after building the fp32 master copy
@@ -119,6 +128,14 @@ class DeepSpeedStrategy(ParallelStrategy, BackwardSyncControl):
     @property
     def shards_parameters(self) -> bool:  # type: ignore[override]  # a class attribute on Strategy
         return self.zero_stage == 3
+
+    @property
+    def precision(self) -> Precision:
+        return self._precision
+
+    @precision.setter
+    def precision(self, precision: Precision) -> None:
+        self._precision = _as_deepspeed(precision)
 
     def setup_environment(self) -> None:
         """Fix the precision (now final) into the config, and tell DeepSpeed what it would otherwise guess: the
@@ -390,21 +407,26 @@ def _put(section: dict[str, Any], key: str, value: Any, name: str) -> None:
     section[key] = value
 
 
-def _apply_precision(config: dict[str, Any], precision: Precision) -> Precision:
+def _as_deepspeed(precision: Precision) -> DeepSpeedPrecision:
+    """The DeepSpeed counterpart of a precision, as Lightning chooses it under DeepSpeed."""
+    if isinstance(precision, DeepSpeedPrecision):
+        return precision
+    if precision.precision != "32-true" and precision.precision not in _HALF:
+        raise ValueError(f"precision={precision.precision!r} is not supported under DeepSpeed; accepted: 32-true, "
+                         f"{', '.join(_HALF)}")
+    return DeepSpeedPrecision(precision.precision)
+
+
+def _apply_precision(config: dict[str, Any], precision: Precision) -> DeepSpeedPrecision:
     """Write Fabric's precision into the config's fp16/bf16 sections and return the precision the facade should
     use; with precision 32 the config's own half-precision section (if any) decides."""
+    precision = _as_deepspeed(precision)
     enabled = [key for key in ("fp16", "bf16") if config.get(key, {}).get("enabled", False)]
-    if precision.name == "32-true":
-        if not enabled:
-            return precision
-        dtype = torch.float16 if enabled[0] == "fp16" else torch.bfloat16
-        return DeepSpeedPrecision(dtype, f"{enabled[0].replace('fp', '')}-mixed")
-    if precision.name not in _HALF:
-        raise ValueError(f"precision={precision.name!r} is not supported under DeepSpeed; accepted: 32-true, "
-                         f"{', '.join(_HALF)}")
-    key, dtype = _HALF[precision.name]
+    if precision.precision == "32-true":
+        return DeepSpeedPrecision(f"{enabled[0].replace('fp', '')}-mixed") if enabled else precision
+    key, _ = _HALF[precision.precision]
     if enabled and enabled != [key]:
-        raise ValueError(f"precision={precision.name!r} asks for DeepSpeed's {key!r} section but the config enables "
-                         f"{enabled}; set the precision in one place")
+        raise ValueError(f"precision={precision.precision!r} asks for DeepSpeed's {key!r} section but the config "
+                         f"enables {enabled}; set the precision in one place")
     config.setdefault(key, {})["enabled"] = True
-    return DeepSpeedPrecision(dtype, precision.name)
+    return precision

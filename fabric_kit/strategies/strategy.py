@@ -55,6 +55,8 @@ class Strategy(ABC):
     def __init__(self, accelerator: Accelerator | None = None, precision: Precision | None = None) -> None:
         self.accelerator = accelerator
         self.precision = precision or Precision()
+        # Fabric's precision (its `precision=` or plugin) replaces the default, never one given to the strategy.
+        self.precision_is_default = precision is None
 
     # -- where this process sits --------------------------------------------------------------------------------
     @property

@@ -234,7 +234,7 @@ class TrainerProperties:
 
     @property
     def precision(self) -> str:
-        return self.fabric.precision.name
+        return self.fabric.precision.precision
 
     @property
     def train_dataloader(self) -> Any:

@@ -58,7 +58,7 @@ def batch(seed=0):
 @pytest.mark.parametrize(("precision", "name", "param_dtype", "compute_dtype"), SETTINGS)
 def test_training_steps(precision, name, param_dtype, compute_dtype):
     fabric, net, model, optimizer = setup(precision)
-    assert fabric.strategy.precision.name == name == normalize_precision(precision)
+    assert fabric.strategy.precision.precision == name == normalize_precision(precision)
     initial = [p.detach().clone() for p in net.parameters()]
     for step in range(3):
         x, y = batch(step)

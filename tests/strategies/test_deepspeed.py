@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from fabric_kit.precision import MixedPrecision, Precision, TruePrecision
+from fabric_kit.precision import DoublePrecision, HalfPrecision, MixedPrecision, Precision
 
 WORKER = Path(__file__).with_name("deepspeed_worker.py")
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "fabric" / "deepspeed_zero.py"
@@ -211,9 +211,9 @@ def test_missing_config_file_is_named(tmp_path):
 
 @needs_deepspeed
 @pytest.mark.parametrize(("precision", "config", "section", "dtype"), [
-    (MixedPrecision(torch.bfloat16, "cpu", "bf16-mixed"), {}, "bf16", torch.bfloat16),
-    (TruePrecision(torch.bfloat16, "bf16-true"), {}, "bf16", torch.bfloat16),
-    (MixedPrecision(torch.float16, "cpu", "16-mixed"), {"fp16": {"loss_scale": 0}}, "fp16", torch.float16),
+    (MixedPrecision("bf16-mixed", "cpu"), {}, "bf16", torch.bfloat16),
+    (HalfPrecision("bf16-true"), {}, "bf16", torch.bfloat16),
+    (MixedPrecision("16-mixed", "cpu"), {"fp16": {"loss_scale": 0}}, "fp16", torch.float16),
     (Precision(), {"bf16": {"enabled": True}}, "bf16", torch.bfloat16),  # 32: the config's section stands
 ])
 def test_precision_becomes_the_config_section(precision, config, section, dtype):
@@ -229,16 +229,16 @@ def test_precision_becomes_the_config_section(precision, config, section, dtype)
 
 @needs_deepspeed
 def test_precision_32_without_half_section_stays():
-    from fabric_kit.strategies.deepspeed import _apply_precision
+    from fabric_kit.strategies.deepspeed import DeepSpeedPrecision, _apply_precision
     config = {}
-    precision = Precision()
+    precision = DeepSpeedPrecision("32-true")
     assert _apply_precision(config, precision) is precision and config == {}
 
 
 @needs_deepspeed
 @pytest.mark.parametrize(("precision", "config", "words"), [
-    (TruePrecision(torch.float64, "64-true"), {}, ["64-true", "bf16-mixed"]),
-    (MixedPrecision(torch.bfloat16, "cpu", "bf16-mixed"), {"fp16": {"enabled": True}}, ["bf16-mixed", "fp16"]),
+    (DoublePrecision(), {}, ["64-true", "bf16-mixed"]),
+    (MixedPrecision("bf16-mixed", "cpu"), {"fp16": {"enabled": True}}, ["bf16-mixed", "fp16"]),
 ])
 def test_precision_conflicts_are_named(precision, config, words):
     from fabric_kit.strategies.deepspeed import _apply_precision

@@ -29,8 +29,8 @@ def test_importing_fabric_kit_does_not_import_torch_xla():
 
 
 def test_xla_precisions_are_bf16_or_float32():
-    assert create_precision("bf16-mixed", "xla").name == "bf16-mixed"
+    assert create_precision("bf16-mixed", "xla").precision == "bf16-mixed"
     assert isinstance(create_precision("32-true", "xla"), XLAPrecision)
     for name in ("16-mixed", "16-true", "64-true"):
-        with pytest.raises(ValueError, match="not supported on XLA"):
+        with pytest.raises(ValueError, match=r"XLAPrecision\(precision=.*\) is not supported; accepted: 32-true"):
             XLAPrecision(name)

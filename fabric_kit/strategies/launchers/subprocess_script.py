@@ -79,11 +79,12 @@ class SubprocessScriptLauncher(Launcher):
         env["MASTER_PORT"] = str(self.environment.main_port)
         env["NODE_RANK"] = str(self.environment.node_rank())
         env["WORLD_SIZE"] = str(self.num_processes * self.num_nodes)
-        env["LOCAL_WORLD_SIZE"] = str(self.num_processes)
         command = _rerun_command()
         for local_rank in range(1, self.num_processes):
+            # LOCAL_WORLD_SIZE tells the children's Fabric how many ranks share the node; this process needs none,
+            # so it is not left in the environment of the program that launched the job.
             child_env = {**env, "LOCAL_RANK": str(local_rank), LAUNCHER_PID_VARIABLE: str(os.getpid()),
-                         "RANK": str(self._rank_of(local_rank))}
+                         "RANK": str(self._rank_of(local_rank)), "LOCAL_WORLD_SIZE": str(self.num_processes)}
             # A session of their own: a terminal's Ctrl-C reaches this process only, which forwards it once.
             self.children.append(subprocess.Popen(command, env=child_env, start_new_session=True))
         # This process is local rank 0 of its node.

@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, Sampler
 
-from fabric_kit.precision import TruePrecision
+from fabric_kit.precision import DoublePrecision
 from tests.helpers.loops import Regression, dataset, loader, make_trainer
 
 
@@ -80,7 +80,7 @@ def test_plugins_reach_fabric():
             return super().training_step(batch, batch_idx)
 
     trainer = make_trainer(max_epochs=1, limit_train_batches=1, limit_val_batches=0,
-                           plugins=TruePrecision(torch.float64, "64-true"))
+                           plugins=DoublePrecision())
     trainer.fit(Model(), loader())
     assert trainer.precision == "64-true" and seen["dtype"] == torch.float64
 

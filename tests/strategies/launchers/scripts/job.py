@@ -12,7 +12,8 @@ torchrun started the ranks). BEHAVIOUR, of rank RANK at step 3 while the others 
   with --requeue, rank 0 then requeues the SLURM job; ignore_preemption: reads `fabric.preempted`, never stops;
 - count: every rank counts the Python calls per step of a loop without collectives and of one with an all_reduce
   per step, with the collective watchdog running and after stopping it, into OUT/calls<rank>.json;
-- none: every rank finishes.
+- none: every rank finishes, writing OUT/environ<rank>.json (the launch variables it runs with), and the launching
+  process writes OUT/environ_after.json (those left in its environment after the run).
 Every process of the job appends its pid to OUT/pids; a failing rank writes OUT/failed_at (time.time()) first;
 rank 0 writes OUT/step<n> as it starts step n.
 """
@@ -40,8 +41,17 @@ def record_pid(out: Path) -> None:
         pids.write(f"{os.getpid()}\n")
 
 
+LAUNCH_VARIABLES = ("LOCAL_WORLD_SIZE", "WORLD_SIZE", "LOCAL_RANK", "RANK")
+
+
+def record_environment(out: Path, name: str) -> None:
+    (out / f"environ{name}.json").write_text(json.dumps({v: os.environ.get(v) for v in LAUNCH_VARIABLES}))
+
+
 def train(fabric: Fabric, out: Path, behaviour: str, faulty: int, requeue: bool = False) -> None:
     record_pid(out)
+    if behaviour == "none":
+        record_environment(out, str(fabric.global_rank))
     if behaviour == "count":
         return count_calls(fabric, out)
     model = fabric.setup(nn.Linear(4, 1)) if behaviour == "sleep_before_backward" else None
@@ -128,6 +138,8 @@ def main() -> None:
     else:
         fabric.launch()
         train(fabric, args.out, args.behaviour, args.rank, args.requeue)
+    if args.behaviour == "none" and fabric.global_rank == 0:
+        record_environment(args.out, "_after")
 
 
 if __name__ == "__main__":
