@@ -251,6 +251,7 @@ class Trainer(TrainerProperties):
         self.state.fn, self.state.status = TrainerFn(stage), TrainerStatus.RUNNING
         state.should_stop = False
         state.metrics.reset()  # each stage call publishes its own metrics, as in Lightning
+        state.eval_batches_seen = {}
         if stage == "fit":
             self.fit_loop.decide_max_epochs()
         self.lightning_module, self.datamodule = model, datamodule
@@ -456,10 +457,11 @@ class Trainer(TrainerProperties):
                                "hooks); write to self.logger.experiment directly there")
         if self.barebones:
             raise RuntimeError(f"self.log({name!r}) is turned off by Trainer(barebones=True)")
-        if scope.dataloader_idx is not None and add_dataloader_idx:
-            name = f"{name}/dataloader_idx_{scope.dataloader_idx}"
+        suffix = f"/dataloader_idx_{scope.dataloader_idx}" if scope.dataloader_idx is not None and add_dataloader_idx \
+            else ""
         # rank_zero_only: logged from rank 0 alone, so never synced (a collective there would wait for the others).
-        results.log(name, value, prog_bar, logger and self._logger_enabled,
+        # `logger` is the call's: `logged_metrics` and validate()/test()'s results hold it also without a logger.
+        results.log(name, suffix, value, prog_bar, logger,
                     scope.on_step if on_step is None else on_step, scope.on_epoch if on_epoch is None else on_epoch,
                     reduce_fx, enable_graph, sync_dist and not rank_zero_only, group, batch_size, scope.batch)
 
