@@ -57,7 +57,8 @@ class Trainer(TrainerProperties):
                  min_steps: int | None = None, max_time: str | timedelta | dict[str, int] | None = None,
                  limit_train_batches: int | float | None = None, limit_val_batches: int | float | None = None,
                  limit_test_batches: int | float | None = None, limit_predict_batches: int | float | None = None,
-                 overfit_batches: int | float = 0.0, val_check_interval: int | float | None = None,
+                 overfit_batches: int | float = 0.0,
+                 val_check_interval: int | float | str | timedelta | dict[str, int] | None = None,
                  check_val_every_n_epoch: int | None = 1, num_sanity_val_steps: int | None = None,
                  log_every_n_steps: int | None = None, enable_checkpointing: bool | None = None,
                  enable_progress_bar: bool | None = None, enable_model_summary: bool | None = None,
@@ -113,19 +114,21 @@ class Trainer(TrainerProperties):
         fast_dev_run: one epoch."""
         self.max_epochs = max_epochs
         self.min_epochs, self.max_steps, self.min_steps = min_epochs, max_steps, min_steps
-        self._max_seconds = args_check.parse_max_time(max_time)
+        self._max_seconds = args_check.parse_duration("max_time", max_time)
         if fast:
             self.max_steps, self.max_epochs = fast, 1
 
     def _set_batches(self, limit_train_batches: int | float | None, limit_val_batches: int | float | None,
                      limit_test_batches: int | float | None, limit_predict_batches: int | float | None,
-                     overfit_batches: int | float, val_check_interval: int | float | None,
+                     overfit_batches: int | float,
+                     val_check_interval: int | float | str | timedelta | dict[str, int] | None,
                      check_val_every_n_epoch: int | None, num_sanity_val_steps: int | None, fast: int) -> None:
         """How many batches each stage runs, and when validation runs during fit."""
         args_check.check_positive_int("check_val_every_n_epoch", check_val_every_n_epoch, allow_none=True)
         self.check_val_every_n_epoch = check_val_every_n_epoch
         self.val_check_interval = 1.0 if val_check_interval is None else val_check_interval
-        args_check.check_val_check_interval(self.val_check_interval)
+        # A time: validation runs once that much wall time has passed since the last one, not at epoch ends.
+        self._val_check_seconds = args_check.val_check_seconds(self.val_check_interval)
         self.overfit_batches = overfit_batches
         self.limit_train_batches = 1.0 if limit_train_batches is None else limit_train_batches
         self.limit_val_batches = 1.0 if limit_val_batches is None else limit_val_batches
@@ -136,6 +139,7 @@ class Trainer(TrainerProperties):
             self.limit_train_batches = self.limit_val_batches = fast
             self.limit_test_batches = self.limit_predict_batches = fast
             self.num_sanity_val_steps, self.val_check_interval, self.check_val_every_n_epoch = 0, 1.0, 1
+            self._val_check_seconds = None
         if self.barebones:
             self.num_sanity_val_steps = 0
 
