@@ -15,7 +15,12 @@ from torch import Tensor, nn
 from loops.core import export
 from loops.core.hooks import CheckpointHooks, DataHooks, ModelHooks
 from loops.core.hparams import HyperparametersMixin
-from loops.core.saving import load_from_checkpoint
+from loops.core.saving import (
+    CHECKPOINT_HYPER_PARAMS_KEY,
+    CHECKPOINT_HYPER_PARAMS_NAME,
+    CHECKPOINT_HYPER_PARAMS_TYPE,
+    load_from_checkpoint,
+)
 
 if TYPE_CHECKING:
     from fabric_kit import Fabric
@@ -24,6 +29,11 @@ if TYPE_CHECKING:
 
 class LightningModule(HyperparametersMixin, ModelHooks, DataHooks, CheckpointHooks, nn.Module):
     """Override `training_step` and `configure_optimizers` (and optionally the evaluation steps and hooks)."""
+
+    # Where a checkpoint holds the hyperparameters, how they reach __init__, and their type (Lightning's keys).
+    CHECKPOINT_HYPER_PARAMS_KEY = CHECKPOINT_HYPER_PARAMS_KEY
+    CHECKPOINT_HYPER_PARAMS_NAME = CHECKPOINT_HYPER_PARAMS_NAME
+    CHECKPOINT_HYPER_PARAMS_TYPE = CHECKPOINT_HYPER_PARAMS_TYPE
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
