@@ -147,6 +147,7 @@ class RunState:
     weights_only: bool | None = None  # the stage call's: how its checkpoint is read (None: safely)
     return_predictions: bool = True
     automatic: bool = True  # the module's automatic_optimization
+    recompile: Callable[[Any], Any] | None = None  # the given module was compiled: compile its router alike
     clip_hook: Callable[[Optimizer, float | None, str], None] | None = None  # clipping in automatic optimization
     custom_transfer: bool = False  # the module or datamodule overrides a batch-transfer hook
     hooks: HookTable = field(init=False, repr=False)

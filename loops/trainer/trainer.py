@@ -16,7 +16,7 @@ from torch import Tensor
 from fabric_kit import Fabric
 from fabric_kit.environments import SLURMEnvironment, requeue_job
 from fabric_kit.loggers import FolderLogger, Logger, agree_on_versions
-from fabric_kit.wrappers import FabricModule
+from fabric_kit.wrappers import FabricModule, split_compiled
 from loops.callbacks.callback import Callback
 from loops.callbacks.checkpoint import Checkpoint
 from loops.callbacks.timer import Timer
@@ -169,6 +169,7 @@ class Trainer(TrainerProperties):
         `weights_only` (None: its safe default; False unpickles anything: trusted files only)."""
         if isinstance(train_dataloaders, LightningDataModule):
             datamodule, train_dataloaders = train_dataloaders, None
+        model = self._model_for("fit", model)
         self._check_sources(model, datamodule, train_dataloaders, val_dataloaders, "fit")
         self.run_state.dataloaders.update(train=train_dataloaders, val=val_dataloaders)
         self._launch("fit", model, datamodule, ckpt_path, weights_only)
@@ -219,11 +220,21 @@ class Trainer(TrainerProperties):
         return results
 
     def _model_for(self, stage: str, model: LightningModule | None) -> LightningModule:
-        if model is None:
+        """The stage's LightningModule: the one given (the module inside a `torch.compile`d one, whose settings
+        compile the steps' module again around the strategy's wrapper), or the last one run."""
+        if model is None and stage != "fit":
             if self.lightning_module is None:
                 raise ValueError(f"Trainer.{stage}() needs a model: pass one, or call fit(model) first")
             return self.lightning_module
-        return model
+        if isinstance(model, torch.nn.Module):
+            model, self.run_state.recompile = split_compiled(model)  # type: ignore[assignment]
+        return model  # type: ignore[return-value]  # _check_sources names anything but a LightningModule
+
+    def _router(self, model: LightningModule) -> torch.nn.Module:
+        """What fabric sets up: the steps' router, compiled as the user's module was."""
+        router = StepRouter(model)
+        recompile = self.run_state.recompile
+        return router if recompile is None else recompile(router)
 
     def _check_sources(self, model: Any, datamodule: Any, loaders: Any, val_loaders: Any, stage: str) -> None:
         if not isinstance(model, LightningModule):
@@ -275,7 +286,7 @@ class Trainer(TrainerProperties):
             if stage == "fit":
                 self._fit(model, path)
             else:
-                state.fabric_module = self.fabric.setup(StepRouter(model))
+                state.fabric_module = self.fabric.setup(self._router(model))
                 if path is not None:
                     checkpointing.restore_model(self, path, stage)
                 log_stage_start(self._loggers, model, self.datamodule)
@@ -385,12 +396,12 @@ class Trainer(TrainerProperties):
         need optimizers built from the sharded parameters: the model is set up first and configure_optimizers runs
         again on it, as Lightning does under FSDP."""
         if not optimizers:
-            return self.fabric.setup(StepRouter(model)), ()
+            return self.fabric.setup(self._router(model)), ()
         if not self.fabric.setup_module_first:
-            setup = self.fabric.setup(StepRouter(model), *optimizers)
+            setup = self.fabric.setup(self._router(model), *optimizers)
             return setup[0], setup[1:]
         state = self.run_state
-        module = self.fabric.setup_module(StepRouter(model))
+        module = self.fabric.setup_module(self._router(model))
         optimizers, state.lr_scheduler_configs = parse_optimizers(state.hooks.call_on(model, "configure_optimizers"))
         fabric_optimizers = self.fabric.setup_optimizers(*optimizers)
         return module, fabric_optimizers if isinstance(fabric_optimizers, tuple) else (fabric_optimizers,)
