@@ -28,7 +28,7 @@ class DeviceStatsMonitor(Callback):
     def setup(self, trainer: Trainer, pl_module: Any, stage: str) -> None:
         if stage != "fit":
             return
-        if not trainer.loggers:
+        if not trainer.loggers and not trainer.fast_dev_run:  # fast_dev_run drops the loggers: nothing to send
             raise ValueError("DeviceStatsMonitor sends its statistics to the loggers, and this Trainer has none "
                              "(logger=False); pass a logger or remove the callback")
         if self._logs_cpu(trainer.fabric.device):

@@ -22,8 +22,8 @@ Modules = nn.Module | Iterable[nn.Module | Iterable[Any]]
 
 
 def multiplicative(epoch: int) -> float:
-    """BackboneFinetuning's default schedule: the backbone learning rate grows by 1.5x per epoch."""
-    return 1.5
+    """BackboneFinetuning's default schedule: the backbone learning rate doubles every epoch (Lightning's)."""
+    return 2.0
 
 
 class BaseFinetuning(Callback):

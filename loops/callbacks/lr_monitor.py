@@ -30,7 +30,7 @@ class LearningRateMonitor(Callback):
         self.lrs: dict[str, list[float]] = {}
 
     def on_train_start(self, trainer: Trainer, pl_module: Any) -> None:
-        if not trainer.loggers:
+        if not trainer.loggers and not trainer.fast_dev_run:  # fast_dev_run drops the loggers: nothing to send
             raise ValueError("LearningRateMonitor needs a logger to send learning rates to; the Trainer has none "
                              "(logger=False?)")
         if self.log_momentum and not all(_momentum_key(group) for opt in trainer.optimizers

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
+from fabric_kit.loggers.params import write_hparams_yaml
 from loops.callbacks.checkpoint import Checkpoint
 
 if TYPE_CHECKING:
@@ -136,7 +137,7 @@ class ModelCheckpoint(Checkpoint):
                 self._last_time_checked, due = now, True
         if not due:
             return
-        if self.monitor is not None and self.monitor not in trainer.callback_metrics:
+        if self.monitor is not None and self.monitor not in self._candidates(trainer):
             self._save_at_validation = True  # e.g. a validation metric not logged yet
             return
         self._save(trainer)
@@ -258,6 +259,15 @@ class ModelCheckpoint(Checkpoint):
                           f"reached {current.item():.5f} (best {self.best_model_score.item():.5f}), saving model "
                           f"to {path!r} as top {self.save_top_k}")
         return path, [replaced] if replaced and replaced != path else []
+
+    def to_yaml(self, filepath: str | Path | None = None) -> None:
+        """Write `best_k_models` (each kept file's path and its score, as a number) to a YAML file, by default
+        `<dirpath>/best_k_models.yaml`."""
+        if filepath is None:
+            if self.dirpath is None:
+                raise ValueError("ModelCheckpoint.to_yaml() needs a filepath: dirpath is not known before fit starts")
+            filepath = os.path.join(self.dirpath, "best_k_models.yaml")
+        write_hparams_yaml(filepath, {path: score.item() for path, score in self.best_k_models.items()})
 
     def _write(self, trainer: Trainer, path: str) -> None:
         """Every file goes through the trainer's crash-safe save; loggers that upload checkpoints hear of it."""

@@ -7,7 +7,7 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from loops.callbacks.callback import Callback
-from loops.trainer.arguments import parse_max_time
+from loops.trainer.arguments import parse_duration
 
 if TYPE_CHECKING:
     from loops.trainer.trainer import Trainer
@@ -22,7 +22,7 @@ class Timer(Callback):
     def __init__(self, duration: str | timedelta | dict[str, int] | None = None, interval: str = "step",
                  verbose: bool = True) -> None:
         try:
-            seconds = parse_max_time(duration)
+            seconds = parse_duration("duration", duration)
         except (ValueError, TypeError):
             raise ValueError(f"Timer(duration={duration!r}) is not valid; accepted: 'DD:HH:MM:SS', a "
                              "datetime.timedelta, a dict like {'hours': 1}, or None") from None

@@ -8,7 +8,12 @@ from torch.utils.data import DataLoader, Dataset
 
 from loops.core.hooks import DataHooks
 from loops.core.hparams import HyperparametersMixin
-from loops.core.saving import load_datamodule_from_checkpoint
+from loops.core.saving import (
+    CHECKPOINT_HYPER_PARAMS_KEY,
+    CHECKPOINT_HYPER_PARAMS_NAME,
+    CHECKPOINT_HYPER_PARAMS_TYPE,
+    load_datamodule_from_checkpoint,
+)
 
 if TYPE_CHECKING:
     from loops.trainer.trainer import Trainer
@@ -16,6 +21,11 @@ if TYPE_CHECKING:
 
 class LightningDataModule(HyperparametersMixin, DataHooks):
     """Override `prepare_data`, `setup(stage)` and the `*_dataloader` methods you need."""
+
+    # Where a checkpoint holds the datamodule's hyperparameters (Lightning's keys).
+    CHECKPOINT_HYPER_PARAMS_KEY = f"datamodule_{CHECKPOINT_HYPER_PARAMS_KEY}"
+    CHECKPOINT_HYPER_PARAMS_NAME = f"datamodule_{CHECKPOINT_HYPER_PARAMS_NAME}"
+    CHECKPOINT_HYPER_PARAMS_TYPE = f"datamodule_{CHECKPOINT_HYPER_PARAMS_TYPE}"
 
     name: str | None = None
 

@@ -3,6 +3,7 @@ it (`load_from_checkpoint`) and loggers can show them."""
 from __future__ import annotations
 
 import copy
+import dataclasses
 import inspect
 import types
 import warnings
@@ -26,12 +27,15 @@ class HyperparametersMixin:
     def save_hyperparameters(self, *args: Any, ignore: str | Iterable[str] | None = None,
                              frame: types.FrameType | None = None, logger: bool = True) -> None:
         """Store the caller's `__init__` arguments (all of them, the names given in `args`, or one dict /
-        Namespace passed as `args[0]`) in `self.hparams`; `ignore` leaves names out."""
+        Namespace passed as `args[0]`; a dataclass's init fields) in `self.hparams`; `ignore` leaves names out."""
         self._log_hyperparams = logger
         if frame is None:
             frame = inspect.currentframe().f_back  # type: ignore[union-attr]
         ignored = {ignore} if isinstance(ignore, str) else set(ignore or ())
-        init_args = _init_chain_arguments(frame, self)
+        if dataclasses.is_dataclass(self):  # a @dataclass module: its __init__ fields, typically from __post_init__
+            init_args = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.init}
+        else:
+            init_args = _init_chain_arguments(frame, self)
         self._hparams_name = "kwargs"  # each argument its own keyword
         if len(args) == 1 and isinstance(args[0], (dict, Namespace)):
             values = dict(vars(args[0]) if isinstance(args[0], Namespace) else args[0])

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import io
 import weakref
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -14,7 +15,12 @@ from torch import Tensor, nn
 from loops.core import export
 from loops.core.hooks import CheckpointHooks, DataHooks, ModelHooks
 from loops.core.hparams import HyperparametersMixin
-from loops.core.saving import load_from_checkpoint
+from loops.core.saving import (
+    CHECKPOINT_HYPER_PARAMS_KEY,
+    CHECKPOINT_HYPER_PARAMS_NAME,
+    CHECKPOINT_HYPER_PARAMS_TYPE,
+    load_from_checkpoint,
+)
 
 if TYPE_CHECKING:
     from fabric_kit import Fabric
@@ -23,6 +29,11 @@ if TYPE_CHECKING:
 
 class LightningModule(HyperparametersMixin, ModelHooks, DataHooks, CheckpointHooks, nn.Module):
     """Override `training_step` and `configure_optimizers` (and optionally the evaluation steps and hooks)."""
+
+    # Where a checkpoint holds the hyperparameters, how they reach __init__, and their type (Lightning's keys).
+    CHECKPOINT_HYPER_PARAMS_KEY = CHECKPOINT_HYPER_PARAMS_KEY
+    CHECKPOINT_HYPER_PARAMS_NAME = CHECKPOINT_HYPER_PARAMS_NAME
+    CHECKPOINT_HYPER_PARAMS_TYPE = CHECKPOINT_HYPER_PARAMS_TYPE
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -276,6 +287,16 @@ class LightningModule(HyperparametersMixin, ModelHooks, DataHooks, CheckpointHoo
         for param, requires_grad in self._param_requires_grad_state.items():
             param.requires_grad = requires_grad
         self._param_requires_grad_state = {}
+
+    @contextmanager
+    def toggled_optimizer(self, optimizer: Any) -> Iterator[None]:
+        """`toggle_optimizer(optimizer)` for the block, `untoggle_optimizer` after it (also when it raises): inside,
+        only `optimizer`'s parameters require gradients."""
+        self.toggle_optimizer(optimizer)
+        try:
+            yield
+        finally:
+            self.untoggle_optimizer(optimizer)
 
     def clip_gradients(self, optimizer: Any, gradient_clip_val: float | None = None,
                        gradient_clip_algorithm: str | None = None) -> None:

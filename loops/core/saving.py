@@ -1,14 +1,54 @@
-"""Rebuild a LightningModule or LightningDataModule from a checkpoint: its saved hyperparameters (overridden by
-keyword arguments, which also supply what could not be stored, like sub-modules) go to `__init__`."""
+"""Rebuild a LightningModule or LightningDataModule from a checkpoint: its saved hyperparameters (or those of an
+`hparams_file`, overridden by keyword arguments, which also supply what could not be stored, like sub-modules) go
+to `__init__`. Also Lightning's `save_hparams_to_yaml` / `load_hparams_from_yaml`."""
 from __future__ import annotations
 
 import inspect
+import os
+import warnings
+from argparse import Namespace
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from fabric_kit.checkpoint import read_checkpoint as read_fabric_checkpoint
+from fabric_kit.loggers.params import write_hparams_yaml
+
+__all__ = ["load_hparams_from_yaml", "save_hparams_to_yaml"]
+
+CHECKPOINT_HYPER_PARAMS_KEY = "hyper_parameters"
+CHECKPOINT_HYPER_PARAMS_NAME = "hparams_name"
+CHECKPOINT_HYPER_PARAMS_TYPE = "hparams_type"
+
+
+def save_hparams_to_yaml(config_yaml: str | Path, hparams: Mapping[str, Any] | Namespace,
+                         use_omegaconf: bool = True) -> None:
+    """Write `hparams` (a dict, an AttributeDict or a Namespace) to `config_yaml`, whose folder must exist; values
+    YAML cannot hold are written as their text. `use_omegaconf` is accepted for Lightning's signature: the file is
+    plain YAML either way."""
+    folder = os.path.dirname(os.path.abspath(config_yaml))
+    if not os.path.isdir(folder):
+        raise RuntimeError(f"save_hparams_to_yaml({str(config_yaml)!r}): the folder {folder!r} does not exist")
+    if not isinstance(hparams, (Mapping, Namespace)):
+        raise TypeError(f"save_hparams_to_yaml takes a dict or a Namespace of hyperparameters, not a "
+                        f"{type(hparams).__name__}")
+    write_hparams_yaml(config_yaml, vars(hparams) if isinstance(hparams, Namespace) else hparams)
+
+
+def load_hparams_from_yaml(config_yaml: str | Path, use_omegaconf: bool = True) -> dict[str, Any]:
+    """The hyperparameters in `config_yaml` as a dict; a missing file warns and gives `{}`, as in Lightning.
+    `use_omegaconf` is accepted for Lightning's signature; the result is a plain dict (no OmegaConf DictConfig)."""
+    import yaml  # here rather than at the top: only this reads YAML
+
+    if not os.path.isfile(config_yaml):
+        warnings.warn(f"load_hparams_from_yaml: no file {str(config_yaml)!r}; no hyperparameters loaded",
+                      RuntimeWarning, stacklevel=2)
+        return {}
+    with open(config_yaml, encoding="utf-8") as file:
+        hparams = yaml.full_load(file)
+    return {} if hparams is None else dict(hparams)
 
 
 def read_checkpoint(path: str | Path, map_location: Any = None) -> dict[str, Any]:
@@ -57,16 +97,21 @@ def load_datamodule_from_checkpoint(cls: type, checkpoint_path: str | Path, map_
 
 
 def _read(checkpoint_path: str | Path, map_location: Any, hparams_file: str | Path | None) -> dict[str, Any]:
+    """The checkpoint, its hyperparameters replaced by those of `hparams_file` (a .yaml / .yml file) when given."""
+    checkpoint = read_checkpoint(checkpoint_path, map_location)
     if hparams_file is not None:
-        raise ValueError(f"hparams_file={str(hparams_file)!r} is not supported: the checkpoint carries the "
-                         "hyperparameters; pass overrides as keyword arguments")
-    return read_checkpoint(checkpoint_path, map_location)
+        if not str(hparams_file).lower().endswith((".yaml", ".yml")):
+            raise ValueError(f"hparams_file={str(hparams_file)!r} is not supported; pass a .yaml or .yml file "
+                             "(Lightning's .csv tags files are not read)")
+        hparams = load_hparams_from_yaml(hparams_file)
+        checkpoint[CHECKPOINT_HYPER_PARAMS_KEY] = checkpoint[f"datamodule_{CHECKPOINT_HYPER_PARAMS_KEY}"] = hparams
+    return checkpoint
 
 
 def _from_hyperparameters(cls: type, checkpoint: dict[str, Any], prefix: str, overrides: dict[str, Any]) -> Any:
     """`cls` built from the checkpoint's saved hyperparameters (under `prefix`), overridden by `overrides`."""
-    hparams = {**checkpoint.get(f"{prefix}hyper_parameters", {}), **overrides}
-    name = checkpoint.get(f"{prefix}hparams_name")
+    hparams = {**checkpoint.get(f"{prefix}{CHECKPOINT_HYPER_PARAMS_KEY}", {}), **overrides}
+    name = checkpoint.get(f"{prefix}{CHECKPOINT_HYPER_PARAMS_NAME}")
     if name not in (None, "kwargs"):  # saved as one dict: `save_hyperparameters(hparams)` in `__init__(hparams)`
         hparams = {name: hparams, **overrides}
     return cls(**init_kwargs(cls, hparams))

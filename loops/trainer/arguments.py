@@ -16,20 +16,21 @@ from loops.callbacks.model_summary import ModelSummary
 from loops.callbacks.progress import ProgressBar, TQDMProgressBar
 
 
-def parse_max_time(max_time: str | timedelta | dict[str, int] | None) -> float | None:
-    """Seconds from "DD:HH:MM:SS", a timedelta, or a dict of timedelta keywords (e.g. {"hours": 1})."""
-    if max_time is None:
+def parse_duration(name: str, value: str | timedelta | dict[str, int] | None) -> float | None:
+    """Seconds from "DD:HH:MM:SS", a timedelta, or a dict of timedelta keywords (e.g. {"hours": 1}); `name` is
+    the argument's, for the error."""
+    if value is None:
         return None
-    if isinstance(max_time, timedelta):
-        return max_time.total_seconds()
-    if isinstance(max_time, dict):
-        return timedelta(**max_time).total_seconds()
-    if isinstance(max_time, str):
-        parts = max_time.split(":")
+    if isinstance(value, timedelta):
+        return value.total_seconds()
+    if isinstance(value, dict):
+        return timedelta(**value).total_seconds()
+    if isinstance(value, str):
+        parts = value.split(":")
         if len(parts) == 4 and all(p.strip().isdigit() for p in parts):
             days, hours, minutes, seconds = map(int, parts)
             return timedelta(days=days, hours=hours, minutes=minutes, seconds=seconds).total_seconds()
-    raise ValueError(f"max_time={max_time!r} is not valid; accepted: 'DD:HH:MM:SS', a datetime.timedelta or a dict "
+    raise ValueError(f"{name}={value!r} is not valid; accepted: 'DD:HH:MM:SS', a datetime.timedelta or a dict "
                      "like {'hours': 1}")
 
 
@@ -49,11 +50,17 @@ def check_positive_int(name: str, value: Any, allow_none: bool = False) -> None:
         raise ValueError(f"{name}={value!r} is not valid; pass a positive int{' or None' if allow_none else ''}")
 
 
-def check_val_check_interval(value: Any) -> None:
+def val_check_seconds(value: Any) -> float | None:
+    """The wall time between validations when `val_check_interval` is one ("DD:HH:MM:SS", a timedelta or a dict
+    of its keywords, as Lightning takes it); None for a batch count or fraction, which is checked here."""
+    if isinstance(value, (str, dict, timedelta)):
+        return parse_duration("val_check_interval", value)
     if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0 \
             or (isinstance(value, float) and value > 1.0):
         raise ValueError(f"val_check_interval={value!r} is not valid; pass a float in (0.0, 1.0] (fraction of the "
-                         "training epoch) or a positive int (number of training batches)")
+                         "training epoch), a positive int (number of training batches) or a time: 'DD:HH:MM:SS', a "
+                         "datetime.timedelta or a dict like {'minutes': 5}")
+    return None
 
 
 def check_clip_algorithm(value: Any) -> str:

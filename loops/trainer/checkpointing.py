@@ -47,14 +47,14 @@ def dump_checkpoint(trainer: Trainer, weights_only: bool = False) -> dict[str, A
         checkpoint["optimizer_states"] = [opt.state_dict() for opt in trainer.optimizers]
         checkpoint["lr_schedulers"] = [config.scheduler.state_dict() for config in trainer.lr_scheduler_configs]
     if module.hparams:
-        checkpoint["hparams_name"] = module._hparams_name
-        checkpoint["hyper_parameters"] = storable_hparams(module.hparams, type(module).__name__)
+        checkpoint[module.CHECKPOINT_HYPER_PARAMS_NAME] = module._hparams_name
+        checkpoint[module.CHECKPOINT_HYPER_PARAMS_KEY] = storable_hparams(module.hparams, type(module).__name__)
     datamodule = trainer.datamodule
     if datamodule is not None:
         if datamodule.hparams:
-            checkpoint["datamodule_hparams_name"] = datamodule._hparams_name
-            checkpoint["datamodule_hyper_parameters"] = storable_hparams(datamodule.hparams,
-                                                                         type(datamodule).__name__)
+            checkpoint[datamodule.CHECKPOINT_HYPER_PARAMS_NAME] = datamodule._hparams_name
+            checkpoint[datamodule.CHECKPOINT_HYPER_PARAMS_KEY] = storable_hparams(datamodule.hparams,
+                                                                                  type(datamodule).__name__)
         state = hooks.call_on(datamodule, "state_dict")
         if state:
             checkpoint[type(datamodule).__qualname__] = state

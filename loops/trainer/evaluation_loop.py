@@ -31,7 +31,8 @@ def run_evaluation(trainer: Trainer, stage: str, loaders: list[Any], limits: lis
     state = trainer.run_state
     hooks, fabric_module, device = state.hooks, state.fabric_module, trainer.fabric.device
     module = hooks.pl_module
-    results = Results(trainer.fabric, sync_steps=False)  # processes may run different numbers of batches
+    results = Results(trainer.fabric, training=False)  # processes may run different numbers of batches
+    seen = state.eval_batches_seen
     multiple = len(loaders) > 1
     start_cbs, start_mod = hooks.cb(f"on_{prefix}_batch_start"), hooks.mod(f"on_{prefix}_batch_start")
     end_cbs, end_mod = hooks.cb(f"on_{prefix}_batch_end"), hooks.mod(f"on_{prefix}_batch_end")
@@ -59,6 +60,11 @@ def run_evaluation(trainer: Trainer, stage: str, loaders: list[Any], limits: lis
                         hook(trainer, module, outputs, batch, batch_idx, *extra)
                     for hook in end_mod:
                         hook(outputs, batch, batch_idx, *extra)
+                    if not sanity:
+                        if results.step_logged:
+                            state.metrics.eval_step_end(results, trainer.loggers, seen.get(dataloader_idx, 0),
+                                                        f"/dataloader_idx_{dataloader_idx}" if multiple else "")
+                        seen[dataloader_idx] = seen.get(dataloader_idx, 0) + 1
                     if batch_idx + 1 >= limit:
                         break
             scope.dataloader_idx = scope.batch = None

@@ -6,6 +6,7 @@ counters it advances are the run state's `Progress` (run_state.py)."""
 from __future__ import annotations
 
 import math
+import time
 import warnings
 from collections.abc import Callable
 from functools import partial
@@ -41,6 +42,7 @@ class FitLoop:
         self._loader_resumed = False
         self._loaded_epoch = -1
         self._val_loaded_epoch = -1
+        self._last_validation = 0.0  # when validation inside fit last ended (time.monotonic())
         self.preempted = False  # the run stopped at a step boundary after a preemption signal (`preempt`)
 
     @property
@@ -108,6 +110,8 @@ class FitLoop:
     def _val_check_batch(self) -> int | float:
         trainer, batches = self.trainer, self.num_training_batches
         interval = trainer.val_check_interval
+        if not isinstance(interval, (int, float)):  # a time: `_should_validate` looks at the clock
+            return math.inf
         if isinstance(interval, int) and not isinstance(interval, bool):
             if trainer.check_val_every_n_epoch is not None and batches != math.inf and interval > batches:
                 raise ValueError(f"val_check_interval={interval} is more than the {batches} training batches of an "
@@ -138,6 +142,7 @@ class FitLoop:
         if self.trainer.limit_train_batches == 0:  # Lightning's rule: no training at all, not even its hooks
             return
         self.setup_train_data()
+        self._last_validation = time.monotonic()  # a time-based val_check_interval counts from here
         # on_train_start may log (epoch-level, as in Lightning): its values join the first epoch's results.
         state.train_results = Results(self.trainer.fabric)
         with state.logging_scope(state.train_results, per_step=False):
@@ -253,6 +258,8 @@ class FitLoop:
             return False
         if trainer.run_state.should_stop and self._can_stop():
             return True
+        if trainer._val_check_seconds is not None:
+            return time.monotonic() - self._last_validation >= trainer._val_check_seconds
         check = self.val_check_batch
         if check == math.inf:
             return last
@@ -270,6 +277,7 @@ class FitLoop:
         trainer.validating, trainer.training = True, False
         run_evaluation(trainer, "validate", self.val_loaders, self.num_val_batches)
         trainer.validating, trainer.training = False, True
+        self._last_validation = time.monotonic()
 
     def _end_epoch(self, results: Results) -> None:
         trainer, state = self.trainer, self.trainer.run_state

@@ -63,22 +63,45 @@ class LoopOptimizer:
         self._optimizer.zero_grad(set_to_none=set_to_none)
 
     def step(self, closure: Callable[[], Any] | None = None, **kwargs: Any) -> Any:
+        """Step the optimizer; with a `closure` (the Trainer's, in automatic optimization) it runs first, and the
+        torch optimizer receives it too, so one that evaluates the loss several times (LBFGS) re-runs the whole
+        closure (step, backward, the hooks and clipping) as under Lightning. Returns the closure's loss."""
         trainer = self._trainer
         state = trainer.run_state
-        loss = None if closure is None else closure()
-        if loss is None and closure is not None and state.automatic:
+        if closure is None:
+            self._before_step()
+            output = self._optimizer.step(**kwargs)
+            state.progress.optimizer_stepped()
+            return output
+        loss = closure()
+        if loss is None and state.automatic:
             # training_step returned None: no backward, no step (Lightning counts it)
             state.progress.optimizer_stepped()
             return None
+        self._before_step()
+        first = [loss]  # the optimizer's first evaluation is the one that just ran
+
+        def evaluate() -> Any:
+            if first:
+                return first.pop()
+            again = closure()
+            self._before_step()
+            return again
+
+        output = self._optimizer.step(closure=evaluate, **kwargs)
+        state.progress.optimizer_stepped()
+        return loss if output is None else output
+
+    def _before_step(self) -> None:
+        """The `on_before_optimizer_step` hooks, then (automatic optimization) gradient clipping."""
+        trainer = self._trainer
+        state = trainer.run_state
         hooks = state.hooks
         raw = self._optimizer.optimizer
         for hook, is_callback in hooks.both("on_before_optimizer_step"):
             hook(trainer, hooks.pl_module, raw) if is_callback else hook(raw)
         if state.clip_hook is not None:
             state.clip_hook(raw, trainer.gradient_clip_val, trainer.gradient_clip_algorithm)
-        output = self._optimizer.step(**kwargs)
-        state.progress.optimizer_stepped()
-        return loss if output is None else output  # a torch optimizer given the closure returns its loss
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._optimizer, name)

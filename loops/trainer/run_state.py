@@ -141,10 +141,13 @@ class RunState:
     # validate / test / predict, the list of them fabric set up (fit's are the fit loop's):
     user_loaders: dict[str, Any] = field(default_factory=lambda: dict.fromkeys(STAGES))
     set_up_loaders: dict[str, list[Any]] = field(default_factory=lambda: {stage: [] for stage in STAGES})
+    # Evaluation batches run per loader in this stage call (the loggers' step for evaluation's per-step values):
+    eval_batches_seen: dict[int, int] = field(default_factory=dict)
     ckpt_path: str | None = None  # the checkpoint the last stage call loaded (`trainer.ckpt_path`)
     weights_only: bool | None = None  # the stage call's: how its checkpoint is read (None: safely)
     return_predictions: bool = True
     automatic: bool = True  # the module's automatic_optimization
+    recompile: Callable[[Any], Any] | None = None  # the given module was compiled: compile its router alike
     clip_hook: Callable[[Optimizer, float | None, str], None] | None = None  # clipping in automatic optimization
     custom_transfer: bool = False  # the module or datamodule overrides a batch-transfer hook
     hooks: HookTable = field(init=False, repr=False)

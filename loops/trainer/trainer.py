@@ -16,7 +16,7 @@ from torch import Tensor
 from fabric_kit import Fabric
 from fabric_kit.environments import SLURMEnvironment, requeue_job
 from fabric_kit.loggers import FolderLogger, Logger, agree_on_versions
-from fabric_kit.wrappers import FabricModule
+from fabric_kit.wrappers import FabricModule, split_compiled
 from loops.callbacks.callback import Callback
 from loops.callbacks.checkpoint import Checkpoint
 from loops.callbacks.timer import Timer
@@ -57,7 +57,8 @@ class Trainer(TrainerProperties):
                  min_steps: int | None = None, max_time: str | timedelta | dict[str, int] | None = None,
                  limit_train_batches: int | float | None = None, limit_val_batches: int | float | None = None,
                  limit_test_batches: int | float | None = None, limit_predict_batches: int | float | None = None,
-                 overfit_batches: int | float = 0.0, val_check_interval: int | float | None = None,
+                 overfit_batches: int | float = 0.0,
+                 val_check_interval: int | float | str | timedelta | dict[str, int] | None = None,
                  check_val_every_n_epoch: int | None = 1, num_sanity_val_steps: int | None = None,
                  log_every_n_steps: int | None = None, enable_checkpointing: bool | None = None,
                  enable_progress_bar: bool | None = None, enable_model_summary: bool | None = None,
@@ -113,19 +114,21 @@ class Trainer(TrainerProperties):
         fast_dev_run: one epoch."""
         self.max_epochs = max_epochs
         self.min_epochs, self.max_steps, self.min_steps = min_epochs, max_steps, min_steps
-        self._max_seconds = args_check.parse_max_time(max_time)
+        self._max_seconds = args_check.parse_duration("max_time", max_time)
         if fast:
             self.max_steps, self.max_epochs = fast, 1
 
     def _set_batches(self, limit_train_batches: int | float | None, limit_val_batches: int | float | None,
                      limit_test_batches: int | float | None, limit_predict_batches: int | float | None,
-                     overfit_batches: int | float, val_check_interval: int | float | None,
+                     overfit_batches: int | float,
+                     val_check_interval: int | float | str | timedelta | dict[str, int] | None,
                      check_val_every_n_epoch: int | None, num_sanity_val_steps: int | None, fast: int) -> None:
         """How many batches each stage runs, and when validation runs during fit."""
         args_check.check_positive_int("check_val_every_n_epoch", check_val_every_n_epoch, allow_none=True)
         self.check_val_every_n_epoch = check_val_every_n_epoch
         self.val_check_interval = 1.0 if val_check_interval is None else val_check_interval
-        args_check.check_val_check_interval(self.val_check_interval)
+        # A time: validation runs once that much wall time has passed since the last one, not at epoch ends.
+        self._val_check_seconds = args_check.val_check_seconds(self.val_check_interval)
         self.overfit_batches = overfit_batches
         self.limit_train_batches = 1.0 if limit_train_batches is None else limit_train_batches
         self.limit_val_batches = 1.0 if limit_val_batches is None else limit_val_batches
@@ -136,6 +139,7 @@ class Trainer(TrainerProperties):
             self.limit_train_batches = self.limit_val_batches = fast
             self.limit_test_batches = self.limit_predict_batches = fast
             self.num_sanity_val_steps, self.val_check_interval, self.check_val_every_n_epoch = 0, 1.0, 1
+            self._val_check_seconds = None
         if self.barebones:
             self.num_sanity_val_steps = 0
 
@@ -165,6 +169,7 @@ class Trainer(TrainerProperties):
         `weights_only` (None: its safe default; False unpickles anything: trusted files only)."""
         if isinstance(train_dataloaders, LightningDataModule):
             datamodule, train_dataloaders = train_dataloaders, None
+        model = self._model_for("fit", model)
         self._check_sources(model, datamodule, train_dataloaders, val_dataloaders, "fit")
         self.run_state.dataloaders.update(train=train_dataloaders, val=val_dataloaders)
         self._launch("fit", model, datamodule, ckpt_path, weights_only)
@@ -215,11 +220,21 @@ class Trainer(TrainerProperties):
         return results
 
     def _model_for(self, stage: str, model: LightningModule | None) -> LightningModule:
-        if model is None:
+        """The stage's LightningModule: the one given (the module inside a `torch.compile`d one, whose settings
+        compile the steps' module again around the strategy's wrapper), or the last one run."""
+        if model is None and stage != "fit":
             if self.lightning_module is None:
                 raise ValueError(f"Trainer.{stage}() needs a model: pass one, or call fit(model) first")
             return self.lightning_module
-        return model
+        if isinstance(model, torch.nn.Module):
+            model, self.run_state.recompile = split_compiled(model)  # type: ignore[assignment]
+        return model  # type: ignore[return-value]  # _check_sources names anything but a LightningModule
+
+    def _router(self, model: LightningModule) -> torch.nn.Module:
+        """What fabric sets up: the steps' router, compiled as the user's module was."""
+        router = StepRouter(model)
+        recompile = self.run_state.recompile
+        return router if recompile is None else recompile(router)
 
     def _check_sources(self, model: Any, datamodule: Any, loaders: Any, val_loaders: Any, stage: str) -> None:
         if not isinstance(model, LightningModule):
@@ -251,6 +266,7 @@ class Trainer(TrainerProperties):
         self.state.fn, self.state.status = TrainerFn(stage), TrainerStatus.RUNNING
         state.should_stop = False
         state.metrics.reset()  # each stage call publishes its own metrics, as in Lightning
+        state.eval_batches_seen = {}
         if stage == "fit":
             self.fit_loop.decide_max_epochs()
         self.lightning_module, self.datamodule = model, datamodule
@@ -270,7 +286,7 @@ class Trainer(TrainerProperties):
             if stage == "fit":
                 self._fit(model, path)
             else:
-                state.fabric_module = self.fabric.setup(StepRouter(model))
+                state.fabric_module = self.fabric.setup(self._router(model))
                 if path is not None:
                     checkpointing.restore_model(self, path, stage)
                 log_stage_start(self._loggers, model, self.datamodule)
@@ -380,12 +396,12 @@ class Trainer(TrainerProperties):
         need optimizers built from the sharded parameters: the model is set up first and configure_optimizers runs
         again on it, as Lightning does under FSDP."""
         if not optimizers:
-            return self.fabric.setup(StepRouter(model)), ()
+            return self.fabric.setup(self._router(model)), ()
         if not self.fabric.setup_module_first:
-            setup = self.fabric.setup(StepRouter(model), *optimizers)
+            setup = self.fabric.setup(self._router(model), *optimizers)
             return setup[0], setup[1:]
         state = self.run_state
-        module = self.fabric.setup_module(StepRouter(model))
+        module = self.fabric.setup_module(self._router(model))
         optimizers, state.lr_scheduler_configs = parse_optimizers(state.hooks.call_on(model, "configure_optimizers"))
         fabric_optimizers = self.fabric.setup_optimizers(*optimizers)
         return module, fabric_optimizers if isinstance(fabric_optimizers, tuple) else (fabric_optimizers,)
@@ -456,10 +472,11 @@ class Trainer(TrainerProperties):
                                "hooks); write to self.logger.experiment directly there")
         if self.barebones:
             raise RuntimeError(f"self.log({name!r}) is turned off by Trainer(barebones=True)")
-        if scope.dataloader_idx is not None and add_dataloader_idx:
-            name = f"{name}/dataloader_idx_{scope.dataloader_idx}"
+        suffix = f"/dataloader_idx_{scope.dataloader_idx}" if scope.dataloader_idx is not None and add_dataloader_idx \
+            else ""
         # rank_zero_only: logged from rank 0 alone, so never synced (a collective there would wait for the others).
-        results.log(name, value, prog_bar, logger and self._logger_enabled,
+        # `logger` is the call's: `logged_metrics` and validate()/test()'s results hold it also without a logger.
+        results.log(name, suffix, value, prog_bar, logger,
                     scope.on_step if on_step is None else on_step, scope.on_epoch if on_epoch is None else on_epoch,
                     reduce_fx, enable_graph, sync_dist and not rank_zero_only, group, batch_size, scope.batch)
 

@@ -51,10 +51,10 @@ def test_backbone_frozen_until_its_epoch_then_trained_with_the_scheduled_lr():
     assert not torch.equal(recorder.backbone[2], initial)
     assert not torch.equal(recorder.backbone[3], recorder.backbone[2])
     assert not torch.equal(recorder.head[0], recorder.head[1])  # the head trained all along
-    # 0.1 * 0.1 at epoch 2, then x1.5 per epoch
-    assert _rounded(recorder.group_lrs) == [[0.1], [0.1], [0.1, 0.01], [0.1, 0.015], [0.1, 0.0225]]
+    # 0.1 * 0.1 at epoch 2, then x2 per epoch (Lightning's default lambda_func)
+    assert _rounded(recorder.group_lrs) == [[0.1], [0.1], [0.1, 0.01], [0.1, 0.02], [0.1, 0.04]]
     assert all(p.requires_grad for p in model.backbone.parameters())
-    assert finetuning.state_dict() == {"previous_backbone_lr": pytest.approx(0.0225)}
+    assert finetuning.state_dict() == {"previous_backbone_lr": pytest.approx(0.04)}
 
 
 def test_alignment_caps_the_backbone_lr_and_batch_norm_stays_trainable_while_frozen():

@@ -1,6 +1,9 @@
 """Trainer flags and loop rules as Lightning 2.6 has them, each run on Lightning and on loops (`both`): max_time's
 Timer, a sanity check that leaves the random generators alone, evaluation loaders' `set_epoch`, gradients freed
-before evaluation, no evaluation hooks without batches, and the graceful KeyboardInterrupt."""
+before evaluation, no evaluation hooks without batches, the graceful KeyboardInterrupt, a time-based
+`val_check_interval`, and fast_dev_run with callbacks that need a logger."""
+import importlib
+from datetime import timedelta
 
 import pytest
 import torch
@@ -142,3 +145,30 @@ def test_learning_rates_reach_callback_metrics(L, tmp_path):
     trainer = L.Trainer(max_epochs=1, callbacks=[monitor], **{**QUIET, "logger": True, "default_root_dir": tmp_path})
     trainer.fit(module_class(L)(), data())
     assert float(trainer.callback_metrics["lr-SGD"]) == pytest.approx(0.1)
+
+
+@both
+@pytest.mark.parametrize(("interval", "validations"), [
+    (timedelta(0), 8),  # due after every batch of the 2 epochs
+    ({"days": 1}, 0),  # never due: no validation at the epochs' ends either
+    ("00:00:00:00", 8)], ids=["timedelta", "dict", "DD:HH:MM:SS"])
+def test_time_based_val_check_interval(L, interval, validations):
+    model = module_class(L)()
+    trainer = L.Trainer(**QUIET, max_epochs=2, num_sanity_val_steps=0, val_check_interval=interval)
+    trainer.fit(model, data(), data(4))
+    assert len(model.grads_at_evaluation) == validations
+
+
+@both
+def test_time_based_val_check_interval_format(L):
+    with pytest.raises(Exception, match="val_check_interval"):
+        L.Trainer(**QUIET, val_check_interval="00:01:00")  # not DD:HH:MM:SS
+
+
+@both
+def test_fast_dev_run_with_monitors_that_need_a_logger(L):
+    callbacks = importlib.import_module(f"{L.__name__}.callbacks")
+    trainer = L.Trainer(**{**QUIET, "logger": None}, fast_dev_run=True,
+                        callbacks=[callbacks.LearningRateMonitor(), callbacks.DeviceStatsMonitor()])
+    trainer.fit(module_class(L)(), data(), data(4))
+    assert trainer.global_step == 1
