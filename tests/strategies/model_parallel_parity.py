@@ -5,8 +5,8 @@
 Two processes: TP = 2 ("auto" sizes: one node, so the whole world is one tensor-parallel group), float32. Without
 gradient clipping: Lightning's cannot clip a model whose gradients mix DTensors and plain tensors (torch's
 `clip_grad_norm_` refuses them), fabric_kit's can. Each rank saves the gathered weights to OUT_DIR/rank<r>.pt.
-model_parallel_worker.py runs `train` under fabric_kit's Fabric, built as `main` builds it, in the processes of
-its other 2-process scenarios.
+test_model_parallel.py compares the two through model_parallel_worker.py, which runs `train` under each Fabric,
+built as `main` builds it, in the processes of its other 2-process scenarios.
 """
 import os
 import sys

@@ -7,8 +7,8 @@ one-process layout ("single") in its own process through `single`. Each trains t
 same initial weights. Start-up dominates the cost, so every scenario of a world size runs in its one set of
 processes, each under a Fabric of its own: "tp2" trains under TP = 2 and saves the checkpoints at step SPLIT that
 every other layout resumes from (so it runs first), resumes from them itself and under plain FSDP, trains under
-bf16-mixed, and runs model_parallel_parity.py's loop (the fabric_kit side of the Lightning comparison). Each rank
-saves what it observed to OUT_DIR/rank<r>.pt.
+bf16-mixed, and runs model_parallel_parity.py's loop under fabric_kit's Fabric and then under Lightning's. Each
+rank saves what it observed to OUT_DIR/rank<r>.pt.
 """
 import os
 import sys
@@ -174,7 +174,21 @@ def tp2(out):
     result["bf16"] = mixed_precision(launched(2, tensor_parallel(), precision="bf16-mixed"))
     result["fsdp_from_sharded"] = resumed(launched(2, FSDPStrategy()), os.path.join(out, "split_sharded"))
     result["parity"] = model_parallel_parity.train(launched(2, ModelParallelStrategy(parallelize)))
+    result["lightning_parity"] = under_lightning()
     return fabric.global_rank, result
+
+
+def under_lightning():
+    """model_parallel_parity.train under Lightning's Fabric and ModelParallelStrategy, last: it joins these
+    processes' process group (its launcher sees the one that started them); None without lightning installed."""
+    try:
+        from lightning.fabric import Fabric as LightningFabric
+        from lightning.fabric.strategies import ModelParallelStrategy as LightningModelParallelStrategy
+    except ImportError:
+        return None
+    fabric = LightningFabric(accelerator="cpu", devices=2, strategy=LightningModelParallelStrategy(parallelize))
+    fabric.launch()
+    return model_parallel_parity.train(fabric)
 
 
 def dp2tp2(out):
