@@ -36,6 +36,8 @@ SCRIPTS = [
     ("gpu_step.py", [], "GPT-style model in bf16-mixed on one GPU (skipped without CUDA)", True),
     (CHECKPOINT_SCRIPT, ["--rounds", "2", "--fsdp-rounds", "5", "--markdown"],
      "Checkpoint save and load next to raw torch, Lightning Fabric and raw DCP", True),
+    ("model_parallel.py", ["--rounds", "4"],
+     "TP and FSDP2 × TP next to torch's own APIs by hand, memory per rank next to DDP", True),
 ]
 
 

@@ -1,6 +1,6 @@
 """The benchmarks that no other test runs still run: ddp_scaling on 1 and 2 processes (ours and raw torchrun + DDP,
-one step each), checkpoint_io on a tiny state, and gpu_step's model and its skip on machines without CUDA. No timing
-is asserted."""
+one step each), checkpoint_io on a tiny state, model_parallel on a tiny transformer (one round), and gpu_step's
+model and its skip on machines without CUDA. No timing is asserted."""
 import json
 import re
 import subprocess
@@ -56,6 +56,24 @@ def test_checkpoint_io_runs_every_case(clean_env, tmp_path, monkeypatch, capsys)
     assert all(float(seconds) > 0 for _, _, seconds in rows)
     assert "fabric_kit Fabric sharded load / raw: time" in out and "(target ≤ 1.15×:" in out
     assert list(tmp_path.iterdir()) == []  # every checkpoint was removed
+
+
+def test_model_parallel_runs_every_layout_with_equal_weights_and_sharded_memory(clean_env):
+    proc = subprocess.run([sys.executable, "benchmarks/model_parallel.py", "--steps", "1", "--rounds", "1", "--vocab",
+                           "16", "--dim", "16", "--heads", "2", "--seq", "8", "--batch", "2"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=400)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    rows = re.findall(r"^\| (TP = 2|FSDP2 x TP = 2 x 2) \| ([24]) \| (by hand|fabric_kit) \| (\d+) \|.*"
+                      r"\| (\d\.\d+) \(1/[24] = [\d.]+\) \| [^|]+ \| ([^|]+) \|$", proc.stdout, re.MULTILINE)
+    assert [(layout, kind) for layout, _, kind, _, _, _ in rows] == [
+        ("TP = 2", "by hand"), ("TP = 2", "fabric_kit"), ("FSDP2 x TP = 2 x 2", "by hand"),
+        ("FSDP2 x TP = 2 x 2", "fabric_kit")]
+    for layout, processes, kind, calls, of_ddp, difference in rows:
+        assert int(calls) > 0, layout
+        assert 1 / int(processes) <= float(of_ddp) < 1.5 / int(processes), layout  # shards: about 1/N of DDP's
+        if kind == "fabric_kit":
+            assert float(difference) <= 1e-6, layout  # the same steps from the same weights
+    assert proc.stdout.count("(target ≤ 1.03×:") == 2
 
 
 def test_gpu_step_model_is_gpt2_small_sized():

@@ -23,14 +23,20 @@ from fabric_kit.checkpoint.sharded_reading import load_sharded, read_metadata, s
 
 def consolidate(checkpoint_dir: str | os.PathLike[str], output_file: str | os.PathLike[str], weights_only: bool = True
                 ) -> None:
-    """Gather every shard of `checkpoint_dir` into `output_file` (written atomically). Model entries become plain
-    state dicts; optimizer entries get torch's index keys, so a plain optimizer over `model.parameters()` loads them;
-    the other entries of the saved state are copied as they were.
+    """Gather every shard of `checkpoint_dir` into `output_file` (written atomically): what `read_consolidated`
+    returns.
 
     A damaged directory raises `CheckpointCorruptedError`, an object the safe loaders refuse
     `UnsafeCheckpointError` (`weights_only=False` reads it, for a trusted checkpoint only); both name the file. A
     path that is no sharded checkpoint at all raises ValueError."""
-    checkpoint_dir, output_file = Path(checkpoint_dir), Path(output_file)
+    save_file(read_consolidated(checkpoint_dir, weights_only), Path(output_file))
+
+
+def read_consolidated(checkpoint_dir: str | os.PathLike[str], weights_only: bool = True) -> dict[str, Any]:
+    """Every shard of `checkpoint_dir` gathered in this one process, without a process group: model entries become
+    plain state dicts; optimizer entries get torch's index keys, so a plain optimizer over `model.parameters()`
+    loads them; the other entries of the saved state come as they were. Errors as for `consolidate`."""
+    checkpoint_dir = Path(checkpoint_dir)
     if not is_sharded_checkpoint(checkpoint_dir) and not (checkpoint_dir / MANIFEST).is_file():
         raise ValueError(f"{str(checkpoint_dir)!r} is not a sharded checkpoint directory (one written by "
                          "strategy='fsdp' with state_dict_type='sharded', holding a .metadata file)")
@@ -50,7 +56,7 @@ def consolidate(checkpoint_dir: str | os.PathLike[str], output_file: str | os.Pa
         set_nested(entries, paths.get(fqn, (fqn,)), value)
     entries = {key: _index_keyed(value) for key, value in entries.items()}
     entries.update(load_file(checkpoint_dir / PLAIN_ENTRIES, weights_only=weights_only))
-    save_file(entries, output_file)
+    return entries
 
 
 def _allocate(metadata: Metadata) -> dict[str, Any]:

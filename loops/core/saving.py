@@ -14,6 +14,8 @@ from typing import Any
 import torch
 
 from fabric_kit.checkpoint import read_checkpoint as read_fabric_checkpoint
+from fabric_kit.checkpoint.consolidate import read_consolidated
+from fabric_kit.collections import move_to_device
 from fabric_kit.loggers.params import write_hparams_yaml
 
 __all__ = ["load_hparams_from_yaml", "save_hparams_to_yaml"]
@@ -52,12 +54,16 @@ def load_hparams_from_yaml(config_yaml: str | Path, use_omegaconf: bool = True) 
 
 
 def read_checkpoint(path: str | Path, map_location: Any = None) -> dict[str, Any]:
-    """A checkpoint written by `Trainer.save_checkpoint`, read without a Trainer (verified, safe loading)."""
-    if Path(path).is_dir():
-        raise ValueError(f"checkpoint {str(path)!r} is a directory of shards (written under FSDP); load it with "
-                         "Trainer(strategy=...).fit/validate(ckpt_path=...) or turn it into one file with "
-                         f"`fabric consolidate {path} --output FILE`")
-    return read_fabric_checkpoint(path, map_location="cpu" if map_location is None else map_location)
+    """A checkpoint written by `Trainer.save_checkpoint`, read without a Trainer (verified, safe loading); a
+    directory of shards (written under FSDP or ModelParallelStrategy) is gathered whole in this process, as
+    `fabric consolidate` does."""
+    if not Path(path).is_dir():
+        return read_fabric_checkpoint(path, map_location="cpu" if map_location is None else map_location)
+    if map_location is not None and not isinstance(map_location, (str, torch.device)):
+        raise ValueError(f"map_location={map_location!r} cannot place the tensors of the sharded checkpoint "
+                         f"{str(path)!r}; accepted for a directory: None (the CPU), a device or its name")
+    checkpoint = read_consolidated(path)
+    return checkpoint if map_location is None else move_to_device(checkpoint, torch.device(map_location))
 
 
 def init_kwargs(cls: type, hparams: dict[str, Any]) -> dict[str, Any]:
@@ -74,6 +80,7 @@ def load_from_checkpoint(cls: type, checkpoint_path: str | Path, map_location: A
     mode."""
     checkpoint = _read(checkpoint_path, map_location, hparams_file)
     obj = _from_hyperparameters(cls, checkpoint, "", kwargs)
+    obj.configure_model()  # the layers it creates receive the weights (a no-op unless the module overrides it)
     obj.on_load_checkpoint(checkpoint)
     if "state_dict" not in checkpoint:
         raise KeyError(f"checkpoint {str(checkpoint_path)!r} has no 'state_dict' (model weights); its keys: "

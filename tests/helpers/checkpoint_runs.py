@@ -3,6 +3,7 @@ import os
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import torch
 
@@ -11,12 +12,14 @@ from tests.helpers.processes import ROOT, free_port, process_environment
 SCRIPT = ROOT / "tests" / "checkpoint" / "scripts" / "train.py"
 
 
-def run_training(config: dict, *launcher: str, timeout: float = 120) -> subprocess.CompletedProcess:
-    """Run scripts/train.py (through `launcher`, e.g. `-m fabric_kit run ...`, else directly) in a fresh process
-    group outside any launcher's environment; the whole group is killed if it outlives `timeout`."""
+def run_training(config: dict, *launcher: str, timeout: float = 120, script: Path = SCRIPT,
+                 args: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
+    """Run `script` (scripts/train.py unless told) with `args` (through `launcher`, e.g. `-m fabric_kit run ...`,
+    else directly) in a fresh process group outside any launcher's environment; the whole group is killed if it
+    outlives `timeout`."""
     env = process_environment(**{k: str(v) for k, v in config.items()}, OMP_NUM_THREADS="1",
                               MASTER_PORT=str(free_port()))
-    command = [sys.executable, *launcher, str(SCRIPT)]
+    command = [sys.executable, *launcher, str(script), *args]
     proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True)
     try:

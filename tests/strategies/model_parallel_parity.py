@@ -5,6 +5,8 @@
 Two processes: TP = 2 ("auto" sizes: one node, so the whole world is one tensor-parallel group), float32. Without
 gradient clipping: Lightning's cannot clip a model whose gradients mix DTensors and plain tensors (torch's
 `clip_grad_norm_` refuses them), fabric_kit's can. Each rank saves the gathered weights to OUT_DIR/rank<r>.pt.
+test_model_parallel.py compares the two through model_parallel_worker.py, which runs `train` under each Fabric,
+built as `main` builds it, in the processes of its other 2-process scenarios.
 """
 import os
 import sys
@@ -29,9 +31,8 @@ from tests.strategies.model_parallel_model import (  # noqa: E402
 )
 
 
-def main():
-    fabric = Fabric(accelerator="cpu", devices=2, strategy=ModelParallelStrategy(parallelize))
-    fabric.launch()
+def train(fabric):
+    """The gathered weights after STEPS steps."""
     torch.manual_seed(0)
     model = Transformer()
     raw = model
@@ -46,7 +47,13 @@ def main():
         optimizer.zero_grad()
         fabric.backward(loss)
         optimizer.step()
-    torch.save(full_weights(raw), os.path.join(sys.argv[2], f"rank{fabric.global_rank}.pt"))
+    return full_weights(raw)
+
+
+def main():
+    fabric = Fabric(accelerator="cpu", devices=2, strategy=ModelParallelStrategy(parallelize))
+    fabric.launch()
+    torch.save(train(fabric), os.path.join(sys.argv[2], f"rank{fabric.global_rank}.pt"))
 
 
 if __name__ == "__main__":

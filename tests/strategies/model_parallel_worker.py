@@ -2,11 +2,13 @@
 
     python model_parallel_worker.py LAYOUT OUT_DIR
 
-LAYOUT is "tp2" (2 processes, TP = 2), "dp2tp2" (4 processes, FSDP2 x TP = 2 x 2), "fsdp2" (2 processes, plain
-FSDP), "single" (1 process), or "tp2_bf16" (TP = 2 under bf16-mixed, the precision scenario only). Each trains
-the same global batches from the same initial weights and runs its scenarios in the same processes (start-up
-dominates the cost); "tp2" also saves the checkpoints at step SPLIT that the other layouts resume from (so it runs
-first). Each rank saves what it observed to OUT_DIR/rank<r>.pt.
+LAYOUT is "tp2" (2 processes) or "dp2tp2" (4 processes, FSDP2 x TP = 2 x 2); test_model_parallel.py runs the
+one-process layout ("single") in its own process through `single`. Each trains the same global batches from the
+same initial weights. Start-up dominates the cost, so every scenario of a world size runs in its one set of
+processes, each under a Fabric of its own: "tp2" trains under TP = 2 and saves the checkpoints at step SPLIT that
+every other layout resumes from (so it runs first), resumes from them itself and under plain FSDP, trains under
+bf16-mixed, and runs model_parallel_parity.py's loop under fabric_kit's Fabric and then under Lightning's. Each
+rank saves what it observed to OUT_DIR/rank<r>.pt.
 """
 import os
 import sys
@@ -18,6 +20,7 @@ from fabric_kit import Fabric
 from fabric_kit.checkpoint.consolidate import consolidate
 from fabric_kit.strategies import ModelParallelStrategy
 from fabric_kit.strategies.fsdp import FSDPStrategy
+from tests.strategies import model_parallel_parity
 from tests.strategies.model_parallel_model import (
     GLOBAL_BATCH,
     SPLIT,
@@ -29,15 +32,15 @@ from tests.strategies.model_parallel_model import (
     parallelize,
 )
 
-LAYOUTS = {"tp2": 2, "dp2tp2": 4, "fsdp2": 2, "single": 1, "tp2_bf16": 2}
+
+def launched(devices, strategy, precision=None):
+    fabric = Fabric(accelerator="cpu", devices=devices, strategy=strategy, precision=precision)
+    fabric.launch()
+    return fabric
 
 
-def strategy_for(layout):
-    if layout in ("tp2", "tp2_bf16"):
-        return ModelParallelStrategy(parallelize, data_parallel_size=1, tensor_parallel_size=2)
-    if layout == "dp2tp2":
-        return ModelParallelStrategy(parallelize, tensor_parallel_size=2)  # data_parallel_size "auto": 2
-    return FSDPStrategy() if layout == "fsdp2" else "auto"
+def tensor_parallel():
+    return ModelParallelStrategy(parallelize, data_parallel_size=1, tensor_parallel_size=2)
 
 
 def data_parallel_size(fabric):
@@ -45,7 +48,7 @@ def data_parallel_size(fabric):
     return kwargs["num_replicas"] if kwargs else 1
 
 
-def setup(fabric, seed, empty_init=False):
+def setup(fabric, seed, empty_init=False, shuffle=False):
     """Model, optimizer and loader, the model's initial weights drawn from `seed`."""
     torch.manual_seed(seed)
     with fabric.init_module(empty_init=empty_init):
@@ -53,7 +56,7 @@ def setup(fabric, seed, empty_init=False):
     model = fabric.setup_module(raw)
     optimizer = fabric.setup_optimizers(torch.optim.AdamW(model.parameters(), lr=1e-2))
     loader = fabric.setup_dataloaders(torch.utils.data.DataLoader(
-        dataset(), batch_size=GLOBAL_BATCH // data_parallel_size(fabric), shuffle=False))
+        dataset(), batch_size=GLOBAL_BATCH // data_parallel_size(fabric), shuffle=shuffle))
     return raw, model, optimizer, loader
 
 
@@ -159,30 +162,57 @@ def mixed_precision(fabric):
             "grads": {p.grad.dtype for p in raw.parameters()}, "losses": losses}
 
 
+def mesh_of(fabric):
+    return fabric.strategy.device_mesh.mesh_dim_names, tuple(fabric.strategy.device_mesh.shape)
+
+
+def tp2(out):
+    fabric = launched(2, tensor_parallel())
+    result = {"errors": bad_inputs(fabric), "run": uninterrupted(fabric, out, save_split=True)}
+    result["from_sharded"] = resumed(fabric, os.path.join(out, "split_sharded"))
+    result.update(meta=meta_init(fabric), mesh=mesh_of(fabric))
+    result["bf16"] = mixed_precision(launched(2, tensor_parallel(), precision="bf16-mixed"))
+    result["fsdp_from_sharded"] = resumed(launched(2, FSDPStrategy()), os.path.join(out, "split_sharded"))
+    result["parity"] = model_parallel_parity.train(launched(2, ModelParallelStrategy(parallelize)))
+    result["lightning_parity"] = under_lightning()
+    return fabric.global_rank, result
+
+
+def under_lightning():
+    """model_parallel_parity.train under Lightning's Fabric and ModelParallelStrategy, last: it joins these
+    processes' process group (its launcher sees the one that started them); None without lightning installed."""
+    try:
+        from lightning.fabric import Fabric as LightningFabric
+        from lightning.fabric.strategies import ModelParallelStrategy as LightningModelParallelStrategy
+    except ImportError:
+        return None
+    fabric = LightningFabric(accelerator="cpu", devices=2, strategy=LightningModelParallelStrategy(parallelize))
+    fabric.launch()
+    return model_parallel_parity.train(fabric)
+
+
+def dp2tp2(out):
+    fabric = launched(4, ModelParallelStrategy(parallelize, tensor_parallel_size=2))  # data_parallel_size "auto": 2
+    result = {"run": uninterrupted(fabric, out, save_split=False),
+              "from_sharded": resumed(fabric, os.path.join(out, "split_sharded")),
+              "meta": meta_init(fabric), "mesh": mesh_of(fabric), "no_backward_sync": no_backward_sync(fabric)}
+    return fabric.global_rank, result
+
+
+def single(out):
+    """One process (run by the test itself): the reference training, and resumes from the full file and from the
+    consolidated shards that "tp2" saved in `out`."""
+    fabric = launched(1, "auto")
+    consolidate(os.path.join(out, "split_sharded"), os.path.join(out, "consolidated.pt"))
+    return {"run": uninterrupted(fabric, out, save_split=False),
+            "from_full": resumed(fabric, os.path.join(out, "split_full.pt")),
+            "from_consolidated": resumed(fabric, os.path.join(out, "consolidated.pt"))}
+
+
 def main():
     layout, out = sys.argv[1:3]
-    precision = "bf16-mixed" if layout == "tp2_bf16" else None
-    fabric = Fabric(accelerator="cpu", devices=LAYOUTS[layout], strategy=strategy_for(layout), precision=precision)
-    fabric.launch()
-    result = {}
-    if layout == "tp2_bf16":
-        torch.save({"bf16": mixed_precision(fabric)}, os.path.join(out, f"rank{fabric.global_rank}.pt"))
-        return
-    if layout == "tp2":
-        result["errors"] = bad_inputs(fabric)
-    result["run"] = uninterrupted(fabric, out, save_split=layout == "tp2")
-    if layout == "single":
-        consolidate(os.path.join(out, "split_sharded"), os.path.join(out, "consolidated.pt"))
-        result["from_full"] = resumed(fabric, os.path.join(out, "split_full.pt"))
-        result["from_consolidated"] = resumed(fabric, os.path.join(out, "consolidated.pt"))
-    else:
-        result["from_sharded"] = resumed(fabric, os.path.join(out, "split_sharded"))
-    if layout in ("tp2", "dp2tp2"):
-        result["meta"] = meta_init(fabric)
-        result["mesh"] = fabric.strategy.device_mesh.mesh_dim_names, tuple(fabric.strategy.device_mesh.shape)
-    if layout == "dp2tp2":
-        result["no_backward_sync"] = no_backward_sync(fabric)
-    torch.save(result, os.path.join(out, f"rank{fabric.global_rank}.pt"))
+    rank, result = {"tp2": tp2, "dp2tp2": dp2tp2}[layout](out)
+    torch.save(result, os.path.join(out, f"rank{rank}.pt"))
 
 
 if __name__ == "__main__":

@@ -2,12 +2,15 @@
 against one process training the same global batches; checkpoints saved under TP = 2 and loaded under TP = 2,
 FSDP2 x TP, plain FSDP, one process (a full file, and `fabric consolidate`d shards).
 
-tests/strategies/model_parallel_worker.py runs every scenario of a layout in one set of processes; the "tp2" run
-writes the checkpoints the others read, so it runs first.
+tests/strategies/model_parallel_worker.py runs every scenario of a world size in one set of processes (2, then 4);
+the one-process layout runs in this process. The 2-process run writes the checkpoints the others read, so it runs
+first.
 """
+import os
 import subprocess
 import sys
 from pathlib import Path
+from unittest import mock
 
 import pytest
 import torch
@@ -16,11 +19,12 @@ from fabric_kit import Fabric
 from fabric_kit.strategies import ModelParallelStrategy
 from tests.conftest import outside_launchers
 from tests.helpers.examples import number_after, run_example
+from tests.helpers.processes import is_launcher_variable
+from tests.strategies import model_parallel_worker
 from tests.strategies.model_parallel_model import GLOBAL_BATCH, SPLIT, parallelize
 
 ROOT = Path(__file__).resolve().parents[2]
 WORKER = Path(__file__).with_name("model_parallel_worker.py")
-PARITY = Path(__file__).with_name("model_parallel_parity.py")
 
 
 def run_processes(args, processes, out, timeout=300):
@@ -34,14 +38,15 @@ def run_processes(args, processes, out, timeout=300):
 def runs(tmp_path_factory):
     """{layout: [what each rank saved]}, for the layouts in the order their checkpoints need."""
     out = tmp_path_factory.mktemp("model_parallel")
-    results = {}
-    for layout, processes in (("tp2", 2), ("dp2tp2", 4), ("fsdp2", 2), ("single", 1), ("tp2_bf16", 2)):
-        folder = out / layout
-        folder.mkdir()
-        if layout != "tp2":
-            for name in ("split_sharded", "split_full.pt"):
-                (folder / name).symlink_to(out / "tp2" / name)
-        results[layout] = run_processes([WORKER, layout, folder], processes, folder)
+    tp2, dp2tp2 = out / "tp2", out / "dp2tp2"
+    tp2.mkdir()
+    dp2tp2.mkdir()
+    results = {"tp2": run_processes([WORKER, "tp2", tp2], 2, tp2)}
+    (dp2tp2 / "split_sharded").symlink_to(tp2 / "split_sharded")
+    results["dp2tp2"] = run_processes([WORKER, "dp2tp2", dp2tp2], 4, dp2tp2)
+    launcher_free = {name: value for name, value in os.environ.items() if not is_launcher_variable(name)}
+    with mock.patch.dict(os.environ, launcher_free, clear=True), torch.random.fork_rng():
+        results["single"] = [model_parallel_worker.single(str(tp2))]
     return results
 
 
@@ -82,7 +87,7 @@ def test_mesh_is_named_and_auto_sizes_fill_the_world(runs):
 
 
 @pytest.mark.parametrize(("layout", "entry"), [("tp2", "from_sharded"), ("dp2tp2", "from_sharded"),
-                                               ("fsdp2", "from_sharded"), ("single", "from_full"),
+                                               ("tp2", "fsdp_from_sharded"), ("single", "from_full"),
                                                ("single", "from_consolidated")])
 def test_checkpoint_saved_under_tp2_resumes_in_another_layout(runs, layout, entry):
     expected = runs["single"][0]["run"]
@@ -108,7 +113,7 @@ def test_meta_device_init_materialises_own_shards_and_equal_replicas(runs, layou
 
 def test_bf16_mixed_computes_in_bf16_and_keeps_float32_parameters_and_gradients(runs):
     reference = runs["single"][0]["run"]["losses"]
-    for rank in runs["tp2_bf16"]:
+    for rank in runs["tp2"]:
         result = rank["bf16"]
         assert result["computed"] == torch.bfloat16
         assert result["params"] == {torch.float32} and result["grads"] == {torch.float32}
@@ -157,14 +162,11 @@ def test_device_mesh_before_launch_says_to_launch():
         _ = ModelParallelStrategy(parallelize).device_mesh
 
 
-def test_same_script_under_lightning_ends_with_equal_weights(tmp_path):
-    pytest.importorskip("lightning")
-    weights = {}
-    for api in ("lightning", "fabric_kit"):
-        out = tmp_path / api
-        out.mkdir()
-        weights[api] = run_processes([PARITY, api, out], 2, out)[0]
-    close(weights["fabric_kit"], weights["lightning"], 1e-6)
+def test_same_script_under_lightning_ends_with_equal_weights(runs):
+    for rank in runs["tp2"]:  # model_parallel_parity.train under each Fabric
+        if rank["lightning_parity"] is None:
+            pytest.skip("lightning is not installed")
+        close(rank["parity"], rank["lightning_parity"], 1e-6)
 
 
 def test_tensor_parallel_example_trains_under_fabric_run_on_four_processes(clean_env, tmp_path):

@@ -169,6 +169,31 @@ def test_load_from_checkpoint_kwargs_override_hparams(tmp_path):
     assert Momentum.load_from_checkpoint(path).hparams.lr == 0.1
 
 
+class BuiltInConfigureModel(L.LightningModule):
+    def __init__(self):
+        super().__init__()
+        self.layer = None
+
+    def configure_model(self):
+        if self.layer is None:
+            self.layer = nn.Linear(4, 1)
+
+    def training_step(self, batch, batch_idx):
+        return nn.functional.mse_loss(self.layer(batch[0]), batch[1])
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+def test_load_from_checkpoint_calls_configure_model_before_loading_the_weights(tmp_path):
+    model = BuiltInConfigureModel()
+    trainer = make_trainer(max_epochs=1)
+    trainer.fit(model, loader())
+    trainer.save_checkpoint(tmp_path / "c.ckpt")
+    loaded = BuiltInConfigureModel.load_from_checkpoint(tmp_path / "c.ckpt")  # its layer exists only after the call
+    assert torch.equal(loaded.layer.weight, model.layer.weight)
+
+
 class AutoEncoder(L.LightningModule):
     def __init__(self, encoder: nn.Module, decoder: nn.Module, width: int = 4):
         super().__init__()

@@ -1,0 +1,48 @@
+"""Acceptance: a run under FSDP2 x TP = 2 x 2 (4 real processes, gloo) SIGKILLed mid-epoch after a sharded
+checkpoint resumes from it under the same layout and under TP = 2 on 2 processes; both end at the global sample of
+a run that never stopped (one process, in this process) with its weights."""
+import os
+import shutil
+from unittest import mock
+
+import pytest
+import torch
+
+from fabric_kit import Fabric
+from tests.helpers.checkpoint_runs import run_training
+from tests.helpers.processes import ROOT, is_launcher_variable
+from tests.strategies import model_parallel_resume_worker as worker
+
+SCRIPT = ROOT / "tests" / "strategies" / "model_parallel_resume_worker.py"
+KILL_AT = 12  # the second epoch's 4th step, 2 steps after the step-10 checkpoint
+
+
+def launch(layout, checkpoints, out, *kill_at, expect=0):
+    proc = run_training({}, script=SCRIPT, args=(layout, str(checkpoints), str(out), *map(str, kill_at)),
+                        timeout=300)
+    assert proc.returncode == expect, f"exit status {proc.returncode}, expected {expect}\n{proc.stdout}"
+
+
+@pytest.fixture(scope="module")
+def uninterrupted():
+    launcher_free = {name: value for name, value in os.environ.items() if not is_launcher_variable(name)}
+    with mock.patch.dict(os.environ, launcher_free, clear=True), torch.random.fork_rng():
+        fabric = Fabric(accelerator="cpu", devices=1)
+        fabric.launch()
+        return worker.run(fabric)
+
+
+def test_killed_under_2x2_resumes_under_2x2_and_under_tp2_at_the_same_sample(tmp_path, uninterrupted):
+    checkpoints = tmp_path / "checkpoints"
+    launch("dp2tp2", checkpoints, tmp_path / "killed.pt", KILL_AT, expect=-9)
+    assert sorted(path.name for path in checkpoints.iterdir()) == ["step-00005.ckpt", "step-00010.ckpt"]
+    shutil.copytree(checkpoints, tmp_path / "for_tp2")  # as the kill left them: the 2 x 2 resume saves more
+    launch("dp2tp2", checkpoints, tmp_path / "dp2tp2.pt", KILL_AT)
+    launch("tp2", tmp_path / "for_tp2", tmp_path / "tp2.pt", KILL_AT)
+    assert uninterrupted["resumed_from"] == 0 and uninterrupted["epoch"] == 1
+    for layout in ("dp2tp2", "tp2"):
+        resumed = torch.load(tmp_path / f"{layout}.pt")
+        assert resumed["resumed_from"] == 10, layout
+        assert (resumed["epoch"], resumed["samples"]) == (uninterrupted["epoch"], uninterrupted["samples"]), layout
+        for name, weight in uninterrupted["weights"].items():  # float32 sums in another order over 14 AdamW steps
+            torch.testing.assert_close(resumed["weights"][name], weight, atol=2e-5, rtol=0, msg=f"{layout}: {name}")
