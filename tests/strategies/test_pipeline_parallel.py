@@ -11,6 +11,7 @@ import torch
 
 from fabric_kit import Fabric
 from fabric_kit.strategies import ModelParallelStrategy
+from tests.helpers.examples import number_after, run_example
 from tests.strategies.model_parallel_model import SPLIT, Transformer, dataset, parallelize
 from tests.strategies.pipeline_parallel_worker import SPLITS, loss_fn
 from tests.strategies.test_model_parallel import close, run_processes
@@ -152,3 +153,12 @@ def test_forward_backward_without_a_pipeline_is_the_plain_forward_loss_and_backw
     assert not loss.requires_grad and torch.equal(loss, expected.detach())
     for (name, p), q in zip(model.named_parameters(), plain.parameters(), strict=True):
         torch.testing.assert_close(p.grad, q.grad, atol=0, rtol=0, msg=name)
+
+
+def test_pipeline_parallel_example_trains_under_fabric_run_on_four_processes(clean_env, tmp_path):
+    out = run_example("-m", "fabric_kit", "run", "--devices", "4", "examples/fabric/pipeline_parallel.py", "--pp", "2",
+                      "--steps", "40", "--empty-init", "--checkpoint", tmp_path / "checkpoint", timeout=400)
+    assert ("mesh {'pipeline_parallel': 2, 'data_parallel': 2, 'tensor_parallel': 1} on 4 processes, 2 stages, "
+            "schedule 1f1b") in out
+    assert number_after("step 40  loss", out) < 0.9 * number_after("(chance", out)
+    assert (tmp_path / "checkpoint" / ".metadata").is_file()
