@@ -52,7 +52,7 @@ class PipelinedModel(Module):
         self._schedule_name, self._microbatches, self._group = schedule, microbatches, group
         self._first, self._last = 0 in indices, num_stages - 1 in indices
         self._device = device
-        self._schedules: dict[Callable[..., Tensor], Any] = {}  # one per loss function
+        self._schedule: tuple[Callable[..., Tensor], Any] | None = None  # built for the last loss function
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         raise RuntimeError("a pipelined model cannot be called: its stages run on different ranks and the "
@@ -67,11 +67,10 @@ class PipelinedModel(Module):
             raise ValueError(f"pipeline_microbatches={self._microbatches} does not divide the batch of "
                              f"{batch} samples (the first input's dim 0); accepted: batches whose size is a "
                              f"multiple of {self._microbatches}")
-        schedule = self._schedules.get(loss_fn)
-        if schedule is None:
+        if self._schedule is None or self._schedule[0] is not loss_fn:
             stages = self._pipeline if self._schedule_name in MULTI_STAGE else self._pipeline[0]
-            schedule = self._schedules[loss_fn] = SCHEDULES[self._schedule_name](
-                stages, self._microbatches, loss_fn=loss_fn)
+            self._schedule = loss_fn, SCHEDULES[self._schedule_name](stages, self._microbatches, loss_fn=loss_fn)
+        schedule = self._schedule[1]
         losses: list[Tensor] = []
         schedule.step(*(inputs if self._first else ()), target=target if self._last else None,
                       losses=losses if self._last else None, return_outputs=False)
