@@ -22,7 +22,7 @@ from fabric_kit.data import distributed_loader, resumable_loader
 from fabric_kit.precision import Precision
 from fabric_kit.preemption import Preemption
 from fabric_kit.seed import global_seed, seed_everything, worker_init_function
-from fabric_kit.strategies.strategy import BackwardSyncControl, Strategy
+from fabric_kit.strategies.strategy import BackwardSyncControl, ForwardBackwardControl, Strategy
 from fabric_kit.wrappers import (
     FabricDataLoader,
     FabricModule,
@@ -260,6 +260,21 @@ class Fabric:
     def backward(self, tensor: Tensor, *args: Any, model: FabricModule | None = None, **kwargs: Any) -> None:
         """Use instead of `loss.backward()`: the precision may scale the loss, the strategy may own backward."""
         self._strategy.backward(tensor, None if model is None else _strategy_module(model), *args, **kwargs)
+
+    def forward_backward(self, model: FabricModule, inputs: Any, target: Any, *,
+                         loss_fn: Callable[[Any, Any], Tensor]) -> Tensor:
+        """Use instead of `loss = loss_fn(model(inputs), target); fabric.backward(loss)`; returns the loss,
+        detached. `inputs` is the model's one input, or a tuple of its positional inputs. A pipelined model
+        (`ModelParallelStrategy(pipeline_parallel_size=...)`) cannot be called on its own: its strategy runs the
+        schedule over the micro-batches, and the batch's mean loss is returned on every rank; under every other
+        strategy this is the plain forward, loss and backward, so a script written with it runs unchanged."""
+        args = inputs if isinstance(inputs, tuple) else (inputs,)
+        strategy, module = self._strategy, _strategy_module(model)
+        if isinstance(strategy, ForwardBackwardControl) and strategy.runs_forward_backward(module):
+            return strategy.forward_backward(module, args, target, loss_fn)
+        loss = loss_fn(model(*args), target)
+        self.backward(loss, model=model)
+        return loss.detach()
 
     def clip_gradients(self, module: Module, optimizer: Optimizer, clip_val: float | None = None,
                        max_norm: float | None = None, norm_type: float = 2.0,

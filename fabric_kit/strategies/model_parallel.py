@@ -1,19 +1,24 @@
-"""User-defined parallelism over a named 2-D device mesh: tensor parallelism (DTensor plans) inside each
+"""User-defined parallelism over a named device mesh: tensor parallelism (DTensor plans) inside each
 `"tensor_parallel"` group and FSDP2 (`fully_shard`) over the `"data_parallel"` dimension, composed by the user's
-`parallelize_fn(model, device_mesh)`, as in Lightning's `ModelParallelStrategy`."""
+`parallelize_fn(model, device_mesh)`, as in Lightning's `ModelParallelStrategy`; and, beyond Lightning, pipeline
+stages over an outermost `"pipeline_parallel"` dimension (`fabric_kit.strategies.pipeline`)."""
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from datetime import timedelta
 from typing import Any, Literal
 
 import torch
+import torch.distributed as dist
+from torch import Tensor
 from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 from torch.distributed.tensor import DTensor
 from torch.nn import Module
 
 from fabric_kit.accelerators import Accelerator
+from fabric_kit.checkpoint import sharded as checkpoint
+from fabric_kit.checkpoint.state import Filter
 from fabric_kit.environments import ClusterEnvironment
 from fabric_kit.precision import Precision
 from fabric_kit.strategies.fsdp.sharding import (
@@ -23,14 +28,17 @@ from fabric_kit.strategies.fsdp.sharding import (
     without_gradient_sync,
 )
 from fabric_kit.strategies.parallel import StartMethod
+from fabric_kit.strategies.pipeline import PipelinedModel, check_schedule, cut_stages
+from fabric_kit.strategies.pipeline.checkpoint import whole_param_groups
 from fabric_kit.strategies.sharded import ShardedStrategy
-from fabric_kit.strategies.strategy import BackwardSyncControl
+from fabric_kit.strategies.strategy import BackwardSyncControl, ForwardBackwardControl
 
 Size = int | Literal["auto"]
 MESH_DIMS = ("data_parallel", "tensor_parallel")
+PIPELINE_DIM = "pipeline_parallel"
 
 
-class ModelParallelStrategy(ShardedStrategy, BackwardSyncControl):
+class ModelParallelStrategy(ShardedStrategy, BackwardSyncControl, ForwardBackwardControl):
     """Apply the parallelism `parallelize_fn(model, device_mesh)` chooses, over a mesh of shape
     `(data_parallel_size, tensor_parallel_size)` whose dimensions are named "data_parallel" and "tensor_parallel"
     (`fabric.strategy.device_mesh`). Inside it, apply TP plans over `device_mesh["tensor_parallel"]` and
@@ -48,6 +56,16 @@ class ModelParallelStrategy(ShardedStrategy, BackwardSyncControl):
         process_group_backend: "gloo", "nccl", ...; None picks by device.
         timeout: the process group's timeout (torch's default when None).
         start_method, collective_timeout: as for `ParallelStrategy`.
+        pipeline_parallel_size: pipeline ranks, the outermost mesh dimension "pipeline_parallel" (1: none). Each
+            rank then holds only its stage(s) of the model: `setup_module` cuts the model at `pipeline_split`,
+            calls `parallelize_fn(stage, device_mesh)` for each of this rank's stages (inside, the "data_parallel"
+            and "tensor_parallel" dimensions apply as without a pipeline; returning the stage as it is is fine)
+            and the set-up model is trained with `fabric.forward_backward(model, x, y, loss_fn=...)`.
+        pipeline_split: module names where stages begin, in the forward's order (`["blocks.2"]`: two stages);
+            split points + 1 stages, one per pipeline rank, or several with "interleaved_1f1b".
+        pipeline_schedule: "gpipe", "1f1b" or "interleaved_1f1b" (torch.distributed.pipelining's schedules).
+        pipeline_microbatches: micro-batches each batch is split into (dim 0 of every input and the target); None:
+            `pipeline_parallel_size`.
 
     Precision `bf16-mixed` / `16-mixed` is autocast, as in Lightning: half-precision matmuls, float32 parameters
     and gradients, so FSDP reduces gradients in float32.
@@ -59,7 +77,9 @@ class ModelParallelStrategy(ShardedStrategy, BackwardSyncControl):
                  process_group_backend: str | None = None, timeout: timedelta | None = None, *,
                  accelerator: Accelerator | None = None, parallel_devices: list[torch.device] | None = None,
                  cluster_environment: ClusterEnvironment | None = None, precision: Precision | None = None,
-                 start_method: StartMethod = "popen", collective_timeout: float | timedelta | None = None) -> None:
+                 start_method: StartMethod = "popen", collective_timeout: float | timedelta | None = None,
+                 pipeline_parallel_size: int = 1, pipeline_split: Sequence[str] = (),
+                 pipeline_schedule: str = "1f1b", pipeline_microbatches: int | None = None) -> None:
         super().__init__(accelerator, parallel_devices, cluster_environment, precision, process_group_backend,
                          timeout, start_method, collective_timeout=collective_timeout)
         if parallelize_fn is not None and not callable(parallelize_fn):
@@ -70,11 +90,31 @@ class ModelParallelStrategy(ShardedStrategy, BackwardSyncControl):
                             ("tensor_parallel_size", tensor_parallel_size)):
             if value != "auto" and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
                 raise ValueError(f"{name}={value!r} is not valid; accepted: a positive int or 'auto'")
+        microbatches = pipeline_parallel_size if pipeline_microbatches is None else pipeline_microbatches
+        for name, number in (("pipeline_parallel_size", pipeline_parallel_size),
+                             ("pipeline_microbatches", microbatches)):
+            if isinstance(number, bool) or not isinstance(number, int) or number < 1:
+                raise ValueError(f"{name}={number!r} is not valid; accepted: a positive int")
+        if isinstance(pipeline_split, str):
+            raise TypeError(f"pipeline_split={pipeline_split!r} is one string; accepted: a list of module names, "
+                            f"e.g. [{pipeline_split!r}]")
+        self.stages_per_rank = check_schedule(pipeline_schedule, len(pipeline_split) + 1, pipeline_parallel_size)
+        if pipeline_parallel_size > 1 and not save_distributed_checkpoint:
+            raise ValueError("save_distributed_checkpoint=False with pipeline_parallel_size="
+                             f"{pipeline_parallel_size}: no rank holds the whole model to write one full file; "
+                             "accepted: save_distributed_checkpoint=True (then `fabric consolidate DIR` writes "
+                             "the full file)")
+        self.pipeline_parallel_size = pipeline_parallel_size
+        self.pipeline_split = list(pipeline_split)
+        self.pipeline_schedule = pipeline_schedule
+        self.pipeline_microbatches = microbatches
         self.parallelize_fn = parallelize_fn
         self.data_parallel_size = data_parallel_size
         self.tensor_parallel_size = tensor_parallel_size
         self.save_distributed_checkpoint = save_distributed_checkpoint
         self._device_mesh: DeviceMesh | None = None
+        self._stage_group: dist.ProcessGroup | None = None
+        self._stage_of: dict[str, int] = {}  # parameter name -> stage index, of the last pipelined model set up
 
     @property
     def full_checkpoints(self) -> bool:
@@ -82,25 +122,32 @@ class ModelParallelStrategy(ShardedStrategy, BackwardSyncControl):
 
     @property
     def device_mesh(self) -> DeviceMesh:
-        """The 2-D mesh ("data_parallel", "tensor_parallel"), built when the processes start (`fabric.launch()`)."""
+        """The mesh ("data_parallel", "tensor_parallel"), with "pipeline_parallel" outermost when
+        `pipeline_parallel_size > 1`, built when the processes start (`fabric.launch()`)."""
         if self._device_mesh is None:
             raise RuntimeError("ModelParallelStrategy has no device mesh yet: it is built when the processes start; "
                                "call `fabric.launch()` first")
         return self._device_mesh
 
-    def mesh_shape(self) -> tuple[int, int]:
-        """(data_parallel_size, tensor_parallel_size) with "auto" resolved for this world; a shape that does not
-        multiply to the world size is a ValueError naming both sizes."""
-        world, dp, tp = self.world_size, self.data_parallel_size, self.tensor_parallel_size
+    def mesh_shape(self) -> tuple[int, ...]:
+        """(data_parallel_size, tensor_parallel_size), after pipeline_parallel_size when that is > 1, with "auto"
+        resolved for this world; a shape that does not multiply to the world size is a ValueError naming the
+        sizes."""
+        pp = self.pipeline_parallel_size
+        if self.world_size % pp:
+            raise ValueError(f"pipeline_parallel_size={pp} does not divide the world size {self.world_size}; "
+                             f"accepted: a divisor of {self.world_size}")
+        world, dp, tp = self.world_size // pp, self.data_parallel_size, self.tensor_parallel_size
         if dp == "auto":
             dp = self.num_nodes if tp == "auto" else world // tp if world % tp == 0 else 0
         if tp == "auto":
             tp = world // dp if dp and world % dp == 0 else 0
         if dp * tp != world:
+            within = f" / pipeline_parallel_size={pp}" if pp > 1 else ""
             raise ValueError(f"data_parallel_size={self.data_parallel_size!r} and tensor_parallel_size="
-                             f"{self.tensor_parallel_size!r} do not make a mesh of the world size {world}; accepted: "
-                             f"sizes whose product is {world} (either may be 'auto')")
-        return dp, tp
+                             f"{self.tensor_parallel_size!r} do not make a mesh of the world size {world}"
+                             f"{within}; accepted: sizes whose product is {world} (either may be 'auto')")
+        return (pp, dp, tp) if pp > 1 else (dp, tp)
 
     @property
     def distributed_sampler_kwargs(self) -> dict[str, int] | None:
@@ -111,7 +158,11 @@ class ModelParallelStrategy(ShardedStrategy, BackwardSyncControl):
     def setup_environment(self) -> None:
         shape = self.mesh_shape()  # before the process group: a bad shape fails without waiting for peers
         super().setup_environment()
-        self._device_mesh = init_device_mesh(self.root_device.type, shape, mesh_dim_names=MESH_DIMS)
+        names = (PIPELINE_DIM, *MESH_DIMS) if len(shape) > len(MESH_DIMS) else MESH_DIMS
+        self._device_mesh = init_device_mesh(self.root_device.type, shape, mesh_dim_names=names)
+        if len(shape) > len(MESH_DIMS):  # the ranks of one stage: where its plain (replicated) tensors agree
+            groups = [stage.flatten().tolist() for stage in self._device_mesh.mesh]
+            self._stage_group, _ = dist.new_subgroups_by_enumeration(groups)
 
     # -- modules --------------------------------------------------------------------------------------------------
     def module_to_device(self, module: Module) -> None:
@@ -121,26 +172,78 @@ class ModelParallelStrategy(ShardedStrategy, BackwardSyncControl):
     def setup_module(self, module: Module) -> Module:
         """`parallelize_fn(module, device_mesh)` (or the module as it came, with `parallelize_fn=None`); a model
         created on the meta device then gets storage for this rank's shards only and is initialised by its
-        `reset_parameters()`."""
+        `reset_parameters()`. With a pipeline, the model is first cut down to this rank's stages (in place: the
+        user's model keeps only their modules) and each stage is parallelized."""
         on_meta = has_meta_tensors(module)
         if on_meta:
             check_materializable(module)
+        pipelined = self.pipeline_parallel_size > 1
+        stages, indices = [module], [0]
+        if pipelined:
+            pp = self.pipeline_parallel_size
+            indices = [self.device_mesh[PIPELINE_DIM].get_local_rank() + k * pp for k in range(self.stages_per_rank)]
+            stages = cut_stages(module, self.pipeline_split, indices)
         fn = self.parallelize_fn
-        parallel = module if fn is None else fn(module, self.device_mesh)
         source = "the model given to setup_module" if fn is None else f"parallelize_fn {getattr(fn, '__name__', fn)}"
-        if not isinstance(parallel, Module):
-            raise TypeError(f"{source} returned a {type(parallel).__name__}; accepted: the nn.Module it parallelized")
-        if not any(isinstance(p, DTensor) for p in parallel.parameters()):
-            raise TypeError(f"{source} {'is' if fn is None else 'returned'} a {type(parallel).__name__} without "
+        parallel = [stage if fn is None else fn(stage, self.device_mesh) for stage in stages]
+        for stage in parallel:
+            if not isinstance(stage, Module):
+                raise TypeError(f"{source} returned a {type(stage).__name__}; accepted: the nn.Module it "
+                                "parallelized")
+        if not pipelined and not any(isinstance(p, DTensor) for p in parallel[0].parameters()):
+            raise TypeError(f"{source} {'is' if fn is None else 'returned'} a {type(parallel[0]).__name__} without "
                             "DTensor parameters, so nothing is parallelized; accepted: a model whose parameters "
                             "were turned into DTensors, with `parallelize_module(model, device_mesh["
                             "'tensor_parallel'], plan)` and/or `fully_shard(model, mesh=device_mesh['data_parallel'])`")
         if on_meta:
-            materialize(parallel, self.root_device, stream=self.global_rank, sync_replicas=True)
-        return self._set_up(parallel)
+            materialize(module if pipelined else parallel[0], self.root_device, stream=self.global_rank,
+                        sync_replicas=True, group=self._stage_group if pipelined else None)
+        if not pipelined:
+            return self._set_up(parallel[0])
+        self._stage_of = {name: index for stage, index in zip(parallel, indices, strict=True)
+                          for name, _ in stage.named_parameters()}
+        return self._set_up(PipelinedModel(
+            parallel, indices, len(self.pipeline_split) + 1, self.pipeline_schedule, self.pipeline_microbatches,
+            self.device_mesh[PIPELINE_DIM].get_group(), self.root_device))
 
     # -- the training step ----------------------------------------------------------------------------------------
     def no_backward_sync(self, module: Module, enabled: bool) -> AbstractContextManager[Any]:
         """The FSDP-sharded submodules skip their gradient reduction inside (tensor parallelism has none to skip);
         the first backward outside reduces what accumulated."""
         return without_gradient_sync(module) if enabled else nullcontext()
+
+    def checkpoint_entries(self, state: dict[str, Any], filter: Filter) -> dict[str, Any]:
+        """As for every sharded model; with a pipeline, each optimizer's param groups name every stage's
+        parameters (DCP keeps one rank's lists)."""
+        entries = super().checkpoint_entries(state, filter)
+        if self.pipeline_parallel_size == 1 or self.full_checkpoints:
+            return entries
+        _, optimizers, _ = checkpoint.split_state(state)
+        group = self.device_mesh[PIPELINE_DIM].get_group()
+        return {key: whole_param_groups(value, self._stage_of, group) if key in optimizers else value
+                for key, value in entries.items()}
+
+    def runs_forward_backward(self, module: Module) -> bool:
+        return isinstance(module, PipelinedModel)
+
+    def forward_backward(self, module: Module, inputs: tuple[Any, ...], target: Any,
+                         loss_fn: Callable[..., Tensor]) -> Tensor:
+        """The pipeline schedule over one batch, under the precision's compute context (bf16-mixed: autocast)."""
+        if not isinstance(module, PipelinedModel):
+            raise TypeError(f"forward_backward runs the pipeline of a model set up with pipeline_parallel_size > 1; "
+                            f"got a {type(module).__name__}")
+        inputs = self.batch_to_device(inputs)
+        with self.precision.forward_context():
+            return module.forward_backward(inputs, self.batch_to_device(target), loss_fn)
+
+    def combine_gradient_norms(self, norm: Tensor, norm_type: float) -> Tensor:
+        """Each pipeline rank normed its own stages' gradients: combined over the pipeline into the model's."""
+        if self.pipeline_parallel_size == 1:
+            return norm
+        group = self.device_mesh[PIPELINE_DIM].get_group()
+        if norm_type == float("inf"):
+            dist.all_reduce(norm, op=dist.ReduceOp.MAX, group=group)
+            return norm
+        power = norm.pow(norm_type)
+        dist.all_reduce(power, group=group)
+        return power.pow(1.0 / norm_type)

@@ -113,14 +113,18 @@ class ShardedStrategy(ParallelStrategy):
                     params.append(p)
                     grads.append(p.grad)
         norms = [_full(torch.nn.utils.get_total_norm(grads, norm_type)) for _, grads in groups.values()]
-        total = (torch.zeros((), device=self.root_device) if not norms
-                 else torch.linalg.vector_norm(torch.stack(norms), norm_type))
+        total = self.combine_gradient_norms(torch.zeros((), device=self.root_device) if not norms
+                                            else torch.linalg.vector_norm(torch.stack(norms), norm_type), norm_type)
         if error_if_nonfinite and not torch.isfinite(total):
             raise RuntimeError(f"the total norm of order {norm_type} of the gradients is {total.item()}, so they "
                                "cannot be clipped; pass error_if_nonfinite=False to clip anyway")
         for params, _ in groups.values():
             torch.nn.utils.clip_grads_with_norm_(params, max_norm, total)
         return total
+
+    def combine_gradient_norms(self, norm: Tensor, norm_type: float) -> Tensor:
+        """The norm of the whole model from this rank's (the identity where every rank's covers all of it)."""
+        return norm
 
     # -- checkpoints: full state in one file, or every rank's shards in a DCP directory -------------------------
     def checkpoint_entries(self, state: dict[str, Any], filter: Filter) -> dict[str, Any]:

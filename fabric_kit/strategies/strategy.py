@@ -13,7 +13,7 @@ position); `fabric_kit.wrappers.unwrap` reaches the user's objects behind them.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager, ExitStack, nullcontext
 from typing import Any
 
@@ -283,3 +283,17 @@ class BackwardSyncControl(ABC):
 
     @abstractmethod
     def no_backward_sync(self, module: Module, enabled: bool) -> AbstractContextManager[Any]: ...
+
+
+class ForwardBackwardControl(ABC):
+    """A strategy that runs some models' forward and backward together (a pipeline schedule), so that
+    `fabric.forward_backward` hands it the batch instead of calling the model and `backward`."""
+
+    @abstractmethod
+    def runs_forward_backward(self, module: Module) -> bool:
+        """Whether `forward_backward` must run for this set-up module (it cannot be called on its own)."""
+
+    @abstractmethod
+    def forward_backward(self, module: Module, inputs: tuple[Any, ...], target: Any,
+                         loss_fn: Callable[..., Tensor]) -> Tensor:
+        """Forward and backward of one batch; returns its mean loss, detached, on every rank."""

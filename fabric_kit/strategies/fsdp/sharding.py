@@ -105,15 +105,16 @@ def check_materializable(module: Module) -> None:
                         "create the model without empty_init")
 
 
-def materialize(module: Module, device: torch.device, stream: int, sync_replicas: bool = False) -> None:
+def materialize(module: Module, device: torch.device, stream: int, sync_replicas: bool = False,
+                group: dist.ProcessGroup | None = None) -> None:
     """Give the sharded meta tensors storage on `device` (each rank only its shards) and initialise them.
 
     On CPU, DTensor draws each shard from the process's own generator: ranks seeded alike would fill every shard
     with the same numbers (rows repeated across shards). Each rank draws from random stream `stream` instead: ranks
     holding the same shards may share one (FSDP's replicas of one shard index). Where they cannot (tensor parallel:
     a row-wise layer's bias is replicated over the ranks that split its weight), `sync_replicas` copies every
-    initialised tensor from the first rank of each mesh dimension it is replicated over (plain tensors: from global
-    rank 0), once, so replicas start equal.
+    initialised tensor from the first rank of each mesh dimension it is replicated over (plain tensors: from the
+    first rank of `group`, default the world), once, so replicas start equal.
     """
     owners = [m for m in module.modules() if _owns_meta_tensors(m)]
     for owner in owners:  # only these: layers created with storage keep their values
@@ -128,12 +129,12 @@ def materialize(module: Module, device: torch.device, stream: int, sync_replicas
         with torch.no_grad():
             for owner in owners:
                 for tensor in (*owner.parameters(recurse=False), *owner.buffers(recurse=False)):
-                    _copy_from_first_replica(tensor)
+                    _copy_from_first_replica(tensor, group)
 
 
-def _copy_from_first_replica(tensor: torch.Tensor) -> None:
+def _copy_from_first_replica(tensor: torch.Tensor, group: dist.ProcessGroup | None) -> None:
     if not isinstance(tensor, DTensor):
-        dist.broadcast(tensor, src=0)
+        dist.broadcast(tensor, group=group, group_src=0)
         return
     local = tensor.to_local()
     for dim, placement in enumerate(tensor.placements):

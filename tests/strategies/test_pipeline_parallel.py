@@ -1,0 +1,164 @@
+"""Pipeline parallelism (ModelParallelStrategy(pipeline_parallel_size=2)) with real CPU processes on gloo: PP = 2 x
+FSDP2 = 2 and PP = 2 x TP = 2 on 4 processes, each with the gpipe, 1f1b and interleaved 1f1b schedules in the same
+processes, against the same training on one process; a checkpoint saved under PP x TP resumed there and, through
+`fabric consolidate`, on one process; the bad-input errors.
+
+tests/strategies/pipeline_parallel_worker.py runs every scenario of a layout in one set of processes; "pp2tp2"
+writes the checkpoint "single" reads, so it runs first.
+"""
+import pytest
+import torch
+
+from fabric_kit import Fabric
+from fabric_kit.strategies import ModelParallelStrategy
+from tests.helpers.examples import number_after, run_example
+from tests.strategies.model_parallel_model import SPLIT, Transformer, dataset, parallelize
+from tests.strategies.pipeline_parallel_worker import SPLITS, loss_fn
+from tests.strategies.test_model_parallel import close, run_processes
+
+WORKER = "tests/strategies/pipeline_parallel_worker.py"
+LAYOUTS = ("pp2tp2", "pp2dp2")
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """{layout: [what each rank saved]}; "single" loads the checkpoint "pp2tp2" saved."""
+    out = tmp_path_factory.mktemp("pipeline_parallel")
+    results = {}
+    for layout, processes in (("pp2tp2", 4), ("pp2dp2", 4), ("single", 1)):
+        folder = out / layout
+        folder.mkdir()
+        if layout == "single":
+            (folder / "pp_sharded").symlink_to(out / "pp2tp2" / "pp_sharded")
+        results[layout] = run_processes([WORKER, layout, folder], processes, folder, timeout=400)
+    return results
+
+
+@pytest.mark.parametrize("schedule", list(SPLITS))
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_trains_like_one_process(runs, layout, schedule):
+    reference = runs[layout][0]["reference"]
+    for rank in runs[layout]:
+        run = rank[schedule]
+        torch.testing.assert_close(run["mean"], reference["losses"], atol=1e-5, rtol=0)
+        torch.testing.assert_close(run["norms"], reference["norms"], atol=1e-5, rtol=0)  # over every stage
+        close(run["weights"], reference["weights"], 1e-5)
+    assert reference["losses"][-1] < 0.5 * reference["losses"][0]
+    assert (reference["norms"] > 1.0).any()  # clipping at 1.0 changed some steps
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_the_returned_loss_is_the_same_on_every_rank_of_a_pipeline(runs, layout):
+    ranks = runs[layout]
+    for schedule in SPLITS:
+        for first, last in ((0, 2), (1, 3)):  # the pipelines: mesh (pp, dp, tp) = (2, 2, 1) or (2, 1, 2)
+            assert torch.equal(ranks[first][schedule]["returned"], ranks[last][schedule]["returned"])
+    if layout == "pp2tp2":  # one data-parallel rank: the batch's loss on all four
+        assert all(torch.equal(r["1f1b"]["returned"], ranks[0]["1f1b"]["returned"]) for r in ranks)
+    else:  # two: each its own half of the batch
+        assert not torch.equal(ranks[0]["1f1b"]["returned"], ranks[1]["1f1b"]["returned"])
+
+
+def test_mesh_puts_the_pipeline_outermost(runs):
+    names = ("pipeline_parallel", "data_parallel", "tensor_parallel")
+    assert runs["pp2tp2"][0]["mesh"] == (names, (2, 1, 2))
+    assert runs["pp2dp2"][0]["mesh"] == (names, (2, 2, 1))
+
+
+def test_each_rank_holds_only_its_stages(runs):
+    ranks = runs["pp2tp2"]
+    first, last = ranks[0]["1f1b"]["held"], ranks[2]["1f1b"]["held"]
+    assert {name.split(".")[0] for name in first} == {"embed", "blocks"}
+    assert all(name.startswith("blocks.0.") for name in first if name.startswith("blocks"))
+    assert {name.split(".")[0] for name in last} == {"blocks", "norm", "head"}
+    assert all(name.startswith("blocks.1.") for name in last if name.startswith("blocks"))
+    # interleaved: 4 stages (embed | block 0 | block 1 | norm, head), rank 0 of the pipeline runs stages 0 and 2
+    assert {n.rsplit(".", 1)[0] for n in ranks[0]["interleaved_1f1b"]["held"]} >= {"embed", "blocks.1.mlp.w1"}
+    assert not any(n.startswith(("blocks.0.", "head")) for n in ranks[0]["interleaved_1f1b"]["held"])
+
+
+def test_meta_device_init_materialises_only_the_stage(runs):
+    ranks = [rank["meta"] for rank in runs["pp2tp2"]]
+    for rank in ranks:
+        assert not rank["meta_left"] and rank["finite"]
+    assert ranks[0]["held"] == runs["pp2tp2"][0]["1f1b"]["held"] and "embed.weight" not in ranks[2]["held"]
+    assert torch.equal(ranks[0]["embed"], ranks[1]["embed"])  # a plain tensor: equal over the stage's TP ranks
+
+
+def test_checkpoint_saved_under_pipeline_resumes_there_and_on_one_process(runs):
+    reference = runs["pp2tp2"][0]["reference"]
+    for resumed in [rank["resumed"] for rank in runs["pp2tp2"]] + [runs["single"][0]]:
+        assert resumed["step"] == SPLIT
+        torch.testing.assert_close(resumed["returned"], reference["losses"][SPLIT:], atol=1e-5, rtol=0)
+        close(resumed["weights"], reference["weights"], 1e-5)
+
+
+def test_bad_pipeline_input_errors_name_the_value_and_what_is_accepted(runs):
+    errors = runs["pp2tp2"][0]["errors"]
+    assert "pipeline split point 'blocks.9' names no module of Transformer" in errors["missing_module"]
+    assert "blocks.0, blocks.1, norm, head" in errors["missing_module"]
+    assert "pipeline_microbatches=2 does not divide the batch of 3 samples" in errors["microbatches"]
+    assert "a pipelined model cannot be called" in errors["model_call"]
+    assert "fabric.forward_backward(model, x, y, loss_fn=loss_fn)" in errors["model_call"]
+    for name in ("missing_module", "microbatches"):
+        assert "accepted" in errors[name]
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"pipeline_schedule": "zb"}, r"pipeline_schedule='zb' is not a schedule; accepted: gpipe, 1f1b, "
+                                  r"interleaved_1f1b"),
+    ({"pipeline_split": ["blocks.1", "norm"]}, r"3 pipeline stages cannot be spread over pipeline_parallel_size=2"),
+    ({"pipeline_schedule": "interleaved_1f1b"}, r"runs several stages per rank, but 2 stages over 2 ranks give "
+                                                r"each one; accepted: at least 4 stages"),
+    ({"pipeline_split": ["blocks.0", "blocks.1", "norm"]}, r"pipeline_schedule='1f1b' runs one stage per rank, but "
+                                                           r"4 stages over 2 ranks give each 2"),
+    ({"pipeline_microbatches": 0}, r"pipeline_microbatches=0 is not valid; accepted: a positive int"),
+    ({"pipeline_split": "blocks.1"}, r"pipeline_split='blocks.1' is one string; accepted: a list"),
+    ({"save_distributed_checkpoint": False}, r"save_distributed_checkpoint=False with pipeline_parallel_size=2"),
+])
+def test_bad_pipeline_arguments_are_refused_at_construction(kwargs, message):
+    arguments = {"pipeline_parallel_size": 2, "pipeline_split": ["blocks.1"], **kwargs}
+    with pytest.raises((ValueError, TypeError), match=message):
+        ModelParallelStrategy(parallelize, **arguments)
+
+
+def test_a_pipeline_size_that_does_not_divide_the_world_is_refused_before_any_process_group(clean_env):
+    strategy = ModelParallelStrategy(parallelize, pipeline_parallel_size=3, pipeline_split=["blocks.0", "blocks.1"])
+    Fabric(accelerator="cpu", devices=2, strategy=strategy)
+    with pytest.raises(ValueError, match=r"pipeline_parallel_size=3 does not divide the world size 2; accepted: a "
+                                         r"divisor of 2"):
+        strategy.setup_environment()
+
+
+@pytest.mark.parametrize(("split", "message"), [
+    (["blocks", "blocks.1"], r"pipeline split point 'blocks' contains another split point"),
+    (["head", "blocks.1"], r"are not in the model's order"),
+    (["embed"], r"are not in the model's order after its first module"),
+])
+def test_split_points_out_of_order_or_nested_are_refused(split, message):
+    from fabric_kit.strategies.pipeline import stage_ranges
+    with pytest.raises(ValueError, match=message):
+        stage_ranges(Transformer(), split)
+
+
+def test_forward_backward_without_a_pipeline_is_the_plain_forward_loss_and_backward(clean_env):
+    fabric = Fabric(accelerator="cpu", devices=1)
+    torch.manual_seed(0)
+    model, plain = fabric.setup_module(Transformer()), Transformer()
+    plain.load_state_dict(model.state_dict())
+    tokens = dataset().tensors[0][:4]
+    loss = fabric.forward_backward(model, tokens, tokens, loss_fn=loss_fn)
+    expected = loss_fn(plain(tokens), tokens)
+    expected.backward()
+    assert not loss.requires_grad and torch.equal(loss, expected.detach())
+    for (name, p), q in zip(model.named_parameters(), plain.parameters(), strict=True):
+        torch.testing.assert_close(p.grad, q.grad, atol=0, rtol=0, msg=name)
+
+
+def test_pipeline_parallel_example_trains_under_fabric_run_on_four_processes(clean_env, tmp_path):
+    out = run_example("-m", "fabric_kit", "run", "--devices", "4", "examples/fabric/pipeline_parallel.py", "--pp", "2",
+                      "--steps", "40", "--empty-init", "--checkpoint", tmp_path / "checkpoint", timeout=400)
+    assert ("mesh {'pipeline_parallel': 2, 'data_parallel': 2, 'tensor_parallel': 1} on 4 processes, 2 stages, "
+            "schedule 1f1b") in out
+    assert number_after("step 40  loss", out) < 0.9 * number_after("(chance", out)
+    assert (tmp_path / "checkpoint" / ".metadata").is_file()
