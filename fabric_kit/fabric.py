@@ -42,7 +42,7 @@ class Fabric:
             "ddp_find_unused_parameters_true", ... (`fabric_kit.strategies.strategy_names()`), or a Strategy.
         devices: number of devices (processes on CPU), a list of device indices, "0,1", or "auto".
         num_nodes: number of machines.
-        precision: "32-true", "64-true", "16-mixed", "bf16-mixed", "16-true", "bf16-true" (aliases 32, 64, 16,
+        precision: "32-true", "64-true", "16-mixed", "bf16-mixed", "16-true", "bf16-true", "fp8" (aliases 32, 64, 16,
             "bf16"), or a Precision plugin instance (`fabric_kit.plugins.precision`).
         plugins: a Precision or ClusterEnvironment instance (or a list of them, at most one of each kind) overriding
             the automatic choice; a Precision plugin together with `precision=` is an error.

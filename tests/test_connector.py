@@ -112,13 +112,13 @@ def test_unknown_strategy():
         assert name in message
 
 
-@pytest.mark.parametrize("precision", ["17", 8, "fp8", "bf32-mixed"])
+@pytest.mark.parametrize("precision", ["17", 8, "fp16", "bf32-mixed"])
 def test_unknown_precision(precision):
     with pytest.raises(ValueError) as error:
         Fabric(accelerator="cpu", precision=precision)
     message = str(error.value)
     assert f"precision={precision!r}" in message
-    for name in ("32-true", "64-true", "16-mixed", "bf16-mixed", "16-true", "bf16-true", "32", "64", "16", "bf16"):
+    for name in ("32-true", "64-true", "16-mixed", "bf16-mixed", "16-true", "bf16-true", "fp8", "32", "64", "16", "bf16"):
         assert name in message
 
 

@@ -10,7 +10,9 @@ from fabric_kit.precision.precision import Precision
 from fabric_kit.precision.xla import XLAPrecision
 
 PRECISION_ALIASES = {"32": "32-true", "64": "64-true", "16": "16-mixed", "bf16": "bf16-mixed"}
-PRECISION_NAMES = ("32-true", "64-true", "16-mixed", "bf16-mixed", "16-true", "bf16-true")
+# "fp8" is fabric_kit's (torchao's float8 matmuls, `Float8Precision()`; Lightning names no FP8 setting but
+# "transformer-engine", which needs NVIDIA's Transformer Engine).
+PRECISION_NAMES = ("32-true", "64-true", "16-mixed", "bf16-mixed", "16-true", "bf16-true", "fp8")
 
 
 def precision_names() -> list[str]:
@@ -38,6 +40,10 @@ def create_precision(name: str, device_type: str) -> Precision:
         return DoublePrecision()
     if name in ("16-true", "bf16-true"):
         return HalfPrecision(name)
+    if name == "fp8":
+        from fabric_kit.precision.fp8 import Float8Precision  # torchao is optional: imported when asked for
+
+        return Float8Precision()
     return MixedPrecision(name, device_type)
 
 

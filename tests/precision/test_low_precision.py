@@ -108,6 +108,21 @@ def test_fp8_converts_the_linear_layers_and_bitsandbytes_quantizes_all_but_the_i
     assert not any(m.weight.requires_grad for m in model.modules() if isinstance(m, Linear4bit))
 
 
+def test_the_fp8_setting_is_the_float8_plugin_for_fabric_and_the_trainer():
+    from torchao.float8.float8_linear import Float8Linear
+
+    import loops as L
+
+    fabric = Fabric(accelerator="cpu", devices=1, precision="fp8")
+    assert isinstance(fabric.strategy.precision, Float8Precision)
+    model = fabric.setup_module(nn.Sequential(nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 16)))
+    assert sum(isinstance(m, Float8Linear) for m in model.modules()) == 2
+    assert isinstance(L.Trainer(accelerator="cpu", devices=1, precision="fp8", logger=False).strategy.precision,
+                      Float8Precision)
+    with pytest.raises(ValueError, match=r"precision='fp16' is not supported; accepted: .*bf16-true, fp8"):
+        Fabric(accelerator="cpu", devices=1, precision="fp16")
+
+
 def test_a_lightning_script_ports_by_its_import_line():
     script = ("from lightning.fabric.plugins import BitsandbytesPrecision\n"
               "plugin = BitsandbytesPrecision(mode='nf4-dq', dtype=torch.float32)\n")
