@@ -27,46 +27,14 @@ import torch
 from torch import nn
 from torch.distributed.device_mesh import DeviceMesh
 from torch.distributed.fsdp import fully_shard
-from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel, parallelize_module
+from torch.distributed.tensor.parallel import parallelize_module
 from torch.nn import functional as F
 
 from fabric_kit import Fabric
 from fabric_kit.strategies import ModelParallelStrategy
 
-
-class Attention(nn.Module):
-    def __init__(self, dim: int, heads: int) -> None:
-        super().__init__()
-        self.head_dim = dim // heads
-        self.wq, self.wk, self.wv, self.wo = (nn.Linear(dim, dim, bias=False) for _ in range(4))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # -1: under tensor parallelism each rank holds only its share of the heads.
-        q, k, v = (w(x).unflatten(-1, (-1, self.head_dim)).transpose(1, 2) for w in (self.wq, self.wk, self.wv))
-        return self.wo(F.scaled_dot_product_attention(q, k, v, is_causal=True).transpose(1, 2).flatten(2))
-
-
-class FeedForward(nn.Module):
-    """SwiGLU: silu(x W1) * (x W3), then W2."""
-
-    def __init__(self, dim: int, hidden: int) -> None:
-        super().__init__()
-        self.w1, self.w3 = nn.Linear(dim, hidden, bias=False), nn.Linear(dim, hidden, bias=False)
-        self.w2 = nn.Linear(hidden, dim, bias=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.w2(F.silu(self.w1(x)) * self.w3(x))
-
-
-class Block(nn.Module):
-    def __init__(self, dim: int, heads: int) -> None:
-        super().__init__()
-        self.attention_norm, self.ffn_norm = nn.RMSNorm(dim), nn.RMSNorm(dim)
-        self.attention, self.feed_forward = Attention(dim, heads), FeedForward(dim, 4 * dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attention(self.attention_norm(x))
-        return x + self.feed_forward(self.ffn_norm(x))
+# The tensor-parallel example's blocks, TP plan and data (this folder is on the path of a script run from it).
+from tensor_parallel import BLOCK_PLAN, Block, copy_batch  # isort: skip
 
 
 class Embeddings(nn.Module):
@@ -92,12 +60,6 @@ class Transformer(nn.Module):
         return self.head(self.norm(self.blocks(self.embed(tokens))))
 
 
-BLOCK_PLAN = {"attention.wq": ColwiseParallel(), "attention.wk": ColwiseParallel(),
-              "attention.wv": ColwiseParallel(), "attention.wo": RowwiseParallel(),
-              "feed_forward.w1": ColwiseParallel(), "feed_forward.w3": ColwiseParallel(),
-              "feed_forward.w2": RowwiseParallel()}
-
-
 def parallelize(stage: Transformer, device_mesh: DeviceMesh) -> Transformer:
     """Applied by `fabric.setup_module(model)` to each stage this rank runs (the blocks of other stages are gone):
     TP over "tensor_parallel", then FSDP2 over "data_parallel"."""
@@ -117,11 +79,6 @@ def split_points(depth: int, stages: int) -> list[str]:
     if depth % stages:
         raise SystemExit(f"--depth {depth} does not split into {stages} stages of equal blocks")
     return [f"blocks.{depth // stages * stage}" for stage in range(1, stages)]
-
-
-def copy_batch(batch_size: int, seq: int, vocab: int, generator: torch.Generator) -> torch.Tensor:
-    half = torch.randint(0, vocab, (batch_size, seq // 2), generator=generator)
-    return torch.cat([half, half], dim=1)
 
 
 def loss_fn(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
