@@ -7,7 +7,8 @@ spiking one and the one before it, which may have corrupted the weights) to `exc
 `TrainingSpikeException`. `on_spike="rollback"` restores the newest checkpoint saved (with `save`) before the
 offending batches were trained on, weights, optimizer, RNG and loader position included, leaves exactly their
 samples out of the loader and lets the loop continue; `skipped_samples.json` in the checkpoint directory lists what
-was skipped. The run then ends with the weights of a run whose loader never yielded those samples::
+was skipped; `load` resumes a restarted run with those samples still left out. The run then ends with the
+weights of a run whose loader never yielded those samples::
 
     spike = SpikeDetection(on_spike="rollback", checkpoint_dir="checkpoints")
     state = {"model": model, "optimizer": optimizer, "loader": loader, "step": 0}
@@ -154,6 +155,22 @@ class SpikeDetection:
         fabric.save(str(path), {**state, STATE_KEY: self})
         return path
 
+    def load(self, fabric: Fabric, state: dict[str, Any], path: str | os.PathLike[str] | None = None) -> Path:
+        """Resume a run: restore `state` and the detector's statistics from `path` (default: the checkpoint
+        `save` wrote at the furthest position in `checkpoint_dir`), then leave out every sample that
+        `skipped_samples.json` lists, also those a rollback skipped after that checkpoint was written. Every rank
+        calls it; returns the path loaded."""
+        if self.checkpoint_dir is None:
+            raise ValueError("SpikeDetection.load needs checkpoint_dir=, the directory `save` wrote to")
+        if path is None:
+            positions = _positions(self.checkpoint_dir)
+            if not positions:
+                raise FileNotFoundError(f"no checkpoint written by SpikeDetection.save in "
+                                        f"{str(self.checkpoint_dir)!r} (names epoch=E-samples=S.ckpt)")
+            path = self.checkpoint_dir / max(positions, key=positions.__getitem__)
+        self._restore(fabric, state, Path(path))
+        return Path(path)
+
     def state_dict(self) -> dict[str, Any]:
         """The running statistics and what was excluded so far."""
         return {"last_val": None if self.last_val is None else self.last_val.tolist(),
@@ -218,16 +235,25 @@ class SpikeDetection:
                                  "spike_batch_idx": batch_idx, "ranks": ranks, "checkpoint": target})
         if fabric.is_global_zero:
             _discard_newer(self.checkpoint_dir, target)
-        merged = {**state, STATE_KEY: self}
-        fabric.load(str(self.checkpoint_dir / target), merged)
-        state.update({key: merged[key] for key in state})
-        for record in self.skipped:
-            loader.exclude(record["epoch"], record["first"], record["stop"])
+        self._restore(fabric, state, self.checkpoint_dir / target)
         if fabric.is_global_zero:
             _write_json(self.checkpoint_dir / RECORD_NAME, self.skipped)
         fabric.barrier()
-        self._batches.clear()
         self.rolled_back = True
+
+    def _restore(self, fabric: Fabric, state: dict[str, Any], path: Path) -> None:
+        """Load `path` into `state` and the detector, then leave out every sample known to be skipped."""
+        assert self.checkpoint_dir is not None  # checked by the callers
+        merged = {**state, STATE_KEY: self}
+        fabric.load(str(path), merged)
+        state.update({key: merged[key] for key in state})
+        record = self.checkpoint_dir / RECORD_NAME
+        if record.is_file():
+            self.skipped += [entry for entry in json.loads(record.read_text()) if entry not in self.skipped]
+        loader = _loader_in(state)
+        for entry in self.skipped:
+            loader.exclude(entry["epoch"], entry["first"], entry["stop"])
+        self._batches.clear()
 
 
 def _loader_in(state: dict[str, Any] | None) -> FabricDataLoader:

@@ -87,6 +87,21 @@ def rollback_run(fabric, out):
                 skipped=spike.skipped, checkpoints=sorted(os.listdir(os.path.join(out, "checkpoints"))))
 
 
+def resumed_run(fabric, out, name=None):
+    """A new process's view: fresh objects resumed with `SpikeDetection.load` from the newest checkpoint, or from
+    `name` written before the rollback (without the exclusions: the record in the directory brings them), trained
+    to the end."""
+    model, optimizer, loader = setup(fabric)
+    spike = SpikeDetection(on_spike="rollback", checkpoint_dir=os.path.join(out, "checkpoints"))
+    state = {"model": model, "optimizer": optimizer, "loader": loader, "step": 0}
+    path = spike.load(fabric, state, None if name is None else os.path.join(out, "checkpoints", name))
+    loaded_at = state["step"]
+    for batch in loader:
+        step(fabric, model, optimizer, batch)
+        state["step"] += 1
+    return dict(checkpoint=os.path.basename(path), loaded_at=loaded_at, steps=state["step"], weights=weights(model))
+
+
 def reference_run(fabric, skipped):
     """Epoch 0's shuffled order without the skipped samples, sharded by the loader as any sampler is."""
     _, _, shuffled = setup(fabric)
@@ -128,7 +143,9 @@ def main(out):
     fabric = Fabric(accelerator="cpu", devices=2, strategy="ddp")
     fabric.launch()
     rollback = rollback_run(fabric, out)
-    result = dict(rollback=rollback, reference=reference_run(fabric, rollback["skipped"]),
+    result = dict(rollback=rollback, resumed=resumed_run(fabric, out),
+                  resumed_before=resumed_run(fabric, out, "epoch=0-samples=12.ckpt"),
+                  reference=reference_run(fabric, rollback["skipped"]),
                   unskipped=unskipped_run(fabric), raised=raise_run(fabric, out))
     torch.save(result, os.path.join(out, f"rank{fabric.global_rank}.pt"))
 

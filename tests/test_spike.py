@@ -36,6 +36,13 @@ def test_a_spike_on_one_rank_rolls_both_back_to_the_weights_of_a_run_without_its
         assert rollback["trained"] == reference["seen"]
         assert rollback["weights"].keys() == reference["weights"].keys()
         assert all(torch.equal(rollback["weights"][k], reference["weights"][k]) for k in reference["weights"])
+        # A new process resumed from the newest checkpoint, or from one written before the rollback (the record
+        # in the directory brings the exclusions), ends there too.
+        assert (result["resumed"]["checkpoint"], result["resumed"]["loaded_at"]) == ("epoch=0-samples=48.ckpt", 10)
+        assert result["resumed_before"]["loaded_at"] == 3
+        for resumed in (result["resumed"], result["resumed_before"]):
+            assert resumed["steps"] == STEPS
+            assert all(torch.equal(resumed["weights"][k], reference["weights"][k]) for k in reference["weights"])
         # ... and not to the run that trained on them: the skip is what made the difference.
         assert not all(torch.equal(result["unskipped"][k], reference["weights"][k]) for k in reference["weights"])
         # Raise mode, as Lightning: every rank raises at the same batch, the file lists it and the one before.
