@@ -289,8 +289,11 @@ def _discard_newer(directory: Path, target: str) -> None:
 
 
 def _write_json(path: Path, value: Any) -> None:
+    """Write atomically: other ranks may be reading the previous version."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(value, indent=4))
+    staging = path.with_name(f".{path.name}.tmp")
+    staging.write_text(json.dumps(value, indent=4))
+    os.replace(staging, path)
 
 
 __all__ = ["SpikeDetection", "TrainingSpikeException"]

@@ -93,6 +93,12 @@ def test_bad_arguments_are_refused_naming_the_value(tmp_path):
     fabric = Fabric(accelerator="cpu", devices=1)
     with pytest.raises(ValueError, match=r"one loss value per rank; got a tensor of shape \(2,\)"):
         SpikeDetection().on_train_batch_end(fabric, torch.ones(2), None, 0)
+    with pytest.raises(ValueError, match="SpikeDetection.save needs checkpoint_dir="):
+        SpikeDetection().save(fabric, {})
+    with pytest.raises(FileNotFoundError, match="no checkpoint written by SpikeDetection.save in"):
+        SpikeDetection(on_spike="rollback", checkpoint_dir=tmp_path).load(fabric, {})
+    with pytest.raises(ValueError, match="the state has an entry 'spike_detection'"):
+        SpikeDetection(checkpoint_dir=tmp_path).save(fabric, {"spike_detection": 1})
     rollback = SpikeDetection(on_spike="rollback", checkpoint_dir=tmp_path)
     with pytest.raises(ValueError, match="needs state= holding exactly one dataloader .* found 0"):
         rollback.on_train_batch_end(fabric, torch.tensor(1.0), None, 0, state={"step": 0})
