@@ -287,6 +287,7 @@ class FabricDataLoader:
         self._start = 0  # indices of that epoch (over all ranks) consumed before the pass began, i.e. by a resume
         self._batches = 0  # batches this pass has yielded
         self._fresh = True  # the next pass begins at (_epoch, _start) instead of at the following epoch
+        self._excluded: dict[int, list[tuple[int, int]]] = {}  # epoch -> positions [first, stop) left out
 
     @property
     def device(self) -> torch.device | None:
@@ -306,7 +307,7 @@ class FabricDataLoader:
         shard_sampler = self._shard_sampler()
         for sampler in self._samplers():
             if sampler is shard_sampler and shard_sampler is not None:
-                shard_sampler.set_epoch(self._epoch, start=self._start)
+                shard_sampler.set_epoch(self._epoch, start=self._start, exclude=self._excluded.get(self._epoch, ()))
             elif hasattr(sampler, "set_epoch"):
                 sampler.set_epoch(self._epoch)
         with torch.random.fork_rng(devices=[]):
@@ -320,9 +321,11 @@ class FabricDataLoader:
     def state_dict(self) -> dict[str, Any]:
         """The position of the next batch: `samples` counts the epoch's indices consumed over all ranks."""
         sampler = self._shard_sampler()
-        per_batch = (self._dataloader.batch_size or 1) * (sampler.num_replicas if sampler is not None else 1)
-        state = {"epoch": self._epoch, "samples": self._start + self._batches * per_batch,
+        state: dict[str, Any] = {"epoch": self._epoch, "samples": self._position(self._batches),
                  "batches": self._batches, "seed": sampler.seed if sampler is not None else None}
+        if self._excluded:
+            state["excluded"] = [[epoch, first, stop] for epoch, spans in sorted(self._excluded.items())
+                                 for first, stop in spans]
         if _has_own_state(self._dataloader):  # e.g. torchdata's StatefulDataLoader: its workers' state too
             state["loader"] = self._dataloader.state_dict()  # type: ignore[attr-defined]  # checked just above
         return state
@@ -345,6 +348,59 @@ class FabricDataLoader:
             sampler.seed = state_dict["seed"]
         start = 0 if resumes_itself else state_dict["samples"]
         self._epoch, self._start, self._batches, self._fresh = state_dict["epoch"], start, 0, True
+        self._excluded = {}
+        for epoch, first, stop in state_dict.get("excluded", ()):
+            self.exclude(epoch, first, stop)
+
+    def exclude(self, epoch: int, first: int, stop: int) -> None:
+        """Leave the positions ``[first, stop)`` of epoch ``epoch``'s order over all ranks out of that epoch (the
+        samples of a step that is skipped), from the next pass on; kept in `state_dict`. Positions are those
+        `state_dict()["samples"]` counts; `last_batch` gives a batch's. Only the shard sampler `setup_dataloaders`
+        installs can leave samples out (a loader resuming itself cannot): otherwise a ValueError."""
+        if self._shard_sampler() is None or _has_own_state(self._dataloader):
+            raise ValueError(f"cannot leave samples out of this dataloader ({type(self._dataloader).__name__} with "
+                             f"sampler {type(self._dataloader.sampler).__name__}): only one set up by "
+                             "`setup_dataloaders(..., use_distributed_sampler=True)` over a map-style dataset, "
+                             "without a state of its own, can")
+        if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0 or not 0 <= first <= stop:
+            raise ValueError(f"exclude({epoch!r}, {first!r}, {stop!r}): expected an epoch >= 0 and positions "
+                             "0 <= first <= stop")
+        spans = self._excluded.setdefault(epoch, [])
+        if (first, stop) not in spans:
+            spans.append((first, stop))
+
+    def last_batch(self) -> tuple[int, int, int]:
+        """``(epoch, first, stop)``: the positions in the epoch's order over all ranks of the batch yielded last
+        (by every rank together), for `exclude`; ``first == stop`` before the pass's first batch."""
+        if not self._batches:
+            return self._epoch, self._start, self._start
+        return self._epoch, self._position(self._batches - 1, next_kept=True), self._position(self._batches)
+
+    def indices(self, epoch: int, first: int, stop: int) -> list[int]:
+        """The dataset indices at positions ``[first, stop)`` of epoch ``epoch``'s order over all ranks (e.g. of a
+        `last_batch`), for a loader with the shard sampler `setup_dataloaders` installs (otherwise a ValueError)."""
+        sampler = self._shard_sampler()
+        if sampler is None:
+            raise ValueError(f"this dataloader's sampler ({type(self._dataloader.sampler).__name__}) has no global "
+                             "order to read positions from; use one set up by `setup_dataloaders`")
+        indices: list[int] = sampler.global_order(epoch)[first:stop].tolist()
+        return indices
+
+    def _position(self, batches: int, next_kept: bool = False) -> int:
+        """The epoch's position after this pass's first `batches` global batches of kept positions, stepping over
+        the excluded spans on the way; `next_kept`: also over one that begins right there (where the next batch
+        begins, rather than where the last one ended)."""
+        sampler = self._shard_sampler()
+        per_batch = (self._dataloader.batch_size or 1) * (sampler.num_replicas if sampler is not None else 1)
+        position, left = self._start, batches * per_batch
+        for first, stop in sorted(self._excluded.get(self._epoch, ())):
+            if stop <= position:
+                continue
+            if position + left < first or (position + left == first and not next_kept):
+                break
+            left -= max(0, first - position)
+            position = stop
+        return position + left
 
     def set_epoch(self, epoch: int) -> None:
         """Make the next pass epoch `epoch` from its first batch, shuffled as that epoch of an uninterrupted run.

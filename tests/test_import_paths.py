@@ -60,6 +60,8 @@ PATHS = [
     ("fabric_kit.utilities.throughput", "ThroughputMonitor", "fabric_kit.throughput:ThroughputMonitor"),
     ("fabric_kit.utilities.throughput", "measure_flops", "fabric_kit.throughput:measure_flops"),
     ("fabric_kit.utilities.throughput", "get_available_flops", "fabric_kit.throughput:get_available_flops"),
+    ("fabric_kit.utilities.spike", "SpikeDetection", "fabric_kit.spike:SpikeDetection"),
+    ("fabric_kit.utilities.spike", "TrainingSpikeException", "fabric_kit.spike:TrainingSpikeException"),
     ("fabric_kit.utilities.rank_zero", "rank_zero_only", "fabric_kit.rank_zero:rank_zero_only"),
     ("fabric_kit.utilities.seed", "seed_everything", "fabric_kit.seed:seed_everything"),
     ("fabric_kit.utilities.data", "AttributeDict", "fabric_kit.attribute_dict:AttributeDict"),

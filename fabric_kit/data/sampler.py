@@ -71,33 +71,56 @@ class DistributedShardSampler(Sampler[int]):
         self.even_shards = even_shards
         self.epoch = 0
         self.start = 0
+        self.exclude: tuple[tuple[int, int], ...] = ()
 
-    def set_epoch(self, epoch: int, start: int = 0) -> None:
+    def set_epoch(self, epoch: int, start: int = 0, exclude: Iterable[tuple[int, int]] = ()) -> None:
         """Select the epoch whose order is produced next (changes the permutation when shuffling).
 
         ``start`` resumes the epoch after its first ``start`` indices of the global order, consumed before a restart
         by any number of ranks: the rest is sharded over the current ranks, so no index is repeated or skipped.
+        ``exclude`` leaves out the positions ``[first, stop)`` of each pair from the global order before sharding
+        (the samples of skipped steps); leaving out whole global batches keeps every later batch on its rank.
         """
         if not isinstance(start, int) or start < 0:
             raise ValueError(f"start={start!r} is invalid; expected an int >= 0 (indices of the epoch consumed).")
+        spans = tuple((int(first), int(stop)) for first, stop in exclude)
+        bad = [span for span in spans if not 0 <= span[0] <= span[1]]
+        if bad:
+            raise ValueError(f"exclude={bad!r} is invalid; expected (first, stop) positions with 0 <= first <= stop.")
         self.epoch = epoch
         self.start = start
+        self.exclude = spans
         if self.wrap and hasattr(self.source, "set_epoch"):
             self.source.set_epoch(epoch)
 
-    def _global_order(self) -> torch.Tensor:
-        """The epoch's index order before sharding; identical on every rank."""
+    def global_order(self, epoch: int | None = None) -> torch.Tensor:
+        """The index order of epoch ``epoch`` (default: the current one) over all ranks, before ``start`` and
+        ``exclude`` apply; identical on every rank. Position ``p`` of it is what ``start`` and ``exclude`` count.
+        A wrapped sampler with ``set_epoch`` is set to ``epoch`` for the reading and back afterwards."""
+        epoch = self.epoch if epoch is None else epoch
         if self.wrap:
             with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(self.seed + self.epoch)
+                torch.manual_seed(self.seed + epoch)
+                if epoch != self.epoch and hasattr(self.source, "set_epoch"):
+                    self.source.set_epoch(epoch)
                 order = torch.tensor(list(self.source), dtype=torch.long)
+                if epoch != self.epoch and hasattr(self.source, "set_epoch"):
+                    self.source.set_epoch(self.epoch)
         else:
             order = torch.arange(len(self.source))
         if self.shuffle:
             generator = torch.Generator()
-            generator.manual_seed(self.seed + self.epoch)
+            generator.manual_seed(self.seed + epoch)
             order = order[torch.randperm(len(order), generator=generator)]
         return order
+
+    def _kept(self, n: int) -> torch.Tensor:
+        """Which of the epoch's ``n`` positions are handed out: from ``start`` on, outside ``exclude``."""
+        kept = torch.zeros(n, dtype=torch.bool)
+        kept[self.start :] = True
+        for first, stop in self.exclude:
+            kept[first:stop] = False
+        return kept
 
     def _total(self, n: int) -> int:
         """Number of indices handed out over all ranks for an epoch of ``n`` indices."""
@@ -108,14 +131,16 @@ class DistributedShardSampler(Sampler[int]):
         return -(-n // self.num_replicas) * self.num_replicas
 
     def __iter__(self) -> Iterator[int]:
-        order = self._global_order()[self.start :]
+        order = self.global_order()
+        order = order[self._kept(len(order))]
         total = self._total(len(order))
         if total > len(order):
             order = order.repeat(-(-total // len(order)))
         return iter(order[self.rank : total : self.num_replicas].tolist())
 
     def __len__(self) -> int:
-        total = self._total(max(0, len(self.source) - self.start))
+        total = self._total(int(self._kept(len(self.source)).sum()) if self.exclude else
+                            max(0, len(self.source) - self.start))
         return len(range(self.rank, total, self.num_replicas))
 
 

@@ -13,6 +13,7 @@ from loops.callbacks.model_summary import ModelSummary
 from loops.callbacks.on_exception_checkpoint import OnExceptionCheckpoint
 from loops.callbacks.prediction_writer import BasePredictionWriter
 from loops.callbacks.progress import ProgressBar, RichProgressBar, TQDMProgressBar
+from loops.callbacks.spike import SpikeDetection
 from loops.callbacks.stochastic_weight_avg import StochasticWeightAveraging
 from loops.callbacks.throughput_monitor import ThroughputMonitor
 from loops.callbacks.timer import Timer
@@ -21,5 +22,5 @@ from loops.callbacks.weight_averaging import EMAWeightAveraging, WeightAveraging
 __all__ = ["BackboneFinetuning", "BaseFinetuning", "BasePredictionWriter", "BatchSizeFinder", "Callback", "Checkpoint",
            "DeviceStatsMonitor", "EMAWeightAveraging", "EarlyStopping", "GradientAccumulationScheduler",
            "LambdaCallback", "LearningRateFinder", "LearningRateMonitor", "ModelCheckpoint", "ModelSummary",
-           "OnExceptionCheckpoint", "ProgressBar", "RichProgressBar", "StochasticWeightAveraging", "TQDMProgressBar",
-           "ThroughputMonitor", "Timer", "WeightAveraging"]
+           "OnExceptionCheckpoint", "ProgressBar", "RichProgressBar", "SpikeDetection", "StochasticWeightAveraging",
+           "TQDMProgressBar", "ThroughputMonitor", "Timer", "WeightAveraging"]

@@ -135,3 +135,28 @@ def test_invalid_world_is_rejected(num_replicas, rank, message):
 def test_unsized_source_needs_wrap():
     with pytest.raises(TypeError, match="generator has no len"):
         DistributedShardSampler((i for i in range(3)), 1, 0)
+
+
+@settings(max_examples=100, deadline=None)
+@given(n=st.integers(0, 120), world_size=st.integers(1, 4), start=st.integers(0, 130),
+       spans=st.lists(st.tuples(st.integers(0, 130), st.integers(0, 40)), max_size=3), shuffle=st.booleans(),
+       even_shards=st.booleans())
+def test_excluded_positions_are_left_out_before_sharding(n, world_size, start, spans, shuffle, even_shards):
+    exclude = [(first, first + length) for first, length in spans]
+    samplers = [DistributedShardSampler(range(n), world_size, rank, shuffle=shuffle, even_shards=even_shards)
+                for rank in range(world_size)]
+    for sampler in samplers:
+        sampler.set_epoch(1, start=start, exclude=exclude)
+    order = samplers[0].global_order().tolist()
+    left_out = {p for first, stop in exclude for p in range(first, stop)}
+    kept = [index for position, index in enumerate(order) if position >= start and position not in left_out]
+    per_rank = [list(sampler) for sampler in samplers]
+    assert [len(indices) for indices in per_rank] == [len(sampler) for sampler in samplers]
+    # The kept order, sharded as if it were the whole epoch (padding, if any, repeats its start).
+    assert interleave(per_rank)[: len(kept)] == kept[: len(interleave(per_rank))]
+    assert set(i for indices in per_rank for i in indices) == set(kept)
+
+
+def test_excluded_spans_must_be_ordered_positions():
+    with pytest.raises(ValueError, match=r"exclude=\[\(4, 2\)\] is invalid; expected \(first, stop\) positions"):
+        DistributedShardSampler(range(8), 1, 0).set_epoch(0, exclude=[(4, 2)])

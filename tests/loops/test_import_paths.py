@@ -25,7 +25,7 @@ PATHS = [
     ("loops", "seed_everything", fabric_kit.seed_everything),
 ]
 # Callback modules Lightning has that loops does not, and why.
-ABSENT_CALLBACK_MODULES = {"pruning": "ModelPruning is not provided", "spike": "SpikeDetection is not provided",
+ABSENT_CALLBACK_MODULES = {"pruning": "ModelPruning is not provided",
                            "rich_model_summary": "RichModelSummary is not provided"}
 
 
