@@ -118,7 +118,8 @@ def test_unknown_precision(precision):
         Fabric(accelerator="cpu", precision=precision)
     message = str(error.value)
     assert f"precision={precision!r}" in message
-    for name in ("32-true", "64-true", "16-mixed", "bf16-mixed", "16-true", "bf16-true", "fp8", "32", "64", "16", "bf16"):
+    for name in ("32-true", "64-true", "16-mixed", "bf16-mixed", "16-true", "bf16-true", "fp8",
+                 "32", "64", "16", "bf16"):
         assert name in message
 
 
