@@ -193,3 +193,19 @@ def test_pytorch_profiler_schedule_writes_a_trace_per_window(tmp_path):
     trainer.fit(BoringModel())
     assert len(list(tmp_path.glob("fit-win.*.pt.trace.json"))) == 2
     assert (tmp_path / "fit-win.txt").read_text().startswith("FIT Profiler Report")
+
+
+def test_profilers_pickle_without_their_recordings(tmp_path):
+    """A spawned process receives the Trainer, and so its profiler: settings go, open recordings and files stay."""
+    import pickle
+
+    advanced = AdvancedProfiler(dirpath=tmp_path, filename="a", line_count_restriction=3)
+    advanced.start("running")
+    copy = pickle.loads(pickle.dumps(advanced))
+    advanced.stop("running")
+    assert copy.profiled_actions == {} and copy.line_count_restriction == 3 and copy.filename == "a"
+    torch_profiler = PyTorchProfiler(dirpath=tmp_path, row_limit=7)
+    torch_profiler.start("running")
+    copy = pickle.loads(pickle.dumps(torch_profiler))
+    torch_profiler.teardown(None)
+    assert copy.profiler is None and copy._row_limit == 7
