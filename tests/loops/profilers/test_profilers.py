@@ -209,3 +209,23 @@ def test_profilers_pickle_without_their_recordings(tmp_path):
     copy = pickle.loads(pickle.dumps(torch_profiler))
     torch_profiler.teardown(None)
     assert copy.profiler is None and copy._row_limit == 7
+
+
+def test_each_stage_reports_under_its_own_name(tmp_path):
+    """validate / test / predict: `<stage>-<filename>.txt` in the log dir, with each loop's step and fetch actions."""
+    profiler = SimpleProfiler(filename="perf")
+    trainer = L.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
+                        enable_model_summary=False, limit_val_batches=2, limit_test_batches=2,
+                        limit_predict_batches=2, default_root_dir=tmp_path, profiler=profiler)
+    model = BoringModel()
+    trainer.validate(model, verbose=False)
+    trainer.test(model, verbose=False)
+    trainer.predict(model)
+    expected = {"validate": ["[Strategy]SingleDeviceStrategy.validation_step", "[_EvaluationLoop].val_next"],
+                "test": ["[Strategy]SingleDeviceStrategy.test_step", "[_EvaluationLoop].test_next"],
+                "predict": ["[Strategy]SingleDeviceStrategy.predict_step", "[_PredictionLoop].predict_next"]}
+    for stage, actions in expected.items():
+        report = (tmp_path / f"{stage}-perf.txt").read_text()
+        assert report.startswith(f"{stage.upper()} Profiler Report")
+        for action in actions:
+            assert f"|  {action} " in report, (stage, action)
