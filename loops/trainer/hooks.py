@@ -89,7 +89,7 @@ class HookTable:
         with a profiler a function recording each step as `[Strategy]<strategy class>.<step>` (Lightning's)."""
         if self.profiler is None:
             return fabric_module
-        prefix = f"[Strategy]{type(self.trainer.strategy).__name__}."
+        prefix = self.strategy_action("")
         profile = self.profiler.profile
 
         def run(step: str, *args: Any) -> Any:
@@ -97,6 +97,10 @@ class HookTable:
                 return fabric_module(step, *args)
 
         return run
+
+    def strategy_action(self, name: str) -> str:
+        """Lightning's action name for the strategy's `name`: `[Strategy]<strategy class>.<name>`."""
+        return f"[Strategy]{type(self.trainer.strategy).__name__}.{name}"
 
     def batches(self, action: str, loader: Iterable[Any]) -> Iterable[Any]:
         """`loader` itself, or with a profiler its batches with each fetch recorded as `action`."""

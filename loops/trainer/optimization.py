@@ -129,7 +129,8 @@ class AutomaticStep:
         self.after_backward = hooks.both("on_after_backward")
         self.optimizer_step = hooks.method("optimizer_step")
         self.zero_grad = hooks.method("optimizer_zero_grad")
-        self.backward = hooks.method("backward")
+        # Lightning records the backward as its strategy's (which calls the module's `backward`)
+        self.backward = hooks.profiled(hooks.strategy_action("backward"), hooks.pl_module.backward)
         self.output: Any = None
 
     def run(self, batch: Any, batch_idx: int, steps_optimizer: bool) -> Any:

@@ -14,9 +14,10 @@ from loops.demos import BoringModel
 from loops.profilers import AdvancedProfiler, PassThroughProfiler, Profiler, PyTorchProfiler, SimpleProfiler
 
 SCRIPT = Path(__file__).parent / "scripts" / "ddp_profilers.py"
-STEPS = ["[Strategy]DDPStrategy.training_step", "[Strategy]DDPStrategy.validation_step"]
+STEPS = ["[Strategy]DDPStrategy.training_step", "[Strategy]DDPStrategy.validation_step",
+         "[Strategy]DDPStrategy.backward"]
 ACTIONS = [*STEPS, "run_training_epoch", "run_training_batch", "[LightningModule]BoringModel.optimizer_step",
-           "[LightningModule]BoringModel.backward", "[LightningModule]BoringModel.configure_optimizers",
+           "[LightningModule]BoringModel.configure_optimizers",
            "[Callback]Counter.on_train_batch_end", "[_TrainingEpochLoop].train_dataloader_next",
            "[_EvaluationLoop].val_next"]
 
@@ -113,7 +114,7 @@ def test_plain_hook_lists_without_a_profiler():
     trainer.fit(model := BoringModel())
     assert type(trainer.profiler) is PassThroughProfiler
     hooks = trainer.run_state.hooks
-    assert hooks.profiler is None and hooks.method("backward") == model.backward
+    assert hooks.profiler is None and hooks.method("optimizer_step") == model.optimizer_step
     assert hooks.steps(trainer.run_state.fabric_module) is trainer.run_state.fabric_module
     loader = [1, 2]
     assert hooks.batches("fetch", loader) is loader
