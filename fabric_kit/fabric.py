@@ -6,7 +6,8 @@ import signal
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from datetime import timedelta
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
@@ -21,6 +22,7 @@ from fabric_kit.connector import Connector
 from fabric_kit.data import distributed_loader, resumable_loader
 from fabric_kit.precision import Precision
 from fabric_kit.preemption import Preemption
+from fabric_kit.profiling import torch_profiler
 from fabric_kit.seed import global_seed, seed_everything, worker_init_function
 from fabric_kit.strategies.strategy import BackwardSyncControl, ForwardBackwardControl, Strategy
 from fabric_kit.wrappers import (
@@ -31,6 +33,9 @@ from fabric_kit.wrappers import (
     unwrap,
     wrap_optimizer,
 )
+
+if TYPE_CHECKING:
+    from torch.profiler import profile as TorchProfile
 
 
 class Fabric:
@@ -355,6 +360,14 @@ class Fabric:
             self.barrier()
 
     # -- utilities ------------------------------------------------------------------------------------------------
+    def profile(self, dirpath: str | Path, filename: str = "profile", **profiler_kwargs: Any) -> TorchProfile:
+        """A torch.profiler context for a raw loop that writes this process's Chrome trace to `dirpath` as
+        `<filename>-<global rank>.<time ns>.pt.trace.json` when it ends (or at the end of each active window of a
+        `schedule`: call `.step()` on what it yields once per training step). It records the CPU, CUDA where
+        available, and tensor memory; `profiler_kwargs` go to `torch.profiler.profile`
+        (`fabric_kit.profiling.torch_profiler`). The loops Trainer's `profiler="pytorch"` writes the same trace."""
+        return torch_profiler(dirpath, f"{filename}-{self.global_rank}", **profiler_kwargs)
+
     def print(self, *args: Any, **kwargs: Any) -> None:
         """`print` on global rank 0 only."""
         if self.is_global_zero:

@@ -36,7 +36,8 @@ def run_evaluation(trainer: Trainer, stage: str, loaders: list[Any], limits: lis
     multiple = len(loaders) > 1
     start_cbs, start_mod = hooks.cb(f"on_{prefix}_batch_start"), hooks.mod(f"on_{prefix}_batch_start")
     end_cbs, end_mod = hooks.cb(f"on_{prefix}_batch_end"), hooks.mod(f"on_{prefix}_batch_end")
-    step_name = f"{prefix}_step"
+    step_name, run_step = f"{prefix}_step", hooks.steps(fabric_module)
+    fetch = f"[_EvaluationLoop].{'val' if stage == 'validate' else 'test'}_next"
     # Per epoch by default; no batch outside the loop: what is logged there weighs the same on every process.
     with state.logging_scope(results, per_step=False) as scope:
         modes = [(m, m.training) for m in module.modules()]  # each submodule's own mode, put back after
@@ -49,13 +50,13 @@ def run_evaluation(trainer: Trainer, stage: str, loaders: list[Any], limits: lis
                 extra = (dataloader_idx,) if multiple else ()
                 if limit <= 0:
                     continue
-                for batch_idx, batch in enumerate(loader):
+                for batch_idx, batch in enumerate(hooks.batches(fetch, loader)):
                     batch = scope.batch = hooks.transfer(batch, dataloader_idx, device)
                     for hook in start_cbs:
                         hook(trainer, module, batch, batch_idx, *extra)
                     for hook in start_mod:
                         hook(batch, batch_idx, *extra)
-                    outputs = fabric_module(step_name, batch, batch_idx, *extra)
+                    outputs = run_step(step_name, batch, batch_idx, *extra)
                     for hook in end_cbs:
                         hook(trainer, module, outputs, batch, batch_idx, *extra)
                     for hook in end_mod:

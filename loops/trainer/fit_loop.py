@@ -149,7 +149,8 @@ class FitLoop:
             state.hooks.call("on_train_start")
         while not self._done():
             self.setup_train_data()
-            self._run_epoch(state.train_results)
+            with self.trainer.profiler.profile("run_training_epoch"):
+                self._run_epoch(state.train_results)
             if self.preempted:
                 return
             self._end_epoch(state.train_results)
@@ -220,11 +221,14 @@ class FitLoop:
             state.hooks.call("on_train_epoch_start")
         epoch = _TrainingEpoch(self, results)  # after on_train_epoch_start, which may change accumulate_grad_batches
         skip, first = self._resume_point(epoch.validation)
+        hooks = state.hooks
+        run_batch = hooks.profiled("run_training_batch", epoch.run_batch)
+        batches = hooks.batches("[_TrainingEpochLoop].train_dataloader_next", self.train_loader)
         with state.logging_scope(results, per_step=True) as scope:
-            for batch_idx, batch in enumerate(self.train_loader, first):
+            for batch_idx, batch in enumerate(batches, first):
                 if batch_idx < skip:
                     continue
-                if epoch.run_batch(scope, batch, batch_idx):
+                if run_batch(scope, batch, batch_idx):
                     break
             else:
                 epoch.loader_ran_out()
@@ -345,6 +349,7 @@ class _TrainingEpoch:
         self.loop, self.trainer, self.state, self.progress = loop, trainer, state, state.progress
         self.results = results
         self.hooks, self.module, self.fabric_module = hooks, hooks.pl_module, state.fabric_module
+        self.run_step = hooks.steps(state.fabric_module)
         self.fabric = trainer.fabric
         self.start_cbs, self.start_mod = hooks.cb("on_train_batch_start"), hooks.mod("on_train_batch_start")
         self.end_cbs, self.end_mod = hooks.cb("on_train_batch_end"), hooks.mod("on_train_batch_end")
@@ -378,7 +383,7 @@ class _TrainingEpoch:
             steps_before = progress.global_step
             # manual_backward runs inside the step: under DDP each backward then syncs the gradients itself
             with self.fabric.backward_inside_forward(self.fabric_module):
-                outputs = self.fabric_module("training_step", batch, batch_idx)
+                outputs = self.run_step("training_step", batch, batch_idx)
             stepped = progress.global_step != steps_before
         progress.batch_trained(batch_idx, stepped)
         self._end_batch(outputs, batch, batch_idx, stepped, last)

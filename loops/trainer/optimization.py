@@ -118,7 +118,8 @@ class AutomaticStep:
         state = trainer.run_state
         hooks = state.hooks
         self.fabric_module = state.fabric_module
-        self.module = module = hooks.pl_module
+        self.run_step = hooks.steps(state.fabric_module)
+        self.module = hooks.pl_module
         self.progress = state.progress
         self.optimizers = list(state.optimizers)
         self.optimizer = self.optimizers[0] if self.optimizers else None
@@ -126,9 +127,10 @@ class AutomaticStep:
         self.before_zero_grad = hooks.both("on_before_zero_grad")
         self.before_backward = hooks.both("on_before_backward")
         self.after_backward = hooks.both("on_after_backward")
-        self.optimizer_step = module.optimizer_step
-        self.zero_grad = module.optimizer_zero_grad
-        self.backward = module.backward
+        self.optimizer_step = hooks.method("optimizer_step")
+        self.zero_grad = hooks.method("optimizer_zero_grad")
+        # Lightning records the backward as its strategy's (which calls the module's `backward`)
+        self.backward = hooks.profiled(hooks.strategy_action("backward"), hooks.pl_module.backward)
         self.output: Any = None
 
     def run(self, batch: Any, batch_idx: int, steps_optimizer: bool) -> Any:
@@ -164,7 +166,7 @@ class AutomaticStep:
 
     def _closure(self, batch: Any, batch_idx: int, optimizer: LoopOptimizer | None,
                  extra: tuple[int, ...]) -> Tensor | None:
-        output = self.fabric_module("training_step", batch, batch_idx, *extra)
+        output = self.run_step("training_step", batch, batch_idx, *extra)
         if isinstance(output, Tensor):
             loss = output
             self.output = {"loss": loss.detach()}

@@ -20,7 +20,7 @@ def run_prediction(trainer: Trainer, loaders: list[Any], limits: list[int | floa
     """One list of predictions per loader (just the list when there is one loader), or None."""
     state = trainer.run_state
     hooks, fabric_module, device = state.hooks, state.fabric_module, trainer.fabric.device
-    multiple = len(loaders) > 1
+    multiple, run_step = len(loaders) > 1, hooks.steps(fabric_module)
     all_predictions: list[list[Any]] = []
     # No results: nothing here may log. The dispatcher names the hook that tries; between hooks the step runs.
     with state.logging_scope(None, per_step=False) as scope:
@@ -35,10 +35,10 @@ def run_prediction(trainer: Trainer, loaders: list[Any], limits: list[int | floa
                 all_predictions.append(predictions)
                 if limit <= 0:
                     continue
-                for batch_idx, batch in enumerate(loader):
+                for batch_idx, batch in enumerate(hooks.batches("[_PredictionLoop].predict_next", loader)):
                     batch = hooks.transfer(batch, dataloader_idx, device)
                     hooks.call("on_predict_batch_start", batch, batch_idx, *extra)
-                    output = fabric_module("predict_step", batch, batch_idx, *extra).value
+                    output = run_step("predict_step", batch, batch_idx, *extra).value
                     hooks.call("on_predict_batch_end", output, batch, batch_idx, *extra)
                     if return_predictions:
                         predictions.append(output)

@@ -26,6 +26,7 @@ from loops.core.module import LightningModule
 from loops.core.optimizer_config import parse_optimizers
 from loops.loggers.defaults import default_loggers, log_stage_start
 from loops.logging.hook_rules import NO_LOGGING
+from loops.profilers import Profiler, build_profiler
 from loops.trainer import arguments as args_check
 from loops.trainer import checkpointing
 from loops.trainer.data import as_list, find_loaders, limit_batches, setup_loaders
@@ -65,17 +66,18 @@ class Trainer(TrainerProperties):
                  accumulate_grad_batches: int = 1, gradient_clip_val: int | float | None = None,
                  gradient_clip_algorithm: str | None = None, deterministic: bool | str | None = None,
                  benchmark: bool | None = None, inference_mode: bool = True, use_distributed_sampler: bool = True,
-                 profiler: Any = None, detect_anomaly: bool = False, barebones: bool = False, plugins: Any = None,
-                 sync_batchnorm: bool = False, reload_dataloaders_every_n_epochs: int = 0,
+                 profiler: Profiler | str | None = None, detect_anomaly: bool = False, barebones: bool = False,
+                 plugins: Any = None, sync_batchnorm: bool = False, reload_dataloaders_every_n_epochs: int = 0,
                  default_root_dir: str | Path | None = None) -> None:
-        if profiler is not None:
-            raise ValueError(f"profiler={profiler!r} is not supported by loops; pass profiler=None")
+        self.profiler = build_profiler(profiler)
         self.fabric = Fabric(accelerator=accelerator, strategy=strategy, devices=devices, num_nodes=num_nodes,
                              precision=precision, plugins=plugins)
         fast = args_check.fast_dev_run_batches(fast_dev_run)
-        if barebones and (fast or logger or enable_checkpointing or enable_progress_bar or enable_model_summary):
-            raise ValueError("barebones=True turns off logging, checkpointing, the progress bar, the model summary "
-                             "and fast_dev_run; remove logger / enable_* / fast_dev_run or set barebones=False")
+        if barebones and (fast or logger or enable_checkpointing or enable_progress_bar or enable_model_summary
+                          or profiler is not None):
+            raise ValueError("barebones=True turns off logging, checkpointing, the progress bar, the model summary, "
+                             "profiling and fast_dev_run; remove logger / enable_* / profiler / fast_dev_run or set "
+                             "barebones=False")
         self.barebones, self.fast_dev_run = barebones, fast_dev_run
         self.default_root_dir = str(default_root_dir) if default_root_dir is not None else os.getcwd()
         self.run_state = RunState()
@@ -274,6 +276,9 @@ class Trainer(TrainerProperties):
         if datamodule is not None:
             datamodule.trainer = self
         self._resolve_log_dir()
+        self.profiler._lightning_module = model
+        self.profiler.setup(stage=stage, local_rank=self.local_rank if self.world_size > 1 else None,
+                            log_dir=self.log_dir)
         state.hooks = hooks = HookTable(self, model, datamodule)
         self._attach_callbacks(model)
         state.custom_transfer = any(overrides(src, name, DataHooks) for name in _TRANSFER_HOOKS
@@ -388,7 +393,7 @@ class Trainer(TrainerProperties):
         state.fabric_module, fabric_optimizers = self._setup_model_and_optimizers(model, optimizers)
         state.optimizers = [LoopOptimizer(opt, self) for opt in fabric_optimizers]
         clips = self.gradient_clip_val or overrides(model, "configure_gradient_clipping", LightningModule)
-        state.clip_hook = model.configure_gradient_clipping if clips and state.automatic else None
+        state.clip_hook = state.hooks.method("configure_gradient_clipping") if clips and state.automatic else None
 
     def _setup_model_and_optimizers(self, model: LightningModule, optimizers: list[torch.optim.Optimizer]
                                     ) -> tuple[FabricModule, tuple[Any, ...]]:
@@ -446,6 +451,7 @@ class Trainer(TrainerProperties):
         for logger in self._loggers:
             if hasattr(logger, "finalize"):
                 logger.finalize("failed" if self.interrupted else "success")
+        self.profiler.describe()
         self.training = self.validating = self.testing = self.predicting = self.sanity_checking = False
 
     def _attach_callbacks(self, model: LightningModule) -> None:
@@ -505,7 +511,8 @@ class Trainer(TrainerProperties):
             raise RuntimeError("save_checkpoint needs a model: call it during or after fit/validate/test")
         if storage_options is not None:
             raise ValueError(f"storage_options={storage_options!r} is not supported; pass None")
-        checkpointing.save(self, str(filepath), weights_only)
+        with self.profiler.profile("save_checkpoint"):
+            checkpointing.save(self, str(filepath), weights_only)
 
 
 def _run_launched(fabric: Fabric, trainer: Trainer, stage: str, model: LightningModule,

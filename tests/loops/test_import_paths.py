@@ -37,6 +37,7 @@ ABSENT = {
                   "find_shared_parameters": "not provided", "set_shared_parameters": "not provided",
                   "is_picklable": "not provided", "is_shared_filesystem": "not provided",
                   "LightningEnum": "Lightning's internal enum base", "rank_zero_deprecation": "nothing is deprecated"},
+    "profilers": {"XLAProfiler": "no XLA profiler (torch_xla's own profiler server)"},
     "demos": {"LightningLSTM": "the LSTM demo is not provided", "SimpleLSTM": "the LSTM demo is not provided",
               "SequenceSampler": "the LSTM demo is not provided"},
 }
