@@ -434,4 +434,4 @@ def is_wrapped(obj: object) -> bool:
     return isinstance(obj, (FabricModule, FabricOptimizer, FabricDataLoader))
 
 
-__all__ = ["FabricDataLoader", "FabricModule", "FabricOptimizer", "is_wrapped"]
+__all__ = ["FabricDataLoader", "FabricModule", "FabricOptimizer", "is_wrapped", "split_compiled"]

@@ -20,6 +20,8 @@ from fabric_kit.checkpoint.io import load_file, save_file
 from fabric_kit.checkpoint.sharded import PLAIN_ENTRIES, by_index, is_sharded_checkpoint
 from fabric_kit.checkpoint.sharded_reading import load_sharded, read_metadata, set_nested
 
+__all__ = ["consolidate", "read_consolidated"]
+
 
 def consolidate(checkpoint_dir: str | os.PathLike[str], output_file: str | os.PathLike[str], weights_only: bool = True
                 ) -> None:

@@ -15,8 +15,8 @@ import torch
 
 from fabric_kit.checkpoint import read_checkpoint as read_fabric_checkpoint
 from fabric_kit.checkpoint.consolidate import read_consolidated
-from fabric_kit.collections import move_to_device
 from fabric_kit.loggers.params import write_hparams_yaml
+from fabric_kit.utilities import move_data_to_device
 
 __all__ = ["load_hparams_from_yaml", "save_hparams_to_yaml"]
 
@@ -63,7 +63,7 @@ def read_checkpoint(path: str | Path, map_location: Any = None) -> dict[str, Any
         raise ValueError(f"map_location={map_location!r} cannot place the tensors of the sharded checkpoint "
                          f"{str(path)!r}; accepted for a directory: None (the CPU), a device or its name")
     checkpoint = read_consolidated(path)
-    return checkpoint if map_location is None else move_to_device(checkpoint, torch.device(map_location))
+    return checkpoint if map_location is None else move_data_to_device(checkpoint, torch.device(map_location))
 
 
 def init_kwargs(cls: type, hparams: dict[str, Any]) -> dict[str, Any]:

@@ -6,7 +6,10 @@ import torch
 import loops as L
 from benchmarks.overhead import calls_per_step, raw_loop, trainer_loop
 
-MEASURED = 45  # extra calls per step: the run state, FabricModule via nn.Module.__call__, the preemption read
+# Extra calls per step: the run state, FabricModule via nn.Module.__call__, the preemption read, and (+10) the
+# closure handed to the torch optimizer, whose step runs it under torch.enable_grad (LBFGS and SAM-style
+# optimizers re-evaluate it, as under Lightning).
+MEASURED = 55
 BUDGET = MEASURED * 1.2  # fails at +20%: a change that adds calls to every step has to say so here
 TRAINER = trainer_loop(L.Trainer, L.LightningModule)
 
