@@ -124,9 +124,9 @@ def reference():
     return {"losses": torch.stack(losses), "norms": torch.stack(norms), "weights": full_weights(model)}
 
 
-def scheduled(fabric, schedule, out=None, split=None):
+def scheduled(fabric, schedule, out=None, split=None, end=None):
     """Trained by `schedule` from the reference's initial weights, the model cut at `split` (None: SPLITS'); with
-    `out`, saved there at step SPLIT."""
+    `out`, saved there at step SPLIT; with `end`, the trained model saved there."""
     use_schedule(fabric.strategy, schedule, split)
     raw, model, optimizer, loader = setup(fabric, seed=0)
     batches = iter(loader)  # one pass: saving at SPLIT saves its position
@@ -136,6 +136,8 @@ def scheduled(fabric, schedule, out=None, split=None):
                     {"model": model, "optimizer": optimizer, "loader": loader, "step": SPLIT})
     more, more_norms = train(fabric, model, optimizer, batches, STEPS - SPLIT)
     returned, norms = torch.cat([returned, more]), torch.cat([norms, more_norms])
+    if end is not None:
+        fabric.save(end, {"model": model})
     return {"returned": returned, "mean": fabric.all_reduce(returned), "norms": norms,
             "weights": gathered(fabric, raw), "held": sorted(name for name, _ in raw.named_parameters())}
 
@@ -222,14 +224,19 @@ def bad_inputs(fabric):
 
 
 def single(out):
-    """The PP checkpoint, `fabric consolidate`d, loaded into the whole model on one process, trained to the end."""
+    """The PP checkpoint, `fabric consolidate`d, loaded into the whole model on one process, trained to the end;
+    and the model trained with the stages a function returned, consolidated and loaded."""
     consolidate(os.path.join(out, "pp_sharded"), os.path.join(out, "consolidated.pt"))
     fabric = Fabric(accelerator="cpu", devices=1)
     raw, model, optimizer, loader = setup(fabric, seed=1)
     state = {"model": model, "optimizer": optimizer, "loader": loader, "step": 0}
     fabric.load(os.path.join(out, "consolidated.pt"), state)
     returned, _ = train(fabric, model, optimizer, loader, STEPS - SPLIT)
-    return {"step": state["step"], "returned": returned, "weights": full_weights(raw)}
+    consolidate(os.path.join(out, "fn_sharded"), os.path.join(out, "fn.pt"))
+    whole = Transformer()
+    fabric.load(os.path.join(out, "fn.pt"), {"model": fabric.setup_module(whole)})
+    return {"step": state["step"], "returned": returned, "weights": full_weights(raw),
+            "fn_weights": full_weights(whole)}
 
 
 def main():
@@ -251,7 +258,7 @@ def main():
         result["errors"] = bad_inputs(fabric)
         result["bf16"] = mixed_precision(layout)
     else:  # the checkpoint "pp2tp2" saved, loaded without a pipeline
-        result["split_fn"] = scheduled(fabric, "1f1b", split=by_function)
+        result["split_fn"] = scheduled(fabric, "1f1b", split=by_function, end=os.path.join(out, "fn_sharded"))
         result["dp2tp2_from_pp"] = resumed(launched(ModelParallelStrategy(parallelize, tensor_parallel_size=2)), out)
         result["fsdp_from_pp"] = resumed(launched(FSDPStrategy()), out)
     torch.save(result, os.path.join(out, f"rank{fabric.global_rank}.pt"))

@@ -23,7 +23,8 @@ LAYOUTS = ("pp2tp2", "pp2dp2")
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    """{layout: [what each rank saved]}; "single" loads the checkpoint "pp2tp2" saved."""
+    """{layout: [what each rank saved]}; "pp2dp2" and "single" load the checkpoint "pp2tp2" saved, "single" also
+    the one "pp2dp2" saved."""
     out = tmp_path_factory.mktemp("pipeline_parallel")
     results = {}
     for layout, processes in (("pp2tp2", 4), ("pp2dp2", 4), ("single", 1)):
@@ -31,6 +32,8 @@ def runs(tmp_path_factory):
         folder.mkdir()
         if layout != "pp2tp2":
             (folder / "pp_sharded").symlink_to(out / "pp2tp2" / "pp_sharded")
+        if layout == "single":
+            (folder / "fn_sharded").symlink_to(out / "pp2dp2" / "fn_sharded")
         results[layout] = run_processes([WORKER, layout, folder], processes, folder, timeout=400)
     return results
 
@@ -57,6 +60,7 @@ def test_stages_returned_by_a_function_train_like_one_process_and_keep_the_whole
         close(rank["split_fn"]["weights"], reference["weights"], 1e-5)
         assert rank["split_fn"]["held"] == rank["1f1b"]["held"]  # the same names as the cut at "blocks.1"
     assert {name.split(".")[0] for name in ranks[0]["split_fn"]["held"]} == {"embed", "blocks"}
+    close(runs["single"][0]["fn_weights"], reference["weights"], 1e-5)  # its checkpoint, consolidated: every stage
 
 
 def test_bf16_mixed_under_the_pipeline_computes_in_bf16_and_hands_the_loss_float32(runs):
