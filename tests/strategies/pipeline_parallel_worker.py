@@ -155,8 +155,8 @@ def resumed(fabric, out):
 
 
 def mixed_precision(layout):
-    """bf16-mixed under the pipeline: a stage's layer computes in bf16, the loss function gets float32 logits,
-    parameters and gradients stay float32."""
+    """bf16-mixed under the pipeline, SPLIT steps: a stage's layer computes in bf16, the loss function gets float32
+    logits, parameters and gradients stay float32."""
     fabric = launched(pipeline_strategy(layout), precision="bf16-mixed")
     raw, model, optimizer, loader = setup(fabric, seed=0)
     computed, received = [], set()
@@ -167,7 +167,7 @@ def mixed_precision(layout):
         received.add(logits.dtype)
         return loss_fn(logits, tokens)
 
-    returned, _ = train(fabric, model, optimizer, iter(loader), STEPS, loss_function=recording)
+    returned, _ = train(fabric, model, optimizer, iter(loader), SPLIT, loss_function=recording)
     hook.remove()
     return {"computed": set(computed), "received": received, "params": {p.dtype for p in raw.parameters()},
             "grads": {p.grad.dtype for p in raw.parameters()}, "mean": fabric.all_reduce(returned)}

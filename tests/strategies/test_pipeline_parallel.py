@@ -64,7 +64,7 @@ def test_stages_returned_by_a_function_train_like_one_process_and_keep_the_whole
 
 
 def test_bf16_mixed_under_the_pipeline_computes_in_bf16_and_hands_the_loss_float32(runs):
-    reference = runs["pp2tp2"][0]["reference"]["losses"]
+    reference = runs["pp2tp2"][0]["reference"]["losses"][:SPLIT]
     for rank, result in enumerate(rank["bf16"] for rank in runs["pp2tp2"]):
         assert result["computed"] == {torch.bfloat16}
         assert result["received"] == ({torch.float32} if rank >= 2 else set())  # the last stage runs the loss
