@@ -4,7 +4,7 @@
 stages over an outermost `"pipeline_parallel"` dimension (`fabric_kit.strategies.pipeline`)."""
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from datetime import timedelta
 from typing import Any, Literal
@@ -21,6 +21,7 @@ from fabric_kit.checkpoint import sharded as checkpoint
 from fabric_kit.checkpoint.state import Filter
 from fabric_kit.environments import ClusterEnvironment
 from fabric_kit.precision import Precision
+from fabric_kit.precision.amp import LossScaling
 from fabric_kit.strategies.fsdp.sharding import (
     check_materializable,
     has_meta_tensors,
@@ -28,7 +29,13 @@ from fabric_kit.strategies.fsdp.sharding import (
     without_gradient_sync,
 )
 from fabric_kit.strategies.parallel import StartMethod
-from fabric_kit.strategies.pipeline import PipelinedModel, check_schedule, cut_stages
+from fabric_kit.strategies.pipeline import (
+    PipelinedModel,
+    StageSplit,
+    check_schedule,
+    check_schedule_name,
+    rank_stages,
+)
 from fabric_kit.strategies.pipeline.checkpoint import whole_param_groups
 from fabric_kit.strategies.sharded import ShardedStrategy
 from fabric_kit.strategies.strategy import BackwardSyncControl, ForwardBackwardControl
@@ -62,13 +69,19 @@ class ModelParallelStrategy(ShardedStrategy, BackwardSyncControl, ForwardBackwar
             and "tensor_parallel" dimensions apply as without a pipeline; returning the stage as it is is fine)
             and the set-up model is trained with `fabric.forward_backward(model, x, y, loss_fn=...)`.
         pipeline_split: module names where stages begin, in the forward's order (`["blocks.2"]`: two stages);
-            split points + 1 stages, one per pipeline rank, or several with "interleaved_1f1b".
+            split points + 1 stages, one per pipeline rank, or several with "interleaved_1f1b". Or a function
+            `(model, pipeline_parallel_size) -> stages` for a model whose forward is not one chain of its modules:
+            given the whole model (on the meta device under `init_module(empty_init=True)`), it returns the list of
+            stage modules, built from the model's own modules, with forwards of their own; every parameter in
+            exactly one stage. The model then keeps only this rank's stages (its names stay the whole model's).
         pipeline_schedule: "gpipe", "1f1b" or "interleaved_1f1b" (torch.distributed.pipelining's schedules).
         pipeline_microbatches: micro-batches each batch is split into (dim 0 of every input and the target); None:
             `pipeline_parallel_size`.
 
     Precision `bf16-mixed` / `16-mixed` is autocast, as in Lightning: half-precision matmuls, float32 parameters
-    and gradients, so FSDP reduces gradients in float32.
+    and gradients, so FSDP reduces gradients in float32. A pipeline runs under the precision as a plain forward
+    does (inputs converted, the schedule under its forward context, the last stage's output converted before the
+    loss); a precision that scales the loss (`16-mixed`) is refused there: the schedule runs backward itself.
     """
 
     def __init__(self, parallelize_fn: Callable[[Any, DeviceMesh], Module] | None = None,
@@ -78,7 +91,7 @@ class ModelParallelStrategy(ShardedStrategy, BackwardSyncControl, ForwardBackwar
                  accelerator: Accelerator | None = None, parallel_devices: list[torch.device] | None = None,
                  cluster_environment: ClusterEnvironment | None = None, precision: Precision | None = None,
                  start_method: StartMethod = "popen", collective_timeout: float | timedelta | None = None,
-                 pipeline_parallel_size: int = 1, pipeline_split: Sequence[str] = (),
+                 pipeline_parallel_size: int = 1, pipeline_split: StageSplit = (),
                  pipeline_schedule: str = "1f1b", pipeline_microbatches: int | None = None) -> None:
         super().__init__(accelerator, parallel_devices, cluster_environment, precision, process_group_backend,
                          timeout, start_method, collective_timeout=collective_timeout)
@@ -97,15 +110,18 @@ class ModelParallelStrategy(ShardedStrategy, BackwardSyncControl, ForwardBackwar
                 raise ValueError(f"{name}={number!r} is not valid; accepted: a positive int")
         if isinstance(pipeline_split, str):
             raise TypeError(f"pipeline_split={pipeline_split!r} is one string; accepted: a list of module names, "
-                            f"e.g. [{pipeline_split!r}]")
-        self.stages_per_rank = check_schedule(pipeline_schedule, len(pipeline_split) + 1, pipeline_parallel_size)
+                            f"e.g. [{pipeline_split!r}], or a function `(model, pipeline_parallel_size) -> stages`")
+        if callable(pipeline_split):  # the stage count is known when it has run, in `setup_module`
+            check_schedule_name(pipeline_schedule)
+        else:
+            check_schedule(pipeline_schedule, len(pipeline_split) + 1, pipeline_parallel_size)
         if pipeline_parallel_size > 1 and not save_distributed_checkpoint:
             raise ValueError("save_distributed_checkpoint=False with pipeline_parallel_size="
                              f"{pipeline_parallel_size}: no rank holds the whole model to write one full file; "
                              "accepted: save_distributed_checkpoint=True (then `fabric consolidate DIR` writes "
                              "the full file)")
         self.pipeline_parallel_size = pipeline_parallel_size
-        self.pipeline_split = list(pipeline_split)
+        self.pipeline_split = pipeline_split if callable(pipeline_split) else list(pipeline_split)
         self.pipeline_schedule = pipeline_schedule
         self.pipeline_microbatches = microbatches
         self.parallelize_fn = parallelize_fn
@@ -174,15 +190,19 @@ class ModelParallelStrategy(ShardedStrategy, BackwardSyncControl, ForwardBackwar
         created on the meta device then gets storage for this rank's shards only and is initialised by its
         `reset_parameters()`. With a pipeline, the model is first cut down to this rank's stages (in place: the
         user's model keeps only their modules) and each stage is parallelized."""
+        pipelined = self.pipeline_parallel_size > 1
+        if pipelined and isinstance(self.precision, LossScaling) and self.precision.scaler is not None:
+            raise ValueError(f"precision={self.precision.precision!r} scales the loss, which a pipeline schedule "
+                             "cannot (it runs backward itself); accepted under pipeline_parallel_size > 1: "
+                             "'bf16-mixed', '32-true', 'bf16-true'")
         on_meta = has_meta_tensors(module)
         if on_meta:
             check_materializable(module)
-        pipelined = self.pipeline_parallel_size > 1
-        stages, indices = [module], [0]
+        stages, indices, num_stages = [module], [0], 1
         if pipelined:
-            pp = self.pipeline_parallel_size
-            indices = [self.device_mesh[PIPELINE_DIM].get_local_rank() + k * pp for k in range(self.stages_per_rank)]
-            stages = cut_stages(module, self.pipeline_split, indices)
+            stages, indices, num_stages = rank_stages(module, self.pipeline_split, self.pipeline_schedule,
+                                                      self.pipeline_parallel_size,
+                                                      self.device_mesh[PIPELINE_DIM].get_local_rank())
         fn = self.parallelize_fn
         source = "the model given to setup_module" if fn is None else f"parallelize_fn {getattr(fn, '__name__', fn)}"
         parallel = [stage if fn is None else fn(stage, self.device_mesh) for stage in stages]
@@ -200,11 +220,11 @@ class ModelParallelStrategy(ShardedStrategy, BackwardSyncControl, ForwardBackwar
                         sync_replicas=True, group=self._stage_group if pipelined else None)
         if not pipelined:
             return self._set_up(parallel[0])
-        self._stage_of = {name: index for stage, index in zip(parallel, indices, strict=True)
-                          for name, _ in stage.named_parameters()}
+        index_of = {id(p): index for stage, index in zip(parallel, indices, strict=True) for p in stage.parameters()}
+        self._stage_of = {name: index_of[id(p)] for name, p in module.named_parameters()}  # the whole model's names
         return self._set_up(PipelinedModel(
-            parallel, indices, len(self.pipeline_split) + 1, self.pipeline_schedule, self.pipeline_microbatches,
-            self.device_mesh[PIPELINE_DIM].get_group(), self.root_device))
+            parallel, indices, num_stages, self.pipeline_schedule, self.pipeline_microbatches,
+            self.device_mesh[PIPELINE_DIM].get_group(), self.root_device, self.precision.convert_output))
 
     # -- the training step ----------------------------------------------------------------------------------------
     def no_backward_sync(self, module: Module, enabled: bool) -> AbstractContextManager[Any]:
@@ -228,11 +248,13 @@ class ModelParallelStrategy(ShardedStrategy, BackwardSyncControl, ForwardBackwar
 
     def forward_backward(self, module: Module, inputs: tuple[Any, ...], target: Any,
                          loss_fn: Callable[..., Tensor]) -> Tensor:
-        """The pipeline schedule over one batch, under the precision's compute context (bf16-mixed: autocast)."""
+        """The pipeline schedule over one batch, under the precision as a plain forward: the inputs converted (float
+        ones to the compute dtype), the schedule under its forward context (bf16-mixed: autocast), the last stage's
+        output converted for `loss_fn`."""
         if not isinstance(module, PipelinedModel):
             raise TypeError(f"forward_backward runs the pipeline of a model set up with pipeline_parallel_size > 1; "
                             f"got a {type(module).__name__}")
-        inputs = self.batch_to_device(inputs)
+        inputs = self.precision.convert_input(self.batch_to_device(inputs))
         with self.precision.forward_context():
             return module.forward_backward(inputs, self.batch_to_device(target), loss_fn)
 

@@ -4,8 +4,10 @@ the newest intact one at start-up.
 
     python model_parallel_resume_worker.py LAYOUT CKPT_DIR OUT [KILL_AT]
 
-LAYOUT "dp2tp2": 4 processes, FSDP2 x TP = 2 x 2; "tp2": 2 processes, TP = 2. With KILL_AT, every rank SIGKILLs
-itself right after that step, unless it resumed. Rank 0 saves what the run ended with to OUT.
+LAYOUT "dp2tp2": 4 processes, FSDP2 x TP = 2 x 2; "tp2": 2 processes, TP = 2; "pp2dp2": 4 processes, pipeline 2 x
+FSDP2 2. The step is `fabric.forward_backward`, the plain forward, loss and backward without a pipeline. With
+KILL_AT, every rank SIGKILLs itself right after that step, unless it resumed. Rank 0 saves what the run ended with
+to OUT.
 """
 import os
 import signal
@@ -17,16 +19,19 @@ import torch
 from fabric_kit import Fabric
 from fabric_kit.checkpoint import latest_checkpoint
 from fabric_kit.strategies import ModelParallelStrategy
-from tests.strategies.model_parallel_model import full_weights, loss_of, parallelize
+from tests.strategies.model_parallel_model import full_weights, parallelize
 from tests.strategies.model_parallel_worker import setup
+from tests.strategies.pipeline_parallel_worker import loss_fn
 
 TOTAL, SAVE_EVERY = 14, 5  # epochs of 8 steps: checkpoints at steps 5 and 10, the end in the second epoch
-PROCESSES = {"dp2tp2": 4, "tp2": 2}
+LAYOUTS = {"dp2tp2": (4, {"tensor_parallel_size": 2}), "tp2": (2, {"tensor_parallel_size": 2}),
+           "pp2dp2": (4, {"data_parallel_size": 2, "tensor_parallel_size": 1, "pipeline_parallel_size": 2,
+                          "pipeline_split": ["blocks.1"]})}
 
 
 def run(fabric, checkpoints=None, kill_at=None):
     """Train to step TOTAL (saving into and resuming from `checkpoints`, a folder, when given); returns where the
-    run resumed, where its loader stands and the gathered weights."""
+    run resumed, where its loader stands and the weights gathered from every rank (each pipeline stage's)."""
     raw, model, optimizer, loader = setup(fabric, seed=0, shuffle=True)
     state = {"model": model, "optimizer": optimizer, "loader": loader, "step": 0}
     latest = latest_checkpoint(checkpoints) if checkpoints else None
@@ -35,9 +40,8 @@ def run(fabric, checkpoints=None, kill_at=None):
     resumed_from = state["step"]
     while state["step"] < TOTAL:
         for (tokens,) in loader:
-            loss = loss_of(model, tokens)
             optimizer.zero_grad()
-            fabric.backward(loss)
+            fabric.forward_backward(model, tokens, tokens, loss_fn=loss_fn)
             optimizer.step()
             state["step"] += 1
             if checkpoints and state["step"] % SAVE_EVERY == 0:
@@ -47,15 +51,18 @@ def run(fabric, checkpoints=None, kill_at=None):
             if state["step"] == TOTAL:
                 break
     position = loader.state_dict()
+    weights = {}
+    for part in fabric.strategy.all_gather_object(full_weights(raw)):
+        weights.update(part)
     return {"resumed_from": resumed_from, "epoch": position["epoch"], "samples": position["samples"],
-            "weights": full_weights(raw)}
+            "weights": weights}
 
 
 def main():
     layout, checkpoints, out = sys.argv[1:4]
     kill_at = int(sys.argv[4]) if len(sys.argv) > 4 else None
-    fabric = Fabric(accelerator="cpu", devices=PROCESSES[layout],
-                    strategy=ModelParallelStrategy(parallelize, tensor_parallel_size=2))
+    processes, sizes = LAYOUTS[layout]
+    fabric = Fabric(accelerator="cpu", devices=processes, strategy=ModelParallelStrategy(parallelize, **sizes))
     fabric.launch()
     result = run(fabric, checkpoints, kill_at)
     if fabric.is_global_zero:

@@ -5,19 +5,22 @@
 LAYOUT "pp2dp2" (4 processes: pipeline 2 x FSDP2 2) or "pp2tp2" (4 processes: pipeline 2 x tensor parallel 2)
 trains the tiny transformer with every schedule in turn, in the same processes, beside a plain copy of the model
 trained on each rank over the same global batches without any parallelism (the one-process reference); "pp2tp2"
-also saves a DCP checkpoint, resumes from it, and collects the bad-input errors. "single" (1 process) loads that
-checkpoint into the whole model. Each rank saves what it observed to OUT_DIR/rank<r>.pt.
+also saves a DCP checkpoint, resumes from it, trains under bf16-mixed and collects the bad-input errors; "pp2dp2"
+also trains with the stages a function returns and loads the "pp2tp2" checkpoint under FSDP2 x TP and under plain
+FSDP (no pipeline). "single" (1 process) loads that checkpoint into the whole model. Each rank saves what it
+observed to OUT_DIR/rank<r>.pt.
 """
 import os
 import sys
 
 import torch
+from torch import nn
 from torch.nn import functional as F
 
 from fabric_kit import Fabric
 from fabric_kit.checkpoint.consolidate import consolidate
 from fabric_kit.strategies import ModelParallelStrategy
-from fabric_kit.strategies.pipeline import check_schedule
+from fabric_kit.strategies.fsdp import FSDPStrategy
 from tests.strategies.model_parallel_model import (
     GLOBAL_BATCH,
     SPLIT,
@@ -37,9 +40,42 @@ def loss_fn(logits, tokens):
     return F.cross_entropy(logits.flatten(0, 1), tokens.flatten())
 
 
-def use_schedule(strategy, schedule):
-    strategy.pipeline_schedule, strategy.pipeline_split = schedule, SPLITS[schedule]
-    strategy.stages_per_rank = check_schedule(schedule, len(SPLITS[schedule]) + 1, strategy.pipeline_parallel_size)
+class Stage(nn.Module):
+    """A stage built from the Transformer's own modules, with a forward of its own: the embedding on the first
+    stage, some blocks, the norm and head on the last."""
+
+    def __init__(self, model, blocks, first, last):
+        super().__init__()
+        self.embed = model.embed if first else None
+        self.blocks = nn.Sequential(*blocks)
+        self.norm, self.head = (model.norm, model.head) if last else (None, None)
+
+    def forward(self, x):
+        x = self.blocks(x if self.embed is None else self.embed(x))
+        return x if self.head is None else self.head(self.norm(x))
+
+
+def by_function(model, pipeline_size):
+    """`pipeline_split` as a function: the blocks spread evenly over `pipeline_size` stages."""
+    per = len(model.blocks) // pipeline_size
+    return [Stage(model, model.blocks[i * per:(i + 1) * per], i == 0, i == pipeline_size - 1)
+            for i in range(pipeline_size)]
+
+
+def pipeline_strategy(layout):
+    return ModelParallelStrategy(parallelize, pipeline_parallel_size=2, pipeline_split=SPLITS["1f1b"],
+                                 pipeline_microbatches=2, **LAYOUTS[layout])
+
+
+def launched(strategy, precision=None):
+    fabric = Fabric(accelerator="cpu", devices=4, strategy=strategy, precision=precision)
+    fabric.launch()
+    return fabric
+
+
+def use_schedule(strategy, schedule, split=None):
+    strategy.pipeline_schedule = schedule
+    strategy.pipeline_split = SPLITS[schedule] if split is None else split
 
 
 def setup(fabric, seed):
@@ -61,11 +97,11 @@ def gathered(fabric, raw):
     return weights
 
 
-def train(fabric, model, optimizer, batches, steps):
+def train(fabric, model, optimizer, batches, steps, loss_function=loss_fn):
     returned, norms = [], []
     for _, (tokens,) in zip(range(steps), batches, strict=False):
         optimizer.zero_grad()
-        loss = fabric.forward_backward(model, tokens, tokens, loss_fn=loss_fn)
+        loss = fabric.forward_backward(model, tokens, tokens, loss_fn=loss_function)
         norms.append(fabric.clip_gradients(model, optimizer, max_norm=1.0))
         optimizer.step()
         returned.append(loss)
@@ -88,9 +124,10 @@ def reference():
     return {"losses": torch.stack(losses), "norms": torch.stack(norms), "weights": full_weights(model)}
 
 
-def scheduled(fabric, schedule, out=None):
-    """Trained by `schedule` from the reference's initial weights; with `out`, saved there at step SPLIT."""
-    use_schedule(fabric.strategy, schedule)
+def scheduled(fabric, schedule, out=None, split=None, end=None):
+    """Trained by `schedule` from the reference's initial weights, the model cut at `split` (None: SPLITS'); with
+    `out`, saved there at step SPLIT; with `end`, the trained model saved there."""
+    use_schedule(fabric.strategy, schedule, split)
     raw, model, optimizer, loader = setup(fabric, seed=0)
     batches = iter(loader)  # one pass: saving at SPLIT saves its position
     returned, norms = train(fabric, model, optimizer, batches, SPLIT)
@@ -99,17 +136,41 @@ def scheduled(fabric, schedule, out=None):
                     {"model": model, "optimizer": optimizer, "loader": loader, "step": SPLIT})
     more, more_norms = train(fabric, model, optimizer, batches, STEPS - SPLIT)
     returned, norms = torch.cat([returned, more]), torch.cat([norms, more_norms])
+    if end is not None:
+        fabric.save(end, {"model": model})
     return {"returned": returned, "mean": fabric.all_reduce(returned), "norms": norms,
             "weights": gathered(fabric, raw), "held": sorted(name for name, _ in raw.named_parameters())}
 
 
 def resumed(fabric, out):
-    """Fresh objects (other initial weights), restored from the step-SPLIT checkpoint, trained to the end."""
+    """Fresh objects (other initial weights), restored from the step-SPLIT checkpoint, trained to the end, under
+    the pipeline or (another Fabric's strategy) without one."""
     raw, model, optimizer, loader = setup(fabric, seed=1)
     state = {"model": model, "optimizer": optimizer, "loader": loader, "step": 0}
     fabric.load(os.path.join(out, "pp_sharded"), state)
+    samples = loader.state_dict()["samples"]
     returned, _ = train(fabric, model, optimizer, loader, STEPS - SPLIT)
-    return {"step": state["step"], "returned": returned, "weights": gathered(fabric, raw)}
+    return {"step": state["step"], "samples": samples, "returned": returned, "mean": fabric.all_reduce(returned),
+            "weights": gathered(fabric, raw)}
+
+
+def mixed_precision(layout):
+    """bf16-mixed under the pipeline, SPLIT steps: a stage's layer computes in bf16, the loss function gets float32
+    logits, parameters and gradients stay float32."""
+    fabric = launched(pipeline_strategy(layout), precision="bf16-mixed")
+    raw, model, optimizer, loader = setup(fabric, seed=0)
+    computed, received = [], set()
+    hook = next(iter(raw.blocks)).mlp.w1.register_forward_hook(lambda module, args, output: computed.append(
+        output.dtype))
+
+    def recording(logits, tokens):
+        received.add(logits.dtype)
+        return loss_fn(logits, tokens)
+
+    returned, _ = train(fabric, model, optimizer, iter(loader), SPLIT, loss_function=recording)
+    hook.remove()
+    return {"computed": set(computed), "received": received, "params": {p.dtype for p in raw.parameters()},
+            "grads": {p.grad.dtype for p in raw.parameters()}, "mean": fabric.all_reduce(returned)}
 
 
 def meta_init(fabric):
@@ -142,18 +203,40 @@ def bad_inputs(fabric):
     tokens = dataset().tensors[0][:3]
     attempt("microbatches", lambda: fabric.forward_backward(model, tokens, tokens, loss_fn=loss_fn))
     attempt("model_call", lambda: model(tokens))
+
+    def three(model, pipeline_size):
+        return [Stage(model, [block], i == 0, i == 1) for i, block in enumerate(model.blocks)] + [nn.Identity()]
+
+    def a_tensor(model, pipeline_size):
+        return [model, torch.zeros(1)]
+
+    def copies(model, pipeline_size):
+        return [Stage(model, model.blocks[:1], True, False), Stage(Transformer(), model.blocks[1:], False, True)]
+
+    def no_head(model, pipeline_size):
+        return [Stage(model, model.blocks[:1], True, False), model.blocks[1]]
+
+    for name, split in (("fn_count", three), ("fn_not_a_module", a_tensor), ("fn_copies", copies),
+                        ("fn_missing", no_head)):
+        strategy.pipeline_split = split
+        attempt(name, lambda: fabric.setup_module(Transformer()))
     return errors
 
 
 def single(out):
-    """The PP checkpoint, `fabric consolidate`d, loaded into the whole model on one process, trained to the end."""
+    """The PP checkpoint, `fabric consolidate`d, loaded into the whole model on one process, trained to the end;
+    and the model trained with the stages a function returned, consolidated and loaded."""
     consolidate(os.path.join(out, "pp_sharded"), os.path.join(out, "consolidated.pt"))
     fabric = Fabric(accelerator="cpu", devices=1)
     raw, model, optimizer, loader = setup(fabric, seed=1)
     state = {"model": model, "optimizer": optimizer, "loader": loader, "step": 0}
     fabric.load(os.path.join(out, "consolidated.pt"), state)
     returned, _ = train(fabric, model, optimizer, loader, STEPS - SPLIT)
-    return {"step": state["step"], "returned": returned, "weights": full_weights(raw)}
+    consolidate(os.path.join(out, "fn_sharded"), os.path.join(out, "fn.pt"))
+    whole = Transformer()
+    fabric.load(os.path.join(out, "fn.pt"), {"model": fabric.setup_module(whole)})
+    return {"step": state["step"], "returned": returned, "weights": full_weights(raw),
+            "fn_weights": full_weights(whole)}
 
 
 def main():
@@ -161,11 +244,8 @@ def main():
     if layout == "single":
         torch.save(single(out), os.path.join(out, "rank0.pt"))
         return
-    strategy = ModelParallelStrategy(parallelize, pipeline_parallel_size=2, pipeline_split=SPLITS["1f1b"],
-                                     pipeline_microbatches=2,
-                                     **LAYOUTS[layout])
-    fabric = Fabric(accelerator="cpu", devices=4, strategy=strategy)
-    fabric.launch()
+    strategy = pipeline_strategy(layout)
+    fabric = launched(strategy)
     result = {"reference": reference(), "mesh": (strategy.device_mesh.mesh_dim_names,
                                                   tuple(strategy.device_mesh.shape))}
     for schedule in SPLITS:
@@ -176,6 +256,11 @@ def main():
     if layout == "pp2tp2":
         result["meta"] = meta_init(fabric)
         result["errors"] = bad_inputs(fabric)
+        result["bf16"] = mixed_precision(layout)
+    else:  # the checkpoint "pp2tp2" saved, loaded without a pipeline
+        result["split_fn"] = scheduled(fabric, "1f1b", split=by_function, end=os.path.join(out, "fn_sharded"))
+        result["dp2tp2_from_pp"] = resumed(launched(ModelParallelStrategy(parallelize, tensor_parallel_size=2)), out)
+        result["fsdp_from_pp"] = resumed(launched(FSDPStrategy()), out)
     torch.save(result, os.path.join(out, f"rank{fabric.global_rank}.pt"))
 
 

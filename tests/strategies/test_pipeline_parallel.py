@@ -1,7 +1,8 @@
 """Pipeline parallelism (ModelParallelStrategy(pipeline_parallel_size=2)) with real CPU processes on gloo: PP = 2 x
 FSDP2 = 2 and PP = 2 x TP = 2 on 4 processes, each with the gpipe, 1f1b and interleaved 1f1b schedules in the same
-processes, against the same training on one process; a checkpoint saved under PP x TP resumed there and, through
-`fabric consolidate`, on one process; the bad-input errors.
+processes, against the same training on one process, and PP x FSDP2 with the stages a function returns; bf16-mixed
+under PP x TP; a checkpoint saved under PP x TP resumed there, under FSDP2 x TP and plain FSDP (no pipeline) and,
+through `fabric consolidate`, on one process; the bad-input errors.
 
 tests/strategies/pipeline_parallel_worker.py runs every scenario of a layout in one set of processes; "pp2tp2"
 writes the checkpoint "single" reads, so it runs first.
@@ -12,7 +13,7 @@ import torch
 from fabric_kit import Fabric
 from fabric_kit.strategies import ModelParallelStrategy
 from tests.helpers.examples import number_after, run_example
-from tests.strategies.model_parallel_model import SPLIT, Transformer, dataset, parallelize
+from tests.strategies.model_parallel_model import GLOBAL_BATCH, SPLIT, Transformer, dataset, parallelize
 from tests.strategies.pipeline_parallel_worker import SPLITS, loss_fn
 from tests.strategies.test_model_parallel import close, run_processes
 
@@ -22,14 +23,17 @@ LAYOUTS = ("pp2tp2", "pp2dp2")
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    """{layout: [what each rank saved]}; "single" loads the checkpoint "pp2tp2" saved."""
+    """{layout: [what each rank saved]}; "pp2dp2" and "single" load the checkpoint "pp2tp2" saved, "single" also
+    the one "pp2dp2" saved."""
     out = tmp_path_factory.mktemp("pipeline_parallel")
     results = {}
     for layout, processes in (("pp2tp2", 4), ("pp2dp2", 4), ("single", 1)):
         folder = out / layout
         folder.mkdir()
-        if layout == "single":
+        if layout != "pp2tp2":
             (folder / "pp_sharded").symlink_to(out / "pp2tp2" / "pp_sharded")
+        if layout == "single":
+            (folder / "fn_sharded").symlink_to(out / "pp2dp2" / "fn_sharded")
         results[layout] = run_processes([WORKER, layout, folder], processes, folder, timeout=400)
     return results
 
@@ -45,6 +49,35 @@ def test_trains_like_one_process(runs, layout, schedule):
         close(run["weights"], reference["weights"], 1e-5)
     assert reference["losses"][-1] < 0.5 * reference["losses"][0]
     assert (reference["norms"] > 1.0).any()  # clipping at 1.0 changed some steps
+
+
+def test_stages_returned_by_a_function_train_like_one_process_and_keep_the_whole_models_names(runs):
+    ranks = runs["pp2dp2"]
+    reference = ranks[0]["reference"]
+    for rank in ranks:
+        torch.testing.assert_close(rank["split_fn"]["mean"], reference["losses"], atol=1e-5, rtol=0)
+        torch.testing.assert_close(rank["split_fn"]["norms"], reference["norms"], atol=1e-5, rtol=0)
+        close(rank["split_fn"]["weights"], reference["weights"], 1e-5)
+        assert rank["split_fn"]["held"] == rank["1f1b"]["held"]  # the same names as the cut at "blocks.1"
+    assert {name.split(".")[0] for name in ranks[0]["split_fn"]["held"]} == {"embed", "blocks"}
+    close(runs["single"][0]["fn_weights"], reference["weights"], 1e-5)  # its checkpoint, consolidated: every stage
+
+
+def test_bf16_mixed_under_the_pipeline_computes_in_bf16_and_hands_the_loss_float32(runs):
+    reference = runs["pp2tp2"][0]["reference"]["losses"][:SPLIT]
+    for rank, result in enumerate(rank["bf16"] for rank in runs["pp2tp2"]):
+        assert result["computed"] == {torch.bfloat16}
+        assert result["received"] == ({torch.float32} if rank >= 2 else set())  # the last stage runs the loss
+        assert result["params"] == {torch.float32} and result["grads"] == {torch.float32}
+        torch.testing.assert_close(result["mean"], reference, atol=0.05, rtol=0)  # within bf16's rounding
+
+
+def test_a_loss_scaling_precision_is_refused_under_a_pipeline():
+    from fabric_kit.plugins import MixedPrecision
+    strategy = ModelParallelStrategy(parallelize, pipeline_parallel_size=2, pipeline_split=["blocks.1"],
+                                     precision=MixedPrecision("16-mixed", "cpu"))
+    with pytest.raises(ValueError, match=r"precision='16-mixed' scales the loss, which a pipeline schedule cannot"):
+        strategy.setup_module(Transformer())
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
@@ -93,6 +126,16 @@ def test_checkpoint_saved_under_pipeline_resumes_there_and_on_one_process(runs):
         close(resumed["weights"], reference["weights"], 1e-5)
 
 
+@pytest.mark.parametrize("entry", ["dp2tp2_from_pp", "fsdp_from_pp"])
+def test_checkpoint_saved_under_pipeline_loads_into_fsdp2_x_tp_and_plain_fsdp(runs, entry):
+    reference = runs["pp2tp2"][0]["reference"]
+    for rank in runs["pp2dp2"]:
+        resumed = rank[entry]
+        assert resumed["step"] == SPLIT and resumed["samples"] == SPLIT * GLOBAL_BATCH
+        torch.testing.assert_close(resumed["mean"], reference["losses"][SPLIT:], atol=1e-5, rtol=0)
+        close(resumed["weights"], reference["weights"], 1e-5)
+
+
 def test_bad_pipeline_input_errors_name_the_value_and_what_is_accepted(runs):
     errors = runs["pp2tp2"][0]["errors"]
     assert "pipeline split point 'blocks.9' names no module of Transformer" in errors["missing_module"]
@@ -100,7 +143,11 @@ def test_bad_pipeline_input_errors_name_the_value_and_what_is_accepted(runs):
     assert "pipeline_microbatches=2 does not divide the batch of 3 samples" in errors["microbatches"]
     assert "a pipelined model cannot be called" in errors["model_call"]
     assert "fabric.forward_backward(model, x, y, loss_fn=loss_fn)" in errors["model_call"]
-    for name in ("missing_module", "microbatches"):
+    assert "3 pipeline stages cannot be spread over pipeline_parallel_size=2" in errors["fn_count"]
+    assert "pipeline_split function 'a_tensor' returned stage 1 as a Tensor" in errors["fn_not_a_module"]
+    assert "stage 1's parameter 'norm.weight' is not one of the model's" in errors["fn_copies"]
+    assert "the model's parameter(s) norm.weight, head.weight are in no stage" in errors["fn_missing"]
+    for name in ("missing_module", "microbatches", "fn_count", "fn_not_a_module", "fn_copies", "fn_missing"):
         assert "accepted" in errors[name]
 
 

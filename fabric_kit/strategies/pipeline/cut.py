@@ -6,16 +6,25 @@ rank never allocates another stage's weights.
 
 The split points name modules in the order the forward runs them, e.g. `["blocks.2", "blocks.4"]` cuts a model
 `embed -> blocks (6) -> norm -> head` into three stages: embed and blocks 0-1; blocks 2-3; blocks 4-5, norm, head.
+
+A model whose forward is not one chain of its modules is cut by a function instead, `split(model, pipeline_size)`
+returning the stage modules, built from the model's own modules (`stages_of`); the model then keeps only the
+modules of this rank's stages, so its parameter names stay the whole model's there too.
 """
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from torch import nn
 from torch.nn import Module
 
+from fabric_kit.strategies.pipeline.schedule import check_schedule
+
 _CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
+
+StageSplit = Sequence[str] | Callable[[Module, int], Sequence[Module]]
+"""Where a model is cut: split-point names, or a function `(model, pipeline_size) -> stages`."""
 
 
 def _units(model: Module, split_points: Sequence[str]) -> tuple[list[str], set[str]]:
@@ -63,6 +72,23 @@ def stage_ranges(model: Module, split_points: Sequence[str]) -> list[list[str]]:
     return [units[start:end] for start, end in zip(bounds, bounds[1:], strict=False)]
 
 
+def rank_stages(model: Module, split: StageSplit, schedule: str, pipeline_size: int, rank: int
+                ) -> tuple[list[Module], list[int], int]:
+    """This pipeline rank's stages of `model` (cut in place down to them), their indices and the number of stages:
+    rank r runs stages r, r + pipeline_size, ... (several only under "interleaved_1f1b")."""
+    def mine(count: int) -> list[int]:
+        return [rank + k * pipeline_size for k in range(check_schedule(schedule, count, pipeline_size))]
+
+    if not callable(split):
+        indices = mine(len(split) + 1)
+        return cut_stages(model, split, indices), indices, len(split) + 1
+    every = stages_of(model, split, pipeline_size)
+    indices = mine(len(every))
+    stages = [every[index] for index in indices]
+    keep_only(model, stages)
+    return stages, indices, len(every)
+
+
 def cut_stages(model: Module, split_points: Sequence[str], stages: Sequence[int]) -> list[Module]:
     """Cut `model` in place down to the units of `stages` (this rank's stage indices) and return one module per
     stage: `model` itself when there is one, else copies of its containers down to the units, sharing the units (so
@@ -103,3 +129,53 @@ def _shell(module: Module, prefix: str, holders: set[str], kept: set[str]) -> Mo
             else:
                 shell._modules[name] = nn.Identity()
     return shell
+
+
+def stages_of(model: Module, split: Callable[[Module, int], Sequence[Module]], pipeline_size: int) -> list[Module]:
+    """The stages `split(model, pipeline_size)` returns: a list of modules made of `model`'s own, every parameter of
+    `model` in exactly one of them; anything else is a TypeError / ValueError naming the value and what is
+    accepted."""
+    name = f"pipeline_split function {getattr(split, '__name__', split)!r}"
+    stages = split(model, pipeline_size)
+    if not isinstance(stages, (list, tuple, nn.ModuleList)):
+        raise TypeError(f"{name} returned a {type(stages).__name__}; accepted: a list of the stage modules, in the "
+                        "forward's order (each built from the model's own modules)")
+    for index, stage in enumerate(stages):
+        if not isinstance(stage, Module):
+            raise TypeError(f"{name} returned stage {index} as a {type(stage).__name__} ({stage!r:.80}); accepted: "
+                            "an nn.Module per stage")
+    owner = {id(p): qualified for qualified, p in model.named_parameters()}
+    stage_of: dict[int, int] = {}
+    for index, stage in enumerate(stages):
+        for local, p in stage.named_parameters():
+            if id(p) not in owner:
+                raise ValueError(f"{name}: stage {index}'s parameter {local!r} is not one of the model's; accepted: "
+                                 "stages built from the model's own modules (e.g. `nn.Sequential(model.embed, "
+                                 "*model.blocks[:2])`), not copies")
+            if stage_of.setdefault(id(p), index) != index:
+                raise ValueError(f"{name}: parameter {owner[id(p)]!r} is in stages {stage_of[id(p)]} and {index}; "
+                                 "accepted: each parameter in exactly one stage")
+    missing = [qualified for key, qualified in owner.items() if key not in stage_of]
+    if missing:
+        raise ValueError(f"{name}: the model's parameter(s) {', '.join(missing[:6])} are in no stage; accepted: "
+                         "stages that together hold every parameter of the model")
+    return list(stages)
+
+
+def keep_only(model: Module, stages: Sequence[Module]) -> None:
+    """Remove from `model`, in place, the modules and parameters that none of `stages` holds, so that it keeps this
+    rank's stages under the whole model's names (the stages' own forwards run; the model's is not called)."""
+    kept = {id(t) for stage in stages for t in (*stage.parameters(), *stage.buffers())}
+
+    def prune(module: Module) -> None:
+        for name, child in list(module.named_children()):
+            held = {id(t) for t in (*child.parameters(), *child.buffers())}
+            if held.isdisjoint(kept) and held:
+                delattr(module, name)
+            elif not held <= kept:
+                prune(child)
+        for name, p in list(module.named_parameters(recurse=False)):
+            if id(p) not in kept:
+                delattr(module, name)
+
+    prune(model)

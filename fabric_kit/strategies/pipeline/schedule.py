@@ -19,15 +19,21 @@ per rank, the others one."""
 MULTI_STAGE = {"interleaved_1f1b"}
 
 
+def check_schedule_name(schedule: str) -> None:
+    """A name that is not in `SCHEDULES` is a ValueError listing them."""
+    if schedule not in SCHEDULES:
+        raise ValueError(f"pipeline_schedule={schedule!r} is not a schedule; accepted: {', '.join(SCHEDULES)}")
+
+
 def check_schedule(schedule: str, stages: int, pipeline_size: int) -> int:
     """The number of stages each rank runs, for `stages` stages over `pipeline_size` ranks; a schedule name or a
     stage count the schedule cannot run is a ValueError naming it and what is accepted."""
-    if schedule not in SCHEDULES:
-        raise ValueError(f"pipeline_schedule={schedule!r} is not a schedule; accepted: {', '.join(SCHEDULES)}")
+    check_schedule_name(schedule)
     per_rank, rest = divmod(stages, pipeline_size)
     if rest or not per_rank:
         raise ValueError(f"{stages} pipeline stages cannot be spread over pipeline_parallel_size={pipeline_size}; "
-                         f"accepted: a multiple of {pipeline_size} stages (split points + 1)")
+                         f"accepted: a multiple of {pipeline_size} stages (split points + 1, or the stages a "
+                         "pipeline_split function returns)")
     if schedule in MULTI_STAGE and per_rank < 2:
         raise ValueError(f"pipeline_schedule={schedule!r} runs several stages per rank, but {stages} stages over "
                          f"{pipeline_size} ranks give each one; accepted: at least {2 * pipeline_size} stages, or "
@@ -41,11 +47,14 @@ def check_schedule(schedule: str, stages: int, pipeline_size: int) -> int:
 
 class PipelinedModel(Module):
     """This rank's stages of a pipelined model (the modules `parallelize_fn` set up), run batch by batch by
-    `forward_backward`. Calling it is an error: a pipeline's forward and backward run together in the schedule."""
+    `forward_backward`. Calling it is an error: a pipeline's forward and backward run together in the schedule.
+    `convert_output` (the precision's) turns the last stage's output into what the loss function receives."""
 
     def __init__(self, stages: Sequence[Module], indices: Sequence[int], num_stages: int, schedule: str,
-                 microbatches: int, group: dist.ProcessGroup, device: torch.device) -> None:
+                 microbatches: int, group: dist.ProcessGroup, device: torch.device,
+                 convert_output: Callable[[Any], Any]) -> None:
         super().__init__()
+        self._convert_output = convert_output
         self.stages = torch.nn.ModuleList(stages)
         self._pipeline = [PipelineStage(stage, index, num_stages, device, group=group)
                           for stage, index in zip(stages, indices, strict=True)]
@@ -68,8 +77,12 @@ class PipelinedModel(Module):
                              f"{batch} samples (the first input's dim 0); accepted: batches whose size is a "
                              f"multiple of {self._microbatches}")
         if self._schedule is None or self._schedule[0] is not loss_fn:
+            def converted_loss(output: Any, target: Any) -> Tensor:
+                return loss_fn(self._convert_output(output), target)
+
             stages = self._pipeline if self._schedule_name in MULTI_STAGE else self._pipeline[0]
-            self._schedule = loss_fn, SCHEDULES[self._schedule_name](stages, self._microbatches, loss_fn=loss_fn)
+            self._schedule = loss_fn, SCHEDULES[self._schedule_name](stages, self._microbatches,
+                                                                     loss_fn=converted_loss)
         schedule = self._schedule[1]
         losses: list[Tensor] = []
         schedule.step(*(inputs if self._first else ()), target=target if self._last else None,
