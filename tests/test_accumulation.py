@@ -4,6 +4,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch import nn
 
 from fabric_kit import Fabric
@@ -95,6 +97,30 @@ def test_windows_are_cut_by_the_data(fabric_model, num_items):
     assert _windows(fabric, model, [], 2, num_items=num_items) == []
     # a resumed loop: the first window already ran 2 of its 3 micro-batches
     assert _windows(fabric, model, [[0]] * 3, 3, num_items=num_items, offset=2) == [(2, True), (0, False), (1, True)]
+
+
+@settings(max_examples=60, deadline=None)
+@given(sizes=st.lists(st.integers(0, 5), max_size=12), window=st.integers(1, 5), offset=st.integers(0, 4),
+       weighted=st.booleans())
+def test_windows_partition_the_batches(fabric_model, sizes, window, offset, weighted):
+    """Every batch once, in order; each window ends exactly once (with the data at the latest), holds at most
+    `window` micro-batches, and in items mode its weights sum to one (nothing dropped, nothing counted twice)."""
+    offset %= window
+    fabric, model = fabric_model
+    batches = [[0] * size for size in sizes]
+    seen = list(fabric.accumulate(model, batches, window, num_items=len if weighted else None, offset=offset))
+    assert [batch for _, batch in seen] == batches
+    ends = [i for i, (micro, _) in enumerate(seen) if micro.is_last]
+    assert (ends[-1] == len(seen) - 1) if seen else not ends
+    starts = [0, *(end + 1 for end in ends[:-1])] if ends else []
+    for number, (start, end) in enumerate(zip(starts, ends, strict=True)):
+        micro_batches = [micro for micro, _ in seen[start:end + 1]]
+        first = offset if number == 0 else 0
+        assert [m.index for m in micro_batches] == list(range(first, first + len(micro_batches)))
+        assert first + len(micro_batches) <= window
+        assert len(micro_batches) == window - first or end == len(seen) - 1  # only the data's end cuts one short
+        if weighted and micro_batches[0].window_items:
+            assert sum(m.scale(torch.tensor(1.0)).item() for m in micro_batches) == pytest.approx(1.0)
 
 
 def test_step_count_loss_is_divided_by_the_window(fabric_model):
