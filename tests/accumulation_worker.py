@@ -56,6 +56,47 @@ def reference_gradients(model: nn.Module) -> list[list[torch.Tensor]]:
     return result
 
 
+def fsdp_case() -> dict:
+    """Item-weighted accumulation under FSDP2 (`set_requires_gradient_sync`): the full gradient equals the large
+    batch's, and the gradient reductions (every torch.distributed call that reduces) happen once per window."""
+    fabric = Fabric(accelerator="cpu", devices=2, strategy="fsdp")
+    fabric.launch()
+    rank = fabric.global_rank
+    model = fabric.setup_module(network())
+    reductions = [0]
+    originals = {name: getattr(dist, name) for name in ("all_reduce", "reduce_scatter_single",
+                                                        "reduce_scatter_tensor") if hasattr(dist, name)}
+
+    def counting(original):
+        def collective(*args, **kwargs):
+            reductions[0] += 1
+            return original(*args, **kwargs)
+        return collective
+
+    for name, original in originals.items():
+        setattr(dist, name, counting(original))
+    try:
+        x, y = micro_batch(rank, 0)
+        fabric.backward(nn.functional.mse_loss(model(x), y))
+        out = {"reductions_per_sync": reductions[0]}
+        reductions[0] = 0
+        model.zero_grad()
+        grads = []
+        batches = [micro_batch(rank, i) for i in range(len(SIZES[rank]))]
+        for micro, (x, y) in fabric.accumulate(model, batches, WINDOW, num_items=lambda batch: batch[0].shape[0]):
+            with micro:
+                fabric.backward(micro.scale(nn.functional.mse_loss(model(x), y)))
+            if micro.is_last:
+                grads.append([p.grad.full_tensor().clone() for p in model.parameters()])
+                model.zero_grad()
+    finally:
+        for name, original in originals.items():
+            setattr(dist, name, original)
+    out["grads"], out["reductions"] = grads, reductions[0]
+    out["reference"] = reference_gradients(network())
+    return out
+
+
 class Counter:
     """Counts DDP's gradient all-reduces (a comm hook, called once per bucket) and every torch.distributed.all_reduce
     call (the hook's own, and the item counts)."""
@@ -170,7 +211,7 @@ def trainer_cases() -> dict:
 def main(out_dir: str) -> None:
     fabric = Fabric(accelerator="cpu", devices=2, strategy="ddp")
     fabric.launch()
-    result = {"rank": fabric.global_rank, **fabric_cases(fabric), **trainer_cases()}
+    result = {"rank": fabric.global_rank, **fabric_cases(fabric), **trainer_cases(), "fsdp": fsdp_case()}
     torch.save(result, Path(out_dir) / f"rank{fabric.global_rank}.pt")
 
 

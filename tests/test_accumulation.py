@@ -78,6 +78,16 @@ def test_trainer_item_weighted_steps_on_the_global_batch_mean(ranks):
     assert _max_difference(ranks[0]["loops_items"], ranks[1]["loops_items"]) == 0
 
 
+def test_fsdp_item_weighted_gradient_and_one_reduction_per_window(ranks):
+    for result in ranks:
+        fsdp = result["fsdp"]
+        for window, reference in zip(fsdp["grads"], fsdp["reference"], strict=True):
+            assert _max_difference(window, reference) <= TOLERANCE
+        assert fsdp["reductions_per_sync"] >= 1
+        # the gradients' reductions once per window, and the two windows' item counts
+        assert fsdp["reductions"] == 2 * fsdp["reductions_per_sync"] + 2
+
+
 # -- one process -----------------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def fabric_model():
