@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from functools import partial
 from itertools import islice, repeat
 from typing import TYPE_CHECKING, Any
@@ -223,7 +223,7 @@ class FitLoop:
         epoch = _TrainingEpoch(self, results)  # after on_train_epoch_start, which may change accumulate_grad_batches
         skip, first = self._resume_point(epoch.validation)
         with state.logging_scope(results, per_step=True) as scope:
-            for micro, (batch_idx, batch) in epoch.micro_batches(skip, first):
+            for micro, (batch_idx, batch) in epoch.micro_batches(self.train_loader, skip, first):
                 if epoch.run_batch(scope, batch, batch_idx, micro):
                     break
             else:
@@ -358,13 +358,14 @@ class _TrainingEpoch:
         self.scheduler_step = _scheduler_stepper(trainer)
         self.validation = loop._validation_enabled()
 
-    def micro_batches(self, skip: int, first: int) -> Iterator[tuple[MicroBatch | None, tuple[int, Any]]]:
-        """The epoch's `(micro-batch, (batch_idx, batch))` from the loader's batch `first` on, after skipping
+    def micro_batches(self, loader: Iterable[Any], skip: int, first: int
+                      ) -> Iterator[tuple[MicroBatch | None, tuple[int, Any]]]:
+        """The epoch's `(micro-batch, (batch_idx, batch))` from `loader`'s batch `first` on, after skipping
         `skip` fetched ones, up to the batch limit. With accumulation (or items to weigh) each batch is a
         micro-batch of `fabric.accumulate`, its windows aligned on `batch_idx % accumulate_grad_batches` as in
         Lightning; otherwise it is None, and nothing runs around the batch."""
         stop = None if self.limit == math.inf else max(0, int(self.limit) - first)
-        batches = islice(enumerate(self.loop.train_loader, first), skip, stop)
+        batches = islice(enumerate(loader, first), skip, stop)
         if self.step is None or (self.accumulate == 1 and self.num_items is None):
             return zip(repeat(None), batches)
         num_items = self.num_items
