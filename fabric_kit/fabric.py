@@ -3,11 +3,11 @@ which owns distribution and delegates to precision and checkpoint I/O."""
 from __future__ import annotations
 
 import signal
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from datetime import timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import torch
 from torch import Tensor
@@ -16,6 +16,7 @@ from torch.optim import Optimizer
 from torch.utils.data import DataLoader
 
 from fabric_kit.accelerators import Accelerator
+from fabric_kit.accumulation import Accumulation
 from fabric_kit.callbacks import call_hooks
 from fabric_kit.collections import apply_to_collection, move_to_device
 from fabric_kit.connector import Connector
@@ -36,6 +37,8 @@ from fabric_kit.wrappers import (
 
 if TYPE_CHECKING:
     from torch.profiler import profile as TorchProfile
+
+T = TypeVar("T")
 
 
 class Fabric:
@@ -306,6 +309,21 @@ class Fabric:
         if not isinstance(self._strategy, BackwardSyncControl):
             return nullcontext()  # one process: there is no all-reduce to skip
         return self._strategy.no_backward_sync(_strategy_module(module), enabled)
+
+    def accumulate(self, model: Module, batches: Iterable[T], window: int, *,
+                   num_items: Callable[[T], int | Tensor] | None = None, offset: int = 0) -> Accumulation[T]:
+        """Accumulate gradients over windows of `window` micro-batches of `batches` (a loader): iterate it for
+        `(micro, batch)`; run each micro-batch's forward and backward inside `with micro:` (no gradient all-reduce
+        but on the window's last micro-batch), backpropagate `micro.scale(loss)` and step when `micro.is_last`.
+        The last window ends with the loader, however short. `num_items(batch) -> int` weighs each micro-batch by
+        its items over the window and the ranks (one all-reduce per window), so the gradient is that of the mean
+        loss over the global batch; without it the loss is divided by `window`, as Lightning's
+        `accumulate_grad_batches` does. `offset`: micro-batches of the first window already run (a resumed loop).
+        See `fabric_kit.accumulation`."""
+        if not isinstance(model, FabricModule):
+            raise TypeError(f"fabric.accumulate needs the model returned by fabric.setup(); got "
+                            f"{type(model).__name__}")
+        return Accumulation(self, _strategy_module(model), batches, window, num_items, offset)
 
     def backward_inside_forward(self, module: Module) -> AbstractContextManager[Any]:
         """Wrap a model call inside which `fabric.backward` runs (manual optimization's `training_step`): under DDP

@@ -39,7 +39,8 @@ import importlib.util
 import json
 import os
 import weakref
-from contextlib import AbstractContextManager, nullcontext
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -112,14 +113,17 @@ class DeepSpeedStrategy(ParallelStrategy, BackwardSyncControl):
         self._engines: weakref.WeakKeyDictionary[DeepSpeedEngine, bool] = weakref.WeakKeyDictionary()
         # Engines whose next step clips by what `clip_gradients` asked (then back to the config's value).
         self._clipping_once: weakref.WeakSet[DeepSpeedEngine] = weakref.WeakSet()
+        # Engines running a micro-batch of `fabric.accumulate`, whose loss arrives already normalized.
+        self._accumulating: weakref.WeakSet[DeepSpeedEngine] = weakref.WeakSet()
         self._release_at_exit = False
 
     def __getstate__(self) -> dict[str, Any]:
         # Spawned ranks get a pickled copy before any engine exists; a weak mapping cannot be pickled.
-        return {**self.__dict__, "_engines": None, "_clipping_once": None}
+        return {**self.__dict__, "_engines": None, "_clipping_once": None, "_accumulating": None}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state, _engines=weakref.WeakKeyDictionary(), _clipping_once=weakref.WeakSet())
+        self.__dict__.update(state, _engines=weakref.WeakKeyDictionary(), _clipping_once=weakref.WeakSet(),
+                             _accumulating=weakref.WeakSet())
 
     @property
     def zero_stage(self) -> int:
@@ -179,7 +183,10 @@ class DeepSpeedStrategy(ParallelStrategy, BackwardSyncControl):
 
     # -- the training step --------------------------------------------------------------------------------------
     def backward(self, tensor: Tensor, module: Module | None, *args: Any, **kwargs: Any) -> None:
-        self._engine_for(module).backward(tensor, *args, **kwargs)
+        engine = self._engine_for(module)
+        if engine in self._accumulating:  # `micro.scale` normalized the loss: not divided again by the config's steps
+            kwargs.setdefault("scale_wrt_gas", False)
+        engine.backward(tensor, *args, **kwargs)
 
     def optimizer_step(self, optimizer: Optimizer, **kwargs: Any) -> Any:
         """The engine's step: clipping, the fp16 loss scale, accumulation boundaries and zeroing the gradients."""
@@ -239,6 +246,20 @@ class DeepSpeedStrategy(ParallelStrategy, BackwardSyncControl):
                 "fabric.backward(loss) and optimizer.step() on every micro-batch; the engine steps once every N")
         no_sync: AbstractContextManager[Any] = engine.no_sync()
         return no_sync
+
+    @contextmanager
+    def accumulation_context(self, module: Module, sync: bool) -> Iterator[None]:
+        """DeepSpeed's own accumulation: the micro-batch's `sync` is the engine's accumulation boundary (stages 0
+        and 1 all-reduce only there, and the engine's step steps only there; stages 2 and 3 reduce-scatter inside
+        every backward, as their partitioning needs), and its backward takes the loss as `micro.scale` made it.
+        Once used, `fabric.accumulate` owns the boundary: the config's gradient_accumulation_steps stays unused."""
+        engine = self._engine_for(module)
+        engine.set_gradient_accumulation_boundary(sync)
+        self._accumulating.add(engine)
+        try:
+            yield
+        finally:
+            self._accumulating.discard(engine)
 
     def _engine_for(self, module: Module | None) -> DeepSpeedEngine:
         """The engine behind `module` (as returned by `fabric.setup`), or, when no module is named, the only one

@@ -284,6 +284,11 @@ class BackwardSyncControl(ABC):
     @abstractmethod
     def no_backward_sync(self, module: Module, enabled: bool) -> AbstractContextManager[Any]: ...
 
+    def accumulation_context(self, module: Module, sync: bool) -> AbstractContextManager[Any]:
+        """The context of one micro-batch of `fabric.accumulate`: its backward all-reduces the gradients only when
+        it ends the window (`sync`). A strategy whose engine accumulates itself (DeepSpeed) overrides this."""
+        return self.no_backward_sync(module, enabled=not sync)
+
 
 class ForwardBackwardControl(ABC):
     """A strategy that runs some models' forward and backward together (a pipeline schedule), so that

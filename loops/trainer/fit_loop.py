@@ -8,8 +8,9 @@ from __future__ import annotations
 import math
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from functools import partial
+from itertools import islice, repeat
 from typing import TYPE_CHECKING, Any
 
 from fabric_kit import is_wrapped
@@ -23,6 +24,7 @@ from loops.trainer.rng import isolated_rng
 from loops.trainer.states import TrainerStatus
 
 if TYPE_CHECKING:
+    from fabric_kit.accumulation import MicroBatch
     from loops.trainer.run_state import LogScope
     from loops.trainer.trainer import Trainer
 
@@ -225,10 +227,8 @@ class FitLoop:
         run_batch = hooks.profiled("run_training_batch", epoch.run_batch)
         batches = hooks.batches("[_TrainingEpochLoop].train_dataloader_next", self.train_loader)
         with state.logging_scope(results, per_step=True) as scope:
-            for batch_idx, batch in enumerate(batches, first):
-                if batch_idx < skip:
-                    continue
-                if run_batch(scope, batch, batch_idx):
+            for micro, (batch_idx, batch) in epoch.micro_batches(batches, skip, first):
+                if run_batch(scope, batch, batch_idx, micro):
                     break
             else:
                 epoch.loader_ran_out()
@@ -355,6 +355,7 @@ class _TrainingEpoch:
         self.end_cbs, self.end_mod = hooks.cb("on_train_batch_end"), hooks.mod("on_train_batch_end")
         self.step = AutomaticStep(trainer).run if state.automatic else None
         self.accumulate, self.limit = trainer.accumulate_grad_batches, loop.num_training_batches
+        self.num_items = trainer.accumulate_num_items
         self.log_every = trainer.log_every_n_steps
         step_configs = [c for c in state.lr_scheduler_configs if c.interval == "step"] if state.automatic else []
         self.schedulers = [c for c in step_configs if not c.reduce_on_plateau]
@@ -362,8 +363,24 @@ class _TrainingEpoch:
         self.scheduler_step = _scheduler_stepper(trainer)
         self.validation = loop._validation_enabled()
 
-    def run_batch(self, scope: LogScope, batch: Any, batch_idx: int) -> bool:
-        """Train on batch `batch_idx`; True when the epoch ends with it."""
+    def micro_batches(self, loader: Iterable[Any], skip: int, first: int
+                      ) -> Iterator[tuple[MicroBatch | None, tuple[int, Any]]]:
+        """The epoch's `(micro-batch, (batch_idx, batch))` from `loader`'s batch `first` on, after skipping
+        `skip` fetched ones, up to the batch limit. With accumulation (or items to weigh) each batch is a
+        micro-batch of `fabric.accumulate`, its windows aligned on `batch_idx % accumulate_grad_batches` as in
+        Lightning; otherwise it is None, and nothing runs around the batch."""
+        stop = None if self.limit == math.inf else max(0, int(self.limit) - first)
+        batches = islice(enumerate(loader, first), skip, stop)
+        if self.step is None or (self.accumulate == 1 and self.num_items is None):
+            return zip(repeat(None), batches)
+        num_items = self.num_items
+        count = None if num_items is None else (lambda element: num_items(element[1]))
+        return iter(self.fabric.accumulate(self.fabric_module, batches, self.accumulate, num_items=count,
+                                           offset=max(skip, first) % self.accumulate))
+
+    def run_batch(self, scope: LogScope, batch: Any, batch_idx: int, micro: MicroBatch | None) -> bool:
+        """Train on batch `batch_idx` (`micro`: its place in an accumulation window); True when the epoch ends
+        with it."""
         trainer, module, progress = self.trainer, self.module, self.progress
         if self.state.custom_transfer:
             batch = self.hooks.transfer(batch, 0, trainer.fabric.device)
@@ -376,9 +393,8 @@ class _TrainingEpoch:
         if stop_epoch:
             return True
         last = batch_idx + 1 >= self.limit
-        steps = (batch_idx + 1) % self.accumulate == 0 or last
         if self.step is not None:
-            outputs, stepped = self.step(batch, batch_idx, steps), steps
+            outputs, stepped = self.step(batch, batch_idx, micro), micro is None or micro.is_last
         else:
             steps_before = progress.global_step
             # manual_backward runs inside the step: under DDP each backward then syncs the gradients itself

@@ -1,6 +1,8 @@
 """One training step, automatic or manual. Automatic: a closure runs training_step, zero_grad (first micro-batch
 of each accumulation window), backward; then clipping and the optimizer step — Lightning's order. Gradient
-accumulation skips DDP's gradient sync with `fabric.no_backward_sync` until the window's last batch.
+accumulation runs each batch as a micro-batch of `fabric.accumulate`: no gradient sync until the window's last
+batch, the loss divided by `accumulate_grad_batches` (Lightning's) or weighted by the items of the window over the
+ranks (`Trainer(accumulate_num_items=...)`, a fabric_kit extension).
 
 Several optimizers with automatic optimization (beyond Lightning 2.x, as Lightning 1.x did it): when
 `configure_optimizers` returns several, `training_step(self, batch, batch_idx, optimizer_idx)` runs once per
@@ -20,6 +22,7 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 if TYPE_CHECKING:
+    from fabric_kit.accumulation import MicroBatch
     from loops.core.module import LightningModule
     from loops.trainer.trainer import Trainer
 
@@ -123,7 +126,6 @@ class AutomaticStep:
         self.progress = state.progress
         self.optimizers = list(state.optimizers)
         self.optimizer = self.optimizers[0] if self.optimizers else None
-        self.accumulate = trainer.accumulate_grad_batches
         self.before_zero_grad = hooks.both("on_before_zero_grad")
         self.before_backward = hooks.both("on_before_backward")
         self.after_backward = hooks.both("on_after_backward")
@@ -132,35 +134,42 @@ class AutomaticStep:
         # Lightning records the backward as its strategy's (which calls the module's `backward`)
         self.backward = hooks.profiled(hooks.strategy_action("backward"), hooks.pl_module.backward)
         self.output: Any = None
+        self.micro: MicroBatch | None = None
 
-    def run(self, batch: Any, batch_idx: int, steps_optimizer: bool) -> Any:
+    def run(self, batch: Any, batch_idx: int, micro: MicroBatch | None) -> Any:
         """Returns training_step's output as on_train_batch_end receives it (a list, one per optimizer, when
-        there are several)."""
+        there are several). `micro`: the batch's place in an accumulation window (`fabric.accumulate`), None
+        without accumulation."""
+        self.micro = micro
         optimizer = self.optimizer
         if optimizer is None:  # configure_optimizers returned None: only the step runs
             self.output = None
             self._closure(batch, batch_idx, None, ())
             return self.output
         if len(self.optimizers) == 1:
-            return self._run_optimizer(batch, batch_idx, steps_optimizer, optimizer, ())
+            return self._run_optimizer(batch, batch_idx, micro, optimizer, ())
         outputs = []
         module = self.module
         for index, optimizer in enumerate(self.optimizers):
             module.toggle_optimizer(optimizer)
             try:
-                outputs.append(self._run_optimizer(batch, batch_idx, steps_optimizer, optimizer, (index,)))
+                outputs.append(self._run_optimizer(batch, batch_idx, micro, optimizer, (index,)))
             finally:
                 module.untoggle_optimizer(optimizer)
         return outputs
 
-    def _run_optimizer(self, batch: Any, batch_idx: int, steps_optimizer: bool, optimizer: LoopOptimizer,
+    def _run_optimizer(self, batch: Any, batch_idx: int, micro: MicroBatch | None, optimizer: LoopOptimizer,
                        extra: tuple[int, ...]) -> Any:
         self.output = None
-        if steps_optimizer:
+        if micro is None:
             self.optimizer_step(self.progress.current_epoch, batch_idx, optimizer,
                                 lambda: self._closure(batch, batch_idx, optimizer, extra))
-        else:
-            with self.trainer.fabric.no_backward_sync(self.fabric_module):
+            return self.output
+        with micro:  # the gradients are all-reduced by the window's last backward only
+            if micro.is_last:
+                self.optimizer_step(self.progress.current_epoch, batch_idx, optimizer,
+                                    lambda: self._closure(batch, batch_idx, optimizer, extra))
+            else:
                 self._closure(batch, batch_idx, optimizer, extra)
         return self.output
 
@@ -181,13 +190,13 @@ class AutomaticStep:
         else:
             raise TypeError(f"training_step returned a {type(output).__name__}; accepted: a loss tensor, a dict "
                             "with 'loss', or None to skip the batch")
-        trainer, module = self.trainer, self.module
-        if optimizer is not None and batch_idx % self.accumulate == 0:
+        trainer, module, micro = self.trainer, self.module, self.micro
+        if optimizer is not None and (micro is None or micro.index == 0):
             for hook, is_callback in self.before_zero_grad:
                 hook(trainer, module, optimizer.optimizer) if is_callback else hook(optimizer.optimizer)
             self.zero_grad(self.progress.current_epoch, batch_idx, optimizer)
-        if self.accumulate > 1:
-            loss = loss / self.accumulate
+        if micro is not None:
+            loss = micro.scale(loss)  # by the window's length, or by the items (`accumulate_num_items`)
         for hook, is_callback in self.before_backward:
             hook(trainer, module, loss) if is_callback else hook(loss)
         self.backward(loss)

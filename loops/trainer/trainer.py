@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager, nullcontext
 from datetime import timedelta
 from pathlib import Path
@@ -68,7 +68,8 @@ class Trainer(TrainerProperties):
                  benchmark: bool | None = None, inference_mode: bool = True, use_distributed_sampler: bool = True,
                  profiler: Profiler | str | None = None, detect_anomaly: bool = False, barebones: bool = False,
                  plugins: Any = None, sync_batchnorm: bool = False, reload_dataloaders_every_n_epochs: int = 0,
-                 default_root_dir: str | Path | None = None) -> None:
+                 default_root_dir: str | Path | None = None,
+                 accumulate_num_items: Callable[[Any], int | Tensor] | None = None) -> None:
         self.profiler = build_profiler(profiler)
         self.fabric = Fabric(accelerator=accelerator, strategy=strategy, devices=devices, num_nodes=num_nodes,
                              precision=precision, plugins=plugins)
@@ -82,8 +83,8 @@ class Trainer(TrainerProperties):
         self.default_root_dir = str(default_root_dir) if default_root_dir is not None else os.getcwd()
         self.run_state = RunState()
         self.fit_loop = FitLoop(self)
-        self._set_optimization(accumulate_grad_batches, gradient_clip_val, gradient_clip_algorithm, detect_anomaly,
-                               sync_batchnorm)
+        self._set_optimization(accumulate_grad_batches, accumulate_num_items, gradient_clip_val,
+                               gradient_clip_algorithm, detect_anomaly, sync_batchnorm)
         self._set_run_length(max_epochs, min_epochs, max_steps, min_steps, max_time, fast)
         self._set_batches(limit_train_batches, limit_val_batches, limit_test_batches, limit_predict_batches,
                           overfit_batches, val_check_interval, check_val_every_n_epoch, num_sanity_val_steps, fast)
@@ -98,10 +99,20 @@ class Trainer(TrainerProperties):
         self.num_predict_batches: list[int | float] = []
         self._ran_here = False
 
-    def _set_optimization(self, accumulate_grad_batches: int, gradient_clip_val: int | float | None,
-                          gradient_clip_algorithm: str | None, detect_anomaly: bool, sync_batchnorm: bool) -> None:
+    def _set_optimization(self, accumulate_grad_batches: int,
+                          accumulate_num_items: Callable[[Any], int | Tensor] | None,
+                          gradient_clip_val: int | float | None, gradient_clip_algorithm: str | None,
+                          detect_anomaly: bool, sync_batchnorm: bool) -> None:
+        """`accumulate_num_items(batch) -> int` (a fabric_kit extension): weigh each batch's loss, the mean over
+        its items, by its share of the items of its accumulation window over all ranks, so the step's gradient is
+        that of the mean loss over every item of the global batch (`fabric.accumulate(num_items=...)`); None:
+        divide by accumulate_grad_batches, as Lightning does."""
         args_check.check_positive_int("accumulate_grad_batches", accumulate_grad_batches)
+        if accumulate_num_items is not None and not callable(accumulate_num_items):
+            raise TypeError(f"accumulate_num_items takes a function batch -> number of items, or None; got "
+                            f"{type(accumulate_num_items).__name__}")
         self.accumulate_grad_batches = accumulate_grad_batches
+        self.accumulate_num_items = accumulate_num_items
         self.gradient_clip_val = gradient_clip_val
         self.gradient_clip_algorithm = args_check.check_clip_algorithm(gradient_clip_algorithm)
         self.detect_anomaly = detect_anomaly
@@ -377,6 +388,9 @@ class Trainer(TrainerProperties):
             raise ValueError(f"gradient_clip_val={self.gradient_clip_val} clips automatically, which manual "
                              "optimization does not do; remove it and call self.clip_gradients(optimizer, ...) in "
                              "training_step")
+        if not model.automatic_optimization and self.accumulate_num_items is not None:
+            raise ValueError("accumulate_num_items weighs the losses of automatic optimization; with manual "
+                             "optimization use fabric.accumulate(model, batches, window, num_items=...) yourself")
         if not model.automatic_optimization and self.accumulate_grad_batches != 1:
             raise ValueError(f"accumulate_grad_batches={self.accumulate_grad_batches} needs automatic optimization; "
                              "with manual optimization step the optimizer every N batches yourself")

@@ -10,7 +10,9 @@ records, for STRATEGY (a deepspeed_stage_* preset or ddp):
 - "clipped": losses and the norms clip_gradients returned, of steps clipped by it and then of steps not clipped;
 - "accumulated": losses of steps of two micro-batches each. Under ddp and stage 1 the first micro-batch runs inside
   `no_backward_sync`; under stages 2 and 3, which refuse that (recorded as "no_sync_error"), DeepSpeed accumulates
-  with gradient_accumulation_steps=2 and the loop steps every micro-batch.
+  with gradient_accumulation_steps=2 and the loop steps every micro-batch;
+- "accumulated_items": losses of steps of three micro-batches of different sizes, by `fabric.accumulate` weighing
+  them by their tokens.
 Under DeepSpeed also, loading with default arguments as everywhere else (the resumed run above):
 - "full_unpickler": the first loss after loading the same checkpoint with weights_only=False;
 - "crafted_<kind>": what loading a copy whose model or optimizer states files run code when unpickled (creating
@@ -84,6 +86,25 @@ def accumulate(fabric, result):
     result["accumulated"] = losses
 
 
+def accumulate_items(fabric, result):
+    """`fabric.accumulate` weighing micro-batches of different sizes by their tokens, 3 steps of 3 micro-batches:
+    DeepSpeed's own accumulation (its boundary set by each micro-batch; under stages 2 and 3 the config's
+    gradient_accumulation_steps, set by `accumulate` above, stays unused)."""
+    model, optimizer = fresh(fabric, 0)
+    sizes = [1, 3, 2] if fabric.global_rank == 0 else [4, 1, 2]
+    batches = [batch(200 + step, fabric.global_rank, size=sizes[step % 3]) for step in range(9)]
+    losses = []
+    for micro, tokens in fabric.accumulate(model, batches, 3, num_items=lambda tokens: tokens[:, 1:].numel()):
+        with micro:
+            loss = next_token_loss(model, tokens)
+            fabric.backward(micro.scale(loss), model=model)
+        losses.append(loss.item())
+        if micro.is_last:
+            optimizer.step()
+            optimizer.zero_grad()
+    result["accumulated_items"] = losses
+
+
 def clipped(fabric, result):
     """SGD (whose update, unlike Adam's, scales with the gradient): CLIPPED steps clipped by fabric.clip_gradients,
     then two without, which DeepSpeed must not clip any more."""
@@ -145,6 +166,7 @@ def main(strategy, out_dir):
         loading_safely(fabric, checkpoint, out_dir, result)
     clipped(fabric, result)
     accumulate(fabric, result)
+    accumulate_items(fabric, result)
     result["checkpoint_files"] = sorted(str(p.relative_to(checkpoint)) for p in Path(checkpoint).rglob("*")
                                         if p.is_file())
     result["out_dir"] = str(out_dir)

@@ -89,6 +89,9 @@ def test_losses_match_ddp(runs, strategy):
     for rank, ddp in zip(runs(strategy), runs("ddp"), strict=False):
         assert rank["uninterrupted"] == pytest.approx(ddp["uninterrupted"], abs=DDP_TOLERANCE)
         assert rank["accumulated"] == pytest.approx(ddp["accumulated"], abs=DDP_TOLERANCE)
+        # fabric.accumulate: DDP's no_sync there, the engine's own accumulation boundary here
+        assert rank["accumulated_items"] == pytest.approx(ddp["accumulated_items"], abs=DDP_TOLERANCE)
+        assert rank["accumulated_items"][-1] < rank["accumulated_items"][0]
 
 
 @needs_deepspeed
