@@ -43,6 +43,9 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 
 
+__all__ = ["Accumulation", "MicroBatch"]
+
+
 class MicroBatch:
     """One micro-batch of an accumulation window, and the context its forward and backward run in: the gradients are
     all-reduced only by the backward of the window's last micro-batch (`sync`). Re-enterable (several optimizers
