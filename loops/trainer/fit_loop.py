@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from fabric_kit import is_wrapped
 from loops.core.optimizer_config import step_schedulers
 from loops.logging.results import Results
-from loops.trainer.data import CycleLoaders, as_list, find_loaders, limit_batches, sequential, setup_loaders
+from loops.trainer.data import batches, eval_loaders, find_loaders, limit_combined, train_loader
 from loops.trainer.evaluation_loop import run_evaluation
 from loops.trainer.loop_state import decode, encode
 from loops.trainer.optimization import AutomaticStep
@@ -71,20 +71,11 @@ class FitLoop:
             raise ValueError(f"{type(trainer.lightning_module).__name__} has no training data: pass "
                              "train_dataloaders to fit(), a datamodule with train_dataloader(), or define "
                              "train_dataloader() on the module")
-        several = isinstance(raw, (list, tuple, dict))
-        raws = as_list(raw)
-        if trainer.overfit_batches > 0:
-            raws = [sequential(loader) for loader in raws]
         limit = trainer.overfit_batches if trainer.overfit_batches > 0 else trainer.limit_train_batches
-        loaders = setup_loaders(trainer.fabric, raws, True, trainer.use_distributed_sampler,
-                                not state.custom_transfer)
-        if several:
-            named = dict(zip(raw, loaders, strict=True)) if isinstance(raw, dict) else loaders
-            self.train_loader = CycleLoaders(named)
-        else:
-            self.train_loader = loaders[0]
+        self.train_loader = train_loader(trainer.fabric, raw, trainer.overfit_batches > 0,
+                                         trainer.use_distributed_sampler, not state.custom_transfer)
         # Counted on this process's shard: with several processes each sees a part of the epoch.
-        self.num_training_batches = limit_batches(self.train_loader, limit, "limit_train_batches")
+        self.num_training_batches = limit_combined(self.train_loader, limit, "limit_train_batches")
         if self.loader_state is not None:
             self._loader_resumed = self._resume_loader(self.loader_state)
             self.loader_state = None
@@ -130,9 +121,9 @@ class FitLoop:
         self._val_loaded_epoch = epoch
         found = state.user_loaders["val"] = find_loaders("val", state.dataloaders["val"], state.hooks)
         limit = trainer.overfit_batches if trainer.overfit_batches > 0 else trainer.limit_val_batches
-        self.val_loaders = setup_loaders(trainer.fabric, as_list(found), False, trainer.use_distributed_sampler,
-                                         not state.custom_transfer)
-        self.num_val_batches = [limit_batches(loader, limit, "limit_val_batches") for loader in self.val_loaders]
+        self.val_loaders, self.num_val_batches = eval_loaders(trainer.fabric, found, "val", limit, "limit_val_batches",
+                                                              trainer.use_distributed_sampler,
+                                                              not state.custom_transfer)
 
     # -- the loop -------------------------------------------------------------------------------------------------
     def run(self) -> None:
@@ -221,7 +212,7 @@ class FitLoop:
         epoch = _TrainingEpoch(self, results)  # after on_train_epoch_start, which may change accumulate_grad_batches
         skip, first = self._resume_point(epoch.validation)
         with state.logging_scope(results, per_step=True) as scope:
-            for batch_idx, batch in enumerate(self.train_loader, first):
+            for batch_idx, batch in enumerate(batches(self.train_loader), first):
                 if batch_idx < skip:
                     continue
                 if epoch.run_batch(scope, batch, batch_idx):

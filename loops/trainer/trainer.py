@@ -28,7 +28,7 @@ from loops.loggers.defaults import default_loggers, log_stage_start
 from loops.logging.hook_rules import NO_LOGGING
 from loops.trainer import arguments as args_check
 from loops.trainer import checkpointing
-from loops.trainer.data import as_list, find_loaders, limit_batches, setup_loaders
+from loops.trainer.data import as_list, eval_loaders, find_loaders
 from loops.trainer.evaluation_loop import print_results, run_evaluation
 from loops.trainer.fit_loop import FitLoop
 from loops.trainer.hooks import HookTable, overrides
@@ -432,10 +432,10 @@ class Trainer(TrainerProperties):
     def _eval_loaders(self, source: str, limit: int | float) -> tuple[list[Any], list[int | float]]:
         state = self.run_state
         found = state.user_loaders[source] = find_loaders(source, state.dataloaders[source], state.hooks)
-        loaders = setup_loaders(self.fabric, as_list(found), False, self.use_distributed_sampler,
-                                not state.custom_transfer)
+        loaders, limits = eval_loaders(self.fabric, found, source, limit, f"limit_{source}_batches",
+                                       self.use_distributed_sampler, not state.custom_transfer)
         state.set_up_loaders[source] = loaders
-        return loaders, [limit_batches(loader, limit, f"limit_{source}_batches") for loader in loaders]
+        return loaders, limits
 
     def _teardown(self, stage: str) -> None:
         hooks = self.run_state.hooks

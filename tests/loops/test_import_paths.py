@@ -9,6 +9,7 @@ import pytest
 import fabric_kit
 import loops
 import loops.callbacks
+import loops.utilities
 from fabric_kit.loggers import CSVLogger, Logger, TensorBoardLogger
 from fabric_kit.rank_zero import rank_zero_info, rank_zero_only, rank_zero_warn
 from loops.trainer.hooks import overrides
@@ -17,6 +18,7 @@ PATHS = [
     ("loops.utilities", "rank_zero_only", rank_zero_only), ("loops.utilities", "rank_zero_info", rank_zero_info),
     ("loops.utilities", "rank_zero_warn", rank_zero_warn),
     ("loops.utilities.rank_zero", "rank_zero_only", rank_zero_only),
+    ("loops.utilities.combined_loader", "CombinedLoader", loops.utilities.CombinedLoader),
     ("loops.utilities", "AttributeDict", fabric_kit.utilities.AttributeDict),
     ("loops.loggers.csv_logs", "CSVLogger", CSVLogger),
     ("loops.loggers.tensorboard", "TensorBoardLogger", TensorBoardLogger),
@@ -31,7 +33,7 @@ ABSENT_CALLBACK_MODULES = {"pruning": "ModelPruning is not provided", "spike": "
 
 # Names Lightning exports from these modules that loops does not have, and why.
 ABSENT = {
-    "utilities": {"CombinedLoader": "being written (Trainer behaviours)", "measure_flops": "issue 18",
+    "utilities": {"measure_flops": "issue 18",
                   "GradClipAlgorithmType": "gradient_clip_algorithm takes the strings", "grad_norm": "not provided",
                   "disable_possible_user_warnings": "loops gives no 'possible user warnings' to disable",
                   "find_shared_parameters": "not provided", "set_shared_parameters": "not provided",
