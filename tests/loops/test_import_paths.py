@@ -9,8 +9,9 @@ import pytest
 import fabric_kit
 import loops
 import loops.callbacks
+import loops.loggers
 import loops.utilities
-from fabric_kit.loggers import CSVLogger, Logger, TensorBoardLogger
+from fabric_kit.loggers import Logger
 from fabric_kit.rank_zero import rank_zero_info, rank_zero_only, rank_zero_warn
 from loops.trainer.hooks import overrides
 
@@ -20,8 +21,8 @@ PATHS = [
     ("loops.utilities.rank_zero", "rank_zero_only", rank_zero_only),
     ("loops.utilities.combined_loader", "CombinedLoader", loops.utilities.CombinedLoader),
     ("loops.utilities", "AttributeDict", fabric_kit.utilities.AttributeDict),
-    ("loops.loggers.csv_logs", "CSVLogger", CSVLogger),
-    ("loops.loggers.tensorboard", "TensorBoardLogger", TensorBoardLogger),
+    ("loops.loggers.csv_logs", "CSVLogger", loops.loggers.CSVLogger),
+    ("loops.loggers.tensorboard", "TensorBoardLogger", loops.loggers.TensorBoardLogger),
     ("loops.loggers.logger", "Logger", Logger),
     ("loops", "Fabric", fabric_kit.Fabric),
     ("loops", "seed_everything", fabric_kit.seed_everything),
