@@ -264,6 +264,12 @@ class FitLoop:
             return progress.total_batch_idx % check == 0
         return (batch_idx + 1) % check == 0
 
+    def validation_follows(self, batch_idx: int) -> bool:
+        """Whether validation runs right after training batch `batch_idx` of this epoch (a callback's
+        `on_train_batch_end` reads it to wait for that validation's metrics instead of using the previous ones)."""
+        return self._validation_possible() and any(n > 0 for n in self.num_val_batches) \
+            and self._should_validate(batch_idx, batch_idx + 1 >= self.num_training_batches)
+
     def run_validation(self, free_gradients: bool = True) -> None:
         """Validation inside fit; unless gradients are being accumulated (`free_gradients` False), they are freed
         first (`on_validation_model_zero_grad`)."""
