@@ -41,9 +41,10 @@ class FolderLogger(Logger):
 
     @property
     def version(self) -> int | str:
-        """The given version, else one more than the highest `version_N` already under `root_dir` (0 if none)."""
+        """The given version, else one more than the highest `version_N` already under `save_dir/name` (0 if
+        none)."""
         if self._version is None:
-            self._version = next_version(self.root_dir)
+            self._version = next_version(self._versions_dir)
         return self._version
 
     @property
@@ -52,7 +53,13 @@ class FolderLogger(Logger):
 
     @property
     def root_dir(self) -> str:
-        return os.path.join(self._save_dir, self._name)
+        """The folder given (Lightning Fabric's loggers' `root_dir`), the same as `save_dir`."""
+        return self._save_dir
+
+    @property
+    def _versions_dir(self) -> str:
+        """`save_dir/name`, holding the versions' folders; `name` and `save_dir` as a subclass may define them."""
+        return os.path.join(self.save_dir, self.name or "")
 
     @property
     def sub_dir(self) -> str | None:
@@ -61,7 +68,7 @@ class FolderLogger(Logger):
     @property
     def log_dir(self) -> str:
         version = self.version if isinstance(self.version, str) else f"version_{self.version}"
-        path = os.path.join(self.root_dir, version, self._sub_dir or "")
+        path = os.path.join(self._versions_dir, version, self.sub_dir or "")
         return os.path.expanduser(os.path.expandvars(path.rstrip(os.sep)))
 
     def _with_prefix(self, metrics: dict[str, Any], join: str = "-") -> dict[str, Any]:

@@ -35,7 +35,7 @@ class TensorBoardLogger(FolderLogger):
         name: the experiment's folder ("lightning_logs"); "" or None writes versions directly in `save_dir`.
         version: None picks the next free `version_N`; an int N gives `version_N`; a string is the folder name.
         log_graph: write the model's graph when the Trainer starts (needs `model.example_input_array` and the
-            tensorboard package, which traces the model).
+            tensorboard package, which traces the model); `log_graph(model, input_array)` writes it without.
         default_hp_metric: log a placeholder `hp_metric` = -1 with the hyperparameters, so TensorBoard's HPARAMS
             tab lists the run before a real metric exists.
         prefix: put in front of every metric name, joined with "-".
@@ -54,7 +54,7 @@ class TensorBoardLogger(FolderLogger):
         if log_graph and importlib.util.find_spec("tensorboard") is None:
             warnings.warn("TensorBoardLogger(log_graph=True) writes no graph: tracing the model for TensorBoard "
                           "needs the tensorboard package (pip install tensorboard)", stacklevel=2)
-        self._log_graph = log_graph and importlib.util.find_spec("tensorboard") is not None
+        self._log_graph = log_graph
         self._default_hp_metric = default_hp_metric
         self._writer_kwargs = kwargs
         self.hparams: dict[str, Any] = {}
@@ -67,6 +67,7 @@ class TensorBoardLogger(FolderLogger):
             from tensorboardX import SummaryWriter
 
             self._experiment = SummaryWriter(logdir=self.log_dir, **self._writer_kwargs)
+            self._experiment.log_dir = self._experiment.logdir  # the name torch's SummaryWriter (Lightning's) has
         return self._experiment
 
     @rank_zero_only
@@ -106,16 +107,22 @@ class TensorBoardLogger(FolderLogger):
 
     @rank_zero_only
     def log_graph(self, model: Module, input_array: Any = None) -> None:
-        """Write the model's graph (traced with `input_array`, else `model.example_input_array`) when the logger
-        was built with `log_graph=True`."""
-        if not self._log_graph:
-            return
+        """Write the model's graph traced with `input_array`, anywhere (a Trainer is not needed). Without one, with
+        `model.example_input_array` when the logger was built with `log_graph=True` (the Trainer calls this as
+        each stage starts)."""
         if input_array is None:
+            if not self._log_graph:
+                return
             input_array = getattr(model, "example_input_array", None)
+        if importlib.util.find_spec("tensorboard") is None:  # warned at construction with log_graph=True
+            if not self._log_graph:
+                warnings.warn("TensorBoardLogger.log_graph writes no graph: tracing the model for TensorBoard needs "
+                              "the tensorboard package (pip install tensorboard)", stacklevel=2)
+            return
         if not isinstance(input_array, (Tensor, tuple)):
-            warnings.warn("TensorBoardLogger(log_graph=True) has no graph to write: set model.example_input_array "
-                          f"(a tensor or a tuple of forward's arguments); got {type(input_array).__name__}",
-                          stacklevel=2)
+            warnings.warn("TensorBoardLogger.log_graph has no graph to write: pass input_array or set "
+                          "model.example_input_array (a tensor or a tuple of forward's arguments); got "
+                          f"{type(input_array).__name__}", stacklevel=2)
             return
         parameter = next(model.parameters(), None)
         if parameter is not None:
@@ -133,9 +140,11 @@ class TensorBoardLogger(FolderLogger):
 
     @rank_zero_only
     def finalize(self, status: str) -> None:
+        """Flush and close the event file (its writer thread ends; a later write opens a new file)."""
         if self._experiment is not None:
             self._experiment.flush()
             self._experiment.close()
+            self._experiment = None
         if status == "success":
             self.save()
 

@@ -137,8 +137,11 @@ class ModelCheckpoint(Checkpoint):
                 self._last_time_checked, due = now, True
         if not due:
             return
-        if self.monitor is not None and self.monitor not in self._candidates(trainer):
-            self._save_at_validation = True  # e.g. a validation metric not logged yet
+        if self.monitor is not None and (self.monitor not in self._candidates(trainer) or (
+                not self._saves_on_train_epoch_end(trainer) and trainer.fit_loop.validation_follows(batch_idx))):
+            # A validation metric not logged yet, or about to change: the save waits for the validation's end
+            # (saving after validations, as Lightning does; Lightning checks only an epoch's last batch).
+            self._save_at_validation = True
             return
         self._save(trainer)
 

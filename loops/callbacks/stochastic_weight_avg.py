@@ -14,6 +14,7 @@ from torch.optim.swa_utils import SWALR
 from loops.callbacks.callback import Callback
 from loops.core.optimizer_config import SchedulerConfig
 from loops.logging.results import Results
+from loops.trainer.data import batches
 
 if TYPE_CHECKING:
     from loops.trainer.trainer import Trainer
@@ -209,7 +210,7 @@ def recompute_batch_norm(trainer: Trainer, pl_module: nn.Module) -> None:
     state = trainer.run_state
     try:
         with torch.no_grad(), state.logging_scope(Results(trainer.fabric), per_step=True) as scope:
-            for batch_idx, batch in enumerate(trainer.fit_loop.train_loader):
+            for batch_idx, batch in enumerate(batches(trainer.fit_loop.train_loader)):
                 if batch_idx >= trainer.num_training_batches:
                     break
                 if state.custom_transfer:

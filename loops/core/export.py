@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -52,9 +54,8 @@ def to_torchscript(module: LightningModule, file_path: str | Path | None = None,
         raise ValueError(f"to_torchscript(method={method!r}) is not supported; accepted: 'script', 'trace'")
     mode = module.training
     module.eval()
-    module._jit_is_scripting = True
     try:
-        with torch.no_grad():
+        with torch.no_grad(), jit_reading(module):
             if method == "script":
                 scripted = torch.jit.script(module, **kwargs)
             else:
@@ -63,7 +64,20 @@ def to_torchscript(module: LightningModule, file_path: str | Path | None = None,
                 scripted = torch.jit.trace(module, sample, **kwargs)
     finally:
         module.train(mode)
-        del module._jit_is_scripting
     if file_path is not None:
         torch.jit.save(scripted, str(file_path))
     return scripted
+
+
+@contextmanager
+def jit_reading(module: Any) -> Iterator[None]:
+    """While torch.jit reads every attribute of `module` (scripting, tracing, TensorBoard's graph), a
+    LightningModule's `trainer` is None instead of an error (there may be no Trainer)."""
+    if not hasattr(type(module), "_jit_is_scripting"):  # not a LightningModule
+        yield
+        return
+    module._jit_is_scripting = True
+    try:
+        yield
+    finally:
+        del module._jit_is_scripting

@@ -7,7 +7,8 @@ from typing import Any
 
 from torch import Tensor
 
-from fabric_kit.loggers import CSVLogger, TensorBoardLogger
+from loops.loggers.csv_logs import CSVLogger
+from loops.loggers.tensorboard import TensorBoardLogger
 
 
 def default_loggers(logger: Any, default_root_dir: str) -> list[Any]:

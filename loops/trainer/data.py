@@ -11,6 +11,7 @@ from torch.utils.data import DataLoader, SequentialSampler
 from fabric_kit import is_wrapped
 from loops.core.hooks import DataHooks
 from loops.trainer.hooks import overrides
+from loops.utilities.combined_loader import MODES, CombinedLoader
 
 if TYPE_CHECKING:
     from fabric_kit import Fabric
@@ -108,26 +109,57 @@ def setup_loaders(fabric: Fabric, loaders: list[Any], train: bool, use_distribut
     return wrapped
 
 
-class CycleLoaders:
-    """Training on several loaders at once (Lightning's "max_size_cycle"): each batch holds one batch of every
-    loader, in the given list or dict shape; an epoch lasts as long as the longest loader, shorter ones restart."""
+def train_loader(fabric: Fabric, raw: Any, overfit: bool, use_distributed_sampler: bool,
+                 move_to_device: bool) -> Any:
+    """What fit trains on: one loader set up by fabric, or, for a list / dict of them (or a `CombinedLoader`),
+    a `CombinedLoader` of the set-up loaders, "max_size_cycle" unless the user's says otherwise (Lightning's rule).
+    `overfit`: each loader without shuffling."""
+    if not isinstance(raw, (CombinedLoader, list, tuple, dict)):
+        return setup_loaders(fabric, [sequential(raw) if overfit else raw], True, use_distributed_sampler,
+                             move_to_device)[0]
+    mode = raw.mode if isinstance(raw, CombinedLoader) else "max_size_cycle"
+    if mode == "sequential":
+        raise ValueError("fit does not train on CombinedLoader(mode='sequential'); accepted modes: "
+                         f"{', '.join(m for m in MODES if m != 'sequential')}")
+    combined = CombinedLoader(raw.iterables if isinstance(raw, CombinedLoader) else raw, mode)
+    raws = [sequential(loader) for loader in combined.flattened] if overfit else combined.flattened
+    combined.flattened = setup_loaders(fabric, raws, True, use_distributed_sampler, move_to_device)
+    return combined
 
-    def __init__(self, loaders: list[Any] | dict[str, Any]) -> None:
-        self.loaders = loaders
-        self._keys = list(loaders) if isinstance(loaders, dict) else None
-        self._values = list(loaders.values()) if isinstance(loaders, dict) else list(loaders)
 
-    def __len__(self) -> int:
-        return max(len(loader) for loader in self._values)
+def eval_loaders(fabric: Fabric, found: Any, stage: str, limit: int | float, flag: str,
+                 use_distributed_sampler: bool, move_to_device: bool) -> tuple[list[Any], list[int | float]]:
+    """The loaders an evaluation (`stage` "val" / "test") or prediction ("predict") runs one after the other, set
+    up by fabric, and how many batches each gives. Several loaders (a list, dict, or a "sequential"
+    `CombinedLoader`) run in turn, each with its `dataloader_idx`; a `CombinedLoader` of another mode is one
+    loader whose batches combine its loaders' (no `dataloader_idx`), which prediction refuses, as Lightning does."""
+    if not isinstance(found, CombinedLoader) or found.mode == "sequential":
+        if isinstance(found, CombinedLoader):
+            flat = found.flattened
+        else:  # nested collections too, as Lightning flattens them
+            flat = CombinedLoader(found).flattened if isinstance(found, (list, tuple, dict)) else as_list(found)
+        loaders = setup_loaders(fabric, flat, False, use_distributed_sampler, move_to_device)
+        return loaders, [limit_batches(loader, limit, flag) for loader in loaders]
+    if stage == "predict":
+        raise ValueError(f"Trainer.predict runs several loaders one after the other only: got "
+                         f"CombinedLoader(mode={found.mode!r}); pass the loaders, or CombinedLoader(mode='sequential')")
+    combined = CombinedLoader(found.iterables, found.mode)
+    combined.flattened = setup_loaders(fabric, combined.flattened, False, use_distributed_sampler, move_to_device)
+    return [combined], [limit_combined(combined, limit, flag)]
 
-    def __iter__(self) -> Any:
-        iterators = [iter(loader) for loader in self._values]
-        for _ in range(len(self)):
-            batches = []
-            for index, loader in enumerate(self._values):
-                try:
-                    batches.append(next(iterators[index]))
-                except StopIteration:
-                    iterators[index] = iter(loader)
-                    batches.append(next(iterators[index]))
-            yield dict(zip(self._keys, batches, strict=False)) if self._keys is not None else batches
+
+def limit_combined(loader: Any, limit: int | float, flag: str) -> int | float:
+    """`limit_batches` for what a stage iterates: a `CombinedLoader` applies the limit to each of its loaders,
+    then gives as many batches as its mode makes of them."""
+    if not isinstance(loader, CombinedLoader):
+        return limit_batches(loader, limit, flag)
+    loader.limits = [limit_batches(part, limit, flag) for part in loader.flattened]
+    length = _length(loader)
+    return math.inf if length is None else length
+
+
+def batches(loader: Any) -> Any:
+    """The batches a stage iterates: a `CombinedLoader`'s without their (batch_idx, dataloader_idx)."""
+    if isinstance(loader, CombinedLoader):
+        return (batch for batch, _, _ in loader)
+    return loader

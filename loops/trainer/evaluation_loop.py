@@ -9,7 +9,7 @@ import torch
 
 from loops.logging.metrics import to_floats
 from loops.logging.results import Results
-from loops.trainer.data import set_sampler_epoch
+from loops.trainer.data import batches, set_sampler_epoch
 
 if TYPE_CHECKING:
     from loops.trainer.trainer import Trainer
@@ -50,7 +50,7 @@ def run_evaluation(trainer: Trainer, stage: str, loaders: list[Any], limits: lis
                 extra = (dataloader_idx,) if multiple else ()
                 if limit <= 0:
                     continue
-                for batch_idx, batch in enumerate(hooks.batches(fetch, loader)):
+                for batch_idx, batch in enumerate(hooks.batches(fetch, batches(loader))):
                     batch = scope.batch = hooks.transfer(batch, dataloader_idx, device)
                     for hook in start_cbs:
                         hook(trainer, module, batch, batch_idx, *extra)

@@ -5,6 +5,7 @@ the step, the schedulers) is taken once per epoch (`_TrainingEpoch`), so hooks n
 counters it advances are the run state's `Progress` (run_state.py)."""
 from __future__ import annotations
 
+import itertools
 import math
 import time
 import warnings
@@ -16,11 +17,12 @@ from typing import TYPE_CHECKING, Any
 from fabric_kit import is_wrapped
 from loops.core.optimizer_config import step_schedulers
 from loops.logging.results import Results
-from loops.trainer.data import CycleLoaders, as_list, find_loaders, limit_batches, sequential, setup_loaders
+from loops.trainer.data import batches, eval_loaders, find_loaders, limit_combined, train_loader
 from loops.trainer.evaluation_loop import run_evaluation
 from loops.trainer.loop_state import decode, encode
 from loops.trainer.optimization import AutomaticStep
 from loops.trainer.rng import isolated_rng
+from loops.trainer.router import pulls_batches
 from loops.trainer.states import TrainerStatus
 
 if TYPE_CHECKING:
@@ -73,20 +75,11 @@ class FitLoop:
             raise ValueError(f"{type(trainer.lightning_module).__name__} has no training data: pass "
                              "train_dataloaders to fit(), a datamodule with train_dataloader(), or define "
                              "train_dataloader() on the module")
-        several = isinstance(raw, (list, tuple, dict))
-        raws = as_list(raw)
-        if trainer.overfit_batches > 0:
-            raws = [sequential(loader) for loader in raws]
         limit = trainer.overfit_batches if trainer.overfit_batches > 0 else trainer.limit_train_batches
-        loaders = setup_loaders(trainer.fabric, raws, True, trainer.use_distributed_sampler,
-                                not state.custom_transfer)
-        if several:
-            named = dict(zip(raw, loaders, strict=True)) if isinstance(raw, dict) else loaders
-            self.train_loader = CycleLoaders(named)
-        else:
-            self.train_loader = loaders[0]
+        self.train_loader = train_loader(trainer.fabric, raw, trainer.overfit_batches > 0,
+                                         trainer.use_distributed_sampler, not state.custom_transfer)
         # Counted on this process's shard: with several processes each sees a part of the epoch.
-        self.num_training_batches = limit_batches(self.train_loader, limit, "limit_train_batches")
+        self.num_training_batches = limit_combined(self.train_loader, limit, "limit_train_batches")
         if self.loader_state is not None:
             self._loader_resumed = self._resume_loader(self.loader_state)
             self.loader_state = None
@@ -132,9 +125,9 @@ class FitLoop:
         self._val_loaded_epoch = epoch
         found = state.user_loaders["val"] = find_loaders("val", state.dataloaders["val"], state.hooks)
         limit = trainer.overfit_batches if trainer.overfit_batches > 0 else trainer.limit_val_batches
-        self.val_loaders = setup_loaders(trainer.fabric, as_list(found), False, trainer.use_distributed_sampler,
-                                         not state.custom_transfer)
-        self.num_val_batches = [limit_batches(loader, limit, "limit_val_batches") for loader in self.val_loaders]
+        self.val_loaders, self.num_val_batches = eval_loaders(trainer.fabric, found, "val", limit, "limit_val_batches",
+                                                              trainer.use_distributed_sampler,
+                                                              not state.custom_transfer)
 
     # -- the loop -------------------------------------------------------------------------------------------------
     def run(self) -> None:
@@ -224,14 +217,18 @@ class FitLoop:
         epoch = _TrainingEpoch(self, results)  # after on_train_epoch_start, which may change accumulate_grad_batches
         skip, first = self._resume_point(epoch.validation)
         hooks = state.hooks
-        run_batch = hooks.profiled("run_training_batch", epoch.run_batch)
-        batches = hooks.batches("[_TrainingEpochLoop].train_dataloader_next", self.train_loader)
         with state.logging_scope(results, per_step=True) as scope:
-            for micro, (batch_idx, batch) in epoch.micro_batches(batches, skip, first):
-                if run_batch(scope, batch, batch_idx, micro):
-                    break
+            if epoch.pulls:
+                scope.needs_batch_size = True
+                epoch.run_pulling(scope, DataloaderIter(self.train_loader, first, skip, self.num_training_batches))
             else:
-                epoch.loader_ran_out()
+                run_batch = hooks.profiled("run_training_batch", epoch.run_batch)
+                fetched = hooks.batches("[_TrainingEpochLoop].train_dataloader_next", batches(self.train_loader))
+                for micro, (batch_idx, batch) in epoch.micro_batches(fetched, skip, first):
+                    if run_batch(scope, batch, batch_idx, micro):
+                        break
+                else:
+                    epoch.loader_ran_out()
         self._finish_epoch()
 
     def _resume_point(self, validation: bool) -> tuple[int, int]:
@@ -270,6 +267,12 @@ class FitLoop:
         if every is None:
             return progress.total_batch_idx % check == 0
         return (batch_idx + 1) % check == 0
+
+    def validation_follows(self, batch_idx: int) -> bool:
+        """Whether validation runs right after training batch `batch_idx` of this epoch (a callback's
+        `on_train_batch_end` reads it to wait for that validation's metrics instead of using the previous ones)."""
+        return self._validation_possible() and any(n > 0 for n in self.num_val_batches) \
+            and self._should_validate(batch_idx, batch_idx + 1 >= self.num_training_batches)
 
     def run_validation(self, free_gradients: bool = True) -> None:
         """Validation inside fit; unless gradients are being accumulated (`free_gradients` False), they are freed
@@ -362,6 +365,12 @@ class _TrainingEpoch:
         self.plateaus = [c for c in step_configs if c.reduce_on_plateau]
         self.scheduler_step = _scheduler_stepper(trainer)
         self.validation = loop._validation_enabled()
+        self.pulls = pulls_batches(self.module.training_step)
+        if self.pulls and (self.accumulate > 1 or self.num_items is not None):
+            raise ValueError(f"training_step(self, dataloader_iter) fetches its own batches, so the Trainer cannot "
+                             f"make them micro-batches: accumulate_grad_batches={self.accumulate}"
+                             f"{' with accumulate_num_items' if self.num_items is not None else ''} is not "
+                             "supported with it; pass accumulate_grad_batches=1 and accumulate inside the step")
 
     def micro_batches(self, loader: Iterable[Any], skip: int, first: int
                       ) -> Iterator[tuple[MicroBatch | None, tuple[int, Any]]]:
@@ -378,12 +387,19 @@ class _TrainingEpoch:
         return iter(self.fabric.accumulate(self.fabric_module, batches, self.accumulate, num_items=count,
                                            offset=max(skip, first) % self.accumulate))
 
-    def run_batch(self, scope: LogScope, batch: Any, batch_idx: int, micro: MicroBatch | None) -> bool:
+    def run_batch(self, scope: LogScope, batch: Any, batch_idx: int, micro: MicroBatch | None = None,
+                  pulled: DataloaderIter | None = None) -> bool:
         """Train on batch `batch_idx` (`micro`: its place in an accumulation window); True when the epoch ends
-        with it."""
+        with it. With `pulled`, the step fetches its batches from it and `batch_idx` counts the step's calls; the
+        batch hooks get the batch fetched last and its index (Lightning's rule)."""
         trainer, module, progress = self.trainer, self.module, self.progress
-        if self.state.custom_transfer:
-            batch = self.hooks.transfer(batch, 0, trainer.fabric.device)
+        index = batch_idx  # the epoch's step calls before this one
+        if pulled is not None:
+            step_input, batch, batch_idx = pulled, pulled.batch, pulled.batch_idx
+        else:
+            if self.state.custom_transfer:
+                batch = self.hooks.transfer(batch, 0, trainer.fabric.device)
+            step_input = batch
         scope.batch = batch
         stop_epoch = False
         for hook in self.start_cbs:
@@ -392,24 +408,46 @@ class _TrainingEpoch:
             stop_epoch = hook(batch, batch_idx) == -1
         if stop_epoch:
             return True
-        last = batch_idx + 1 >= self.limit
+        last = index + 1 >= self.limit
         if self.step is not None:
-            outputs, stepped = self.step(batch, batch_idx, micro), micro is None or micro.is_last
+            outputs, stepped = self.step(step_input, index, micro), micro is None or micro.is_last
         else:
             steps_before = progress.global_step
-            # manual_backward runs inside the step: under DDP each backward then syncs the gradients itself
-            with self.fabric.backward_inside_forward(self.fabric_module):
-                outputs = self.run_step("training_step", batch, batch_idx)
+            try:
+                # manual_backward runs inside the step: under DDP each backward then syncs the gradients itself
+                with self.fabric.backward_inside_forward(self.fabric_module):
+                    outputs = self.run_step("training_step", step_input, index)
+            except StopIteration:
+                if pulled is None:
+                    raise
+                outputs = None  # the batches ran out in the step: Lightning's manual loop still ends the batch
             stepped = progress.global_step != steps_before
-        progress.batch_trained(batch_idx, stepped)
-        self._end_batch(outputs, batch, batch_idx, stepped, last)
+        if pulled is not None:  # the step fetched: the hooks after it see its last batch
+            batch, batch_idx, last = pulled.batch, pulled.batch_idx, last or pulled.done
+            scope.batch = batch
+        progress.batch_trained(index, stepped)
+        self._end_batch(outputs, batch, batch_idx, index, stepped, last)
         # An epoch's last batch reads `preempted` after the epoch's end (`FitLoop.run`).
         return last or (trainer.max_steps != -1 and progress.global_step >= trainer.max_steps) \
             or (self.state.should_stop and self.loop._can_stop()) \
             or (self.fabric.preempted and self.loop.preempt())
 
-    def _end_batch(self, outputs: Any, batch: Any, batch_idx: int, stepped: bool, last: bool) -> None:
-        """The schedulers, on_train_batch_end, the step's logs, validation when due; then the step is counted."""
+    def run_pulling(self, scope: LogScope, pulled: DataloaderIter) -> None:
+        """An epoch of `training_step(self, dataloader_iter)`: the step runs until the epoch's batches are out. When
+        they run out inside a step (the loader's length unknown, or the step asked for more), that call ends the
+        epoch, in automatic optimization without the hooks after it, as in Lightning."""
+        try:
+            while not pulled.done and self.progress.batch_idx < self.limit:
+                if self.run_batch(scope, None, self.progress.batch_idx, pulled=pulled):
+                    return
+        except StopIteration:
+            pass
+        if pulled.ran_out:
+            self.loader_ran_out()
+
+    def _end_batch(self, outputs: Any, batch: Any, batch_idx: int, index: int, stepped: bool, last: bool) -> None:
+        """The schedulers, on_train_batch_end (with `batch_idx`), the step's logs, validation when due (after the
+        epoch's `index`-th step); then the step is counted."""
         trainer, module, progress, state, loop = self.trainer, self.module, self.progress, self.state, self.loop
         results = self.results
         if self.schedulers and stepped:  # `frequency` counts batches that stepped (optimizers may be several)
@@ -430,8 +468,8 @@ class _TrainingEpoch:
                                    progress.current_epoch)
         if last:
             loop._finish_epoch()
-        if self.validation and loop._should_validate(batch_idx, last):
-            loop.run_validation((batch_idx + 1) % self.accumulate == 0 or last)  # not amid an accumulation
+        if self.validation and loop._should_validate(index, last):
+            loop.run_validation((index + 1) % self.accumulate == 0 or last)  # not amid an accumulation
         if self.plateaus and stepped:
             step_schedulers(self.plateaus, "step", progress.batches_stepped + 1, state.metrics.callback_metrics,
                             self.scheduler_step)
@@ -444,3 +482,29 @@ class _TrainingEpoch:
             self.loop._step_epoch_schedulers(plateau=False)
             if self.validation and self.loop._should_validate(self.progress.batch_idx - 1, True):
                 self.loop.run_validation()
+
+
+class DataloaderIter(Iterator[tuple[Any, int, int]]):
+    """What `training_step(self, dataloader_iter)` receives: the epoch's batches as `(batch, batch_idx,
+    dataloader_idx)` (on the device already), up to the epoch's `limit`; a resumed epoch's first `skip` batches
+    are left out. `batch` / `batch_idx` are the last fetched (None / the next index before any); `done` once the
+    limit is reached or the loader `ran_out`."""
+
+    def __init__(self, loader: Any, first: int, skip: int, limit: int | float) -> None:
+        self._batches = itertools.islice(enumerate(batches(loader), first), skip, None)
+        self.limit = limit
+        self.batch: Any = None
+        self.batch_idx = max(first, skip)
+        self.done = self.batch_idx >= limit
+        self.ran_out = False
+
+    def __next__(self) -> tuple[Any, int, int]:
+        if self.done:
+            raise StopIteration
+        try:
+            self.batch_idx, self.batch = next(self._batches)
+        except StopIteration:
+            self.done = self.ran_out = True
+            raise
+        self.done = self.batch_idx + 1 >= self.limit
+        return self.batch, self.batch_idx, 0

@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from loops.trainer.data import batches
+
 if TYPE_CHECKING:
     from loops.trainer.trainer import Trainer
 
@@ -35,7 +37,7 @@ def run_prediction(trainer: Trainer, loaders: list[Any], limits: list[int | floa
                 all_predictions.append(predictions)
                 if limit <= 0:
                     continue
-                for batch_idx, batch in enumerate(hooks.batches("[_PredictionLoop].predict_next", loader)):
+                for batch_idx, batch in enumerate(hooks.batches("[_PredictionLoop].predict_next", batches(loader))):
                     batch = hooks.transfer(batch, dataloader_idx, device)
                     hooks.call("on_predict_batch_start", batch, batch_idx, *extra)
                     output = run_step("predict_step", batch, batch_idx, *extra).value

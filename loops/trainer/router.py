@@ -22,16 +22,20 @@ class Kept:
 
 class StepRouter(nn.Module):
     """`router("training_step", batch, batch_idx)` calls `module.training_step(batch, batch_idx)`, without
-    `batch_idx` for a step that takes none (its signature is read once, here); `predict_step`'s output comes back
-    as `Kept` (its `.value` is the prediction)."""
+    `batch_idx` for a step that takes none and with the first argument alone for a step that pulls its batches
+    (`training_step(self, dataloader_iter)`; the signatures are read once, here); `predict_step`'s output comes
+    back as `Kept` (its `.value` is the prediction)."""
 
     def __init__(self, module: nn.Module) -> None:
         super().__init__()
         self.module = module
         self.without_idx = frozenset(name for name in _STEPS if not takes_batch_idx(getattr(module, name, None)))
+        self.pulling = frozenset(name for name in _STEPS if pulls_batches(getattr(module, name, None)))
 
     def forward(self, step: str, *args: Any, **kwargs: Any) -> Any:
-        if step in self.without_idx:
+        if step in self.pulling:
+            args = args[:1]
+        elif step in self.without_idx:
             args = args[:1] + args[2:]
         output = getattr(self.module, step)(*args, **kwargs)
         return Kept(output) if step == "predict_step" else output
@@ -48,3 +52,12 @@ def takes_batch_idx(step: Any) -> bool:
         return True
     positional = [p for p in parameters if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
     return any(p.kind is p.VAR_POSITIONAL or p.name == "batch_idx" for p in parameters) or len(positional) >= 2
+
+
+def pulls_batches(step: Any) -> bool:
+    """Lightning's rule: a step whose signature names a `dataloader_iter` parameter receives the loader's iterator
+    instead of a batch, and fetches its batches itself."""
+    try:
+        return callable(step) and "dataloader_iter" in inspect.signature(step).parameters
+    except (TypeError, ValueError):
+        return False

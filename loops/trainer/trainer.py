@@ -29,7 +29,7 @@ from loops.logging.hook_rules import NO_LOGGING
 from loops.profilers import Profiler, build_profiler
 from loops.trainer import arguments as args_check
 from loops.trainer import checkpointing
-from loops.trainer.data import as_list, find_loaders, limit_batches, setup_loaders
+from loops.trainer.data import as_list, eval_loaders, find_loaders
 from loops.trainer.evaluation_loop import print_results, run_evaluation
 from loops.trainer.fit_loop import FitLoop
 from loops.trainer.hooks import HookTable, overrides
@@ -451,10 +451,10 @@ class Trainer(TrainerProperties):
     def _eval_loaders(self, source: str, limit: int | float) -> tuple[list[Any], list[int | float]]:
         state = self.run_state
         found = state.user_loaders[source] = find_loaders(source, state.dataloaders[source], state.hooks)
-        loaders = setup_loaders(self.fabric, as_list(found), False, self.use_distributed_sampler,
-                                not state.custom_transfer)
+        loaders, limits = eval_loaders(self.fabric, found, source, limit, f"limit_{source}_batches",
+                                       self.use_distributed_sampler, not state.custom_transfer)
         state.set_up_loaders[source] = loaders
-        return loaders, [limit_batches(loader, limit, f"limit_{source}_batches") for loader in loaders]
+        return loaders, limits
 
     def _teardown(self, stage: str) -> None:
         hooks = self.run_state.hooks
@@ -492,6 +492,9 @@ class Trainer(TrainerProperties):
                                "hooks); write to self.logger.experiment directly there")
         if self.barebones:
             raise RuntimeError(f"self.log({name!r}) is turned off by Trainer(barebones=True)")
+        if scope.needs_batch_size and batch_size is None:
+            raise ValueError(f"self.log({name!r}) needs batch_size=... with training_step(self, dataloader_iter): "
+                             "the step fetches its batches, so their size is not known (as in Lightning)")
         suffix = f"/dataloader_idx_{scope.dataloader_idx}" if scope.dataloader_idx is not None and add_dataloader_idx \
             else ""
         # rank_zero_only: logged from rank 0 alone, so never synced (a collective there would wait for the others).

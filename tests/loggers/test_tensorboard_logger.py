@@ -3,6 +3,7 @@ hyperparameters for the HPARAMS tab and hparams.yaml, version folders, rank 0 on
 import os
 import pickle
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -165,3 +166,34 @@ def test_plain_fabric_log_dict_reaches_tensorboard_and_csv(tmp_path, clean_env):
     assert scalars["loss"] == [(0, 3.0), (1, 2.0), (2, 1.0)] and scalars["done"] == [(3, 1.0)]
     rows = (tmp_path / "csv" / "version_0" / "metrics.csv").read_text().splitlines()
     assert rows == ["done,loss,lr,step", ",3.0,0.1,0", ",2.0,0.1,1", ",1.0,0.1,2", "1.0,,,3"]
+
+
+def _writer_threads():
+    return [t for t in threading.enumerate() if type(t).__name__ == "_EventLoggerThread"]
+
+
+def test_folders_graph_and_writer_as_lightning_fabrics(tmp_path, clean_env):
+    """Lightning Fabric's TensorBoardLogger and ours, side by side: `root_dir` is the folder given, `log_dir`
+    follows a subclass's `name` / `version`, `experiment.log_dir` is the log folder, `log_graph(model, input)`
+    writes the graph without `log_graph=True`, and `finalize` ends the writer's thread."""
+    accumulator = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
+    theirs = pytest.importorskip("lightning.fabric.loggers").TensorBoardLogger
+    model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.ReLU(), torch.nn.Linear(3, 1))
+    before = _writer_threads()
+    for cls in (TensorBoardLogger, theirs):
+        root = tmp_path / cls.__module__
+
+        class Named(cls):
+            name = property(lambda self: "renamed")
+            version = property(lambda self: "v7")
+
+        logger = cls(root_dir=root, name="exp")
+        assert (logger.root_dir, logger.log_dir) == (str(root), str(root / "exp" / "version_0"))
+        assert Named(root_dir=root).log_dir == str(root / "renamed" / "v7")
+        assert logger.experiment.log_dir == logger.log_dir
+        logger.log_graph(model, torch.zeros(2, 4))
+        logger.finalize("success")
+        events = accumulator.EventAccumulator(logger.log_dir)
+        events.Reload()
+        assert any("Linear" in node.name for node in events.Graph().node), cls
+    assert [t for t in _writer_threads() if t not in before] == []

@@ -9,7 +9,9 @@ import pytest
 import fabric_kit
 import loops
 import loops.callbacks
-from fabric_kit.loggers import CSVLogger, Logger, TensorBoardLogger
+import loops.loggers
+import loops.utilities
+from fabric_kit.loggers import Logger
 from fabric_kit.rank_zero import rank_zero_info, rank_zero_only, rank_zero_warn
 from loops.trainer.hooks import overrides
 
@@ -17,9 +19,10 @@ PATHS = [
     ("loops.utilities", "rank_zero_only", rank_zero_only), ("loops.utilities", "rank_zero_info", rank_zero_info),
     ("loops.utilities", "rank_zero_warn", rank_zero_warn),
     ("loops.utilities.rank_zero", "rank_zero_only", rank_zero_only),
+    ("loops.utilities.combined_loader", "CombinedLoader", loops.utilities.CombinedLoader),
     ("loops.utilities", "AttributeDict", fabric_kit.utilities.AttributeDict),
-    ("loops.loggers.csv_logs", "CSVLogger", CSVLogger),
-    ("loops.loggers.tensorboard", "TensorBoardLogger", TensorBoardLogger),
+    ("loops.loggers.csv_logs", "CSVLogger", loops.loggers.CSVLogger),
+    ("loops.loggers.tensorboard", "TensorBoardLogger", loops.loggers.TensorBoardLogger),
     ("loops.loggers.logger", "Logger", Logger),
     ("loops", "Fabric", fabric_kit.Fabric),
     ("loops", "seed_everything", fabric_kit.seed_everything),
@@ -31,7 +34,7 @@ ABSENT_CALLBACK_MODULES = {"pruning": "ModelPruning is not provided",
 
 # Names Lightning exports from these modules that loops does not have, and why.
 ABSENT = {
-    "utilities": {"CombinedLoader": "being written (Trainer behaviours)", "measure_flops": "issue 18",
+    "utilities": {"measure_flops": "issue 18",
                   "GradClipAlgorithmType": "gradient_clip_algorithm takes the strings", "grad_norm": "not provided",
                   "disable_possible_user_warnings": "loops gives no 'possible user warnings' to disable",
                   "find_shared_parameters": "not provided", "set_shared_parameters": "not provided",

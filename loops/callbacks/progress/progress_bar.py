@@ -67,6 +67,26 @@ class ProgressBar(Callback):
         self._enabled = False
 
     @property
+    def sanity_check_description(self) -> str:
+        return "Sanity Checking"
+
+    @property
+    def train_description(self) -> str:
+        return "Training"
+
+    @property
+    def validation_description(self) -> str:
+        return "Validation"
+
+    @property
+    def test_description(self) -> str:
+        return "Testing"
+
+    @property
+    def predict_description(self) -> str:
+        return "Predicting"
+
+    @property
     def total_train_batches(self) -> int | float:
         return self.trainer.num_training_batches
 
@@ -160,9 +180,9 @@ class ProgressBar(Callback):
 
     def on_validation_start(self, trainer: Trainer, pl_module: Any) -> None:
         if trainer.sanity_checking:  # the loaders are known from here on
-            self._start("sanity", "Sanity Checking", sum(trainer.num_sanity_val_batches))
+            self._start("sanity", self.sanity_check_description, sum(trainer.num_sanity_val_batches))
         else:
-            self._start("validate", "Validation", _eval_total(trainer, "validate"))
+            self._start("validate", self.validation_description, _eval_total(trainer, "validate"))
 
     def on_validation_batch_end(self, trainer: Trainer, pl_module: Any, outputs: Any, batch: Any, batch_idx: int,
                                 dataloader_idx: int = 0) -> None:
@@ -173,7 +193,7 @@ class ProgressBar(Callback):
             self._finish("validate")
 
     def on_test_start(self, trainer: Trainer, pl_module: Any) -> None:
-        self._start("test", "Testing", _eval_total(trainer, "test"))
+        self._start("test", self.test_description, _eval_total(trainer, "test"))
 
     def on_test_batch_end(self, trainer: Trainer, pl_module: Any, outputs: Any, batch: Any, batch_idx: int,
                           dataloader_idx: int = 0) -> None:
@@ -183,7 +203,7 @@ class ProgressBar(Callback):
         self._finish("test")
 
     def on_predict_start(self, trainer: Trainer, pl_module: Any) -> None:
-        self._start("predict", "Predicting", _eval_total(trainer, "predict"))
+        self._start("predict", self.predict_description, _eval_total(trainer, "predict"))
 
     def on_predict_batch_end(self, trainer: Trainer, pl_module: Any, outputs: Any, batch: Any, batch_idx: int,
                              dataloader_idx: int = 0) -> None:

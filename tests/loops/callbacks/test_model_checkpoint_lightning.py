@@ -69,3 +69,21 @@ def test_step_trigger_waits_for_a_validation_metric(L, tmp_path):
     # Steps 1-2 precede the first validation; step 3 ranks its value (0.0), which epoch 1's 1.0 does not beat.
     assert os.listdir(tmp_path) == ["epoch=1-step=3.ckpt"]
     assert callback.best_model_score == 0.0
+
+
+def scores(callback):
+    return {os.path.basename(path): float(score) for path, score in callback.best_k_models.items()}
+
+
+@both
+def test_time_trigger_ranks_the_validation_that_follows_its_batch(L, tmp_path):
+    """Every batch is due (a zero interval); a batch that validation follows is saved after it, with its value:
+    step 4 with epoch 1's 1.0, not epoch 0's 0.0."""
+    from datetime import timedelta
+
+    callback = fit(L, tmp_path, dict(monitor="val_loss", mode="max", save_top_k=-1, save_on_train_epoch_end=False,
+                                     train_time_interval=timedelta(0)), max_epochs=3)
+    assert scores(callback) == {"epoch=0-step=2.ckpt": 0.0, "epoch=1-step=3.ckpt": 0.0, "epoch=1-step=4.ckpt": 1.0,
+                                "epoch=2-step=5.ckpt": 1.0, "epoch=2-step=6.ckpt": 2.0}
+
+

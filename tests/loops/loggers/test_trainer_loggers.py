@@ -1,6 +1,7 @@
 """The Trainer's loggers: the default TensorBoard logger and Lightning's folder layout, logger=False, several
 loggers at once, hyperparameters, finalize, a seed-style run whose TensorBoard scalars read back as logged, and
 self.log refused in hooks where Lightning allows no logging, naming the hook."""
+import os
 import sys
 
 import pytest
@@ -236,3 +237,44 @@ def test_self_log_from_a_callback_hook_without_logging_names_it(tmp_path):
     trainer = L.Trainer(logger=False, max_epochs=1, callbacks=[Logs()], enable_checkpointing=False, **QUIET)
     with pytest.raises(RuntimeError, match="called in on_validation_end"):
         _fit(trainer)
+
+
+def graph_module(trainers):
+    class Graph(trainers.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.layer = torch.nn.Linear(4, 1)
+            self.example_input_array = torch.zeros(2, 4)
+
+        def forward(self, x):
+            return self.layer(x)
+
+    return Graph()
+
+
+def test_trainer_loggers_folders_graph_and_writer_as_lightnings(tmp_path):
+    """Lightning's Trainer loggers' `root_dir` is `save_dir/name` (Lightning Fabric's is `save_dir`); with
+    `log_graph=True` the TensorBoard logger writes a LightningModule's graph outside a Trainer too; after fit no
+    event writer thread is left running."""
+    import threading
+
+    accumulator = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
+    pl_loggers = pytest.importorskip("lightning.pytorch.loggers")
+    pl = pytest.importorskip("lightning.pytorch")
+    for trainers, tensorboard, csv in ((L, TensorBoardLogger, CSVLogger),
+                                       (pl, pl_loggers.TensorBoardLogger, pl_loggers.CSVLogger)):
+        root = tmp_path / tensorboard.__module__
+        assert tensorboard(root, name="exp").root_dir == csv(root, name="exp").root_dir == str(root / "exp")
+        model = graph_module(trainers)
+        logger = tensorboard(root, log_graph=True)
+        logger.log_graph(model)
+        logger.finalize("success")
+        events = accumulator.EventAccumulator(logger.log_dir)
+        events.Reload()
+        assert events.Tags()["graph"], tensorboard
+    before = threading.enumerate()
+    trainer = L.Trainer(accelerator="cpu", max_epochs=1, default_root_dir=tmp_path, enable_progress_bar=False,
+                        enable_model_summary=False, enable_checkpointing=False)
+    trainer.fit(Regression(), loader())
+    assert os.listdir(trainer.logger.log_dir)  # it wrote
+    assert not [t for t in threading.enumerate() if type(t).__name__ == "_EventLoggerThread" and t not in before]

@@ -1,0 +1,86 @@
+"""`training_step(self, dataloader_iter)`: the step fetches its batches itself (Lightning detects it by the
+parameter's name). What the step and the batch hooks see, the optimizer steps taken and the weights reached are
+compared with Lightning 2.6's on the same program."""
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+import loops
+from tests.helpers.both_trainers import QUIET, pl, quiet  # noqa: F401
+
+
+def plain(batch):
+    return [plain(b) for b in batch] if isinstance(batch, list) else None if batch is None else batch.tolist()
+
+
+def build(L, per_call, automatic=True):
+    class Puller(L.LightningModule):
+        def __init__(self):
+            super().__init__()
+            torch.manual_seed(0)
+            self.layer = torch.nn.Linear(2, 1)
+            self.automatic_optimization = automatic
+            self.seen = []
+
+        def training_step(self, dataloader_iter):
+            pulled = [next(dataloader_iter) for _ in range(per_call)]
+            self.seen.append(("step", [(plain(b), i, d) for b, i, d in pulled]))
+            loss = sum(self.layer(torch.cat(b) if isinstance(b, list) else b).pow(2).mean() for b, _, _ in pulled)
+            self.log("loss", loss, batch_size=2 * per_call)
+            if automatic:
+                return loss
+            optimizer = self.optimizers()
+            optimizer.zero_grad()
+            self.manual_backward(loss)
+            optimizer.step()
+            return None
+
+        def on_train_batch_start(self, batch, batch_idx):
+            self.seen.append(("start", plain(batch), batch_idx))
+
+        def on_train_batch_end(self, outputs, batch, batch_idx):
+            self.seen.append(("end", plain(batch), batch_idx))
+
+        def on_train_epoch_end(self):
+            self.seen.append(("epoch_end", self.trainer.global_step))
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.001)
+
+    return Puller()
+
+
+def run(L):
+    """Per case: what the module saw, the optimizer steps and the weights."""
+    data = torch.arange(20.0).view(10, 2)
+    cases = {"one_per_call": (1, True, {}), "two_per_call": (2, True, {}),
+             "runs_out_in_a_step": (2, True, {"limit_train_batches": 3}), "manual": (2, False, {}),
+             "combined": (1, True, {})}
+    outcome = {}
+    for name, (per_call, automatic, flags) in cases.items():
+        model = build(L, per_call, automatic)
+        train = DataLoader(data, batch_size=2)
+        if name == "combined":
+            train = L.utilities.CombinedLoader([DataLoader(data[:4], batch_size=2), train], "max_size_cycle")
+        trainer = L.Trainer(max_epochs=2, **flags, **QUIET)
+        trainer.fit(model, train)
+        outcome[name] = (model.seen, trainer.global_step, [p.tolist() for p in model.parameters()])
+    return outcome
+
+
+def test_steps_that_pull_their_batches_run_as_lightnings(quiet):  # noqa: F811
+    ours, theirs = run(loops), run(pl)
+    assert ours == theirs
+    # 5 batches an epoch: one per call steps 5 times; two per call twice, the third call running out
+    assert [theirs[case][1] for case in ("one_per_call", "two_per_call", "runs_out_in_a_step")] == [10, 4, 2]
+
+
+def test_logging_there_needs_the_batch_size(quiet):  # noqa: F811
+    class Unsized(type(build(loops, 1))):
+        def training_step(self, dataloader_iter):
+            self.log("x", 1.0)
+
+    model = Unsized()
+    trainer = loops.Trainer(max_epochs=1, **QUIET)
+    with pytest.raises(ValueError, match="self.log\\('x'\\) needs batch_size=... with training_step"):
+        trainer.fit(model, DataLoader(torch.zeros(4, 2), batch_size=2))
