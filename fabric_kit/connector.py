@@ -9,6 +9,7 @@ from datetime import timedelta
 from typing import Any
 
 from fabric_kit.accelerators import Accelerator, accelerator_names, create_accelerator
+from fabric_kit.checkpoint.checkpoint_io import CheckpointIO
 from fabric_kit.environments import ClusterEnvironment, detect_environment
 from fabric_kit.precision import Precision, create_precision, normalize_precision, precision_names
 from fabric_kit.rank_zero import rank_zero_warn
@@ -44,7 +45,7 @@ class Connector:
         collective_timeout = _merge_cli("collective_timeout", collective_timeout)
         collective_timeout_seconds(collective_timeout)  # a bad value fails here, naming the argument
 
-        precision_plugin, environment = _split_plugins(plugins)
+        precision_plugin, environment, checkpoint_io = _split_plugins(plugins)
         self.accelerator = _resolve_accelerator(accelerator, strategy)
         if strategy == "dp" and self.accelerator.name == "cpu":  # Lightning's fallback: DataParallel needs GPUs
             rank_zero_warn("strategy='dp' (DataParallel) does not run on CPUs: using strategy='ddp' instead")
@@ -54,6 +55,8 @@ class Connector:
         self.num_nodes = _check_num_nodes(num_nodes)
         device_ids = self._device_ids(devices)
         self.strategy = self._resolve_strategy(strategy, device_ids)
+        if checkpoint_io is not None:
+            self.strategy.checkpoint_io = checkpoint_io
         _set_collective_timeout(self.strategy, collective_timeout)
 
     def _device_ids(self, devices: int | str | list[int]) -> list[int]:
@@ -159,19 +162,20 @@ def _set_collective_timeout(strategy: Strategy, value: float | timedelta | str |
                          f"collective_timeout={strategy.collective_timeout!r}); set it in one place")
 
 
-def _split_plugins(plugins: Any) -> tuple[Precision | None, ClusterEnvironment | None]:
-    """The precision and cluster environment among `plugins` (one plugin or a list), at most one of each kind."""
+def _split_plugins(plugins: Any) -> tuple[Precision | None, ClusterEnvironment | None, CheckpointIO | None]:
+    """The precision, cluster environment and CheckpointIO among `plugins` (one plugin or a list), at most one of
+    each kind."""
     found: dict[type, Any] = {}
     for plugin in plugins if isinstance(plugins, (list, tuple)) else ([plugins] if plugins is not None else []):
-        kind = next((k for k in (Precision, ClusterEnvironment) if isinstance(plugin, k)), None)
+        kind = next((k for k in (Precision, ClusterEnvironment, CheckpointIO) if isinstance(plugin, k)), None)
         if kind is None:
-            raise TypeError(f"plugin {plugin!r} is not supported; accepted: a Precision or a ClusterEnvironment "
-                            "instance")
+            raise TypeError(f"plugin {plugin!r} is not supported; accepted: a Precision, a ClusterEnvironment or "
+                            "a CheckpointIO instance")
         if kind in found:
             raise ValueError(f"plugins= holds two {kind.__name__} plugins, {type(found[kind]).__name__} and "
                              f"{type(plugin).__name__}; pass at most one of each kind")
         found[kind] = plugin
-    return found.get(Precision), found.get(ClusterEnvironment)
+    return found.get(Precision), found.get(ClusterEnvironment), found.get(CheckpointIO)
 
 
 def _resolve_precision(precision: str | int | Precision | None, plugin: Precision | None,

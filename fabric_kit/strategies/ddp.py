@@ -12,6 +12,7 @@ from torch.nn import Module
 from torch.nn.parallel import DistributedDataParallel
 
 from fabric_kit.accelerators import Accelerator
+from fabric_kit.checkpoint.checkpoint_io import CheckpointIO
 from fabric_kit.environments import ClusterEnvironment
 from fabric_kit.precision import Precision
 from fabric_kit.strategies.parallel import ParallelStrategy, StartMethod
@@ -27,9 +28,9 @@ class DDPStrategy(ParallelStrategy, BackwardSyncControl):
                  cluster_environment: ClusterEnvironment | None = None, precision: Precision | None = None,
                  process_group_backend: str | None = None, timeout: timedelta | None = None,
                  start_method: StartMethod = "popen", collective_timeout: float | timedelta | None = None,
-                 **ddp_kwargs: Any) -> None:
+                 checkpoint_io: CheckpointIO | None = None, **ddp_kwargs: Any) -> None:
         super().__init__(accelerator, parallel_devices, cluster_environment, precision, process_group_backend,
-                         timeout, start_method, collective_timeout=collective_timeout)
+                         timeout, start_method, collective_timeout=collective_timeout, checkpoint_io=checkpoint_io)
         self.ddp_kwargs = ddp_kwargs
         self._syncing_each_backward: DistributedDataParallel | None = None
 

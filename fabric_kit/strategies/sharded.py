@@ -20,6 +20,7 @@ from torch.optim import Optimizer
 from fabric_kit.checkpoint import sharded as checkpoint
 from fabric_kit.checkpoint.directory import Records, verifying_directory
 from fabric_kit.checkpoint.errors import reported_write_errors
+from fabric_kit.checkpoint.io import load_file, save_file
 from fabric_kit.checkpoint.sharded import DCP_METADATA, PLAIN_ENTRIES, ShardedStateDict, is_sharded_checkpoint
 from fabric_kit.checkpoint.sharded_reading import load_sharded
 from fabric_kit.checkpoint.state import Filter
@@ -49,6 +50,11 @@ class ShardedStrategy(ParallelStrategy):
     def full_checkpoints(self) -> bool:
         """Whether `fabric.save` gathers one full file on rank 0 instead of a directory of every rank's shards."""
         return False
+
+    @property
+    def uses_checkpoint_io(self) -> bool:
+        """A full checkpoint is one file, written through the CheckpointIO plugin; a sharded one is DCP's."""
+        return self.full_checkpoints
 
     # -- modules and optimizers -----------------------------------------------------------------------------------
     def module_init_context(self, empty_init: bool | None = None) -> AbstractContextManager[Any]:
@@ -147,8 +153,9 @@ class ShardedStrategy(ParallelStrategy):
         with self.checkpoint_directory(path, known=written) as staging:
             with reported_write_errors(path):
                 dcp.save(shards, storage_writer=ReportingFileSystemWriter(staging, written))
-            super().write_entries(str(staging / PLAIN_ENTRIES),
-                                  {key: value for key, value in entries.items() if key not in shards}, state)
+            if self.is_global_zero:  # a file of the directory's format, not one for the CheckpointIO plugin
+                save_file({key: value for key, value in entries.items() if key not in shards},
+                          staging / PLAIN_ENTRIES)
 
     def read_entries(self, path: str, state: dict[str, Any] | None, strict: bool, weights_only: bool) -> Any:
         """A full file (also one a single-process run wrote), or a sharded directory, whose shards are read into
@@ -165,7 +172,7 @@ class ShardedStrategy(ParallelStrategy):
         # shard is overwritten.
         verified = verifying_directory(path, self.global_rank, self.world_size,
                                        read_first=(PLAIN_ENTRIES, DCP_METADATA))
-        entries = super().read_entries(str(Path(path) / PLAIN_ENTRIES), state, strict, weights_only)
+        entries = load_file(Path(path) / PLAIN_ENTRIES, weights_only=weights_only)
         modules, optimizers, _ = checkpoint.split_state(state)
         shards = checkpoint.state_dicts(modules, optimizers, full=False)
         load_sharded(shards, path, strict=strict, weights_only=weights_only, verified=verified)
