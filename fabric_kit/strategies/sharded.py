@@ -13,6 +13,7 @@ from typing import Any
 import torch
 import torch.distributed.checkpoint as dcp
 from torch import Tensor
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 from torch.distributed.tensor import DTensor
 from torch.nn import Module
 from torch.optim import Optimizer
@@ -27,6 +28,7 @@ from fabric_kit.checkpoint.state import Filter
 from fabric_kit.strategies.fsdp.sharding import has_meta_tensors
 from fabric_kit.strategies.fsdp.writer import ReportingFileSystemWriter
 from fabric_kit.strategies.parallel import ParallelStrategy
+from fabric_kit.wrappers import unwrap
 
 OPTIMIZER_AFTER_SETUP = ("`model = fabric.setup_module(model)`, then "
                          "`optimizer = torch.optim.AdamW(model.parameters())` and "
@@ -103,6 +105,23 @@ class ShardedStrategy(ParallelStrategy):
     def _create_optimizer_after(self, problem: str) -> str:
         return (f"{problem}. {type(self).__name__} replaces every parameter with a sharded one (a DTensor) when it "
                 f"sets up the model, so the optimizer must be created afterwards: {OPTIMIZER_AFTER_SETUP}")
+
+    def get_module_state_dict(self, module: Module) -> dict[str, Any]:
+        """The full state dict, gathered from every rank's shards onto every rank (plain tensors, on the device)."""
+        return get_model_state_dict(unwrap(module), options=StateDictOptions(full_state_dict=True))
+
+    def load_module_state_dict(self, module: Module, state_dict: dict[str, Any], strict: bool = True) -> None:
+        """Every rank passes the full state dict; each keeps its shards of it. The dict is left as it was (torch
+        replaces its values by the shards)."""
+        module = unwrap(module)
+        if strict:  # torch's state-dict API loads a full dict that lacks entries without a word
+            expected = set(module.state_dict())
+            missing, unexpected = sorted(expected - set(state_dict)), sorted(set(state_dict) - expected)
+            if missing or unexpected:
+                raise RuntimeError(f"Error(s) in loading state_dict for {type(module).__name__}: Missing key(s) in "
+                                   f"state_dict: {missing}; unexpected key(s): {unexpected}. Pass strict=False to "
+                                   "load the entries that match")
+        checkpoint.load_state_dicts({"module": module}, {}, {"module": dict(state_dict)}, strict=strict)
 
     # -- the training step ----------------------------------------------------------------------------------------
     def clip_gradients_norm(self, module: Module, optimizer: Optimizer, max_norm: float, norm_type: float = 2.0,

@@ -137,6 +137,17 @@ class Strategy(ABC):
     def setup_optimizer(self, optimizer: Optimizer) -> Optimizer:
         return optimizer
 
+    def get_module_state_dict(self, module: Module) -> dict[str, Any]:
+        """The full state dict of `module` (plain, or as `fabric.setup` returned it), keyed as the user's module
+        names its entries (no wrapper's prefix), on every rank; a sharding strategy gathers the shards."""
+        state_dict: dict[str, Any] = unwrap(module).state_dict()
+        return state_dict
+
+    def load_module_state_dict(self, module: Module, state_dict: dict[str, Any], strict: bool = True) -> None:
+        """Load a full state dict (as `get_module_state_dict` gives, or a single-process run saved) into `module`;
+        a sharding strategy keeps this rank's shards of it. `strict`: as `Module.load_state_dict`'s."""
+        unwrap(module).load_state_dict(state_dict, strict=strict)
+
     def module_to_device(self, module: Module) -> None:
         module.to(self.root_device)
 
