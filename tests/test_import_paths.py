@@ -36,6 +36,9 @@ PATHS = [
     ("fabric_kit.plugins", "TorchCheckpointIO", "fabric_kit.checkpoint.checkpoint_io:TorchCheckpointIO"),
     ("fabric_kit.plugins.io", "CheckpointIO", "fabric_kit.checkpoint.checkpoint_io:CheckpointIO"),
     ("fabric_kit.plugins.io", "TorchCheckpointIO", "fabric_kit.checkpoint.checkpoint_io:TorchCheckpointIO"),
+    ("fabric_kit.plugins.collectives", "TorchCollective", "fabric_kit.collectives:TorchCollective"),
+    ("fabric_kit.plugins.collectives", "Collective", "fabric_kit.collectives:Collective"),
+    ("fabric_kit.plugins.collectives", "SingleDeviceCollective", "fabric_kit.collectives:SingleDeviceCollective"),
     ("fabric_kit.plugins.io", "AsyncCheckpointIO", "fabric_kit.checkpoint.checkpoint_io:AsyncCheckpointIO"),
     ("fabric_kit.plugins", "BitsandbytesPrecision", "fabric_kit.precision.bitsandbytes:BitsandbytesPrecision"),
     ("fabric_kit.plugins.precision", "Float8Precision", "fabric_kit.precision.fp8:Float8Precision"),
@@ -92,9 +95,10 @@ ABSENT = {
     },
     "lightning.fabric.accelerators": {},
     "lightning.fabric.plugins.io": {"XLACheckpointIO": XLA_CHECKPOINT_IO},
+    "lightning.fabric.plugins.collectives": {},
 }
 OURS = {f"lightning.fabric.{name}": f"fabric_kit.{name}"
-        for name in ("strategies", "plugins", "utilities", "accelerators", "plugins.io")}
+        for name in ("strategies", "plugins", "utilities", "accelerators", "plugins.io", "plugins.collectives")}
 
 
 def resolve(target):
@@ -139,7 +143,8 @@ def test_an_unknown_lazy_name_is_an_attribute_error():
 
 def test_the_public_modules_import_nothing_heavy():
     modules = ("fabric_kit.strategies", "fabric_kit.plugins", "fabric_kit.plugins.precision",
-               "fabric_kit.plugins.environments", "fabric_kit.plugins.io", "fabric_kit.utilities",
+               "fabric_kit.plugins.environments", "fabric_kit.plugins.io", "fabric_kit.plugins.collectives",
+               "fabric_kit.utilities",
                "fabric_kit.accelerators")
     heavy = ("deepspeed", "torch_xla", "bitsandbytes", "torchao", "tensorboardX", "loops", "lightning",
              "lightning_utilities", "fsspec",
