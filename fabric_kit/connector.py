@@ -8,6 +8,8 @@ import sys
 from datetime import timedelta
 from typing import Any
 
+import torch
+
 from fabric_kit.accelerators import Accelerator, accelerator_names, create_accelerator
 from fabric_kit.checkpoint.checkpoint_io import CheckpointIO
 from fabric_kit.environments import ClusterEnvironment, detect_environment
@@ -50,30 +52,33 @@ class Connector:
         if strategy == "dp" and self.accelerator.name == "cpu":  # Lightning's fallback: DataParallel needs GPUs
             rank_zero_warn("strategy='dp' (DataParallel) does not run on CPUs: using strategy='ddp' instead")
             strategy = "ddp"
-        self.precision = _resolve_precision(precision, precision_plugin, _device_type(self.accelerator))
         self.cluster_environment = environment or detect_environment()
         self.num_nodes = _check_num_nodes(num_nodes)
-        device_ids = self._device_ids(devices)
-        self.strategy = self._resolve_strategy(strategy, device_ids)
+        parallel_devices = self._parallel_devices(devices)
+        self.precision = _resolve_precision(precision, precision_plugin, parallel_devices[0].type)
+        self.strategy = self._resolve_strategy(strategy, parallel_devices)
         if checkpoint_io is not None:
             self.strategy.checkpoint_io = checkpoint_io
         _set_collective_timeout(self.strategy, collective_timeout)
 
-    def _device_ids(self, devices: int | str | list[int]) -> list[int]:
-        environment = self.cluster_environment
-        if environment.creates_processes_externally and devices == "auto":
+    def _parallel_devices(self, devices: int | str | list[int]) -> list[torch.device]:
+        """The device of each local process, through the accelerator's `parse_devices` and `get_parallel_devices`
+        (Lightning's protocol; "auto" is its `auto_device_count()`)."""
+        environment, accelerator, requested = self.cluster_environment, self.accelerator, devices
+        external_auto = environment.creates_processes_externally and devices == "auto"
+        if external_auto:
             # torchrun / srun decided how many processes there are; one device per local process.
-            local = int(os.environ.get("LOCAL_WORLD_SIZE", 0)) or max(1, environment.world_size() // self.num_nodes)
-            return list(range(local))
-        ids = self.accelerator.parse_devices(devices)
-        if not ids:
-            raise ValueError(f"devices={devices!r} found no {self.accelerator.name} device on this machine")
-        if environment.creates_processes_externally:
-            environment.validate_settings(len(ids), self.num_nodes)
-        return ids
+            devices = int(os.environ.get("LOCAL_WORLD_SIZE", 0)) or max(1, environment.world_size() // self.num_nodes)
+        elif devices == "auto":
+            devices = accelerator.auto_device_count()
+        parallel = accelerator.get_parallel_devices(accelerator.parse_devices(devices)) if devices else []
+        if not parallel:
+            raise ValueError(f"devices={requested!r} found no {accelerator.name} device on this machine")
+        if environment.creates_processes_externally and not external_auto:
+            environment.validate_settings(len(parallel), self.num_nodes)
+        return list(parallel)
 
-    def _resolve_strategy(self, strategy: str | Strategy, device_ids: list[int]) -> Strategy:
-        devices = [self.accelerator.device(i) for i in device_ids]
+    def _resolve_strategy(self, strategy: str | Strategy, devices: list[torch.device]) -> Strategy:
         many = len(devices) * self.num_nodes > 1 or self.cluster_environment.world_size() > 1
         if isinstance(strategy, Strategy):
             instance = strategy
@@ -206,10 +211,6 @@ def _resolve_accelerator(accelerator: str | Accelerator, strategy: str | Strateg
     if accelerator == "auto" and strategy in XLA_STRATEGIES:
         accelerator = "xla"
     return create_accelerator(accelerator)
-
-
-def _device_type(accelerator: Accelerator) -> str:
-    return accelerator.device(0).type
 
 
 def _check_num_nodes(num_nodes: Any) -> int:
