@@ -8,7 +8,10 @@ import sys
 from datetime import timedelta
 from typing import Any
 
+import torch
+
 from fabric_kit.accelerators import Accelerator, accelerator_names, create_accelerator
+from fabric_kit.checkpoint.checkpoint_io import CheckpointIO
 from fabric_kit.environments import ClusterEnvironment, detect_environment
 from fabric_kit.precision import Precision, create_precision, normalize_precision, precision_names
 from fabric_kit.rank_zero import rank_zero_warn
@@ -44,33 +47,38 @@ class Connector:
         collective_timeout = _merge_cli("collective_timeout", collective_timeout)
         collective_timeout_seconds(collective_timeout)  # a bad value fails here, naming the argument
 
-        precision_plugin, environment = _split_plugins(plugins)
+        precision_plugin, environment, checkpoint_io = _split_plugins(plugins)
         self.accelerator = _resolve_accelerator(accelerator, strategy)
         if strategy == "dp" and self.accelerator.name == "cpu":  # Lightning's fallback: DataParallel needs GPUs
             rank_zero_warn("strategy='dp' (DataParallel) does not run on CPUs: using strategy='ddp' instead")
             strategy = "ddp"
-        self.precision = _resolve_precision(precision, precision_plugin, _device_type(self.accelerator))
         self.cluster_environment = environment or detect_environment()
         self.num_nodes = _check_num_nodes(num_nodes)
-        device_ids = self._device_ids(devices)
-        self.strategy = self._resolve_strategy(strategy, device_ids)
+        parallel_devices = self._parallel_devices(devices)
+        self.precision = _resolve_precision(precision, precision_plugin, parallel_devices[0].type)
+        self.strategy = self._resolve_strategy(strategy, parallel_devices)
+        if checkpoint_io is not None:
+            self.strategy.checkpoint_io = checkpoint_io
         _set_collective_timeout(self.strategy, collective_timeout)
 
-    def _device_ids(self, devices: int | str | list[int]) -> list[int]:
-        environment = self.cluster_environment
-        if environment.creates_processes_externally and devices == "auto":
+    def _parallel_devices(self, devices: int | str | list[int]) -> list[torch.device]:
+        """The device of each local process, through the accelerator's `parse_devices` and `get_parallel_devices`
+        (Lightning's protocol; "auto" is its `auto_device_count()`)."""
+        environment, accelerator, requested = self.cluster_environment, self.accelerator, devices
+        external_auto = environment.creates_processes_externally and devices == "auto"
+        if external_auto:
             # torchrun / srun decided how many processes there are; one device per local process.
-            local = int(os.environ.get("LOCAL_WORLD_SIZE", 0)) or max(1, environment.world_size() // self.num_nodes)
-            return list(range(local))
-        ids = self.accelerator.parse_devices(devices)
-        if not ids:
-            raise ValueError(f"devices={devices!r} found no {self.accelerator.name} device on this machine")
-        if environment.creates_processes_externally:
-            environment.validate_settings(len(ids), self.num_nodes)
-        return ids
+            devices = int(os.environ.get("LOCAL_WORLD_SIZE", 0)) or max(1, environment.world_size() // self.num_nodes)
+        elif devices == "auto":
+            devices = accelerator.auto_device_count()
+        parallel = accelerator.get_parallel_devices(accelerator.parse_devices(devices)) if devices else []
+        if not parallel:
+            raise ValueError(f"devices={requested!r} found no {accelerator.name} device on this machine")
+        if environment.creates_processes_externally and not external_auto:
+            environment.validate_settings(len(parallel), self.num_nodes)
+        return list(parallel)
 
-    def _resolve_strategy(self, strategy: str | Strategy, device_ids: list[int]) -> Strategy:
-        devices = [self.accelerator.device(i) for i in device_ids]
+    def _resolve_strategy(self, strategy: str | Strategy, devices: list[torch.device]) -> Strategy:
         many = len(devices) * self.num_nodes > 1 or self.cluster_environment.world_size() > 1
         if isinstance(strategy, Strategy):
             instance = strategy
@@ -159,19 +167,20 @@ def _set_collective_timeout(strategy: Strategy, value: float | timedelta | str |
                          f"collective_timeout={strategy.collective_timeout!r}); set it in one place")
 
 
-def _split_plugins(plugins: Any) -> tuple[Precision | None, ClusterEnvironment | None]:
-    """The precision and cluster environment among `plugins` (one plugin or a list), at most one of each kind."""
+def _split_plugins(plugins: Any) -> tuple[Precision | None, ClusterEnvironment | None, CheckpointIO | None]:
+    """The precision, cluster environment and CheckpointIO among `plugins` (one plugin or a list), at most one of
+    each kind."""
     found: dict[type, Any] = {}
     for plugin in plugins if isinstance(plugins, (list, tuple)) else ([plugins] if plugins is not None else []):
-        kind = next((k for k in (Precision, ClusterEnvironment) if isinstance(plugin, k)), None)
+        kind = next((k for k in (Precision, ClusterEnvironment, CheckpointIO) if isinstance(plugin, k)), None)
         if kind is None:
-            raise TypeError(f"plugin {plugin!r} is not supported; accepted: a Precision or a ClusterEnvironment "
-                            "instance")
+            raise TypeError(f"plugin {plugin!r} is not supported; accepted: a Precision, a ClusterEnvironment or "
+                            "a CheckpointIO instance")
         if kind in found:
             raise ValueError(f"plugins= holds two {kind.__name__} plugins, {type(found[kind]).__name__} and "
                              f"{type(plugin).__name__}; pass at most one of each kind")
         found[kind] = plugin
-    return found.get(Precision), found.get(ClusterEnvironment)
+    return found.get(Precision), found.get(ClusterEnvironment), found.get(CheckpointIO)
 
 
 def _resolve_precision(precision: str | int | Precision | None, plugin: Precision | None,
@@ -202,10 +211,6 @@ def _resolve_accelerator(accelerator: str | Accelerator, strategy: str | Strateg
     if accelerator == "auto" and strategy in XLA_STRATEGIES:
         accelerator = "xla"
     return create_accelerator(accelerator)
-
-
-def _device_type(accelerator: Accelerator) -> str:
-    return accelerator.device(0).type
 
 
 def _check_num_nodes(num_nodes: Any) -> int:

@@ -6,6 +6,7 @@ import gc
 import os
 import signal
 import threading
+import time
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -46,6 +47,10 @@ def init_process_group(environment: ClusterEnvironment, backend: str, timeout: t
 
     Under torchrun with restarts the group is built on a store prefixed by the restart round: a plain env://
     init on round two would try to reach the dead peers' old addresses through keys left from round one.
+
+    A process that joins again after its group was destroyed (a second Fabric in the same processes) meets its
+    peers on a fresh store under a prefix of its own: a rank that is faster to get there could otherwise reach
+    rank 0's previous store, not yet closed, read the previous round's addresses and hang (`_rejoin_store`).
     """
     if is_initialized():
         return
@@ -55,8 +60,11 @@ def init_process_group(environment: ClusterEnvironment, backend: str, timeout: t
     kwargs: dict[str, Any] = {"backend": backend, "world_size": world_size, "rank": rank}
     if timeout is not None:
         kwargs["timeout"] = timeout
+    _JOINS[0] += 1
     if _restart_round() is not None:
         kwargs["store"] = store_client(environment, timeout or timedelta(minutes=5))
+    elif _JOINS[0] > 1:
+        kwargs["store"] = _rejoin_store(environment, rank, timeout or timedelta(minutes=5))
     else:
         kwargs["init_method"] = "env://"
     dist.init_process_group(**kwargs)
@@ -68,11 +76,41 @@ def init_process_group(environment: ClusterEnvironment, backend: str, timeout: t
                        world_size, collective_timeout)
 
 
+_JOINS = [0]
+"""How many times this process joined a process group: the same count on every rank that joins in step."""
+
+
 def store_client(environment: ClusterEnvironment, timeout: timedelta) -> dist.Store:
     """A new connection to the c10d store the job's processes meet on (the launcher's: torchrun's agent, or rank
-    0's), under a prefix of its own for each torchrun restart round."""
+    0's), under a prefix of its own for each torchrun restart round and each time the processes join a group."""
     client = dist.TCPStore(environment.main_address, environment.main_port, is_master=False, timeout=timeout)
-    return dist.PrefixStore(f"fabric_kit/restart_{_restart_round() or 0}/", client)
+    return dist.PrefixStore(_store_prefix(), client)
+
+
+def _store_prefix() -> str:
+    return f"fabric_kit/restart_{_restart_round() or 0}/join_{_JOINS[0]}/"
+
+
+def _rejoin_store(environment: ClusterEnvironment, rank: int, timeout: timedelta) -> dist.Store:
+    """The store of a second (third, ...) group in these processes. Rank 0 hosts a new one and marks it with this
+    join's key; the others connect until they reach a store with that key: one that lacks it is rank 0's previous
+    store, which closes (ending the connection) once rank 0 destroyed its previous group."""
+    ready = "ready"
+    if rank == 0:
+        server = dist.TCPStore(environment.main_address, environment.main_port, is_master=True, timeout=timeout,
+                               wait_for_workers=False)
+        hosted = dist.PrefixStore(_store_prefix(), server)
+        hosted.set(ready, "1")
+        return hosted
+    deadline = time.monotonic() + timeout.total_seconds()
+    while True:
+        try:
+            store = store_client(environment, timeout)
+            store.wait([ready], timeout)
+            return store
+        except dist.DistError:  # rank 0's previous store closed under us, or is not up yet: try again
+            if time.monotonic() > deadline:
+                raise
 
 
 def _restart_round() -> str | None:

@@ -60,7 +60,7 @@ def test_plugins():
     environment = LocalEnvironment()
     fabric = Fabric(accelerator="cpu", devices=2, plugins=[precision, environment])
     assert fabric.strategy.precision is precision and fabric.strategy.cluster_environment is environment
-    with pytest.raises(TypeError, match="plugin 'nonsense' is not supported; accepted: a Precision or a Cluster"):
+    with pytest.raises(TypeError, match="plugin 'nonsense' is not supported; accepted: a Precision, a Cluster"):
         Fabric(accelerator="cpu", plugins="nonsense")
 
 

@@ -32,6 +32,14 @@ PATHS = [
     ("fabric_kit.plugins.precision", "FSDPPrecision", "fabric_kit.precision.fsdp:FSDPPrecision"),
     ("fabric_kit.plugins", "DeepSpeedPrecision", "fabric_kit.strategies.deepspeed:DeepSpeedPrecision"),
     ("fabric_kit.plugins", "ClusterEnvironment", "fabric_kit.environments:ClusterEnvironment"),
+    ("fabric_kit.plugins", "CheckpointIO", "fabric_kit.checkpoint.checkpoint_io:CheckpointIO"),
+    ("fabric_kit.plugins", "TorchCheckpointIO", "fabric_kit.checkpoint.checkpoint_io:TorchCheckpointIO"),
+    ("fabric_kit.plugins.io", "CheckpointIO", "fabric_kit.checkpoint.checkpoint_io:CheckpointIO"),
+    ("fabric_kit.plugins.io", "TorchCheckpointIO", "fabric_kit.checkpoint.checkpoint_io:TorchCheckpointIO"),
+    ("fabric_kit.plugins.collectives", "TorchCollective", "fabric_kit.collectives:TorchCollective"),
+    ("fabric_kit.plugins.collectives", "Collective", "fabric_kit.collectives:Collective"),
+    ("fabric_kit.plugins.collectives", "SingleDeviceCollective", "fabric_kit.collectives:SingleDeviceCollective"),
+    ("fabric_kit.plugins.io", "AsyncCheckpointIO", "fabric_kit.checkpoint.checkpoint_io:AsyncCheckpointIO"),
     ("fabric_kit.plugins", "BitsandbytesPrecision", "fabric_kit.precision.bitsandbytes:BitsandbytesPrecision"),
     ("fabric_kit.plugins.precision", "Float8Precision", "fabric_kit.precision.fp8:Float8Precision"),
     ("fabric_kit.plugins.precision", "DeepSpeedPrecision", "fabric_kit.strategies.deepspeed:DeepSpeedPrecision"),
@@ -72,14 +80,14 @@ PATHS = [
 ]
 
 # Names Lightning exports at these paths that fabric_kit does not have (yet), and why.
+XLA_CHECKPOINT_IO = "XLAStrategy moves the state to the CPU and writes it through TorchCheckpointIO"
 ABSENT = {
     "lightning.fabric.strategies": {
         "DataParallelStrategy": "strategy='dp' is not provided",
         "SingleTPUStrategy": "Lightning's deprecated alias of SingleDeviceXLAStrategy",
     },
     "lightning.fabric.plugins": {
-        "CheckpointIO": "no CheckpointIO plugin yet", "TorchCheckpointIO": "no CheckpointIO plugin yet",
-        "XLACheckpointIO": "no CheckpointIO plugin yet",
+        "XLACheckpointIO": XLA_CHECKPOINT_IO,
         "TransformerEnginePrecision": "Transformer Engine is not supported",
     },
     "lightning.fabric.utilities": {
@@ -88,9 +96,11 @@ ABSENT = {
         "rank_zero_deprecation": "fabric_kit deprecates nothing yet",
     },
     "lightning.fabric.accelerators": {},
+    "lightning.fabric.plugins.io": {"XLACheckpointIO": XLA_CHECKPOINT_IO},
+    "lightning.fabric.plugins.collectives": {},
 }
 OURS = {f"lightning.fabric.{name}": f"fabric_kit.{name}"
-        for name in ("strategies", "plugins", "utilities", "accelerators")}
+        for name in ("strategies", "plugins", "utilities", "accelerators", "plugins.io", "plugins.collectives")}
 
 
 def resolve(target):
@@ -135,7 +145,9 @@ def test_an_unknown_lazy_name_is_an_attribute_error():
 
 def test_the_public_modules_import_nothing_heavy():
     modules = ("fabric_kit.strategies", "fabric_kit.plugins", "fabric_kit.plugins.precision",
-               "fabric_kit.plugins.environments", "fabric_kit.utilities", "fabric_kit.accelerators")
+               "fabric_kit.plugins.environments", "fabric_kit.plugins.io", "fabric_kit.plugins.collectives",
+               "fabric_kit.utilities",
+               "fabric_kit.accelerators")
     heavy = ("deepspeed", "torch_xla", "bitsandbytes", "torchao", "tensorboardX", "loops", "lightning",
              "lightning_utilities", "fsspec",
              "torch.distributed.fsdp", "fabric_kit.strategies.fsdp", "fabric_kit.strategies.deepspeed",

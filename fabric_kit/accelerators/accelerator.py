@@ -1,16 +1,39 @@
-"""The hardware seam: which device this process computes on and how many there are."""
+"""The hardware seam: which device this process computes on and how many there are. The interface is Lightning's
+(`setup_device`, `teardown`, `parse_devices`, `get_parallel_devices`, `auto_device_count`, `is_available`, `name`,
+`register_accelerators`), so an accelerator written for Lightning Fabric subclasses this class unchanged."""
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from typing import Any
 
 import torch
 
 
-class Accelerator(ABC):
-    """One kind of device. Strategies ask it for the device of a local rank; nothing else touches the hardware."""
+class AcceleratorName(str):
+    """An accelerator's name: a string (`accelerator.name == "cpu"`) that can also be called, as Lightning's
+    `accelerator.name()` static method is."""
 
-    name: str = ""
+    def __call__(self) -> str:
+        return str(self)
+
+
+class Accelerator(ABC):
+    """One kind of device. The connector asks it which devices the processes use; strategies make one current;
+    nothing else touches the hardware.
+
+    `name` is a class attribute (a string), or, as in Lightning, a static method returning it; either way
+    `accelerator.name` compares as the string and `accelerator.name()` returns it."""
+
+    name: str = AcceleratorName("")
     distributed_backend: str = "gloo"
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        declared = cls.__dict__.get("name")
+        if isinstance(declared, (staticmethod, classmethod)):
+            cls.name = AcceleratorName(declared.__get__(None, cls)())
+        elif isinstance(declared, str):
+            cls.name = AcceleratorName(declared)
 
     @staticmethod
     @abstractmethod
@@ -22,13 +45,20 @@ class Accelerator(ABC):
         """How many devices `devices="auto"` means."""
 
     @abstractmethod
-    def device(self, index: int) -> torch.device:
-        """The device that local process `index` uses."""
+    def get_parallel_devices(self, devices: Any) -> list[torch.device]:
+        """The device of each local process, given what `parse_devices` returned."""
 
     def setup_device(self, device: torch.device) -> None:
         """Make `device` current for this process (CUDA needs it before collectives)."""
 
-    def teardown(self) -> None: ...
+    def teardown(self) -> None:
+        """Release what the accelerator holds (cached memory)."""
+
+    @classmethod
+    def register_accelerators(cls, accelerator_registry: Any) -> None:
+        """Register this class under its names in `accelerator_registry` (`ACCELERATOR_REGISTRY`), e.g.
+        `accelerator_registry.register("mine", cls, description="...")`, so `Fabric(accelerator="mine")` builds
+        it. Lightning's hook; nothing by default."""
 
     def parse_devices(self, devices: int | str | list[int]) -> list[int]:
         """Normalise the `devices` argument into a list of local device indices."""

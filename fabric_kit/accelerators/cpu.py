@@ -19,8 +19,8 @@ class CPUAccelerator(Accelerator):
     def auto_device_count() -> int:
         return 1
 
-    def device(self, index: int) -> torch.device:
-        return torch.device("cpu")
+    def get_parallel_devices(self, devices: list[int]) -> list[torch.device]:
+        return [torch.device("cpu")] * len(devices)
 
     def parse_devices(self, devices: int | str | list[int]) -> list[int]:
         # On CPU a list means "this many processes", not device indices.

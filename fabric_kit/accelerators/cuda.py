@@ -19,8 +19,8 @@ class CUDAAccelerator(Accelerator):
     def auto_device_count() -> int:
         return torch.cuda.device_count()
 
-    def device(self, index: int) -> torch.device:
-        return torch.device("cuda", index)
+    def get_parallel_devices(self, devices: list[int]) -> list[torch.device]:
+        return [torch.device("cuda", index) for index in devices]
 
     def setup_device(self, device: torch.device) -> None:
         torch.cuda.set_device(device)

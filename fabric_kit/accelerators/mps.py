@@ -21,5 +21,5 @@ class MPSAccelerator(Accelerator):
     def auto_device_count() -> int:
         return 1
 
-    def device(self, index: int) -> torch.device:
-        return torch.device("mps", index)
+    def get_parallel_devices(self, devices: list[int]) -> list[torch.device]:
+        return [torch.device("mps", index) for index in devices]

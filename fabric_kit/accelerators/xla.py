@@ -58,8 +58,8 @@ class XLAAccelerator(Accelerator):
             return int(tpu.num_available_devices())
         return 1
 
-    def device(self, index: int) -> torch.device:
-        return torch.device("xla", index)
+    def get_parallel_devices(self, devices: list[int]) -> list[torch.device]:
+        return [torch.device("xla", index) for index in devices]
 
     def setup_device(self, device: torch.device) -> None:
         import_torch_xla()  # registers the "xla" device with torch

@@ -12,10 +12,12 @@ from torch.nn import Module
 from torch.nn.parallel import DistributedDataParallel
 
 from fabric_kit.accelerators import Accelerator
+from fabric_kit.checkpoint.checkpoint_io import CheckpointIO
 from fabric_kit.environments import ClusterEnvironment
 from fabric_kit.precision import Precision
 from fabric_kit.strategies.parallel import ParallelStrategy, StartMethod
 from fabric_kit.strategies.strategy import BackwardSyncControl
+from fabric_kit.wrappers import unwrap
 
 
 class DDPStrategy(ParallelStrategy, BackwardSyncControl):
@@ -27,15 +29,21 @@ class DDPStrategy(ParallelStrategy, BackwardSyncControl):
                  cluster_environment: ClusterEnvironment | None = None, precision: Precision | None = None,
                  process_group_backend: str | None = None, timeout: timedelta | None = None,
                  start_method: StartMethod = "popen", collective_timeout: float | timedelta | None = None,
-                 **ddp_kwargs: Any) -> None:
+                 checkpoint_io: CheckpointIO | None = None, **ddp_kwargs: Any) -> None:
         super().__init__(accelerator, parallel_devices, cluster_environment, precision, process_group_backend,
-                         timeout, start_method, collective_timeout=collective_timeout)
+                         timeout, start_method, collective_timeout=collective_timeout, checkpoint_io=checkpoint_io)
         self.ddp_kwargs = ddp_kwargs
         self._syncing_each_backward: DistributedDataParallel | None = None
 
     def setup_module(self, module: Module) -> DistributedDataParallel:
         device_ids = [self.root_device.index] if self.root_device.type == "cuda" else None
         return DistributedDataParallel(module, device_ids=device_ids, **self.ddp_kwargs)
+
+    def get_module_state_dict(self, module: Module) -> dict[str, Any]:
+        return super().get_module_state_dict(_inside_ddp(module))
+
+    def load_module_state_dict(self, module: Module, state_dict: dict[str, Any], strict: bool = True) -> None:
+        super().load_module_state_dict(_inside_ddp(module), state_dict, strict)
 
     def backward(self, tensor: Tensor, module: Module | None, *args: Any, **kwargs: Any) -> None:
         super().backward(tensor, module, *args, **kwargs)
@@ -89,3 +97,9 @@ def all_reduce_gradients(module: DistributedDataParallel) -> None:
     flat /= distributed.get_world_size(group)
     for param, mean in zip(synced, flat.split([p.numel() for p in synced]), strict=True):
         param.grad.copy_(mean.view_as(param))
+
+
+def _inside_ddp(module: Module) -> Module:
+    """The module a `DistributedDataParallel` wraps (also behind fabric_kit's wrapper), else `module`."""
+    module = unwrap(module)
+    return module.module if isinstance(module, DistributedDataParallel) else module

@@ -278,6 +278,10 @@ class DeepSpeedStrategy(ParallelStrategy, BackwardSyncControl):
         return engines[0]
 
     # -- checkpoints: the engine's directory, with the state's other entries as client state ---------------------
+    @property
+    def uses_checkpoint_io(self) -> bool:
+        return False  # the engine writes its own directory
+
     def checkpoint_entries(self, state: dict[str, Any], filter: Filter) -> dict[str, Any]:
         """The entries other than the engine's model and optimizer, which the engine writes itself."""
         if filter:

@@ -136,6 +136,9 @@ class ModelParallelStrategy(ShardedStrategy, BackwardSyncControl, ForwardBackwar
     def full_checkpoints(self) -> bool:
         return not self.save_distributed_checkpoint
 
+    def _checkpoint_io_hint(self) -> str:
+        return ", or pass save_distributed_checkpoint=False to save one file through it"
+
     @property
     def device_mesh(self) -> DeviceMesh:
         """The mesh ("data_parallel", "tensor_parallel"), with "pipeline_parallel" outermost when

@@ -14,6 +14,7 @@ from torch.nn import Module
 
 from fabric_kit import distributed
 from fabric_kit.accelerators import Accelerator
+from fabric_kit.checkpoint.checkpoint_io import CheckpointIO
 from fabric_kit.checkpoint.directory import (
     Records,
     atomic_directory,
@@ -47,8 +48,9 @@ class ParallelStrategy(Strategy):
     def __init__(self, accelerator: Accelerator | None = None, parallel_devices: list[torch.device] | None = None,
                  cluster_environment: ClusterEnvironment | None = None, precision: Precision | None = None,
                  process_group_backend: str | None = None, timeout: timedelta | None = None,
-                 start_method: StartMethod = "popen", *, collective_timeout: float | timedelta | None = None) -> None:
-        super().__init__(accelerator, precision)
+                 start_method: StartMethod = "popen", *, collective_timeout: float | timedelta | None = None,
+                 checkpoint_io: CheckpointIO | None = None) -> None:
+        super().__init__(accelerator, precision, checkpoint_io)
         self.parallel_devices = parallel_devices or []
         self.cluster_environment = cluster_environment
         self.num_nodes = 1

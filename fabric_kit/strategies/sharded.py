@@ -13,6 +13,7 @@ from typing import Any
 import torch
 import torch.distributed.checkpoint as dcp
 from torch import Tensor
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 from torch.distributed.tensor import DTensor
 from torch.nn import Module
 from torch.optim import Optimizer
@@ -20,12 +21,14 @@ from torch.optim import Optimizer
 from fabric_kit.checkpoint import sharded as checkpoint
 from fabric_kit.checkpoint.directory import Records, verifying_directory
 from fabric_kit.checkpoint.errors import reported_write_errors
+from fabric_kit.checkpoint.io import load_file, save_file
 from fabric_kit.checkpoint.sharded import DCP_METADATA, PLAIN_ENTRIES, ShardedStateDict, is_sharded_checkpoint
 from fabric_kit.checkpoint.sharded_reading import load_sharded
 from fabric_kit.checkpoint.state import Filter
 from fabric_kit.strategies.fsdp.sharding import has_meta_tensors
 from fabric_kit.strategies.fsdp.writer import ReportingFileSystemWriter
 from fabric_kit.strategies.parallel import ParallelStrategy
+from fabric_kit.wrappers import unwrap
 
 OPTIMIZER_AFTER_SETUP = ("`model = fabric.setup_module(model)`, then "
                          "`optimizer = torch.optim.AdamW(model.parameters())` and "
@@ -49,6 +52,11 @@ class ShardedStrategy(ParallelStrategy):
     def full_checkpoints(self) -> bool:
         """Whether `fabric.save` gathers one full file on rank 0 instead of a directory of every rank's shards."""
         return False
+
+    @property
+    def uses_checkpoint_io(self) -> bool:
+        """A full checkpoint is one file, written through the CheckpointIO plugin; a sharded one is DCP's."""
+        return self.full_checkpoints
 
     # -- modules and optimizers -----------------------------------------------------------------------------------
     def module_init_context(self, empty_init: bool | None = None) -> AbstractContextManager[Any]:
@@ -97,6 +105,23 @@ class ShardedStrategy(ParallelStrategy):
     def _create_optimizer_after(self, problem: str) -> str:
         return (f"{problem}. {type(self).__name__} replaces every parameter with a sharded one (a DTensor) when it "
                 f"sets up the model, so the optimizer must be created afterwards: {OPTIMIZER_AFTER_SETUP}")
+
+    def get_module_state_dict(self, module: Module) -> dict[str, Any]:
+        """The full state dict, gathered from every rank's shards onto every rank (plain tensors, on the device)."""
+        return get_model_state_dict(unwrap(module), options=StateDictOptions(full_state_dict=True))
+
+    def load_module_state_dict(self, module: Module, state_dict: dict[str, Any], strict: bool = True) -> None:
+        """Every rank passes the full state dict; each keeps its shards of it. The dict is left as it was (torch
+        replaces its values by the shards)."""
+        module = unwrap(module)
+        if strict:  # torch's state-dict API loads a full dict that lacks entries without a word
+            expected = set(module.state_dict())
+            missing, unexpected = sorted(expected - set(state_dict)), sorted(set(state_dict) - expected)
+            if missing or unexpected:
+                raise RuntimeError(f"Error(s) in loading state_dict for {type(module).__name__}: Missing key(s) in "
+                                   f"state_dict: {missing}; unexpected key(s): {unexpected}. Pass strict=False to "
+                                   "load the entries that match")
+        checkpoint.load_state_dicts({"module": module}, {}, {"module": dict(state_dict)}, strict=strict)
 
     # -- the training step ----------------------------------------------------------------------------------------
     def clip_gradients_norm(self, module: Module, optimizer: Optimizer, max_norm: float, norm_type: float = 2.0,
@@ -147,8 +172,9 @@ class ShardedStrategy(ParallelStrategy):
         with self.checkpoint_directory(path, known=written) as staging:
             with reported_write_errors(path):
                 dcp.save(shards, storage_writer=ReportingFileSystemWriter(staging, written))
-            super().write_entries(str(staging / PLAIN_ENTRIES),
-                                  {key: value for key, value in entries.items() if key not in shards}, state)
+            if self.is_global_zero:  # a file of the directory's format, not one for the CheckpointIO plugin
+                save_file({key: value for key, value in entries.items() if key not in shards},
+                          staging / PLAIN_ENTRIES)
 
     def read_entries(self, path: str, state: dict[str, Any] | None, strict: bool, weights_only: bool) -> Any:
         """A full file (also one a single-process run wrote), or a sharded directory, whose shards are read into
@@ -165,7 +191,7 @@ class ShardedStrategy(ParallelStrategy):
         # shard is overwritten.
         verified = verifying_directory(path, self.global_rank, self.world_size,
                                        read_first=(PLAIN_ENTRIES, DCP_METADATA))
-        entries = super().read_entries(str(Path(path) / PLAIN_ENTRIES), state, strict, weights_only)
+        entries = load_file(Path(path) / PLAIN_ENTRIES, weights_only=weights_only)
         modules, optimizers, _ = checkpoint.split_state(state)
         shards = checkpoint.state_dicts(modules, optimizers, full=False)
         load_sharded(shards, path, strict=strict, weights_only=weights_only, verified=verified)

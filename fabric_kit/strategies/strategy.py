@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader
 
 from fabric_kit.accelerators import Accelerator
 from fabric_kit.checkpoint import rng
-from fabric_kit.checkpoint.io import load_file, save_file
+from fabric_kit.checkpoint.checkpoint_io import CheckpointIO, TorchCheckpointIO
 from fabric_kit.checkpoint.state import RESERVED_KEY, Filter, check_state, restore_into, to_storable
 from fabric_kit.collections import move_to_device
 from fabric_kit.empty_init import SkipInit
@@ -52,11 +52,42 @@ class Strategy(ABC):
     for this rank's part only and initialises it with `reset_parameters()` (FSDP, ModelParallel): the Trainer then
     runs `configure_model` on the meta device, so that no rank ever holds the whole model."""
 
-    def __init__(self, accelerator: Accelerator | None = None, precision: Precision | None = None) -> None:
+    def __init__(self, accelerator: Accelerator | None = None, precision: Precision | None = None,
+                 checkpoint_io: CheckpointIO | None = None) -> None:
         self.accelerator = accelerator
         self.precision = precision or Precision()
         # Fabric's precision (its `precision=` or plugin) replaces the default, never one given to the strategy.
         self.precision_is_default = precision is None
+        self._checkpoint_io = checkpoint_io
+
+    @property
+    def uses_checkpoint_io(self) -> bool:
+        """False where checkpoints are a directory in the strategy's own format, never one file through
+        `checkpoint_io` (DeepSpeed, sharded FSDP): setting a CheckpointIO plugin there is an error."""
+        return True
+
+    @property
+    def checkpoint_io(self) -> CheckpointIO:
+        """How a checkpoint file is written, read and removed (Lightning's CheckpointIO plugin); by default
+        `TorchCheckpointIO`, fabric_kit's atomic, checksummed torch.save file."""
+        if self._checkpoint_io is None:
+            self._checkpoint_io = TorchCheckpointIO()
+        return self._checkpoint_io
+
+    @checkpoint_io.setter
+    def checkpoint_io(self, io: CheckpointIO) -> None:
+        if not isinstance(io, CheckpointIO):
+            raise TypeError(f"checkpoint_io must be a CheckpointIO instance (fabric_kit.plugins.io); got "
+                            f"{type(io).__name__}")
+        if not self.uses_checkpoint_io:
+            raise ValueError(f"{type(self).__name__} stores its checkpoints as a directory in its own format, so "
+                             f"the CheckpointIO plugin {type(io).__name__} would never be used; remove it from "
+                             "plugins=" + self._checkpoint_io_hint())
+        self._checkpoint_io = io
+
+    def _checkpoint_io_hint(self) -> str:
+        """How to make this strategy write one file through a CheckpointIO plugin, where it can."""
+        return ""
 
     # -- where this process sits --------------------------------------------------------------------------------
     @property
@@ -105,6 +136,17 @@ class Strategy(ABC):
 
     def setup_optimizer(self, optimizer: Optimizer) -> Optimizer:
         return optimizer
+
+    def get_module_state_dict(self, module: Module) -> dict[str, Any]:
+        """The full state dict of `module` (plain, or as `fabric.setup` returned it), keyed as the user's module
+        names its entries (no wrapper's prefix), on every rank; a sharding strategy gathers the shards."""
+        state_dict: dict[str, Any] = unwrap(module).state_dict()
+        return state_dict
+
+    def load_module_state_dict(self, module: Module, state_dict: dict[str, Any], strict: bool = True) -> None:
+        """Load a full state dict (as `get_module_state_dict` gives, or a single-process run saved) into `module`;
+        a sharding strategy keeps this rank's shards of it. `strict`: as `Module.load_state_dict`'s."""
+        unwrap(module).load_state_dict(state_dict, strict=strict)
 
     def module_to_device(self, module: Module) -> None:
         module.to(self.root_device)
@@ -233,7 +275,7 @@ class Strategy(ABC):
             raise TypeError(f"load_raw loads into a torch.nn.Module or torch.optim.Optimizer (plain or returned by "
                             f"fabric.setup); got {type(obj).__name__}. To restore several objects from a "
                             "checkpoint, use `fabric.load(path, {'model': model, ...})`")
-        self.restore_entries({_RAW: obj}, {_RAW: load_file(path)}, strict)
+        self.restore_entries({_RAW: obj}, {_RAW: self.checkpoint_io.load_checkpoint(path, weights_only=True)}, strict)
 
     def checkpoint_entries(self, state: dict[str, Any], filter: Filter) -> dict[str, Any]:
         """What is stored for each entry of `state`: the state dict of a stateful object, a plain value as it is.
@@ -242,15 +284,16 @@ class Strategy(ABC):
 
     def write_entries(self, path: str, entries: dict[str, Any], state: dict[str, Any]) -> None:
         """Store `entries` at `path` in this strategy's format; called on every rank. Here: one file, written by
-        rank 0. `state` holds the user's objects, for a format that an object writes itself (DeepSpeed's engine)."""
+        rank 0 through `checkpoint_io`. `state` holds the user's objects, for a format that an object writes itself
+        (DeepSpeed's engine)."""
         if self.is_global_zero:
-            save_file(entries, path)
+            self.checkpoint_io.save_checkpoint(entries, path)
 
     def read_entries(self, path: str, state: dict[str, Any] | None, strict: bool, weights_only: bool) -> Any:
         """The entries stored at `path` (with `RESERVED_KEY`), read in this strategy's format on every rank. Here:
         one file. `state` holds the objects to restore, for a format read into them (DCP shards, DeepSpeed's
         engine)."""
-        return load_file(path, weights_only=weights_only)
+        return self.checkpoint_io.load_checkpoint(path, weights_only=weights_only)
 
     def restore_entries(self, state: dict[str, Any], entries: dict[str, Any], strict: bool) -> dict[str, Any]:
         """Pour `entries` into the objects of `state` in place (plain values are replaced in `state`); return the
@@ -266,6 +309,9 @@ class Strategy(ABC):
         rng.for_rank(states, self.global_rank)
 
     def teardown(self) -> None:
+        """Release the accelerator and the checkpoint plugin (an `AsyncCheckpointIO` waits for its saves)."""
+        if self._checkpoint_io is not None:
+            self._checkpoint_io.teardown()
         if self.accelerator is not None:
             self.accelerator.teardown()
 

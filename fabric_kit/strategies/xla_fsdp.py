@@ -100,6 +100,10 @@ class XLAFSDPStrategy(XLAStrategy):
                                    if hasattr(module, "get_shard_metadata")}
         return entries
 
+    @property
+    def uses_checkpoint_io(self) -> bool:
+        return False  # a directory of one shard file per rank
+
     def write_entries(self, path: str, entries: dict[str, Any], state: dict[str, Any]) -> None:
         save_file(entries, self._shard_file(path))
 

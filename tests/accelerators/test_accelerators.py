@@ -43,7 +43,7 @@ def test_cuda_without_a_gpu(name):
 def test_cpu_devices_count_processes(devices, expected):
     cpu = CPUAccelerator()
     assert cpu.parse_devices(devices) == expected
-    assert {cpu.device(i) for i in expected} == {torch.device("cpu")}
+    assert cpu.get_parallel_devices(expected) == [torch.device("cpu")] * len(expected)
 
 
 @pytest.mark.parametrize(("devices", "message"), [
@@ -65,7 +65,7 @@ def test_cuda_devices_are_indices(monkeypatch):
     assert cuda.parse_devices("auto") == [0, 1]
     assert cuda.parse_devices([1]) == [1]
     assert cuda.parse_devices("1,0") == [1, 0]
-    assert cuda.device(1) == torch.device("cuda", 1)
+    assert cuda.get_parallel_devices([1, 0]) == [torch.device("cuda", 1), torch.device("cuda", 0)]
     with pytest.raises(ValueError, match=r"asks for CUDA device\(s\) \[2, 3\], but this machine has 2 visible"):
         cuda.parse_devices([0, 2, 3])
     with pytest.raises(ValueError, match=r"devices=3 asks for CUDA device\(s\) \[2\]"):

@@ -93,6 +93,9 @@ class FSDPStrategy(ShardedStrategy, BackwardSyncControl):
     def full_checkpoints(self) -> bool:
         return self.state_dict_type == "full"
 
+    def _checkpoint_io_hint(self) -> str:
+        return ", or pass state_dict_type='full' to save one file through it"
+
     @property
     def precision(self) -> Precision:
         return self._precision
