@@ -84,3 +84,10 @@ def test_logging_there_needs_the_batch_size(quiet):  # noqa: F811
     trainer = loops.Trainer(max_epochs=1, **QUIET)
     with pytest.raises(ValueError, match="self.log\\('x'\\) needs batch_size=... with training_step"):
         trainer.fit(model, DataLoader(torch.zeros(4, 2), batch_size=2))
+
+
+def test_accumulation_with_a_step_that_fetches_its_batches_is_refused(tmp_path):
+    trainer = loops.Trainer(max_epochs=1, accumulate_grad_batches=2,
+                            default_root_dir=tmp_path, **QUIET)
+    with pytest.raises(ValueError, match=r"dataloader_iter.*accumulate_grad_batches=2 is not supported"):
+        trainer.fit(build(loops, 1), DataLoader(torch.zeros(4, 2), batch_size=2))
