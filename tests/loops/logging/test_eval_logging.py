@@ -125,10 +125,8 @@ def test_results_without_a_logger(L):
     assert sorted(trainer.logged_metrics) == ["both_epoch", "both_step", "epoch_only", "step_only"]
 
 
-@both
-@pytest.mark.parametrize(("reduce_fx", "expected"), [(max, 2.0), (sum, 3.0), (min, 0.0), (torch.max, 2.0),
-                                                     ("AVG", 1.0)], ids=["max", "sum", "min", "torch.max", "AVG"])
-def test_reduce_fx_accepted(L, reduce_fx, expected):
+def logs_batch_idx(L, reduce_fx):
+    """A module whose validation logs each batch's index (0, 1, 2) as "value", reduced by `reduce_fx`."""
     class Reduces(L.LightningModule):
         def __init__(self):
             super().__init__()
@@ -140,24 +138,20 @@ def test_reduce_fx_accepted(L, reduce_fx, expected):
         def val_dataloader(self):
             return DataLoader(TensorDataset(torch.ones(3, 2)))
 
-    assert L.Trainer(**QUIET).validate(Reduces(), verbose=False) == [{"value": expected}]
+    return Reduces()
+
+
+@both
+@pytest.mark.parametrize(("reduce_fx", "expected"), [(max, 2.0), (sum, 3.0), (min, 0.0), (torch.max, 2.0),
+                                                     ("AVG", 1.0)], ids=["max", "sum", "min", "torch.max", "AVG"])
+def test_reduce_fx_accepted(L, reduce_fx, expected):
+    assert L.Trainer(**QUIET).validate(logs_batch_idx(L, reduce_fx), verbose=False) == [{"value": expected}]
 
 
 @both
 @pytest.mark.parametrize("reduce_fx", [lambda values: values.max(), torch.median, "median"],
                          ids=["lambda", "torch.median", "median"])
 def test_other_reductions_refused(L, reduce_fx):
-    class Custom(L.LightningModule):
-        def __init__(self):
-            super().__init__()
-            self.layer = torch.nn.Linear(2, 1)
-
-        def validation_step(self, batch, batch_idx):
-            self.log("value", float(batch_idx), reduce_fx=reduce_fx)
-
-        def val_dataloader(self):
-            return DataLoader(TensorDataset(torch.ones(3, 2)))
-
     with pytest.raises(Exception, match="reduce_fx") as raised:
-        L.Trainer(**QUIET).validate(Custom(), verbose=False)
+        L.Trainer(**QUIET).validate(logs_batch_idx(L, reduce_fx), verbose=False)
     assert "torchmetrics" in str(raised.value)
