@@ -71,11 +71,15 @@ class TQDMProgressBar(ProgressBar):
     @property
     def val_progress_bar(self) -> Any:
         """The validation bar, the sanity check's while it runs."""
-        return self._bar("sanity" if self._trainer is not None and self._trainer.sanity_checking else "validate")
+        return self._bar(self._validation_stage())
 
     @val_progress_bar.setter
     def val_progress_bar(self, bar: Any) -> None:
-        self._set_bar("sanity" if self._trainer is not None and self._trainer.sanity_checking else "validate", bar)
+        self._set_bar(self._validation_stage(), bar)
+
+    def _validation_stage(self) -> str:
+        """Which validation bar is meant: the sanity check's while it runs, else validation's."""
+        return "sanity" if self._trainer is not None and self._trainer.sanity_checking else "validate"
 
     @property
     def test_progress_bar(self) -> Any:
