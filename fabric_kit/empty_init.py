@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from torch.nn import Module
 from torch.overrides import TorchFunctionMode
 
 
@@ -15,3 +16,8 @@ class SkipInit(TorchFunctionMode):
         if getattr(func, "__module__", None) == "torch.nn.init":
             return args[0] if args else (kwargs or {}).get("tensor")
         return func(*args, **(kwargs or {}))
+
+
+def has_meta_tensors(module: Module) -> bool:
+    """Whether any parameter or buffer of `module` is still on the meta device (created without storage)."""
+    return any(t.is_meta for t in (*module.parameters(), *module.buffers()))

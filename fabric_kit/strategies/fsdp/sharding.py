@@ -89,10 +89,6 @@ def repoint_optimizer(optimizer: Optimizer, names: dict[int, str], module: Modul
         group["params"][:] = [sharded[names[id(p)]] if id(p) in names else p for p in group["params"]]
 
 
-def has_meta_tensors(module: Module) -> bool:
-    return any(t.is_meta for t in (*module.parameters(), *module.buffers()))
-
-
 def check_materializable(module: Module) -> None:
     """Before sharding a meta-device model: every module holding parameters or buffers of its own must be able to
     initialise them again (`reset_parameters`), else they would be left as uninitialised memory."""

@@ -13,6 +13,7 @@ from torch.nn import Module
 from torch.optim import Optimizer
 
 from fabric_kit.accelerators import Accelerator
+from fabric_kit.empty_init import has_meta_tensors
 from fabric_kit.environments import ClusterEnvironment
 from fabric_kit.precision import Precision
 from fabric_kit.precision.fsdp import fsdp_precision, mixed_precision_policy
@@ -25,7 +26,6 @@ from fabric_kit.strategies.fsdp.sharding import (
     as_predicate,
     check_materializable,
     check_stateless,
-    has_meta_tensors,
     materialize,
     parameter_names,
     repoint_optimizer,

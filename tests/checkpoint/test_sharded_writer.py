@@ -7,7 +7,7 @@ import torch.distributed.checkpoint as dcp
 
 from fabric_kit.checkpoint.crc import file_crc32
 from fabric_kit.checkpoint.directory import file_sizes
-from fabric_kit.strategies.fsdp.writer import ReportingFileSystemWriter
+from fabric_kit.checkpoint.sharded_writer import ReportingFileSystemWriter
 
 
 def _state():
