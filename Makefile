@@ -24,7 +24,10 @@ lint: $(VENV)/.installed
 	$(PY) -m ruff check fabric_kit loops tests benchmarks examples
 	$(PY) -m mypy fabric_kit loops
 
+# The suite starts some hundreds of Python processes that import fabric_kit and loops: their bytecode is compiled
+# once here, since an environment with PYTHONDONTWRITEBYTECODE set would have each process compile every module.
 test: $(VENV)/.installed lint
+	$(PY) -m compileall -q fabric_kit loops
 	$(PY) -m pytest -q tests
 
 # Every benchmark; rewrites benchmarks/README.md, benchmarks/overhead.png and the tables in README.md (about 7

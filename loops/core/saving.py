@@ -14,7 +14,6 @@ from typing import Any
 import torch
 
 from fabric_kit.checkpoint import read_checkpoint as read_fabric_checkpoint
-from fabric_kit.checkpoint.consolidate import read_consolidated
 from fabric_kit.loggers.params import write_hparams_yaml
 from fabric_kit.utilities import move_data_to_device
 
@@ -62,6 +61,10 @@ def read_checkpoint(path: str | Path, map_location: Any = None) -> dict[str, Any
     if map_location is not None and not isinstance(map_location, (str, torch.device)):
         raise ValueError(f"map_location={map_location!r} cannot place the tensors of the sharded checkpoint "
                          f"{str(path)!r}; accepted for a directory: None (the CPU), a device or its name")
+    # Here, not at the top: torch.distributed.checkpoint (with DTensor and sympy) costs every Trainer process about
+    # a second to import, and only a sharded checkpoint needs it.
+    from fabric_kit.checkpoint.consolidate import read_consolidated
+
     checkpoint = read_consolidated(path)
     return checkpoint if map_location is None else move_data_to_device(checkpoint, torch.device(map_location))
 

@@ -1,6 +1,8 @@
 """Lightning's pytorch import paths on loops: `loops.utilities`, the logger and callback modules Hydra configs name
 in `_target_`, the logo, and `import loops as L` giving both `L.Fabric` and `L.LightningModule`."""
 import importlib
+import subprocess
+import sys
 from pathlib import Path
 
 import lightning.pytorch.callbacks
@@ -107,3 +109,13 @@ def test_is_overridden():
                                                                                         loops.LightningModule)
     with pytest.raises(ValueError, match="pass parent=, the class that defines the method"):
         is_overridden("forward", object())
+
+
+def test_importing_loops_leaves_the_heavy_packages_out():
+    """A Trainer process pays for torch.distributed.checkpoint (DTensor, sympy), tensorboardX, the CLI's
+    jsonargparse and DeepSpeed only when it uses them."""
+    heavy = ("torch.distributed.checkpoint", "sympy", "tensorboardX", "jsonargparse", "deepspeed", "lightning")
+    code = f"import sys, loops\nprint(sorted(m for m in {heavy!r} if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
