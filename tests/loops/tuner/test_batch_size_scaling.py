@@ -6,9 +6,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch.utils.data import DataLoader
 
+from fabric_kit.memory import is_oom_error
 from loops.callbacks import BatchSizeFinder
 from loops.tuner import Tuner
-from loops.tuner.batch_size_scaling import _Search, is_out_of_memory
+from loops.tuner.batch_size_scaling import _Search
 from tests.helpers.loops import Regression, dataset, loader, make_trainer
 
 
@@ -103,17 +104,17 @@ def test_configuration_errors_name_the_fix():
 
 
 def test_out_of_memory_recognition():
-    assert is_out_of_memory(torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"))
-    assert is_out_of_memory(RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 8 GB"))
-    assert not is_out_of_memory(RuntimeError("mat1 and mat2 shapes cannot be multiplied"))
-    assert not is_out_of_memory(ValueError("out of memory"))
+    assert is_oom_error(torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"))
+    assert is_oom_error(RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 8 GB"))
+    assert not is_oom_error(RuntimeError("mat1 and mat2 shapes cannot be multiplied"))
+    assert not is_oom_error(ValueError("out of memory"))
 
 
 class _ArithmeticSearch(_Search):
     """The search strategy alone: a size fits when it is at most `limit` (no Trainer involved)."""
 
-    def __init__(self, limit, max_val=8192):
-        self.limit, self.max_val, self.name = limit, max_val, "batch_size"
+    def __init__(self, limit, max_val=8192, floor=1):
+        self.limit, self.max_val, self.name, self.floor = limit, max_val, "batch_size", floor
         self.dataset_length, self.smallest_failed = None, None
 
     def fits(self, size):
