@@ -37,6 +37,13 @@ class DDPStrategy(ParallelStrategy, BackwardSyncControl):
         self._syncing_each_backward: DistributedDataParallel | None = None
         self._set_up: weakref.WeakSet[DistributedDataParallel] = weakref.WeakSet()
 
+    def __getstate__(self) -> dict[str, Any]:
+        # Spawned ranks get a pickled copy before any module is set up; a weak set cannot be pickled.
+        return {**self.__dict__, "_set_up": None}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state, _set_up=weakref.WeakSet())
+
     def setup_module(self, module: Module) -> DistributedDataParallel:
         device_ids = [self.root_device.index] if self.root_device.type == "cuda" else None
         ddp = DistributedDataParallel(module, device_ids=device_ids, **self.ddp_kwargs)
