@@ -88,7 +88,7 @@ class _Search:
             with OutOfMemoryAgreement(trainer.fabric) as trial:
                 loop = run_trial(trainer, Callback(), limit_train_batches=self.steps, limit_val_batches=self.steps,
                                  max_epochs=trainer.current_epoch + 1, max_steps=-1, val_check_interval=1.0,
-                                 check_val_every_n_epoch=1)
+                                 check_val_every_n_epoch=1, on_oom="raise")  # a trial's error is the answer
                 self.dataset_length = _dataset_length(loop.train_loader)
         finally:
             self.snapshot.restore(trainer)

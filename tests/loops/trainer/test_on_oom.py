@@ -96,3 +96,22 @@ def test_a_batch_failing_after_adding_to_its_window_raises_instead_of_counting_t
 
     with pytest.raises(RuntimeError, match="batch 1 ran out of memory after part of its gradients"):
         fit(FailsInSecondBackward(), on_oom="reduce", accumulate_grad_batches=2)
+
+
+def test_the_batch_size_finder_measures_with_errors_raised_even_under_reduce():
+    from loops.callbacks import BatchSizeFinder
+    from tests.helpers.loops import dataset
+
+    class Sized(CappedRegression):
+        def __init__(self):
+            super().__init__(limit=5)
+            self.batch_size = 2
+
+        def train_dataloader(self):
+            return torch.utils.data.DataLoader(dataset(64), batch_size=self.batch_size)
+
+    model = Sized()
+    finder = BatchSizeFinder(init_val=2, steps_per_trial=1)
+    trainer = make_trainer(max_epochs=1, on_oom="reduce", callbacks=[finder])
+    trainer.fit(model)
+    assert finder.optimal_batch_size == 4 and trainer.oom_splits == 1
