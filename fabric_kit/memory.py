@@ -13,9 +13,13 @@ An attempt that runs out of memory on one rank must end on all of them, or the o
 collective. So every attempt ends in one small all-reduce of a flag ("this rank ran out of memory"), which the rank
 that failed joins too; and while an attempt runs, `fabric.backward` first checks the same flag, so a rank that is
 about to all-reduce its gradients learns there that a peer failed in its forward and stops too (raising
-`PeerOutOfMemoryError`), instead of waiting in the gradient all-reduce for a rank that never comes. Each rank calls
-as many flag all-reduces as the others, whatever failed where. An out-of-memory error inside a backward that
-all-reduces gradients (DDP's) cannot be agreed on this way: the peers are already inside that all-reduce.
+`PeerOutOfMemoryError`), instead of waiting in the gradient all-reduce for a rank that never comes (one small
+all-reduce per backward while an attempt runs). Each rank calls
+as many flag all-reduces as the others, whatever failed where. After a failure every rank's strategy forgets what
+the forwards prepared for a backward that never ran (`Strategy.discard_backward`: DDP's reducer). Not agreed on this
+way: an out-of-memory error inside a backward that all-reduces gradients (DDP's), where the peers are already inside
+that all-reduce, and one raised on a rank before a forward whose own collectives (DDP's buffer broadcast) the
+others run.
 """
 from __future__ import annotations
 
