@@ -38,6 +38,8 @@ from fabric_kit.wrappers import (
 if TYPE_CHECKING:
     from torch.profiler import profile as TorchProfile
 
+    from fabric_kit.memory import OutOfMemoryAgreement
+
 T = TypeVar("T")
 
 
@@ -76,6 +78,7 @@ class Fabric:
         self._loggers = _as_list(loggers)
         self._preemption = preemption or Preemption()
         self._launched = False
+        self._oom_agreement: OutOfMemoryAgreement | None = None  # open while an attempt may run out of memory
 
     # -- where this process sits ----------------------------------------------------------------------------------
     @property
@@ -266,7 +269,10 @@ class Fabric:
 
     # -- the training step ----------------------------------------------------------------------------------------
     def backward(self, tensor: Tensor, *args: Any, model: FabricModule | None = None, **kwargs: Any) -> None:
-        """Use instead of `loss.backward()`: the precision may scale the loss, the strategy may own backward."""
+        """Use instead of `loss.backward()`: the precision may scale the loss, the strategy may own backward.
+        Inside an `OutOfMemoryAgreement` the ranks first agree that none ran out of memory (`fabric_kit.memory`)."""
+        if self._oom_agreement is not None:
+            self._oom_agreement.check()
         self._strategy.backward(tensor, None if model is None else _strategy_module(model), *args, **kwargs)
 
     def forward_backward(self, model: FabricModule, inputs: Any, target: Any, *,

@@ -1,6 +1,7 @@
 """Distributed data parallel: a full replica per process, gradients all-reduced during backward."""
 from __future__ import annotations
 
+import weakref
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from datetime import timedelta
@@ -34,10 +35,29 @@ class DDPStrategy(ParallelStrategy, BackwardSyncControl):
                          timeout, start_method, collective_timeout=collective_timeout, checkpoint_io=checkpoint_io)
         self.ddp_kwargs = ddp_kwargs
         self._syncing_each_backward: DistributedDataParallel | None = None
+        self._set_up: weakref.WeakSet[DistributedDataParallel] = weakref.WeakSet()
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Spawned ranks get a pickled copy before any module is set up; a weak set cannot be pickled.
+        return {**self.__dict__, "_set_up": None}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state, _set_up=weakref.WeakSet())
 
     def setup_module(self, module: Module) -> DistributedDataParallel:
         device_ids = [self.root_device.index] if self.root_device.type == "cuda" else None
-        return DistributedDataParallel(module, device_ids=device_ids, **self.ddp_kwargs)
+        ddp = DistributedDataParallel(module, device_ids=device_ids, **self.ddp_kwargs)
+        self._set_up.add(ddp)
+        return ddp
+
+    def discard_backward(self) -> None:
+        """A DDP forward that syncs prepares its reducer for the backward that follows; when that backward never
+        runs, the reducer would all-reduce in the next backward even under `no_sync`, on this rank alone. torch has
+        no public call to drop the prepared backward: this is what DDP's own `_update_process_group` does to start
+        over (the buckets are rebuilt after the next synced backward, on every rank alike)."""
+        for module in self._set_up:
+            module._has_rebuilt_buckets = False
+            module.reducer._reset_state()
 
     def get_module_state_dict(self, module: Module) -> dict[str, Any]:
         return super().get_module_state_dict(_inside_ddp(module))

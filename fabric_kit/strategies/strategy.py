@@ -187,6 +187,11 @@ class Strategy(ABC):
     def backward(self, tensor: Tensor, module: Module | None, *args: Any, **kwargs: Any) -> None:
         self.precision.backward(tensor, module, *args, **kwargs)
 
+    def discard_backward(self) -> None:
+        """An attempt ended between a forward and its backward (an out-of-memory error that every rank agreed on,
+        `fabric_kit.memory`): forget whatever the forwards of the modules this strategy set up prepared for that
+        backward, on every rank alike. Nothing is prepared here; DDP overrides it."""
+
     def backward_inside_forward(self, module: Module) -> AbstractContextManager[Any]:
         """A forward of `module` (as this strategy set it up) inside which the loop calls backward itself, e.g. a
         LightningModule's `training_step` calling `manual_backward`. Strategies whose forward arms the gradient

@@ -1,7 +1,8 @@
 """Helpers under Lightning's import paths (`lightning.fabric.utilities` and its modules `rank_zero`, `seed`, `data`,
 `distributed`, `apply_func`, `cloud_io`, `throughput`), each the one implementation that lives in the fabric_kit
-module named after its concept."""
+module named after its concept; `find_executable_batch_size` (`fabric_kit.memory`) is fabric_kit's own."""
 from fabric_kit.accelerators.cuda import find_usable_cuda_devices
+from fabric_kit.memory import find_executable_batch_size
 from fabric_kit.utilities.apply_func import apply_to_collection, convert_tensors_to_scalars, move_data_to_device
 from fabric_kit.utilities.cloud_io import get_filesystem
 from fabric_kit.utilities.data import AttributeDict, has_len, suggested_max_num_workers
@@ -11,6 +12,6 @@ from fabric_kit.utilities.seed import seed_everything
 from fabric_kit.utilities.throughput import Throughput, ThroughputMonitor, measure_flops
 
 __all__ = ["AttributeDict", "DistributedSamplerWrapper", "Throughput", "ThroughputMonitor", "apply_to_collection",
-           "convert_tensors_to_scalars", "find_usable_cuda_devices", "get_filesystem", "has_len", "measure_flops",
-           "move_data_to_device", "rank_zero_info", "rank_zero_only", "rank_zero_warn", "seed_everything",
-           "suggested_max_num_workers"]
+           "convert_tensors_to_scalars", "find_executable_batch_size", "find_usable_cuda_devices", "get_filesystem",
+           "has_len", "measure_flops", "move_data_to_device", "rank_zero_info", "rank_zero_only", "rank_zero_warn",
+           "seed_everything", "suggested_max_num_workers"]

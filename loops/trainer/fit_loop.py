@@ -371,6 +371,9 @@ class _TrainingEpoch:
                              f"make them micro-batches: accumulate_grad_batches={self.accumulate}"
                              f"{' with accumulate_num_items' if self.num_items is not None else ''} is not "
                              "supported with it; pass accumulate_grad_batches=1 and accumulate inside the step")
+        if self.pulls and trainer.on_oom == "reduce":
+            raise ValueError("training_step(self, dataloader_iter) fetches its own batches, so on_oom='reduce' "
+                             "cannot cut them into micro-batches; pass on_oom='raise'")
 
     def micro_batches(self, loader: Iterable[Any], skip: int, first: int
                       ) -> Iterator[tuple[MicroBatch | None, tuple[int, Any]]]:

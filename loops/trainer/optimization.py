@@ -11,6 +11,10 @@ gradients (`toggle_optimizer`), its loss is backpropagated, clipped and stepped,
 schedulers. Every optimizer step counts in `global_step` (two optimizers: two per batch, as in manual
 optimization); `on_train_batch_end` receives the list of the step outputs. Under DDP the parameters frozen by the
 toggle receive no gradient, so use strategy="ddp_find_unused_parameters_true".
+
+With `Trainer(on_oom="reduce")` each batch is one attempt agreed on by the ranks (`fabric_kit.memory`); after an
+out-of-memory error the batch runs again as more micro-batches (`oom.py`): its closure runs training_step,
+zero_grad (first micro-batch) and backward once per micro-batch, the last one syncing the gradients.
 """
 from __future__ import annotations
 
@@ -20,6 +24,10 @@ from typing import TYPE_CHECKING, Any
 
 from torch import Tensor
 from torch.optim import Optimizer
+
+from fabric_kit.memory import OutOfMemoryAgreement, free_memory
+from loops.trainer.oom import batch_rows, split_batch
+from loops.utilities.rank_zero import rank_zero_warn
 
 if TYPE_CHECKING:
     from fabric_kit.accumulation import MicroBatch
@@ -135,11 +143,49 @@ class AutomaticStep:
         self.backward = hooks.profiled(hooks.strategy_action("backward"), hooks.pl_module.backward)
         self.output: Any = None
         self.micro: MicroBatch | None = None
+        self.fabric = trainer.fabric
+        self.backwards = 0  # backward calls of the batch's current attempt (on_oom="reduce")
+        if trainer.on_oom == "reduce" and len(self.optimizers) > 1:
+            raise ValueError(f"on_oom='reduce' runs a batch again after an out-of-memory error, which "
+                             f"{len(self.optimizers)} optimizers stepping one after the other in a batch do not "
+                             "allow; use one optimizer or on_oom='raise'")
 
     def run(self, batch: Any, batch_idx: int, micro: MicroBatch | None) -> Any:
         """Returns training_step's output as on_train_batch_end receives it (a list, one per optimizer, when
         there are several). `micro`: the batch's place in an accumulation window (`fabric.accumulate`), None
-        without accumulation."""
+        without accumulation. With on_oom="reduce", a batch that runs out of memory on any rank runs again on
+        every rank as more micro-batches."""
+        if self.trainer.on_oom == "raise":
+            return self._run(batch, batch_idx, micro)
+        while True:
+            self.backwards = 0
+            with OutOfMemoryAgreement(self.fabric) as attempt:
+                output = self._run(batch, batch_idx, micro)
+            if not attempt.failed:
+                return output
+            free_memory()
+            self._split_further(batch, batch_idx, micro, attempt.ran_out_here)
+
+    def _split_further(self, batch: Any, batch_idx: int, micro: MicroBatch | None, ran_out_here: bool) -> None:
+        """Double `trainer.oom_splits` after an attempt at batch `batch_idx` ran out of memory, or raise where the
+        batch cannot run again exactly."""
+        trainer = self.trainer
+        # This attempt's gradients so far: none if no backward ran (a peer's failure stops this rank in the check
+        # before its backward); they are zeroed again by a window's first batch, not by a later one.
+        touched = self.backwards > (0 if ran_out_here else 1)
+        if touched and micro is not None and micro.index > 0:
+            raise RuntimeError(f"on_oom='reduce': batch {batch_idx} ran out of memory after part of its gradients "
+                               "were added to its accumulation window's, so it cannot run again exactly; lower the "
+                               "batch size or accumulate_grad_batches")
+        rows = batch_rows(batch)
+        if trainer.oom_splits >= rows:
+            raise RuntimeError(f"on_oom='reduce': batch {batch_idx} ran out of memory even as micro-batches of one "
+                               f"row ({rows} of them); lower the batch size or free memory")
+        trainer.oom_splits = min(rows, 2 * trainer.oom_splits)
+        rank_zero_warn(f"out of memory at batch {batch_idx} (on some rank): each batch now runs as "
+                       f"{trainer.oom_splits} micro-batches of about {-(-rows // trainer.oom_splits)} rows")
+
+    def _run(self, batch: Any, batch_idx: int, micro: MicroBatch | None) -> Any:
         self.micro = micro
         optimizer = self.optimizer
         if optimizer is None:  # configure_optimizers returned None: only the step runs
@@ -175,6 +221,29 @@ class AutomaticStep:
 
     def _closure(self, batch: Any, batch_idx: int, optimizer: LoopOptimizer | None,
                  extra: tuple[int, ...]) -> Tensor | None:
+        splits = self.trainer.oom_splits
+        if splits == 1:
+            return self._micro_batch(batch, batch_idx, optimizer, extra, True, None)
+        pieces = split_batch(batch, splits, self.trainer.accumulate_num_items)
+        losses, outputs = [], []
+        for index, (piece, share) in enumerate(pieces):
+            with self.fabric.no_backward_sync(self.fabric_module, enabled=index < len(pieces) - 1):
+                loss = self._micro_batch(piece, batch_idx, optimizer, extra, index == 0, share)
+            if loss is not None:
+                losses.append(loss.detach())
+                outputs.append((self.output, share))
+        if not outputs:
+            self.output = None
+            return None
+        # The batch's output: its mean loss, the other keys from its last micro-batch.
+        self.output = {**outputs[-1][0], "loss": sum(out["loss"] * share for out, share in outputs)}
+        total: Tensor = sum(losses[1:], losses[0])
+        return total
+
+    def _micro_batch(self, batch: Any, batch_idx: int, optimizer: LoopOptimizer | None, extra: tuple[int, ...],
+                     first: bool, share: float | None) -> Tensor | None:
+        """training_step, zero_grad (`first` micro-batch of a window) and backward of the loss, weighed by
+        `share` of the batch (on_oom="reduce" split it) and by the accumulation window."""
         output = self.run_step("training_step", batch, batch_idx, *extra)
         if isinstance(output, Tensor):
             loss = output
@@ -191,14 +260,17 @@ class AutomaticStep:
             raise TypeError(f"training_step returned a {type(output).__name__}; accepted: a loss tensor, a dict "
                             "with 'loss', or None to skip the batch")
         trainer, module, micro = self.trainer, self.module, self.micro
-        if optimizer is not None and (micro is None or micro.index == 0):
+        if optimizer is not None and first and (micro is None or micro.index == 0):
             for hook, is_callback in self.before_zero_grad:
                 hook(trainer, module, optimizer.optimizer) if is_callback else hook(optimizer.optimizer)
             self.zero_grad(self.progress.current_epoch, batch_idx, optimizer)
+        if share is not None:
+            loss = loss * share
         if micro is not None:
             loss = micro.scale(loss)  # by the window's length, or by the items (`accumulate_num_items`)
         for hook, is_callback in self.before_backward:
             hook(trainer, module, loss) if is_callback else hook(loss)
+        self.backwards += 1
         self.backward(loss)
         for hook, is_callback in self.after_backward:
             hook(trainer, module) if is_callback else hook()

@@ -33,6 +33,7 @@ from loops.trainer.data import as_list, eval_loaders, find_loaders
 from loops.trainer.evaluation_loop import print_results, run_evaluation
 from loops.trainer.fit_loop import FitLoop
 from loops.trainer.hooks import HookTable, overrides
+from loops.trainer.oom import check_on_oom
 from loops.trainer.optimization import LoopOptimizer, check_automatic_optimizers, manual_backward
 from loops.trainer.predict_loop import run_prediction
 from loops.trainer.properties import TrainerProperties
@@ -69,7 +70,7 @@ class Trainer(TrainerProperties):
                  profiler: Profiler | str | None = None, detect_anomaly: bool = False, barebones: bool = False,
                  plugins: Any = None, sync_batchnorm: bool = False, reload_dataloaders_every_n_epochs: int = 0,
                  default_root_dir: str | Path | None = None,
-                 accumulate_num_items: Callable[[Any], int | Tensor] | None = None) -> None:
+                 accumulate_num_items: Callable[[Any], int | Tensor] | None = None, on_oom: str = "raise") -> None:
         self.profiler = build_profiler(profiler)
         self.fabric = Fabric(accelerator=accelerator, strategy=strategy, devices=devices, num_nodes=num_nodes,
                              precision=precision, plugins=plugins)
@@ -85,6 +86,8 @@ class Trainer(TrainerProperties):
         self.fit_loop = FitLoop(self)
         self._set_optimization(accumulate_grad_batches, accumulate_num_items, gradient_clip_val,
                                gradient_clip_algorithm, detect_anomaly, sync_batchnorm)
+        self.on_oom = check_on_oom(on_oom)
+        self.oom_splits = 1  # micro-batches each training batch runs as (raised by on_oom="reduce", oom.py)
         self._set_run_length(max_epochs, min_epochs, max_steps, min_steps, max_time, fast)
         self._set_batches(limit_train_batches, limit_val_batches, limit_test_batches, limit_predict_batches,
                           overfit_batches, val_check_interval, check_val_every_n_epoch, num_sanity_val_steps, fast)
@@ -391,6 +394,10 @@ class Trainer(TrainerProperties):
         if not model.automatic_optimization and self.accumulate_num_items is not None:
             raise ValueError("accumulate_num_items weighs the losses of automatic optimization; with manual "
                              "optimization use fabric.accumulate(model, batches, window, num_items=...) yourself")
+        if not model.automatic_optimization and self.on_oom == "reduce":
+            raise ValueError("on_oom='reduce' runs a batch again as smaller micro-batches, which needs automatic "
+                             "optimization; with manual optimization catch the error in training_step yourself "
+                             "(fabric_kit.memory.OutOfMemoryAgreement) or pass on_oom='raise'")
         if not model.automatic_optimization and self.accumulate_grad_batches != 1:
             raise ValueError(f"accumulate_grad_batches={self.accumulate_grad_batches} needs automatic optimization; "
                              "with manual optimization step the optimizer every N batches yourself")

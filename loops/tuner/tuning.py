@@ -17,15 +17,17 @@ class Tuner:
     def scale_batch_size(self, model: Any, train_dataloaders: Any = None, val_dataloaders: Any = None,
                          dataloaders: Any = None, datamodule: Any = None, method: str = "fit", mode: str = "power",
                          steps_per_trial: int = 3, init_val: int = 2, max_trials: int = 25,
-                         batch_arg_name: str = "batch_size", margin: float = 0.05,
-                         max_val: int = 8192) -> int | None:
-        """The largest batch size that fits in memory (see BatchSizeFinder); it is also written to the
-        module's (or datamodule's) `batch_arg_name`. Returns None under fast_dev_run."""
+                         batch_arg_name: str = "batch_size", margin: float = 0.05, max_val: int = 8192,
+                         floor: int = 1, keep_global_batch: bool = False) -> int | None:
+        """The largest batch size that fits in memory on every rank (see BatchSizeFinder); it is also written to
+        the module's (or datamodule's) `batch_arg_name`, and with `keep_global_batch` the Trainer's
+        `accumulate_grad_batches` keeps the batch of an optimizer step. Returns None under fast_dev_run."""
         from loops.callbacks.batch_size_finder import BatchSizeFinder
 
         _check_fit_only(method, dataloaders)
         finder = BatchSizeFinder(mode=mode, steps_per_trial=steps_per_trial, init_val=init_val,
-                                 max_trials=max_trials, batch_arg_name=batch_arg_name, margin=margin, max_val=max_val)
+                                 max_trials=max_trials, batch_arg_name=batch_arg_name, margin=margin, max_val=max_val,
+                                 floor=floor, keep_global_batch=keep_global_batch)
         self._search(finder, model, train_dataloaders, val_dataloaders, datamodule)
         return finder.optimal_batch_size
 

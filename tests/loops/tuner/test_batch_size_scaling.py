@@ -6,9 +6,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch.utils.data import DataLoader
 
+from fabric_kit.memory import is_oom_error
 from loops.callbacks import BatchSizeFinder
 from loops.tuner import Tuner
-from loops.tuner.batch_size_scaling import _Search, is_out_of_memory
+from loops.tuner.batch_size_scaling import _Search
 from tests.helpers.loops import Regression, dataset, loader, make_trainer
 
 
@@ -103,17 +104,17 @@ def test_configuration_errors_name_the_fix():
 
 
 def test_out_of_memory_recognition():
-    assert is_out_of_memory(torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"))
-    assert is_out_of_memory(RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 8 GB"))
-    assert not is_out_of_memory(RuntimeError("mat1 and mat2 shapes cannot be multiplied"))
-    assert not is_out_of_memory(ValueError("out of memory"))
+    assert is_oom_error(torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"))
+    assert is_oom_error(RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 8 GB"))
+    assert not is_oom_error(RuntimeError("mat1 and mat2 shapes cannot be multiplied"))
+    assert not is_oom_error(ValueError("out of memory"))
 
 
 class _ArithmeticSearch(_Search):
     """The search strategy alone: a size fits when it is at most `limit` (no Trainer involved)."""
 
-    def __init__(self, limit, max_val=8192):
-        self.limit, self.max_val, self.name = limit, max_val, "batch_size"
+    def __init__(self, limit, max_val=8192, floor=1):
+        self.limit, self.max_val, self.name, self.floor = limit, max_val, "batch_size", floor
         self.dataset_length, self.smallest_failed = None, None
 
     def fits(self, size):
@@ -148,3 +149,33 @@ def test_datamodule_attribute_is_scaled_and_a_later_fit_uses_it():
     assert data.batch_size == 20
     trainer.fit(model, datamodule=data)
     assert model.trained_sizes[-4:] == [20, 20, 20, 4]
+
+
+@settings(max_examples=200, deadline=None)
+@given(limit=st.integers(0, 500), floor=st.integers(1, 40), extra=st.integers(0, 64))
+def test_no_size_below_the_floor_is_tried_and_its_failure_is_named(limit, floor, extra):
+    for mode in ("power", "binsearch"):
+        search = _ArithmeticSearch(limit, floor=floor)
+        tried = []
+        search.fits = lambda size, tried=tried, fits=search.fits: tried.append(size) or fits(size)
+        if limit < floor:
+            with pytest.raises(RuntimeError, match=f"even the floor, {floor}, ran out"):
+                getattr(search, mode)(floor + extra, max_trials=100)
+        else:
+            found = getattr(search, mode)(floor + extra, max_trials=100)
+            assert floor <= found <= limit
+        assert min(tried) >= floor
+
+
+def test_keep_global_batch_trades_batch_size_for_accumulation():
+    model = LimitedMemory(limit=5, batch_size=12)
+    finder = BatchSizeFinder(init_val=2, steps_per_trial=1, keep_global_batch=True)
+    trainer = make_trainer(max_epochs=1, accumulate_grad_batches=2, callbacks=[finder])
+    trainer.fit(model)
+    # 2 and 4 fit, 8 does not; the largest divisor of the step's 24 samples that fits is 4: accumulate 6 of them.
+    assert (finder.optimal_batch_size, model.batch_size, trainer.accumulate_grad_batches) == (4, 4, 6)
+    assert trainer.global_step == 256 // 24 + 1  # the last window is cut short by the data
+    with pytest.raises(ValueError, match="floor=3 is above init_val=2"):
+        BatchSizeFinder(init_val=2, floor=3)
+    with pytest.raises(ValueError, match="floor=0"):
+        BatchSizeFinder(floor=0)
