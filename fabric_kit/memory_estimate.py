@@ -48,6 +48,8 @@ OPTIMIZER_STATES: dict[str, tuple[int, bool]] = {
 """torch's optimizers by name: (state tensors shaped like each parameter, whether it also keeps a float32 `step`
 tensor per parameter). `sgd` is SGD without momentum, `sgd_momentum` with."""
 
+_STEP_BYTES = torch.float32.itemsize
+"""torch's optimizers count steps in a float32 scalar tensor per parameter they update."""
 _UNITS = {"b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12, "kib": 2**10, "mib": 2**20, "gib": 2**30,
           "tib": 2**40}
 
@@ -186,9 +188,9 @@ def estimate_memory(model: Module | Callable[[], Module], strategy: str | Strate
     from fabric_kit.precision import create_precision, normalize_precision
     from fabric_kit.strategies.registry import strategy_class
 
-    world_size = devices * num_nodes
-    if isinstance(devices, bool) or not isinstance(devices, int) or devices < 1 or num_nodes < 1:
+    if any(isinstance(n, bool) or not isinstance(n, int) or n < 1 for n in (devices, num_nodes)):
         raise ValueError(f"devices={devices!r}, num_nodes={num_nodes!r}: pass positive process counts")
+    world_size = devices * num_nodes
     if not 0 <= rank < world_size:
         raise ValueError(f"rank={rank!r} is not a rank of {world_size} processes; accepted: 0..{world_size - 1}")
     if optimizer not in OPTIMIZER_STATES:
@@ -198,6 +200,7 @@ def estimate_memory(model: Module | Callable[[], Module], strategy: str | Strate
         name = ("ddp" if world_size > 1 else "single_device") if strategy == "auto" else strategy
         cls, kwargs = strategy_class(name)
         strategy = cls(**kwargs)
+        # The device type only picks autocast's device, which changes no dtype and so no byte count.
         strategy.precision = create_precision(normalize_precision(precision), "cpu")
     else:
         name = type(strategy).__name__
@@ -225,7 +228,7 @@ def estimate_memory(model: Module | Callable[[], Module], strategy: str | Strate
         parameters=held(layout.parameters, parameters), buffers=sum(b.nbytes for b in module.buffers()),
         gradients=held(layout.gradients, trainable),
         master_weights=held(layout.optimizer_states, trainable, torch.float32) if master else 0,
-        optimizer_states=moments * held(layout.optimizer_states, trainable, state_dtype) + 4 * steps,
+        optimizer_states=moments * held(layout.optimizer_states, trainable, state_dtype) + _STEP_BYTES * steps,
         activations=activations, batch_size=batch_size, activation_checkpointing=bool(activation_checkpointing),
         memory=budget)
     if budget is None or activations is None or batch_size is None:
@@ -276,6 +279,8 @@ class _SavedTensors:
             module.register_forward_pre_hook(self._enter, with_kwargs=True), module.register_forward_hook(self._exit))]
 
     def _key(self, tensor: Tensor) -> int | None:
+        # torch offers no public identity for a meta tensor's storage (its data_ptr is 0 for all); `_base` is the
+        # tensor a view was made from, as autograd tracks it.
         owner = tensor._base if tensor._base is not None else tensor
         if id(owner) in self.parameters:
             return None
