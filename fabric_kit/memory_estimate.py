@@ -14,8 +14,9 @@ largest micro-batch that fits a given memory, assuming activations grow linearly
 
 What it leaves out: the memory the strategy's communication uses while it runs (DDP's gradient buckets, FSDP's and
 ZeRO-3's gathered parameters of the module being computed, DeepSpeed's reduce buckets), the allocator's
-fragmentation, and the CUDA context. Under the `-mixed` precisions activations are counted in float32 (autocast does
-not act on meta tensors): an upper bound.
+fragmentation, and the CUDA context; state that an offload preset keeps in CPU memory is counted as on the device.
+Under the `-mixed` precisions activations are counted in float32 (autocast does not act on meta tensors): an upper
+bound.
 """
 from __future__ import annotations
 

@@ -23,8 +23,9 @@ with class names, the modules of those classes. --memory takes bytes or a unit: 
 The same figures in code: `fabric_kit.utilities.estimate_memory(...)`.
 
 Not counted: communication buffers (DDP's gradient buckets, the parameters FSDP and ZeRO-3 gather for the module
-being computed, DeepSpeed's reduce buckets), allocator fragmentation, the CUDA context. Under -mixed precisions
-activations are counted in float32, an upper bound.
+being computed, DeepSpeed's reduce buckets), allocator fragmentation, the CUDA context; the offload presets are
+counted as if the state stayed on the device. Under -mixed precisions activations are counted in float32, an upper
+bound.
 
 Exit status: 0 when printed; 1 when the model or sample input fails to build or run on the meta device, or the
 strategy cannot be estimated, with a one-line message; 2 for a bad flag.
