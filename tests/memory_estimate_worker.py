@@ -1,7 +1,7 @@
 """A training script for test_memory_estimate.py: 2 CPU processes on gloo, one run per strategy covering the three
 models of tests/helpers/memory_models.py.
 
-    python memory_estimate_worker.py STRATEGY OUT_DIR
+    python memory_estimate_worker.py STRATEGY PRECISION OUT_DIR
 
 This process becomes rank 0 and re-runs the command for rank 1. For each model, each rank sets it up with AdamW,
 runs one forward, backward and optimizer step, and records the bytes of what it holds: its parameters, buffers,
@@ -59,12 +59,12 @@ def measure(fabric, factory, sample_input):
     return held_by_torch(unwrap(model), unwrap(optimizer), gradients)
 
 
-def main(strategy, out_dir):
-    fabric = Fabric(accelerator="cpu", devices=2, strategy=strategy)
+def main(strategy, precision, out_dir):
+    fabric = Fabric(accelerator="cpu", devices=2, strategy=strategy, precision=precision)
     fabric.launch()
     result = {name: measure(fabric, factory, sample_input) for name, (factory, sample_input) in MODELS.items()}
     torch.save(result, os.path.join(out_dir, f"rank{fabric.global_rank}.pt"))
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2])
+    main(*sys.argv[1:])
