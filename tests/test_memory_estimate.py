@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from hypothesis import given
+from hypothesis import strategies as st
 from torch.profiler import ProfilerActivity, profile
 
 from fabric_kit.memory_estimate import estimate_memory, local_numel, parse_memory
@@ -136,6 +138,15 @@ def test_row_and_flat_shards_follow_torch_chunk_and_deepspeed_padding():
     assert [t.numel() for t in torch.empty(shape).chunk(4)] == [local_numel(shape, "rows", 4, r) for r in range(4)]
     assert [local_numel(shape, "rows", 70, rank) for rank in (64, 65, 69)] == [3, 0, 0]
     assert local_numel(shape, "flat", 2, 1) == 98 and local_numel(shape, "replicated", 2, 1) == 195
+
+
+@given(shape=st.lists(st.integers(1, 70), min_size=1, max_size=3), world_size=st.integers(1, 9))
+def test_every_element_is_held_by_exactly_one_rank_or_padded_once(shape, world_size):
+    shape = torch.Size(shape)
+    rows = [local_numel(shape, "rows", world_size, rank) for rank in range(world_size)]
+    flat = [local_numel(shape, "flat", world_size, rank) for rank in range(world_size)]
+    assert sum(rows) == shape.numel() and rows == sorted(rows, reverse=True)
+    assert len(set(flat)) == 1 and 0 <= sum(flat) - shape.numel() < world_size
 
 
 def test_unusable_arguments_are_refused_with_what_is_accepted():
