@@ -3,6 +3,8 @@
 subcommands:
   fabric run ...          launch a script on every device of one or more machines (see: fabric run --help)
   fabric consolidate ...  turn a sharded checkpoint directory into one file (see: fabric consolidate --help)
+  fabric estimate ...     the memory each rank will hold, from the model on the meta device (see: fabric estimate
+                          --help)
 
 Runs as the fabric console script, as python -m fabric_kit, or from code:
   from fabric_kit.cli.main import main
@@ -15,6 +17,7 @@ import gc
 from collections.abc import Sequence
 
 from fabric_kit.cli import consolidate as consolidate_command
+from fabric_kit.cli import estimate as estimate_command
 from fabric_kit.cli import run as run_command
 from fabric_kit.cli.parser import OneLineParser, UsageError
 
@@ -25,6 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     subcommands = parser.add_subparsers(title="subcommands", dest="command", required=True, metavar="COMMAND")
     run_command.add_parser(subcommands)
     consolidate_command.add_parser(subcommands)
+    estimate_command.add_parser(subcommands)
     return parser
 
 

@@ -53,6 +53,7 @@ from torch.optim import Optimizer
 from fabric_kit.accelerators import Accelerator
 from fabric_kit.checkpoint.state import RESERVED_KEY, Filter
 from fabric_kit.environments import ClusterEnvironment
+from fabric_kit.memory_estimate import StateLayout
 from fabric_kit.precision import Precision, TruePrecision
 from fabric_kit.strategies.deepspeed_checkpoint_engine import safe_loading
 from fabric_kit.strategies.parallel import ParallelStrategy, StartMethod
@@ -140,6 +141,18 @@ class DeepSpeedStrategy(ParallelStrategy, BackwardSyncControl):
     @precision.setter
     def precision(self, precision: Precision) -> None:
         self._precision = _as_deepspeed(precision)
+
+    def state_layout(self) -> StateLayout:
+        """ZeRO's partitions of each flattened tensor: optimizer states from stage 1, gradients from stage 2,
+        parameters at stage 3. The engine casts the parameters to the precision's dtype and keeps float32 master
+        weights, on which the optimizer states are float32 too: below float32 always, and from stage 1 also of
+        float32 parameters (ZeRO's optimizer clones its partition, as it compares the partition's device with
+        the name of its own and never finds them equal)."""
+        stage, dtype = self.zero_stage, _as_deepspeed(self.precision).dtype
+        return StateLayout(parameters="flat" if stage >= 3 else "replicated",
+                           gradients="flat" if stage >= 2 else "replicated",
+                           optimizer_states="flat" if stage >= 1 else "replicated",
+                           master_weights=stage >= 1 or dtype != torch.float32, parameter_dtype=dtype)
 
     def setup_environment(self) -> None:
         """Fix the precision (now final) into the config, and tell DeepSpeed what it would otherwise guess: the

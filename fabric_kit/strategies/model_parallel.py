@@ -21,6 +21,7 @@ from fabric_kit.checkpoint import sharded as checkpoint
 from fabric_kit.checkpoint.state import Filter
 from fabric_kit.empty_init import has_meta_tensors
 from fabric_kit.environments import ClusterEnvironment
+from fabric_kit.memory_estimate import StateLayout
 from fabric_kit.precision import Precision
 from fabric_kit.precision.amp import LossScaling
 from fabric_kit.strategies.fsdp.sharding import (
@@ -184,6 +185,12 @@ class ModelParallelStrategy(ShardedStrategy, BackwardSyncControl, ForwardBackwar
             self._stage_group, _ = dist.new_subgroups_by_enumeration(groups)
 
     # -- modules --------------------------------------------------------------------------------------------------
+    def state_layout(self) -> StateLayout:
+        """Not known before the model is parallelized: `parallelize_fn` decides each tensor's placement."""
+        raise NotImplementedError("estimate_memory cannot lay out ModelParallelStrategy's state: each tensor's "
+                                  "placement is what its parallelize_fn makes of it, known only once it ran; "
+                                  "estimate the FSDP part alone with strategy='fsdp'")
+
     def module_to_device(self, module: Module) -> None:
         """Nothing: `parallelize_fn` places each shard on the mesh's device (moving the whole model to one device
         first would need room for all of it)."""

@@ -29,6 +29,7 @@ from fabric_kit.checkpoint.checkpoint_io import CheckpointIO, TorchCheckpointIO
 from fabric_kit.checkpoint.state import RESERVED_KEY, Filter, check_state, restore_into, to_storable
 from fabric_kit.collections import move_to_device
 from fabric_kit.empty_init import SkipInit
+from fabric_kit.memory_estimate import StateLayout
 from fabric_kit.precision import Precision
 from fabric_kit.rank_zero import share_rank
 from fabric_kit.strategies.launchers.launcher import Launcher
@@ -169,6 +170,11 @@ class Strategy(ABC):
 
     def batch_to_device(self, batch: Any, device: torch.device | None = None) -> Any:
         return move_to_device(batch, device or self.root_device)
+
+    def state_layout(self) -> StateLayout:
+        """How each rank holds the model's parameters, gradients and optimizer states, for `estimate_memory`
+        (`fabric estimate`): here a full copy of each on every rank."""
+        return StateLayout()
 
     # -- data ---------------------------------------------------------------------------------------------------
     @property

@@ -21,6 +21,7 @@ from fabric_kit.accelerators.xla import import_torch_xla
 from fabric_kit.checkpoint.io import load_file, save_file
 from fabric_kit.checkpoint.state import Filter
 from fabric_kit.environments import ClusterEnvironment
+from fabric_kit.memory_estimate import StateLayout
 from fabric_kit.precision import Precision
 from fabric_kit.strategies.parallel import StartMethod
 from fabric_kit.strategies.xla import XLAStrategy
@@ -52,6 +53,11 @@ class XLAFSDPStrategy(XLAStrategy):
                            "optimizer made before would update nothing: call `model = fabric.setup_module(model)`, "
                            "then build the optimizer from `model.parameters()` and call "
                            "`fabric.setup_optimizers(optimizer)`")
+
+    def state_layout(self) -> StateLayout:
+        """torch_xla's FSDP flattens the parameters and pads and cuts them evenly over the ranks, and with them
+        the gradients and optimizer states."""
+        return StateLayout("flat", "flat", "flat")
 
     def module_to_device(self, module: Module) -> None:
         """Nothing: the wrapper moves each shard to the device, so the full model never has to fit on one."""

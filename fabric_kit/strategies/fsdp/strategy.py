@@ -15,6 +15,7 @@ from torch.optim import Optimizer
 from fabric_kit.accelerators import Accelerator
 from fabric_kit.empty_init import has_meta_tensors
 from fabric_kit.environments import ClusterEnvironment
+from fabric_kit.memory_estimate import StateLayout
 from fabric_kit.precision import Precision
 from fabric_kit.precision.fsdp import fsdp_precision, mixed_precision_policy
 from fabric_kit.strategies.fsdp import options
@@ -146,6 +147,13 @@ class FSDPStrategy(ShardedStrategy, BackwardSyncControl):
             materialize(sharded, torch.device("cpu") if self.cpu_offload else self.root_device,
                         stream=self._mesh.get_local_rank(self._mesh.ndim - 1))  # the shard dimension is the last
         return self._set_up(sharded)
+
+    def state_layout(self) -> StateLayout:
+        """Each parameter, its gradient and its optimizer states cut by rows over the ranks (within each node under
+        HYBRID_SHARD); a full copy of each under NO_SHARD."""
+        if self.sharding_strategy == "NO_SHARD":
+            return StateLayout()
+        return StateLayout("rows", "rows", "rows", shard_over_nodes=self.sharding_strategy != "HYBRID_SHARD")
 
     # -- the training step ----------------------------------------------------------------------------------------
     def no_backward_sync(self, module: Module, enabled: bool) -> AbstractContextManager[Any]:
