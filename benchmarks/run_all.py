@@ -38,6 +38,10 @@ SCRIPTS = [
      "Checkpoint save and load next to raw torch, Lightning Fabric and raw DCP", True),
     ("model_parallel.py", ["--rounds", "4"],
      "TP and FSDP2 × TP next to torch's own APIs by hand, memory per rank next to DDP", True),
+    ("accumulation.py", ["--windows", "10", "--rounds", "3"],
+     "Gradient accumulation (window 4, 2 processes, DDP) next to Lightning Fabric's and Lightning's Trainer", True),
+    ("throughput.py", ["--rounds", "5"],
+     "Throughput and ThroughputMonitor next to Lightning's: the same figures, the cost per step", True),
 ]
 
 

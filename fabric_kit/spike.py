@@ -41,6 +41,7 @@ if TYPE_CHECKING:
     from fabric_kit.fabric import Fabric
 
 ON_SPIKE = ("raise", "rollback")
+"""The accepted `on_spike` values."""
 STATE_KEY = "spike_detection"
 """The checkpoint entry `SpikeDetection.save` keeps the detector's own statistics in."""
 RECORD_NAME = "skipped_samples.json"
@@ -120,10 +121,22 @@ class SpikeDetection:
         """Check this step's loss (call it on every rank, after the optimizer step). `state` (the dict given to
         `save`, holding the dataloader from `setup_dataloaders`) is needed in rollback mode."""
         self.rolled_back = False
+        loader = _loader_in(state) if self.on_spike == "rollback" else None
+        spiked = self.detect(fabric, loss, batch_idx, loader)
+        if not spiked:
+            return
+        if loader is None or state is None:
+            raise TrainingSpikeException(batch_idx)
+        self._roll_back(fabric, state, loader, batch_idx, spiked)
+
+    @torch.no_grad()
+    def detect(self, fabric: Fabric, loss: Tensor | float, batch_idx: int,
+               loader: FabricDataLoader | None = None) -> list[int]:
+        """Judge this step's loss on every rank together and return the ranks that spiked (the same list on every
+        rank; empty: no spike). On a spike the two offending batch indices go to `exclude_batches_path`; with
+        `loader` (the training loader), the positions of its last batch are remembered for `skip_offending`."""
         losses = self._gather(fabric, loss)
-        loader = None
-        if self.on_spike == "rollback":
-            loader = _loader_in(state)
+        if loader is not None:
             epoch, first, stop = loader.last_batch()
             self._batches.append((epoch, first, stop, batch_idx))
         spiked = self._spiking_ranks(losses) if batch_idx >= self.warmup else []
@@ -131,13 +144,37 @@ class SpikeDetection:
             if self.finite_only or bool(torch.isfinite(losses).all()):
                 self._values.append(losses)
                 self.last_val = losses
-            return
+            return spiked
         self.bad_batches.extend([batch_idx - 1, batch_idx])
         if fabric.is_global_zero:
             _write_json(self._exclude_file(), self.bad_batches)
-        if loader is None or state is None:
-            raise TrainingSpikeException(batch_idx)
-        self._roll_back(fabric, state, loader, batch_idx, spiked)
+        return spiked
+
+    def offending_start(self, batch_idx: int) -> tuple[int, int]:
+        """`(epoch, position)` where the offending batches of the spike at `batch_idx` (it and the one before it,
+        as `detect` saw them) begin: a checkpoint to roll back to must be saved at or before it."""
+        epoch, first = [entry for entry in self._batches if entry[3] >= batch_idx - 1][0][:2]
+        return epoch, first
+
+    def skip_offending(self, loader: FabricDataLoader, batch_idx: int, ranks: list[int], checkpoint: str) -> None:
+        """Record the offending batches of the spike at `batch_idx` (seen by `ranks`) as skipped, with their
+        samples, after a rollback to `checkpoint`; the next `apply_skips` leaves them out of `loader`."""
+        for batch_epoch, batch_first, batch_stop, index in [entry for entry in self._batches
+                                                             if entry[3] >= batch_idx - 1]:
+            self.skipped.append({"epoch": batch_epoch, "first": batch_first, "stop": batch_stop, "batch_idx": index,
+                                 "samples": loader.indices(batch_epoch, batch_first, batch_stop),
+                                 "spike_batch_idx": batch_idx, "ranks": ranks, "checkpoint": checkpoint})
+        self._batches.clear()
+
+    def apply_skips(self, loader: FabricDataLoader, record_dir: Path) -> None:
+        """Leave every sample skipped so far out of `loader`: those this detector knows and those listed in
+        `record_dir/skipped_samples.json` (a rollback after the checkpoint a resumed run loaded)."""
+        record = record_dir / RECORD_NAME
+        if record.is_file():
+            self.skipped += [entry for entry in json.loads(record.read_text()) if entry not in self.skipped]
+        for entry in self.skipped:
+            loader.exclude(entry["epoch"], entry["first"], entry["stop"])
+        self._batches.clear()
 
     def save(self, fabric: Fabric, state: dict[str, Any]) -> Path:
         """Save `state` (with the detector's statistics) to `checkpoint_dir`, named by the loader's position
@@ -222,24 +259,25 @@ class SpikeDetection:
                    ranks: list[int]) -> None:
         """Restore the newest checkpoint from before the offending batches, leave their samples out, record it."""
         assert self.checkpoint_dir is not None  # checked in __init__ for rollback mode
-        offending = [entry for entry in self._batches if entry[3] >= batch_idx - 1]
-        epoch, first = offending[0][:2]
+        epoch, first = self.offending_start(batch_idx)
         target = fabric.broadcast(_checkpoint_before(self.checkpoint_dir, epoch, first) if fabric.is_global_zero
                                   else None)
         if target is None:
             raise TrainingSpikeException(batch_idx, f"and no checkpoint in {str(self.checkpoint_dir)!r} was saved "
                                                     f"before epoch {epoch}, position {first} to roll back to")
-        for batch_epoch, batch_first, batch_stop, index in offending:
-            self.skipped.append({"epoch": batch_epoch, "first": batch_first, "stop": batch_stop, "batch_idx": index,
-                                 "samples": loader.indices(batch_epoch, batch_first, batch_stop),
-                                 "spike_batch_idx": batch_idx, "ranks": ranks, "checkpoint": target})
+        self.skip_offending(loader, batch_idx, ranks, target)
         if fabric.is_global_zero:
             _discard_newer(self.checkpoint_dir, target)
         self._restore(fabric, state, self.checkpoint_dir / target)
-        if fabric.is_global_zero:
-            _write_json(self.checkpoint_dir / RECORD_NAME, self.skipped)
-        fabric.barrier()
+        self.write_record(fabric, self.checkpoint_dir)
         self.rolled_back = True
+
+    def write_record(self, fabric: Fabric, record_dir: Path) -> None:
+        """Write what was skipped so far to `record_dir/skipped_samples.json` (rank 0; every rank calls it and
+        waits for the file)."""
+        if fabric.is_global_zero:
+            _write_json(record_dir / RECORD_NAME, self.skipped)
+        fabric.barrier()
 
     def _restore(self, fabric: Fabric, state: dict[str, Any], path: Path) -> None:
         """Load `path` into `state` and the detector, then leave out every sample known to be skipped."""
@@ -247,13 +285,7 @@ class SpikeDetection:
         merged = {**state, STATE_KEY: self}
         fabric.load(str(path), merged)
         state.update({key: merged[key] for key in state})
-        record = self.checkpoint_dir / RECORD_NAME
-        if record.is_file():
-            self.skipped += [entry for entry in json.loads(record.read_text()) if entry not in self.skipped]
-        loader = _loader_in(state)
-        for entry in self.skipped:
-            loader.exclude(entry["epoch"], entry["first"], entry["stop"])
-        self._batches.clear()
+        self.apply_skips(_loader_in(state), self.checkpoint_dir)
 
 
 def _loader_in(state: dict[str, Any] | None) -> FabricDataLoader:
@@ -296,4 +328,4 @@ def _write_json(path: Path, value: Any) -> None:
     os.replace(staging, path)
 
 
-__all__ = ["SpikeDetection", "TrainingSpikeException"]
+__all__ = ["ON_SPIKE", "SpikeDetection", "TrainingSpikeException"]

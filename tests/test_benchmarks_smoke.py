@@ -1,6 +1,7 @@
 """The benchmarks that no other test runs still run: ddp_scaling on 1 and 2 processes (ours and raw torchrun + DDP,
-one step each), checkpoint_io on a tiny state, model_parallel on a tiny transformer (one round), and gpu_step's
-model and its skip on machines without CUDA. No timing is asserted."""
+one step each), checkpoint_io on a tiny state, model_parallel on a tiny transformer (one round), accumulation on 2
+processes (2 windows, one round), throughput's figures next to Lightning's, and gpu_step's model and its skip on
+machines without CUDA. No timing is asserted."""
 import json
 import re
 import subprocess
@@ -88,3 +89,40 @@ def test_gpu_step_model_is_gpt2_small_sized():
 def test_gpu_step_skips_cleanly_without_cuda():
     proc = subprocess.run([sys.executable, "benchmarks/gpu_step.py"], cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode == 0 and "skipped, CUDA is not available" in proc.stdout
+
+
+def test_accumulation_counts_the_all_reduces_of_every_loop_and_ends_at_the_same_weights(clean_env):
+    proc = subprocess.run([sys.executable, "benchmarks/accumulation.py", "--windows", "2", "--rounds", "1", "--width",
+                           "8"], cwd=ROOT, capture_output=True, text=True, timeout=400)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "B = 1 bucket(s)" in proc.stdout  # so all-reduces per window are gradient syncs per window
+    rows = {name: (float(reduces), difference) for name, reduces, difference in re.findall(
+        r"^\| ([^|]+) \| [^|]+ \| (\d+\.\d+) \| -?\d+\.\d+ \| -?\d+\.\d+ \| ([^|]+) \|$", proc.stdout, re.MULTILINE)}
+    expected = {"fabric_kit Fabric": 1.0, "fabric_kit Fabric, no skip": 4.0,
+                "loops Trainer": 1.5}  # + the preemption agreement every 10 batches: 1 in 16 batches, 0 in 8
+    try:
+        import lightning  # noqa: F401
+        expected.update({"Lightning Fabric": 1.0, "Lightning Trainer": 1.0})
+    except ImportError:
+        pass
+    assert {name: reduces for name, (reduces, _) in rows.items()} == expected
+    for name in ("fabric_kit Fabric, no skip", "loops Trainer", "Lightning Fabric"):
+        if name in rows:  # the same steps on the same data (Lightning's Trainer shuffles: not compared)
+            assert float(rows[name][1]) <= 1e-6, name
+    assert proc.stdout.count("time per window") == len(expected) - 2
+
+
+def test_throughput_reports_lightnings_figures(clean_env):
+    pytest.importorskip("lightning")
+    proc = subprocess.run([sys.executable, "benchmarks/throughput.py", "--steps", "20", "--rounds", "1"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    figures = re.findall(r"^\| ([^|]+) \| `([^`]+)` \| ([^|]+) \| ([^|]+) \| ([^|]+) \|$", proc.stdout, re.MULTILINE)
+    kinds = {kind for kind, *_ in figures}
+    assert kinds == {"ThroughputMonitor (1 process)", "Throughput(world_size=2)", "measure_flops (per batch)"}
+    keys = {key for kind, key, *_ in figures if kind == "Throughput(world_size=2)"}
+    assert {"samples_per_sec", "device/samples_per_sec", "flops_per_sec", "device/mfu", "items_per_sec"} <= keys
+    for kind, key, ours, theirs, difference in figures:
+        assert "absent" not in (ours, theirs) and float(difference) <= 1e-12, (kind, key)
+    costs = re.findall(r"^\| (fabric_kit|Lightning) ThroughputMonitor \| \+(\d+\.\d) \|", proc.stdout, re.MULTILINE)
+    assert [name for name, _ in costs] == ["fabric_kit", "Lightning"] and all(float(c) > 0 for _, c in costs)

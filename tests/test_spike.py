@@ -138,7 +138,8 @@ def test_a_loader_leaves_out_excluded_positions_and_counts_around_them():
         loader.exclude(0, 5, 2)
 
 
-def test_the_trainer_callback_raises_on_a_spike_and_refuses_rollback(tmp_path):
+def test_the_trainer_callback_raises_on_a_spike(tmp_path):
+    """Rolling back inside fit: tests/loops/callbacks/test_spike.py."""
     from loops.callbacks import SpikeDetection as TrainerSpikeDetection
     from tests.helpers.loops import Regression, loader, make_trainer
 
@@ -151,5 +152,3 @@ def test_the_trainer_callback_raises_on_a_spike_and_refuses_rollback(tmp_path):
     with pytest.raises(TrainingSpikeException, match="Training spike detected in batch 5"):
         trainer.fit(Spiking(), loader(n=32, batch_size=2))
     assert json.loads((tmp_path / "skip_batches.json").read_text()) == [4, 5]
-    with pytest.raises(ValueError, match="the Trainer's SpikeDetection only raises"):
-        TrainerSpikeDetection(on_spike="rollback", checkpoint_dir=tmp_path)

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from fabric_kit import is_wrapped
 from loops.core.optimizer_config import step_schedulers
 from loops.logging.results import Results
+from loops.trainer.checkpointing import restore_model, restore_training_state
 from loops.trainer.data import batches, eval_loaders, find_loaders, limit_combined, train_loader
 from loops.trainer.evaluation_loop import run_evaluation
 from loops.trainer.loop_state import decode, encode
@@ -48,6 +49,7 @@ class FitLoop:
         self._val_loaded_epoch = -1
         self._last_validation = 0.0  # when validation inside fit last ended (time.monotonic())
         self.preempted = False  # the run stopped at a step boundary after a preemption signal (`preempt`)
+        self.rolled_back = False  # `roll_back` restored a checkpoint: the running pass ends after its batch
 
     @property
     def epoch_limit(self) -> int:
@@ -148,6 +150,10 @@ class FitLoop:
                 self._run_epoch(state.train_results)
             if self.preempted:
                 return
+            if self.rolled_back:  # continue from the restored position, without the abandoned steps' values
+                self.rolled_back = False
+                state.train_results = Results(self.trainer.fabric)
+                continue
             self._end_epoch(state.train_results)
             # An epoch's last step boundary is here, after its end, which a resumed run does not repeat.
             if self.trainer.fabric.preempted:
@@ -168,6 +174,23 @@ class FitLoop:
                           stacklevel=2)
         trainer.run_state.hooks.call_callbacks("on_preempt")
         return True
+
+    def roll_back(self, path: str) -> None:
+        """Go back to the checkpoint at `path`, written earlier in this fit, from a training batch's hook (e.g.
+        SpikeDetection's rollback, on every rank): weights, optimizers, schedulers, callbacks' states, counters,
+        RNG and the training loader's position come back, the gradients of an unfinished accumulation window are
+        dropped, and the running pass over the loader ends after this batch's hooks; fit then continues from the
+        checkpoint's position."""
+        trainer = self.trainer
+        checkpoint = restore_model(trainer, path, "fit")
+        restore_training_state(trainer, checkpoint, path)
+        if self.loader_state is None or not self._resume_loader(self.loader_state):
+            raise ValueError(f"cannot roll back to {path!r}: it holds no position of the training loader that the "
+                             "loader can resume (a loader set up with use_distributed_sampler=True over a "
+                             "map-style dataset, saved by this Trainer, can)")
+        self.loader_state, self._loader_resumed, self.rolled_back = None, True, True
+        for optimizer in trainer.optimizers:
+            optimizer.zero_grad()
 
     def _sanity_check(self) -> None:
         trainer, state = self.trainer, self.trainer.run_state
@@ -229,7 +252,8 @@ class FitLoop:
                         break
                 else:
                     epoch.loader_ran_out()
-        self._finish_epoch()
+        if not self.rolled_back:  # else the restored position stands
+            self._finish_epoch()
 
     def _resume_point(self, validation: bool) -> tuple[int, int]:
         """(batches to fetch and skip, index of the loader's first batch) for this epoch: a resumed epoch starts
@@ -429,7 +453,8 @@ class _TrainingEpoch:
             batch, batch_idx, last = pulled.batch, pulled.batch_idx, last or pulled.done
             scope.batch = batch
         progress.batch_trained(index, stepped)
-        self._end_batch(outputs, batch, batch_idx, index, stepped, last)
+        if self._end_batch(outputs, batch, batch_idx, index, stepped, last):
+            return True
         # An epoch's last batch reads `preempted` after the epoch's end (`FitLoop.run`).
         return last or (trainer.max_steps != -1 and progress.global_step >= trainer.max_steps) \
             or (self.state.should_stop and self.loop._can_stop()) \
@@ -448,9 +473,10 @@ class _TrainingEpoch:
         if pulled.ran_out:
             self.loader_ran_out()
 
-    def _end_batch(self, outputs: Any, batch: Any, batch_idx: int, index: int, stepped: bool, last: bool) -> None:
+    def _end_batch(self, outputs: Any, batch: Any, batch_idx: int, index: int, stepped: bool, last: bool) -> bool:
         """The schedulers, on_train_batch_end (with `batch_idx`), the step's logs, validation when due (after the
-        epoch's `index`-th step); then the step is counted."""
+        epoch's `index`-th step); then the step is counted. True when a hook rolled fit back (`FitLoop.roll_back`):
+        the rest is left out, the restored state stands."""
         trainer, module, progress, state, loop = self.trainer, self.module, self.progress, self.state, self.loop
         results = self.results
         if self.schedulers and stepped:  # `frequency` counts batches that stepped (optimizers may be several)
@@ -465,6 +491,8 @@ class _TrainingEpoch:
             hook(trainer, module, outputs, batch, batch_idx)
         for hook in self.end_mod:
             hook(outputs, batch, batch_idx)
+        if loop.rolled_back:
+            return True
         if results.step_logged:
             log_now = (progress.batches_stepped + 1) % self.log_every == 0 or state.should_stop
             state.metrics.step_end(results, trainer.loggers, log_now, progress.batches_stepped,
@@ -478,6 +506,7 @@ class _TrainingEpoch:
                             self.scheduler_step)
         if stepped:
             progress.count_step()
+        return False
 
     def loader_ran_out(self) -> None:
         """A loader without a length ran out: its last batch was only known now."""
