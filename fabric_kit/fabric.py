@@ -38,7 +38,7 @@ from fabric_kit.wrappers import (
 if TYPE_CHECKING:
     from torch.profiler import profile as TorchProfile
 
-    from fabric_kit.memory import OutOfMemoryAgreement
+    from fabric_kit.out_of_memory import OutOfMemoryAgreement
 
 T = TypeVar("T")
 
@@ -270,7 +270,8 @@ class Fabric:
     # -- the training step ----------------------------------------------------------------------------------------
     def backward(self, tensor: Tensor, *args: Any, model: FabricModule | None = None, **kwargs: Any) -> None:
         """Use instead of `loss.backward()`: the precision may scale the loss, the strategy may own backward.
-        Inside an `OutOfMemoryAgreement` the ranks first agree that none ran out of memory (`fabric_kit.memory`)."""
+        Inside an `OutOfMemoryAgreement` (`fabric_kit.out_of_memory`) the ranks first agree that none ran out of
+        memory."""
         if self._oom_agreement is not None:
             self._oom_agreement.check()
         self._strategy.backward(tensor, None if model is None else _strategy_module(model), *args, **kwargs)

@@ -195,7 +195,7 @@ class Strategy(ABC):
 
     def discard_backward(self) -> None:
         """An attempt ended between a forward and its backward (an out-of-memory error that every rank agreed on,
-        `fabric_kit.memory`): forget whatever the forwards of the modules this strategy set up prepared for that
+        `fabric_kit.out_of_memory`): forget whatever the forwards of the modules this strategy set up prepared for that
         backward, on every rank alike. Nothing is prepared here; DDP overrides it."""
 
     def backward_inside_forward(self, module: Module) -> AbstractContextManager[Any]:

@@ -1,10 +1,10 @@
 """Helpers under Lightning's import paths (`lightning.fabric.utilities` and its modules `rank_zero`, `seed`, `data`,
 `distributed`, `apply_func`, `cloud_io`, `throughput`), each the one implementation that lives in the fabric_kit
 module named after its concept; and fabric_kit's own, which Lightning does not have: `find_executable_batch_size`
-(`fabric_kit.memory`) and `estimate_memory` / `MemoryEstimate` (`fabric_kit.memory_estimate`)."""
+(`fabric_kit.out_of_memory`) and `estimate_memory` / `MemoryEstimate` (`fabric_kit.memory_estimate`)."""
 from fabric_kit.accelerators.cuda import find_usable_cuda_devices
-from fabric_kit.memory import find_executable_batch_size
 from fabric_kit.memory_estimate import MemoryEstimate, estimate_memory
+from fabric_kit.out_of_memory import find_executable_batch_size
 from fabric_kit.utilities.apply_func import apply_to_collection, convert_tensors_to_scalars, move_data_to_device
 from fabric_kit.utilities.cloud_io import get_filesystem
 from fabric_kit.utilities.data import AttributeDict, has_len, suggested_max_num_workers

@@ -61,7 +61,7 @@ def read_checkpoint(path: str | Path, map_location: Any = None) -> dict[str, Any
     if map_location is not None and not isinstance(map_location, (str, torch.device)):
         raise ValueError(f"map_location={map_location!r} cannot place the tensors of the sharded checkpoint "
                          f"{str(path)!r}; accepted for a directory: None (the CPU), a device or its name")
-    # Here, not at the top: torch.distributed.checkpoint (with DTensor and sympy) costs every Trainer process about
+    # Here, not at the top: the sharded reader (torch's DCP, DTensor, sympy) costs every Trainer process about
     # a second to import, and only a sharded checkpoint needs it.
     from fabric_kit.checkpoint.consolidate import read_consolidated
 

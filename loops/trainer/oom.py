@@ -6,7 +6,7 @@ step with a smaller micro-batch and more accumulation, on the same data in the s
 of memory at micro-batches of one row ends the run with an error.
 
 Why a Trainer argument and not a callback: the step itself changes (the batch is cut, the sync deferred to its last
-micro-batch, each attempt agreed on by the ranks before its backward all-reduces: `fabric_kit.memory`), and a
+micro-batch, each attempt agreed on by the ranks before its backward all-reduces: `fabric_kit.out_of_memory`), and a
 callback only sees a step from outside, after the error has unwound it."""
 from __future__ import annotations
 

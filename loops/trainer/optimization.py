@@ -12,7 +12,7 @@ schedulers. Every optimizer step counts in `global_step` (two optimizers: two pe
 optimization); `on_train_batch_end` receives the list of the step outputs. Under DDP the parameters frozen by the
 toggle receive no gradient, so use strategy="ddp_find_unused_parameters_true".
 
-With `Trainer(on_oom="reduce")` each batch is one attempt agreed on by the ranks (`fabric_kit.memory`); after an
+With `Trainer(on_oom="reduce")` each batch is one attempt agreed on by the ranks (`fabric_kit.out_of_memory`); after an
 out-of-memory error the batch runs again as more micro-batches (`oom.py`): its closure runs training_step,
 zero_grad (first micro-batch) and backward once per micro-batch, the last one syncing the gradients.
 """
@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 from torch import Tensor
 from torch.optim import Optimizer
 
-from fabric_kit.memory import OutOfMemoryAgreement, free_memory
+from fabric_kit.out_of_memory import OutOfMemoryAgreement, free_memory
 from loops.trainer.oom import batch_rows, split_batch
 from loops.utilities.rank_zero import rank_zero_warn
 

@@ -397,7 +397,7 @@ class Trainer(TrainerProperties):
         if not model.automatic_optimization and self.on_oom == "reduce":
             raise ValueError("on_oom='reduce' runs a batch again as smaller micro-batches, which needs automatic "
                              "optimization; with manual optimization catch the error in training_step yourself "
-                             "(fabric_kit.memory.OutOfMemoryAgreement) or pass on_oom='raise'")
+                             "(fabric_kit.out_of_memory.OutOfMemoryAgreement) or pass on_oom='raise'")
         if not model.automatic_optimization and self.accumulate_grad_batches != 1:
             raise ValueError(f"accumulate_grad_batches={self.accumulate_grad_batches} needs automatic optimization; "
                              "with manual optimization step the optimizer every N batches yourself")

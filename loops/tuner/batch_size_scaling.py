@@ -2,14 +2,14 @@
 batches) at growing sizes until one runs out of memory, then keep the last size that fitted ("power") or bisect
 between it and the first that failed ("binsearch"). Trials run inside `fit` and are undone afterwards (see
 `trial.py`); only the batch-size attribute (and, with `keep_global_batch`, `accumulate_grad_batches`) keeps its new
-value. Under DDP each trial ends in fabric_kit's out-of-memory agreement (`fabric_kit.memory`): a rank that runs
+value. Under DDP each trial ends in fabric_kit's out-of-memory agreement (`fabric_kit.out_of_memory`): a rank that runs
 out makes every rank count the trial as failed, so all ranks try the same sizes and settle on the same one."""
 from __future__ import annotations
 
 import warnings
 from typing import TYPE_CHECKING, Any
 
-from fabric_kit.memory import OutOfMemoryAgreement, free_memory
+from fabric_kit.out_of_memory import OutOfMemoryAgreement, free_memory
 from loops.callbacks.callback import Callback
 from loops.tuner.attributes import get_attribute, set_attribute
 from loops.tuner.trial import TrainerSnapshot, run_trial

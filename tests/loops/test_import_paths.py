@@ -112,7 +112,7 @@ def test_is_overridden():
 
 
 def test_importing_loops_leaves_the_heavy_packages_out():
-    """A Trainer process pays for torch.distributed.checkpoint (DTensor, sympy), tensorboardX, the CLI's
+    """A Trainer process pays for torch's sharded checkpoints (DTensor, sympy), tensorboardX, the CLI's
     jsonargparse and DeepSpeed only when it uses them."""
     heavy = ("torch.distributed.checkpoint", "sympy", "tensorboardX", "jsonargparse", "deepspeed", "lightning")
     code = f"import sys, loops\nprint(sorted(m for m in {heavy!r} if m in sys.modules))"

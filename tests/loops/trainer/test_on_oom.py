@@ -1,6 +1,6 @@
 """Trainer(on_oom=...) on one process: "reduce" runs a batch that ran out of memory again as smaller micro-batches
 and keeps them, ending where a run without the error ends; "raise" (the default) lets the error through; the
-settings it cannot honour are refused. The two-process cases are in tests/test_memory.py."""
+settings it cannot honour are refused. The two-process cases are in tests/test_out_of_memory.py."""
 import pytest
 import torch
 

@@ -6,7 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch.utils.data import DataLoader
 
-from fabric_kit.memory import is_oom_error
+from fabric_kit.out_of_memory import is_oom_error
 from loops.callbacks import BatchSizeFinder
 from loops.tuner import Tuner
 from loops.tuner.batch_size_scaling import _Search

@@ -1,5 +1,5 @@
-"""Out-of-memory errors handled on every rank together (fabric_kit.memory, the Trainer's BatchSizeFinder and
-on_oom="reduce"). The distributed cases share one launch of tests/memory_worker.py on 2 gloo processes, where
+"""Out-of-memory errors handled on every rank together (fabric_kit.out_of_memory, the Trainer's BatchSizeFinder and
+on_oom="reduce"). The distributed cases share one launch of tests/out_of_memory_worker.py on 2 gloo processes, where
 rank 1 alone runs out of memory above a batch of LIMIT; the single-process cases run here."""
 from pathlib import Path
 
@@ -7,10 +7,10 @@ import pytest
 import torch
 
 from fabric_kit import Fabric
-from fabric_kit.memory import OutOfMemoryAgreement, find_executable_batch_size, is_oom_error
-from tests.memory_worker import LIMIT
+from fabric_kit.out_of_memory import OutOfMemoryAgreement, find_executable_batch_size, is_oom_error
+from tests.out_of_memory_worker import LIMIT
 
-WORKER = Path(__file__).with_name("memory_worker.py")
+WORKER = Path(__file__).with_name("out_of_memory_worker.py")
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""Run by test_memory.py under `torchrun --nproc_per_node 2 memory_worker.py OUT_DIR`: every out-of-memory case on
+"""Run by test_out_of_memory.py (`torchrun --nproc_per_node 2 out_of_memory_worker.py OUT_DIR`): every OOM case on
 2 gloo processes in one launch. Rank 1 alone raises `torch.OutOfMemoryError` when a training batch holds more than
 LIMIT samples (rank 0 never runs out), in the model's forward, as a real one would: inside DDP's forward, whose own
 collectives (bucket rebuilds, buffer broadcasts) every rank then ran alike. Each rank saves what it observed to
