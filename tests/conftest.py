@@ -9,6 +9,14 @@ import torch
 from tests.helpers.processes import ROOT, free_port, is_launcher_variable, process_environment
 
 
+def pytest_configure(config):
+    """The C++ ops DeepSpeed compiles on first use (its CPU communication op) go into a folder of this
+    environment's own, which every test's processes inherit: torch's default folder is one per user and Python
+    version, so environments of other paths (another virtualenv, a fresh clone's) take turns rebuilding the op in
+    it, a minute or more each time. TORCH_EXTENSIONS_DIR, when set, is kept."""
+    os.environ.setdefault("TORCH_EXTENSIONS_DIR", os.path.join(sys.prefix, "torch_extensions"))
+
+
 @pytest.fixture
 def clean_env(monkeypatch):
     """Run outside any scheduler or `fabric run`, whatever machine (or CI job) runs the test."""

@@ -28,6 +28,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from fabric_kit import Fabric, seed_everything
 from fabric_kit.strategies.fsdp import FSDPStrategy
+from fabric_kit.strategies.registry import strategy_class
 
 SCALE_AT_SAVE = 512.0
 """The fp16 loss scale set just before saving (GradScaler starts at 65536): it must come back on load."""
@@ -37,6 +38,17 @@ PRECISION_MARKER = 7
 
 def _fsdp(**kwargs):
     return lambda: FSDPStrategy(**kwargs)
+
+
+def _cpu_stepped(name):
+    """The ZeRO offload preset `name`, stepping the test's torch AdamW on the CPU. DeepSpeed asks for its own CPU
+    Adam there, a C++ op it compiles on first use (minutes on a 2-core machine, in every fresh environment); its
+    `zero_force_ds_cpu_optimizer: false` takes a torch optimizer instead. The partitioning, the offloaded optimizer
+    state and the checkpoint files are the preset's either way."""
+    def build():
+        cls, preset = strategy_class(name)
+        return cls(**preset, config={"zero_force_ds_cpu_optimizer": False})
+    return build
 
 
 CASES = {
@@ -51,20 +63,10 @@ CASES = {
     "deepspeed_stage_1": ("deepspeed_stage_1", 2, "32-true"),
     "deepspeed_stage_2": ("deepspeed_stage_2", 2, "32-true"),
     "deepspeed_stage_3": ("deepspeed_stage_3", 2, "32-true"),
-    "deepspeed_stage_2_offload": ("deepspeed_stage_2_offload", 2, "32-true"),
-    "deepspeed_stage_3_offload": ("deepspeed_stage_3_offload", 2, "32-true"),
+    "deepspeed_stage_2_offload": (_cpu_stepped("deepspeed_stage_2_offload"), 2, "32-true"),
+    "deepspeed_stage_3_offload": (_cpu_stepped("deepspeed_stage_3_offload"), 2, "32-true"),
 }
 SPAWNING = ("ddp_spawn", "ddp_fork")
-OFFLOADED = ("deepspeed_stage_2_offload", "deepspeed_stage_3_offload")
-"""Cases that step the optimizer on the CPU, where DeepSpeed requires its own CPU Adam (a C++ op it builds on
-first use) instead of a torch optimizer."""
-
-
-def optimizer_class(case):
-    if case in OFFLOADED:
-        from deepspeed.ops.adam import DeepSpeedCPUAdam
-        return functools.partial(DeepSpeedCPUAdam, adamw_mode=True)
-    return torch.optim.AdamW
 
 
 class Indexed(Dataset):
@@ -82,15 +84,15 @@ class Indexed(Dataset):
         return index, self.x[index], self.y[index]
 
 
-def build(fabric, seed, optimizer_class):
+def build(fabric, seed):
     """Model, optimizer and loader, from `seed`; then a different RNG stream on every rank."""
     seed_everything(seed)  # also the loader's shuffle seed, which must agree over ranks
     model = nn.Sequential(nn.Linear(4, 16), nn.Dropout(0.5), nn.Linear(16, 1))
     if fabric.setup_module_first:
         model = fabric.setup_module(model)
-        optimizer = fabric.setup_optimizers(optimizer_class(model.parameters(), lr=1e-2))
+        optimizer = fabric.setup_optimizers(torch.optim.AdamW(model.parameters(), lr=1e-2))
     else:
-        model, optimizer = fabric.setup(model, optimizer_class(model.parameters(), lr=1e-2))
+        model, optimizer = fabric.setup(model, torch.optim.AdamW(model.parameters(), lr=1e-2))
     loader = fabric.setup_dataloaders(DataLoader(Indexed(), batch_size=2, shuffle=True))
     random.seed(seed + 100 * fabric.global_rank + 1)
     np.random.seed(seed + 100 * fabric.global_rank + 2)
@@ -144,12 +146,12 @@ def attempt(call):
         return f"{type(error).__name__}: {error}"
 
 
-def scenario(fabric, directory, optimizer_class=torch.optim.AdamW):
+def scenario(fabric, directory):
     result, loaded_precision = {}, []
     _mark_precision_state(fabric, loaded_precision)
     path = os.path.join(directory, "checkpoint")
 
-    model, optimizer, loader = build(fabric, 0, optimizer_class)
+    model, optimizer, loader = build(fabric, 0)
     batches = iter(loader)
     train(fabric, model, optimizer, batches, 3)
     if _scaler(fabric) is not None:
@@ -157,7 +159,7 @@ def scenario(fabric, directory, optimizer_class=torch.optim.AdamW):
     fabric.save(path, {"model": model, "optimizer": optimizer, "loader": loader, "step": 3, "note": "kept"})
     result["reference"] = continuation(fabric, model, optimizer, batches)
 
-    model, optimizer, loader = build(fabric, 1, optimizer_class)  # other weights, RNG streams and shuffle seed
+    model, optimizer, loader = build(fabric, 1)  # other weights, RNG streams and shuffle seed
     if _scaler(fabric) is not None:
         _scaler(fabric).update(8.0)
     state = {"model": model, "optimizer": optimizer, "loader": loader, "step": 0}
@@ -188,7 +190,7 @@ def run_case(fabric, out, case):
     directory = os.path.join(out, case)
     os.makedirs(directory, exist_ok=True)
     try:
-        result = scenario(fabric, directory, optimizer_class(case))
+        result = scenario(fabric, directory)
     except Exception:  # noqa: BLE001 - reported to the test, which shows it
         result = {"error": traceback.format_exc()}
     torch.save(result, os.path.join(directory, f"rank{fabric.global_rank}.pt"))

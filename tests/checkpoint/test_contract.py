@@ -53,7 +53,7 @@ needs_deepspeed = pytest.mark.skipif(importlib.util.find_spec("deepspeed") is No
                                      reason="DeepSpeed is not installed: pip install 'fabric_kit[deepspeed]' "
                                             "--no-build-isolation")
 ALL_CASES = [pytest.param(case, marks=needs_deepspeed) if case in DEEPSPEED else case for case in CASES]
-TIMEOUT = 900  # the first DeepSpeed run on a machine builds DeepSpeed's communication op and its CPU Adam
+TIMEOUT = 900  # the first DeepSpeed run in an environment builds DeepSpeed's communication op
 
 
 def test_every_registered_strategy_is_accounted_for():

@@ -1,8 +1,13 @@
 """What the tests that start real processes share: a free port, and an environment that no launcher of the test
 run itself leaks into, with this checkout first on PYTHONPATH."""
+import contextlib
 import os
 import socket
+from collections.abc import Iterator
 from pathlib import Path
+from unittest import mock
+
+import torch
 
 ROOT = Path(__file__).resolve().parents[2]
 LAUNCHER_PREFIXES = ("SLURM_", "LSB_", "JSM_", "OMPI_", "PMI_", "PET_", "TORCHELASTIC_", "FABRIC_KIT_")
@@ -30,3 +35,12 @@ def process_environment(**extra: str) -> dict[str, str]:
     env = {name: value for name, value in os.environ.items() if not is_launcher_variable(name)}
     env["PYTHONPATH"] = os.pathsep.join(path for path in (str(ROOT), env.get("PYTHONPATH")) if path)
     return {**env, **extra}
+
+
+@contextlib.contextmanager
+def as_one_process() -> Iterator[None]:
+    """Inside: this (the test's) process without any launcher's variables, for a one-process Fabric run here instead
+    of in a fresh interpreter; the environment and the global RNG state come back afterwards."""
+    launcher_free = {name: value for name, value in os.environ.items() if not is_launcher_variable(name)}
+    with mock.patch.dict(os.environ, launcher_free, clear=True), torch.random.fork_rng():
+        yield

@@ -1,14 +1,14 @@
 """The training script behind test_pipeline_parallel.py (gloo on CPU).
 
-    python pipeline_parallel_worker.py LAYOUT OUT_DIR
+    python pipeline_parallel_worker.py OUT_DIR
 
-LAYOUT "pp2dp2" (4 processes: pipeline 2 x FSDP2 2) or "pp2tp2" (4 processes: pipeline 2 x tensor parallel 2)
-trains the tiny transformer with every schedule in turn, in the same processes, beside a plain copy of the model
-trained on each rank over the same global batches without any parallelism (the one-process reference); "pp2tp2"
-also saves a DCP checkpoint, resumes from it, trains under bf16-mixed and collects the bad-input errors; "pp2dp2"
-also trains with the stages a function returns and loads the "pp2tp2" checkpoint under FSDP2 x TP and under plain
-FSDP (no pipeline). "single" (1 process) loads that checkpoint into the whole model. Each rank saves what it
-observed to OUT_DIR/rank<r>.pt.
+Four processes run both layouts in turn, each under Fabrics of its own: "pp2tp2" (pipeline 2 x tensor parallel 2)
+then "pp2dp2" (pipeline 2 x FSDP2 2). Each trains the tiny transformer with every schedule in turn beside a plain
+copy of the model trained on each rank over the same global batches without any parallelism (the one-process
+reference); "pp2tp2" also saves a DCP checkpoint, resumes from it, trains under bf16-mixed and collects the
+bad-input errors; "pp2dp2" also trains with the stages a function returns and loads the "pp2tp2" checkpoint under
+FSDP2 x TP and under plain FSDP (no pipeline). `single`, which the test runs in its own process, loads that
+checkpoint into the whole model. Each rank saves what it observed, by layout, to OUT_DIR/rank<r>.pt.
 """
 import os
 import sys
@@ -31,8 +31,8 @@ from tests.strategies.model_parallel_model import (
     parallelize,
 )
 
-LAYOUTS = {"pp2dp2": dict(data_parallel_size=2, tensor_parallel_size=1),
-           "pp2tp2": dict(data_parallel_size=1, tensor_parallel_size=2)}
+LAYOUTS = {"pp2tp2": dict(data_parallel_size=1, tensor_parallel_size=2),
+           "pp2dp2": dict(data_parallel_size=2, tensor_parallel_size=1)}
 SPLITS = {"gpipe": ["blocks.1"], "1f1b": ["blocks.1"], "interleaved_1f1b": ["blocks.0", "blocks.1", "norm"]}
 
 
@@ -224,8 +224,8 @@ def bad_inputs(fabric):
 
 
 def single(out):
-    """The PP checkpoint, `fabric consolidate`d, loaded into the whole model on one process, trained to the end;
-    and the model trained with the stages a function returned, consolidated and loaded."""
+    """One process (the test's own): the PP checkpoint, `fabric consolidate`d, loaded into the whole model, trained
+    to the end; and the model trained with the stages a function returned, consolidated and loaded."""
     consolidate(os.path.join(out, "pp_sharded"), os.path.join(out, "consolidated.pt"))
     fabric = Fabric(accelerator="cpu", devices=1)
     raw, model, optimizer, loader = setup(fabric, seed=1)
@@ -239,11 +239,8 @@ def single(out):
             "fn_weights": full_weights(whole)}
 
 
-def main():
-    layout, out = sys.argv[1:3]
-    if layout == "single":
-        torch.save(single(out), os.path.join(out, "rank0.pt"))
-        return
+def run_layout(layout, out):
+    """Every scenario of `layout` in these processes; (this rank, what it observed)."""
     strategy = pipeline_strategy(layout)
     fabric = launched(strategy)
     result = {"reference": reference(), "mesh": (strategy.device_mesh.mesh_dim_names,
@@ -261,7 +258,15 @@ def main():
         result["split_fn"] = scheduled(fabric, "1f1b", split=by_function, end=os.path.join(out, "fn_sharded"))
         result["dp2tp2_from_pp"] = resumed(launched(ModelParallelStrategy(parallelize, tensor_parallel_size=2)), out)
         result["fsdp_from_pp"] = resumed(launched(FSDPStrategy()), out)
-    torch.save(result, os.path.join(out, f"rank{fabric.global_rank}.pt"))
+    return fabric.global_rank, result
+
+
+def main():
+    out = sys.argv[1]
+    results = {}
+    for layout in LAYOUTS:  # "pp2dp2" loads the checkpoint "pp2tp2" saves
+        rank, results[layout] = run_layout(layout, out)
+    torch.save(results, os.path.join(out, f"rank{rank}.pt"))
 
 
 if __name__ == "__main__":

@@ -6,11 +6,9 @@ tests/strategies/model_parallel_worker.py runs every scenario of a world size in
 the one-process layout runs in this process. The 2-process run writes the checkpoints the others read, so it runs
 first.
 """
-import os
 import subprocess
 import sys
 from pathlib import Path
-from unittest import mock
 
 import pytest
 import torch
@@ -19,7 +17,7 @@ from fabric_kit import Fabric
 from fabric_kit.strategies import ModelParallelStrategy
 from tests.conftest import outside_launchers
 from tests.helpers.examples import number_after, run_example
-from tests.helpers.processes import is_launcher_variable
+from tests.helpers.processes import as_one_process
 from tests.strategies import model_parallel_worker
 from tests.strategies.model_parallel_model import GLOBAL_BATCH, SPLIT, parallelize
 
@@ -44,8 +42,7 @@ def runs(tmp_path_factory):
     results = {"tp2": run_processes([WORKER, "tp2", tp2], 2, tp2)}
     (dp2tp2 / "split_sharded").symlink_to(tp2 / "split_sharded")
     results["dp2tp2"] = run_processes([WORKER, "dp2tp2", dp2tp2], 4, dp2tp2)
-    launcher_free = {name: value for name, value in os.environ.items() if not is_launcher_variable(name)}
-    with mock.patch.dict(os.environ, launcher_free, clear=True), torch.random.fork_rng():
+    with as_one_process():
         results["single"] = [model_parallel_worker.single(str(tp2))]
     return results
 

@@ -2,16 +2,14 @@
 checkpoint resumes from it under the same layout and under TP = 2 on 2 processes, and one under pipeline 2 x FSDP2 2
 resumes under that layout; each ends at the global sample of a run that never stopped (one process, in this
 process) with its weights."""
-import os
 import shutil
-from unittest import mock
 
 import pytest
 import torch
 
 from fabric_kit import Fabric
 from tests.helpers.checkpoint_runs import run_training
-from tests.helpers.processes import ROOT, is_launcher_variable
+from tests.helpers.processes import ROOT, as_one_process
 from tests.strategies import model_parallel_resume_worker as worker
 
 SCRIPT = ROOT / "tests" / "strategies" / "model_parallel_resume_worker.py"
@@ -40,8 +38,7 @@ def launch(layout, checkpoints, out, *kill_at, expect=0):
 
 @pytest.fixture(scope="module")
 def uninterrupted():
-    launcher_free = {name: value for name, value in os.environ.items() if not is_launcher_variable(name)}
-    with mock.patch.dict(os.environ, launcher_free, clear=True), torch.random.fork_rng():
+    with as_one_process():
         fabric = Fabric(accelerator="cpu", devices=1)
         fabric.launch()
         return worker.run(fabric)

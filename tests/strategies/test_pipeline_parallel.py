@@ -4,8 +4,8 @@ processes, against the same training on one process, and PP x FSDP2 with the sta
 under PP x TP; a checkpoint saved under PP x TP resumed there, under FSDP2 x TP and plain FSDP (no pipeline) and,
 through `fabric consolidate`, on one process; the bad-input errors.
 
-tests/strategies/pipeline_parallel_worker.py runs every scenario of a layout in one set of processes; "pp2tp2"
-writes the checkpoint "single" reads, so it runs first.
+tests/strategies/pipeline_parallel_worker.py runs every scenario of both 4-process layouts in one set of processes
+("pp2tp2" first: it writes the checkpoint the others read); the one-process layout runs in this process.
 """
 import pytest
 import torch
@@ -13,8 +13,9 @@ import torch
 from fabric_kit import Fabric
 from fabric_kit.strategies import ModelParallelStrategy
 from tests.helpers.examples import number_after, run_example
+from tests.helpers.processes import as_one_process
 from tests.strategies.model_parallel_model import GLOBAL_BATCH, SPLIT, Transformer, dataset, parallelize
-from tests.strategies.pipeline_parallel_worker import SPLITS, loss_fn
+from tests.strategies.pipeline_parallel_worker import SPLITS, loss_fn, single
 from tests.strategies.test_model_parallel import close, run_processes
 
 WORKER = "tests/strategies/pipeline_parallel_worker.py"
@@ -26,15 +27,10 @@ def runs(tmp_path_factory):
     """{layout: [what each rank saved]}; "pp2dp2" and "single" load the checkpoint "pp2tp2" saved, "single" also
     the one "pp2dp2" saved."""
     out = tmp_path_factory.mktemp("pipeline_parallel")
-    results = {}
-    for layout, processes in (("pp2tp2", 4), ("pp2dp2", 4), ("single", 1)):
-        folder = out / layout
-        folder.mkdir()
-        if layout != "pp2tp2":
-            (folder / "pp_sharded").symlink_to(out / "pp2tp2" / "pp_sharded")
-        if layout == "single":
-            (folder / "fn_sharded").symlink_to(out / "pp2dp2" / "fn_sharded")
-        results[layout] = run_processes([WORKER, layout, folder], processes, folder, timeout=400)
+    ranks = run_processes([WORKER, out], 4, out, timeout=600)
+    results = {layout: [rank[layout] for rank in ranks] for layout in LAYOUTS}
+    with as_one_process():
+        results["single"] = [single(str(out))]
     return results
 
 
