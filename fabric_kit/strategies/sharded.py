@@ -25,7 +25,7 @@ from fabric_kit.checkpoint.io import load_file, save_file
 from fabric_kit.checkpoint.sharded import DCP_METADATA, PLAIN_ENTRIES, ShardedStateDict, is_sharded_checkpoint
 from fabric_kit.checkpoint.sharded_reading import load_sharded
 from fabric_kit.checkpoint.state import Filter
-from fabric_kit.strategies.fsdp.sharding import has_meta_tensors
+from fabric_kit.empty_init import has_meta_tensors
 from fabric_kit.strategies.fsdp.writer import ReportingFileSystemWriter
 from fabric_kit.strategies.parallel import ParallelStrategy
 from fabric_kit.wrappers import unwrap
