@@ -24,6 +24,7 @@ from fabric_kit.data import distributed_loader, resumable_loader
 from fabric_kit.precision import Precision
 from fabric_kit.preemption import Preemption
 from fabric_kit.profiling import torch_profiler
+from fabric_kit.repointing import parameter_names, repoint_optimizer
 from fabric_kit.seed import global_seed, seed_everything, worker_init_function
 from fabric_kit.strategies.strategy import BackwardSyncControl, ForwardBackwardControl, Strategy
 from fabric_kit.wrappers import (
@@ -185,9 +186,11 @@ class Fabric:
         (with the scheduler last when one is passed)."""
         self._ensure_launched()
         module, recompile = split_compiled(module)  # compiled again around the strategy's module
+        names = parameter_names(module)
         module = self._prepare_module(module, move_to_device)
         for optimizer in optimizers:
             _check_unwrapped_optimizer(optimizer)
+            repoint_optimizer(optimizer, names, module)  # a precision may have replaced parameters (float8 weights)
         forward_module, raw_optimizers, scheduler = self._strategy.setup_module_and_optimizers(
             module, list(optimizers), scheduler)
         wrapped = FabricModule(forward_module, self._strategy.precision, module, recompile)

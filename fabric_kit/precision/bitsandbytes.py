@@ -2,9 +2,14 @@
 4-bit or 8-bit layers at setup; their weights are frozen and quantized, and the layers left out
 (`ignore_modules`, e.g. adapters or a head) train as usual.
 
-Unlike Lightning's plugin, which refuses anything but CUDA, the 4-bit modes also run on CPU with bitsandbytes' CPU
-backend (the int8 modes stay CUDA-only: bitsandbytes does not quantize int8 weights on the CPU). bitsandbytes is an
-optional dependency (`pip install 'fabric_kit[bitsandbytes]'`), imported when the plugin is built.
+A model created under `fabric.init_module(empty_init=True)` is built on the meta device and gets its storage at
+setup one layer at a time, each Linear layer quantized as soon as its weights exist, so the full-precision weights
+of the whole model are never held at once. A 4-bit layer loads full-precision weights (a pretrained checkpoint) by
+quantizing them, and its own checkpoints back with their quantization state.
+
+Unlike Lightning's plugin, which refuses anything but CUDA, every mode also runs on the CPU with bitsandbytes' CPU
+backend (a bitsandbytes that leaves int8 weights unquantized on the CPU is refused with an error). bitsandbytes is
+an optional dependency (`pip install 'fabric_kit[bitsandbytes]'`), imported when the plugin is built.
 """
 from __future__ import annotations
 
@@ -13,6 +18,7 @@ from typing import Any
 
 import torch
 
+from fabric_kit.empty_init import check_materializable, has_meta_tensors, owns_meta_tensors
 from fabric_kit.precision.dtype import TruePrecision
 
 INSTALL_HINT = "pip install 'fabric_kit[bitsandbytes]'"
@@ -28,7 +34,13 @@ class BitsandbytesPrecision(TruePrecision):
     qualified name, or a prefix of one) whose Linear layers stay unquantized. Only layers of type `nn.Linear` itself are
     quantized (not subclasses, e.g. `nn.MultiheadAttention`'s output projection). Parameters, inputs and
     initialization take `dtype` as under the `-true` precisions.
+
+    Under `fabric.init_module(empty_init=True)` the model is created on the meta device and `setup` materializes it
+    on the CPU layer by layer (each module's `reset_parameters()`), quantizing each Linear layer before the next
+    one gets storage; the quantized model then moves to the device.
     """
+
+    materializes_meta_modules = True
 
     def __init__(self, mode: str, dtype: torch.dtype | None = None, ignore_modules: Iterable[str] = ()) -> None:
         if mode not in MODES:
@@ -42,8 +54,16 @@ class BitsandbytesPrecision(TruePrecision):
         self.ignore_modules = tuple(ignore_modules)
 
     def convert_module(self, module: torch.nn.Module) -> torch.nn.Module:
-        module = super().convert_module(module)
-        for name, child in list(module.named_modules()):
+        on_meta = has_meta_tensors(module)
+        if on_meta:
+            check_materializable(module)
+        else:
+            module = super().convert_module(module)
+        # By name, one layer at a time: a list of the modules would keep every replaced layer's weights alive.
+        for name in [name for name, _ in module.named_modules()]:
+            child = module.get_submodule(name)
+            if on_meta and owns_meta_tensors(child):
+                self._materialize(child)
             # Exactly nn.Linear: subclasses such as MultiheadAttention's out_proj are used through their weight
             # tensor, which a quantized layer does not hold in a usable dtype.
             if type(child) is not torch.nn.Linear or self._ignored(name):
@@ -55,6 +75,16 @@ class BitsandbytesPrecision(TruePrecision):
             parent = module.get_submodule(parent_name)
             setattr(parent, attribute, self._quantized(child))
         return module
+
+    def _materialize(self, module: torch.nn.Module) -> None:
+        """Storage on the CPU, in `dtype`, for the meta tensors `module` holds itself, initialised by its
+        `reset_parameters()` (children are materialized on their own turn)."""
+        module.to_empty(device="cpu", recurse=False)
+        with torch.no_grad():
+            module.reset_parameters()  # type: ignore[operator]  # checked by check_materializable
+        for tensor in (*module.parameters(recurse=False), *module.buffers(recurse=False)):
+            if tensor.is_floating_point():
+                tensor.data = tensor.data.to(self.dtype)
 
     def convert_output(self, data: Any) -> Any:
         return data  # outputs stay in the compute dtype (the `-true` precisions return float32)
@@ -69,14 +99,11 @@ class BitsandbytesPrecision(TruePrecision):
         weight = linear.weight.data
         layer: torch.nn.Module
         if self.mode.startswith("int8"):
-            if device.type == "cpu":
-                raise ValueError(f"BitsandbytesPrecision mode={self.mode!r} quantizes only on CUDA (bitsandbytes "
-                                 f"keeps int8 weights unquantized on the CPU); on the CPU use one of "
-                                 f"{', '.join(m for m in MODES if not m.startswith('int8'))}")
             trainable = self.mode == "int8-training"
             layer = bnb.nn.Linear8bitLt(linear.in_features, linear.out_features, bias=linear.bias is not None,
                                         has_fp16_weights=trainable, threshold=6.0)
             layer.weight = bnb.nn.Int8Params(weight, requires_grad=trainable, has_fp16_weights=trainable)
+            layer.register_load_state_dict_pre_hook(_give_back_int8_scales)
         else:
             quant_type = self.mode.removesuffix("-dq")
             double = self.mode.endswith("-dq")
@@ -88,17 +115,43 @@ class BitsandbytesPrecision(TruePrecision):
         if linear.bias is not None:
             layer.bias = torch.nn.Parameter(linear.bias.data.to(self.dtype))
         # bitsandbytes quantizes a weight when it is moved to a device.
-        return layer.to(device)
+        layer = layer.to(device)
+        if self.mode == "int8" and layer.weight.dtype != torch.int8:
+            four_bit = ", ".join(m for m in MODES if not m.startswith("int8"))
+            raise ValueError(f"BitsandbytesPrecision mode='int8': bitsandbytes {bnb.__version__} leaves the weights "
+                             f"unquantized on {device.type!r}; use one of {four_bit} there, or a newer bitsandbytes")
+        return layer
 
 
 def _load_quantization_state(layer: torch.nn.Module, state_dict: dict[str, Any], prefix: str, *_: Any) -> None:
-    """Give a 4-bit layer the quantization state saved beside its packed weight (`weight.absmax`, ...), which
-    bitsandbytes writes into a state dict but does not read back; the packed weight itself then loads as usual."""
+    """Before a 4-bit layer loads `state_dict`: a full-precision weight (a pretrained checkpoint) is quantized into
+    the layer; a packed one gets the quantization state saved beside it (`weight.absmax`, ...), which bitsandbytes
+    writes into a state dict but does not read back. Either way the packed weight then loads as usual."""
     import bitsandbytes as bnb
 
     weight_key = f"{prefix}weight"
     stats = {key.removeprefix(f"{weight_key}."): state_dict.pop(key) for key in list(state_dict)
              if key.startswith(f"{weight_key}.")}
-    if stats and weight_key in state_dict:
-        layer.weight = bnb.nn.Params4bit.from_prequantized(state_dict[weight_key], stats, requires_grad=False,
-                                                           device=layer.weight.device, module=layer)
+    weight = state_dict.get(weight_key)
+    if weight is None:
+        return
+    current: Any = layer.weight  # a bitsandbytes Params4bit
+    if weight.is_floating_point():
+        layer.weight = bnb.nn.Params4bit(weight.detach().to(current.device), requires_grad=False,
+                                         blocksize=current.blocksize, compress_statistics=current.compress_statistics,
+                                         quant_type=current.quant_type, quant_storage=current.quant_storage,
+                                         module=layer).to(current.device)
+        state_dict[weight_key] = layer.weight.data
+    elif stats:
+        layer.weight = bnb.nn.Params4bit.from_prequantized(weight, stats, requires_grad=False,
+                                                           device=current.device, module=layer)
+
+
+def _give_back_int8_scales(layer: torch.nn.Module, *_: Any) -> None:
+    """Before an 8-bit layer loads a state dict: its first forward moved the weight's row scales (`SCB`) into the
+    layer's matmul state, where bitsandbytes' loading does not look (it refuses the checkpoint as if the layer were
+    unquantized); the weight gets them back, the same tensor, which loading then overwrites in place."""
+    weight: Any = layer.weight  # a bitsandbytes Int8Params
+    state: Any = layer.state
+    if getattr(weight, "SCB", None) is None and state.SCB is not None:
+        weight.SCB = state.SCB

@@ -18,6 +18,10 @@ class Precision:
 
     precision = "32-true"  # the setting, as Lightning's plugins name it
     transforms_io = False
+    materializes_meta_modules = False
+    """True when `convert_module` gives a model created on the meta device its storage (a quantizing precision
+    does, layer by layer): `fabric.init_module(empty_init=True)` then creates the model there, so that its
+    full-precision weights never exist all at once."""
 
     def convert_module(self, module: torch.nn.Module) -> torch.nn.Module:
         return module

@@ -19,13 +19,12 @@ from torch.nn import Module
 from fabric_kit.accelerators import Accelerator
 from fabric_kit.checkpoint import sharded as checkpoint
 from fabric_kit.checkpoint.state import Filter
-from fabric_kit.empty_init import has_meta_tensors
+from fabric_kit.empty_init import check_materializable, has_meta_tensors
 from fabric_kit.environments import ClusterEnvironment
 from fabric_kit.memory_estimate import StateLayout
 from fabric_kit.precision import Precision
 from fabric_kit.precision.amp import LossScaling
 from fabric_kit.strategies.fsdp.sharding import (
-    check_materializable,
     materialize,
     without_gradient_sync,
 )

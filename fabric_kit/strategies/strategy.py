@@ -154,11 +154,12 @@ class Strategy(ABC):
 
     def module_init_context(self, empty_init: bool | None = None) -> AbstractContextManager[Any]:
         """Where modules are created: on the device, in the precision's dtype; `empty_init` skips the initialisers
-        (sharding strategies create on the meta device instead)."""
+        (sharding strategies, and precisions that materialise the model themselves, create on the meta device
+        instead)."""
         stack = ExitStack()
         stack.enter_context(self.root_device)
         if empty_init:
-            stack.enter_context(SkipInit())
+            stack.enter_context(torch.device("meta") if self.precision.materializes_meta_modules else SkipInit())
         stack.enter_context(self.precision.module_init_context())
         return stack
 

@@ -1,7 +1,7 @@
 """FP8 (torchao float8) and bitsandbytes quantized weights train on the CPU: an MLP and a tiny transformer, the loss
 falling over a few steps, checkpoints round-tripping, and a Lightning script porting by its import line."""
-import builtins
 import importlib
+import sys
 
 import pytest
 import torch
@@ -78,11 +78,18 @@ def qlora(mode):
     return lambda: BitsandbytesPrecision(mode, ignore_modules={"head"})
 
 
-PLUGINS = {"fp8": fp8, **{mode: qlora(mode) for mode in ("nf4", "nf4-dq", "fp4", "fp4-dq")}}
+MODES = ("nf4", "nf4-dq", "fp4", "fp4-dq", "int8", "int8-training")
+PLUGINS = {"fp8": fp8, **{mode: qlora(mode) for mode in MODES}}
 
 
-@pytest.mark.parametrize("kind", ["mlp", "transformer"])
-@pytest.mark.parametrize("plugin", sorted(PLUGINS))
+# bitsandbytes' int8 matmul backward transposes its input as a matrix: a (batch, tokens, features) input fails.
+INT8_TRAINING_3D = pytest.mark.xfail(raises=RuntimeError, strict=True,
+                                     reason="bitsandbytes int8-training: t() expects a tensor with <= 2 dimensions")
+CASES = [pytest.param(plugin, kind, marks=[INT8_TRAINING_3D] if (plugin, kind) == ("int8-training", "transformer")
+                      else []) for plugin in sorted(PLUGINS) for kind in ("mlp", "transformer")]
+
+
+@pytest.mark.parametrize(("plugin", "kind"), CASES)
 def test_the_loss_falls_and_a_checkpoint_round_trips(plugin, kind, tmp_path):
     fabric, model, optimizer, losses = train(PLUGINS[plugin](), kind)
     assert losses[-1] < 0.8 * losses[0], losses
@@ -134,20 +141,12 @@ def test_a_lightning_script_ports_by_its_import_line():
 def test_bad_mode_and_missing_packages_are_clear_errors(monkeypatch):
     with pytest.raises(ValueError, match=r"mode='nf8' is not supported; accepted: nf4, nf4-dq"):
         BitsandbytesPrecision("nf8")
-    with pytest.raises(ValueError, match=r"mode='int8' quantizes only on CUDA.*use one of nf4, nf4-dq, fp4, fp4-dq"):
-        train(BitsandbytesPrecision("int8"), "mlp", steps=1)
-    real_import = builtins.__import__
-
-    def without(*names):
-        def fake_import(name, *args, **kwargs):
-            if name.split(".")[0] in names:
-                raise ImportError(f"No module named {name!r}")
-            return real_import(name, *args, **kwargs)
-        return fake_import
-
-    monkeypatch.setattr(builtins, "__import__", without("bitsandbytes", "torchao"))
-    with pytest.raises(ImportError, match=r"fabric_kit\[bitsandbytes\]"):
+    for name in [name for name in sys.modules if name.split(".")[0] in ("bitsandbytes", "torchao")]:
+        monkeypatch.setitem(sys.modules, name, None)  # as if not installed: importing them raises ImportError
+    with pytest.raises(ImportError, match=r"needs bitsandbytes: pip install 'fabric_kit\[bitsandbytes\]'"):
         BitsandbytesPrecision("nf4")
-    with pytest.raises(ImportError, match=r"fabric_kit\[fp8\]"):
+    with pytest.raises(ImportError, match=r"Float8Precision needs torchao: pip install 'fabric_kit\[fp8\]'"):
         Float8Precision()
+    with pytest.raises(ImportError, match=r"fabric_kit\[fp8\]"):
+        Fabric(accelerator="cpu", devices=1, precision="fp8")
     assert importlib.import_module("fabric_kit.precision.fp8")

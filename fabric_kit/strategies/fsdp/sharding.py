@@ -22,6 +22,8 @@ except ImportError as error:  # FSDP2 is public from torch 2.6
                       ) from error
 from torch.utils.checkpoint import checkpoint
 
+from fabric_kit.empty_init import owns_meta_tensors
+
 ModulePolicy = Iterable[type] | Callable[[Module], bool] | None
 """A set of module classes, or a function `module -> bool`; None selects nothing."""
 
@@ -66,11 +68,6 @@ def shard(module: Module, selects: Callable[[Module], bool], mesh: DeviceMesh, r
     return module  # an FSDPModule now: fully_shard changes the module's class in place
 
 
-def parameter_names(module: Module) -> dict[int, str]:
-    """Each parameter's name, by the parameter's id: what `repoint_optimizer` finds the sharded one by."""
-    return {id(parameter): name for name, parameter in module.named_parameters()}
-
-
 def check_stateless(optimizer: Optimizer) -> None:
     """An optimizer to re-point must have no state yet: its state would belong to the replaced parameters."""
     if optimizer.state:
@@ -78,27 +75,6 @@ def check_stateless(optimizer: Optimizer) -> None:
                          "(it has stepped, or its state was loaded), which FSDP cannot carry over to the sharded "
                          "parameters: set the model and optimizer up before the first step and load their "
                          "checkpoint afterwards with `fabric.load`")
-
-
-def repoint_optimizer(optimizer: Optimizer, names: dict[int, str], module: Module) -> None:
-    """Replace, in place, each parameter of `optimizer` that `module` held before sharding (`names`, taken then)
-    by the sharded parameter of the same name, so an optimizer built from the unsharded model updates the shards."""
-    sharded = dict(module.named_parameters())
-    for group in optimizer.param_groups:
-        # In place: an optimizer may keep a reference to the list itself (LBFGS does).
-        group["params"][:] = [sharded[names[id(p)]] if id(p) in names else p for p in group["params"]]
-
-
-def check_materializable(module: Module) -> None:
-    """Before sharding a meta-device model: every module holding parameters or buffers of its own must be able to
-    initialise them again (`reset_parameters`), else they would be left as uninitialised memory."""
-    lacking = sorted({type(m).__name__ for m in module.modules() if _owns_meta_tensors(m)
-                      and not callable(getattr(m, "reset_parameters", None))})
-    if lacking:
-        raise TypeError(f"module classes {lacking} were created on the meta device (`fabric.init_module("
-                        "empty_init=True)`) and hold parameters or buffers but have no `reset_parameters()`, so "
-                        "the strategy cannot initialise them after sharding; add `reset_parameters()` to them or "
-                        "create the model without empty_init")
 
 
 def materialize(module: Module, device: torch.device, stream: int, sync_replicas: bool = False,
@@ -112,7 +88,7 @@ def materialize(module: Module, device: torch.device, stream: int, sync_replicas
     initialised tensor from the first rank of each mesh dimension it is replicated over (plain tensors: from the
     first rank of `group`, default the world), once, so replicas start equal.
     """
-    owners = [m for m in module.modules() if _owns_meta_tensors(m)]
+    owners = [m for m in module.modules() if owns_meta_tensors(m)]
     for owner in owners:  # only these: layers created with storage keep their values
         owner.to_empty(device=device, recurse=False)
     seed = int(torch.randint(0, 2**62, ()))  # drawn alike on every rank, advancing every rank's generator alike
@@ -150,7 +126,3 @@ def without_gradient_sync(module: Module) -> Iterator[None]:
     finally:
         for submodule in sharded:
             submodule.set_requires_gradient_sync(True, recurse=False)
-
-
-def _owns_meta_tensors(module: Module) -> bool:
-    return any(t.is_meta for t in (*module.parameters(recurse=False), *module.buffers(recurse=False)))

@@ -13,11 +13,12 @@ from torch.nn import Module
 from torch.optim import Optimizer
 
 from fabric_kit.accelerators import Accelerator
-from fabric_kit.empty_init import has_meta_tensors
+from fabric_kit.empty_init import check_materializable, has_meta_tensors
 from fabric_kit.environments import ClusterEnvironment
 from fabric_kit.memory_estimate import StateLayout
 from fabric_kit.precision import Precision
 from fabric_kit.precision.fsdp import fsdp_precision, mixed_precision_policy
+from fabric_kit.repointing import parameter_names, repoint_optimizer
 from fabric_kit.strategies.fsdp import options
 from fabric_kit.strategies.fsdp.options import CPUOffloadArgument, DeviceMeshArgument, MixedPrecisionArgument
 from fabric_kit.strategies.fsdp.sharding import (
@@ -25,11 +26,8 @@ from fabric_kit.strategies.fsdp.sharding import (
     ModulePolicy,
     apply_activation_checkpointing,
     as_predicate,
-    check_materializable,
     check_stateless,
     materialize,
-    parameter_names,
-    repoint_optimizer,
     shard,
     without_gradient_sync,
 )
