@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 from fabric_kit import Fabric
+from tests.helpers.processes import TORCHRUN_TWO
 
 WORKER = Path(__file__).with_name("accumulation_worker.py")
 TOLERANCE = 1e-6
@@ -17,8 +18,7 @@ TOLERANCE = 1e-6
 @pytest.fixture(scope="module")
 def ranks(run_ranks, tmp_path_factory):
     out = tmp_path_factory.mktemp("accumulation")
-    _, results = run_ranks(["-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-                            "--master_port", "{port}", WORKER, out], out, timeout=600)
+    _, results = run_ranks([*TORCHRUN_TWO, WORKER, out], out, timeout=600)
     return results
 
 

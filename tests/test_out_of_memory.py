@@ -8,6 +8,7 @@ import torch
 
 from fabric_kit import Fabric
 from fabric_kit.out_of_memory import OutOfMemoryAgreement, find_executable_batch_size, is_oom_error
+from tests.helpers.processes import TORCHRUN_TWO
 from tests.out_of_memory_worker import LIMIT
 
 WORKER = Path(__file__).with_name("out_of_memory_worker.py")
@@ -16,8 +17,7 @@ WORKER = Path(__file__).with_name("out_of_memory_worker.py")
 @pytest.fixture(scope="module")
 def ranks(run_ranks, tmp_path_factory):
     out = tmp_path_factory.mktemp("memory")
-    _, results = run_ranks(["-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-                            "--master_port", "{port}", WORKER, out], out, timeout=600)
+    _, results = run_ranks([*TORCHRUN_TWO, WORKER, out], out, timeout=600)
     return results
 
 

@@ -10,6 +10,9 @@ from unittest import mock
 import torch
 
 ROOT = Path(__file__).resolve().parents[2]
+TORCHRUN_TWO = ["-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+                "--master_port", "{port}"]
+"""`python` arguments that start a script on 2 local processes (`run_ranks` fills in the free port)."""
 LAUNCHER_PREFIXES = ("SLURM_", "LSB_", "JSM_", "OMPI_", "PMI_", "PET_", "TORCHELASTIC_", "FABRIC_KIT_")
 LAUNCHER_NAMES = ("MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE", "RANK", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "NODE_RANK",
                   "GROUP_RANK",

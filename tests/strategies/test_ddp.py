@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.helpers.processes import TORCHRUN_TWO
+
 WORKER = Path(__file__).with_name("ddp_worker.py")
 
 
@@ -20,8 +22,7 @@ def collectives(request, run_ranks, tmp_path_factory):
     out = tmp_path_factory.mktemp(request.param)
     script = [WORKER, "collectives", "ddp", out]
     if request.param == "torchrun":
-        script = ["-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-                  "--master_port", "{port}", *script]
+        script = [*TORCHRUN_TWO, *script]
     proc, ranks = run_ranks(script, out)
     return request.param, proc, ranks, out
 

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from fabric_kit.precision import DoublePrecision, HalfPrecision, MixedPrecision, Precision
+from tests.helpers.processes import TORCHRUN_TWO
 
 WORKER = Path(__file__).with_name("deepspeed_worker.py")
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "fabric" / "deepspeed_zero.py"
@@ -147,8 +148,7 @@ def test_example_runs_under_fabric_run_and_resumes_under_torchrun(run_ranks, tmp
                       "--steps", "3", *tiny], check=False, timeout=TIMEOUT)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert f"saved {checkpoint} at step 3" in proc.stdout
-    proc = run_ranks(["-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-                      "--master_port", "{port}", EXAMPLE, "--strategy", "deepspeed_stage_2", "--steps", "2", *tiny],
+    proc = run_ranks([*TORCHRUN_TWO, EXAMPLE, "--strategy", "deepspeed_stage_2", "--steps", "2", *tiny],
                      check=False, timeout=TIMEOUT)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert f"resumed from {checkpoint} at step 3" in proc.stdout and f"saved {checkpoint} at step 5" in proc.stdout

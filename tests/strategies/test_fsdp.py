@@ -16,6 +16,7 @@ from fabric_kit import Fabric
 from fabric_kit.checkpoint.consolidate import consolidate
 from fabric_kit.checkpoint.directory import MANIFEST, file_sizes, verify_directory
 from fabric_kit.strategies.fsdp import FSDPStrategy
+from tests.helpers.processes import TORCHRUN_TWO
 from tests.strategies.fsdp_worker import STEPS, TinyTransformer
 
 WORKER = Path(__file__).with_name("fsdp_worker.py")
@@ -258,8 +259,7 @@ def test_mixed_precision_becomes_an_fsdp_policy(clean_env):
 
 
 def test_example_runs(run_ranks, tmp_path):
-    proc = run_ranks(["-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-                      "--master_port", "{port}", EXAMPLE, "--steps", "4", "--checkpoint", tmp_path / "ckpt"],
+    proc = run_ranks([*TORCHRUN_TWO, EXAMPLE, "--steps", "4", "--checkpoint", tmp_path / "ckpt"],
                      check=False)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert (tmp_path / "ckpt" / ".metadata").is_file()
