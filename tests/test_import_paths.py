@@ -80,14 +80,12 @@ PATHS = [
 ]
 
 # Names Lightning exports at these paths that fabric_kit does not have (yet), and why.
-XLA_CHECKPOINT_IO = "XLAStrategy moves the state to the CPU and writes it through TorchCheckpointIO"
 ABSENT = {
     "lightning.fabric.strategies": {
         "DataParallelStrategy": "strategy='dp' is not provided",
         "SingleTPUStrategy": "Lightning's deprecated alias of SingleDeviceXLAStrategy",
     },
     "lightning.fabric.plugins": {
-        "XLACheckpointIO": XLA_CHECKPOINT_IO,
         "TransformerEnginePrecision": "Transformer Engine is not supported",
     },
     "lightning.fabric.utilities": {
@@ -96,7 +94,7 @@ ABSENT = {
         "rank_zero_deprecation": "fabric_kit deprecates nothing yet",
     },
     "lightning.fabric.accelerators": {},
-    "lightning.fabric.plugins.io": {"XLACheckpointIO": XLA_CHECKPOINT_IO},
+    "lightning.fabric.plugins.io": {},
     "lightning.fabric.plugins.collectives": {},
 }
 OURS = {f"lightning.fabric.{name}": f"fabric_kit.{name}"
