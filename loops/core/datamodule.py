@@ -1,7 +1,8 @@
 """LightningDataModule: the data side of an experiment (download, split, loaders) in one reusable class."""
 from __future__ import annotations
 
-from collections.abc import Iterable
+import os
+from collections.abc import Iterable, Sized
 from typing import TYPE_CHECKING, Any
 
 from torch.utils.data import DataLoader, Dataset
@@ -42,6 +43,26 @@ class LightningDataModule(HyperparametersMixin, DataHooks):
 
     def on_exception(self, exception: BaseException) -> None: ...
 
+    def __str__(self) -> str:
+        """Lightning's summary of the loaders: one line per stage, `{Train dataloader: size=N}` (the dataset's
+        length, `NA` without one), `1. size=N ; 2. size=M` for several loaders, `None` where the method is
+        missing or fails."""
+        lines = []
+        for label, method in (("Train", "train_dataloader"), ("Validation", "val_dataloader"),
+                              ("Test", "test_dataloader"), ("Predict", "predict_dataloader")):
+            try:
+                loaders = getattr(self, method)()
+            except Exception:  # a missing or failing method is shown as None, as Lightning does
+                text = "None"
+            else:
+                if isinstance(loaders, DataLoader):
+                    text = f"size={_size(loaders)}"
+                else:
+                    several = loaders.values() if isinstance(loaders, dict) else loaders
+                    text = " ; ".join(f"{i}. size={_size(loader)}" for i, loader in enumerate(several, start=1))
+            lines.append(f"{{{label} dataloader: {text}}}")
+        return os.linesep.join(lines)
+
     @classmethod
     def from_datasets(cls, train_dataset: Dataset | Iterable[Dataset] | None = None,
                       val_dataset: Dataset | Iterable[Dataset] | None = None,
@@ -65,3 +86,8 @@ class LightningDataModule(HyperparametersMixin, DataHooks):
         return datamodule
 
     load_from_checkpoint: classmethod[Any, ..., Any] = classmethod(load_datamodule_from_checkpoint)
+
+
+def _size(loader: Any) -> str:
+    dataset = getattr(loader, "dataset", None)
+    return str(len(dataset)) if isinstance(dataset, Sized) else "NA"
