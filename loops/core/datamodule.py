@@ -1,11 +1,12 @@
 """LightningDataModule: the data side of an experiment (download, split, loaders) in one reusable class."""
 from __future__ import annotations
 
+import inspect
 import os
 from collections.abc import Iterable, Sized
 from typing import TYPE_CHECKING, Any
 
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, IterableDataset
 
 from loops.core.hooks import DataHooks
 from loops.core.hparams import HyperparametersMixin
@@ -69,16 +70,23 @@ class LightningDataModule(HyperparametersMixin, DataHooks):
                       test_dataset: Dataset | Iterable[Dataset] | None = None,
                       predict_dataset: Dataset | Iterable[Dataset] | None = None, batch_size: int = 1,
                       num_workers: int = 0, **datamodule_kwargs: Any) -> LightningDataModule:
-        """A datamodule serving the given datasets (a list gives several loaders); training batches shuffle."""
+        """A datamodule serving the given datasets (a list gives several loaders) with Lightning's loaders: training
+        batches shuffle (except an IterableDataset's), memory is pinned. `batch_size` / `num_workers` also go to
+        the class's `__init__` when it takes them (Lightning's rule)."""
 
         def loaders(datasets: Any, shuffle: bool) -> Any:
             if isinstance(datasets, (list, tuple)):
                 return [loaders(ds, shuffle) for ds in datasets]
             if isinstance(datasets, dict):
                 return {key: loaders(ds, shuffle) for key, ds in datasets.items()}
-            return DataLoader(datasets, batch_size=batch_size, shuffle=shuffle, num_workers=num_workers)
+            return DataLoader(datasets, batch_size=batch_size, shuffle=shuffle and not isinstance(
+                datasets, IterableDataset), num_workers=num_workers, pin_memory=True)
 
-        datamodule = cls(**datamodule_kwargs)
+        parameters = inspect.signature(cls.__init__).parameters
+        takes_any = any(p.kind is p.VAR_KEYWORD for p in parameters.values())
+        special = {key: value for key, value in (("batch_size", batch_size), ("num_workers", num_workers))
+                   if takes_any or key in parameters}
+        datamodule = cls(**datamodule_kwargs, **special)
         for stage, dataset, shuffle in (("train", train_dataset, True), ("val", val_dataset, False),
                                         ("test", test_dataset, False), ("predict", predict_dataset, False)):
             if dataset is not None:

@@ -107,7 +107,8 @@ class FitLoop:
         if not isinstance(interval, (int, float)):  # a time: `_should_validate` looks at the clock
             return math.inf
         if isinstance(interval, int) and not isinstance(interval, bool):
-            if trainer.check_val_every_n_epoch is not None and batches != math.inf and interval > batches:
+            if trainer.check_val_every_n_epoch is not None and batches != math.inf and interval > batches \
+                    and trainer.limit_val_batches != 0:  # validation off: the interval never applies
                 raise ValueError(f"val_check_interval={interval} is more than the {batches} training batches of an "
                                  "epoch; to validate every N batches across epochs pass check_val_every_n_epoch="
                                  "None, or disable validation with limit_val_batches=0")

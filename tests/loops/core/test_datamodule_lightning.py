@@ -1,5 +1,5 @@
-"""`str(datamodule)`: Lightning's summary of the loaders each stage gets (the dataset sizes), compared with
-Lightning 2.6's on the same datamodules."""
+"""LightningDataModule against Lightning 2.6's: `str(datamodule)` (the summary of each stage's loaders) and the
+loaders `from_datasets` builds."""
 import torch
 from torch.utils.data import DataLoader, IterableDataset, TensorDataset
 
@@ -35,3 +35,17 @@ def test_from_datasets_summary_is_lightnings():
                     for L in (loops, pl))
     assert ours == theirs == "\n".join(["{Train dataloader: size=4}", "{Validation dataloader: None}",
                                         "{Test dataloader: None}", "{Predict dataloader: None}"])
+
+
+@both
+def test_from_datasets_builds_lightnings_loaders(L):
+    class Sized(L.LightningDataModule):
+        def __init__(self, batch_size=None):
+            super().__init__()
+            self.given = batch_size
+
+    data = Sized.from_datasets([TensorDataset(torch.zeros(4, 1)), Stream()], batch_size=2)
+    mapped, stream = data.train_dataloader()
+    assert mapped.pin_memory and stream.pin_memory and data.given == 2
+    assert type(mapped.sampler).__name__ == "RandomSampler"  # training shuffles, but not an IterableDataset
+    assert [batch.tolist() for batch in stream] == [[0, 1], [2]]
