@@ -2,6 +2,7 @@
 public API: Lightning scripts run with only their import line changed. `import loops as L` gives `L.Fabric` too, as
 `import lightning as L` does."""
 from fabric_kit import Fabric, seed_everything
+from loops import accelerators, plugins, strategies  # noqa: F401  (`L.strategies.DDPStrategy`, as in Lightning)
 from loops.callbacks.callback import Callback
 from loops.core.datamodule import LightningDataModule
 from loops.core.module import LightningModule

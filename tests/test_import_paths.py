@@ -72,6 +72,7 @@ PATHS = [
     ("fabric_kit.utilities.spike", "TrainingSpikeException", "fabric_kit.spike:TrainingSpikeException"),
     ("fabric_kit.utilities.rank_zero", "rank_zero_only", "fabric_kit.rank_zero:rank_zero_only"),
     ("fabric_kit.utilities.seed", "seed_everything", "fabric_kit.seed:seed_everything"),
+    ("fabric_kit.utilities.seed", "reset_seed", "fabric_kit.seed:reset_seed"),
     ("fabric_kit.utilities.data", "AttributeDict", "fabric_kit.attribute_dict:AttributeDict"),
     ("fabric_kit.utilities.distributed", "DistributedSamplerWrapper",
      "fabric_kit.data.sampler:DistributedSamplerWrapper"),
@@ -80,14 +81,12 @@ PATHS = [
 ]
 
 # Names Lightning exports at these paths that fabric_kit does not have (yet), and why.
-XLA_CHECKPOINT_IO = "XLAStrategy moves the state to the CPU and writes it through TorchCheckpointIO"
 ABSENT = {
     "lightning.fabric.strategies": {
         "DataParallelStrategy": "strategy='dp' is not provided",
         "SingleTPUStrategy": "Lightning's deprecated alias of SingleDeviceXLAStrategy",
     },
     "lightning.fabric.plugins": {
-        "XLACheckpointIO": XLA_CHECKPOINT_IO,
         "TransformerEnginePrecision": "Transformer Engine is not supported",
     },
     "lightning.fabric.utilities": {
@@ -96,7 +95,7 @@ ABSENT = {
         "rank_zero_deprecation": "fabric_kit deprecates nothing yet",
     },
     "lightning.fabric.accelerators": {},
-    "lightning.fabric.plugins.io": {"XLACheckpointIO": XLA_CHECKPOINT_IO},
+    "lightning.fabric.plugins.io": {},
     "lightning.fabric.plugins.collectives": {},
 }
 OURS = {f"lightning.fabric.{name}": f"fabric_kit.{name}"

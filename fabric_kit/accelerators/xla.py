@@ -16,12 +16,13 @@ INSTALL_HINT = ("install the extra with `pip install 'fabric_kit[xla]'`; torch_x
                 "exactly, so pin `pip install torch==2.9.0 torch_xla==2.9.0` in its own environment")
 
 
-def import_torch_xla() -> ModuleType:
-    """torch_xla, or an error that says how to get it (missing, or built for another torch)."""
+def import_torch_xla(needed_by: str = "the XLA accelerator") -> ModuleType:
+    """torch_xla, or an error that says what `needed_by` it and how to get it (missing, or built for another
+    torch)."""
     try:
         return importlib.import_module("torch_xla")
     except ImportError as error:
-        raise ModuleNotFoundError(f"the XLA accelerator needs torch_xla, which could not be imported ({error}); "
+        raise ModuleNotFoundError(f"{needed_by} needs torch_xla, which could not be imported ({error}); "
                                   f"{INSTALL_HINT}") from error
 
 

@@ -17,6 +17,7 @@ from typing import Any
 
 from torch import Tensor
 
+from fabric_kit.accelerators.xla import import_torch_xla
 from fabric_kit.checkpoint.io import load_file, save_file
 from fabric_kit.collections import apply_to_collection
 
@@ -67,6 +68,24 @@ class TorchCheckpointIO(CheckpointIO):
             shutil.rmtree(path)
         else:
             path.unlink(missing_ok=True)
+
+
+class XLACheckpointIO(TorchCheckpointIO):
+    """`TorchCheckpointIO` for a checkpoint whose tensors live on XLA devices (Lightning's TPU plugin): saving runs
+    the pending lazy graph once, then copies every tensor to the CPU, so the file loads anywhere, without
+    torch_xla. fabric_kit's XLA strategies copy their state to the CPU themselves; this plugin is for states
+    built elsewhere. It needs torch_xla (the `xla` extra): constructing it without raises, naming the extra."""
+
+    def __init__(self) -> None:
+        import_torch_xla("XLACheckpointIO")
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: CheckpointPath, storage_options: Any = None) -> None:
+        tensors: list[Tensor] = []
+        apply_to_collection(checkpoint, Tensor, tensors.append)
+        if any(tensor.device.type == "xla" for tensor in tensors):
+            import_torch_xla("XLACheckpointIO").sync()  # one execution, instead of one per tensor copied
+        on_cpu = apply_to_collection(checkpoint, Tensor, lambda tensor: tensor.detach().cpu())
+        super().save_checkpoint(on_cpu, path, storage_options)
 
 
 class AsyncCheckpointIO(CheckpointIO):

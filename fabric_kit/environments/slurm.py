@@ -103,7 +103,7 @@ class SLURMEnvironment(ClusterEnvironment):
         nodelist = os.environ.get("SLURM_NODELIST") or os.environ.get("SLURM_JOB_NODELIST")
         if nodelist is None:
             return "127.0.0.1"
-        return expand_hostlist(nodelist)[0]
+        return self.resolve_root_node_address(nodelist)
 
     @property
     def main_port(self) -> int:
@@ -114,6 +114,24 @@ class SLURMEnvironment(ClusterEnvironment):
     @staticmethod
     def detect() -> bool:
         return "SLURM_NTASKS" in os.environ and os.environ.get("SLURM_JOB_NAME") not in _INTERACTIVE_JOB_NAMES
+
+    @staticmethod
+    def resolve_root_node_address(nodes: str) -> str:
+        """The first host of a SLURM host list (``"gpu[07-08],cpu1"`` -> ``"gpu07"``), where rank 0 runs."""
+        return expand_hostlist(nodes)[0]
+
+    @staticmethod
+    def job_name() -> str | None:
+        return os.environ.get("SLURM_JOB_NAME")
+
+    @staticmethod
+    def job_id() -> int | None:
+        """SLURM_JOB_ID as a number; None outside SLURM, in an interactive allocation (whose runs are not one job's)
+        or when the id is not a number."""
+        job_id = os.environ.get("SLURM_JOB_ID")
+        if SLURMEnvironment.job_name() in _INTERACTIVE_JOB_NAMES or job_id is None or not job_id.isdigit():
+            return None
+        return int(job_id)
 
     def world_size(self) -> int:
         return _variables.read_int("SLURM_NTASKS")

@@ -4,7 +4,7 @@ cluster environments (`plugins.environments`) and checkpoint I/O (`plugins.io`),
 `Fabric(plugins=...)` to override the automatic choice."""
 from fabric_kit.lazy import lazy_attributes
 from fabric_kit.plugins.environments import ClusterEnvironment
-from fabric_kit.plugins.io import CheckpointIO, TorchCheckpointIO
+from fabric_kit.plugins.io import CheckpointIO, TorchCheckpointIO, XLACheckpointIO
 from fabric_kit.plugins.precision import (
     LAZY,
     DoublePrecision,
@@ -18,4 +18,4 @@ from fabric_kit.plugins.precision import (
 __getattr__, __dir__ = lazy_attributes(__name__, LAZY)
 
 __all__ = ["CheckpointIO", "ClusterEnvironment", "DoublePrecision", "HalfPrecision", "MixedPrecision", "Precision",
-           "TorchCheckpointIO", "TruePrecision", "XLAPrecision", *LAZY]
+           "TorchCheckpointIO", "TruePrecision", "XLACheckpointIO", "XLAPrecision", *LAZY]

@@ -290,6 +290,40 @@ class DeepSpeedStrategy(ParallelStrategy, BackwardSyncControl):
                                "`fabric.setup(model, optimizer)` first")
         return engines[0]
 
+    # -- the module's full state dict ---------------------------------------------------------------------------
+    def get_module_state_dict(self, module: Module) -> dict[str, Any]:
+        """The full state dict with the user's keys, on every rank; under stage 3 the parameters are gathered from
+        every rank's partition (copies: the partitions are released again). The values are the module's, in the
+        precision's dtype (ZeRO's fp32 master copies live in its optimizer)."""
+        engine = self._engine_of(module)
+        if self.zero_stage < 3:
+            return super().get_module_state_dict(engine.module)
+        with _import_deepspeed().zero.GatheredParameters(list(engine.module.parameters()), modifier_rank=None):
+            return {key: value.detach().clone() for key, value in engine.module.state_dict().items()}
+
+    def load_module_state_dict(self, module: Module, state_dict: dict[str, Any], strict: bool = True) -> None:
+        """Every rank passes the full state dict (under stage 3 rank 0's values are partitioned again, as the
+        engine loads a checkpoint's module); the optimizer's fp32 master copies are refreshed from the loaded
+        weights, so its next step starts from them instead of putting the old weights back."""
+        engine = self._engine_of(module)
+        engine.load_module_state_dict({"module": state_dict}, strict=strict, fetch_z3_params=self.zero_stage == 3)
+        refresh = getattr(engine.optimizer, "refresh_fp32_params", None)
+        if callable(refresh):
+            refresh()
+
+    def _engine_of(self, module: Module) -> DeepSpeedEngine:
+        engine = self._engine_holding(module)
+        if engine is None:
+            raise TypeError(f"model {type(unwrap(module)).__name__} was not set up by this DeepSpeed strategy; pass "
+                            "the model returned by `fabric.setup`")
+        return engine
+
+    def _engine_holding(self, obj: Any) -> DeepSpeedEngine | None:
+        """The engine this strategy built whose model `obj` is (what `fabric.setup` returned, the engine, or the
+        user's module inside it), or None."""
+        target = unwrap(obj)
+        return next((e for e in self._engines if target is e or target is e.module), None)
+
     # -- checkpoints: the engine's directory, with the state's other entries as client state ---------------------
     @property
     def uses_checkpoint_io(self) -> bool:
@@ -348,11 +382,10 @@ class DeepSpeedStrategy(ParallelStrategy, BackwardSyncControl):
         """The one engine whose model is in `state`, and the entries other than its model and optimizer."""
         found, rest = [], {}
         for key, obj in state.items():
-            target = unwrap(obj)
-            engine = next((e for e in self._engines if target is e or target is e.module), None)
+            engine = self._engine_holding(obj)
             if engine is not None:
                 found.append(engine)
-            elif not any(target is e.optimizer for e in self._engines):
+            elif not any(unwrap(obj) is e.optimizer for e in self._engines):
                 rest[key] = obj
         if len(found) != 1:
             raise ValueError(f"under DeepSpeed a checkpoint's state must hold exactly one model set up with "

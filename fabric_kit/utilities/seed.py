@@ -1,4 +1,4 @@
 """Lightning's `lightning.fabric.utilities.seed`; defined in `fabric_kit.seed`."""
-from fabric_kit.seed import seed_everything
+from fabric_kit.seed import reset_seed, seed_everything
 
-__all__ = ["seed_everything"]
+__all__ = ["reset_seed", "seed_everything"]

@@ -2,8 +2,9 @@
 hand them to fabric so each process gets its shard and batches reach the device."""
 from __future__ import annotations
 
+import itertools
 import math
-from collections.abc import Sized
+from collections.abc import Callable, Iterable, Iterator, Sized
 from typing import TYPE_CHECKING, Any
 
 from torch.utils.data import DataLoader, SequentialSampler
@@ -163,3 +164,46 @@ def batches(loader: Any) -> Any:
     if isinstance(loader, CombinedLoader):
         return (batch for batch, _, _ in loader)
     return loader
+
+
+class DataloaderIter(Iterator[tuple[Any, int, int]]):
+    """What a step that fetches its own batches (`training_step(self, dataloader_iter)`, and the evaluation and
+    predict steps alike) receives: the loader's batches as `(batch, batch_idx, dataloader_idx)` (on the device
+    already), up to `limit`; a resumed epoch's first `skip` batches are left out. `batch` / `batch_idx` are the
+    last fetched (None / the next index before any); `done` once the limit is reached or the loader `ran_out`."""
+
+    def __init__(self, loader: Any, first: int, skip: int, limit: int | float, dataloader_idx: int = 0) -> None:
+        self._batches = itertools.islice(enumerate(batches(loader), first), skip, None)
+        self.limit, self.dataloader_idx = limit, dataloader_idx
+        self.batch: Any = None
+        self.batch_idx = max(first, skip)
+        self.done = self.batch_idx >= limit
+        self.ran_out = False
+
+    def __next__(self) -> tuple[Any, int, int]:
+        if self.done:
+            raise StopIteration
+        try:
+            self.batch_idx, self.batch = next(self._batches)
+        except StopIteration:
+            self.done = self.ran_out = True
+            raise
+        self.done = self.batch_idx + 1 >= self.limit
+        return self.batch, self.batch_idx, self.dataloader_idx
+
+
+def step_calls(loader: Iterable[Any], limit: int | float, pulled: DataloaderIter | None,
+               transfer: Callable[[Any], Any]) -> Iterator[tuple[Any, Any, int]]:
+    """Each call of an evaluation or predict step over `loader`'s first `limit` batches: what the step gets, and
+    the batch and `batch_idx` the hooks before it see. A step that fetches its own batches gets the iterator
+    `pulled` while it has batches left, and those hooks the batch it fetched last (Lightning's rule); any other
+    step gets each batch, after the transfer hooks."""
+    if pulled is not None:
+        while not pulled.done:
+            yield pulled, pulled.batch, pulled.batch_idx
+        return
+    for batch_idx, batch in enumerate(loader):
+        batch = transfer(batch)
+        yield batch, batch, batch_idx
+        if batch_idx + 1 >= limit:
+            return

@@ -3,13 +3,15 @@ from __future__ import annotations
 
 import shutil
 import sys
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import torch
 
 from loops.logging.metrics import to_floats
 from loops.logging.results import Results
-from loops.trainer.data import batches, set_sampler_epoch
+from loops.trainer.data import DataloaderIter, batches, set_sampler_epoch, step_calls
+from loops.trainer.router import pulls_batches
 
 if TYPE_CHECKING:
     from loops.trainer.trainer import Trainer
@@ -21,7 +23,8 @@ def run_evaluation(trainer: Trainer, stage: str, loaders: list[Any], limits: lis
                    sanity: bool = False) -> list[dict[str, float]]:
     """Run `validation_step` (stage "validate") or `test_step` over `loaders`; returns one metrics dict per loader
     (empty during the sanity check, whose logs are discarded). Without a batch to run nothing runs, no hook either
-    (Lightning's rule)."""
+    (Lightning's rule). A step taking `dataloader_iter` fetches its batches from each loader in turn; its calls
+    count as the batches do."""
     if sum(limits) == 0:
         return []
     if trainer.state.fn == "fit":
@@ -37,6 +40,7 @@ def run_evaluation(trainer: Trainer, stage: str, loaders: list[Any], limits: lis
     start_cbs, start_mod = hooks.cb(f"on_{prefix}_batch_start"), hooks.mod(f"on_{prefix}_batch_start")
     end_cbs, end_mod = hooks.cb(f"on_{prefix}_batch_end"), hooks.mod(f"on_{prefix}_batch_end")
     step_name, run_step = f"{prefix}_step", hooks.steps(fabric_module)
+    pulls = pulls_batches(getattr(module, step_name))
     fetch = f"[_EvaluationLoop].{'val' if stage == 'validate' else 'test'}_next"
     # Per epoch by default; no batch outside the loop: what is logged there weighs the same on every process.
     with state.logging_scope(results, per_step=False) as scope:
@@ -50,13 +54,27 @@ def run_evaluation(trainer: Trainer, stage: str, loaders: list[Any], limits: lis
                 extra = (dataloader_idx,) if multiple else ()
                 if limit <= 0:
                     continue
-                for batch_idx, batch in enumerate(hooks.batches(fetch, batches(loader))):
-                    batch = scope.batch = hooks.transfer(batch, dataloader_idx, device)
+                fetched = hooks.batches(fetch, batches(loader))
+                pulled = DataloaderIter(fetched, 0, 0, limit, dataloader_idx) if pulls else None
+                transfer = partial(hooks.transfer, dataloader_idx=dataloader_idx, device=device)
+                for step_input, batch, batch_idx in step_calls(fetched, limit, pulled, transfer):
+                    scope.batch = batch
                     for hook in start_cbs:
                         hook(trainer, module, batch, batch_idx, *extra)
                     for hook in start_mod:
                         hook(batch, batch_idx, *extra)
-                    outputs = run_step(step_name, batch, batch_idx, *extra)
+                    scope.pulling_step = step_name if pulled is not None else None
+                    try:
+                        outputs = run_step(step_name, step_input, batch_idx, *extra)
+                    except StopIteration:
+                        if pulled is None:
+                            raise
+                        break  # the step asked for a batch past the last: the loader is done (Lightning's rule)
+                    finally:
+                        scope.pulling_step = None
+                    if pulled is not None:  # the hooks after the step see the batch it fetched last
+                        batch = scope.batch = pulled.batch
+                        batch_idx = pulled.batch_idx
                     for hook in end_cbs:
                         hook(trainer, module, outputs, batch, batch_idx, *extra)
                     for hook in end_mod:
@@ -66,8 +84,6 @@ def run_evaluation(trainer: Trainer, stage: str, loaders: list[Any], limits: lis
                             state.metrics.eval_step_end(results, trainer.loggers, seen.get(dataloader_idx, 0),
                                                         f"/dataloader_idx_{dataloader_idx}" if multiple else "")
                         seen[dataloader_idx] = seen.get(dataloader_idx, 0) + 1
-                    if batch_idx + 1 >= limit:
-                        break
             scope.dataloader_idx = scope.batch = None
             hooks.call(f"on_{prefix}_epoch_end")
             per_loader: list[dict[str, float]] = []

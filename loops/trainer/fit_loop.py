@@ -5,7 +5,6 @@ the step, the schedulers) is taken once per epoch (`_TrainingEpoch`), so hooks n
 counters it advances are the run state's `Progress` (run_state.py)."""
 from __future__ import annotations
 
-import itertools
 import math
 import time
 import warnings
@@ -18,7 +17,7 @@ from fabric_kit import is_wrapped
 from loops.core.optimizer_config import step_schedulers
 from loops.logging.results import Results
 from loops.trainer.checkpointing import restore_model, restore_training_state
-from loops.trainer.data import batches, eval_loaders, find_loaders, limit_combined, train_loader
+from loops.trainer.data import DataloaderIter, batches, eval_loaders, find_loaders, limit_combined, train_loader
 from loops.trainer.evaluation_loop import run_evaluation
 from loops.trainer.loop_state import decode, encode
 from loops.trainer.optimization import AutomaticStep
@@ -110,7 +109,8 @@ class FitLoop:
         if not isinstance(interval, (int, float)):  # a time: `_should_validate` looks at the clock
             return math.inf
         if isinstance(interval, int) and not isinstance(interval, bool):
-            if trainer.check_val_every_n_epoch is not None and batches != math.inf and interval > batches:
+            if trainer.check_val_every_n_epoch is not None and batches != math.inf and interval > batches \
+                    and trainer.limit_val_batches != 0:  # validation off: the interval never applies
                 raise ValueError(f"val_check_interval={interval} is more than the {batches} training batches of an "
                                  "epoch; to validate every N batches across epochs pass check_val_every_n_epoch="
                                  "None, or disable validation with limit_val_batches=0")
@@ -242,7 +242,7 @@ class FitLoop:
         hooks = state.hooks
         with state.logging_scope(results, per_step=True) as scope:
             if epoch.pulls:
-                scope.needs_batch_size = True
+                scope.pulling_step = "training_step"
                 epoch.run_pulling(scope, DataloaderIter(self.train_loader, first, skip, self.num_training_batches))
             else:
                 run_batch = hooks.profiled("run_training_batch", epoch.run_batch)
@@ -514,29 +514,3 @@ class _TrainingEpoch:
             self.loop._step_epoch_schedulers(plateau=False)
             if self.validation and self.loop._should_validate(self.progress.batch_idx - 1, True):
                 self.loop.run_validation()
-
-
-class DataloaderIter(Iterator[tuple[Any, int, int]]):
-    """What `training_step(self, dataloader_iter)` receives: the epoch's batches as `(batch, batch_idx,
-    dataloader_idx)` (on the device already), up to the epoch's `limit`; a resumed epoch's first `skip` batches
-    are left out. `batch` / `batch_idx` are the last fetched (None / the next index before any); `done` once the
-    limit is reached or the loader `ran_out`."""
-
-    def __init__(self, loader: Any, first: int, skip: int, limit: int | float) -> None:
-        self._batches = itertools.islice(enumerate(batches(loader), first), skip, None)
-        self.limit = limit
-        self.batch: Any = None
-        self.batch_idx = max(first, skip)
-        self.done = self.batch_idx >= limit
-        self.ran_out = False
-
-    def __next__(self) -> tuple[Any, int, int]:
-        if self.done:
-            raise StopIteration
-        try:
-            self.batch_idx, self.batch = next(self._batches)
-        except StopIteration:
-            self.done = self.ran_out = True
-            raise
-        self.done = self.batch_idx + 1 >= self.limit
-        return self.batch, self.batch_idx, 0

@@ -121,7 +121,7 @@ class LogScope:
     batch: Any = None  # the running batch, whose size weighs epoch means (None outside a batch: weight 1)
     dataloader_idx: int | None = None  # with several loaders, the running one (suffixes the logged names)
     hook: str | None = None  # the hook running now (None: a step or a batch hook, which may all log)
-    needs_batch_size: bool = False  # the step fetches its own batches: `self.log` must be given `batch_size`
+    pulling_step: str | None = None  # a step running that fetches its own batches: `self.log` needs `batch_size`
 
 
 @dataclass

@@ -499,9 +499,10 @@ class Trainer(TrainerProperties):
                                "hooks); write to self.logger.experiment directly there")
         if self.barebones:
             raise RuntimeError(f"self.log({name!r}) is turned off by Trainer(barebones=True)")
-        if scope.needs_batch_size and batch_size is None:
-            raise ValueError(f"self.log({name!r}) needs batch_size=... with training_step(self, dataloader_iter): "
-                             "the step fetches its batches, so their size is not known (as in Lightning)")
+        if scope.pulling_step is not None and batch_size is None:
+            raise ValueError(f"self.log({name!r}) needs batch_size=... with {scope.pulling_step}(self, "
+                             "dataloader_iter): the step fetches its batches, so their size is not known (as in "
+                             "Lightning)")
         suffix = f"/dataloader_idx_{scope.dataloader_idx}" if scope.dataloader_idx is not None and add_dataloader_idx \
             else ""
         # rank_zero_only: logged from rank 0 alone, so never synced (a collective there would wait for the others).

@@ -192,3 +192,12 @@ def test_a_failed_requeue_shows_scontrols_message(setenv, scontrol):
 def test_outside_slurm_there_is_no_job_to_requeue():
     with pytest.raises(ValueError, match="SLURM_JOB_ID is not set"):
         requeue_job()
+
+
+def test_lightnings_static_helpers(setenv):
+    setenv(**SRUN)
+    assert SLURMEnvironment.resolve_root_node_address("1.2.3.[089, 100-110]") == "1.2.3.089"
+    assert SLURMEnvironment.resolve_root_node_address("alpha beta") == "alpha"
+    assert (SLURMEnvironment.job_name(), SLURMEnvironment.job_id()) == ("train.sh", 1234567)
+    setenv(SLURM_JOB_NAME="bash")  # an interactive allocation: its runs are not the job's
+    assert SLURMEnvironment.job_id() is None

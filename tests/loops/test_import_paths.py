@@ -9,6 +9,7 @@ import lightning.pytorch.callbacks
 import pytest
 
 import fabric_kit
+import fabric_kit.plugins.io
 import loops
 import loops.callbacks
 import loops.loggers
@@ -16,6 +17,7 @@ import loops.utilities
 from fabric_kit.loggers import Logger
 from fabric_kit.rank_zero import rank_zero_info, rank_zero_only, rank_zero_warn
 from loops.trainer.hooks import overrides
+from tests.helpers.processes import process_environment
 
 PATHS = [
     ("loops.utilities", "rank_zero_only", rank_zero_only), ("loops.utilities", "rank_zero_info", rank_zero_info),
@@ -28,6 +30,10 @@ PATHS = [
     ("loops.loggers.logger", "Logger", Logger),
     ("loops", "Fabric", fabric_kit.Fabric),
     ("loops", "seed_everything", fabric_kit.seed_everything),
+    ("loops.strategies", "DDPStrategy", fabric_kit.strategies.DDPStrategy),
+    ("loops.accelerators", "CPUAccelerator", fabric_kit.accelerators.CPUAccelerator),
+    ("loops.plugins", "MixedPrecision", fabric_kit.plugins.MixedPrecision),
+    ("loops.plugins", "AsyncCheckpointIO", fabric_kit.plugins.io.AsyncCheckpointIO),
 ]
 # Callback modules Lightning has that loops does not, and why.
 ABSENT_CALLBACK_MODULES = {"pruning": "ModelPruning is not provided",
@@ -42,6 +48,10 @@ ABSENT = {
                   "find_shared_parameters": "not provided", "set_shared_parameters": "not provided",
                   "is_picklable": "not provided", "is_shared_filesystem": "not provided",
                   "LightningEnum": "Lightning's internal enum base", "rank_zero_deprecation": "nothing is deprecated"},
+    "strategies": {}, "accelerators": {},
+    "plugins": {"LayerSync": "sync_batchnorm=True converts with torch's SyncBatchNorm, no plugin",
+                "TorchSyncBatchNorm": "sync_batchnorm=True converts with torch's SyncBatchNorm, no plugin",
+                "TransformerEnginePrecision": "Transformer Engine is not supported"},
     "profilers": {"XLAProfiler": "no XLA profiler (torch_xla's own profiler server)"},
     "demos": {"LightningLSTM": "the LSTM demo is not provided", "SimpleLSTM": "the LSTM demo is not provided",
               "SequenceSampler": "the LSTM demo is not provided"},
@@ -111,11 +121,17 @@ def test_is_overridden():
         is_overridden("forward", object())
 
 
-def test_importing_loops_leaves_the_heavy_packages_out():
+def test_importing_loops_leaves_the_heavy_packages_out_until_named():
     """A Trainer process pays for torch's sharded checkpoints (DTensor, sympy), tensorboardX, the CLI's
-    jsonargparse and DeepSpeed only when it uses them."""
-    heavy = ("torch.distributed.checkpoint", "sympy", "tensorboardX", "jsonargparse", "deepspeed", "lightning")
-    code = f"import sys, loops\nprint(sorted(m for m in {heavy!r} if m in sys.modules))"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+    jsonargparse, DeepSpeed and XLA only when it uses them; the strategy and plugin paths load a sharding backend
+    when it is first named."""
+    heavy = ("torch.distributed.checkpoint", "sympy", "tensorboardX", "jsonargparse", "deepspeed", "lightning",
+             "torch_xla", "fabric_kit.strategies.fsdp", "fabric_kit.strategies.deepspeed")
+    code = ("import sys\nimport loops as L\nimport loops.plugins\n"
+            f"print(sorted(m for m in {heavy!r} if m in sys.modules))\n"
+            "L.strategies.FSDPStrategy\n"
+            "print('fabric_kit.strategies.fsdp' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600,
+                         env=process_environment())
     assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == "[]"
+    assert out.stdout.split() == ["[]", "True"]

@@ -1,11 +1,13 @@
 """The script behind test_module_state_dict.py: `Strategy.get_module_state_dict` / `load_module_state_dict` under
-DDP and then FSDP in the same 2 CPU processes (the FSDP Fabric joins the group DDP's launch made), and FSDP's full
-checkpoint file written and read through a CheckpointIO plugin.
+DDP, then FSDP, then DeepSpeed ZeRO stages 2 and 3 (when DeepSpeed is installed) in the same 2 CPU processes (each
+later Fabric joins the group DDP's launch made), and FSDP's full checkpoint file written and read through a
+CheckpointIO plugin.
 
     python module_state_dict_worker.py OUT_DIR
 
 Rank r writes OUT_DIR/rank<r>.pt with what it observed.
 """
+import importlib.util
 import os
 import sys
 
@@ -22,6 +24,9 @@ class Net(nn.Module):
     def __init__(self):
         super().__init__()
         self.layers = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 2))
+
+    def forward(self, x):
+        return self.layers(x)
 
 
 class CountingCheckpointIO(TorchCheckpointIO):
@@ -73,6 +78,27 @@ def round_trip(fabric, model):
     return result
 
 
+def deepspeed_round_trip(stage):
+    """The round trip under ZeRO `stage`, then a step with learning rate 0 after loading other values: the engine
+    copies its fp32 master weights back into the module at every step, so the loaded values survive it only if
+    loading refreshed those masters."""
+    fabric = Fabric(accelerator="cpu", devices=2, strategy=f"deepspeed_stage_{stage}")
+    fabric.launch()
+    torch.manual_seed(0)
+    model = Net()
+    model, optimizer = fabric.setup(model, torch.optim.SGD(model.parameters(), lr=0.0))
+    result = round_trip(fabric, model)
+    new = replaced(reference())
+    fabric.strategy.load_module_state_dict(model, new)
+    fabric.backward(model(torch.ones(2, 4)).sum())
+    optimizer.step()
+    after = fabric.strategy.get_module_state_dict(model)
+    result["kept_through_a_step"] = all(torch.equal(after[k].cpu(), v) for k, v in new.items())
+    weight = model.module.layers[0].weight  # the engine's module: under stage 3 this rank holds a partition
+    result["partition"] = weight.ds_tensor.numel() if hasattr(weight, "ds_tensor") else weight.numel()
+    return result
+
+
 def main(out_dir):
     fabric = Fabric(accelerator="cpu", devices=2, strategy="ddp")
     fabric.launch()
@@ -93,6 +119,9 @@ def main(out_dir):
     fabric.load(path, {"model": model})
     restored = fabric.strategy.get_module_state_dict(model)
     result["fsdp"]["checkpoint_io"] = (io.calls, all(torch.equal(restored[k], v) for k, v in expected.items()))
+    if importlib.util.find_spec("deepspeed") is not None:
+        for stage in (2, 3):
+            result[f"deepspeed_stage_{stage}"] = deepspeed_round_trip(stage)
     torch.save(result, os.path.join(out_dir, f"rank{fabric.global_rank}.pt"))
 
 

@@ -1,6 +1,7 @@
-"""`training_step(self, dataloader_iter)`: the step fetches its batches itself (Lightning detects it by the
-parameter's name). What the step and the batch hooks see, the optimizer steps taken and the weights reached are
-compared with Lightning 2.6's on the same program."""
+"""`training_step(self, dataloader_iter)`, and validation / test / predict steps alike: the step fetches its
+batches itself (Lightning detects it by the parameter's name). What the step and the batch hooks see, the optimizer
+steps taken, the weights reached and the evaluation results are compared with Lightning 2.6's on the same
+program."""
 import pytest
 import torch
 from torch.utils.data import DataLoader
@@ -82,7 +83,7 @@ def test_logging_there_needs_the_batch_size(quiet):  # noqa: F811
 
     model = Unsized()
     trainer = loops.Trainer(max_epochs=1, **QUIET)
-    with pytest.raises(ValueError, match="self.log\\('x'\\) needs batch_size=... with training_step"):
+    with pytest.raises(ValueError, match=r"self.log\('x'\) needs batch_size=... with training_step\(self, dataloader"):
         trainer.fit(model, DataLoader(torch.zeros(4, 2), batch_size=2))
 
 
@@ -91,3 +92,92 @@ def test_accumulation_with_a_step_that_fetches_its_batches_is_refused(tmp_path):
                             default_root_dir=tmp_path, **QUIET)
     with pytest.raises(ValueError, match=r"dataloader_iter.*accumulate_grad_batches=2 is not supported"):
         trainer.fit(build(loops, 1), DataLoader(torch.zeros(4, 2), batch_size=2))
+
+
+def build_evaluator(L, per_call):
+    """validation_step / test_step / predict_step fetching `per_call` batches per call, recording what they and
+    the batch hooks see."""
+    class Evaluator(L.LightningModule):
+        def __init__(self):
+            super().__init__()
+            torch.manual_seed(0)
+            self.layer = torch.nn.Linear(2, 1)
+            self.seen = []
+
+        def pull(self, stage, dataloader_iter):
+            pulled = [next(dataloader_iter) for _ in range(per_call)]
+            self.seen.append((stage, [(plain(b), i, d) for b, i, d in pulled]))
+            return sum(self.layer(b).sum() for b, _, _ in pulled)
+
+        def training_step(self, batch, batch_idx):
+            return self.layer(batch).pow(2).mean()
+
+        def validation_step(self, dataloader_iter):
+            self.log("val", self.pull("val", dataloader_iter), batch_size=2 * per_call)
+
+        def test_step(self, dataloader_iter):
+            self.log("test", self.pull("test", dataloader_iter), batch_size=2 * per_call)
+
+        def predict_step(self, dataloader_iter):
+            return self.pull("predict", dataloader_iter).item()
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.01)
+
+    for stage in ("validation", "test", "predict"):
+        def start(self, batch, batch_idx, stage=stage):
+            self.seen.append((f"{stage}_start", plain(batch), batch_idx))
+
+        def end(self, outputs, batch, batch_idx, stage=stage):
+            self.seen.append((f"{stage}_end", plain(batch), batch_idx))
+
+        setattr(Evaluator, f"on_{stage}_batch_start", start)
+        setattr(Evaluator, f"on_{stage}_batch_end", end)
+    return Evaluator()
+
+
+def run_evaluations(L):
+    """Per case: what the module saw, and what validate / test / predict returned."""
+    data = torch.arange(20.0).view(10, 2)
+    outcome = {}
+    for per_call in (1, 2):
+        model = build_evaluator(L, per_call)
+        trainer = L.Trainer(max_epochs=1, limit_train_batches=2, num_sanity_val_steps=2,
+                            **{**QUIET, "enable_checkpointing": False})
+        trainer.fit(model, DataLoader(data, batch_size=2), DataLoader(data, batch_size=2))
+        loader = DataLoader(data[:6], batch_size=2)  # 3 batches: with two per call, the second call runs out
+        results = (trainer.validate(model, loader, verbose=False), trainer.test(model, loader, verbose=False),
+                   trainer.predict(model, loader))
+        outcome[per_call] = (model.seen, results, [p.tolist() for p in model.parameters()])
+    return outcome
+
+
+def test_evaluation_steps_that_pull_their_batches_run_as_lightnings(quiet):  # noqa: F811
+    ours, theirs = run_evaluations(loops), run_evaluations(pl)
+    assert ours == theirs
+    seen, (_, _, predicted), _ = theirs[2]
+    # 3 batches, two per call: the second call's start hook sees batch 1, then the call runs out and gives nothing
+    assert seen[-1] == ("predict_start", [[4.0, 5.0], [6.0, 7.0]], 1) and len(predicted) == 1
+    assert [entry[0] for entry in theirs[1][0][:3]] == ["validation_start", "val", "validation_end"]
+
+
+def test_an_evaluation_step_fetches_from_each_loader_in_turn(quiet):  # noqa: F811
+    model = build_evaluator(loops, 2)
+    trainer = loops.Trainer(**QUIET)
+    loaders = [DataLoader(torch.zeros(6, 2), batch_size=2), DataLoader(torch.ones(4, 2), batch_size=2)]
+    trainer.validate(model, loaders, verbose=False)
+    pulls = [[(i, d) for _, i, d in entry[1]] for entry in model.seen if entry[0] == "val"]
+    assert pulls == [[(0, 0), (1, 0)], [(0, 1), (1, 1)]]  # loader 0's third batch alone: that call ran out
+    expected = [[pytest.approx(model.layer(torch.full((4, 2), value)).sum().item())] for value in (0.0, 1.0)]
+    assert trainer.predict(model, loaders) == expected  # one call per loader: two batches each
+
+
+def test_logging_in_an_evaluation_step_that_pulls_needs_the_batch_size(quiet):  # noqa: F811
+    class Unsized(type(build_evaluator(loops, 1))):
+        def validation_step(self, dataloader_iter):
+            next(dataloader_iter)
+            self.log("x", 1.0)
+
+    with pytest.raises(ValueError, match=r"self.log\('x'\) needs batch_size=... with validation_step\(self, "
+                                         r"dataloader_iter\)"):
+        loops.Trainer(**QUIET).validate(Unsized(), DataLoader(torch.zeros(4, 2), batch_size=2))

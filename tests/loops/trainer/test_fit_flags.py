@@ -86,6 +86,8 @@ def test_val_check_interval_larger_than_epoch_needs_check_val_every_n_epoch_none
         fit(max_epochs=2, val_check_interval=12)
     _, counter = fit(max_epochs=3, val_check_interval=12, check_val_every_n_epoch=None, num_sanity_val_steps=0)
     assert [step for _, step in counter.epochs] == [12, 24]  # 8 batches per epoch, every 12 batches overall
+    trainer, counter = fit(max_epochs=1, val_check_interval=12, limit_val_batches=0)  # validation off: no error
+    assert trainer.global_step == 8 and counter.val_runs == 0
 
 
 def test_check_val_every_n_epoch():

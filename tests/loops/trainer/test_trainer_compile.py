@@ -1,7 +1,10 @@
-"""A `torch.compile`d LightningModule under the Trainer: fit runs the module's steps through the compiled router
-(the settings of the user's compile, applied again around fabric's wrapper), logs, and checkpoints the plain keys
-(no `_orig_mod.`), training to the uncompiled run's weights. The aot_eager backend traces the steps as inductor
+"""A `torch.compile`d LightningModule under the Trainer, on one process and under DDP and FSDP on two: fit runs
+the module's steps through the compiled router (the settings of the user's compile, applied again around fabric's
+wrapper, outside DDP / FSDP), logs, and checkpoints the plain keys (no `_orig_mod.`), training to the uncompiled
+run's weights. The aot_eager backend traces the steps as inductor
 does without its C++ build (about three minutes on 2 cores), which adds nothing the routing depends on."""
+from pathlib import Path
+
 import torch
 from torch.utils.data import DataLoader
 
@@ -54,3 +57,24 @@ def test_compiled_module_fits_logs_and_checkpoints(tmp_path):
     assert torch.equal(Net.load_from_checkpoint(trainer.checkpoint_callback.best_model_path).layer.weight,
                        model.layer.weight)
 
+
+
+def test_compiled_module_under_ddp_and_fsdp_on_two_processes(run_ranks, tmp_path):
+    """One launch: DDP then FSDP, each uncompiled and compiled (tests/loops/trainer/scripts/loops_compile_fit.py)."""
+    script = Path(__file__).parent / "scripts" / "loops_compile_fit.py"
+    _, ranks = run_ranks([script, tmp_path], tmp_path, timeout=600)
+    for strategy in ("ddp", "fsdp"):
+        for rank in ranks:
+            plain, compiled = rank[strategy, False], rank[strategy, True]
+            assert compiled["outer"] == "OptimizedModule" and compiled["around"]  # compiled outside the wrapper
+            assert plain["outer"] != "OptimizedModule" and not plain["traced"]
+            assert compiled["traced"] and compiled["module"] and compiled["global_step"] == plain["global_step"] == 8
+            assert compiled["metrics"] == plain["metrics"] == ["loss", "val"]
+            for name, tensor in plain["weights"].items():
+                assert torch.allclose(compiled["weights"][name], tensor, atol=1e-5), (strategy, name)
+        files = {kind: torch.load(tmp_path / f"{strategy}-{kind}.ckpt", weights_only=True)["state_dict"]
+                 for kind in ("plain", "compiled")}
+        keys = ["net.0.bias", "net.0.weight", "net.2.bias", "net.2.weight"]
+        assert sorted(files["compiled"]) == sorted(files["plain"]) == keys  # no "_orig_mod." prefix
+        for name in keys:
+            assert torch.allclose(files["compiled"][name], ranks[0][strategy, False]["weights"][name], atol=1e-5)
