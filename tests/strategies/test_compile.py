@@ -36,3 +36,28 @@ def test_compiled_module_on_one_process_keeps_plain_keys(clean_env):
     assert type(model._forward_module).__name__ == "OptimizedModule"
     assert sorted(model.state_dict()) == sorted(Net().state_dict())
     assert model(torch.ones(2, 8)).shape == (2, 4)
+
+
+def test_inductor_compiles_the_module_fabric_set_up_and_trains_like_eager(clean_env):
+    """The one test with torch.compile's default backend (inductor builds C++ for the CPU, about 30 s): the others
+    use aot_eager, which sets the compiled module up the same way."""
+    fabric = Fabric(accelerator="cpu", devices=1)
+    losses = {}
+    for kind in ("eager", "inductor"):
+        torch.manual_seed(0)
+        net = Net()
+        model, optimizer = fabric.setup(torch.compile(net) if kind == "inductor" else net,
+                                        torch.optim.SGD(net.parameters(), lr=0.1))
+        x, y = torch.ones(4, 8), torch.zeros(4, 4)
+        losses[kind] = []
+        for _ in range(2):
+            loss = torch.nn.functional.mse_loss(model(x), y)
+            fabric.backward(loss)
+            optimizer.step()
+            optimizer.zero_grad()
+            losses[kind].append(loss.item())
+        if kind == "inductor":
+            assert type(model._forward_module).__name__ == "OptimizedModule"
+            assert sorted(model.state_dict()) == sorted(Net().state_dict())
+    assert losses["inductor"] == pytest.approx(losses["eager"], abs=1e-5)
+    assert losses["inductor"][1] < losses["inductor"][0]
