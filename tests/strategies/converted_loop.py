@@ -6,8 +6,10 @@
 
 The model and optimizer are built first and set up together; each step clips the gradients by norm. PHASE "train"
 trains STEPS steps, saving the model, optimizer, loader and step after SAVE_AT; "resume", the rerun, sets up other
-initial weights the same way, loads the checkpoint and trains to the end. Rank 0 prints one JSON line: the losses
-and norms of the steps it ran, and the first step it ran.
+initial weights the same way, loads the checkpoint and trains to the end. Rank 0 prints one JSON line: the strategy,
+the losses and norms of the steps it ran, and the first step it ran. ACC_STRATEGY may name several strategies,
+comma-separated (ACC_STRATEGY=deepspeed_stage_2,deepspeed_stage_3): the same processes run the loop under each in
+turn, a Fabric of its own each, checkpointing to OUT_DIR/<strategy>, one JSON line each.
 """
 import json
 import os
@@ -50,10 +52,15 @@ def train(fabric, model, optimizer, loader, state, until, checkpoint=None):
 
 
 def main(out_dir, phase):
-    strategy = os.environ["ACC_STRATEGY"]
+    for strategy in os.environ["ACC_STRATEGY"].split(","):
+        run(strategy, os.path.join(out_dir, strategy), phase)
+
+
+def run(strategy, out_dir, phase):
     fabric = Fabric(accelerator="cpu", strategy=strategy, devices=1 if strategy == "single_device" else 2)
     fabric.launch()
     fabric.seed_everything(0)
+    os.makedirs(out_dir, exist_ok=True)
     checkpoint = os.path.join(out_dir, "checkpoint")
     # "resume" starts from other weights: everything must come from the checkpoint.
     model, optimizer, loader = build(fabric, seed=0 if phase == "train" else 1)
@@ -61,7 +68,7 @@ def main(out_dir, phase):
     if phase == "resume":
         fabric.load(checkpoint, state)
     losses, norms = train(fabric, model, optimizer, loader, state, STEPS, checkpoint if phase == "train" else None)
-    fabric.print(json.dumps({"world_size": fabric.world_size, "losses": losses, "norms": norms,
+    fabric.print(json.dumps({"strategy": strategy, "world_size": fabric.world_size, "losses": losses, "norms": norms,
                              "first_step": STEPS - len(losses)}))
 
 

@@ -1,7 +1,8 @@
 """One script, every strategy: tests/strategies/converted_loop.py (`model, optimizer = fabric.setup(model,
 optimizer)`, `fabric.clip_gradients(..., max_norm=...)`, a checkpoint round trip) runs unchanged, only
 ACC_STRATEGY differing, in one process and on 2 CPU processes under each launcher. On 2 processes every strategy
-trains the same numbers (ZeRO and FSDP reduce in another order than DDP: float32 rounding only)."""
+trains the same numbers (ZeRO and FSDP reduce in another order than DDP: float32 rounding only). The plain launches
+of ddp and fsdp share one set of processes, as do DeepSpeed's two stages (GROUPS), each strategy checked on its own."""
 import importlib.util
 import json
 import subprocess
@@ -23,29 +24,37 @@ LAUNCHES = {
     "deepspeed_stage_2": ("deepspeed_stage_2", []),
     "deepspeed_stage_3": ("deepspeed_stage_3", []),
 }
+GROUPS = [["ddp", "fsdp"], ["deepspeed_stage_2", "deepspeed_stage_3"]]
+"""Launches of the same command that share its processes: ACC_STRATEGY names their strategies, run in turn."""
 TOLERANCE = 1e-4
 needs_deepspeed = pytest.mark.skipif(importlib.util.find_spec("deepspeed") is None, reason="DeepSpeed is not installed")
 
 
 @pytest.fixture(scope="module")
 def runs(job_environment, tmp_path_factory):
-    """`runs(launch)`: the JSON lines rank 0 printed in the "train" run and in the "resume" rerun, each launch run
-    once."""
+    """`runs(launch)`: the JSON lines rank 0 printed for the launch's strategy in the "train" run and in the
+    "resume" rerun; each launch's group runs once."""
     done = {}
 
     def get(launch):
         if launch not in done:
-            strategy, prefix = LAUNCHES[launch]
+            group = next((group for group in GROUPS if launch in group), [launch])
+            strategies = {LAUNCHES[name][0]: name for name in group}
+            prefix = LAUNCHES[launch][1]
             out = tmp_path_factory.mktemp(launch)
-            done[launch] = {}
+            results = {name: {} for name in group}
             for phase in ("train", "resume"):
                 port = str(free_port())
                 args = [port if arg == "{port}" else arg for arg in prefix]
                 proc = subprocess.run([sys.executable, *args, str(SCRIPT), str(out), phase], cwd=ROOT,
                                       capture_output=True, text=True, timeout=600,
-                                      env=job_environment(ACC_STRATEGY=strategy))
+                                      env=job_environment(ACC_STRATEGY=",".join(strategies)))
                 assert proc.returncode == 0, proc.stdout + proc.stderr
-                done[launch][phase] = json.loads(proc.stdout.strip().splitlines()[-1])
+                lines = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+                assert sorted(line["strategy"] for line in lines) == sorted(strategies), proc.stdout
+                for line in lines:
+                    results[strategies[line["strategy"]]][phase] = line
+            done.update(results)
         return done[launch]
 
     return get
