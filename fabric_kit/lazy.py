@@ -8,6 +8,8 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+__all__ = ["lazy_attributes", "resolve"]  # public: loops' modules at Lightning's paths use it too
+
 
 def resolve(target: str) -> Any:
     """The object a `"module:attribute"` path names, importing its module."""
