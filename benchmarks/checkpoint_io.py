@@ -243,6 +243,9 @@ def load(kind: str, fabric, path: str, model, optimizer) -> None:
 
 
 def run_one(op: str, kind: str, path: Path, mb: float) -> dict:
+    # Every earlier write reaches the disk first: Lightning's save does not fsync, and its file's write-back would
+    # otherwise land in the timing of whichever operation runs next.
+    os.sync()
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p))
     proc = subprocess.run([sys.executable, __file__, "--one", op, kind, str(path), "--mb", str(mb)], cwd=ROOT,
                           env=env, capture_output=True, text=True)
@@ -364,6 +367,7 @@ def fsdp_worker(mb: float, rounds: int, directory: str) -> None:
                 if op == "sharded load":
                     scrub()
                 gc.collect()
+                os.sync()  # no write-back of an earlier round's files inside this timing
                 before = rss_kb()
                 fabric.barrier()
                 reset_peak()
