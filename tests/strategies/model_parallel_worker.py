@@ -135,6 +135,9 @@ def bad_inputs(fabric):
     plain = Transformer()
     attempt("optimizer_first", lambda: fabric.setup(plain, torch.optim.SGD(plain.parameters(), lr=0.1)))
     attempt("optimizers_before_model", lambda: fabric.setup_optimizers(torch.optim.SGD(plain.parameters(), lr=0.1)))
+    early = torch.optim.SGD(plain.parameters(), lr=0.1)  # built before setup_module replaced the TP layers' weights
+    fabric.setup_module(plain)
+    attempt("optimizer_before_setup_module", lambda: fabric.setup_optimizers(early))
 
     def no_parallelism(model, device_mesh):
         return model

@@ -126,6 +126,9 @@ def test_bad_setup_errors_name_the_value_and_what_is_accepted(runs):
     errors = runs["tp2"][0]["errors"]
     assert "fabric.setup(model, optimizer) got 1 optimizer(s)" in errors["optimizer_first"]
     assert "before any model was set up" in errors["optimizers_before_model"]
+    # the blocks' 16 tensor-parallel parameters became DTensors; embedding, norms and head stayed as they were
+    assert "the SGD holds 16 of its 23 parameters from a model that was not set up" in errors[
+        "optimizer_before_setup_module"]
     assert "no_parallelism returned a Transformer without DTensor parameters" in errors["no_dtensor"]
     assert "parallelize_module" in errors["no_dtensor"] and "fully_shard" in errors["no_dtensor"]
     assert "returns_nothing returned a NoneType" in errors["not_a_module"]
