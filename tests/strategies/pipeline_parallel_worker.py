@@ -1,15 +1,17 @@
-"""The training script behind test_pipeline_parallel.py (gloo on CPU).
+"""The 4-process training script behind test_pipeline_parallel.py and test_model_parallel.py (gloo on CPU).
 
-    python pipeline_parallel_worker.py OUT_DIR
+    python pipeline_parallel_worker.py OUT_DIR TP2_DIR
 
-Four processes run both layouts in turn, each under Fabrics of its own: "pp2tp2" (pipeline 2 x tensor parallel 2)
+Four processes run the pipeline layouts in turn, each under Fabrics of its own: "pp2tp2" (pipeline 2 x TP 2)
 then "pp2dp2" (pipeline 2 x FSDP2 2). Each trains the tiny transformer with every schedule in turn beside a plain
 copy of the model trained on each rank over the same global batches without any parallelism (the one-process
 reference); "pp2tp2" also saves a DCP checkpoint, resumes from it, trains under bf16-mixed and collects the
 bad-input errors; "pp2dp2" also trains with the stages a function returns (under 1F1B, and created on the meta
 device under interleaved 1F1B, beside the reference trained from the weights it materialised) and loads the
 "pp2tp2" checkpoint under FSDP2 x TP and under plain FSDP (no pipeline). `single`, which the test runs in its own
-process, loads that checkpoint into the whole model. Each rank saves what it observed, by layout, to
+process, loads that checkpoint into the whole model. Then, since start-up dominates the cost, the same processes
+run test_model_parallel.py's 4-process layout, `model_parallel_worker.dp2tp2` (FSDP2 x TP = 2 x 2, loading the
+checkpoint that its 2-process layout saved in TP2_DIR). Each rank saves what it observed, by layout, to
 OUT_DIR/rank<r>.pt.
 """
 import os
@@ -23,6 +25,7 @@ from fabric_kit import Fabric
 from fabric_kit.checkpoint.consolidate import consolidate
 from fabric_kit.strategies import ModelParallelStrategy
 from fabric_kit.strategies.fsdp import FSDPStrategy
+from tests.strategies import model_parallel_worker
 from tests.strategies.model_parallel_model import (
     GLOBAL_BATCH,
     SPLIT,
@@ -280,10 +283,11 @@ def run_layout(layout, out):
 
 
 def main():
-    out = sys.argv[1]
+    out, tp2_out = sys.argv[1:3]
     results = {}
     for layout in LAYOUTS:  # "pp2dp2" loads the checkpoint "pp2tp2" saves
         rank, results[layout] = run_layout(layout, out)
+    _, results["dp2tp2"] = model_parallel_worker.dp2tp2(tp2_out)  # test_model_parallel.py's 4-process layout
     torch.save(results, os.path.join(out, f"rank{rank}.pt"))
 
 

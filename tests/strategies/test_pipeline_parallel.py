@@ -6,7 +6,8 @@ there, under FSDP2 x TP and plain FSDP (no pipeline) and, through `fabric consol
 errors.
 
 tests/strategies/pipeline_parallel_worker.py runs every scenario of both 4-process layouts in one set of processes
-("pp2tp2" first: it writes the checkpoint the others read); the one-process layout runs in this process.
+("pp2tp2" first: it writes the checkpoint the others read), with test_model_parallel.py's 4-process layout (the
+`model_parallel_processes` fixture of conftest.py); the one-process layout runs in this process.
 """
 import pytest
 import torch
@@ -17,21 +18,18 @@ from tests.helpers.examples import number_after, run_example
 from tests.helpers.processes import as_one_process
 from tests.strategies.model_parallel_model import GLOBAL_BATCH, SPLIT, Transformer, dataset, parallelize
 from tests.strategies.pipeline_parallel_worker import SPLITS, loss_fn, single
-from tests.strategies.test_model_parallel import close, run_processes
+from tests.strategies.test_model_parallel import close
 
-WORKER = "tests/strategies/pipeline_parallel_worker.py"
 LAYOUTS = ("pp2tp2", "pp2dp2")
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
+def runs(model_parallel_processes):
     """{layout: [what each rank saved]}; "pp2dp2" and "single" load the checkpoint "pp2tp2" saved, "single" also
     the one "pp2dp2" saved."""
-    out = tmp_path_factory.mktemp("pipeline_parallel")
-    ranks = run_processes([WORKER, out], 4, out, timeout=600)
-    results = {layout: [rank[layout] for rank in ranks] for layout in LAYOUTS}
+    results = {layout: [rank[layout] for rank in model_parallel_processes["four"]] for layout in LAYOUTS}
     with as_one_process():
-        results["single"] = [single(str(out))]
+        results["single"] = [single(str(model_parallel_processes["four_out"]))]
     return results
 
 
