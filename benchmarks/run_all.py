@@ -36,7 +36,7 @@ SCRIPTS = [
     ("gpu_step.py", [], "GPT-style model in bf16-mixed on one GPU (skipped without CUDA)", True),
     (CHECKPOINT_SCRIPT, ["--rounds", "4", "--fsdp-rounds", "7", "--markdown"],
      "Checkpoint save and load next to raw torch, Lightning Fabric and raw DCP", True),
-    ("model_parallel.py", ["--rounds", "4"],
+    ("model_parallel.py", ["--rounds", "16"],
      "TP and FSDP2 × TP next to torch's own APIs by hand, memory per rank next to DDP", True),
     ("accumulation.py", ["--windows", "10", "--rounds", "3"],
      "Gradient accumulation (window 4, 2 processes, DDP) next to Lightning Fabric's and Lightning's Trainer", True),

@@ -1,14 +1,14 @@
 """The training script behind test_model_parallel.py (gloo on CPU).
 
-    python model_parallel_worker.py LAYOUT OUT_DIR
+    python model_parallel_worker.py OUT_DIR
 
-LAYOUT is "tp2" (2 processes) or "dp2tp2" (4 processes, FSDP2 x TP = 2 x 2); test_model_parallel.py runs the
-one-process layout ("single") in its own process through `single`. Each trains the same global batches from the
-same initial weights. Start-up dominates the cost, so every scenario of a world size runs in its one set of
-processes, each under a Fabric of its own: "tp2" trains under TP = 2 and saves the checkpoints at step SPLIT that
-every other layout resumes from (so it runs first), resumes from them itself and under plain FSDP, trains under
-bf16-mixed, and runs model_parallel_parity.py's loop under fabric_kit's Fabric and then under Lightning's. Each
-rank saves what it observed to OUT_DIR/rank<r>.pt.
+runs the 2-process layout, `tp2`; pipeline_parallel_worker.py runs the 4-process one, `dp2tp2` (FSDP2 x TP =
+2 x 2), in the processes of the pipeline layouts, and test_model_parallel.py the one-process layout in its own
+process through `single`. Each trains the same global batches from the same initial weights. Start-up dominates the
+cost, so every scenario of a world size runs in one set of processes, each under a Fabric of its own: `tp2` trains
+under TP = 2 and saves the checkpoints at step SPLIT that every other layout resumes from (so it runs first),
+resumes from them itself and under plain FSDP, trains under bf16-mixed, and runs model_parallel_parity.py's loop
+under fabric_kit's Fabric and then under Lightning's. Each rank saves what it observed to OUT_DIR/rank<r>.pt.
 """
 import os
 import sys
@@ -135,6 +135,9 @@ def bad_inputs(fabric):
     plain = Transformer()
     attempt("optimizer_first", lambda: fabric.setup(plain, torch.optim.SGD(plain.parameters(), lr=0.1)))
     attempt("optimizers_before_model", lambda: fabric.setup_optimizers(torch.optim.SGD(plain.parameters(), lr=0.1)))
+    early = torch.optim.SGD(plain.parameters(), lr=0.1)  # built before setup_module replaced the TP layers' weights
+    fabric.setup_module(plain)
+    attempt("optimizer_before_setup_module", lambda: fabric.setup_optimizers(early))
 
     def no_parallelism(model, device_mesh):
         return model
@@ -191,10 +194,11 @@ def under_lightning():
     return model_parallel_parity.train(fabric)
 
 
-def dp2tp2(out):
+def dp2tp2(tp2_out):
+    """FSDP2 x TP = 2 x 2, resuming from the checkpoint `tp2` saved in `tp2_out` among the rest."""
     fabric = launched(4, ModelParallelStrategy(parallelize, tensor_parallel_size=2))  # data_parallel_size "auto": 2
-    result = {"run": uninterrupted(fabric, out, save_split=False),
-              "from_sharded": resumed(fabric, os.path.join(out, "split_sharded")),
+    result = {"run": uninterrupted(fabric, tp2_out, save_split=False),
+              "from_sharded": resumed(fabric, os.path.join(tp2_out, "split_sharded")),
               "meta": meta_init(fabric), "mesh": mesh_of(fabric), "no_backward_sync": no_backward_sync(fabric)}
     return fabric.global_rank, result
 
@@ -210,8 +214,8 @@ def single(out):
 
 
 def main():
-    layout, out = sys.argv[1:3]
-    rank, result = {"tp2": tp2, "dp2tp2": dp2tp2}[layout](out)
+    out = sys.argv[1]
+    rank, result = tp2(out)
     torch.save(result, os.path.join(out, f"rank{rank}.pt"))
 
 

@@ -1,14 +1,18 @@
-"""The training script behind test_pipeline_parallel.py (gloo on CPU).
+"""The 4-process training script behind test_pipeline_parallel.py and test_model_parallel.py (gloo on CPU).
 
-    python pipeline_parallel_worker.py OUT_DIR
+    python pipeline_parallel_worker.py OUT_DIR TP2_DIR
 
-Four processes run both layouts in turn, each under Fabrics of its own: "pp2tp2" (pipeline 2 x tensor parallel 2)
+Four processes run the pipeline layouts in turn, each under Fabrics of its own: "pp2tp2" (pipeline 2 x TP 2)
 then "pp2dp2" (pipeline 2 x FSDP2 2). Each trains the tiny transformer with every schedule in turn beside a plain
 copy of the model trained on each rank over the same global batches without any parallelism (the one-process
 reference); "pp2tp2" also saves a DCP checkpoint, resumes from it, trains under bf16-mixed and collects the
-bad-input errors; "pp2dp2" also trains with the stages a function returns and loads the "pp2tp2" checkpoint under
-FSDP2 x TP and under plain FSDP (no pipeline). `single`, which the test runs in its own process, loads that
-checkpoint into the whole model. Each rank saves what it observed, by layout, to OUT_DIR/rank<r>.pt.
+bad-input errors; "pp2dp2" also trains with the stages a function returns (under 1F1B, and created on the meta
+device under interleaved 1F1B, beside the reference trained from the weights it materialised) and loads the
+"pp2tp2" checkpoint under FSDP2 x TP and under plain FSDP (no pipeline). `single`, which the test runs in its own
+process, loads that checkpoint into the whole model. Then, since start-up dominates the cost, the same processes
+run test_model_parallel.py's 4-process layout, `model_parallel_worker.dp2tp2` (FSDP2 x TP = 2 x 2, loading the
+checkpoint that its 2-process layout saved in TP2_DIR). Each rank saves what it observed, by layout, to
+OUT_DIR/rank<r>.pt.
 """
 import os
 import sys
@@ -21,6 +25,7 @@ from fabric_kit import Fabric
 from fabric_kit.checkpoint.consolidate import consolidate
 from fabric_kit.strategies import ModelParallelStrategy
 from fabric_kit.strategies.fsdp import FSDPStrategy
+from tests.strategies import model_parallel_worker
 from tests.strategies.model_parallel_model import (
     GLOBAL_BATCH,
     SPLIT,
@@ -62,6 +67,14 @@ def by_function(model, pipeline_size):
             for i in range(pipeline_size)]
 
 
+def four_stages(model, pipeline_size):
+    """`pipeline_split` as a function for interleaved 1F1B: embed | block 0 | block 1 | norm, head, two stages per
+    rank of a 2-rank pipeline."""
+    (first, second), no_blocks = model.blocks, []
+    return [Stage(model, no_blocks, True, False), Stage(model, [first], False, False),
+            Stage(model, [second], False, False), Stage(model, no_blocks, False, True)]
+
+
 def pipeline_strategy(layout):
     return ModelParallelStrategy(parallelize, pipeline_parallel_size=2, pipeline_split=SPLITS["1f1b"],
                                  pipeline_microbatches=2, **LAYOUTS[layout])
@@ -78,9 +91,10 @@ def use_schedule(strategy, schedule, split=None):
     strategy.pipeline_split = SPLITS[schedule] if split is None else split
 
 
-def setup(fabric, seed):
+def setup(fabric, seed, empty_init=False):
     torch.manual_seed(seed)
-    raw = Transformer()
+    with fabric.init_module(empty_init=empty_init):
+        raw = Transformer()
     model = fabric.setup_module(raw)
     optimizer = fabric.setup_optimizers(torch.optim.AdamW(model.parameters(), lr=1e-2))
     shard = fabric.strategy.distributed_sampler_kwargs
@@ -108,10 +122,13 @@ def train(fabric, model, optimizer, batches, steps, loss_function=loss_fn):
     return torch.stack(returned), torch.stack(norms)
 
 
-def reference():
-    """The same training on one process: the whole model, the whole global batches."""
+def reference(initial=None):
+    """The same training on one process: the whole model (from `initial` weights, else drawn from seed 0), the whole
+    global batches."""
     torch.manual_seed(0)
     model = Transformer()
+    if initial is not None:
+        model.load_state_dict(initial)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
     losses, norms = [], []
     for (tokens,) in torch.utils.data.DataLoader(dataset(), batch_size=GLOBAL_BATCH):
@@ -124,11 +141,13 @@ def reference():
     return {"losses": torch.stack(losses), "norms": torch.stack(norms), "weights": full_weights(model)}
 
 
-def scheduled(fabric, schedule, out=None, split=None, end=None):
+def scheduled(fabric, schedule, out=None, split=None, end=None, empty_init=False):
     """Trained by `schedule` from the reference's initial weights, the model cut at `split` (None: SPLITS'); with
-    `out`, saved there at step SPLIT; with `end`, the trained model saved there."""
+    `out`, saved there at step SPLIT; with `end`, the trained model saved there. With `empty_init`, created on the
+    meta device instead: its weights are those it materialised, returned as "initial"."""
     use_schedule(fabric.strategy, schedule, split)
-    raw, model, optimizer, loader = setup(fabric, seed=0)
+    raw, model, optimizer, loader = setup(fabric, seed=0, empty_init=empty_init)
+    initial = gathered(fabric, raw) if empty_init else None
     batches = iter(loader)  # one pass: saving at SPLIT saves its position
     returned, norms = train(fabric, model, optimizer, batches, SPLIT)
     if out is not None:
@@ -138,7 +157,7 @@ def scheduled(fabric, schedule, out=None, split=None, end=None):
     returned, norms = torch.cat([returned, more]), torch.cat([norms, more_norms])
     if end is not None:
         fabric.save(end, {"model": model})
-    return {"returned": returned, "mean": fabric.all_reduce(returned), "norms": norms,
+    return {"returned": returned, "mean": fabric.all_reduce(returned), "norms": norms, "initial": initial,
             "weights": gathered(fabric, raw), "held": sorted(name for name, _ in raw.named_parameters())}
 
 
@@ -256,16 +275,19 @@ def run_layout(layout, out):
         result["bf16"] = mixed_precision(layout)
     else:  # the checkpoint "pp2tp2" saved, loaded without a pipeline
         result["split_fn"] = scheduled(fabric, "1f1b", split=by_function, end=os.path.join(out, "fn_sharded"))
+        meta = scheduled(fabric, "interleaved_1f1b", split=four_stages, empty_init=True)
+        result["split_fn_interleaved_meta"] = {**meta, "reference": reference(meta["initial"])}
         result["dp2tp2_from_pp"] = resumed(launched(ModelParallelStrategy(parallelize, tensor_parallel_size=2)), out)
         result["fsdp_from_pp"] = resumed(launched(FSDPStrategy()), out)
     return fabric.global_rank, result
 
 
 def main():
-    out = sys.argv[1]
+    out, tp2_out = sys.argv[1:3]
     results = {}
     for layout in LAYOUTS:  # "pp2dp2" loads the checkpoint "pp2tp2" saves
         rank, results[layout] = run_layout(layout, out)
+    _, results["dp2tp2"] = model_parallel_worker.dp2tp2(tp2_out)  # test_model_parallel.py's 4-process layout
     torch.save(results, os.path.join(out, f"rank{rank}.pt"))
 
 

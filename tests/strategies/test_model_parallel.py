@@ -2,48 +2,29 @@
 against one process training the same global batches; checkpoints saved under TP = 2 and loaded under TP = 2,
 FSDP2 x TP, plain FSDP, one process (a full file, and `fabric consolidate`d shards).
 
-tests/strategies/model_parallel_worker.py runs every scenario of a world size in one set of processes (2, then 4);
-the one-process layout runs in this process. The 2-process run writes the checkpoints the others read, so it runs
-first.
+tests/strategies/model_parallel_worker.py runs every 2-process scenario in one set of processes; the 4-process ones
+run in the processes of the pipeline tests' layouts (the `model_parallel_processes` fixture of conftest.py launches
+both); the one-process layout runs in this process. The 2-process run writes the checkpoints the others read, so it
+runs first.
 """
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 
 from fabric_kit import Fabric
 from fabric_kit.strategies import ModelParallelStrategy
-from tests.conftest import outside_launchers
 from tests.helpers.examples import number_after, run_example
 from tests.helpers.processes import as_one_process
 from tests.strategies import model_parallel_worker
 from tests.strategies.model_parallel_model import GLOBAL_BATCH, SPLIT, parallelize
 
-ROOT = Path(__file__).resolve().parents[2]
-WORKER = Path(__file__).with_name("model_parallel_worker.py")
-
-
-def run_processes(args, processes, out, timeout=300):
-    proc = subprocess.run([sys.executable, *map(str, args)], cwd=ROOT, env=outside_launchers(), capture_output=True,
-                          text=True, timeout=timeout)
-    assert proc.returncode == 0, f"exit status {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
-    return [torch.load(Path(out) / f"rank{rank}.pt") for rank in range(processes)]
-
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
-    """{layout: [what each rank saved]}, for the layouts in the order their checkpoints need."""
-    out = tmp_path_factory.mktemp("model_parallel")
-    tp2, dp2tp2 = out / "tp2", out / "dp2tp2"
-    tp2.mkdir()
-    dp2tp2.mkdir()
-    results = {"tp2": run_processes([WORKER, "tp2", tp2], 2, tp2)}
-    (dp2tp2 / "split_sharded").symlink_to(tp2 / "split_sharded")
-    results["dp2tp2"] = run_processes([WORKER, "dp2tp2", dp2tp2], 4, dp2tp2)
+def runs(model_parallel_processes):
+    """{layout: [what each rank saved]}: "tp2" and "dp2tp2" from their processes, "single" from this one."""
+    results = {"tp2": model_parallel_processes["tp2"],
+               "dp2tp2": [rank["dp2tp2"] for rank in model_parallel_processes["four"]]}
     with as_one_process():
-        results["single"] = [model_parallel_worker.single(str(tp2))]
+        results["single"] = [model_parallel_worker.single(str(model_parallel_processes["tp2_out"]))]
     return results
 
 
@@ -126,6 +107,9 @@ def test_bad_setup_errors_name_the_value_and_what_is_accepted(runs):
     errors = runs["tp2"][0]["errors"]
     assert "fabric.setup(model, optimizer) got 1 optimizer(s)" in errors["optimizer_first"]
     assert "before any model was set up" in errors["optimizers_before_model"]
+    # the blocks' 16 tensor-parallel parameters became DTensors; embedding, norms and head stayed as they were
+    assert "the SGD holds 16 of its 23 parameters from a model that was not set up" in errors[
+        "optimizer_before_setup_module"]
     assert "no_parallelism returned a Transformer without DTensor parameters" in errors["no_dtensor"]
     assert "parallelize_module" in errors["no_dtensor"] and "fully_shard" in errors["no_dtensor"]
     assert "returns_nothing returned a NoneType" in errors["not_a_module"]

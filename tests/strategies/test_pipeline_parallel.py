@@ -1,11 +1,13 @@
 """Pipeline parallelism (ModelParallelStrategy(pipeline_parallel_size=2)) with real CPU processes on gloo: PP = 2 x
 FSDP2 = 2 and PP = 2 x TP = 2 on 4 processes, each with the gpipe, 1f1b and interleaved 1f1b schedules in the same
-processes, against the same training on one process, and PP x FSDP2 with the stages a function returns; bf16-mixed
-under PP x TP; a checkpoint saved under PP x TP resumed there, under FSDP2 x TP and plain FSDP (no pipeline) and,
-through `fabric consolidate`, on one process; the bad-input errors.
+processes, against the same training on one process, and PP x FSDP2 with the stages a function returns (also
+under interleaved 1F1B on the meta device); bf16-mixed under PP x TP; a checkpoint saved under PP x TP resumed
+there, under FSDP2 x TP and plain FSDP (no pipeline) and, through `fabric consolidate`, on one process; the bad-input
+errors.
 
 tests/strategies/pipeline_parallel_worker.py runs every scenario of both 4-process layouts in one set of processes
-("pp2tp2" first: it writes the checkpoint the others read); the one-process layout runs in this process.
+("pp2tp2" first: it writes the checkpoint the others read), with test_model_parallel.py's 4-process layout (the
+`model_parallel_processes` fixture of conftest.py); the one-process layout runs in this process.
 """
 import pytest
 import torch
@@ -16,21 +18,18 @@ from tests.helpers.examples import number_after, run_example
 from tests.helpers.processes import as_one_process
 from tests.strategies.model_parallel_model import GLOBAL_BATCH, SPLIT, Transformer, dataset, parallelize
 from tests.strategies.pipeline_parallel_worker import SPLITS, loss_fn, single
-from tests.strategies.test_model_parallel import close, run_processes
+from tests.strategies.test_model_parallel import close
 
-WORKER = "tests/strategies/pipeline_parallel_worker.py"
 LAYOUTS = ("pp2tp2", "pp2dp2")
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
+def runs(model_parallel_processes):
     """{layout: [what each rank saved]}; "pp2dp2" and "single" load the checkpoint "pp2tp2" saved, "single" also
     the one "pp2dp2" saved."""
-    out = tmp_path_factory.mktemp("pipeline_parallel")
-    ranks = run_processes([WORKER, out], 4, out, timeout=600)
-    results = {layout: [rank[layout] for rank in ranks] for layout in LAYOUTS}
+    results = {layout: [rank[layout] for rank in model_parallel_processes["four"]] for layout in LAYOUTS}
     with as_one_process():
-        results["single"] = [single(str(out))]
+        results["single"] = [single(str(model_parallel_processes["four_out"]))]
     return results
 
 
@@ -57,6 +56,28 @@ def test_stages_returned_by_a_function_train_like_one_process_and_keep_the_whole
         assert rank["split_fn"]["held"] == rank["1f1b"]["held"]  # the same names as the cut at "blocks.1"
     assert {name.split(".")[0] for name in ranks[0]["split_fn"]["held"]} == {"embed", "blocks"}
     close(runs["single"][0]["fn_weights"], reference["weights"], 1e-5)  # its checkpoint, consolidated: every stage
+
+
+def test_stages_a_function_returns_run_interleaved_from_the_meta_device_like_one_process(runs):
+    ranks = runs["pp2dp2"]
+    for rank in ranks:
+        run = rank["split_fn_interleaved_meta"]
+        reference = run["reference"]
+        assert all(torch.isfinite(weight).all() for weight in run["initial"].values())
+        torch.testing.assert_close(run["mean"], reference["losses"], atol=1e-5, rtol=0)
+        torch.testing.assert_close(run["norms"], reference["norms"], atol=1e-5, rtol=0)
+        close(run["weights"], reference["weights"], 1e-5)
+        assert reference["losses"][-1] < 0.5 * reference["losses"][0]
+    with torch.random.fork_rng():  # the weights a model created with storage starts from: not those materialised
+        torch.manual_seed(0)
+        created = Transformer().head.weight
+    assert not torch.equal(ranks[0]["split_fn_interleaved_meta"]["initial"]["head.weight"], created)
+    # rank 0 of the pipeline runs stages 0 and 2 (embed, block 1), rank 1 stages 1 and 3 (block 0, norm and head)
+    first, last = ranks[0]["split_fn_interleaved_meta"]["held"], ranks[2]["split_fn_interleaved_meta"]["held"]
+    assert {name.rsplit(".", 1)[0] for name in first} >= {"embed", "blocks.1.mlp.w1"}
+    assert not any(name.startswith(("blocks.0.", "norm", "head")) for name in first)
+    assert {name.split(".")[0] for name in last} == {"blocks", "norm", "head"}
+    assert all(name.startswith("blocks.0.") for name in last if name.startswith("blocks"))
 
 
 def test_bf16_mixed_under_the_pipeline_computes_in_bf16_and_hands_the_loss_float32(runs):
