@@ -3,7 +3,8 @@ parameter, gradient and optimizer state; parameters are gathered per shard group
 backward. Models larger than one process's memory can be created on the meta device and materialise sharded."""
 from __future__ import annotations
 
-from contextlib import AbstractContextManager, nullcontext
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from datetime import timedelta
 from typing import Any, Literal
 
@@ -154,6 +155,35 @@ class FSDPStrategy(ShardedStrategy, BackwardSyncControl):
         return StateLayout("rows", "rows", "rows", shard_over_nodes=self.sharding_strategy != "HYBRID_SHARD")
 
     # -- the training step ----------------------------------------------------------------------------------------
+    def discard_backward(self) -> None:
+        """A forward that stopped midway on one rank (an out-of-memory error) leaves its shard groups gathered and
+        their training state in mid-forward, and a finished forward on the others leaves the root's parameters
+        gathered for the backward that never runs: the next forward would all-gather on some ranks only. FSDP2's
+        `reset_iter_state` on each root set up reshards every group and clears that state, on every rank alike."""
+        if not hasattr(FSDPModule, "reset_iter_state"):
+            raise RuntimeError(f"FSDP on torch {torch.__version__} cannot drop a forward that stopped midway "
+                               "(FSDPModule.reset_iter_state is missing), so the ranks cannot continue after an "
+                               "out-of-memory error agreed on: upgrade torch")
+        for module in self._set_up_modules:
+            module.reset_iter_state()  # type: ignore[operator]  # an FSDPModule: every module set up here is one
+
+    @contextmanager
+    def out_of_memory_checks(self, check: Callable[[], None]) -> Iterator[None]:
+        """Every shard group all-gathers its parameters as its forward starts: a rank that ran out of memory in
+        an earlier group's forward (or since the last backward) has left, so `check` runs first in each (one flag
+        all-reduce per shard group and forward, while an attempt runs)."""
+        def check_first(module: Module, args: Any) -> None:
+            check()
+
+        handles = [submodule.register_forward_pre_hook(check_first, prepend=True)  # before FSDP's all-gather
+                   for module in self._set_up_modules for submodule in module.modules()
+                   if isinstance(submodule, FSDPModule)]
+        try:
+            yield
+        finally:
+            for handle in handles:
+                handle.remove()
+
     def no_backward_sync(self, module: Module, enabled: bool) -> AbstractContextManager[Any]:
         """Gradients accumulate unsharded and unreduced inside; the first backward outside reduces them all."""
         if not enabled:
