@@ -106,14 +106,14 @@ class OutOfMemoryAgreement:
                  traceback: TracebackType | None) -> bool:
         if self._fabric is not None:
             self._fabric._oom_agreement = None
-            self._checks.close()
-        if error is not None and not is_oom_error(error):
-            return False
-        self.ran_out_here = error is not None and not isinstance(error, PeerOutOfMemoryError)
-        self.failed = True if self._agreed else self._any_rank(self.ran_out_here)
-        if self.failed and self._fabric is not None:
-            self._fabric.strategy.discard_backward()  # a forward on some rank may await a backward that never ran
-        return error is not None
+        with self._checks:  # closed last: the strategy's discard_backward still knows the attempt's forwards
+            if error is not None and not is_oom_error(error):
+                return False
+            self.ran_out_here = error is not None and not isinstance(error, PeerOutOfMemoryError)
+            self.failed = True if self._agreed else self._any_rank(self.ran_out_here)
+            if self.failed and self._fabric is not None:
+                self._fabric.strategy.discard_backward()  # a forward on some rank may await a backward never run
+            return error is not None
 
     def check(self) -> None:
         """Agree that no rank has run out of memory so far; raise `PeerOutOfMemoryError` where one has. Called by

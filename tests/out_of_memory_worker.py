@@ -7,7 +7,8 @@ OUT_DIR/rank{r}.pt.
 Fabric: `find_executable_batch_size` on a DDP model (the failure on rank 1 in its forward reaches rank 0 in its
 `fabric.backward`), the same training at the size found from the start, the floor error, and an attempt without any
 backward (the ranks learn it at the attempt's end); the search and the training from the start again under FSDP
-(each Linear a shard group of its own, whose all-gather rank 0 reaches after rank 1 failed) and DeepSpeed ZeRO-2.
+(each Linear a shard group of its own, whose all-gather rank 0 reaches after rank 1 failed; also with the model
+set up inside each attempt) and DeepSpeed ZeRO-2.
 Trainer: the BatchSizeFinder ("power", keep_global_batch) and Tuner.scale_batch_size ("binsearch"), the run with
 the size and accumulation found from the start, on_oom="reduce", and the finder's floor error.
 """
@@ -67,8 +68,9 @@ def fabric_train(fabric: Fabric, model, optimizer, batch_size: int) -> list[torc
     return [p.full_tensor() if isinstance(p, DTensor) else p.detach().clone() for p in model.parameters()]
 
 
-def search_and_reference(fabric: Fabric) -> dict:
-    """`find_executable_batch_size` from 8, then the same training at the size found from the start."""
+def search_and_reference(fabric: Fabric, set_up_inside: bool = False) -> dict:
+    """`find_executable_batch_size` from 8, then the same training at the size found from the start.
+    `set_up_inside`: each attempt sets up a model of its own (Accelerate's pattern) instead of reusing one."""
     out: dict = {}
     tried: list[int] = []
     model, optimizer = fabric_setup(fabric, tried)
@@ -76,6 +78,8 @@ def search_and_reference(fabric: Fabric) -> dict:
     @find_executable_batch_size(fabric, starting_batch_size=8)
     def train(batch_size):
         out["found"] = batch_size
+        if set_up_inside:
+            return fabric_train(fabric, *fabric_setup(fabric, tried), batch_size)
         return fabric_train(fabric, model, optimizer, batch_size)
 
     out["weights"], out["tried"] = train(), sorted(set(tried), reverse=True)
@@ -167,13 +171,13 @@ def main(out_dir: str) -> None:
     fabric.launch()
     result = {"rank": fabric.global_rank, "fabric": fabric_cases(fabric), "trainer": trainer_cases()}
     # Each Linear its own shard group: rank 1 fails before the groups' all-gathers that rank 0 reaches.
-    sharded_strategies = {"fsdp": FSDPStrategy(auto_wrap_policy={nn.Linear})}
+    fsdp = Fabric(accelerator="cpu", devices=2, strategy=FSDPStrategy(auto_wrap_policy={nn.Linear}))
+    fsdp.launch()
+    result["fsdp"], result["fsdp_set_up_inside"] = search_and_reference(fsdp), search_and_reference(fsdp, True)
     if importlib.util.find_spec("deepspeed") is not None:
-        sharded_strategies["deepspeed_stage_2"] = "deepspeed_stage_2"
-    for name, strategy in sharded_strategies.items():
-        sharded = Fabric(accelerator="cpu", devices=2, strategy=strategy)
-        sharded.launch()
-        result[name] = search_and_reference(sharded)
+        deepspeed = Fabric(accelerator="cpu", devices=2, strategy="deepspeed_stage_2")
+        deepspeed.launch()
+        result["deepspeed_stage_2"] = search_and_reference(deepspeed)
     torch.save(result, Path(out_dir) / f"rank{fabric.global_rank}.pt")
 
 

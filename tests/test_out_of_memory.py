@@ -39,7 +39,8 @@ def test_find_executable_batch_size_agrees_across_ranks_and_trains_as_that_size_
     assert _equal(ranks[0]["fabric"]["weights"], ranks[1]["fabric"]["weights"])
 
 
-@pytest.mark.parametrize("strategy", ["fsdp", pytest.param("deepspeed_stage_2", marks=needs_deepspeed)])
+@pytest.mark.parametrize("strategy", ["fsdp", "fsdp_set_up_inside",
+                                      pytest.param("deepspeed_stage_2", marks=needs_deepspeed)])
 def test_find_executable_batch_size_agrees_under_fsdp_and_zero_2(ranks, strategy):
     for result in ranks:
         search = result[strategy]
