@@ -16,16 +16,19 @@ about to all-reduce its gradients learns there that a peer failed in its forward
 `PeerOutOfMemoryError`), instead of waiting in the gradient all-reduce for a rank that never comes (one small
 all-reduce per backward while an attempt runs). Each rank calls
 as many flag all-reduces as the others, whatever failed where. After a failure every rank's strategy forgets what
-the forwards prepared for a backward that never ran (`Strategy.discard_backward`: DDP's reducer). Not agreed on this
-way: an out-of-memory error inside a backward that all-reduces gradients (DDP's), where the peers are already inside
-that all-reduce, and one raised on a rank before a forward whose own collectives (DDP's buffer broadcast) the
-others run.
+the forwards prepared for a backward that never ran (`Strategy.discard_backward`: DDP's reducer, FSDP's gathered
+shard groups). Under FSDP each shard group's forward checks the flag too before its all-gather
+(`Strategy.out_of_memory_checks`), so a failure in an earlier group's forward is agreed on as well; DeepSpeed ZeRO
+stages 0 to 2 need nothing more, stage 3 is refused. Not agreed on this way: an out-of-memory error inside a
+backward that all-reduces gradients (DDP's, FSDP's reduce-scatters), where the peers are already inside that
+collective, and one raised on a rank before a forward whose own collectives (DDP's buffer broadcast) the others run.
 """
 from __future__ import annotations
 
 import functools
 import gc
 from collections.abc import Callable
+from contextlib import ExitStack
 from types import TracebackType
 from typing import TYPE_CHECKING, Concatenate, ParamSpec, TypeVar
 
@@ -88,11 +91,13 @@ class OutOfMemoryAgreement:
         self.ran_out_here = False
         """Whether this rank's own code ran out of memory (not only a peer)."""
         self._agreed = False
+        self._checks = ExitStack()
 
     def __enter__(self) -> OutOfMemoryAgreement:
         if self._fabric is not None:
             if self._fabric._oom_agreement is not None:
                 raise RuntimeError("an OutOfMemoryAgreement is already open on this Fabric; they do not nest")
+            self._checks.enter_context(self._fabric.strategy.out_of_memory_checks(self.check))
             self._fabric._oom_agreement = self
         self.failed = self.ran_out_here = self._agreed = False
         return self
@@ -101,13 +106,14 @@ class OutOfMemoryAgreement:
                  traceback: TracebackType | None) -> bool:
         if self._fabric is not None:
             self._fabric._oom_agreement = None
-        if error is not None and not is_oom_error(error):
-            return False
-        self.ran_out_here = error is not None and not isinstance(error, PeerOutOfMemoryError)
-        self.failed = True if self._agreed else self._any_rank(self.ran_out_here)
-        if self.failed and self._fabric is not None:
-            self._fabric.strategy.discard_backward()  # a forward on some rank may await a backward that never ran
-        return error is not None
+        with self._checks:  # closed last: the strategy's discard_backward still knows the attempt's forwards
+            if error is not None and not is_oom_error(error):
+                return False
+            self.ran_out_here = error is not None and not isinstance(error, PeerOutOfMemoryError)
+            self.failed = True if self._agreed else self._any_rank(self.ran_out_here)
+            if self.failed and self._fabric is not None:
+                self._fabric.strategy.discard_backward()  # a forward on some rank may await a backward never run
+            return error is not None
 
     def check(self) -> None:
         """Agree that no rank has run out of memory so far; raise `PeerOutOfMemoryError` where one has. Called by

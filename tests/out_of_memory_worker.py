@@ -6,19 +6,24 @@ OUT_DIR/rank{r}.pt.
 
 Fabric: `find_executable_batch_size` on a DDP model (the failure on rank 1 in its forward reaches rank 0 in its
 `fabric.backward`), the same training at the size found from the start, the floor error, and an attempt without any
-backward (the ranks learn it at the attempt's end). Trainer: the BatchSizeFinder ("power", keep_global_batch) and
-Tuner.scale_batch_size ("binsearch"), the run with the size and accumulation found from the start, on_oom="reduce",
-and the finder's floor error.
+backward (the ranks learn it at the attempt's end); the search and the training from the start again under FSDP
+(each Linear a shard group of its own, whose all-gather rank 0 reaches after rank 1 failed; also with the model
+set up inside each attempt) and DeepSpeed ZeRO-2.
+Trainer: the BatchSizeFinder ("power", keep_global_batch) and Tuner.scale_batch_size ("binsearch"), the run with
+the size and accumulation found from the start, on_oom="reduce", and the finder's floor error.
 """
+import importlib.util
 import sys
 from pathlib import Path
 
 import torch
 from torch import nn
+from torch.distributed.tensor import DTensor
 from torch.utils.data import DataLoader
 
 import loops as L
 from fabric_kit import Fabric
+from fabric_kit.strategies import FSDPStrategy
 from fabric_kit.utilities import find_executable_batch_size
 from loops.callbacks import BatchSizeFinder
 from loops.tuner import Tuner
@@ -58,12 +63,14 @@ def fabric_train(fabric: Fabric, model, optimizer, batch_size: int) -> list[torc
             break
         loss = nn.functional.mse_loss(model(x), y)
         optimizer.zero_grad()
-        fabric.backward(loss)
+        fabric.backward(loss, model=model)
         optimizer.step()
-    return [p.detach().clone() for p in model.parameters()]
+    return [p.full_tensor() if isinstance(p, DTensor) else p.detach().clone() for p in model.parameters()]
 
 
-def fabric_cases(fabric: Fabric) -> dict:
+def search_and_reference(fabric: Fabric, set_up_inside: bool = False) -> dict:
+    """`find_executable_batch_size` from 8, then the same training at the size found from the start.
+    `set_up_inside`: each attempt sets up a model of its own (Accelerate's pattern) instead of reusing one."""
     out: dict = {}
     tried: list[int] = []
     model, optimizer = fabric_setup(fabric, tried)
@@ -71,11 +78,19 @@ def fabric_cases(fabric: Fabric) -> dict:
     @find_executable_batch_size(fabric, starting_batch_size=8)
     def train(batch_size):
         out["found"] = batch_size
+        if set_up_inside:
+            return fabric_train(fabric, *fabric_setup(fabric, tried), batch_size)
         return fabric_train(fabric, model, optimizer, batch_size)
 
     out["weights"], out["tried"] = train(), sorted(set(tried), reverse=True)
     model, optimizer = fabric_setup(fabric, [])
     out["reference"] = fabric_train(fabric, model, optimizer, out["found"])
+    return out
+
+
+def fabric_cases(fabric: Fabric) -> dict:
+    out = search_and_reference(fabric)
+    model, optimizer = fabric_setup(fabric, [])
 
     @find_executable_batch_size(fabric, starting_batch_size=16, floor=4)
     def above_the_floor(batch_size):
@@ -155,6 +170,14 @@ def main(out_dir: str) -> None:
     fabric = Fabric(accelerator="cpu", devices=2, strategy="ddp")
     fabric.launch()
     result = {"rank": fabric.global_rank, "fabric": fabric_cases(fabric), "trainer": trainer_cases()}
+    # Each Linear its own shard group: rank 1 fails before the groups' all-gathers that rank 0 reaches.
+    fsdp = Fabric(accelerator="cpu", devices=2, strategy=FSDPStrategy(auto_wrap_policy={nn.Linear}))
+    fsdp.launch()
+    result["fsdp"], result["fsdp_set_up_inside"] = search_and_reference(fsdp), search_and_reference(fsdp, True)
+    if importlib.util.find_spec("deepspeed") is not None:
+        deepspeed = Fabric(accelerator="cpu", devices=2, strategy="deepspeed_stage_2")
+        deepspeed.launch()
+        result["deepspeed_stage_2"] = search_and_reference(deepspeed)
     torch.save(result, Path(out_dir) / f"rank{fabric.global_rank}.pt")
 
 

@@ -1,5 +1,5 @@
-"""docs/api.md lists every public constructor argument, method and property of Fabric and the loops Trainer, each
-with a meaning, and nothing that no longer exists."""
+"""docs/api.md lists every public constructor argument, method and property of Fabric, the loops Trainer and
+SpikeDetection, each with a meaning, and nothing that no longer exists."""
 import importlib
 import inspect
 import re
@@ -9,6 +9,7 @@ import pytest
 
 import loops
 from fabric_kit import Fabric
+from fabric_kit.spike import SpikeDetection
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "api.md"
 ENTRY = re.compile(r"^\| `([A-Za-z_]\w*)[^|]*` \| (.*) \|$")
@@ -32,17 +33,18 @@ def public_names(cls, instance):
 def instances():
     return {"Fabric": (Fabric, Fabric(accelerator="cpu", devices=1)),
             "Trainer": (loops.Trainer, loops.Trainer(accelerator="cpu", devices=1, logger=False,
-                                                     enable_progress_bar=False))}
+                                                     enable_progress_bar=False)),
+            "SpikeDetection": (SpikeDetection, SpikeDetection())}
 
 
-@pytest.mark.parametrize("section", ["Fabric", "Trainer"])
+@pytest.mark.parametrize("section", ["Fabric", "Trainer", "SpikeDetection"])
 def test_every_public_name_is_documented(section, instances):
     cls, instance = instances[section]
     missing = sorted(public_names(cls, instance) - set(documented(section)))
     assert not missing, f"docs/api.md ({section}) does not document: {missing}"
 
 
-@pytest.mark.parametrize("section", ["Fabric", "Trainer"])
+@pytest.mark.parametrize("section", ["Fabric", "Trainer", "SpikeDetection"])
 def test_every_documented_name_exists_and_has_a_meaning(section, instances):
     cls, instance = instances[section]
     entries = documented(section)

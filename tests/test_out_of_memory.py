@@ -1,6 +1,7 @@
 """Out-of-memory errors handled on every rank together (fabric_kit.out_of_memory, the Trainer's BatchSizeFinder and
 on_oom="reduce"). The distributed cases share one launch of tests/out_of_memory_worker.py on 2 gloo processes, where
 rank 1 alone runs out of memory above a batch of LIMIT; the single-process cases run here."""
+import importlib.util
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,7 @@ from tests.helpers.processes import TORCHRUN_TWO
 from tests.out_of_memory_worker import LIMIT
 
 WORKER = Path(__file__).with_name("out_of_memory_worker.py")
+needs_deepspeed = pytest.mark.skipif(importlib.util.find_spec("deepspeed") is None, reason="DeepSpeed is not installed")
 
 
 @pytest.fixture(scope="module")
@@ -35,6 +37,25 @@ def test_find_executable_batch_size_agrees_across_ranks_and_trains_as_that_size_
         # Without a backward to meet in, the ranks learn of rank 1's failure at the attempt's end.
         assert fabric["no_backward"] == (2, [5, 2])
     assert _equal(ranks[0]["fabric"]["weights"], ranks[1]["fabric"]["weights"])
+
+
+@pytest.mark.parametrize("strategy", ["fsdp", "fsdp_set_up_inside",
+                                      pytest.param("deepspeed_stage_2", marks=needs_deepspeed)])
+def test_find_executable_batch_size_agrees_under_fsdp_and_zero_2(ranks, strategy):
+    for result in ranks:
+        search = result[strategy]
+        assert search["found"] == LIMIT and search["tried"] == [8, 4, 2]
+        # FSDP: rank 0 met rank 1's failure before a shard group's all-gather; every rank dropped the forward.
+        assert _equal(search["weights"], search["reference"])
+    assert _equal(ranks[0][strategy]["weights"], ranks[1][strategy]["weights"])
+
+
+@needs_deepspeed
+def test_zero_3_refuses_to_agree_on_out_of_memory_errors():
+    fabric = Fabric(accelerator="cpu", devices=1, strategy="deepspeed_stage_3")
+    with pytest.raises(RuntimeError, match="ZeRO stage 3.*accepted: ZeRO stages 0 to 2"), OutOfMemoryAgreement(fabric):
+        pass
+    assert fabric._oom_agreement is None
 
 
 def test_the_batch_size_finder_settles_on_one_size_and_keeps_the_global_batch(ranks):

@@ -39,7 +39,7 @@ import importlib.util
 import json
 import os
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from datetime import timedelta
 from pathlib import Path
@@ -246,6 +246,17 @@ class DeepSpeedStrategy(ParallelStrategy, BackwardSyncControl):
         raise RuntimeError(f"fabric.clip_gradients(clip_val={clip_val}) is not supported under DeepSpeed, which "
                            "clips only by total norm inside optimizer.step(): call fabric.clip_gradients(model, "
                            "optimizer, max_norm=...), or set DeepSpeedStrategy(gradient_clipping=MAX_NORM)")
+
+    def out_of_memory_checks(self, check: Callable[[], None]) -> AbstractContextManager[Any]:
+        """Stages 0 to 2 run no collective in forward and prepare nothing for the backward, so an attempt that
+        failed leaves nothing to discard. Stage 3 gathers each submodule's parameters inside the forward, by
+        hooks whose per-step state DeepSpeed offers no call to drop when a forward stops midway: refused."""
+        if self.zero_stage == 3:
+            raise RuntimeError("out-of-memory errors cannot be agreed on under DeepSpeed ZeRO stage 3 "
+                               "(find_executable_batch_size, BatchSizeFinder, on_oom='reduce'): its forward gathers "
+                               "parameters submodule by submodule, and a forward that stopped midway on one rank "
+                               "cannot be dropped; accepted: ZeRO stages 0 to 2, or strategy='fsdp'")
+        return nullcontext()
 
     def no_backward_sync(self, module: Module, enabled: bool) -> AbstractContextManager[Any]:
         if not enabled:

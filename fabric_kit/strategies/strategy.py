@@ -197,7 +197,15 @@ class Strategy(ABC):
     def discard_backward(self) -> None:
         """An attempt ended between a forward and its backward (an out-of-memory error that every rank agreed on,
         `fabric_kit.out_of_memory`): forget whatever the forwards of the modules this strategy set up prepared for that
-        backward, on every rank alike. Nothing is prepared here; DDP overrides it."""
+        backward, on every rank alike. Nothing is prepared here; DDP and FSDP override it."""
+
+    def out_of_memory_checks(self, check: Callable[[], None]) -> AbstractContextManager[Any]:
+        """Entered for each attempt of an `OutOfMemoryAgreement` (`fabric_kit.out_of_memory`): inside, call
+        `check` (one flag all-reduce that raises where a peer ran out of memory) before each collective that the
+        forwards of the modules set up here run once user code may already have failed on some rank, so that no
+        rank waits in one for a peer that left; a strategy that cannot recover from a failed attempt refuses here.
+        Nothing to do here: forwards run no collectives. FSDP overrides it."""
+        return nullcontext()
 
     def backward_inside_forward(self, module: Module) -> AbstractContextManager[Any]:
         """A forward of `module` (as this strategy set it up) inside which the loop calls backward itself, e.g. a

@@ -3,7 +3,8 @@ parameter, gradient and optimizer state; parameters are gathered per shard group
 backward. Models larger than one process's memory can be created on the meta device and materialise sharded."""
 from __future__ import annotations
 
-from contextlib import AbstractContextManager, nullcontext
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from datetime import timedelta
 from typing import Any, Literal
 
@@ -11,6 +12,7 @@ import torch
 from torch.distributed.fsdp import ShardingStrategy
 from torch.nn import Module
 from torch.optim import Optimizer
+from torch.utils.hooks import RemovableHandle
 
 from fabric_kit.accelerators import Accelerator
 from fabric_kit.empty_init import check_materializable, has_meta_tensors
@@ -87,6 +89,9 @@ class FSDPStrategy(ShardedStrategy, BackwardSyncControl):
         self.device_mesh = device_mesh
         self.state_dict_type = state_dict_type
         self._mesh: Any = None
+        self._out_of_memory_check: Callable[[], None] | None = None  # while an out-of-memory attempt runs
+        self._out_of_memory_hooks: list[RemovableHandle] = []
+        self._forwarded_in_attempt: list[Module] = []
 
     @property
     def full_checkpoints(self) -> bool:
@@ -144,6 +149,7 @@ class FSDPStrategy(ShardedStrategy, BackwardSyncControl):
         if on_meta:
             materialize(sharded, torch.device("cpu") if self.cpu_offload else self.root_device,
                         stream=self._mesh.get_local_rank(self._mesh.ndim - 1))  # the shard dimension is the last
+        self._check_before_gathering(sharded)
         return self._set_up(sharded)
 
     def state_layout(self) -> StateLayout:
@@ -154,6 +160,52 @@ class FSDPStrategy(ShardedStrategy, BackwardSyncControl):
         return StateLayout("rows", "rows", "rows", shard_over_nodes=self.sharding_strategy != "HYBRID_SHARD")
 
     # -- the training step ----------------------------------------------------------------------------------------
+    def discard_backward(self) -> None:
+        """A forward that stopped midway on one rank (an out-of-memory error) leaves its shard groups gathered and
+        their training state in mid-forward, and a finished forward on the others leaves the root's parameters
+        gathered for the backward that never runs: the next forward would all-gather on some ranks only. FSDP2's
+        `reset_iter_state` on each model set up whose forward began in the attempt (`out_of_memory_checks` notes
+        them; one never run has no state to reset, and torch's call fails on it) reshards every group and clears
+        that state, on every rank alike."""
+        if not hasattr(FSDPModule, "reset_iter_state"):
+            raise RuntimeError(f"FSDP on torch {torch.__version__} cannot drop a forward that stopped midway "
+                               "(FSDPModule.reset_iter_state is missing), so the ranks cannot continue after an "
+                               "out-of-memory error agreed on: upgrade torch")
+        for module in self._forwarded_in_attempt:
+            module.reset_iter_state()  # type: ignore[operator]  # an FSDPModule: every module set up here is one
+
+    @contextmanager
+    def out_of_memory_checks(self, check: Callable[[], None]) -> Iterator[None]:
+        """Every shard group all-gathers its parameters as its forward starts: a rank that ran out of memory in
+        an earlier group's forward (or since the last backward) has left, so `check` runs first in each (one flag
+        all-reduce per shard group and forward, while an attempt runs), also in models set up during the attempt
+        (inside the function `find_executable_batch_size` retries)."""
+        self._out_of_memory_check = check
+        for module in self._set_up_modules:
+            self._check_before_gathering(module)
+        try:
+            yield
+        finally:
+            self._out_of_memory_check = None
+            for handle in self._out_of_memory_hooks:
+                handle.remove()
+            self._out_of_memory_hooks.clear()
+            self._forwarded_in_attempt.clear()
+
+    def _check_before_gathering(self, module: Module) -> None:
+        check = self._out_of_memory_check
+        if check is None:
+            return
+
+        def check_first(submodule: Module, args: Any) -> None:
+            check()
+            if submodule is module and module not in self._forwarded_in_attempt:
+                self._forwarded_in_attempt.append(module)
+
+        # Prepended: it runs before FSDP's own pre-forward hook, the one that all-gathers.
+        self._out_of_memory_hooks += [submodule.register_forward_pre_hook(check_first, prepend=True)
+                                      for submodule in module.modules() if isinstance(submodule, FSDPModule)]
+
     def no_backward_sync(self, module: Module, enabled: bool) -> AbstractContextManager[Any]:
         """Gradients accumulate unsharded and unreduced inside; the first backward outside reduces them all."""
         if not enabled:
