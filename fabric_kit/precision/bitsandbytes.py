@@ -104,6 +104,9 @@ class BitsandbytesPrecision(TruePrecision):
                                         has_fp16_weights=trainable, threshold=6.0)
             layer.weight = bnb.nn.Int8Params(weight, requires_grad=trainable, has_fp16_weights=trainable)
             layer.register_load_state_dict_pre_hook(_give_back_int8_scales)
+            if trainable:  # its backward transposes the input as a matrix: feed it (batch * tokens, features)
+                layer.register_forward_pre_hook(_as_matrix)
+                layer.register_forward_hook(_with_leading_dimensions)
         else:
             quant_type = self.mode.removesuffix("-dq")
             double = self.mode.endswith("-dq")
@@ -121,6 +124,19 @@ class BitsandbytesPrecision(TruePrecision):
             raise ValueError(f"BitsandbytesPrecision mode='int8': bitsandbytes {bnb.__version__} leaves the weights "
                              f"unquantized on {device.type!r}; use one of {four_bit} there, or a newer bitsandbytes")
         return layer
+
+
+def _as_matrix(layer: torch.nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
+    """Before an int8-training layer's forward: an input of more than two dimensions (batch, tokens, features)
+    goes in as a matrix, its leading dimensions kept for `_with_leading_dimensions`."""
+    x = args[0]
+    layer._leading_dimensions = x.shape[:-1]
+    return (x.reshape(-1, x.shape[-1]), *args[1:]) if x.dim() > 2 else args
+
+
+def _with_leading_dimensions(layer: torch.nn.Module, args: tuple[Any, ...], output: torch.Tensor) -> torch.Tensor:
+    """After it: the output gets the input's leading dimensions back."""
+    return output.reshape(*layer._leading_dimensions, output.shape[-1])  # type: ignore[misc]
 
 
 def _load_quantization_state(layer: torch.nn.Module, state_dict: dict[str, Any], prefix: str, *_: Any) -> None:

@@ -82,11 +82,7 @@ MODES = ("nf4", "nf4-dq", "fp4", "fp4-dq", "int8", "int8-training")
 PLUGINS = {"fp8": fp8, **{mode: qlora(mode) for mode in MODES}}
 
 
-# bitsandbytes' int8 matmul backward transposes its input as a matrix: a (batch, tokens, features) input fails.
-INT8_TRAINING_3D = pytest.mark.xfail(raises=RuntimeError, strict=True,
-                                     reason="bitsandbytes int8-training: t() expects a tensor with <= 2 dimensions")
-CASES = [pytest.param(plugin, kind, marks=[INT8_TRAINING_3D] if (plugin, kind) == ("int8-training", "transformer")
-                      else []) for plugin in sorted(PLUGINS) for kind in ("mlp", "transformer")]
+CASES = [(plugin, kind) for plugin in sorted(PLUGINS) for kind in ("mlp", "transformer")]
 
 
 @pytest.mark.parametrize(("plugin", "kind"), CASES)
