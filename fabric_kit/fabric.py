@@ -193,7 +193,8 @@ class Fabric:
             repoint_optimizer(optimizer, names, module)  # a precision may have replaced parameters (float8 weights)
         forward_module, raw_optimizers, scheduler = self._strategy.setup_module_and_optimizers(
             module, list(optimizers), scheduler)
-        wrapped = FabricModule(forward_module, self._strategy.precision, module, recompile)
+        wrapped = FabricModule(forward_module, self._strategy.precision, module, recompile,
+                               self._strategy.shards_parameters)
         fabric_optimizers = [wrap_optimizer(opt, self._strategy, self._callbacks) for opt in raw_optimizers]
         self._after_setup(module, wrapped, fabric_optimizers)
         result = [wrapped, *fabric_optimizers]
@@ -206,7 +207,8 @@ class Fabric:
         self._ensure_launched()
         module, recompile = split_compiled(module)
         module = self._prepare_module(module, move_to_device)
-        wrapped = FabricModule(self._strategy.setup_module(module), self._strategy.precision, module, recompile)
+        wrapped = FabricModule(self._strategy.setup_module(module), self._strategy.precision, module, recompile,
+                               self._strategy.shards_parameters)
         self._after_setup(module, wrapped, None)
         return wrapped
 
