@@ -428,6 +428,7 @@ class Fabric:
         `setup_dataloaders` too) are converted; others stored as is. Every rank's RNG states and the precision's
         state are added. The write is atomic and checksummed: a crash leaves the previous file or the new one."""
         self._ensure_launched()
+        self._strategy.check_checkpoint_path(path, "save")
         self._strategy.save_checkpoint(path, state, filter)
         self._strategy.barrier()
 
@@ -440,6 +441,7 @@ class Fabric:
         `weights_only=False` unpickles arbitrary objects: only for checkpoints from a trusted source. Every
         strategy takes the same arguments."""
         self._ensure_launched()
+        self._strategy.check_checkpoint_path(path, "load")
         remainder = self._strategy.load_checkpoint(path, state, strict, weights_only=weights_only is not False)
         self._strategy.barrier()
         return remainder
@@ -448,6 +450,7 @@ class Fabric:
         """Load a plain state dict saved by `torch.save(model.state_dict(), path)` into a module or optimizer
         (plain, or as returned by `setup`); anything else is a TypeError."""
         self._ensure_launched()
+        self._strategy.check_checkpoint_path(path, "load_raw")
         self._strategy.load_raw(path, obj, strict)
 
 
