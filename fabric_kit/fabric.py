@@ -193,7 +193,8 @@ class Fabric:
             repoint_optimizer(optimizer, names, module)  # a precision may have replaced parameters (float8 weights)
         forward_module, raw_optimizers, scheduler = self._strategy.setup_module_and_optimizers(
             module, list(optimizers), scheduler)
-        wrapped = FabricModule(forward_module, self._strategy.precision, module, recompile)
+        wrapped = FabricModule(forward_module, self._strategy.precision, module, recompile,
+                               self._strategy.shards_parameters)
         fabric_optimizers = [wrap_optimizer(opt, self._strategy, self._callbacks) for opt in raw_optimizers]
         self._after_setup(module, wrapped, fabric_optimizers)
         result = [wrapped, *fabric_optimizers]
@@ -206,7 +207,8 @@ class Fabric:
         self._ensure_launched()
         module, recompile = split_compiled(module)
         module = self._prepare_module(module, move_to_device)
-        wrapped = FabricModule(self._strategy.setup_module(module), self._strategy.precision, module, recompile)
+        wrapped = FabricModule(self._strategy.setup_module(module), self._strategy.precision, module, recompile,
+                               self._strategy.shards_parameters)
         self._after_setup(module, wrapped, None)
         return wrapped
 
@@ -426,6 +428,7 @@ class Fabric:
         `setup_dataloaders` too) are converted; others stored as is. Every rank's RNG states and the precision's
         state are added. The write is atomic and checksummed: a crash leaves the previous file or the new one."""
         self._ensure_launched()
+        self._strategy.check_checkpoint_path(path, "save")
         self._strategy.save_checkpoint(path, state, filter)
         self._strategy.barrier()
 
@@ -438,6 +441,7 @@ class Fabric:
         `weights_only=False` unpickles arbitrary objects: only for checkpoints from a trusted source. Every
         strategy takes the same arguments."""
         self._ensure_launched()
+        self._strategy.check_checkpoint_path(path, "load")
         remainder = self._strategy.load_checkpoint(path, state, strict, weights_only=weights_only is not False)
         self._strategy.barrier()
         return remainder
@@ -446,6 +450,7 @@ class Fabric:
         """Load a plain state dict saved by `torch.save(model.state_dict(), path)` into a module or optimizer
         (plain, or as returned by `setup`); anything else is a TypeError."""
         self._ensure_launched()
+        self._strategy.check_checkpoint_path(path, "load_raw")
         self._strategy.load_raw(path, obj, strict)
 
 

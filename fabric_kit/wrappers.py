@@ -57,17 +57,21 @@ class FabricModule(Module):
 
     `model.training_step(batch)` (and the other step methods, and any method marked with `mark_forward_method`)
     runs through the strategy's module too, as if it were `forward`: DDP then all-reduces its gradients, as
-    Lightning does. Any other method of the user's module that calls a submodule while the strategy wraps it raises
-    an error naming `mark_forward_method`, since it would silently bypass the wrapper."""
+    Lightning does; FSDP2, which shards the user's module in place, gathers the parameters the method's submodule
+    calls need. Any other method of the user's module that calls a submodule while the strategy wraps or shards it
+    raises an error naming `mark_forward_method`, since it would silently bypass the wrapper."""
 
     _forward_module: Module  # the strategy's module (e.g. DDP), compiled when the user's was; typed for reads
 
     def __init__(self, forward_module: Module, precision: Precision, original_module: Module,
-                 recompile: Callable[[Module], Module] | None = None) -> None:
+                 recompile: Callable[[Module], Module] | None = None, sharded_in_place: bool = False) -> None:
         """`recompile` (from `split_compiled`): compile the strategy's module as the user's was, outside DDP / FSDP,
-        so the strategy wraps the plain module and checkpoints hold its plain keys."""
+        so the strategy wraps the plain module and checkpoints hold its plain keys. `sharded_in_place`: the
+        strategy's module is the user's, sharded (FSDP2's `fully_shard`), so its methods need its forward too."""
         super().__init__()
         self._forward_module = forward_module if recompile is None else recompile(forward_module)
+        # Whether methods of the user's module must run through the strategy's module (not so for one plain device).
+        self.__dict__["_redirects"] = self._forward_module is not original_module or sharded_in_place
         self.__dict__["_strategy_module"] = forward_module  # not a submodule: reached through _forward_module
         self._original_module = original_module
         self._precision = precision
@@ -143,18 +147,25 @@ class FabricModule(Module):
         module (no gradient sync, no unsharding)."""
         original = self._original_module
 
+        def bypassed() -> RuntimeError:
+            return RuntimeError(f"{type(original).__name__}.{name}() ran the model outside the strategy's module "
+                                f"({type(self._forward_module).__name__}), so it bypassed it: call "
+                                f"`model.mark_forward_method({name!r})` after `fabric.setup()`")
+
         def guarded(*args: Any, **kwargs: Any) -> Any:
             called = []
             handles = [m.register_forward_pre_hook(lambda *_: called.append(True)) for m in original.modules()]
             try:
                 output = method(*args, **kwargs)
+            except Exception as error:  # e.g. FSDP2's sharded parameters meeting plain tensors
+                if called:
+                    raise bypassed() from error
+                raise
             finally:
                 for handle in handles:
                     handle.remove()
             if called:
-                raise RuntimeError(f"{type(original).__name__}.{name}() ran the model outside the strategy's "
-                                   f"module ({type(self._forward_module).__name__}), so it bypassed it: call "
-                                   f"`model.mark_forward_method({name!r})` after `fabric.setup()`")
+                raise bypassed()
             return output
 
         return guarded
@@ -172,7 +183,7 @@ class FabricModule(Module):
             pass
         original = self._original_module
         attribute = getattr(original, name)
-        if self._modules["_forward_module"] is original or not isinstance(attribute, MethodType):
+        if not self.__dict__["_redirects"] or not isinstance(attribute, MethodType):
             return attribute
         if name in self.__dict__["_forward_methods"]:
             return self._through_forward(name)

@@ -83,7 +83,7 @@ PATHS = [
 # Names Lightning exports at these paths that fabric_kit does not have (yet), and why.
 ABSENT = {
     "lightning.fabric.strategies": {
-        "DataParallelStrategy": "strategy='dp' is not provided",
+        "DataParallelStrategy": "no DataParallel on GPUs (DDP instead); strategy='dp' on CPUs is ddp, as in Lightning",
         "SingleTPUStrategy": "Lightning's deprecated alias of SingleDeviceXLAStrategy",
     },
     "lightning.fabric.plugins": {

@@ -134,3 +134,11 @@ class AsyncCheckpointIO(CheckpointIO):
         first = next((error for error in errors if error is not None), None)
         if first is not None:
             raise first
+
+
+def writes_local_files(io: CheckpointIO) -> bool:
+    """Whether `io` is fabric_kit's own file (`TorchCheckpointIO`, also behind `AsyncCheckpointIO`), which takes
+    local paths only; a CheckpointIO of the user's may write wherever its paths point."""
+    while isinstance(io, AsyncCheckpointIO):
+        io = io.checkpoint_io
+    return isinstance(io, TorchCheckpointIO)

@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader
 
 from fabric_kit.accelerators import Accelerator
 from fabric_kit.checkpoint import rng
-from fabric_kit.checkpoint.checkpoint_io import CheckpointIO, TorchCheckpointIO
+from fabric_kit.checkpoint.checkpoint_io import CheckpointIO, TorchCheckpointIO, writes_local_files
 from fabric_kit.checkpoint.state import RESERVED_KEY, Filter, check_state, restore_into, to_storable
 from fabric_kit.collections import move_to_device
 from fabric_kit.empty_init import SkipInit
@@ -85,6 +85,16 @@ class Strategy(ABC):
                              f"the CheckpointIO plugin {type(io).__name__} would never be used; remove it from "
                              "plugins=" + self._checkpoint_io_hint())
         self._checkpoint_io = io
+
+    def check_checkpoint_path(self, path: Any, call: str) -> None:
+        """Refuse a URL (fsspec's `s3://`, `memory://`, ...) that no CheckpointIO plugin of the user's writes:
+        fabric_kit's files and directories are local, and a URL taken as a path would name a local folder."""
+        if "://" not in str(path) or (self.uses_checkpoint_io and not writes_local_files(self.checkpoint_io)):
+            return
+        hint = "" if self.uses_checkpoint_io else self._checkpoint_io_hint()
+        raise ValueError(f"fabric.{call}({str(path)!r}): {type(self).__name__} saves and loads local files and "
+                         "directories only, not URLs; accepted: a local path, or Fabric(plugins=[...]) with a "
+                         "CheckpointIO that writes one file there" + hint)
 
     def _checkpoint_io_hint(self) -> str:
         """How to make this strategy write one file through a CheckpointIO plugin, where it can."""

@@ -84,6 +84,24 @@ def test_a_custom_checkpoint_io_does_the_saving_and_loading(tmp_path):
     assert io.calls[-1] == ("load", "raw", True)
 
 
+def test_a_url_is_refused_unless_a_checkpoint_io_of_the_users_takes_it(tmp_path, monkeypatch):
+    # Lightning writes fsspec URLs through fsspec; fabric_kit's own files are local, and a URL taken as a path
+    # would be written to a local folder named "memory:" instead: refused, naming the URL and what is accepted.
+    monkeypatch.chdir(tmp_path)
+    url = "memory://run/last.ckpt"
+    for plugins in ([], [AsyncCheckpointIO()]):
+        fabric = Fabric(accelerator="cpu", devices=1, plugins=plugins)
+        for call, args in (("save", ({"step": 1},)), ("load", ()), ("load_raw", (nn.Linear(1, 1),))):
+            with pytest.raises(ValueError, match=rf"fabric.{call}\('{url}'\): SingleDeviceStrategy .* not URLs; "
+                                                 r"accepted: a local path, or Fabric\(plugins=\[...\]\)"):
+                getattr(fabric, call)(url, *args)
+    assert list(tmp_path.iterdir()) == []
+    io = InMemoryCheckpointIO()
+    fabric = Fabric(accelerator="cpu", devices=1, plugins=[io])
+    fabric.save(url, {"step": 1})
+    assert fabric.load(url) == {"step": 1} and [call[:2] for call in io.calls] == [("save", url), ("load", url)]
+
+
 def test_torch_checkpoint_io_on_its_own(tmp_path):
     io = TorchCheckpointIO()
     path = tmp_path / "sub" / "c.pt"

@@ -49,6 +49,12 @@ def test_interactive_allocation_is_not_detected(setenv, job_name):
     assert not SLURMEnvironment.detect()
 
 
+def test_a_task_count_alone_is_slurm(setenv):
+    # As Lightning: SLURM_NTASKS is what srun sets for every task; no other variable is needed to detect it.
+    setenv(SLURM_NTASKS=2)
+    assert SLURMEnvironment.detect()
+
+
 def test_not_detected_outside_slurm():
     assert not SLURMEnvironment.detect()
 

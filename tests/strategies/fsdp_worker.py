@@ -16,6 +16,7 @@ from torch.nn import functional as F
 from fabric_kit import Fabric
 from fabric_kit.collective_log import LOG
 from fabric_kit.strategies.fsdp import FSDPStrategy
+from tests.wrappers_ddp_worker import step_methods
 
 VOCAB, DIM, SEQ, STEPS, SPLIT = 8, 16, 6, 12, 6
 
@@ -228,6 +229,7 @@ def fsdp_scenarios(fabric, out):
     fabric.load_raw(os.path.join(out, "initial.pt"), model)
     result["meta_losses"], _ = train(fabric, model, optimizer, batches(STEPS))
     result["no_backward_sync"] = no_backward_sync(fabric)
+    result["step_methods"] = step_methods(fabric)
     return result
 
 

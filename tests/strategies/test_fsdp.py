@@ -18,6 +18,7 @@ from fabric_kit.checkpoint.directory import MANIFEST, file_sizes, verify_directo
 from fabric_kit.strategies.fsdp import FSDPStrategy
 from tests.helpers.processes import TORCHRUN_TWO
 from tests.strategies.fsdp_worker import STEPS, TinyTransformer
+from tests.wrappers_ddp_worker import AVERAGED
 
 WORKER = Path(__file__).with_name("fsdp_worker.py")
 ROOT = Path(__file__).resolve().parents[2]
@@ -134,6 +135,19 @@ def test_joint_setup_repoints_the_optimizer_to_the_shards(fsdp):
     ranks, _ = fsdp
     for result in ranks:
         assert result["joint_losses"] == result["losses"]
+
+
+def test_step_and_marked_methods_run_through_the_sharded_module(fsdp):
+    # FSDP2 shards the user's module in place: `model.training_step(batch)` and a method marked with
+    # `mark_forward_method` that calls a submodule itself gather the parameters and average the gradients, as under
+    # DDP (tests/test_wrappers_ddp.py); unmarked, such a method is refused naming `mark_forward_method`.
+    ranks, _ = fsdp
+    for result in ranks:
+        steps = result["step_methods"]
+        for method in ("training_step", "validation_step", "custom_step"):
+            assert torch.equal(steps[method], AVERAGED), method
+        assert "mark_forward_method('unmarked')" in steps["unmarked_error"]
+        assert steps["flag_on_module"] == "set on the wrapper" and steps["forward_restored"]
 
 
 def test_bad_setup_order_errors(fsdp):
