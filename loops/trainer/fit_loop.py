@@ -14,6 +14,7 @@ from itertools import islice, repeat
 from typing import TYPE_CHECKING, Any
 
 from fabric_kit import is_wrapped
+from fabric_kit.utilities.seed import isolate_rng
 from loops.core.optimizer_config import step_schedulers
 from loops.logging.results import Results
 from loops.trainer.checkpointing import restore_model, restore_training_state
@@ -21,7 +22,6 @@ from loops.trainer.data import DataloaderIter, batches, eval_loaders, find_loade
 from loops.trainer.evaluation_loop import run_evaluation
 from loops.trainer.loop_state import decode, encode
 from loops.trainer.optimization import AutomaticStep
-from loops.trainer.rng import isolated_rng
 from loops.trainer.router import pulls_batches
 from loops.trainer.states import TrainerStatus
 
@@ -201,7 +201,7 @@ class FitLoop:
         state.hooks.call_callbacks("on_sanity_check_start")
         self.setup_val_data()
         limits = [n if steps < 0 else min(n, steps) for n in self.num_val_batches]
-        with isolated_rng(trainer.fabric.device):
+        with isolate_rng(include_cuda=trainer.fabric.device.type == "cuda"):
             run_evaluation(trainer, "validate", self.val_loaders, limits, sanity=True)
         state.hooks.call_callbacks("on_sanity_check_end")
         trainer.sanity_checking = False
