@@ -433,7 +433,8 @@ class _TrainingEpoch:
             hook(trainer, module, batch, batch_idx)
         for hook in self.start_mod:
             stop_epoch = hook(batch, batch_idx) == -1
-        if stop_epoch:
+        if stop_epoch:  # the epoch ends here, as if at its last batch: its epoch-interval schedulers step
+            self.loop._step_epoch_schedulers(plateau=False)
             return True
         last = index + 1 >= self.limit
         if self.step is not None:

@@ -1,6 +1,7 @@
 """Trainer flags and loop rules as Lightning 2.6 has them, each run on Lightning and on loops (`both`): max_time's
 Timer, a sanity check that leaves the random generators alone, evaluation loaders' `set_epoch`, gradients freed
-before evaluation, no evaluation hooks without batches, the graceful KeyboardInterrupt, a time-based
+before evaluation, no evaluation hooks without batches, the graceful KeyboardInterrupt, an epoch ended by
+`on_train_batch_start` returning -1 stepping its epoch scheduler, a time-based
 `val_check_interval`, and fast_dev_run with callbacks that need a logger."""
 import importlib
 from datetime import timedelta
@@ -59,6 +60,21 @@ def test_the_sanity_check_leaves_the_random_generators_alone(L):
         return model.layer.weight.detach().clone()
 
     assert torch.equal(trained(0), trained(2))
+
+
+@both
+def test_an_epoch_ended_by_on_train_batch_start_steps_its_epoch_scheduler(L):
+    class Skips(module_class(L)):
+        def on_train_batch_start(self, batch, batch_idx):
+            return -1 if batch_idx == 2 else None
+
+        def configure_optimizers(self):
+            optimizer = torch.optim.SGD(self.parameters(), lr=1.0)
+            return {"optimizer": optimizer, "lr_scheduler": torch.optim.lr_scheduler.StepLR(optimizer, 1, gamma=0.5)}
+
+    trainer = L.Trainer(max_epochs=3, limit_val_batches=0, **QUIET)
+    trainer.fit(Skips(), data())
+    assert trainer.global_step == 6 and trainer.optimizers[0].param_groups[0]["lr"] == 0.125
 
 
 class EpochSampler(SequentialSampler):
