@@ -1,7 +1,7 @@
 """Trainer flags and loop rules as Lightning 2.6 has them, each run on Lightning and on loops (`both`): max_time's
 Timer, a sanity check that leaves the random generators alone, evaluation loaders' `set_epoch`, gradients freed
 before evaluation, no evaluation hooks without batches, the graceful KeyboardInterrupt, an epoch ended by
-`on_train_batch_start` returning -1 stepping its epoch scheduler, a time-based
+`on_train_batch_start` returning -1 stepping its epoch scheduler, conflicting clipping values refused, a time-based
 `val_check_interval`, and fast_dev_run with callbacks that need a logger."""
 import importlib
 from datetime import timedelta
@@ -75,6 +75,19 @@ def test_an_epoch_ended_by_on_train_batch_start_steps_its_epoch_scheduler(L):
     trainer = L.Trainer(max_epochs=3, limit_val_batches=0, **QUIET)
     trainer.fit(Skips(), data())
     assert trainer.global_step == 6 and trainer.optimizers[0].param_groups[0]["lr"] == 0.125
+
+
+@both
+def test_clipping_in_configure_gradient_clipping_with_another_value_than_the_trainers_is_refused(L):
+    class ClipsByValue(module_class(L)):
+        def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None):
+            self.clip_gradients(optimizer, gradient_clip_val=0.01, gradient_clip_algorithm="value")
+
+    with pytest.raises(Exception, match=r"gradient_clip_val=1.0.*clip_gradients\(gradient_clip_val=0.01\)"):
+        L.Trainer(max_epochs=1, gradient_clip_val=1.0, limit_val_batches=0, **QUIET).fit(ClipsByValue(), data())
+    trainer = L.Trainer(max_epochs=1, limit_val_batches=0, **QUIET)  # set in one place only: it clips
+    trainer.fit(ClipsByValue(), data())
+    assert trainer.global_step == 4
 
 
 class EpochSampler(SequentialSampler):
