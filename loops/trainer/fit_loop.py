@@ -122,8 +122,8 @@ class FitLoop:
     def setup_val_data(self) -> None:
         trainer, state = self.trainer, self.trainer.run_state
         epoch, every = trainer.current_epoch, trainer.reload_dataloaders_every_n_epochs
-        if self._val_loaded_epoch >= 0 and not (every and epoch != self._val_loaded_epoch and epoch % every == 0):
-            return
+        if self._val_loaded_epoch >= 0 and not (every and epoch - self._val_loaded_epoch >= every):
+            return  # Lightning's rule: reloaded once `every` epochs passed since it was loaded
         self._val_loaded_epoch = epoch
         found = state.user_loaders["val"] = find_loaders("val", state.dataloaders["val"], state.hooks)
         limit = trainer.overfit_batches if trainer.overfit_batches > 0 else trainer.limit_val_batches
@@ -214,7 +214,9 @@ class FitLoop:
         return limit != 0 and bool(trainer.run_state.hooks.mod("validation_step"))
 
     def _validation_enabled(self) -> bool:
-        if not self._validation_possible():
+        """Whether this epoch validates; its loader is (re)loaded only then, as in Lightning."""
+        every = self.trainer.check_val_every_n_epoch
+        if not self._validation_possible() or (every is not None and (self.trainer.current_epoch + 1) % every):
             return False
         self.setup_val_data()
         return any(n > 0 for n in self.num_val_batches)

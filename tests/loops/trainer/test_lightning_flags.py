@@ -1,8 +1,9 @@
 """Trainer flags and loop rules as Lightning 2.6 has them, each run on Lightning and on loops (`both`): max_time's
 Timer, a sanity check that leaves the random generators alone, evaluation loaders' `set_epoch`, gradients freed
 before evaluation, no evaluation hooks without batches, the graceful KeyboardInterrupt, an epoch ended by
-`on_train_batch_start` returning -1 stepping its epoch scheduler, conflicting clipping values refused, a time-based
-`val_check_interval`, and fast_dev_run with callbacks that need a logger."""
+`on_train_batch_start` returning -1 stepping its epoch scheduler, conflicting clipping values refused, the
+validation loader loaded when validation runs, a time-based `val_check_interval`, and fast_dev_run with callbacks
+that need a logger."""
 import importlib
 from datetime import timedelta
 
@@ -88,6 +89,32 @@ def test_clipping_in_configure_gradient_clipping_with_another_value_than_the_tra
     trainer = L.Trainer(max_epochs=1, limit_val_batches=0, **QUIET)  # set in one place only: it clips
     trainer.fit(ClipsByValue(), data())
     assert trainer.global_step == 4
+
+
+@both
+@pytest.mark.parametrize(("reload", "every", "sanity", "expected"), [
+    (1, 2, 0, "train0 train1 val1 train2 train3 val3 train4 train5 val5"),
+    (2, 1, 2, "val0 train0 train2 val2 train4 val4"),
+    (2, 3, 2, "val0 train0 train2 val2 train4 val5"),
+    (3, 2, 0, "train0 val1 train3 val5"),
+])
+def test_the_validation_loader_is_loaded_when_validation_runs(L, reload, every, sanity, expected):
+    """...and again once `reload_dataloaders_every_n_epochs` epochs passed since it was loaded."""
+    class Loads(module_class(L)):
+        calls = []
+
+        def train_dataloader(self):
+            self.calls.append(f"train{self.current_epoch}")
+            return data()
+
+        def val_dataloader(self):
+            self.calls.append(f"val{self.current_epoch}")
+            return data(4)
+
+    model = Loads()
+    L.Trainer(max_epochs=6, reload_dataloaders_every_n_epochs=reload, check_val_every_n_epoch=every,
+              num_sanity_val_steps=sanity, **QUIET).fit(model)
+    assert " ".join(model.calls) == expected
 
 
 class EpochSampler(SequentialSampler):
