@@ -204,6 +204,37 @@ def test_learning_rates_reach_callback_metrics(L, tmp_path):
 
 
 @both
+def test_learning_rate_keys_follow_parameter_groups_added_during_training(L, tmp_path):
+    class Grows(module_class(L)):
+        def __init__(self):
+            super().__init__()
+            self.head = torch.nn.Linear(2, 1)
+
+        def training_step(self, batch, batch_idx):
+            return super().training_step(batch, batch_idx) + self.head(batch).pow(2).mean()
+
+        def on_train_epoch_start(self):
+            if self.current_epoch == 1:
+                self.trainer.optimizers[0].add_param_group({"params": self.head.parameters(), "lr": 0.5})
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.layer.parameters(), lr=0.1)
+
+    class Keys(L.Callback):
+        seen = []
+
+        def on_train_epoch_end(self, trainer, pl_module):
+            self.seen.append(sorted(k for k in trainer.callback_metrics if k.startswith("lr-")))
+
+    monitor = (loops.callbacks if L is loops else pl.callbacks).LearningRateMonitor()
+    trainer = L.Trainer(max_epochs=2, callbacks=[monitor, Keys()], log_every_n_steps=1,
+                        **{**QUIET, "logger": True, "default_root_dir": tmp_path})
+    trainer.fit(Grows(), data())
+    assert Keys.seen == [["lr-SGD"], ["lr-SGD", "lr-SGD/pg1", "lr-SGD/pg2"]]
+    assert float(trainer.callback_metrics["lr-SGD/pg2"]) == pytest.approx(0.5)
+
+
+@both
 @pytest.mark.parametrize(("interval", "validations"), [
     (timedelta(0), 8),  # due after every batch of the 2 epochs
     ({"days": 1}, 0),  # never due: no validation at the epochs' ends either
