@@ -5,7 +5,8 @@ from __future__ import annotations
 import logging
 import os
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from functools import partial
 
 import numpy as np
@@ -66,6 +67,21 @@ def reset_seed() -> None:
     if seed is not None:
         workers = _exported(WORKERS_VARIABLE, LIGHTNING_WORKERS_VARIABLE) == "1"
         seed_everything(int(seed), workers=workers, verbose=False)
+
+
+@contextmanager
+def isolate_rng(include_cuda: bool = True) -> Iterator[None]:
+    """A block after which python's, numpy's and torch's generators are as they were before it, also when it
+    raises (Lightning's `isolate_rng`, which the Trainer runs its sanity check in). `include_cuda` covers every
+    CUDA device's generator too; pass False in a forked process where CUDA must not be initialised."""
+    python_state, numpy_state = random.getstate(), np.random.get_state()
+    devices = list(range(torch.cuda.device_count())) if include_cuda and torch.cuda.is_available() else []
+    try:
+        with torch.random.fork_rng(devices=devices):
+            yield
+    finally:
+        random.setstate(python_state)
+        np.random.set_state(numpy_state)
 
 
 def global_seed() -> int:

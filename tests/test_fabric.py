@@ -1,5 +1,6 @@
 """The Fabric facade on one CPU process: setup, the training-step helpers, utilities and checkpoints. Multi-process
 behaviour is in tests/strategies/test_ddp.py."""
+import contextlib
 import os
 import random
 from dataclasses import dataclass
@@ -12,7 +13,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from fabric_kit import Fabric, seed_everything
 from fabric_kit.checkpoint import UnsafeCheckpointError
-from fabric_kit.seed import WORKERS_VARIABLE, reset_seed, seed_worker
+from fabric_kit.seed import WORKERS_VARIABLE, isolate_rng, reset_seed, seed_worker
 from fabric_kit.strategies import SingleDeviceStrategy
 from fabric_kit.wrappers import FabricModule, FabricOptimizer
 
@@ -357,6 +358,24 @@ def test_reset_seed_seeds_again_with_the_exported_seed():
     a = torch.rand(3)
     reset_seed()
     assert torch.equal(torch.rand(3), a) and os.environ["PL_SEED_WORKERS"] == "1"
+
+
+def _draws():
+    return torch.rand(2).tolist(), np.random.rand(2).tolist(), [random.random(), random.random()]
+
+
+@pytest.mark.parametrize("raises", [False, True])
+def test_isolate_rng_puts_every_generator_back_after_its_block(raises):
+    seed_everything(5, verbose=False)
+    expected = _draws()
+    seed_everything(5, verbose=False)
+    with pytest.raises(RuntimeError) if raises else contextlib.nullcontext():
+        with isolate_rng():
+            inside = _draws()
+            if raises:
+                raise RuntimeError("inside the block")
+    assert inside == expected  # the block drew from the same generators ...
+    assert _draws() == expected  # ... and after it they draw the same numbers again
 
 
 def test_seed_everything_workers_gives_loaders_a_seeding_worker_init_fn(fabric, monkeypatch):

@@ -73,6 +73,7 @@ PATHS = [
     ("fabric_kit.utilities.rank_zero", "rank_zero_only", "fabric_kit.rank_zero:rank_zero_only"),
     ("fabric_kit.utilities.seed", "seed_everything", "fabric_kit.seed:seed_everything"),
     ("fabric_kit.utilities.seed", "reset_seed", "fabric_kit.seed:reset_seed"),
+    ("fabric_kit.utilities.seed", "isolate_rng", "fabric_kit.seed:isolate_rng"),
     ("fabric_kit.utilities.data", "AttributeDict", "fabric_kit.attribute_dict:AttributeDict"),
     ("fabric_kit.utilities.distributed", "DistributedSamplerWrapper",
      "fabric_kit.data.sampler:DistributedSamplerWrapper"),

@@ -1,4 +1,4 @@
 """Lightning's `lightning.fabric.utilities.seed`; defined in `fabric_kit.seed`."""
-from fabric_kit.seed import reset_seed, seed_everything
+from fabric_kit.seed import isolate_rng, reset_seed, seed_everything
 
-__all__ = ["reset_seed", "seed_everything"]
+__all__ = ["isolate_rng", "reset_seed", "seed_everything"]

@@ -11,6 +11,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.optim import Optimizer
 
+from fabric_kit.utilities.rank_zero import rank_zero_warn
 from loops.callbacks.callback import Callback
 
 if TYPE_CHECKING:
@@ -85,9 +86,15 @@ class BaseFinetuning(Callback):
 
     @staticmethod
     def filter_on_optimizer(optimizer: Optimizer, params: Iterable[nn.Parameter]) -> list[nn.Parameter]:
-        """`params` that the optimizer does not train yet."""
+        """`params` that the optimizer does not train yet; a warning names how many it already does (Lightning
+        warns too), since they keep the group and learning rate they have."""
         known = {id(p) for group in optimizer.param_groups for p in group["params"]}
-        return [p for p in params if id(p) not in known]
+        params = list(params)
+        new = [p for p in params if id(p) not in known]
+        if len(new) < len(params):
+            rank_zero_warn(f"{len(params) - len(new)} of the parameters to add to the optimizer are in one of its "
+                           "parameter groups already; they are skipped and keep their group's settings")
+        return new
 
     @staticmethod
     def unfreeze_and_add_param_group(modules: Modules, optimizer: Optimizer, lr: float | None = None,

@@ -72,6 +72,10 @@ class ModelCheckpoint(Checkpoint):
         if sum(triggers.values()) > 1:
             raise ValueError(f"ModelCheckpoint got {[k for k, on in triggers.items() if on]}; pass at most one of "
                              "every_n_train_steps, every_n_epochs, train_time_interval")
+        if "://" in str(dirpath):  # else it would be a local folder named after the URL's scheme
+            raise ValueError(f"ModelCheckpoint(dirpath={str(dirpath)!r}): fsspec URLs are not supported (checkpoints "
+                             "are written atomically to a local filesystem); pass a local or mounted directory and "
+                             "copy the files to remote storage from there")
         self.dirpath = os.path.realpath(os.path.expanduser(dirpath)) if dirpath is not None else None
         self.filename, self.monitor, self.verbose = filename, monitor, verbose
         self.save_last, self.save_top_k, self.save_weights_only = save_last, save_top_k, save_weights_only

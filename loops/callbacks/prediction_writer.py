@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 from torch.utils.data import IterableDataset, RandomSampler
 
 from loops.callbacks.callback import Callback
+from loops.trainer.router import pulls_batches
 
 if TYPE_CHECKING:
     from loops.trainer.trainer import Trainer
@@ -16,7 +17,8 @@ _INTERVALS = ("batch", "epoch", "batch_and_epoch")
 
 class BasePredictionWriter(Callback):
     """`write_interval`: "batch", "epoch" or "batch_and_epoch". `batch_indices` are the dataset indices of each
-    batch's samples on this process (None when the loader's sampler cannot tell them)."""
+    batch's samples on this process (None when the loader's sampler cannot tell them). A `predict_step` taking
+    `dataloader_iter` is refused, as in Lightning: the writer cannot tell which batches one call fetched."""
 
     def __init__(self, write_interval: str = "batch") -> None:
         if write_interval not in _INTERVALS:
@@ -37,6 +39,12 @@ class BasePredictionWriter(Callback):
         batch's dataset indices."""
         raise NotImplementedError(f"{type(self).__name__}(write_interval={self.interval!r}) must implement "
                                   "write_on_epoch_end")
+
+    def setup(self, trainer: Trainer, pl_module: Any, stage: str) -> None:
+        if stage == "predict" and pulls_batches(pl_module.predict_step):
+            raise NotImplementedError(f"{type(self).__name__} does not support a predict_step(self, dataloader_iter) "
+                                      "(nor does Lightning's): the step fetches its own batches, so which samples "
+                                      "a prediction belongs to is not known; take a batch argument instead")
 
     def on_predict_start(self, trainer: Trainer, pl_module: Any) -> None:
         loaders = trainer.run_state.set_up_loaders["predict"]  # this process's shard of each loader

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import random
+import sys
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -18,6 +19,7 @@ from loops.cli.parser import AUTOMATIC, ConfigFileAction, LightningArgumentParse
 from loops.cli.save_config import SaveConfigCallback
 from loops.core.datamodule import LightningDataModule
 from loops.core.module import LightningModule
+from loops.core.saving import CHECKPOINT_HYPER_PARAMS_KEY, read_checkpoint
 from loops.trainer.trainer import Trainer
 
 ArgsType = list[str] | dict[str, Any] | Namespace | None
@@ -64,6 +66,7 @@ class LightningCLI:
         main_kwargs = {k: v for k, v in parser_kwargs.items() if k not in self.subcommands()}
         self.setup_parser(run, main_kwargs, {k: v for k, v in parser_kwargs.items() if k in self.subcommands()})
         self.parse_arguments(self.parser, args)
+        self._parse_ckpt_path()
         self.subcommand: str | None = self.config["subcommand"] if run else None
         self._set_seed()
         self.before_instantiate_classes()
@@ -143,6 +146,26 @@ class LightningCLI:
             self.config = parser.parse_object(args)
         else:
             self.config = parser.parse_args(args)
+
+    def _parse_ckpt_path(self) -> None:
+        """`--ckpt_path <file>`: the model is built from the hyperparameters the checkpoint saved, which win over
+        the config and the command line (Lightning's rule), so the weights fit the model they are loaded into."""
+        subcommand = self.config.get("subcommand")
+        ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
+        if not ckpt_path or not os.path.isfile(ckpt_path):
+            return
+        hparams = dict(read_checkpoint(ckpt_path).get(CHECKPOINT_HYPER_PARAMS_KEY) or {})
+        hparams.pop("_instantiator", None)
+        if not hparams:
+            return
+        if "_class_path" in hparams:
+            hparams = {"class_path": hparams.pop("_class_path"), "dict_kwargs": hparams}
+        try:
+            self.config = self.parser.parse_object({subcommand: {"model": hparams}}, self.config)
+        except SystemExit:
+            sys.stderr.write(f"error: --ckpt_path {ckpt_path}: its saved hyperparameters {sorted(hparams)} are not "
+                             "options of the model\n")
+            raise
 
     def _parser(self, subcommand: str | None) -> LightningArgumentParser:
         return self.parser if subcommand is None else self._subcommand_parsers[subcommand]

@@ -300,7 +300,17 @@ class LightningModule(HyperparametersMixin, ModelHooks, DataHooks, CheckpointHoo
 
     def clip_gradients(self, optimizer: Any, gradient_clip_val: float | None = None,
                        gradient_clip_algorithm: str | None = None) -> None:
-        """Clip by norm (default) or value through the strategy, which unscales fp16 gradients first."""
+        """Clip by norm (default) or value through the strategy, which unscales fp16 gradients first. Under a
+        Trainer, None takes the Trainer's `gradient_clip_val` / `gradient_clip_algorithm`, and another value than a
+        `gradient_clip_val` given to the Trainer is an error (Lightning's rule: set it in one place)."""
+        if self._trainer is not None:
+            given = self._trainer.gradient_clip_val
+            if gradient_clip_val is None:
+                gradient_clip_val = given
+            elif given is not None and given != gradient_clip_val:
+                raise ValueError(f"Trainer(gradient_clip_val={given!r}) and clip_gradients(gradient_clip_val="
+                                 f"{gradient_clip_val!r}) disagree; give the value in only one of them")
+            gradient_clip_algorithm = gradient_clip_algorithm or self._trainer.gradient_clip_algorithm
         if gradient_clip_val is None or gradient_clip_val == 0:
             return
         algorithm = gradient_clip_algorithm or "norm"

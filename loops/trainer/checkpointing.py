@@ -250,6 +250,11 @@ def restore_training_state(trainer: Trainer, checkpoint: dict[str, Any], path: s
     loop_state = checkpoint.get("loops", {}).get("fit_loop")
     if loop_state is not None:
         fit_loop.load_state_dict(loop_state)
+    max_epochs = trainer.max_epochs
+    if max_epochs is not None and max_epochs != -1 and trainer.current_epoch > max_epochs:
+        raise ValueError(f"checkpoint {path!r} was saved at current_epoch={trainer.current_epoch}, past "
+                         f"Trainer(max_epochs={max_epochs}) (Lightning refuses it too); to continue it, pass "
+                         f"max_epochs={trainer.current_epoch} or more (or set trainer.fit_loop.max_epochs)")
     # The loop ends every epoch's pass on the loader (set_epoch), so the saved position agrees with the loop's.
     fit_loop.loader_state = checkpoint.get("train_dataloader")
     skip = trainer.run_state.progress.resume_skip

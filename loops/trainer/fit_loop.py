@@ -14,6 +14,7 @@ from itertools import islice, repeat
 from typing import TYPE_CHECKING, Any
 
 from fabric_kit import is_wrapped
+from fabric_kit.utilities.seed import isolate_rng
 from loops.core.optimizer_config import step_schedulers
 from loops.logging.results import Results
 from loops.trainer.checkpointing import restore_model, restore_training_state
@@ -21,7 +22,6 @@ from loops.trainer.data import DataloaderIter, batches, eval_loaders, find_loade
 from loops.trainer.evaluation_loop import run_evaluation
 from loops.trainer.loop_state import decode, encode
 from loops.trainer.optimization import AutomaticStep
-from loops.trainer.rng import isolated_rng
 from loops.trainer.router import pulls_batches
 from loops.trainer.states import TrainerStatus
 
@@ -122,8 +122,8 @@ class FitLoop:
     def setup_val_data(self) -> None:
         trainer, state = self.trainer, self.trainer.run_state
         epoch, every = trainer.current_epoch, trainer.reload_dataloaders_every_n_epochs
-        if self._val_loaded_epoch >= 0 and not (every and epoch != self._val_loaded_epoch and epoch % every == 0):
-            return
+        if self._val_loaded_epoch >= 0 and not (every and epoch - self._val_loaded_epoch >= every):
+            return  # Lightning's rule: reloaded once `every` epochs passed since it was loaded
         self._val_loaded_epoch = epoch
         found = state.user_loaders["val"] = find_loaders("val", state.dataloaders["val"], state.hooks)
         limit = trainer.overfit_batches if trainer.overfit_batches > 0 else trainer.limit_val_batches
@@ -201,7 +201,7 @@ class FitLoop:
         state.hooks.call_callbacks("on_sanity_check_start")
         self.setup_val_data()
         limits = [n if steps < 0 else min(n, steps) for n in self.num_val_batches]
-        with isolated_rng(trainer.fabric.device):
+        with isolate_rng(include_cuda=trainer.fabric.device.type == "cuda"):
             run_evaluation(trainer, "validate", self.val_loaders, limits, sanity=True)
         state.hooks.call_callbacks("on_sanity_check_end")
         trainer.sanity_checking = False
@@ -214,7 +214,9 @@ class FitLoop:
         return limit != 0 and bool(trainer.run_state.hooks.mod("validation_step"))
 
     def _validation_enabled(self) -> bool:
-        if not self._validation_possible():
+        """Whether this epoch validates; its loader is (re)loaded only then, as in Lightning."""
+        every = self.trainer.check_val_every_n_epoch
+        if not self._validation_possible() or (every is not None and (self.trainer.current_epoch + 1) % every):
             return False
         self.setup_val_data()
         return any(n > 0 for n in self.num_val_batches)
@@ -433,7 +435,8 @@ class _TrainingEpoch:
             hook(trainer, module, batch, batch_idx)
         for hook in self.start_mod:
             stop_epoch = hook(batch, batch_idx) == -1
-        if stop_epoch:
+        if stop_epoch:  # the epoch ends here, as if at its last batch: its epoch-interval schedulers step
+            self.loop._step_epoch_schedulers(plateau=False)
             return True
         last = index + 1 >= self.limit
         if self.step is not None:

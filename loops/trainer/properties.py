@@ -20,6 +20,7 @@ from loops.trainer.run_state import RunState
 from loops.trainer.states import TrainerState
 
 if TYPE_CHECKING:
+    from fabric_kit.accelerators import Accelerator
     from fabric_kit.strategies import Strategy
     from loops.core.module import LightningModule
     from loops.trainer.fit_loop import FitLoop
@@ -76,6 +77,11 @@ class TrainerProperties:
         """The checkpoint the last fit / validate / test / predict loaded (the file "best" / "last" named); None
         when it loaded none."""
         return self.run_state.ckpt_path
+
+    @property
+    def accelerator(self) -> Accelerator:
+        """fabric's resolved accelerator instance (e.g. a `fabric_kit.accelerators.CPUAccelerator`)."""
+        return self.fabric.accelerator
 
     @property
     def strategy(self) -> Strategy:

@@ -14,8 +14,10 @@ import torch
 from torch import Tensor
 
 from fabric_kit import Fabric
+from fabric_kit.accelerators import Accelerator
 from fabric_kit.environments import SLURMEnvironment, requeue_job
 from fabric_kit.loggers import FolderLogger, Logger, agree_on_versions
+from fabric_kit.strategies import Strategy
 from fabric_kit.wrappers import FabricModule, split_compiled
 from loops.callbacks.callback import Callback
 from loops.callbacks.checkpoint import Checkpoint
@@ -51,8 +53,8 @@ process."""
 class Trainer(TrainerProperties):
     """Runs a LightningModule's loops: `fit`, `validate`, `test`, `predict`. Arguments follow Lightning 2.x."""
 
-    def __init__(self, *, accelerator: str = "auto", strategy: str = "auto", devices: int | str | list[int] = "auto",
-                 num_nodes: int = 1, precision: str | int | None = None,
+    def __init__(self, *, accelerator: str | Accelerator = "auto", strategy: str | Strategy = "auto",
+                 devices: int | str | list[int] = "auto", num_nodes: int = 1, precision: str | int | None = None,
                  logger: Logger | Iterable[Logger] | bool | None = None,
                  callbacks: list[Callback] | Callback | None = None, fast_dev_run: int | bool = False,
                  max_epochs: int | None = None, min_epochs: int | None = None, max_steps: int = -1,

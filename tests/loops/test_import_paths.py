@@ -23,6 +23,7 @@ PATHS = [
     ("loops.utilities", "rank_zero_only", rank_zero_only), ("loops.utilities", "rank_zero_info", rank_zero_info),
     ("loops.utilities", "rank_zero_warn", rank_zero_warn),
     ("loops.utilities.rank_zero", "rank_zero_only", rank_zero_only),
+    ("loops.utilities.seed", "isolate_rng", fabric_kit.seed.isolate_rng),
     ("loops.utilities.combined_loader", "CombinedLoader", loops.utilities.CombinedLoader),
     ("loops.utilities", "AttributeDict", fabric_kit.utilities.AttributeDict),
     ("loops.loggers.csv_logs", "CSVLogger", loops.loggers.CSVLogger),

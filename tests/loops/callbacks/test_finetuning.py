@@ -91,3 +91,11 @@ def test_module_without_backbone_is_explained():
         trainer.fit(Regression(), loader())
     with pytest.raises(ValueError, match="unfreeze_backbone_at_epoch=-1"):
         BackboneFinetuning(unfreeze_backbone_at_epoch=-1)
+
+
+def test_parameters_the_optimizer_has_already_are_skipped_with_a_warning():
+    layer, other = nn.Linear(2, 2), nn.Linear(2, 1)
+    optimizer = torch.optim.SGD(layer.parameters(), lr=0.1)
+    with pytest.warns(UserWarning, match="2 of the parameters to add to the optimizer are in one of its"):
+        BaseFinetuning.unfreeze_and_add_param_group(nn.ModuleList([layer, other]), optimizer)
+    assert [len(group["params"]) for group in optimizer.param_groups] == [2, 2]

@@ -137,6 +137,7 @@ def test_resume_keeps_the_ranking(tmp_path):
     (dict(save_top_k=3), r"save_top_k=3\) ranks checkpoints by a metric"),
     (dict(mode="best"), r"mode='best'\) is not valid"),
     (dict(every_n_train_steps=-1), r"every_n_train_steps=-1\) is not valid"),
+    (dict(dirpath="memory://checkpoints"), r"dirpath='memory://checkpoints'\): fsspec URLs are not supported"),
 ])
 def test_bad_arguments(kwargs, message):
     with pytest.raises(ValueError, match=message):

@@ -12,6 +12,10 @@ import pytest
 import torch
 import yaml
 
+import fabric_kit.accelerators
+import fabric_kit.strategies
+import loops
+import loops.loggers
 from loops.cli import LightningCLI, OptimizerCallable, instantiate_class
 from tests.loops.cli.scripts import cli_regression as script  # its classes, for the in-process tests
 
@@ -316,3 +320,41 @@ def test_without_jsonargparse_the_error_names_the_extra(monkeypatch):
         monkeypatch.delitem(sys.modules, name)
     with pytest.raises(ModuleNotFoundError, match=r"pip install 'fabric_kit\[cli\]'"):
         importlib.import_module("loops.cli")
+
+
+def test_ckpt_path_builds_the_model_from_the_checkpoints_hyperparameters(tmp_path):
+    """As in Lightning, the saved hyperparameters win over the config and the command line, so the checkpoint's
+    weights fit the model they are loaded into (hidden=5 would not)."""
+    model = script.Net(hidden=3, lr=0.2)
+    trainer = loops.Trainer(accelerator="cpu", max_steps=1, limit_val_batches=0, logger=False,
+                            enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+    trainer.fit(model, script.RegressionData())
+    path = tmp_path / "net.ckpt"
+    trainer.save_checkpoint(path)
+    cli = LightningCLI(script.Net, script.RegressionData, seed_everything_default=False,
+                       args=["test", "--ckpt_path", str(path), "--model.hidden", "5", "--trainer.accelerator", "cpu",
+                             "--trainer.logger", "false", "--trainer.enable_progress_bar", "false",
+                             "--trainer.default_root_dir", str(tmp_path)])
+    assert cli.config.test.model.hidden == 3 and cli.model.hparams == {"hidden": 3, "lr": 0.2}
+    assert torch.equal(cli.model.body[0].weight, model.body[0].weight)  # test(ckpt_path=...) loaded them
+    assert "test_loss" in cli.trainer.callback_metrics
+
+
+def test_strategy_and_trainer_defaults_given_by_class_path(tmp_path):
+    strategy = {"class_path": "loops.strategies.DDPStrategy", "init_args": {"process_group_backend": "gloo"}}
+    logger = {"class_path": "loops.loggers.CSVLogger", "init_args": {"save_dir": str(tmp_path / "csv")}}
+    cli = LightningCLI(script.Net, script.RegressionData, run=False, seed_everything_default=False,
+                       trainer_defaults={"accelerator": "cpu", "logger": logger},
+                       args=["--model.hidden", "2", "--trainer.devices", "1",
+                             "--trainer.strategy", json.dumps(strategy)])
+    assert type(cli.trainer.strategy) is fabric_kit.strategies.DDPStrategy
+    assert cli.trainer.strategy.process_group_backend == "gloo"
+    assert isinstance(cli.trainer.logger, loops.loggers.CSVLogger)
+    assert cli.trainer.logger.save_dir == str(tmp_path / "csv")
+    # trainer_defaults may name the strategy and the accelerator by class_path too
+    accelerator = {"class_path": "loops.accelerators.CPUAccelerator"}
+    cli = LightningCLI(script.Net, script.RegressionData, run=False, seed_everything_default=False,
+                       trainer_defaults={"accelerator": accelerator, "devices": 1, "strategy": strategy},
+                       args=["--model.hidden", "2"])
+    assert type(cli.trainer.strategy) is fabric_kit.strategies.DDPStrategy
+    assert type(cli.trainer.accelerator) is fabric_kit.accelerators.CPUAccelerator

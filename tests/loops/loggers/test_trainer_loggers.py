@@ -278,3 +278,19 @@ def test_trainer_loggers_folders_graph_and_writer_as_lightnings(tmp_path):
     trainer.fit(Regression(), loader())
     assert os.listdir(trainer.logger.log_dir)  # it wrote
     assert not [t for t in threading.enumerate() if type(t).__name__ == "_EventLoggerThread" and t not in before]
+
+
+def test_a_subclass_overriding_name_and_version_decides_the_folders(tmp_path):
+    pl_loggers = pytest.importorskip("lightning.pytorch.loggers")
+    for base in (CSVLogger, TensorBoardLogger, pl_loggers.CSVLogger, pl_loggers.TensorBoardLogger):
+        class Named(base):
+            @property
+            def name(self):
+                return "custom"
+
+            @property
+            def version(self):
+                return "v7"
+
+        logger = Named(tmp_path)
+        assert (logger.root_dir, logger.log_dir) == (str(tmp_path / "custom"), str(tmp_path / "custom" / "v7")), base

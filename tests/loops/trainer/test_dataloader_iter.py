@@ -181,3 +181,30 @@ def test_logging_in_an_evaluation_step_that_pulls_needs_the_batch_size(quiet):  
     with pytest.raises(ValueError, match=r"self.log\('x'\) needs batch_size=... with validation_step\(self, "
                                          r"dataloader_iter\)"):
         loops.Trainer(**QUIET).validate(Unsized(), DataLoader(torch.zeros(4, 2), batch_size=2))
+
+
+@pytest.mark.parametrize("L", [pl, loops], ids=["lightning", "loops"])
+def test_a_prediction_writer_refuses_a_predict_step_that_fetches_its_batches(L, quiet):  # noqa: F811
+    """Which samples a `predict_step(self, dataloader_iter)` call predicted is not known, so neither Trainer gives
+    a BasePredictionWriter batch indices for it: both refuse before predicting."""
+    class Pulling(L.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.layer = torch.nn.Linear(2, 1)
+            self.calls = 0
+
+        def predict_step(self, dataloader_iter):
+            self.calls += 1
+            batch, _, _ = next(dataloader_iter)
+            return self.layer(batch)
+
+    class Writer(L.callbacks.BasePredictionWriter):
+        def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx,
+                               dataloader_idx):
+            raise AssertionError("no prediction may reach the writer")
+
+    model, data = Pulling(), DataLoader(torch.arange(8.0).view(4, 2), batch_size=2)
+    with pytest.raises(NotImplementedError, match="dataloader_iter"):
+        L.Trainer(callbacks=[Writer()], **QUIET).predict(model, data)
+    assert model.calls == 0
+    assert len(L.Trainer(**QUIET).predict(model, data)) == 2  # without the writer it predicts

@@ -1,7 +1,9 @@
 """Trainer flags and loop rules as Lightning 2.6 has them, each run on Lightning and on loops (`both`): max_time's
 Timer, a sanity check that leaves the random generators alone, evaluation loaders' `set_epoch`, gradients freed
-before evaluation, no evaluation hooks without batches, the graceful KeyboardInterrupt, a time-based
-`val_check_interval`, and fast_dev_run with callbacks that need a logger."""
+before evaluation, no evaluation hooks without batches, the graceful KeyboardInterrupt, an epoch ended by
+`on_train_batch_start` returning -1 stepping its epoch scheduler, conflicting clipping values refused, the
+validation loader loaded when validation runs, a time-based `val_check_interval`, and fast_dev_run with callbacks
+that need a logger."""
 import importlib
 from datetime import timedelta
 
@@ -59,6 +61,60 @@ def test_the_sanity_check_leaves_the_random_generators_alone(L):
         return model.layer.weight.detach().clone()
 
     assert torch.equal(trained(0), trained(2))
+
+
+@both
+def test_an_epoch_ended_by_on_train_batch_start_steps_its_epoch_scheduler(L):
+    class Skips(module_class(L)):
+        def on_train_batch_start(self, batch, batch_idx):
+            return -1 if batch_idx == 2 else None
+
+        def configure_optimizers(self):
+            optimizer = torch.optim.SGD(self.parameters(), lr=1.0)
+            return {"optimizer": optimizer, "lr_scheduler": torch.optim.lr_scheduler.StepLR(optimizer, 1, gamma=0.5)}
+
+    trainer = L.Trainer(max_epochs=3, limit_val_batches=0, **QUIET)
+    trainer.fit(Skips(), data())
+    assert trainer.global_step == 6 and trainer.optimizers[0].param_groups[0]["lr"] == 0.125
+
+
+@both
+def test_clipping_in_configure_gradient_clipping_with_another_value_than_the_trainers_is_refused(L):
+    class ClipsByValue(module_class(L)):
+        def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None):
+            self.clip_gradients(optimizer, gradient_clip_val=0.01, gradient_clip_algorithm="value")
+
+    with pytest.raises(Exception, match=r"gradient_clip_val=1.0.*clip_gradients\(gradient_clip_val=0.01\)"):
+        L.Trainer(max_epochs=1, gradient_clip_val=1.0, limit_val_batches=0, **QUIET).fit(ClipsByValue(), data())
+    trainer = L.Trainer(max_epochs=1, limit_val_batches=0, **QUIET)  # set in one place only: it clips
+    trainer.fit(ClipsByValue(), data())
+    assert trainer.global_step == 4
+
+
+@both
+@pytest.mark.parametrize(("reload", "every", "sanity", "expected"), [
+    (1, 2, 0, "train0 train1 val1 train2 train3 val3 train4 train5 val5"),
+    (2, 1, 2, "val0 train0 train2 val2 train4 val4"),
+    (2, 3, 2, "val0 train0 train2 val2 train4 val5"),
+    (3, 2, 0, "train0 val1 train3 val5"),
+])
+def test_the_validation_loader_is_loaded_when_validation_runs(L, reload, every, sanity, expected):
+    """...and again once `reload_dataloaders_every_n_epochs` epochs passed since it was loaded."""
+    class Loads(module_class(L)):
+        calls = []
+
+        def train_dataloader(self):
+            self.calls.append(f"train{self.current_epoch}")
+            return data()
+
+        def val_dataloader(self):
+            self.calls.append(f"val{self.current_epoch}")
+            return data(4)
+
+    model = Loads()
+    L.Trainer(max_epochs=6, reload_dataloaders_every_n_epochs=reload, check_val_every_n_epoch=every,
+              num_sanity_val_steps=sanity, **QUIET).fit(model)
+    assert " ".join(model.calls) == expected
 
 
 class EpochSampler(SequentialSampler):
@@ -145,6 +201,37 @@ def test_learning_rates_reach_callback_metrics(L, tmp_path):
     trainer = L.Trainer(max_epochs=1, callbacks=[monitor], **{**QUIET, "logger": True, "default_root_dir": tmp_path})
     trainer.fit(module_class(L)(), data())
     assert float(trainer.callback_metrics["lr-SGD"]) == pytest.approx(0.1)
+
+
+@both
+def test_learning_rate_keys_follow_parameter_groups_added_during_training(L, tmp_path):
+    class Grows(module_class(L)):
+        def __init__(self):
+            super().__init__()
+            self.head = torch.nn.Linear(2, 1)
+
+        def training_step(self, batch, batch_idx):
+            return super().training_step(batch, batch_idx) + self.head(batch).pow(2).mean()
+
+        def on_train_epoch_start(self):
+            if self.current_epoch == 1:
+                self.trainer.optimizers[0].add_param_group({"params": self.head.parameters(), "lr": 0.5})
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.layer.parameters(), lr=0.1)
+
+    class Keys(L.Callback):
+        seen = []
+
+        def on_train_epoch_end(self, trainer, pl_module):
+            self.seen.append(sorted(k for k in trainer.callback_metrics if k.startswith("lr-")))
+
+    monitor = (loops.callbacks if L is loops else pl.callbacks).LearningRateMonitor()
+    trainer = L.Trainer(max_epochs=2, callbacks=[monitor, Keys()], log_every_n_steps=1,
+                        **{**QUIET, "logger": True, "default_root_dir": tmp_path})
+    trainer.fit(Grows(), data())
+    assert Keys.seen == [["lr-SGD"], ["lr-SGD", "lr-SGD/pg1", "lr-SGD/pg2"]]
+    assert float(trainer.callback_metrics["lr-SGD/pg2"]) == pytest.approx(0.5)
 
 
 @both

@@ -82,6 +82,9 @@ def test_fit_loop_max_epochs_extends_a_resumed_run(L, tmp_path):
     resumed.fit(module_class(L)(), data(), ckpt_path=str(tmp_path / "one.ckpt"))
     assert (resumed.current_epoch, resumed.global_step, resumed.max_epochs) == (3, 12, 3)
     assert resumed.ckpt_path == str(tmp_path / "one.ckpt")
+    shorter = L.Trainer(max_epochs=0, **QUIET)  # the checkpoint is past its last epoch: refused
+    with pytest.raises(Exception, match=r"current_epoch=1, .*Trainer\(max_epochs=0\)"):
+        shorter.fit(module_class(L)(), data(), ckpt_path=str(tmp_path / "one.ckpt"))
 
 
 @both

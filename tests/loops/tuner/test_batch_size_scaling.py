@@ -179,3 +179,29 @@ def test_keep_global_batch_trades_batch_size_for_accumulation():
         BatchSizeFinder(init_val=2, floor=3)
     with pytest.raises(ValueError, match="floor=0"):
         BatchSizeFinder(floor=0)
+
+
+@pytest.mark.parametrize("package", ["lightning.pytorch", "loops"])
+def test_train_dataloader_after_the_search_is_the_found_sizes(package):
+    L = pytest.importorskip(package)
+    tuner = pytest.importorskip(f"{package}.tuner")
+
+    class Sized(L.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.layer = torch.nn.Linear(4, 1)
+            self.batch_size = 2
+
+        def training_step(self, batch, batch_idx):
+            return self.layer(batch[0]).pow(2).mean()
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+        def train_dataloader(self):
+            return DataLoader(dataset(64), batch_size=self.batch_size)
+
+    trainer = L.Trainer(max_epochs=1, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False)
+    assert tuner.Tuner(trainer).scale_batch_size(Sized(), max_trials=3, steps_per_trial=1) == 8
+    assert trainer.train_dataloader.batch_size == 8
