@@ -99,6 +99,13 @@ def fabric_worker(steps: int) -> tuple[int, int, float]:
     return fabric.global_rank, fabric.world_size, timed_steps(step, barrier, steps)
 
 
+def worker(kind: str, steps: int) -> float | None:
+    """This process's part of one run of `kind`: the samples per second of all its processes, on rank 0 (None on
+    the others)."""
+    rank, world, seconds = (raw_worker if kind == "raw" else fabric_worker)(steps)
+    return world * BATCH * steps / seconds if rank == 0 else None
+
+
 def launch(kind: str, processes: int, steps: int) -> float:
     """Samples per second of one run, as reported by its rank 0."""
     worker = [__file__, "--worker", kind, "--steps", str(steps)]
@@ -122,9 +129,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--worker", choices=["raw", "fabric"], help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
-        rank, world, seconds = (raw_worker if args.worker == "raw" else fabric_worker)(args.steps)
-        if rank == 0:
-            print(json.dumps({"samples_per_second": world * BATCH * args.steps / seconds}))
+        rate = worker(args.worker, args.steps)
+        if rate is not None:
+            print(json.dumps({"samples_per_second": rate}))
         return
 
     cases = [(kind, processes) for processes in (1, 2) for kind in ("raw", "fabric")]

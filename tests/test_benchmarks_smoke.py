@@ -1,26 +1,43 @@
 """The benchmarks that no other test runs still run: ddp_scaling on 1 and 2 processes (ours and raw torchrun + DDP,
-one step each), checkpoint_io on a tiny state, model_parallel on a tiny transformer (one round), accumulation on 2
-processes (2 windows, one round), throughput's figures next to Lightning's, and gpu_step's model and its skip on
-machines without CUDA. No timing is asserted."""
+one step each, the 1-process runs in this process), checkpoint_io on a tiny state, model_parallel on a tiny
+transformer (one round), accumulation on 2 processes (2 windows, one round), throughput's figures next to
+Lightning's, and gpu_step's model and its skip on machines without CUDA. No timing is asserted."""
 import json
+import os
 import re
 import subprocess
 import sys
 from pathlib import Path
+from unittest import mock
 
 import pytest
 import torch
 
-from benchmarks import checkpoint_io, gpu_step
+from benchmarks import checkpoint_io, ddp_scaling, gpu_step
+from tests.helpers.processes import as_one_process, free_port
 
 ROOT = Path(gpu_step.__file__).resolve().parents[1]
 
 
-def test_ddp_scaling_runs_every_case(clean_env):
-    proc = subprocess.run([sys.executable, "benchmarks/ddp_scaling.py", "--steps", "1"], cwd=ROOT,
-                          capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    rows = re.findall(r"^\| (raw DDP \(torchrun\)|fabric_kit \(fabric run\)) \| ([12]) \| (\d+) \|", proc.stdout,
+def test_ddp_scaling_runs_every_case(clean_env, monkeypatch, capsys):
+    """One step each. The 2-process runs are launched as the benchmark launches them (torchrun, `fabric run`); the
+    1-process ones run their worker in this process, raw DDP on a process group of one that it destroys: launched,
+    they would start two more launchers and two more interpreters, about as long again."""
+    launched = ddp_scaling.launch
+
+    def launch(kind, processes, steps):
+        if processes > 1:
+            return launched(kind, processes, steps)
+        group_of_one = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()), "RANK": "0", "LOCAL_RANK": "0",
+                        "WORLD_SIZE": "1"} if kind == "raw" else {}
+        with as_one_process(), mock.patch.dict(os.environ, group_of_one):
+            return ddp_scaling.worker(kind, steps)
+
+    monkeypatch.setattr(ddp_scaling, "launch", launch)
+    ddp_scaling.main(["--steps", "1"])
+    out = capsys.readouterr().out
+    assert not torch.distributed.is_initialized()
+    rows = re.findall(r"^\| (raw DDP \(torchrun\)|fabric_kit \(fabric run\)) \| ([12]) \| (\d+) \|", out,
                       re.MULTILINE)
     assert sorted((name, processes) for name, processes, _ in rows) == [
         ("fabric_kit (fabric run)", "1"), ("fabric_kit (fabric run)", "2"),

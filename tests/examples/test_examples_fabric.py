@@ -1,17 +1,25 @@
 """Every Fabric example runs as written, with tiny sizes, under the launcher and strategy it names (FSDP and
 DeepSpeed examples are run in tests/strategies/, the XLA one in tests/xla/)."""
+import runpy
 from pathlib import Path
 
-from tests.helpers.examples import number_after, run_example
+from tests.helpers.examples import ROOT, number_after, run_example
+from tests.helpers.processes import as_one_process
 
 FABRIC_RUN_2 = ("-m", "fabric_kit", "run", "--devices", "2")
 
 
-def test_convert_raw_loop_before_and_after_both_train(clean_env):
+def test_convert_raw_loop_before_and_after_both_train(clean_env, capsys):
+    """`python before.py` and `python after.py` run in this process (a fresh interpreter each would be most of their
+    time), after.py on 2 processes under `fabric run`."""
     # The shuffled order differs (Fabric's sampler shuffles by seed and epoch), so the losses are not compared.
-    for args in (["examples/fabric/convert_raw_loop/before.py"], ["examples/fabric/convert_raw_loop/after.py"],
-                 [*FABRIC_RUN_2, "examples/fabric/convert_raw_loop/after.py"]):
-        out = run_example(*args)
+    outs = []
+    for script in ("before.py", "after.py"):
+        with as_one_process():
+            runpy.run_path(str(ROOT / "examples" / "fabric" / "convert_raw_loop" / script), run_name="__main__")
+        outs.append(capsys.readouterr().out)
+    outs.append(run_example(*FABRIC_RUN_2, "examples/fabric/convert_raw_loop/after.py"))
+    for out in outs:
         assert number_after("epoch 2: loss", out) < number_after("epoch 0: loss", out)
 
 

@@ -1,10 +1,11 @@
 """The script behind test_compile.py: `fabric.setup(torch.compile(model), optimizer)` on 2 CPU processes.
 
-    python compile_worker.py STRATEGY OUT_DIR     # STRATEGY: ddp or fsdp
+    python compile_worker.py OUT_DIR STRATEGY [STRATEGY ...]     # STRATEGY: ddp or fsdp
 
-The same training runs uncompiled and compiled (backend "aot_eager"); each saves its model with `fabric.save` to
-OUT_DIR/<plain|compiled>.ckpt (one full file). Rank r writes OUT_DIR/rank<r>.pt: the losses of both runs and how the
-returned module is built (compiled outside the strategy's wrapper?).
+For each STRATEGY in turn, in the same 2 processes (each in a Fabric of its own, on the process group the first one
+set up), the same training runs uncompiled and compiled (backend "aot_eager"); each saves its model with
+`fabric.save` to OUT_DIR/<strategy>/<plain|compiled>.ckpt (one full file). Rank r writes OUT_DIR/rank<r>.pt, by
+strategy: the losses of both runs and how the returned module is built (compiled outside the strategy's wrapper?).
 """
 import os
 import sys
@@ -51,14 +52,17 @@ def run(fabric, compiled, out_dir):
             "compiled_around_wrapper": isinstance(inner, (DistributedDataParallel, FSDPModule))}
 
 
-def main(strategy, out_dir):
-    if strategy == "fsdp":
-        strategy = FSDPStrategy(state_dict_type="full")
-    fabric = Fabric(accelerator="cpu", devices=2, strategy=strategy)
-    fabric.launch()
-    result = {kind: run(fabric, kind == "compiled", out_dir) for kind in ("plain", "compiled")}
-    torch.save(result, os.path.join(out_dir, f"rank{fabric.global_rank}.pt"))
+def main(out_dir, strategies):
+    results = {}
+    for name in strategies:
+        fabric = Fabric(accelerator="cpu", devices=2,
+                        strategy=FSDPStrategy(state_dict_type="full") if name == "fsdp" else name)
+        fabric.launch()
+        strategy_dir = os.path.join(out_dir, name)
+        os.makedirs(strategy_dir, exist_ok=True)
+        results[name] = {kind: run(fabric, kind == "compiled", strategy_dir) for kind in ("plain", "compiled")}
+    torch.save(results, os.path.join(out_dir, f"rank{fabric.global_rank}.pt"))
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:3])
+    main(sys.argv[1], sys.argv[2:])

@@ -1,11 +1,11 @@
 """A training script for the multi-process tests in test_ddp.py (2 CPU processes, gloo).
 
-    python ddp_worker.py SCENARIO STRATEGY OUT_DIR
+    python ddp_worker.py SCENARIO[,SCENARIO...] STRATEGY OUT_DIR
 
-Each rank runs SCENARIO and saves what it observed to OUT_DIR/rank<r>.pt; the tests assert on those files. The
-script is a plain user script: with strategy "ddp" this process becomes rank 0 and re-runs the same command for
-rank 1; under torchrun it runs unchanged with every rank started by torchrun; "ddp_spawn"/"ddp_fork" start the
-ranks with torch.multiprocessing and run `main` in each.
+Each rank runs the SCENARIOs in turn and saves what it observed to OUT_DIR/rank<r>.pt; the tests assert on those
+files. The script is a plain user script: with strategy "ddp" this process becomes rank 0 and re-runs the same
+command for rank 1; under torchrun it runs unchanged with every rank started by torchrun; "ddp_spawn"/"ddp_fork"
+start the ranks with torch.multiprocessing and run `main` in each.
 """
 import os
 import random
@@ -191,9 +191,11 @@ SCENARIOS = {"train": train, "unused": unused, "parity": parity, "collectives": 
              "worker_seeds": worker_seeds}
 
 
-def main(fabric, scenario, out_dir):
+def main(fabric, scenarios, out_dir):
     again = fabric.launch()  # launch() again inside a launched process: harmless, starts nothing
-    result = SCENARIOS[scenario](fabric, out_dir)
+    result = {}
+    for scenario in scenarios.split(","):
+        result.update(SCENARIOS[scenario](fabric, out_dir))
     launcher = fabric.strategy.launcher
     result.update(
         second_launch_returned=again,
@@ -212,12 +214,12 @@ def describe(returned):
 
 
 if __name__ == "__main__":
-    scenario, strategy, out_dir = sys.argv[1:4]
+    scenarios, strategy, out_dir = sys.argv[1:4]
     fabric = Fabric(accelerator="cpu", devices=2, strategy=strategy)
     if strategy in ("ddp", "ddp_find_unused_parameters_true"):  # the script re-run launcher
         fabric.launch()  # re-runs this script for rank 1 (or, under torchrun, only joins the process group)
-        returned = main(fabric, scenario, out_dir)
+        returned = main(fabric, scenarios, out_dir)
     else:
-        returned = fabric.launch(main, scenario, out_dir)  # runs `main` in each started process
+        returned = fabric.launch(main, scenarios, out_dir)  # runs `main` in each started process
     with open(os.path.join(out_dir, f"returned_pid{os.getpid()}.txt"), "w") as f:
         f.write(describe(returned))

@@ -1,9 +1,11 @@
 """A training script for test_deepspeed.py: 2 CPU processes on gloo, the tiny transformer of the DeepSpeed example.
 
-    python deepspeed_worker.py STRATEGY OUT_DIR
+    python deepspeed_worker.py OUT_DIR STRATEGY [STRATEGY ...]
 
-This process becomes rank 0 and re-runs the command for rank 1 (the strategies' default launcher). Each rank
-records, for STRATEGY (a deepspeed_stage_* preset or ddp):
+This process becomes rank 0 and re-runs the command for rank 1 (the strategies' default launcher). The strategies
+(deepspeed_stage_* presets or ddp) run one after the other in these two processes, each in a Fabric of its own that
+joins the process group the first one set up (a pair of processes per strategy would import torch and DeepSpeed
+again each time, most of a strategy's cost). Each rank records, for each STRATEGY:
 - "uninterrupted": the losses of STEPS steps;
 - "before_save" / "resumed": the same run cut at SPLIT, saved, loaded into a freshly set-up model built from other
   initial weights and continued;
@@ -17,7 +19,7 @@ Under DeepSpeed also, loading with default arguments as everywhere else (the res
 - "full_unpickler": the first loss after loading the same checkpoint with weights_only=False;
 - "crafted_<kind>": what loading a copy whose model or optimizer states files run code when unpickled (creating
   OUT_DIR/marker_<kind>) raised.
-It saves them to OUT_DIR/rank<r>.pt.
+It saves them to OUT_DIR/rank<r>.pt, by strategy; each strategy's checkpoints go to OUT_DIR/<strategy>.
 """
 import os
 import sys
@@ -144,7 +146,7 @@ def loading_safely(fabric, checkpoint, out_dir, result):
         fabric.barrier()
 
 
-def main(strategy, out_dir):
+def run(strategy, out_dir):
     fabric = Fabric(accelerator="cpu", devices=2, strategy=strategy)
     fabric.launch()
     result = {}
@@ -170,8 +172,17 @@ def main(strategy, out_dir):
     result["checkpoint_files"] = sorted(str(p.relative_to(checkpoint)) for p in Path(checkpoint).rglob("*")
                                         if p.is_file())
     result["out_dir"] = str(out_dir)
-    torch.save(result, os.path.join(out_dir, f"rank{fabric.global_rank}.pt"))
+    return fabric.global_rank, result
+
+
+def main(out_dir, strategies):
+    results = {}
+    for strategy in strategies:
+        strategy_dir = os.path.join(out_dir, strategy)
+        os.makedirs(strategy_dir, exist_ok=True)
+        rank, results[strategy] = run(strategy, strategy_dir)
+    torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2])
+    main(sys.argv[1], sys.argv[2:])

@@ -1,9 +1,11 @@
 """The training script behind test_fsdp.py (2 CPU processes, gloo).
 
-    python fsdp_worker.py STRATEGY OUT_DIR
+    python fsdp_worker.py OUT_DIR STRATEGY [STRATEGY ...]
 
-With "fsdp" every scenario runs in the same two processes (process start-up dominates the cost); with "ddp" only
-the uninterrupted run, for parity. Each rank saves what it observed to OUT_DIR/rank<r>.pt.
+Every STRATEGY runs in turn in the same two processes (process start-up dominates the cost), each in a Fabric of its
+own on the process group the first one set up, and in OUT_DIR/<STRATEGY>: with "fsdp" every scenario; with "ddp"
+only the uninterrupted run, for parity; with "fsdp_lightning_arguments" a short run of the strategy built from
+Lightning-style arguments. Each rank saves what it observed, by strategy, to OUT_DIR/rank<r>.pt.
 """
 import os
 import shutil
@@ -264,8 +266,8 @@ def lightning_style_arguments(fabric):
                                                                       False)}
 
 
-def main():
-    strategy, out = sys.argv[1:3]
+def run(name, out):
+    strategy = name
     if strategy == "fsdp":
         strategy = FSDPStrategy(auto_wrap_policy={Block}, activation_checkpointing_policy={Block})
     elif strategy == "fsdp_lightning_arguments":
@@ -286,8 +288,17 @@ def main():
         model = fabric.setup_module(model)
         optimizer = fabric.setup_optimizers(torch.optim.AdamW(model.parameters(), lr=1e-2))
         result = {"losses": train(fabric, model, optimizer, batches(STEPS))[0]}
-    torch.save(result, os.path.join(out, f"rank{fabric.global_rank}.pt"))
+    return fabric.global_rank, result
+
+
+def main(out, strategies):
+    results = {}
+    for name in strategies:
+        strategy_out = os.path.join(out, name)
+        os.makedirs(strategy_out, exist_ok=True)
+        rank, results[name] = run(name, strategy_out)
+    torch.save(results, os.path.join(out, f"rank{rank}.pt"))
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1], sys.argv[2:])

@@ -12,10 +12,21 @@ from tests.strategies.compile_worker import Net
 WORKER = Path(__file__).with_name("compile_worker.py")
 
 
-@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
-def test_compiled_model_is_compiled_outside_the_wrapper_and_trains_alike(run_ranks, tmp_path, strategy):
-    _, ranks = run_ranks([WORKER, strategy, tmp_path], tmp_path, timeout=600)
-    for result in ranks:
+STRATEGIES = ["ddp", "fsdp"]
+
+
+@pytest.fixture(scope="module")
+def runs(run_ranks, tmp_path_factory):
+    """(the folder, what each rank recorded by strategy) of one launch of the worker for all of STRATEGIES."""
+    out = tmp_path_factory.mktemp("compile")
+    return out, run_ranks([WORKER, out, *STRATEGIES], out, timeout=600)[1]
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_compiled_model_is_compiled_outside_the_wrapper_and_trains_alike(runs, strategy):
+    out, records = runs
+    tmp_path = out / strategy
+    for result in (record[strategy] for record in records):
         assert result["compiled"]["outer"] == "OptimizedModule" and result["compiled"]["compiled_around_wrapper"]
         assert result["plain"]["outer"] != "OptimizedModule"
         assert result["compiled"]["losses"] == pytest.approx(result["plain"]["losses"], abs=1e-5)

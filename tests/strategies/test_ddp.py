@@ -1,8 +1,8 @@
 """Every DDP-family strategy and every collective, with 2 real CPU processes on gloo.
 
 Each test runs tests/strategies/ddp_worker.py (a plain user script) in a subprocess; the ranks save what they
-observed and the tests assert on it. The collectives scenario runs once per launcher (the script re-run by `ddp`,
-and torchrun) and is shared by the tests that read it.
+observed and the tests assert on it. The collectives scenario, then the dataloader workers' seeds, runs once per
+launcher (the script re-run by `ddp`, and torchrun) and is shared by the tests that read it.
 """
 import textwrap
 from pathlib import Path
@@ -17,10 +17,10 @@ WORKER = Path(__file__).with_name("ddp_worker.py")
 
 @pytest.fixture(scope="module", params=["ddp", "torchrun"])
 def collectives(request, run_ranks, tmp_path_factory):
-    """The collectives scenario with `strategy="ddp"`: `python ddp_worker.py` (rank 0 re-runs the script for
-    rank 1), and the same script unchanged under `torchrun --nproc_per_node 2`."""
+    """The collectives scenario, then the worker_seeds one, with `strategy="ddp"`: `python ddp_worker.py` (rank 0
+    re-runs the script for rank 1), and the same script unchanged under `torchrun --nproc_per_node 2`."""
     out = tmp_path_factory.mktemp(request.param)
-    script = [WORKER, "collectives", "ddp", out]
+    script = [WORKER, "collectives,worker_seeds", "ddp", out]
     if request.param == "torchrun":
         script = [*TORCHRUN_TWO, *script]
     proc, ranks = run_ranks(script, out)
@@ -143,11 +143,11 @@ def test_setup_dataloaders_refuses_an_unrebuildable_subclass(collectives):
         assert "use_distributed_sampler=False" in message
 
 
-def test_seed_everything_workers_seeds_each_worker_of_each_rank(run_ranks, tmp_path):
+def test_seed_everything_workers_seeds_each_worker_of_each_rank(collectives):
     """seed_everything(workers=True): 2 workers on each of 2 ranks draw from torch, numpy and python differently
     (without a worker_init_fn numpy repeats the parent's state in every worker, and equally seeded ranks give their
     workers the same torch seeds), and the same again from the same seed."""
-    _, ranks = run_ranks([WORKER, "worker_seeds", "ddp", tmp_path], tmp_path)
+    _, _, ranks, _ = collectives
     for result in ranks:
         first, again = result["worker_draws"]
         assert torch.equal(first, again)

@@ -1,9 +1,9 @@
 """DeepSpeed ZeRO stages 1-3 with 2 real CPU processes on gloo, against DDP; configuration; a missing DeepSpeed.
 
-The multi-process tests run tests/strategies/deepspeed_worker.py once per strategy (this process's pytest is not a
-rank) and assert on what the ranks saved. Cost: the first DeepSpeed run on a machine JIT-builds DeepSpeed's small
-shared-memory communication op (about 1-2 minutes on 2 cores; cached under ~/.cache/torch_extensions), then each
-strategy's run takes a few seconds of CPU.
+The multi-process tests run tests/strategies/deepspeed_worker.py once, every strategy in turn in the same 2
+processes (this process's pytest is not a rank), and assert on what the ranks saved. Cost: the first DeepSpeed run on
+a machine JIT-builds DeepSpeed's small shared-memory communication op (about 1-2 minutes on 2 cores; cached in the
+folder conftest.py names), then each strategy takes a few seconds of CPU.
 """
 import importlib.util
 import json
@@ -31,14 +31,15 @@ TIMEOUT = 600
 
 @pytest.fixture(scope="module")
 def runs(run_ranks, tmp_path_factory):
-    """`runs(strategy)`: what each rank of the worker recorded, run once per strategy."""
-    done = {}
+    """`runs(strategy)`: what each rank of the worker recorded for `strategy` (ddp or a stage), from the one run of
+    the worker that the first call starts."""
+    done = []
 
     def get(strategy):
-        if strategy not in done:
-            out = tmp_path_factory.mktemp(strategy)
-            done[strategy] = run_ranks([WORKER, strategy, out], out, timeout=TIMEOUT)[1]
-        return done[strategy]
+        if not done:
+            out = tmp_path_factory.mktemp("runs")
+            done.extend(run_ranks([WORKER, out, "ddp", *STAGES], out, timeout=TIMEOUT)[1])
+        return [rank[strategy] for rank in done]
 
     return get
 

@@ -26,15 +26,22 @@ EXAMPLE = ROOT / "examples" / "fabric" / "fsdp_transformer.py"
 
 
 @pytest.fixture(scope="module")
-def fsdp(run_ranks, tmp_path_factory):
-    out = tmp_path_factory.mktemp("fsdp")
-    return run_ranks([WORKER, "fsdp", out], out)[1], out
+def runs(run_ranks, tmp_path_factory):
+    """(every rank's record by strategy, the folder) of the one launch of the worker, which runs its three
+    strategies in turn in the same 2 processes."""
+    out = tmp_path_factory.mktemp("runs")
+    return run_ranks([WORKER, out, "fsdp", "ddp", "fsdp_lightning_arguments"], out, timeout=300)[1], out
 
 
 @pytest.fixture(scope="module")
-def ddp(run_ranks, tmp_path_factory):
-    out = tmp_path_factory.mktemp("ddp")
-    return run_ranks([WORKER, "ddp", out], out)[1]
+def fsdp(runs):
+    records, out = runs
+    return [record["fsdp"] for record in records], out / "fsdp"
+
+
+@pytest.fixture(scope="module")
+def ddp(runs):
+    return [record["ddp"] for record in runs[0]]
 
 
 def test_trains_and_shards(fsdp):
@@ -195,11 +202,10 @@ def test_sharded_directory_without_sharded_strategy(fsdp):
         fabric.load(out / "final", {"model": TinyTransformer()})
 
 
-def test_lightning_style_arguments_take_effect(run_ranks, tmp_path):
+def test_lightning_style_arguments_take_effect(runs):
     # FSDP1-style objects and enums, as Lightning takes them, mapped to what FSDP2 applies: bf16 compute, the
     # (replicate, shard) mesh asked for, the deprecated activation_checkpointing name.
-    _, ranks = run_ranks([WORKER, "fsdp_lightning_arguments", tmp_path], tmp_path)
-    for result in ranks:
+    for result in (record["fsdp_lightning_arguments"] for record in runs[0]):
         assert result["compute_dtypes"] == ["torch.bfloat16"]
         assert (result["mesh_shape"], result["mesh_dims"]) == ((1, 2), ("replicate", "shard"))
         assert result["checkpointed"]

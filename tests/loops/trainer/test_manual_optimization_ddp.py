@@ -17,12 +17,21 @@ def single_process_weights(toggle):
     return {name: p.detach() for name, p in script.train(1, "auto", toggle).named_parameters()}
 
 
-@pytest.mark.parametrize(("strategy", "toggle"), [("ddp", True), ("ddp", False),
-                                                  ("ddp_find_unused_parameters_true", True)])
-def test_two_backward_calls_per_step_are_both_synchronised(run_ranks, tmp_path, clean_env, strategy, toggle):
-    _, ranks = run_ranks([SCRIPT, tmp_path, strategy, int(toggle)], tmp_path, timeout=180)
+RUNS = [("ddp", True), ("ddp", False), ("ddp_find_unused_parameters_true", True)]
+
+
+@pytest.fixture(scope="module")
+def trained(run_ranks, tmp_path_factory):
+    """Every rank's weights after each of RUNS, all trained one after the other by one launch of the script."""
+    out = tmp_path_factory.mktemp("manual_gan")
+    return run_ranks([SCRIPT, out, *(f"{strategy}:{int(toggle)}" for strategy, toggle in RUNS)], out, timeout=300)[1]
+
+
+@pytest.mark.parametrize(("strategy", "toggle"), RUNS)
+def test_two_backward_calls_per_step_are_both_synchronised(trained, clean_env, strategy, toggle):
     expected = single_process_weights(toggle)
-    for weights in ranks:
+    for rank in trained:
+        weights = rank[f"{strategy}:{int(toggle)}"]
         assert set(weights) == set(expected)
         for name, value in expected.items():
             torch.testing.assert_close(weights[name], value, rtol=0, atol=1e-5, msg=name)

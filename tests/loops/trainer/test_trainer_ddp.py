@@ -10,9 +10,22 @@ from tests.helpers.loops import MomentumRegression, Regression, loader, make_tra
 SCRIPT = Path(__file__).parent / "scripts" / "loops_ddp_fit.py"
 
 
-@pytest.mark.parametrize("accumulate", [1, 2])
-def test_ddp_script_two_processes(run_ranks, tmp_path, accumulate):
-    _, ranks = run_ranks([SCRIPT, tmp_path, accumulate], tmp_path, timeout=180)
+ACCUMULATE = [1, 2]
+
+
+@pytest.fixture(scope="module")
+def ddp_fits(run_ranks, tmp_path_factory):
+    """(the folder, every rank's record by accumulate_grad_batches) of one launch of the script, whose runs for
+    each of ACCUMULATE follow one another in the same 2 processes."""
+    out = tmp_path_factory.mktemp("ddp_fit")
+    return out, run_ranks([SCRIPT, out, *ACCUMULATE], out, timeout=300)[1]
+
+
+@pytest.mark.parametrize("accumulate", ACCUMULATE)
+def test_ddp_script_two_processes(ddp_fits, accumulate):
+    out, records = ddp_fits
+    ranks = [record[accumulate] for record in records]
+    tmp_path = out / f"accumulate-{accumulate}"
     assert [r["rank"] for r in ranks] == [0, 1] and all(r["world_size"] == 2 for r in ranks)
     # 32 samples / 2 ranks / batch 4 = 4 batches per epoch; accumulation skips the gradient sync in between
     assert all(r["global_step"] == 8 // accumulate for r in ranks)

@@ -1,7 +1,8 @@
-"""Run by test_manual_optimization_ddp.py as `python loops_ddp_manual_gan.py OUT_DIR STRATEGY TOGGLE`: Lightning's
+"""Run by test_manual_optimization_ddp.py as `python loops_ddp_manual_gan.py OUT_DIR STRATEGY:TOGGLE ...`: Lightning's
 GAN pattern, two `manual_backward` calls (and two optimizer steps) inside one `training_step`, on 2 processes with
 `Trainer(strategy=STRATEGY, devices=2)`; with TOGGLE=1 each half runs between toggle_optimizer/untoggle_optimizer.
-Each rank saves its final weights to OUT_DIR/rank{r}.pt."""
+The runs follow one another in the same 2 processes (the first Trainer re-runs this script for rank 1). Each rank
+saves its final weights of every run, by "STRATEGY:TOGGLE", to OUT_DIR/rank{r}.pt."""
 import sys
 from pathlib import Path
 
@@ -57,7 +58,10 @@ def train(devices: int, strategy: str, toggle: bool) -> GAN:
 
 
 if __name__ == "__main__":
-    out, strategy, toggle = sys.argv[1], sys.argv[2], sys.argv[3] == "1"
-    model = train(2, strategy, toggle)
-    torch.save({name: p.detach() for name, p in model.named_parameters()},
-               Path(out) / f"rank{model.global_rank}.pt")
+    out, runs = sys.argv[1], sys.argv[2:]
+    weights = {}
+    for run in runs:
+        strategy, toggle = run.split(":")
+        model = train(2, strategy, toggle == "1")
+        weights[run] = {name: p.detach() for name, p in model.named_parameters()}
+    torch.save(weights, Path(out) / f"rank{model.global_rank}.pt")
