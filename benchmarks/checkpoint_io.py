@@ -37,7 +37,7 @@ and the allocator kept is reused without showing).
 
 Targets (issue 13): fabric_kit at most 1.15x raw's time and 1.1x raw's peak memory, for save and load.
 
-    python benchmarks/checkpoint_io.py [--mb 600] [--rounds 5] [--fsdp-mb 200] [--fsdp-rounds 3] [--markdown]
+    python benchmarks/checkpoint_io.py [--mb 600] [--rounds 5] [--fsdp-mb 400] [--fsdp-rounds 3] [--markdown]
     python benchmarks/checkpoint_io.py --fsdp-only --fsdp-rounds 7   # the sharded comparison alone
 """
 from __future__ import annotations
@@ -493,7 +493,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--mb", type=float, default=600, help="model + Adam state in MB (default 600)")
     parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds, single process (default 5)")
-    parser.add_argument("--fsdp-mb", type=float, default=200, help="sharded state in MB, both ranks (default 200)")
+    parser.add_argument("--fsdp-mb", type=float, default=400, help="sharded state in MB, both ranks (default 400)")
     parser.add_argument("--fsdp-rounds", type=int, default=3, help="interleaved sharded rounds (default 3)")
     parser.add_argument("--no-fsdp", action="store_true", help="leave the sharded FSDP comparison out")
     parser.add_argument("--fsdp-only", action="store_true", help="run only the sharded FSDP comparison")
