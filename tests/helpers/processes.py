@@ -3,8 +3,9 @@ run itself leaks into, with this checkout first on PYTHONPATH."""
 import contextlib
 import os
 import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 from unittest import mock
 
 import torch
@@ -47,3 +48,16 @@ def as_one_process() -> Iterator[None]:
     launcher_free = {name: value for name, value in os.environ.items() if not is_launcher_variable(name)}
     with mock.patch.dict(os.environ, launcher_free, clear=True), torch.random.fork_rng():
         yield
+
+
+def run_in_turn(out_dir: str, names: list[str], run: Callable[[str, str], tuple[int, Any]]) -> None:
+    """In each rank of a launched worker: `run(name, folder)` for every name in turn, in the same processes (one
+    start-up for several configurations), each in a folder of its own under `out_dir`; `run` returns this rank's
+    number and its result. The results, by name, go to `out_dir/rank{N}.pt`."""
+    results = {}
+    rank = 0
+    for name in names:
+        folder = os.path.join(out_dir, name)
+        os.makedirs(folder, exist_ok=True)
+        rank, results[name] = run(name, folder)
+    torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))

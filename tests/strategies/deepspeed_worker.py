@@ -34,6 +34,7 @@ from deepspeed_zero import TinyLM, batch, next_token_loss  # noqa: E402
 
 from fabric_kit import Fabric  # noqa: E402
 from tests.helpers.crafted import crafted_files  # noqa: E402
+from tests.helpers.processes import run_in_turn  # noqa: E402
 
 STEPS, SPLIT, MICRO = 8, 4, 2
 CLIPPED, MAX_NORM = 3, 0.1
@@ -175,14 +176,5 @@ def run(strategy, out_dir):
     return fabric.global_rank, result
 
 
-def main(out_dir, strategies):
-    results = {}
-    for strategy in strategies:
-        strategy_dir = os.path.join(out_dir, strategy)
-        os.makedirs(strategy_dir, exist_ok=True)
-        rank, results[strategy] = run(strategy, strategy_dir)
-    torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
-
-
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2:])
+    run_in_turn(sys.argv[1], sys.argv[2:], run)

@@ -18,6 +18,7 @@ from torch.nn import functional as F
 from fabric_kit import Fabric
 from fabric_kit.collective_log import LOG
 from fabric_kit.strategies.fsdp import FSDPStrategy
+from tests.helpers.processes import run_in_turn
 from tests.wrappers_ddp_worker import step_methods
 
 VOCAB, DIM, SEQ, STEPS, SPLIT = 8, 16, 6, 12, 6
@@ -291,14 +292,5 @@ def run(name, out):
     return fabric.global_rank, result
 
 
-def main(out, strategies):
-    results = {}
-    for name in strategies:
-        strategy_out = os.path.join(out, name)
-        os.makedirs(strategy_out, exist_ok=True)
-        rank, results[name] = run(name, strategy_out)
-    torch.save(results, os.path.join(out, f"rank{rank}.pt"))
-
-
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2:])
+    run_in_turn(sys.argv[1], sys.argv[2:], run)
