@@ -24,6 +24,22 @@ def test_rng_states_round_trip():
     assert _draws() == expected
 
 
+def test_rng_states_of_earlier_checkpoints_still_restore():
+    """Before python's state was a tensor, checkpoints held random.getstate() itself (lists after some
+    serialisers' round trips)."""
+    seed_everything(7)
+    state = {**rng.capture(), "python": [list(part) if isinstance(part, tuple) else part
+                                         for part in random.getstate()]}
+    expected = _draws()
+    rng.restore(state)
+    assert _draws() == expected
+
+
+def test_rng_states_are_tensors_where_they_are_long():
+    python = rng.capture()["python"]
+    assert isinstance(python["state"], torch.Tensor) and python["state"].numel() == 625
+
+
 def test_rank_without_saved_state_gets_a_deterministic_distinct_derivation():
     seed_everything(7)
     saved = {0: rng.capture(), 1: rng.capture()}
