@@ -29,6 +29,7 @@ from fabric_kit.checkpoint.checkpoint_io import CheckpointIO, TorchCheckpointIO,
 from fabric_kit.checkpoint.state import RESERVED_KEY, Filter, check_state, restore_into, to_storable
 from fabric_kit.collections import move_to_device
 from fabric_kit.empty_init import SkipInit
+from fabric_kit.filesystem import is_url
 from fabric_kit.memory_estimate import StateLayout
 from fabric_kit.precision import Precision
 from fabric_kit.rank_zero import share_rank
@@ -89,7 +90,7 @@ class Strategy(ABC):
     def check_checkpoint_path(self, path: Any, call: str) -> None:
         """Refuse a URL (fsspec's `s3://`, `memory://`, ...) that no CheckpointIO plugin of the user's writes:
         fabric_kit's files and directories are local, and a URL taken as a path would name a local folder."""
-        if "://" not in str(path) or (self.uses_checkpoint_io and not writes_local_files(self.checkpoint_io)):
+        if not is_url(path) or (self.uses_checkpoint_io and not writes_local_files(self.checkpoint_io)):
             return
         hint = "" if self.uses_checkpoint_io else self._checkpoint_io_hint()
         raise ValueError(f"fabric.{call}({str(path)!r}): {type(self).__name__} saves and loads local files and "

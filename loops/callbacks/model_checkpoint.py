@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
+from fabric_kit.filesystem import is_url
 from fabric_kit.loggers.params import write_hparams_yaml
 from loops.callbacks.checkpoint import Checkpoint
 
@@ -72,7 +73,7 @@ class ModelCheckpoint(Checkpoint):
         if sum(triggers.values()) > 1:
             raise ValueError(f"ModelCheckpoint got {[k for k, on in triggers.items() if on]}; pass at most one of "
                              "every_n_train_steps, every_n_epochs, train_time_interval")
-        if "://" in str(dirpath):  # else it would be a local folder named after the URL's scheme
+        if dirpath is not None and is_url(dirpath):  # else it would be a local folder named after the URL's scheme
             raise ValueError(f"ModelCheckpoint(dirpath={str(dirpath)!r}): fsspec URLs are not supported (checkpoints "
                              "are written atomically to a local filesystem); pass a local or mounted directory and "
                              "copy the files to remote storage from there")
