@@ -213,10 +213,14 @@ class FitLoop:
         limit = trainer.overfit_batches if trainer.overfit_batches > 0 else trainer.limit_val_batches
         return limit != 0 and bool(trainer.run_state.hooks.mod("validation_step"))
 
+    def _epoch_validates(self) -> bool:
+        """Whether `check_val_every_n_epoch` makes this epoch one that validates."""
+        every = self.trainer.check_val_every_n_epoch
+        return every is None or (self.trainer.current_epoch + 1) % every == 0
+
     def _validation_enabled(self) -> bool:
         """Whether this epoch validates; its loader is (re)loaded only then, as in Lightning."""
-        every = self.trainer.check_val_every_n_epoch
-        if not self._validation_possible() or (every is not None and (self.trainer.current_epoch + 1) % every):
+        if not self._validation_possible() or not self._epoch_validates():
             return False
         self.setup_val_data()
         return any(n > 0 for n in self.num_val_batches)
@@ -280,9 +284,9 @@ class FitLoop:
 
     def _should_validate(self, batch_idx: int, last: bool) -> bool:
         trainer, progress = self.trainer, self.trainer.run_state.progress
-        every = trainer.check_val_every_n_epoch
-        if every is not None and (progress.current_epoch + 1) % every:
+        if not self._epoch_validates():
             return False
+        every = trainer.check_val_every_n_epoch
         if trainer.run_state.should_stop and self._can_stop():
             return True
         if trainer._val_check_seconds is not None:
