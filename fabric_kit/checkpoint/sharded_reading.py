@@ -13,7 +13,9 @@ points: a `FileSystemReader` subclass passed as `storage_reader=`, and a `Defaul
 """
 from __future__ import annotations
 
+import dataclasses
 import io
+import mmap
 import os
 import pickle
 from collections.abc import Sequence
@@ -23,9 +25,10 @@ from typing import Any, BinaryIO
 
 import torch
 import torch.distributed.checkpoint as dcp
+import torch.futures
 from torch.distributed.checkpoint import CheckpointException, DefaultLoadPlanner, FileSystemReader, Metadata
 from torch.distributed.checkpoint.metadata import StorageMeta
-from torch.distributed.checkpoint.planner import LoadPlan, ReadItem
+from torch.distributed.checkpoint.planner import LoadItemType, LoadPlan, LoadPlanner, ReadItem
 
 from fabric_kit.checkpoint.errors import (
     OPT_IN,
@@ -35,6 +38,7 @@ from fabric_kit.checkpoint.errors import (
     weights_only_refusal,
 )
 from fabric_kit.checkpoint.sharded import DCP_METADATA
+from fabric_kit.checkpoint.tensor_records import read_tensor, tensor_layout
 
 # What a `.metadata` written by DCP (torch 2.4 and later, from plain tensors or DTensors, models and optimizers)
 # refers to by name, found by listing the globals of real ones. Each builds plain data and runs nothing else: the
@@ -99,8 +103,9 @@ def _unpickle_metadata(f: BinaryIO, file: Path, weights_only: bool) -> Metadata:
 
 class SafeFileSystemReader(FileSystemReader):
     """DCP's reader of a local directory, with its `.metadata` read by `read_metadata` (restricted unless
-    `weights_only=False`), or the `metadata` given (already read that way). Shards' tensors DCP itself already
-    reads with `torch.load(weights_only=True)`.
+    `weights_only=False`), or the `metadata` given (already read that way). The shards' plain tensors are read
+    straight into the state dict's (`tensor_records`: the same values as DCP's reader, without a `torch.load` per
+    tensor); any other stored tensor DCP's reader loads with `torch.load(weights_only=True)`.
 
     `verified`, when given, is the verification of the shards (`directory.verifying_directory`): it is waited for
     as this rank's load plan is made, before anything is read into the state dict. A failure there is one of DCP's
@@ -118,6 +123,41 @@ class SafeFileSystemReader(FileSystemReader):
         if self.verified is not None:
             self.verified.result()
         return super().prepare_local_plan(plan)
+
+    def read_data(self, plan: LoadPlan, planner: LoadPlanner) -> torch.futures.Future[None]:
+        """Read the plan's tensors the way `tensor_records` does, straight into their destinations; what it does
+        not read (bytes entries, other tensors) goes through DCP's own reader."""
+        rest = []
+        by_file: dict[str, list[ReadItem]] = {}
+        for item in plan.items:
+            info = self.storage_data[item.storage_index]
+            if item.type == LoadItemType.BYTE_IO or info.transform_descriptors:
+                rest.append(item)
+            else:
+                by_file.setdefault(info.relative_path, []).append(item)
+        for relative_path, items in by_file.items():
+            rest += self._read_tensors(Path(self.path) / relative_path, items, planner)
+        if rest:
+            return super().read_data(dataclasses.replace(plan, items=rest), planner)
+        done: torch.futures.Future[None] = torch.futures.Future()
+        done.set_result(None)
+        return done
+
+    def _read_tensors(self, file: Path, items: list[ReadItem], planner: LoadPlanner) -> list[ReadItem]:
+        """Read into their destinations the tensors of `items`, all stored in `file`; return those it left."""
+        left = []
+        with open(file, "rb", buffering=0) as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mapping:
+            for item in items:
+                info = self.storage_data[item.storage_index]
+                with memoryview(mapping)[info.offset:info.offset + info.length] as archive:
+                    layout = tensor_layout(archive, file)
+                if layout is None:
+                    left.append(item)
+                    continue
+                target = planner.resolve_tensor(item).detach()
+                read_tensor(f, info.offset, layout, target, item.storage_offsets, item.lengths)
+                planner.commit_tensor(item, target)
+        return left
 
     def read_metadata(self) -> Metadata:
         # No `rank` keyword: fabric_kit writes one global `.metadata`, so DCP never falls back to per-rank files.
