@@ -17,11 +17,12 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import torch
 
 from fabric_kit.checkpoint import integrity
+from fabric_kit.checkpoint.crc import ChecksummedFile
 from fabric_kit.checkpoint.errors import CheckpointCorruptedError, UnsafeCheckpointError, reported_write_errors
 from fabric_kit.checkpoint.state import RESERVED_KEY
 
@@ -38,16 +39,31 @@ def save_file(obj: Any, path: str | os.PathLike[str]) -> None:
         stale.unlink(missing_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        # A Python file object, not a path: torch's C++ writer loses the errno of a failed write, Python's does not.
-        with reported_write_errors(path), _records_checksummed(), os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
+        with os.fdopen(fd, "wb") as f:
+            _written(obj, f, path)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     fsync_directory(path.parent)
+
+
+def save_new_file(obj: Any, path: str | os.PathLike[str]) -> dict[str, int]:
+    """Write `obj` with torch.save to `path`, a new file inside a directory that is swapped in as a whole (so no
+    temporary name is needed), fsynced; return its manifest record (size and CRC-32, computed as it is written).
+    A full disk raises `CheckpointWriteError` naming `path`."""
+    with ChecksummedFile(path) as f:
+        _written(obj, f, path)
+    return {"size": f.size, "crc32": f.crc}
+
+
+def _written(obj: Any, f: BinaryIO, path: str | os.PathLike[str]) -> None:
+    """torch.save `obj` into the open file `f` (for `path`), fsynced; its records always carry CRC-32s."""
+    # A Python file object, not a path: torch's C++ writer loses the errno of a failed write, Python's does not.
+    with reported_write_errors(path), _records_checksummed():
+        torch.save(obj, f)
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def load_file(path: str | os.PathLike[str], map_location: Any = "cpu", weights_only: bool = True) -> Any:

@@ -21,7 +21,7 @@ from torch.optim import Optimizer
 from fabric_kit.checkpoint import sharded as checkpoint
 from fabric_kit.checkpoint.directory import Records, verifying_directory
 from fabric_kit.checkpoint.errors import reported_write_errors
-from fabric_kit.checkpoint.io import load_file, save_file
+from fabric_kit.checkpoint.io import load_file, save_new_file
 from fabric_kit.checkpoint.sharded import DCP_METADATA, PLAIN_ENTRIES, ShardedStateDict, is_sharded_checkpoint
 from fabric_kit.checkpoint.sharded_reading import load_sharded
 from fabric_kit.checkpoint.sharded_writer import ReportingFileSystemWriter
@@ -173,8 +173,8 @@ class ShardedStrategy(ParallelStrategy):
             with reported_write_errors(path):
                 dcp.save(shards, storage_writer=ReportingFileSystemWriter(staging, written))
             if self.is_global_zero:  # a file of the directory's format, not one for the CheckpointIO plugin
-                save_file({key: value for key, value in entries.items() if key not in shards},
-                          staging / PLAIN_ENTRIES)
+                written[PLAIN_ENTRIES] = save_new_file(
+                    {key: value for key, value in entries.items() if key not in shards}, staging / PLAIN_ENTRIES)
 
     def read_entries(self, path: str, state: dict[str, Any] | None, strict: bool, weights_only: bool) -> Any:
         """A full file (also one a single-process run wrote), or a sharded directory, whose shards are read into

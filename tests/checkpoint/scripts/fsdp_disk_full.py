@@ -45,7 +45,7 @@ def main(disk, out):
     fabric.barrier()
     if fabric.global_rank == 0:
         # the writer of the directory's file of plain entries (imported by name: after FSDP's, as the package does)
-        importlib.import_module("fabric_kit.strategies.sharded").save_file = _fails
+        importlib.import_module("fabric_kit.strategies.sharded").save_new_file = _fails
     try:
         fabric.save(path, {"model": small, "step": 3})
     except Exception as error:  # noqa: BLE001
