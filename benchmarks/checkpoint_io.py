@@ -24,8 +24,10 @@ state, so "peak" is the state it holds plus what the operation adds; "added" is 
 the operation. File pages that fabric_kit's load maps and touches count in its RSS as anonymous memory does. Each
 process first saves and loads a tiny state, untimed, so first-call imports and library pages stay out of both
 figures. The processes run in interleaved rounds (raw, fabric_kit, Lightning, rotated each round), so machine load
-hits all alike; times are the fastest of the rounds (other processes only ever add time), with the median of the
-per-round ratios next to them; memory is the median of the rounds.
+hits all alike. The time ratio judged against the target is the median of the per-round ratios: each round runs
+the implementations back to back, so a slow moment of this shared machine's disk or CPU hits them alike, and the
+median drops the rounds that one of them had alone (on a 2-core VM single rounds range from 0.3x to 3.7x). The
+fastest time of each implementation and their ratio are shown too; memory is the median of the rounds.
 
 Sharded: `fabric run --devices 2` starts two CPU processes (gloo); FSDPStrategy(state_dict_type="sharded") shards
 the MLP (each Linear its own group) and both sides work on that one fully_shard'ed model and its optimizer. raw:
@@ -35,7 +37,8 @@ atomically; verified before loading). These run in the same two processes, inter
 barriers; memory is the largest of the ranks' peaks, reset before each operation (memory an earlier operation freed
 and the allocator kept is reused without showing).
 
-Targets (issue 13): fabric_kit at most 1.15x raw's time and 1.1x raw's peak memory, for save and load.
+Targets: fabric_kit at most 1.15x raw's time (the median of the per-round ratios) and 1.1x raw's peak memory, for
+save and load.
 
     python benchmarks/checkpoint_io.py [--mb 600] [--rounds 5] [--fsdp-mb 400] [--fsdp-rounds 3] [--markdown]
     python benchmarks/checkpoint_io.py --fsdp-only --fsdp-rounds 7   # the sharded comparison alone
@@ -456,7 +459,7 @@ def report(summary: dict, markdown: bool, header: list[str]) -> str:
         return f"{s['time_ratio']:.2f}", f"{s['median_ratio']:.2f}", f"{s['peak_ratio']:.2f}"
 
     if markdown:
-        lines += ["| operation | implementation | what | s (fastest) | × raw | × raw (median of rounds) | "
+        lines += ["| operation | implementation | what | s (fastest) | × raw (fastest) | × raw (median of rounds) | "
                   "peak MB | × raw | added MB |", "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
         for op, kind in rows:
             s = summary[(op, kind)]
@@ -464,7 +467,7 @@ def report(summary: dict, markdown: bool, header: list[str]) -> str:
             lines.append(f"| {op} | {NAMES[kind]} | {WHAT[(op, kind)]} | {s['seconds']:.3f} | {time_ratio} | "
                          f"{median_ratio} | {s['peak_mb']:.0f} | {peak_ratio} | {s['added_mb']:.0f} |")
     else:
-        lines.append(f"{'operation':<18} {'implementation':<18} {'s fastest':>9} {'x raw':>6} {'x median':>8} "
+        lines.append(f"{'operation':<18} {'implementation':<18} {'s fastest':>9} {'x fast':>6} {'x median':>8} "
                      f"{'peak MB':>8} {'x raw':>6} {'added MB':>8}")
         for op, kind in rows:
             s = summary[(op, kind)]
@@ -478,13 +481,13 @@ def report(summary: dict, markdown: bool, header: list[str]) -> str:
         if kind == "raw":
             continue
         s = summary[(op, kind)]
-        target = (f" (target ≤ {TIME_TARGET}{times}: {verdict(s['time_ratio'], TIME_TARGET)})"
+        target = (f" (target ≤ {TIME_TARGET}{times}: {verdict(s['median_ratio'], TIME_TARGET)})"
                   if kind == "fabric_kit" else "")
         memory_target = (f" (target ≤ {MEMORY_TARGET}{times}: {verdict(s['peak_ratio'], MEMORY_TARGET)})"
                          if kind == "fabric_kit" else "")
         rounds = ", ".join(f"{r:.2f}" for r in s["per_round"])
-        lines.append(f"{bullet}{NAMES[kind]} {op} / raw: time {s['time_ratio']:.3f}{times}{target} (median of the "
-                     f"per-round ratios {s['median_ratio']:.3f}: {rounds}); peak memory "
+        lines.append(f"{bullet}{NAMES[kind]} {op} / raw: time {s['median_ratio']:.3f}{times}, the median of the "
+                     f"per-round ratios{target}: {rounds}; fastest rounds {s['time_ratio']:.3f}{times}; peak memory "
                      f"{s['peak_ratio']:.3f}{times}{memory_target}")
     return "\n".join(lines)
 
@@ -535,7 +538,7 @@ def main(argv: list[str] | None = None) -> None:
         shutil.rmtree(directory, ignore_errors=True)
     header = [] if args.fsdp_only else [single_process_header(results, args)]
     if fsdp_mb is not None:
-        header.append(f"Sharded: {fsdp_mb:.0f} MB of state over 2 CPU processes (gloo), fastest of "
+        header.append(f"Sharded: {fsdp_mb:.0f} MB of state over 2 CPU processes (gloo), "
                       f"{args.fsdp_rounds} interleaved round(s) in the same two processes, timed between barriers; "
                       f"memory is the larger rank's, counted from before the state was built (so it includes "
                       f"what sharding the model and its first step left with the allocator); added shows only "
@@ -553,8 +556,9 @@ def single_process_header(results: dict, args: argparse.Namespace) -> str:
     width = width_for(args.mb)
     return (f"MLP of {LAYERS} {width}×{width} layers + Adam state after one step: {state_mb:.0f} MB in memory, "
             f"{file_mb:.0f} MB on disk; written to {file_system(args.dir)}, "
-            f"{'cold' if args.cold else 'warm'} page cache for loads. Single-process figures: fastest of "
-            f"{args.rounds} interleaved round(s), one fresh process per operation, peak RSS "
+            f"{'cold' if args.cold else 'warm'} page cache for loads. Single-process figures: "
+            f"{args.rounds} interleaved round(s), one fresh process per operation; times judged by the median of "
+            f"the per-round ratios to raw (the fastest of each is shown too); peak RSS "
             f"{'(high-water mark reset before the operation)' if reset else '(ru_maxrss, not reset)'} counted "
             f"from the RSS before the state was built (state + operation); added = peak − RSS just before the "
             f"operation.")
