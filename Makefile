@@ -30,8 +30,8 @@ test: $(VENV)/.installed lint
 	$(PY) -m compileall -q fabric_kit loops
 	$(PY) -m pytest -q tests
 
-# Every benchmark; rewrites benchmarks/README.md, benchmarks/overhead.png and the tables in README.md (about 7
-# minutes on 2 CPU cores).
+# Every benchmark; rewrites benchmarks/README.md, benchmarks/overhead.png and the tables in README.md (about 20
+# minutes on 2 CPU cores; the checkpoint comparison's 10 + 15 rounds take half of it).
 bench: $(VENV)/.installed
 	$(PY) -m pip install -q -e '.[bench]'
 	$(PY) benchmarks/run_all.py

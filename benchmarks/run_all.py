@@ -34,7 +34,7 @@ SCRIPTS = [
     ("launch.py", ["--rounds", "2"], "`fabric run --devices 2` wall time next to Lightning's", False),
     ("ddp_scaling.py", ["--rounds", "1"], "1 vs 2 processes on a compute-bound model, next to raw DDP", True),
     ("gpu_step.py", [], "GPT-style model in bf16-mixed on one GPU (skipped without CUDA)", True),
-    (CHECKPOINT_SCRIPT, ["--rounds", "6", "--fsdp-rounds", "15", "--markdown"],
+    (CHECKPOINT_SCRIPT, ["--rounds", "10", "--fsdp-rounds", "15", "--markdown"],
      "Checkpoint save and load next to raw torch, Lightning Fabric and raw DCP", True),
     ("model_parallel.py", ["--rounds", "16"],
      "TP and FSDP2 × TP next to torch's own APIs by hand, memory per rank next to DDP", True),
